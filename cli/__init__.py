@@ -1,0 +1,1 @@
+"""The ``statekeeper`` command line: thin click commands over :mod:`statekeeper.command`."""

@@ -1,0 +1,47 @@
+"""``statekeeper keys``: signing keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from statekeeper import command
+
+from .main import Obj, PathArg, emit_json, pass_obj
+
+
+@click.group()
+def keys() -> None:
+    """Manage Ed25519 signing keys."""
+
+
+@keys.command("generate")
+@click.option("--out", required=True, type=PathArg, help="Where to write the private key (0600).")
+def keys_generate(out: Path) -> None:
+    """Generate a signing key: OUT (mode 0600) and OUT.pub (the public key, to share)."""
+    signer = command.keys_generate(out)
+    click.echo(f"wrote {out} (private, mode 0600) and {out}.pub")
+    click.echo(f"key id {signer.key_id}")
+
+
+@keys.command("rotate")
+@click.option("--new-key", required=True, type=PathArg, help="The key that takes over signing.")
+@pass_obj
+def keys_rotate(obj: Obj, new_key: Path) -> None:
+    """Introduce a new signing key, in an event signed by the current key (--key)."""
+    ev = command.keys_rotate(obj.settings, new_key)
+    click.echo(f"rotated signing key at seq {ev.seq}; sign with {new_key} from now on")
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_obj
+def keys_list(obj: Obj, as_json: bool) -> None:
+    """List the public keys recorded in the ledger, oldest first."""
+    recs = command.keys_list(obj.settings)
+    if as_json:
+        emit_json([{"key_id": k.key_id, "public_key": k.public_key} for k in recs])
+        return
+    for k in recs:
+        click.echo(f"{k.key_id}  {k.public_key}")

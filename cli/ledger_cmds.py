@@ -1,0 +1,129 @@
+"""``statekeeper ledger``: append, verify, checkpoint, export, verify-export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+import ledger
+import ledger.canonical
+from statekeeper import command
+from statekeeper.errors import ConfigError
+
+from .main import Obj, PathArg, emit_json, pass_obj
+
+trusted_opt = click.option(
+    "--trusted-key", "trusted", multiple=True, type=PathArg, metavar="PUBKEY",
+    help="Only accept seals by this public key (PEM; repeatable).",
+)
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """The signed, hash-chained audit ledger."""
+
+
+@ledger_group.command("append")
+@click.option("--stream", required=True, help="Stream name, e.g. upgrade/<run id>.")
+@click.option("--type", "type_", required=True, help="Event type.")
+@click.option("--payload", default="{}", show_default=True, help="JSON object.")
+@click.option("--expected-position", type=int, default=None,
+              help="Refuse unless the stream's last position is this (0: a new stream).")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored event as JSON.")
+@pass_obj
+def ledger_append(
+    obj: Obj, stream: str, type_: str, payload: str, expected_position: int | None, as_json: bool
+) -> None:
+    """Append one event (for scripts and tests)."""
+    try:
+        data = ledger.canonical.loads(payload)
+    except ValueError as e:
+        raise ConfigError(f"--payload is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError("--payload must be a JSON object")
+    ev = command.ledger_append(obj.settings, stream, type_, data, expected_position)
+    if as_json:
+        emit_json({"seq": ev.seq, "stream": ev.stream, "stream_seq": ev.stream_seq,
+                   "hash": ev.hash})
+    else:
+        click.echo(f"appended seq {ev.seq} ({stream} #{ev.stream_seq}) {ev.hash}")
+
+
+def _violation_json(e: ledger.IntegrityViolation) -> dict[str, Any]:
+    return {"ok": False, "seq": e.seq, "reason": e.reason, "detail": e.detail}
+
+
+@ledger_group.command("verify")
+@click.option("--against", type=PathArg, metavar="CHECKPOINT",
+              help="A checkpoint saved earlier: prove the ledger still extends it.")
+@trusted_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_obj
+def ledger_verify(obj: Obj, against: Path | None, trusted: tuple[Path, ...], as_json: bool) -> None:
+    """Verify every hash, link and seal (exit 4 names the first bad seq)."""
+    try:
+        r = command.ledger_verify(obj.settings, against, list(trusted))
+    except ledger.IntegrityViolation as e:
+        if as_json:
+            emit_json(_violation_json(e))
+            raise click.exceptions.Exit(4) from e
+        raise
+    if as_json:
+        emit_json({"ok": True, "events": r.events, "head_seq": r.head.seq,
+                   "head_hash": r.head.hash, "ledger_id": r.ledger_id, "keys": r.keys,
+                   "against": ({"seq": r.checkpoint.seq, "hash": r.checkpoint.head_hash}
+                               if r.checkpoint else None)})
+        return
+    msg = f"ok: {r.events} events verified, head seq {r.head.seq} {r.head.hash}"
+    if r.checkpoint:
+        msg += f"; extends checkpoint at seq {r.checkpoint.seq}"
+    click.echo(msg)
+
+
+@ledger_group.command("checkpoint")
+@click.option("--out", required=True, type=PathArg, help="Where to write the checkpoint.")
+@pass_obj
+def ledger_checkpoint(obj: Obj, out: Path) -> None:
+    """Sign the verified head into a C2SP checkpoint file; keep it outside the ledger."""
+    text = command.ledger_checkpoint(obj.settings, out)
+    seq = text.split("\n")[1]
+    click.echo(f"wrote checkpoint at seq {seq} to {out}")
+
+
+@ledger_group.command("export")
+@click.option("--out", required=True, type=PathArg, help="JSON Lines file to write.")
+@click.option("--stream", default=None, help="Export one stream (one upgrade run) only.")
+@pass_obj
+def ledger_export(obj: Obj, out: Path, stream: str | None) -> None:
+    """Export to JSON Lines with the public keys and a closing checkpoint."""
+    r = command.ledger_export(obj.settings, out, stream)
+    click.echo(f"exported {r.events} events to {out}")
+
+
+@ledger_group.command("verify-export")
+@click.argument("file", type=PathArg)
+@click.option("--against", type=PathArg, metavar="CHECKPOINT",
+              help="A checkpoint saved earlier: prove the export extends it.")
+@trusted_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def ledger_verify_export(
+    file: Path, against: Path | None, trusted: tuple[Path, ...], as_json: bool
+) -> None:
+    """Verify an export file offline, with no database."""
+    try:
+        r = command.ledger_verify_export(file, against, list(trusted))
+    except ledger.IntegrityViolation as e:
+        if as_json:
+            emit_json(_violation_json(e))
+            raise click.exceptions.Exit(4) from e
+        raise
+    if as_json:
+        emit_json({"ok": True, "events": r.events, "head_seq": r.head.seq,
+                   "head_hash": r.head.hash, "ledger_id": r.ledger_id, "stream": r.stream})
+        return
+    what = f"stream {r.stream}" if r.stream else "ledger"
+    click.echo(f"ok: {r.events} events of {what} verified, head seq {r.head.seq} {r.head.hash}")
+
+

@@ -1,0 +1,106 @@
+"""Root of the command line: global options, error-to-exit-code mapping, command groups."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+import ledger
+from statekeeper import __version__
+from statekeeper.command import Settings
+from statekeeper.errors import (
+    EXIT_ATTENTION,
+    EXIT_INTEGRITY,
+    EXIT_LOCKED,
+    EXIT_USAGE,
+    StatekeeperError,
+)
+
+
+def exit_code_for(e: Exception) -> int:
+    if isinstance(e, StatekeeperError):
+        return e.exit_code
+    if isinstance(e, ledger.IntegrityViolation):
+        return EXIT_INTEGRITY
+    if isinstance(e, ledger.ConfigurationError):
+        return EXIT_USAGE
+    if isinstance(e, ledger.StreamConflict):
+        return EXIT_LOCKED
+    return EXIT_ATTENTION
+
+
+class Group(click.Group):
+    """Turns the library's typed errors into one line on stderr and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (StatekeeperError, ledger.LedgerError) as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(exit_code_for(e))
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+
+
+class Obj:
+    def __init__(self, config: str | None, ledger_url: str | None, key: str | None) -> None:
+        self.config = config
+        self.ledger_url = ledger_url
+        self.key = key
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.load(self.config, self.ledger_url, self.key)
+        return self._settings
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+pass_obj = click.make_pass_decorator(Obj)
+PathArg = click.Path(path_type=Path)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="statekeeper")
+@click.option("--config", "config", metavar="FILE", envvar="STATEKEEPER_CONFIG",
+              help="Configuration file (default: ./statekeeper.toml).")
+@click.option("--ledger", "ledger_url", metavar="URL",
+              help="Ledger database URL (overrides [ledger] url).")
+@click.option("--key", "key", metavar="PATH",
+              help="Signing key file (overrides [ledger] key).")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, ledger_url: str | None, key: str | None) -> None:
+    """statekeeper: safe, resumable, audited upgrades of database-backed applications.
+
+    Exit codes: 0 success; 1 failed (rolled back cleanly); 2 usage or configuration error;
+    3 needs attention; 4 integrity violation; 5 lock held by another run.
+    """
+    ctx.obj = Obj(config, ledger_url, key)
+
+
+def _register() -> None:
+    from . import keys_cmds, ledger_cmds
+
+    cli.add_command(keys_cmds.keys)
+    cli.add_command(ledger_cmds.ledger_group)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="statekeeper")
+    except SystemExit:
+        raise
+    except BrokenPipeError:
+        sys.exit(1)

@@ -1,0 +1,104 @@
+"""Canonical JSON (RFC 8785 for the values the ledger allows).
+
+Allowed: str, int (within +-(2**53-1), the I-JSON range), bool, None, list, dict with str keys.
+Floats are refused: their text form is not stable across languages. Object keys are sorted by
+UTF-16 code units as RFC 8785 requires; Python's ``sort_keys`` sorts by code point, which only
+differs for keys holding characters above U+FFFF, so that case takes the slow path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_SAFE_INT = 2**53 - 1
+
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+)
+
+
+class CanonicalError(ValueError):
+    """A value that has no canonical form (float, non-str key, lone surrogate, ...)."""
+
+
+def _check(value: Any, path: str) -> bool:
+    """Validate ``value``; return True when a key needs UTF-16 ordering."""
+    t = type(value)
+    if t is str:
+        return False
+    if t is bool or value is None:
+        return False
+    if t is int:
+        if -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            return False
+        raise CanonicalError(f"{path}: integer {value} is outside the I-JSON range")
+    if t is dict:
+        slow = False
+        for k, v in value.items():
+            if type(k) is not str:
+                raise CanonicalError(f"{path}: object key {k!r} is not a string")
+            if not k.isascii() and any(ord(c) > 0xFFFF for c in k):
+                slow = True
+            if _check(v, f"{path}.{k}"):
+                slow = True
+        return slow
+    if t is list or t is tuple:
+        slow = False
+        for i, v in enumerate(value):
+            if _check(v, f"{path}[{i}]"):
+                slow = True
+        return slow
+    if t is float:
+        raise CanonicalError(f"{path}: floats are not allowed (use a string or an integer)")
+    raise CanonicalError(f"{path}: {t.__name__} is not a JSON value")
+
+
+def _utf16_sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _utf16_sorted(value[k])
+            for k in sorted(value, key=lambda s: s.encode("utf-16-be"))
+        }
+    if isinstance(value, list | tuple):
+        return [_utf16_sorted(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """Return the canonical text of ``value``."""
+    if _check(value, "$"):
+        text = json.dumps(
+            _utf16_sorted(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
+    else:
+        text = _encoder.encode(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise CanonicalError("$: string holds a lone surrogate, not valid UTF-8") from e
+    return text
+
+
+def loads(text: str) -> Any:
+    """Parse JSON, refusing floats and duplicate keys (both break canonical round trips)."""
+
+    def no_float(s: str) -> Any:
+        raise CanonicalError(f"floats are not allowed: {s}")
+
+    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise CanonicalError(f"duplicate key {k!r}")
+            out[k] = v
+        return out
+
+    return json.loads(text, parse_float=no_float, object_pairs_hook=no_dupes)
+
+
+def is_canonical(text: str) -> bool:
+    try:
+        return dumps(loads(text)) == text
+    except (CanonicalError, ValueError):
+        return False

@@ -1,0 +1,323 @@
+"""The hash chain, seals and their verification: pure functions over stored values.
+
+Nothing here touches a database or a file. The same :class:`ChainVerifier` checks events read
+from SQLite, PostgreSQL or an export file, which is why those three cannot disagree.
+
+An event's hash is SHA-256 over its *envelope*: canonical JSON of all its stored fields except
+the hash itself. Payload and actor are stored as canonical text and spliced into the envelope
+verbatim, so verification hashes exactly what is stored and never re-encodes a payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+
+from .errors import IntegrityViolation
+from .keys import PublicKey, key_id_of
+
+ZERO_HASH = "0" * 64
+GENESIS_TYPE = "ledger.genesis"
+ROTATION_TYPE = "ledger.key_rotated"
+LEDGER_STREAM = "ledger"
+SEAL_CONTEXT = b"statekeeper-ledger-seal-v1\n"
+_TIMESTAMP = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+_HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
+
+# Reasons reported by verification; stable strings, documented in docs/cli.md.
+HASH_MISMATCH = "hash mismatch"
+BROKEN_LINK = "broken link"
+STREAM_LINK = "broken stream link"
+GAP = "gap"
+REORDER = "reorder"
+MISSING_SEAL = "missing seal"
+BAD_SEAL = "bad seal"
+UNKNOWN_KEY = "unknown key"
+KEY_MISMATCH = "key mismatch"
+UNSEALED = "unsealed events"
+MALFORMED = "malformed event"
+TRUNCATED = "truncated"
+CHECKPOINT_MISMATCH = "checkpoint mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event exactly as stored: ``actor`` and ``payload`` are canonical JSON text."""
+
+    seq: int
+    stream: str
+    stream_seq: int
+    type: str
+    recorded_at: str
+    actor: str
+    payload: str
+    closes: bool
+    prev_hash: str
+    stream_prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    seq: int
+    key_id: str
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    seq: int
+    hash: str
+
+
+def envelope(
+    seq: int,
+    stream: str,
+    stream_seq: int,
+    type_: str,
+    recorded_at: str,
+    actor: str,
+    payload: str,
+    closes: bool,
+    prev_hash: str,
+    stream_prev_hash: str,
+) -> str:
+    """Canonical JSON of the hashed fields (keys in sorted order, built by concatenation)."""
+    return (
+        '{"actor":' + actor
+        + ',"closes":' + ("true" if closes else "false")
+        + ',"payload":' + payload
+        + ',"prev_hash":' + encode_basestring(prev_hash)
+        + ',"recorded_at":' + encode_basestring(recorded_at)
+        + ',"seq":' + str(seq)
+        + ',"stream":' + encode_basestring(stream)
+        + ',"stream_prev_hash":' + encode_basestring(stream_prev_hash)
+        + ',"stream_seq":' + str(stream_seq)
+        + ',"type":' + encode_basestring(type_)
+        + "}"
+    )
+
+
+def event_hash(
+    seq: int,
+    stream: str,
+    stream_seq: int,
+    type_: str,
+    recorded_at: str,
+    actor: str,
+    payload: str,
+    closes: bool,
+    prev_hash: str,
+    stream_prev_hash: str,
+) -> str:
+    text = envelope(
+        seq, stream, stream_seq, type_, recorded_at, actor, payload, closes, prev_hash,
+        stream_prev_hash,
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def recompute(ev: StoredEvent) -> str:
+    return event_hash(
+        ev.seq, ev.stream, ev.stream_seq, ev.type, ev.recorded_at, ev.actor, ev.payload,
+        ev.closes, ev.prev_hash, ev.stream_prev_hash,
+    )
+
+
+def seal_message(seq: int, hash_: str) -> bytes:
+    """What a seal signs: the position and hash of the append's last event, domain-separated."""
+    return SEAL_CONTEXT + f"{seq}\n{hash_}\n".encode("ascii")
+
+
+@dataclass
+class KeyRecord:
+    """A public key as listed beside the chain (ledger keys table or export header)."""
+
+    key_id: str
+    public_key: str  # base64 of the raw 32 bytes
+
+
+class ChainVerifier:
+    """Fold over events in ``seq`` order; raise :class:`IntegrityViolation` at the first fault.
+
+    ``mode="ledger"`` checks the global chain from seq 1, including the genesis event and key
+    rotations (the key a seal must use is whatever the chain says is active). ``mode="stream"``
+    checks one stream's events: stream links, hashes and seals; keys come from the listing
+    (an export header), optionally restricted to ``trusted`` key ids.
+    """
+
+    def __init__(
+        self,
+        listed_keys: Iterable[KeyRecord],
+        *,
+        mode: str = "ledger",
+        stream: str | None = None,
+        trusted: set[str] | None = None,
+        watch: int | None = None,
+    ) -> None:
+        self.mode = mode
+        self.watch = watch
+        self.watched_hash: str | None = None
+        self.stream = stream
+        self.trusted = trusted
+        self.listed: dict[str, KeyRecord] = {k.key_id: k for k in listed_keys}
+        self._verifiers: dict[str, PublicKey] = {}
+        self.count = 0
+        self.last: Head | None = None
+        self.last_closed: Head | None = None
+        self._streams: dict[str, tuple[int, str]] = {}
+        self._active_key: str | None = None
+        self._pending_key: str | None = None
+        self.ledger_id: str | None = None
+        self.keys_seen: list[str] = []
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _public(self, seq: int, key_id: str) -> PublicKey:
+        pk = self._verifiers.get(key_id)
+        if pk is not None:
+            return pk
+        rec = self.listed.get(key_id)
+        if rec is None:
+            raise IntegrityViolation(seq, UNKNOWN_KEY, f"seal key {key_id[:16]}... is not listed")
+        try:
+            pk = PublicKey.from_b64(rec.public_key)
+        except Exception as e:
+            raise IntegrityViolation(seq, KEY_MISMATCH, f"public key {key_id[:16]}... is malformed") from e
+        if pk.key_id != key_id:
+            raise IntegrityViolation(
+                seq, KEY_MISMATCH, f"listed public key does not match its id {key_id[:16]}..."
+            )
+        self._verifiers[key_id] = pk
+        return pk
+
+    def _introduce(self, ev: StoredEvent, payload_key: str, payload_pub: str) -> None:
+        if key_id_of(PublicKey.from_b64(payload_pub).raw) != payload_key:
+            raise IntegrityViolation(ev.seq, KEY_MISMATCH, "key event's public key does not match its id")
+        rec = self.listed.get(payload_key)
+        if rec is None:
+            raise IntegrityViolation(
+                ev.seq, UNKNOWN_KEY, f"key {payload_key[:16]}... introduced here is not listed"
+            )
+        if rec.public_key != payload_pub:
+            raise IntegrityViolation(
+                ev.seq, KEY_MISMATCH, f"listed public key for {payload_key[:16]}... was replaced"
+            )
+        self.keys_seen.append(payload_key)
+
+    # -- the fold ----------------------------------------------------------------------------
+    def feed(self, ev: StoredEvent, seal: Seal | None) -> None:
+        seq = ev.seq
+        if self.last is not None:
+            expected = self.last.seq + 1 if self.mode == "ledger" else None
+            if seq <= self.last.seq:
+                raise IntegrityViolation(seq, REORDER, f"seq {seq} follows seq {self.last.seq}")
+            if expected is not None and seq != expected:
+                raise IntegrityViolation(expected, GAP, f"seq {expected} is missing (next is {seq})")
+        elif self.mode == "ledger" and seq != 1:
+            raise IntegrityViolation(1, GAP, f"ledger starts at seq {seq}, not 1")
+
+        if not (_HEX64.match(ev.prev_hash) and _HEX64.match(ev.stream_prev_hash)
+                and _TIMESTAMP.match(ev.recorded_at)):
+            raise IntegrityViolation(seq, MALFORMED, "hash or timestamp field is malformed")
+        if recompute(ev) != ev.hash:
+            raise IntegrityViolation(seq, HASH_MISMATCH, "stored hash does not match the event")
+
+        if self.mode == "ledger":
+            want = self.last.hash if self.last is not None else ZERO_HASH
+            if ev.prev_hash != want:
+                raise IntegrityViolation(seq, BROKEN_LINK, "prev_hash does not match the previous event")
+        prev = self._streams.get(ev.stream)
+        want_sseq, want_sph = (1, ZERO_HASH) if prev is None else (prev[0] + 1, prev[1])
+        if self.stream is not None and ev.stream != self.stream:
+            raise IntegrityViolation(seq, REORDER, f"event of stream {ev.stream!r} in an export of {self.stream!r}")
+        if ev.stream_seq != want_sseq:
+            reason = REORDER if ev.stream_seq < want_sseq else GAP
+            raise IntegrityViolation(
+                seq, reason, f"stream {ev.stream!r} position {ev.stream_seq}, expected {want_sseq}"
+            )
+        if ev.stream_prev_hash != want_sph:
+            raise IntegrityViolation(seq, STREAM_LINK, "stream_prev_hash does not match the stream's previous event")
+        self._streams[ev.stream] = (ev.stream_seq, ev.hash)
+
+        if self.mode == "ledger":
+            self._key_events(ev)
+
+        if ev.closes:
+            if seal is None:
+                raise IntegrityViolation(seq, MISSING_SEAL, "event closes an append but has no seal")
+            self._check_seal(ev, seal)
+            self.last_closed = Head(seq, ev.hash)
+        elif seal is not None:
+            raise IntegrityViolation(seq, BAD_SEAL, "seal on an event that does not close its append")
+        if seq == self.watch:
+            self.watched_hash = ev.hash
+        self.last = Head(seq, ev.hash)
+        self.count += 1
+
+    def _key_events(self, ev: StoredEvent) -> None:
+        from .canonical import loads
+
+        if ev.seq == 1:
+            if ev.type != GENESIS_TYPE:
+                raise IntegrityViolation(1, MALFORMED, f"first event is {ev.type!r}, not {GENESIS_TYPE}")
+            p = loads(ev.payload)
+            self._introduce(ev, p["key_id"], p["public_key"])
+            self.ledger_id = p["ledger_id"]
+            self._pending_key = p["key_id"]
+            self._active_key = p["key_id"]  # genesis is sealed by the key it introduces
+        elif ev.type == GENESIS_TYPE:
+            raise IntegrityViolation(ev.seq, MALFORMED, "second genesis event")
+        elif ev.type == ROTATION_TYPE and ev.stream == LEDGER_STREAM:
+            p = loads(ev.payload)
+            if p.get("previous_key_id") != self._active_key:
+                raise IntegrityViolation(ev.seq, KEY_MISMATCH, "rotation does not name the active key")
+            self._introduce(ev, p["key_id"], p["public_key"])
+            self._pending_key = p["key_id"]
+
+    def _check_seal(self, ev: StoredEvent, seal: Seal) -> None:
+        if seal.seq != ev.seq:
+            raise IntegrityViolation(ev.seq, BAD_SEAL, f"seal for seq {seal.seq} stored at seq {ev.seq}")
+        if self.trusted is not None and seal.key_id not in self.trusted:
+            raise IntegrityViolation(ev.seq, UNKNOWN_KEY, f"seal key {seal.key_id[:16]}... is not trusted")
+        if self.mode == "ledger" and seal.key_id != self._active_key:
+            if seal.key_id in self.listed and seal.key_id in self.keys_seen:
+                raise IntegrityViolation(ev.seq, BAD_SEAL, "seal made with a key that is not the active one")
+            raise IntegrityViolation(ev.seq, UNKNOWN_KEY, f"seal key {seal.key_id[:16]}... is not in the ledger")
+        pk = self._public(ev.seq, seal.key_id)
+        if not pk.verify(seal.signature, seal_message(ev.seq, ev.hash)):
+            raise IntegrityViolation(ev.seq, BAD_SEAL, "signature does not verify")
+        if self.mode == "ledger":
+            self._active_key = self._pending_key
+
+    def finish(self) -> Head:
+        if self.last is None:
+            return Head(0, ZERO_HASH)
+        if self.last_closed is None or self.last_closed.seq != self.last.seq:
+            first = (self.last_closed.seq + 1) if self.last_closed else 1
+            raise IntegrityViolation(first, UNSEALED, "events after the last seal are not vouched for")
+        if self.mode == "ledger":
+            extra = set(self.listed) - set(self.keys_seen)
+            if extra:
+                raise IntegrityViolation(
+                    None, UNKNOWN_KEY, f"key {sorted(extra)[0][:16]}... is listed but never introduced"
+                )
+        return self.last
+
+
+def check_extends(verified: ChainVerifier, seq: int, hash_: str) -> None:
+    """Raise unless the verified log holds ``hash_`` at ``seq`` (a checkpoint saved earlier).
+
+    ``verified`` must have been built with ``watch=seq`` and fed the whole log.
+    """
+    last_seq = verified.last.seq if verified.last else 0
+    if last_seq < seq:
+        raise IntegrityViolation(
+            last_seq + 1, TRUNCATED, f"log ends at seq {last_seq}, checkpoint vouches for seq {seq}"
+        )
+    if verified.watched_hash != hash_:
+        raise IntegrityViolation(
+            seq, CHECKPOINT_MISMATCH, "event hash differs from the checkpoint: history was rewritten"
+        )

@@ -1,0 +1,196 @@
+"""Export to JSON Lines and offline verification of an export (no database needed).
+
+Line 1, the header: ``{"format": "statekeeper-ledger-export", "version": 1, "ledger_id": ...,
+"stream": null | "<stream>", "keys": [{"key_id", "public_key"}...]}``.
+Then one line per event: its stored fields, ``actor`` and ``payload`` as JSON objects (their
+canonical text is restored by re-encoding, which canonical form makes exact), and ``seal``
+(``{"key_id", "signature"}`` or null). The last line: ``{"checkpoint": "<signed note>"}``
+vouching for the last exported event.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from . import canonical
+from .chain import ChainVerifier, Head, KeyRecord, Seal, StoredEvent, check_extends
+from .checkpoint import Checkpoint, origin_for, parse_checkpoint, sign_checkpoint
+from .errors import ConfigurationError, IntegrityViolation, LedgerError
+from .keys import PublicKey
+from .store import Ledger, _check_checkpoint
+
+FORMAT = "statekeeper-ledger-export"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    events: int
+    head: Head
+    checkpoint: str
+
+
+def export(ledger: Ledger, out: IO[str], stream: str | None = None) -> ExportResult:
+    """Write the ledger (or one stream) to ``out``, verifying while writing.
+
+    The export is only closed with a checkpoint if everything written verified, so a broken
+    ledger never yields an export that looks good.
+    """
+    signer = ledger._need_signer()
+    ledger_id = ledger.ledger_id()
+    if ledger_id is None:
+        raise LedgerError("the ledger is empty: nothing to export")
+    keys = ledger.keys()
+    header = {
+        "format": FORMAT, "version": VERSION, "ledger_id": ledger_id, "stream": stream,
+        "keys": [{"key_id": k.key_id, "public_key": k.public_key} for k in keys],
+    }
+    out.write(canonical.dumps(header) + "\n")
+    v = ChainVerifier(keys, mode="stream" if stream else "ledger", stream=stream)
+    it = ledger.recorder.iter_events(stream=stream, with_seals=True)
+    for ev, seal in it:
+        v.feed(ev, seal)
+        out.write(_event_line(ev, seal) + "\n")
+    head = v.finish()
+    if v.count == 0:
+        raise LedgerError(f"stream {stream!r} has no events")
+    count = head.seq if stream is None else v._streams[stream][0]
+    cp = sign_checkpoint(signer, origin_for(ledger_id, stream), count, head.hash)
+    out.write(canonical.dumps({"checkpoint": cp}) + "\n")
+    return ExportResult(v.count, head, cp)
+
+
+def _event_line(ev: StoredEvent, seal: Seal | None) -> str:
+    # Splice stored canonical text rather than parse and re-encode it.
+    s = None if seal is None else {
+        "key_id": seal.key_id, "signature": base64.b64encode(seal.signature).decode("ascii"),
+    }
+    head = canonical.dumps({
+        "seq": ev.seq, "stream": ev.stream, "stream_seq": ev.stream_seq, "type": ev.type,
+        "recorded_at": ev.recorded_at, "closes": ev.closes, "prev_hash": ev.prev_hash,
+        "stream_prev_hash": ev.stream_prev_hash, "hash": ev.hash, "seal": s,
+    })
+    return head[:-1] + ',"actor":' + ev.actor + ',"payload":' + ev.payload + "}"
+
+
+@dataclass(frozen=True)
+class ExportVerifyResult:
+    events: int
+    head: Head
+    ledger_id: str
+    stream: str | None
+    checkpoint: Checkpoint
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                yield n, line.rstrip("\n")
+    except FileNotFoundError as e:
+        raise ConfigurationError(f"{path}: no such export file") from e
+    except UnicodeDecodeError as e:
+        raise ConfigurationError(f"{path}: not UTF-8 text") from e
+    except OSError as e:
+        raise ConfigurationError(f"{path}: cannot read: {e.strerror}") from e
+
+
+def verify_export(
+    path: Path, against: Checkpoint | None = None, trusted: Sequence[PublicKey] = ()
+) -> ExportVerifyResult:
+    """Verify an export file offline. Raises :class:`IntegrityViolation` at the first fault."""
+    lines = _lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise ConfigurationError(f"{path}: empty file, not a ledger export")
+    try:
+        header = json.loads(first[1])
+        if header.get("format") != FORMAT:
+            raise ValueError
+    except (ValueError, AttributeError) as e:
+        raise ConfigurationError(f"{path}: line 1 is not a statekeeper ledger export header") from e
+    if header.get("version") != VERSION:
+        raise ConfigurationError(f"{path}: export version {header.get('version')} is not supported")
+    stream = header.get("stream")
+    try:
+        listed = [KeyRecord(k["key_id"], k["public_key"]) for k in header["keys"]]
+    except (KeyError, TypeError) as e:
+        raise ConfigurationError(f"{path}: header's key list is malformed") from e
+    v = ChainVerifier(
+        listed, mode="stream" if stream else "ledger", stream=stream,
+        trusted={k.key_id for k in trusted} or None,
+        watch=against.seq if against and stream is None else None,
+    )
+    closing: str | None = None
+    last_line = 1
+    for n, line in lines:
+        last_line = n
+        if closing is not None:
+            raise IntegrityViolation(None, "malformed event", f"{path}:{n}: data after the closing checkpoint")
+        try:
+            obj = canonical.loads(line)
+        except ValueError as e:
+            raise IntegrityViolation(None, "malformed event", f"{path}:{n}: not a JSON object") from e
+        if isinstance(obj, dict) and set(obj) == {"checkpoint"}:
+            closing = obj["checkpoint"]
+            continue
+        ev, seal = _parse_event(obj, path, n)
+        v.feed(ev, seal)
+    if closing is None:
+        nxt = (v.last.seq + 1) if v.last else 1
+        raise IntegrityViolation(nxt, "truncated", f"{path}: the closing checkpoint is missing (file cut short)")
+    head = v.finish()
+    cp = parse_checkpoint(str(closing), f"{path}:{last_line}")
+    ledger_id = str(header.get("ledger_id"))
+    if stream is None and v.ledger_id != ledger_id:
+        raise IntegrityViolation(1, "checkpoint mismatch", "header's ledger id differs from the genesis event")
+    if cp.ledger_id != ledger_id or cp.stream != stream:
+        raise IntegrityViolation(None, "checkpoint mismatch", "closing checkpoint is for another ledger or stream")
+    keymap = {k.key_id: k for k in listed}
+    if v.count and stream is None:
+        _check_checkpoint(cp, v, keymap, stream=None)
+        if (cp.seq, cp.head_hash) != (head.seq, head.hash):
+            raise IntegrityViolation(head.seq, "truncated", "export does not end where its checkpoint says")
+    elif stream is not None:
+        v.ledger_id = ledger_id
+        _check_checkpoint(cp, v, keymap, stream=stream)
+        if (cp.seq, cp.head_hash) != (v._streams[stream][0] if v.count else 0, head.hash):
+            raise IntegrityViolation(head.seq, "truncated", "export does not end where its checkpoint says")
+    if trusted and cp.key_id not in {k.key_id for k in trusted}:
+        raise IntegrityViolation(None, "unknown key", "closing checkpoint is not signed by a trusted key")
+    if against is not None:
+        if against.ledger_id != ledger_id:
+            raise IntegrityViolation(None, "checkpoint mismatch", "--against checkpoint is for another ledger")
+        rec = keymap.get(against.key_id)
+        if rec is None or not against.verify(PublicKey.from_b64(rec.public_key)):
+            raise IntegrityViolation(against.seq, "bad seal", "--against checkpoint signature does not verify")
+        if stream is not None:
+            raise ConfigurationError("--against needs a full-ledger export, not a stream export")
+        check_extends(v, against.seq, against.head_hash)
+    return ExportVerifyResult(v.count, head, ledger_id, stream, cp)
+
+
+def _parse_event(obj: Any, path: Path, n: int) -> tuple[StoredEvent, Seal | None]:
+    try:
+        ev = StoredEvent(
+            int(obj["seq"]), str(obj["stream"]), int(obj["stream_seq"]), str(obj["type"]),
+            str(obj["recorded_at"]), canonical.dumps(obj["actor"]), canonical.dumps(obj["payload"]),
+            bool(obj["closes"]), str(obj["prev_hash"]), str(obj["stream_prev_hash"]),
+            str(obj["hash"]),
+        )
+        s = obj["seal"]
+        seal = None
+        if s is not None:
+            seal = Seal(ev.seq, str(s["key_id"]), base64.b64decode(s["signature"], validate=True))
+    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+        seq = obj.get("seq") if isinstance(obj, dict) else None
+        raise IntegrityViolation(
+            seq if isinstance(seq, int) else None, "malformed event", f"{path}:{n}: {e}"
+        ) from e
+    return ev, seal

@@ -1,0 +1,331 @@
+"""The ledger: append, read, verify, checkpoint. Pure chain logic from :mod:`ledger.chain`,
+storage from :mod:`ledger.recorder`."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import canonical
+from .chain import (
+    GENESIS_TYPE,
+    LEDGER_STREAM,
+    ROTATION_TYPE,
+    ZERO_HASH,
+    ChainVerifier,
+    Head,
+    KeyRecord,
+    Seal,
+    StoredEvent,
+    check_extends,
+    event_hash,
+    seal_message,
+)
+from .checkpoint import Checkpoint, origin_for, sign_checkpoint
+from .errors import ConfigurationError, IntegrityViolation, LedgerError, StreamConflict
+from .keys import PublicKey, Signer
+from .recorder import Recorder, recorder_for
+from .url import normalize_url, redact, sqlite_path
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(t: datetime) -> str:
+    """Fixed-precision UTC text: what is hashed is what is stored."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    events: int
+    head: Head
+    ledger_id: str | None
+    keys: list[str]
+    checkpoint: Checkpoint | None = None
+
+
+def default_actor(tool: str) -> dict[str, Any]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"user": user, "host": socket.gethostname(), "pid": os.getpid(), "tool": tool}
+
+
+class Ledger:
+    """A signed, hash-chained, append-only event store behind a database URL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        signer: Signer | None = None,
+        tool: str = "ledger",
+        clock: Clock = utc_now,
+        base_dir: Path | None = None,
+        create: bool = True,
+    ) -> None:
+        self.url = normalize_url(url, base_dir, what="ledger URL")
+        self.signer = signer
+        self.tool = tool
+        self.clock = clock
+        self._actor: tuple[int, str] | None = None
+        path = sqlite_path(self.url)
+        if not create and path is not None and not path.exists():
+            raise ConfigurationError(f"ledger {redact(self.url)}: no ledger there ({path} does not exist)")
+        self.recorder: Recorder = recorder_for(self.url)
+        if create:
+            self.recorder.ensure_schema()
+        elif not self.recorder.exists():
+            raise ConfigurationError(f"ledger {self.recorder.display_url}: no ledger there yet")
+
+    @property
+    def display_url(self) -> str:
+        return self.recorder.display_url
+
+    def close(self) -> None:
+        self.recorder.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- appending ---------------------------------------------------------------------------
+    def _actor_text(self) -> str:
+        pid = os.getpid()
+        if self._actor is None or self._actor[0] != pid:
+            self._actor = (pid, canonical.dumps(default_actor(self.tool)))
+        return self._actor[1]
+
+    def _need_signer(self) -> Signer:
+        if self.signer is None:
+            raise ConfigurationError("appending to the ledger needs a signing key (--key or [ledger] key)")
+        return self.signer
+
+    def append(
+        self,
+        stream: str,
+        items: Sequence[NewEvent] | NewEvent,
+        *,
+        expected_position: int | None = None,
+    ) -> list[StoredEvent]:
+        """Append events to ``stream`` atomically, sealed once; return them as stored.
+
+        ``expected_position`` is the stream's last ``stream_seq`` the caller saw (0 for a new
+        stream); if another writer appended since, :class:`StreamConflict` is raised and
+        nothing is written.
+        """
+        if isinstance(items, NewEvent):
+            items = [items]
+        if not items:
+            raise LedgerError("nothing to append")
+        if not stream or len(stream) > 200:
+            raise ConfigurationError("stream name must be 1 to 200 characters")
+        payloads = []
+        for it in items:
+            if not it.type or len(it.type) > 200:
+                raise ConfigurationError("event type must be 1 to 200 characters")
+            if not isinstance(it.payload, Mapping):
+                raise ConfigurationError(f"payload of {it.type!r} must be a JSON object")
+            try:
+                payloads.append((it.type, canonical.dumps(dict(it.payload))))
+            except canonical.CanonicalError as e:
+                raise ConfigurationError(f"payload of {it.type!r}: {e}") from e
+        return self._commit(stream, expected_position, payloads)
+
+    def _commit(
+        self,
+        stream: str,
+        expected: int | None,
+        payloads: list[tuple[str, str]],
+        new_key: Signer | None = None,
+    ) -> list[StoredEvent]:
+        signer = self._need_signer()
+        actor = self._actor_text()
+        now = format_time(self.clock())
+
+        def build(
+            head_seq: int, head_hash: str, spos: int, shash: str, active: str | None
+        ) -> tuple[list[StoredEvent], list[Seal], list[KeyRecord]]:
+            rows: list[StoredEvent] = []
+            out_seals: list[Seal] = []
+            new_keys: list[KeyRecord] = []
+            if head_seq == 0:
+                # The first append to a ledger is preceded, in the same commit, by the genesis
+                # append that introduces the signing key; it is sealed on its own.
+                gp = canonical.dumps({
+                    "ledger_id": uuid.uuid4().hex,
+                    "key_id": signer.key_id,
+                    "public_key": signer.public.b64,
+                })
+                g = _make(1, LEDGER_STREAM, 1, GENESIS_TYPE, now, actor, gp, True, ZERO_HASH,
+                          ZERO_HASH)
+                rows.append(g)
+                out_seals.append(_seal(signer, g))
+                new_keys.append(KeyRecord(signer.key_id, signer.public.b64))
+                head_seq, head_hash, active = 1, g.hash, signer.key_id
+                if stream == LEDGER_STREAM:
+                    spos, shash = 1, g.hash
+            if active != signer.key_id:
+                raise ConfigurationError(
+                    f"key {signer.key_id[:16]}... is not this ledger's active signing key "
+                    f"({(active or '?')[:16]}...)"
+                )
+            seq, prev = head_seq, head_hash
+            for i, (type_, ptext) in enumerate(payloads):
+                seq += 1
+                spos += 1
+                ev = _make(seq, stream, spos, type_, now, actor, ptext, i == len(payloads) - 1,
+                           prev, shash)
+                rows.append(ev)
+                prev = shash = ev.hash
+            if payloads:
+                out_seals.append(_seal(signer, rows[-1]))
+            if new_key is not None:
+                new_keys.append(KeyRecord(new_key.key_id, new_key.public.b64))
+            return rows, out_seals, new_keys
+
+        rows = self.recorder.append(stream, expected, build)
+        if rows[0].type == GENESIS_TYPE and stream != LEDGER_STREAM:
+            rows = rows[1:]
+        return rows
+
+    def initialize(self) -> Head:
+        """Write the genesis append if the ledger is empty; return the head."""
+        if self.recorder.head()[0] == 0:
+            self._need_signer()
+            try:
+                self._commit(LEDGER_STREAM, 0, [])
+            except StreamConflict:
+                pass  # another process initialised it first
+        return self.head()
+
+    def rotate_key(self, new: Signer) -> StoredEvent:
+        """Introduce ``new`` as the signing key, in an event sealed by the current key."""
+        old = self._need_signer()
+        if new.key_id == old.key_id:
+            raise ConfigurationError("the new key is already the signing key")
+        self.initialize()
+        payload = canonical.dumps({
+            "key_id": new.key_id, "public_key": new.public.b64, "previous_key_id": old.key_id,
+        })
+        rows = self._commit(LEDGER_STREAM, None, [(ROTATION_TYPE, payload)], new_key=new)
+        self.signer = new
+        return rows[-1]
+
+    # -- reading -----------------------------------------------------------------------------
+    def head(self) -> Head:
+        seq, h = self.recorder.head()
+        return Head(seq, h)
+
+    def stream_position(self, stream: str) -> int:
+        return self.recorder.stream_position(stream)
+
+    def read(self, start: int = 1, stop: int | None = None) -> Iterator[StoredEvent]:
+        for ev, _ in self.recorder.iter_events(start=start, stop=stop):
+            yield ev
+
+    def read_stream(self, stream: str) -> Iterator[StoredEvent]:
+        for ev, _ in self.recorder.iter_events(stream=stream):
+            yield ev
+
+    def streams(self, prefix: str = "") -> list[tuple[str, int, str, str]]:
+        return self.recorder.streams(prefix)
+
+    def keys(self) -> list[KeyRecord]:
+        return self.recorder.list_keys()
+
+    def ledger_id(self) -> str | None:
+        for ev in self.read(1, 1):
+            return str(canonical.loads(ev.payload)["ledger_id"])
+        return None
+
+    # -- verification ------------------------------------------------------------------------
+    def verify(
+        self, against: Checkpoint | None = None, trusted: Sequence[PublicKey] = ()
+    ) -> VerifyResult:
+        """Check every hash, link and seal; raise :class:`IntegrityViolation` at the first fault.
+
+        ``against`` is a checkpoint saved earlier: the ledger must still hold its head, which
+        catches a truncated tail or a rewritten history. ``trusted`` pins the signing keys.
+        """
+        listed = self.recorder.list_keys()
+        v = ChainVerifier(
+            listed,
+            trusted={k.key_id for k in trusted} or None,
+            watch=against.seq if against else None,
+        )
+        for ev, seal in self.recorder.iter_events(with_seals=True):
+            v.feed(ev, seal)
+        head = v.finish()
+        orphan = self.recorder.orphan_seal()
+        if orphan is not None:
+            raise IntegrityViolation(orphan, "bad seal", "seal for an event that does not exist")
+        if against is not None:
+            _check_checkpoint(against, v, {k.key_id: k for k in listed}, stream=None)
+            check_extends(v, against.seq, against.head_hash)
+        return VerifyResult(v.count, head, v.ledger_id, v.keys_seen, against)
+
+    def checkpoint(self) -> str:
+        """Sign the current head; return C2SP checkpoint text (save it outside the ledger)."""
+        signer = self._need_signer()
+        head = self.head()
+        if head.seq == 0:
+            raise LedgerError("the ledger is empty: nothing to checkpoint")
+        ledger_id = self.ledger_id()
+        assert ledger_id is not None
+        return sign_checkpoint(signer, origin_for(ledger_id), head.seq, head.hash)
+
+
+def _seal(signer: Signer, ev: StoredEvent) -> Seal:
+    return Seal(ev.seq, signer.key_id, signer.sign(seal_message(ev.seq, ev.hash)))
+
+
+def _make(
+    seq: int, stream: str, stream_seq: int, type_: str, at: str, actor: str, payload: str,
+    closes: bool, prev: str, sprev: str,
+) -> StoredEvent:
+    h = event_hash(seq, stream, stream_seq, type_, at, actor, payload, closes, prev, sprev)
+    return StoredEvent(seq, stream, stream_seq, type_, at, actor, payload, closes, prev, sprev, h)
+
+
+def _check_checkpoint(
+    cp: Checkpoint, v: ChainVerifier, listed: Mapping[str, KeyRecord], stream: str | None
+) -> None:
+    if v.ledger_id is not None and cp.ledger_id != v.ledger_id:
+        raise IntegrityViolation(
+            None, "checkpoint mismatch", f"checkpoint is for ledger {cp.ledger_id}, not {v.ledger_id}"
+        )
+    if cp.stream != stream:
+        raise IntegrityViolation(None, "checkpoint mismatch", "checkpoint is for another stream")
+    rec = listed.get(cp.key_id)
+    if rec is None:
+        raise IntegrityViolation(cp.seq, "unknown key", "checkpoint signed by a key not in the ledger")
+    if not cp.verify(PublicKey.from_b64(rec.public_key)):
+        raise IntegrityViolation(cp.seq, "bad seal", "checkpoint signature does not verify")
+

@@ -1,0 +1,57 @@
+"""Database URLs as operators write them, normalised for SQLAlchemy; passwords never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigurationError
+
+_PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg3"}
+
+
+def normalize_url(url: str, base_dir: Path | None = None, *, what: str = "URL") -> URL:
+    """Accept ``sqlite:///path``, libpq ``postgresql://user@host:port/db`` and SQLAlchemy's
+    ``postgresql+psycopg://...``. A relative SQLite path is resolved against ``base_dir``."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(f"{what} is empty")
+    try:
+        u = make_url(url.strip())
+    except ArgumentError as e:
+        raise ConfigurationError(f"{what} {redact(url)!r} is not a database URL") from e
+    scheme = u.drivername
+    if scheme in _PG_SCHEMES:
+        if not u.database:
+            raise ConfigurationError(f"{what} {redact(url)!r} names no database")
+        return u.set(drivername="postgresql+psycopg")
+    if scheme in {"sqlite", "sqlite+pysqlite"}:
+        db = u.database
+        if not db or db == ":memory:":
+            raise ConfigurationError(f"{what} {redact(url)!r} needs a file path (sqlite:///path)")
+        path = Path(db).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return u.set(drivername="sqlite", database=str(path))
+    raise ConfigurationError(
+        f"{what} {redact(url)!r}: unsupported scheme {scheme!r} (use sqlite:///path or "
+        "postgresql://user@host:port/db)"
+    )
+
+
+def redact(url: str | URL) -> str:
+    """Return the URL with any password replaced by ``***``."""
+    try:
+        u = url if isinstance(url, URL) else make_url(url)
+    except ArgumentError:
+        # Not parseable: show only the scheme so a password can never slip through.
+        text = str(url)
+        return text.split("://", 1)[0] + "://***" if "://" in text else "***"
+    if u.query and any(k.lower() == "password" for k in u.query):
+        u = u.set(query={k: ("***" if k.lower() == "password" else v) for k, v in u.query.items()})
+    return u.render_as_string(hide_password=True)
+
+
+def sqlite_path(u: URL) -> Path | None:
+    return Path(u.database) if u.get_backend_name() == "sqlite" and u.database else None

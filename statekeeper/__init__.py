@@ -1,0 +1,38 @@
+"""statekeeper: safe, resumable, audited upgrades of database-backed applications.
+
+The public API is what this module exports; the verbs live in :mod:`statekeeper.command`.
+"""
+
+__version__ = "0.1.0"
+
+from .config import Config, load_config  # noqa: E402
+from .errors import (  # noqa: E402
+    BackupCorrupt,
+    BackupError,
+    ConfigError,
+    IntegrityError,
+    IrreversibleError,
+    LockHeld,
+    MigrationError,
+    NeedsAttention,
+    StatekeeperError,
+    TargetError,
+    ValidationError,
+)
+
+__all__ = [
+    "BackupCorrupt",
+    "BackupError",
+    "Config",
+    "ConfigError",
+    "IntegrityError",
+    "IrreversibleError",
+    "LockHeld",
+    "MigrationError",
+    "NeedsAttention",
+    "StatekeeperError",
+    "TargetError",
+    "ValidationError",
+    "__version__",
+    "load_config",
+]

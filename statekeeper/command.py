@@ -1,0 +1,160 @@
+"""The public verbs of statekeeper. The CLI parses arguments and calls these; they return values
+or raise :mod:`statekeeper.errors` / :mod:`ledger.errors`, and never print or exit."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ledger
+from ledger import Checkpoint, Ledger, NewEvent, PublicKey
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError
+
+TOOL = f"statekeeper/{__version__}"
+
+
+@dataclass
+class Settings:
+    """Configuration plus the command-line overrides that apply to every command."""
+
+    config: Config
+    ledger_url: str
+    key_path: Path
+
+    @classmethod
+    def load(
+        cls, config: str | None = None, ledger_url: str | None = None, key: str | None = None
+    ) -> Settings:
+        cfg = load_config(config)
+        url = ledger_url or cfg.ledger.url
+        kp = Path(key).expanduser().absolute() if key else cfg.key_path()
+        return cls(cfg, url, kp)
+
+    def _ensure_sqlite_dir(self) -> None:
+        u = ledger.normalize_url(self.ledger_url, self.config.base_dir)
+        if u.get_backend_name() == "sqlite" and u.database:
+            d = Path(u.database).parent
+            # Only the default location is created for the user; a typo elsewhere is an error.
+            if d == self.config.base_dir / ".statekeeper":
+                d.mkdir(parents=True, exist_ok=True)
+
+    def open_ledger(self, *, signing: bool, create: bool | None = None) -> Ledger:
+        """Open the ledger; ``signing`` loads the private key (needed to append or sign)."""
+        signer = ledger.load_signer(self.key_path) if signing else None
+        if create is None:
+            create = signing
+        if create:
+            self._ensure_sqlite_dir()
+        return Ledger(self.ledger_url, signer=signer, tool=TOOL, base_dir=self.config.base_dir,
+                      create=create)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves the old file or the new, never half."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: directory {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- keys ------------------------------------------------------------------------------------
+def keys_generate(out: Path) -> ledger.Signer:
+    return ledger.generate_key_file(out)
+
+
+def keys_rotate(settings: Settings, new_key: Path) -> ledger.StoredEvent:
+    new = ledger.load_signer(new_key)
+    with settings.open_ledger(signing=True) as lg:
+        return lg.rotate_key(new)
+
+
+def keys_list(settings: Settings) -> list[ledger.KeyRecord]:
+    with settings.open_ledger(signing=False) as lg:
+        return lg.keys()
+
+
+# -- ledger ----------------------------------------------------------------------------------
+def ledger_append(
+    settings: Settings,
+    stream: str,
+    type_: str,
+    payload: dict[str, Any],
+    expected_position: int | None = None,
+) -> ledger.StoredEvent:
+    with settings.open_ledger(signing=True) as lg:
+        return lg.append(stream, NewEvent(type_, payload), expected_position=expected_position)[-1]
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: checkpoint file not found") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read checkpoint: {e}") from e
+    return ledger.parse_checkpoint(text, str(path))
+
+
+def load_trusted(paths: list[Path]) -> list[PublicKey]:
+    return [ledger.load_public_key(p) for p in paths]
+
+
+def ledger_verify(
+    settings: Settings, against: Path | None = None, trusted: list[Path] | None = None
+) -> ledger.VerifyResult:
+    cp = read_checkpoint(against) if against else None
+    keys = load_trusted(trusted or [])
+    with settings.open_ledger(signing=False) as lg:
+        return lg.verify(against=cp, trusted=keys)
+
+
+def ledger_checkpoint(settings: Settings, out: Path) -> str:
+    with settings.open_ledger(signing=True, create=False) as lg:
+        lg.verify()  # never sign a head that does not verify
+        text = lg.checkpoint()
+    write_atomic(out, text)
+    return text
+
+
+def ledger_export(settings: Settings, out: Path, stream: str | None = None) -> ledger.ExportResult:
+    if not out.parent.is_dir():
+        raise ConfigError(f"{out}: directory {out.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with settings.open_ledger(signing=True, create=False) as lg, os.fdopen(
+            fd, "w", encoding="utf-8"
+        ) as f:
+            result = ledger.export(lg, f, stream=stream)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return result
+
+
+def ledger_verify_export(
+    path: Path, against: Path | None = None, trusted: list[Path] | None = None
+) -> ledger.ExportVerifyResult:
+    cp = read_checkpoint(against) if against else None
+    return ledger.verify_export(path, against=cp, trusted=load_trusted(trusted or []))
+
+
+# --- migrate verbs (statekeeper.migrations) ---
+
+# --- backup verbs (statekeeper.backup) ---

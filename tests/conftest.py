@@ -1,0 +1,66 @@
+"""Shared fixtures: a throwaway PostgreSQL cluster and backend-parametrized ledgers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pgcluster import PG_BIN, PgCluster
+
+HAVE_PG = (PG_BIN / "initdb").exists()
+needs_pg = pytest.mark.skipif(
+    not HAVE_PG and not os.environ.get("CI"), reason="PostgreSQL server binaries not installed"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One cluster for the session; each test takes its own database from it."""
+    if not HAVE_PG:
+        pytest.fail(f"PostgreSQL binaries not found in {PG_BIN} (set STATEKEEPER_PG_BIN)")
+    cluster = PgCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """A fresh, empty PostgreSQL database (libpq-style URL)."""
+    return pg_cluster.url(pg_cluster.createdb("t"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """An empty database URL on each backend: a SQLite file or a fresh PostgreSQL database."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.url(cluster.createdb("ledger"))
+
+
+@pytest.fixture
+def signer(tmp_path: Path):  # type: ignore[no-untyped-def]
+    import ledger
+
+    return ledger.generate_key_file(tmp_path / "signing.pem")
+
+
+@pytest.fixture
+def ledger_db(db_url: str, signer):  # type: ignore[no-untyped-def]
+    import ledger
+
+    lg = ledger.Ledger(db_url, signer=signer)
+    yield lg
+    lg.close()
+
+
