@@ -36,6 +36,10 @@ class Settings:
         kp = Path(key).expanduser().absolute() if key else cfg.key_path()
         return cls(cfg, url, kp)
 
+    def checkpoint_dir(self) -> Path:
+        """Where terminal-state checkpoints are written (copy them to write-once storage)."""
+        return self.config.base_dir / ".statekeeper" / "checkpoints"
+
     def _ensure_sqlite_dir(self) -> None:
         u = ledger.normalize_url(self.ledger_url, self.config.base_dir)
         if u.get_backend_name() == "sqlite" and u.database:

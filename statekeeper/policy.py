@@ -1,0 +1,126 @@
+"""What comes next: a pure function of a run's folded state.
+
+The runner asks :func:`next_action`, performs it, appends the event, and asks again. A resumed
+run asks the same question of the replayed state, so resuming needs no special path beyond
+settling the step that was in doubt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .machine import NEXT_TRIGGER
+from .replay import Run
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Transition:
+    trigger: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    state: str
+
+
+Action = Step | Transition | Done
+
+
+def tag_step(version: str) -> Step:
+    return Step(f"tag:{version}", "tag", {"tag": version})
+
+
+def forward_steps(run: Run) -> list[Step]:
+    """The steps of the current forward state still to do, in order."""
+    plan = run.plan
+    state = run.state
+    if state == "preflight":
+        return [Step("preflight", "preflight")]
+    if state == "backing_up":
+        if not plan.get("backup", {}).get("enabled", True):
+            return []
+        attempt = run.attempts("backup") + 1
+        bid = f"{run.run_id}" if attempt == 1 else f"{run.run_id}-{attempt}"
+        return [Step("backup", "backup", {"backup_id": bid, "method": plan["backup"]["method"]})]
+    if state == "tagging":
+        return [tag_step(run.from_version)] if run.from_version else []
+    if state == "migrating":
+        return [
+            Step(f"migrate:{m['id']}", "migrate", {"migration": m["id"], "checksum": m["checksum"]})
+            for m in plan.get("migrations", [])
+        ]
+    if state == "deploying":
+        return []
+    if state == "verifying":
+        return [Step("health", "health", {"checks": len(plan.get("health_checks", []))}),
+                tag_step(run.to_version)]
+    return []
+
+
+def _rollback_action(run: Run) -> Action:
+    steps = run.phase_steps()
+    applied = run.migrations_applied()
+    by_id = {m["id"]: m for m in run.plan.get("migrations", [])}
+    backup = run.backup
+    restored = any(s.kind == "restore" and s.status == "succeeded" for s in steps)
+    restore_failed = [s for s in steps if s.kind == "restore" and _really_failed(s)]
+    compares = [s for s in steps if s.kind == "compare" and s.status == "succeeded"]
+    reverts_failed = any(s.kind == "revert" and _really_failed(s) for s in steps)
+
+    if applied and not restored:
+        reversible = all(by_id.get(mid, {}).get("reversible") for mid in applied)
+        if reversible and not reverts_failed:
+            mid = applied[-1]
+            return Step(f"revert:{mid}", "revert", {"migration": mid})
+        if backup is None:
+            why = "a migration without a down part" if not reversible else "a down part failed"
+            return Transition("rollback_failed", f"cannot undo {why}: no backup was taken")
+        if restore_failed and len(restore_failed) >= 2:
+            return Transition("rollback_failed", f"restore failed: {restore_failed[-1].error}")
+        return Step("restore", "restore", {"backup_id": backup["backup_id"]})
+    last_cmp = compares[-1] if compares else None
+    if last_cmp is None or (restored and not _after(steps, last_cmp, "restore")):
+        n = len(compares) + 1
+        return Step("compare" if n == 1 else f"compare#{n}", "compare")
+    result = last_cmp.result or {}
+    if result.get("equal"):
+        return Transition("rollback_done", "database equals its fingerprint before the upgrade")
+    if backup is not None and not restored and len(restore_failed) < 2:
+        return Step("restore", "restore", {"backup_id": backup["backup_id"]})
+    diff = "; ".join(result.get("diff", [])) or "fingerprint differs"
+    return Transition("rollback_failed", f"database differs from before the upgrade: {diff}")
+
+
+def _really_failed(s: Any) -> bool:
+    # A step closed as failed by resume (interrupted before it took effect) is simply redone.
+    return bool(s.status == "failed" and not s.recovered)
+
+
+def _after(steps: list[Any], cmp: Any, kind: str) -> bool:
+    """True when ``cmp`` comes after the last successful step of ``kind``."""
+    idx_cmp = steps.index(cmp)
+    idx_kind = max((i for i, s in enumerate(steps) if s.kind == kind and s.status == "succeeded"),
+                   default=-1)
+    return idx_cmp > idx_kind
+
+
+def next_action(run: Run) -> Action:
+    if run.machine.terminal:
+        return Done(run.state)
+    if run.open_step is not None:
+        raise ValueError(f"step {run.open_step.name} is in doubt; settle it before going on")
+    if run.state == "rolling_back":
+        return _rollback_action(run)
+    for step in forward_steps(run):
+        if run.succeeded(step.name) is None:
+            return step
+    return Transition(NEXT_TRIGGER[run.state])

@@ -1,0 +1,273 @@
+"""The imperative shell: performs the step the policy names, appends its events, repeats.
+
+Every side effect is announced by ``step.started`` committed before it runs and closed by
+``step.succeeded`` or ``step.failed``. Events are appended with the run's expected stream
+position (optimistic concurrency) and then applied to the in-memory run through the same
+:func:`statekeeper.replay.apply` that replay uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ledger import Ledger, NewEvent, StoredEvent, canonical
+
+from . import clock, failpoints
+from .errors import BackupError, NeedsAttention, StatekeeperError, TargetError
+from .policy import Done, Step, Transition, next_action
+from .replay import (
+    LEASE_ACQUIRED,
+    LEASE_RELEASED,
+    LEASE_TAKEN_OVER,
+    RUN_CREATED,
+    RUN_RESUMED,
+    STATE_CHANGED,
+    STEP_FAILED,
+    STEP_STARTED,
+    STEP_SUCCEEDED,
+    Run,
+    RunEvent,
+    apply,
+)
+
+STREAM_PREFIX = "upgrade/"
+Observer = Callable[[str, dict[str, Any]], None]
+
+
+def stream_of(run_id: str) -> str:
+    return STREAM_PREFIX + run_id
+
+
+def to_run_event(ev: StoredEvent) -> RunEvent:
+    return RunEvent(ev.stream_seq, ev.type, canonical.loads(ev.payload), ev.recorded_at, ev.seq,
+                    canonical.loads(ev.actor))
+
+
+class StepFailed(Exception):
+    def __init__(self, step: Step, error: str) -> None:
+        super().__init__(f"{step.name}: {error}")
+        self.step = step
+        self.error = error
+
+
+@dataclass
+class Environment:
+    """What the runner acts on. Built by :mod:`statekeeper.command` from the configuration."""
+
+    target: Any  # statekeeper.targets.Target
+    migrator: Any  # statekeeper.migrations.Migrator
+    backups: Any | None  # statekeeper.backup.BackupManager, None when backups are off
+    health_checks: list[dict[str, Any]]
+    backup_dir: Any = None
+
+
+class Runner:
+    def __init__(self, ledger: Ledger, env: Environment, observer: Observer | None = None) -> None:
+        self.ledger = ledger
+        self.env = env
+        self.observe = observer or (lambda kind, data: None)
+        self.run: Run | None = None
+
+    # -- events ------------------------------------------------------------------------------
+    def emit(self, type_: str, payload: dict[str, Any], run_id: str | None = None) -> Run:
+        stream = stream_of(run_id or self.run.run_id)  # type: ignore[union-attr]
+        pos = self.run.position if self.run is not None else 0
+        ev = self.ledger.append(stream, NewEvent(type_, payload), expected_position=pos)[-1]
+        self.run = apply(self.run, to_run_event(ev))
+        self.observe(type_, payload)
+        return self.run
+
+    def load(self, run_id: str) -> Run:
+        run: Run | None = None
+        for ev in self.ledger.read_stream(stream_of(run_id)):
+            run = apply(run, to_run_event(ev))
+        if run is None:
+            raise StatekeeperError(f"no run {run_id!r} in the ledger")
+        self.run = run
+        return run
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def create(self, plan: dict[str, Any]) -> Run:
+        self.run = None
+        return self.emit(RUN_CREATED, plan, run_id=plan["run_id"])
+
+    def lease_events(self, previous: Any | None, resumed: bool, mode: str) -> None:
+        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        if resumed:
+            self.emit(RUN_RESUMED, {**me, "mode": mode, "state": self.run.state})  # type: ignore[union-attr]
+        if previous is not None:
+            self.emit(LEASE_TAKEN_OVER, {
+                **me, "from_host": previous.host, "from_pid": previous.pid,
+                "reason": "holder process is gone" if previous.host == me["host"]
+                else "holder heartbeat expired",
+            })
+        else:
+            self.emit(LEASE_ACQUIRED, me)
+
+    def release_event(self) -> None:
+        if self.run is not None:
+            self.emit(LEASE_RELEASED, {"host": socket.gethostname(), "pid": os.getpid()})
+
+    def transition(self, trigger: str, reason: str | None = None) -> None:
+        assert self.run is not None
+        failpoints.hit("transition.before")
+        to = _dest(self.run, trigger)
+        payload: dict[str, Any] = {"trigger": trigger, "from": self.run.state, "to": to}
+        if reason:
+            payload["reason"] = reason
+        self.emit(STATE_CHANGED, payload)
+        failpoints.hit("transition.after")
+
+    def drive(self) -> Run:
+        """Run the policy to a terminal state."""
+        assert self.run is not None
+        while True:
+            action = next_action(self.run)
+            if isinstance(action, Done):
+                return self.run
+            if isinstance(action, Transition):
+                self.transition(action.trigger, action.reason)
+                continue
+            try:
+                self.step(action)
+            except StepFailed as e:
+                if self.run.state == "preflight":
+                    self.transition("abort", f"preflight failed: {e.error}")
+                elif self.run.state == "rolling_back":
+                    if action.kind not in ("revert", "restore"):
+                        self.transition("rollback_failed", f"{action.name} failed: {e.error}")
+                    # a failed revert falls back to restore; a failed restore is retried once
+                else:
+                    self.transition("fail", f"{action.name} failed: {e.error}")
+
+    # -- steps -------------------------------------------------------------------------------
+    def step(self, step: Step) -> dict[str, Any]:
+        kind = step.kind
+        failpoints.hit(f"{kind}.before")
+        self.emit(STEP_STARTED, {"step": step.name, "kind": kind, **step.args})
+        failpoints.hit(f"{kind}.started")
+        t0 = clock.monotonic_ms()
+        try:
+            result = self.effect(step)
+        except StatekeeperError as e:
+            self.emit(STEP_FAILED, {"step": step.name, "kind": kind, "error": str(e),
+                                    "duration_ms": int(clock.monotonic_ms() - t0)})
+            raise StepFailed(step, str(e)) from e
+        failpoints.hit(f"{kind}.done")
+        self.emit(STEP_SUCCEEDED, {"step": step.name, "kind": kind, "result": result,
+                                   "duration_ms": int(clock.monotonic_ms() - t0)})
+        return result
+
+    def effect(self, step: Step) -> dict[str, Any]:
+        assert self.run is not None
+        env = self.env
+        mid = lambda: failpoints.hit(f"{step.kind}.middle")  # noqa: E731
+        if step.kind == "preflight":
+            return self._preflight(mid)
+        if step.kind == "backup":
+            m = env.backups.create(step.args["backup_id"], hook=mid)
+            return _manifest_result(m)
+        if step.kind == "tag":
+            tag = step.args["tag"]
+            if tag not in _tag_names(env.migrator):
+                env.migrator.tag(tag, run_id=self.run.run_id)
+            return {"tag": tag}
+        if step.kind == "migrate":
+            mig = _migration(env.migrator, step.args["migration"])
+            if mig.checksum != step.args["checksum"]:
+                raise TargetError(
+                    f"migration {mig.id} changed since the run was planned (checksum differs)"
+                )
+            applied = env.migrator.apply(mig, run_id=self.run.run_id, hook=mid)
+            return {"migration": mig.id, "checksum": mig.checksum,
+                    "execution_ms": getattr(applied, "execution_ms", None)}
+        if step.kind == "health":
+            from .health import run_checks
+
+            return run_checks(env.target, env.health_checks, hook=mid)
+        if step.kind == "revert":
+            env.migrator.revert(step.args["migration"], run_id=self.run.run_id, hook=mid)
+            return {"migration": step.args["migration"]}
+        if step.kind == "restore":
+            if env.backups is None:
+                raise BackupError("no backup manager configured: cannot restore")
+            env.backups.restore(step.args["backup_id"], hook=mid, check=False)
+            return {"backup_id": step.args["backup_id"]}
+        if step.kind == "compare":
+            return self._compare()
+        raise NeedsAttention(f"unknown step kind {step.kind!r}")
+
+    def _preflight(self, mid: Callable[[], None]) -> dict[str, Any]:
+        from .fingerprint import fingerprint
+
+        assert self.run is not None
+        env = self.env
+        env.migrator.validate()
+        mid()
+        planned = {m["id"]: m["checksum"] for m in self.run.plan.get("migrations", [])}
+        pending = {m.id: m.checksum for m in env.migrator.pending()}
+        if planned != {k: v for k, v in pending.items() if k in planned} or set(planned) - set(pending):
+            raise TargetError("pending migrations differ from the plan this run recorded")
+        result: dict[str, Any] = {"pending": len(pending)}
+        if env.backups is not None:
+            need = int(env.backups.estimate_size() * 1.2)
+            d = env.backup_dir
+            d.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(d).free
+            if free < need:
+                raise TargetError(
+                    f"not enough free disk for the backup in {d}: {free} bytes free, ~{need} needed"
+                )
+            result.update({"backup_estimate_bytes": need, "free_bytes": free})
+        fp = fingerprint(env.target)
+        result["fingerprint"] = fp.to_dict()
+        result["fingerprint_digest"] = fp.digest
+        return result
+
+    def _compare(self) -> dict[str, Any]:
+        from .fingerprint import Fingerprint, diff, fingerprint
+
+        assert self.run is not None
+        pre = self.run.succeeded("preflight")
+        if pre is None or not pre.result:
+            raise NeedsAttention("no fingerprint from before the upgrade to compare with")
+        before = Fingerprint.from_dict(pre.result["fingerprint"])
+        now = fingerprint(self.env.target)
+        lines = diff(before, now)
+        return {"equal": not lines, "diff": lines, "digest": now.digest}
+
+
+def _dest(run: Run, trigger: str) -> str:
+    from .machine import TRANSITIONS
+
+    for t in TRANSITIONS:
+        src = t["source"]
+        if t["trigger"] == trigger and (run.state == src or (isinstance(src, list) and run.state in src)):
+            return str(t["dest"])
+    return "?"
+
+
+def _tag_names(migrator: Any) -> set[str]:
+    return {t if isinstance(t, str) else t.name for t in migrator.tags()}
+
+
+def _migration(migrator: Any, mid: str) -> Any:
+    for m in migrator.migrations():
+        if m.id == mid:
+            return m
+    raise TargetError(f"migration {mid} is no longer in the migrations directory")
+
+
+def _manifest_result(m: Any) -> dict[str, Any]:
+    return {"backup_id": m.id, "method": m.method, "size": m.size, "sha256": m.sha256}
+
+
+@contextlib.contextmanager
+def nothing() -> Iterator[None]:
+    yield

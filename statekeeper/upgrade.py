@@ -1,0 +1,293 @@
+"""Orchestration of upgrade runs: plan, start, resume, rollback, status, history.
+
+Builds the runner's environment from the configuration, takes the lease and the target lock,
+and hands over to :class:`statekeeper.runner.Runner`. :mod:`statekeeper.command` exposes
+these as the public verbs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ledger import Ledger, normalize_url
+
+from . import __version__, clock
+from .errors import ConfigError, LockHeld
+from .lease import LeaseStore
+from .machine import TERMINAL
+from .replay import HistoryError, Run
+from .runner import STREAM_PREFIX, Environment, Observer, Runner, stream_of, to_run_event
+
+if TYPE_CHECKING:
+    from .command import Settings
+
+
+def new_run_id() -> str:
+    return f"{clock.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def build_env(settings: Settings) -> Environment:
+    from .backup import BackupManager
+    from .health import validate_checks
+    from .migrations import Migrator
+    from .targets import Target
+
+    cfg = settings.config
+    target = Target.from_url(cfg.require_target(), cfg.base_dir)
+    migrator = Migrator(target, cfg.require_migrations_dir())
+    backups = None
+    if cfg.backup.enabled:
+        b = cfg.backup
+        backups = BackupManager(
+            target, cfg.backup_method(), cfg.backup_dir(), stanza=b.stanza,
+            stop_command=b.stop_command, start_command=b.start_command,
+            pgbackrest_config=b.pgbackrest_config,
+        )
+    checks = validate_checks(cfg.raw.get("health", {}).get("checks", []), cfg.source)
+    return Environment(target, migrator, backups, checks, backup_dir=cfg.backup_dir())
+
+
+def build_plan(
+    settings: Settings, env: Environment, to_version: str, from_version: str | None
+) -> dict[str, Any]:
+    cfg = settings.config
+    if not to_version or not to_version.strip():
+        raise ConfigError("--to VERSION is required")
+    env.migrator.validate()
+    from_v = from_version or env.migrator.last_tag()
+    if not from_v:
+        raise ConfigError(
+            "the changelog has no tag to upgrade from: pass --from VERSION "
+            "(or tag the current schema with 'statekeeper migrate tag VERSION')"
+        )
+    tags = {t if isinstance(t, str) else t.name for t in env.migrator.tags()}
+    if to_version == from_v or to_version in tags:
+        raise ConfigError(f"--to {to_version}: the schema is already tagged {to_version}")
+    pending = env.migrator.pending()
+    migrations = [{"id": m.id, "checksum": m.checksum, "reversible": m.down is not None,
+                   "no_transaction": bool(getattr(m, "no_transaction", False))} for m in pending]
+    backup = {"enabled": env.backups is not None,
+              "method": cfg.backup_method() if env.backups is not None else None}
+    steps = ["preflight"]
+    if backup["enabled"]:
+        steps.append(f"backup ({backup['method']})")
+    steps.append(f"tag {from_v}")
+    steps += [f"migrate {m['id']}" for m in migrations]
+    steps += ["health checks", f"tag {to_version}"]
+    return {
+        "run_id": new_run_id(),
+        "application": str(cfg.raw.get("upgrade", {}).get("application") or cfg.base_dir.name),
+        "from_version": from_v,
+        "to_version": to_version,
+        "target": env.target.display,
+        "backend": env.target.backend,
+        "migrations_dir": str(env.migrator.migrations_dir if hasattr(env.migrator, "migrations_dir") else cfg.migrations_dir),
+        "migrations": migrations,
+        "irreversible": [m["id"] for m in migrations if not m["reversible"]],
+        "backup": backup,
+        "health_checks": [c["name"] for c in env.health_checks],
+        "steps": steps,
+        "tool": f"statekeeper/{__version__}",
+        "config": cfg.source,
+    }
+
+
+def lease_store(settings: Settings) -> LeaseStore:
+    return LeaseStore(normalize_url(settings.ledger_url, settings.config.base_dir))
+
+
+def load_run(lg: Ledger, run_id: str) -> Run:
+    from .replay import apply
+
+    run: Run | None = None
+    try:
+        for ev in lg.read_stream(stream_of(run_id)):
+            run = apply(run, to_run_event(ev))
+    except HistoryError as e:
+        from .errors import IntegrityError
+
+        raise IntegrityError(f"run {run_id}: illegal history: {e}") from e
+    if run is None:
+        raise ConfigError(f"no run {run_id!r} in the ledger")
+    return run
+
+
+def all_runs(lg: Ledger) -> list[Run]:
+    return [load_run(lg, name[len(STREAM_PREFIX):]) for name, *_ in lg.streams(STREAM_PREFIX)]
+
+
+def unfinished_for(lg: Ledger, target_display: str) -> list[Run]:
+    return [r for r in all_runs(lg) if r.plan.get("target") == target_display
+            and r.state not in TERMINAL]
+
+
+@contextlib.contextmanager
+def holding(settings: Settings, env: Environment, run_id: str, *, takeover: bool
+            ) -> Iterator[Any]:
+    """Hold the lease (ledger database) and the target lock for the whole run."""
+    store = lease_store(settings)
+    try:
+        lease, previous = store.acquire(env.target.display, run_id, takeover=takeover)
+        try:
+            with env.migrator.lock():
+                yield previous
+        finally:
+            lease.release()
+    finally:
+        store.dispose()
+
+
+def start(settings: Settings, to_version: str, from_version: str | None = None,
+          observer: Observer | None = None) -> Run:
+    env = build_env(settings)
+    with settings.open_ledger(signing=True) as lg:
+        busy = unfinished_for(lg, env.target.display)
+        if busy:
+            r = busy[-1]
+            raise LockHeld(
+                f"run {r.run_id} on this target is unfinished ({r.state}): finish it with "
+                f"'statekeeper resume {r.run_id}' or undo it with "
+                f"'statekeeper resume {r.run_id} --rollback'"
+            )
+        plan = build_plan(settings, env, to_version, from_version)
+        runner = Runner(lg, env, observer)
+        with holding(settings, env, plan["run_id"], takeover=False):
+            runner.create(plan)
+            runner.lease_events(None, resumed=False, mode="start")
+            runner.transition("begin")
+            run = runner.drive()
+            runner.release_event()
+        _checkpoint(settings, lg, run)
+        return run
+
+
+def resume(settings: Settings, run_id: str | None = None, rollback: bool = False,
+           observer: Observer | None = None) -> Run:
+    env = build_env(settings)
+    with settings.open_ledger(signing=True) as lg:
+        if run_id is None:
+            busy = unfinished_for(lg, env.target.display)
+            if not busy:
+                raise ConfigError("no unfinished run on this target to resume")
+            run_id = busy[-1].run_id
+        run = load_run(lg, run_id)
+        if run.plan.get("target") != env.target.display:
+            raise ConfigError(f"run {run_id} upgraded {run.plan.get('target')}, not {env.target.display}")
+        if run.state in ("completed", "rolled_back"):
+            return run
+        runner = Runner(lg, env, observer)
+        runner.run = run
+        with holding(settings, env, run_id, takeover=True) as previous:
+            mode = "rollback" if rollback else "forward"
+            runner.lease_events(previous, resumed=True, mode=mode)
+            settle(runner)
+            run = runner.run
+            if run.state == "failed":
+                runner.transition("retry_rollback", "resumed by an operator")
+            elif rollback and run.state == "preflight":
+                runner.transition("abort", "operator chose to roll back")
+            elif rollback and run.state in ("backing_up", "tagging", "migrating", "deploying",
+                                           "verifying"):
+                runner.transition("fail", "operator chose to roll back")
+            elif run.state == "planned":
+                runner.transition("begin")
+            run = runner.drive()
+            runner.release_event()
+        _checkpoint(settings, lg, run)
+        return run
+
+
+def rollback(settings: Settings, run_id: str, observer: Observer | None = None) -> Run:
+    env = build_env(settings)
+    with settings.open_ledger(signing=True) as lg:
+        run = load_run(lg, run_id)
+        if run.state != "completed":
+            raise ConfigError(
+                f"run {run_id} is {run.state}: only a completed run can be rolled back "
+                "(an unfinished one: 'statekeeper resume RUN_ID --rollback')"
+            )
+        later = [r for r in all_runs(lg) if r.plan.get("target") == env.target.display
+                 and r.created_at > run.created_at and r.state == "completed"]
+        if later:
+            raise ConfigError(f"run {later[-1].run_id} completed after {run_id}: roll that back first")
+        runner = Runner(lg, env, observer)
+        runner.run = run
+        with holding(settings, env, run_id, takeover=True) as previous:
+            runner.lease_events(previous, resumed=True, mode="rollback")
+            runner.transition("rollback", "operator rolled back a completed upgrade")
+            run = runner.drive()
+            runner.release_event()
+        _checkpoint(settings, lg, run)
+        return run
+
+
+def settle(runner: Runner) -> None:
+    """Decide an in-doubt step by its own probe before anything is redone or compensated."""
+    from .replay import STEP_FAILED, STEP_SUCCEEDED
+
+    run = runner.run
+    assert run is not None
+    step = run.open_step
+    if step is None:
+        return
+    env = runner.env
+    happened, result = False, None
+    if step.kind == "backup" and env.backups is not None:
+        m = env.backups.probe(step.args["backup_id"])
+        if m is not None:
+            from .runner import _manifest_result
+
+            happened, result = True, _manifest_result(m)
+    elif step.kind == "tag":
+        tags = {t if isinstance(t, str) else t.name for t in env.migrator.tags()}
+        happened, result = step.args["tag"] in tags, {"tag": step.args["tag"]}
+    elif step.kind == "migrate":
+        happened = env.migrator.is_applied(step.args["migration"])
+        result = {"migration": step.args["migration"], "checksum": step.args.get("checksum")}
+    elif step.kind == "revert":
+        happened = not env.migrator.is_applied(step.args["migration"])
+        result = {"migration": step.args["migration"]}
+    base = {"step": step.name, "kind": step.kind, "recovered": True}
+    if happened:
+        runner.emit(STEP_SUCCEEDED, {**base, "result": result or {}})
+    else:
+        runner.emit(STEP_FAILED, {**base, "error": "interrupted before it took effect; redoing it"})
+
+
+def _checkpoint(settings: Settings, lg: Ledger, run: Run) -> Path | None:
+    """A signed checkpoint at every terminal state, saved beside the ledger for the officer."""
+    if run.state not in TERMINAL:
+        return None
+    d = settings.checkpoint_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    from .command import write_atomic
+
+    path = d / f"{run.run_id}.checkpoint"
+    write_atomic(path, lg.checkpoint())
+    return path
+
+
+def status(settings: Settings, run_id: str | None = None) -> Run:
+    with settings.open_ledger(signing=False) as lg:
+        if run_id is None:
+            runs = all_runs(lg)
+            if not runs:
+                raise ConfigError("no runs in the ledger yet")
+            return runs[-1]
+        return load_run(lg, run_id)
+
+
+def history(settings: Settings) -> list[Run]:
+    with settings.open_ledger(signing=False) as lg:
+        return all_runs(lg)
+
+
+def plan(settings: Settings, to_version: str, from_version: str | None = None) -> dict[str, Any]:
+    env = build_env(settings)
+    return build_plan(settings, env, to_version, from_version)
+
+
