@@ -88,10 +88,12 @@ def cli(ctx: click.Context, config: str | None, ledger_url: str | None, key: str
 
 
 def _register() -> None:
-    from . import keys_cmds, ledger_cmds
+    from . import keys_cmds, ledger_cmds, upgrade_cmds
 
     cli.add_command(keys_cmds.keys)
     cli.add_command(ledger_cmds.ledger_group)
+    for c in upgrade_cmds.COMMANDS:
+        cli.add_command(c)
 
 
 _register()

@@ -162,3 +162,79 @@ def ledger_verify_export(
 # --- migrate verbs (statekeeper.migrations) ---
 
 # --- backup verbs (statekeeper.backup) ---
+
+
+# --- upgrade verbs (statekeeper.upgrade) ---
+def init(
+    config: str | None, key: str | None, ledger_url: str | None, target_url: str | None,
+    migrations_dir: str,
+) -> list[str]:
+    """Create statekeeper.toml, the signing key and the ledger; skip what already exists."""
+    from .config import CONFIG_NAME, DEFAULT_KEY
+
+    done: list[str] = []
+    path = Path(config).absolute() if config else Path.cwd() / CONFIG_NAME
+    if not path.exists():
+        lines = ["[ledger]", f'url = "{ledger_url or "sqlite:///.statekeeper/ledger.db"}"',
+                 f'key = "{key or DEFAULT_KEY}"', ""]
+        lines += ["[target]", f'url = "{target_url}"' if target_url else
+                  '# url = "postgresql://app@localhost:5432/app"', ""]
+        lines += ["[migrations]", f'dir = "{migrations_dir}"', ""]
+        lines += ["[backup]", '# method = "pg_dump"   # or "pgbackrest", "sqlite"',
+                  'dir = ".statekeeper/backups"', ""]
+        write_atomic(path, "\n".join(lines))
+        done.append(f"wrote {path}")
+    else:
+        done.append(f"kept {path}")
+    settings = Settings.load(str(path), ledger_url, key)
+    (settings.config.base_dir / ".statekeeper").mkdir(exist_ok=True)
+    if settings.config.migrations_dir and not settings.config.migrations_dir.exists():
+        settings.config.migrations_dir.mkdir(parents=True)
+        done.append(f"created {settings.config.migrations_dir}")
+    if not settings.key_path.exists():
+        keys_generate(settings.key_path)
+        done.append(f"generated signing key {settings.key_path} (mode 0600)")
+    else:
+        done.append(f"kept signing key {settings.key_path}")
+    with settings.open_ledger(signing=True) as lg:
+        head = lg.initialize()
+        done.append(f"ledger {lg.display_url} ready (head seq {head.seq})")
+    return done
+
+
+def plan(settings: Settings, to_version: str, from_version: str | None = None) -> dict[str, Any]:
+    from . import upgrade
+
+    return upgrade.plan(settings, to_version, from_version)
+
+
+def start(settings: Settings, to_version: str, from_version: str | None = None,
+          observer: Any = None) -> Any:
+    from . import upgrade
+
+    return upgrade.start(settings, to_version, from_version, observer)
+
+
+def resume(settings: Settings, run_id: str | None = None, rollback: bool = False,
+           observer: Any = None) -> Any:
+    from . import upgrade
+
+    return upgrade.resume(settings, run_id, rollback, observer)
+
+
+def rollback(settings: Settings, run_id: str, observer: Any = None) -> Any:
+    from . import upgrade
+
+    return upgrade.rollback(settings, run_id, observer)
+
+
+def status(settings: Settings, run_id: str | None = None) -> Any:
+    from . import upgrade
+
+    return upgrade.status(settings, run_id)
+
+
+def history(settings: Settings) -> list[Any]:
+    from . import upgrade
+
+    return upgrade.history(settings)

@@ -31,9 +31,14 @@ STEP_KINDS: dict[str, str] = {
 # (half-done: the step's own transaction or artifact is incomplete), and after the side effect
 # but before step.succeeded is appended (it happened, the ledger does not know).
 _PHASES = ("before", "started", "middle", "done")
+# Steps whose side effect is one statement have no middle worth a failpoint.
+_NO_MIDDLE = {"tag", "compare"}
 
 FAILPOINTS: dict[str, str] = {
-    f"{kind}.{phase}": path for kind, path in STEP_KINDS.items() for phase in _PHASES
+    f"{kind}.{phase}": path
+    for kind, path in STEP_KINDS.items()
+    for phase in _PHASES
+    if not (phase == "middle" and kind in _NO_MIDDLE)
 }
 FAILPOINTS.update({
     "transition.before": "both",  # a step succeeded, its state change not yet appended
