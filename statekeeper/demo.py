@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from . import command
 from .errors import ConfigError
 
 Say = Callable[[str], None]
+MARKER = ".statekeeper-demo"
 
 CONFIG = """\
 # statekeeper demo: everything embedded (SQLite ledger, SQLite application database).
@@ -124,8 +126,11 @@ def run_demo(directory: Path, say: Say) -> int:
 
     directory = directory.absolute()
     if directory.exists() and any(directory.iterdir()):
-        raise ConfigError(f"--dir {directory}: not empty; choose a new directory")
+        if not (directory / MARKER).exists():
+            raise ConfigError(f"--dir {directory}: not empty; choose a new directory")
+        shutil.rmtree(directory)  # a previous demo's leftovers, and nothing else
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).write_text("made by 'statekeeper demo'; it replaces this directory\n")
     (directory / "statekeeper.toml").write_text(CONFIG)
     mig = directory / "migrations"
     mig.mkdir()
