@@ -331,6 +331,23 @@ class SQLiteRecorder(Recorder):
                     f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
                     f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: {op} refused'); END"
                 )
+        # INSERT OR REPLACE deletes the row it collides with without firing DELETE triggers
+        # (recursive_triggers is off by default), so refuse any insert that would collide.
+        for table, where in _SQLITE_UNIQUE.items():
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} "
+                f"WHEN {where} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: REPLACE refused'); END"
+            )
+
+
+# Per table: the condition under which an insert would collide with (and REPLACE) a row.
+_SQLITE_UNIQUE = {
+    "ledger_events": "EXISTS (SELECT 1 FROM ledger_events WHERE seq = NEW.seq) OR EXISTS "
+    "(SELECT 1 FROM ledger_events WHERE stream = NEW.stream AND stream_seq = NEW.stream_seq)",
+    "ledger_seals": "EXISTS (SELECT 1 FROM ledger_seals WHERE seq = NEW.seq)",
+    "ledger_keys": "EXISTS (SELECT 1 FROM ledger_keys WHERE key_id = NEW.key_id)",
+}
 
 
 # Arbitrary constant: the advisory lock that serialises appenders on the chain head.
