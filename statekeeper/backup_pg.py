@@ -1,0 +1,317 @@
+"""PostgreSQL helpers shared by the backup methods, and the ``pg_dump`` method.
+
+Restore semantics of the pg_dump method: one transaction that drops every user schema (and
+extension, event trigger, publication) of the target database and replays the dump. Either all
+of it commits, and the database is exactly the backup (objects created after the backup are
+gone), or none of it does and the database is as it was before the restore. The password
+reaches the client tools through the environment, never their command line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from .backup import Created, Hook, Manifest, disk_free, fsync_path
+from .errors import BackupError, ConfigError, TargetError
+from .fingerprint import pg_fingerprint
+from .targets import Target, first_line
+
+# URL query parameters that libpq also reads from the environment.
+_QUERY_ENV = {
+    "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY", "sslcrl": "PGSSLCRL", "connect_timeout": "PGCONNECT_TIMEOUT",
+    "application_name": "PGAPPNAME", "options": "PGOPTIONS",
+    "target_session_attrs": "PGTARGETSESSIONATTRS", "passfile": "PGPASSFILE",
+    "service": "PGSERVICE", "gssencmode": "PGGSSENCMODE",
+}
+
+USER_SCHEMAS = (
+    "SELECT nspname FROM pg_namespace WHERE nspname NOT IN "
+    "('pg_catalog', 'information_schema', 'pg_toast') AND nspname !~ '^pg_(toast_)?temp_' "
+    "ORDER BY nspname"
+)
+
+
+def client_env(target: Target) -> dict[str, str]:
+    env = target.libpq_env()
+    for k, v in target.url.query.items():
+        if k in _QUERY_ENV:
+            env[_QUERY_ENV[k]] = str(v)
+    env.setdefault("PGCONNECT_TIMEOUT", "10")
+    env["PGAPPNAME"] = env.get("PGAPPNAME", "statekeeper-backup")
+    return env
+
+
+def pg_tool(name: str, pg_bin: Path | None = None) -> str:
+    """Locate a PostgreSQL client program: ``pg_bin``, then $STATEKEEPER_PG_BIN, then PATH."""
+    d = pg_bin or (Path(os.environ["STATEKEEPER_PG_BIN"])
+                   if os.environ.get("STATEKEEPER_PG_BIN") else None)
+    if d is not None:
+        p = d / name
+        if not os.access(p, os.X_OK):
+            raise ConfigError(f"{name} not found in {d}")
+        return str(p)
+    found = shutil.which(name)
+    if not found:
+        raise ConfigError(
+            f"{name} not found on PATH (install the PostgreSQL client programs, "
+            "of the server's major version or newer)"
+        )
+    return found
+
+
+def stderr_line(text: str) -> str:
+    """The most telling line of a client program's stderr (the first error, without the
+    program's prefix)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        m = _ERROR.search(ln)
+        if m:
+            return m.group(1).strip() or ln
+    return lines[-1] if lines else "(no message)"
+
+
+_ERROR = re.compile(r"(?:\berror|ERROR|FATAL):\s*(.*)")
+
+
+def server_identity(target: Target) -> tuple[str, str | None]:
+    """(server_version, system_identifier or None if not permitted)."""
+    try:
+        conn = target.connect(autocommit=True)
+    except TargetError as e:
+        raise BackupError(str(e)) from e
+    try:
+        return _identity(conn)
+    finally:
+        conn.close()
+
+
+def _identity(conn: Any) -> tuple[str, str | None]:
+    import psycopg
+
+    version = str(conn.execute("SHOW server_version").fetchone()[0])
+    sysid: str | None = None
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+            sysid = str(row[0])
+    except psycopg.Error:
+        sysid = None
+    return version, sysid
+
+
+def database_size(target: Target, *, cluster: bool = False) -> int:
+    sql = ("SELECT sum(pg_database_size(datname))::bigint FROM pg_database" if cluster
+           else "SELECT pg_database_size(current_database())")
+    try:
+        conn = target.connect(autocommit=True)
+    except TargetError as e:
+        raise BackupError(str(e)) from e
+    try:
+        return int(conn.execute(sql).fetchone()[0] or 0)
+    finally:
+        conn.close()
+
+
+class PgDumpMethod:
+    name = "pg_dump"
+    artifact_name = "database.dump"
+
+    def __init__(self, target: Target, *, pg_bin: Path | None = None,
+                 timeout: float = 6 * 3600, lock_timeout: str = "60s") -> None:
+        self.target = target
+        self.pg_bin = pg_bin
+        self.timeout = timeout
+        self.lock_timeout = lock_timeout
+
+    # -- create ------------------------------------------------------------------------------
+    def create(self, workdir: Path, backup_id: str) -> Created:
+        """``pg_dump -Fc`` of the snapshot the fingerprint reads: both see the same data."""
+        import psycopg
+
+        pg_dump = pg_tool("pg_dump", self.pg_bin)
+        final = workdir / self.artifact_name
+        tmp = workdir / f".{self.artifact_name}.partial"
+        try:
+            conn = self.target.connect()
+        except TargetError as e:
+            raise BackupError(str(e)) from e
+        try:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            version, sysid = _identity(conn)
+            with tempfile.TemporaryFile() as err:
+                proc = subprocess.Popen(
+                    [pg_dump, "--format=custom", "--no-password", f"--snapshot={snapshot}",
+                     f"--file={tmp}"],
+                    env=client_env(self.target), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=err,
+                )
+                try:
+                    fp = pg_fingerprint(conn, begin=False)  # in parallel with pg_dump
+                    rc = proc.wait(timeout=self.timeout)
+                except BaseException:
+                    proc.kill()
+                    proc.wait()
+                    raise
+                if rc != 0:
+                    raise BackupError(f"pg_dump failed: {_read(err)}")
+            conn.rollback()
+        except psycopg.Error as e:
+            raise BackupError(f"backup of {self.target.display}: {first_line(e)}") from e
+        except subprocess.TimeoutExpired as e:
+            raise BackupError(f"pg_dump did not finish within {self.timeout:.0f} s") from e
+        finally:
+            conn.close()
+        fsync_path(tmp)
+        os.replace(tmp, final)
+        fsync_path(workdir)
+        return Created(
+            artifact=final, fingerprint=fp, server_version=version,
+            host=self.target.url.host or "localhost", port=int(self.target.url.port or 5432),
+            system_identifier=sysid,
+        )
+
+    # -- restore -----------------------------------------------------------------------------
+    def check(self, manifest: Manifest) -> None:
+        return None
+
+    def _prelude(self, had_public: bool, server_num: int) -> str:
+        lines = [
+            "SET client_min_messages = warning;",
+            f"SET lock_timeout = '{self.lock_timeout}';",
+            "BEGIN;",
+            "DO $statekeeper$ DECLARE r record; BEGIN",
+            "  FOR r IN SELECT evtname FROM pg_event_trigger LOOP",
+            "    EXECUTE format('DROP EVENT TRIGGER %I', r.evtname); END LOOP;",
+            "  FOR r IN SELECT oid FROM pg_largeobject_metadata LOOP",
+            "    PERFORM lo_unlink(r.oid); END LOOP;",
+            "  FOR r IN SELECT pubname FROM pg_publication LOOP",
+            "    EXECUTE format('DROP PUBLICATION %I', r.pubname); END LOOP;",
+            f"  FOR r IN {USER_SCHEMAS} LOOP",
+            "    EXECUTE format('DROP SCHEMA %I CASCADE', r.nspname); END LOOP;",
+            "  FOR r IN SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' LOOP",
+            "    EXECUTE format('DROP EXTENSION IF EXISTS %I CASCADE', r.extname); END LOOP;",
+            "END $statekeeper$;",
+        ]
+        if had_public:
+            if server_num >= 150000:
+                lines += ["CREATE SCHEMA public AUTHORIZATION pg_database_owner;",
+                          "GRANT USAGE ON SCHEMA public TO PUBLIC;"]
+            else:
+                lines += ["CREATE SCHEMA public;",
+                          "GRANT CREATE, USAGE ON SCHEMA public TO PUBLIC;"]
+            lines.append("COMMENT ON SCHEMA public IS 'standard public schema';")
+        return "\n".join(lines) + "\n"
+
+    def restore(self, manifest: Manifest, hook: Hook) -> None:
+        """Drop everything and replay the dump, in one transaction (see the module doc)."""
+        pg_restore = pg_tool("pg_restore", self.pg_bin)
+        psql = pg_tool("psql", self.pg_bin)
+        try:
+            conn = self.target.connect(autocommit=True)
+        except TargetError as e:
+            raise BackupError(str(e)) from e
+        try:
+            server_num = int(conn.info.server_version)
+        finally:
+            conn.close()
+        had_public = "schema public" in manifest.fingerprint.get("schema_objects", {})
+        prelude = self._prelude(had_public, server_num).encode("utf-8")
+        env = client_env(self.target)
+        with tempfile.TemporaryFile() as err1, tempfile.TemporaryFile() as err2:
+            src = subprocess.Popen(
+                [pg_restore, "--single-transaction", "--file=-", str(manifest.artifact_path)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err1,
+            )
+            dst = subprocess.Popen(
+                [psql, "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
+                 "-v", "VERBOSITY=terse", "-f", "-"],
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err2,
+            )
+            assert src.stdout is not None and dst.stdin is not None
+            try:
+                commit = _relay(src.stdout, dst.stdin, prelude)
+                src.stdout.close()  # psql may have stopped early: do not leave pg_restore stuck
+                rc_src = src.wait(timeout=self.timeout)
+                if rc_src == 0 and commit:
+                    hook()
+                    # Only now, with the whole script delivered, may the transaction commit.
+                    _write(dst.stdin, b"COMMIT;\n")
+                dst.stdin.close()
+                rc_dst = dst.wait(timeout=self.timeout)
+            except BaseException:
+                for p in (src, dst):
+                    p.kill()
+                    p.wait()
+                raise
+            if rc_dst != 0:
+                raise BackupError(
+                    f"restore of backup {manifest.id} failed, database left as it was: "
+                    f"{_read(err2)}"
+                )
+            if rc_src != 0 or not commit:
+                raise BackupError(
+                    f"restore of backup {manifest.id} failed, database left as it was: "
+                    f"pg_restore: {_read(err1) if rc_src else 'script ended early'}"
+                )
+
+    def estimate_size(self) -> int:
+        return database_size(self.target)
+
+    def free_space(self, backup_dir: Path) -> int:
+        return disk_free(backup_dir)
+
+
+def _write(f: IO[bytes], data: bytes) -> bool:
+    try:
+        f.write(data)
+        return True
+    except BrokenPipeError:
+        return False
+
+
+def _relay(src: IO[bytes], dst: IO[bytes], prelude: bytes) -> bool:
+    """Copy pg_restore's single-transaction script to psql, after ``prelude``, holding back its
+    final ``COMMIT;``. Returns whether that final COMMIT was seen (the script is complete)."""
+    if not _write(dst, prelude):
+        return False
+    in_copy = False
+    held: list[bytes] = []  # a COMMIT; line and what followed it (only blanks/comments/meta)
+    for line in src:
+        if in_copy:
+            if line in (b"\\.\n", b"\\.\r\n"):
+                in_copy = False
+            if not _write(dst, line):
+                return False
+            continue
+        if held:
+            s = line.strip()
+            if not s or s.startswith((b"--", b"\\unrestrict")):
+                held.append(line)
+                continue
+            # Not the end: the COMMIT; was inside something else. Pass it on as it was.
+            if not _write(dst, b"".join(held)):
+                return False
+            held = []
+        if line.rstrip(b"\r\n") == b"COMMIT;":
+            held = [line]
+            continue
+        if line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
+            in_copy = True
+        if not _write(dst, line):
+            return False
+    if not held:
+        return False
+    return _write(dst, b"".join(held[1:]))
+
+
+def _read(f: IO[bytes]) -> str:
+    f.seek(0)
+    return stderr_line(f.read().decode("utf-8", "replace"))

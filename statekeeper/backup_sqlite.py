@@ -1,0 +1,108 @@
+"""The ``sqlite`` method: the online backup API, and an atomic file replacement on restore."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from .backup import Created, Hook, Manifest, disk_free, fsync_path
+from .errors import BackupError, ConfigError
+from .fingerprint import sqlite_fingerprint
+from .targets import Target
+
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+class SqliteMethod:
+    name = "sqlite"
+    artifact_name = "database.sqlite"
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def create(self, workdir: Path, backup_id: str) -> Created:
+        """Copy the database with ``Connection.backup`` (a consistent snapshot even while
+        others write), and fingerprint the copy itself: fingerprint and artifact agree."""
+        final = workdir / self.artifact_name
+        tmp = workdir / f".{self.artifact_name}.partial"
+        src = self.target.connect(autocommit=True)
+        try:
+            dst = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                src.backup(dst)
+                fp = sqlite_fingerprint(dst)
+                version = str(dst.execute("SELECT sqlite_version()").fetchone()[0])
+            finally:
+                dst.close()
+        except sqlite3.Error as e:
+            raise BackupError(f"backup of {self.target.display} failed: {e}") from e
+        finally:
+            src.close()
+        for suffix in SIDE_FILES:
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        fsync_path(tmp)
+        os.replace(tmp, final)
+        fsync_path(workdir)
+        return Created(artifact=final, fingerprint=fp, server_version=f"SQLite {version}")
+
+    def check(self, manifest: Manifest) -> None:
+        return None
+
+    def restore(self, manifest: Manifest, hook: Hook) -> None:
+        """Copy the artifact next to the target, fsync, and ``os.replace`` it over the target;
+        the old file's journal/WAL are checkpointed and removed so they cannot replay onto
+        the restored file. Other connections to the file must be closed first."""
+        path = self.target.sqlite_path
+        if not path.parent.is_dir():
+            raise ConfigError(f"target {self.target.display}: directory {path.parent} "
+                              "does not exist")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.restore-", dir=path.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, manifest.artifact_path.open("rb") as inp:
+                shutil.copyfileobj(inp, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            hook()
+            if path.exists():
+                st = path.stat()
+                os.chmod(tmp, st.st_mode & 0o7777)
+                with contextlib.suppress(OSError):
+                    os.chown(tmp, st.st_uid, st.st_gid)
+                self._checkpoint(path)
+            for suffix in SIDE_FILES:
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        for suffix in SIDE_FILES:
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        fsync_path(path.parent)
+
+    @staticmethod
+    def _checkpoint(path: Path) -> None:
+        """Fold the old WAL into the old file (best effort) before it is replaced."""
+        try:
+            conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass
+
+    def estimate_size(self) -> int:
+        path = self.target.sqlite_path
+        total = 0
+        for p in (path, Path(f"{path}-wal")):
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+    def free_space(self, backup_dir: Path) -> int:
+        return disk_free(backup_dir)
