@@ -148,6 +148,8 @@ def verify_export(
     head = v.finish()
     cp = parse_checkpoint(str(closing), f"{path}:{last_line}")
     ledger_id = str(header.get("ledger_id"))
+    if stream is None and v.count == 0:
+        raise IntegrityViolation(1, "truncated", f"{path}: the export holds no events")
     if stream is None and v.ledger_id != ledger_id:
         raise IntegrityViolation(1, "checkpoint mismatch", "header's ledger id differs from the genesis event")
     if cp.ledger_id != ledger_id or cp.stream != stream:
@@ -155,13 +157,26 @@ def verify_export(
     keymap = {k.key_id: k for k in listed}
     if v.count and stream is None:
         _check_checkpoint(cp, v, keymap, stream=None)
+        if cp.seq > head.seq:  # the first missing event is the one after the last present
+            raise IntegrityViolation(
+                head.seq + 1, "truncated",
+                f"export ends at seq {head.seq}, its checkpoint vouches for seq {cp.seq}",
+            )
         if (cp.seq, cp.head_hash) != (head.seq, head.hash):
-            raise IntegrityViolation(head.seq, "truncated", "export does not end where its checkpoint says")
+            raise IntegrityViolation(
+                cp.seq, "checkpoint mismatch", "export does not end where its checkpoint says"
+            )
     elif stream is not None:
         v.ledger_id = ledger_id
         _check_checkpoint(cp, v, keymap, stream=stream)
-        if (cp.seq, cp.head_hash) != (v._streams[stream][0] if v.count else 0, head.hash):
-            raise IntegrityViolation(head.seq, "truncated", "export does not end where its checkpoint says")
+        pos = v._streams[stream][0] if v.count else 0
+        if (cp.seq, cp.head_hash) != (pos, head.hash):
+            # Positions count the stream's events; the global seq of a missing one is unknown.
+            raise IntegrityViolation(
+                None, "truncated" if cp.seq > pos else "checkpoint mismatch",
+                f"stream export ends at position {pos}, its checkpoint vouches for position "
+                f"{cp.seq}",
+            )
     if trusted and cp.key_id not in {k.key_id for k in trusted}:
         raise IntegrityViolation(None, "unknown key", "closing checkpoint is not signed by a trusted key")
     if against is not None:
