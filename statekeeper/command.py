@@ -162,6 +162,51 @@ def ledger_verify_export(
 # --- migrate verbs (statekeeper.migrations) ---
 
 # --- backup verbs (statekeeper.backup) ---
+def backup_manager(settings: Settings, target_url: str | None = None) -> Any:
+    """A :class:`statekeeper.backup.BackupManager` from ``[target]``/``[backup]``; a
+    ``target_url`` (the ``--target`` flag) overrides ``[target] url`` (relative SQLite paths
+    then resolve against the working directory)."""
+    from .backup import BackupManager
+    from .targets import Target
+
+    cfg = settings.config
+    if target_url:
+        target: Target | None = Target.from_url(target_url, Path.cwd())
+    elif cfg.target_url:
+        target = Target.from_url(cfg.target_url, cfg.base_dir)
+    else:
+        target = None
+    method = cfg.backup.method or (
+        "sqlite" if target is not None and target.backend == "sqlite" else "pg_dump"
+    )
+    b = cfg.backup
+    return BackupManager(
+        target, method, cfg.backup_dir(), stanza=b.stanza, stop_command=b.stop_command,
+        start_command=b.start_command, pgbackrest_config=b.pgbackrest_config,
+    )
+
+
+def backup_create(
+    settings: Settings, target_url: str | None = None, backup_id: str | None = None
+) -> Any:
+    return backup_manager(settings, target_url).create(backup_id)
+
+
+def backup_list(settings: Settings, target_url: str | None = None) -> list[Any]:
+    return list(backup_manager(settings, target_url).list())
+
+
+def backup_verify(settings: Settings, backup_id: str, target_url: str | None = None) -> Any:
+    return backup_manager(settings, target_url).verify(backup_id)
+
+
+def backup_restore(
+    settings: Settings, backup_id: str, target_url: str | None = None,
+    allow_other_database: bool = False,
+) -> Any:
+    return backup_manager(settings, target_url).restore(
+        backup_id, allow_other_database=allow_other_database
+    )
 
 
 # --- upgrade verbs (statekeeper.upgrade) ---
