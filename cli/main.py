@@ -88,10 +88,14 @@ def cli(ctx: click.Context, config: str | None, ledger_url: str | None, key: str
 
 
 def _register() -> None:
-    from . import keys_cmds, ledger_cmds, upgrade_cmds
+    from . import backup_cmds, keys_cmds, ledger_cmds, upgrade_cmds
 
+    cli.add_command(backup_cmds.backup)
     cli.add_command(keys_cmds.keys)
     cli.add_command(ledger_cmds.ledger_group)
+    from . import migrate_cmds
+
+    cli.add_command(migrate_cmds.migrate)
     for c in upgrade_cmds.COMMANDS:
         cli.add_command(c)
 

@@ -182,6 +182,7 @@ class RestoreResult:
     fingerprint: Fingerprint | None  # the restored database's (None when check=False)
     duration_ms: int
     damage: list[str]  # how the database differed from the backup just before the restore
+    target: str = ""  # the (redacted) URL restored into
 
 
 @dataclass
@@ -553,7 +554,8 @@ class BackupManager:
                 damage = [f"(the target could not be fingerprinted before the restore: {e})"]
         driver.restore(m, hook or _noop)
         if not check:
-            return RestoreResult(m, None, int((time.monotonic() - t0) * 1000), damage)
+            return RestoreResult(m, None, int((time.monotonic() - t0) * 1000), damage,
+                                 target.display)
         after = fingerprint(target)
         lines = diff(expected, after)
         if lines:
@@ -562,7 +564,8 @@ class BackupManager:
                 + (f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""),
                 lines,
             )
-        return RestoreResult(m, after, int((time.monotonic() - t0) * 1000), damage)
+        return RestoreResult(m, after, int((time.monotonic() - t0) * 1000), damage,
+                             target.display)
 
     def estimate_size(self) -> int:
         """Bytes the next backup may need (an upper bound), for a free-disk preflight."""

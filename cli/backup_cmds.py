@@ -1,0 +1,135 @@
+"""``statekeeper backup``: create, list, verify and restore verified backups."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from statekeeper import command
+
+from .main import Obj, emit_json, pass_obj
+
+F = Callable[..., Any]
+
+
+def target_opt(f: F) -> F:
+    return click.option(
+        "--target", "target_url", metavar="URL",
+        help="Target database URL (overrides [target] url).",
+    )(f)
+
+
+def json_opt(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _fp_summary(m: Any) -> str:
+    tables = m.fingerprint.get("tables", {})
+    rows = sum(int(t.get("rows", 0)) for t in tables.values())
+    return f"{m.fingerprint_digest[:16]} ({len(tables)} tables, {rows} rows)"
+
+
+@click.group("backup")
+def backup() -> None:
+    """Verified backups of the target database ([backup] method: pg_dump, pgbackrest, sqlite).
+
+    Exit codes: 0 success; 1 the backup or restore failed (nothing half-done);
+    2 usage or configuration error, unknown backup id, restore into another database;
+    3 a restore needs attention (fingerprint differs, or a cluster restore stopped half-way);
+    4 an artifact does not match its manifest (corrupt or missing).
+    """
+
+
+@backup.command("create")
+@target_opt
+@click.option("--id", "backup_id", metavar="ID",
+              help="Backup id (default: UTC timestamp and a random suffix).")
+@json_opt
+@pass_obj
+def backup_create(obj: Obj, target_url: str | None, backup_id: str | None,
+                  as_json: bool) -> None:
+    """Back up the target; the manifest is written only once the artifact is complete."""
+    m = command.backup_create(obj.settings, target_url, backup_id)
+    if as_json:
+        emit_json(m.to_dict(include_fingerprint=False))
+        return
+    click.echo(f"created backup {m.id} ({m.method}, {human_size(m.size)}) in {m.directory}")
+    click.echo(f"  sha256       {m.sha256}")
+    click.echo(f"  fingerprint  {_fp_summary(m)}")
+    if m.restore_point:
+        click.echo(f"  pgbackrest   {m.pgbackrest_label}, restore point {m.restore_point}")
+
+
+@backup.command("list")
+@target_opt
+@json_opt
+@pass_obj
+def backup_list(obj: Obj, target_url: str | None, as_json: bool) -> None:
+    """List complete backups, oldest first (a backup without its manifest is not listed)."""
+    items = command.backup_list(obj.settings, target_url)
+    if as_json:
+        emit_json([m.to_dict(include_fingerprint=False) for m in items])
+        return
+    if not items:
+        click.echo(f"no backups in {obj.settings.config.backup_dir()}")
+        return
+    rows = [("ID", "CREATED", "METHOD", "SIZE", "DATABASE", "FINGERPRINT")]
+    rows += [(m.id, m.created_at[:19].replace("T", " "), m.method, human_size(m.size),
+              m.database, m.fingerprint_digest[:16]) for m in items]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@backup.command("verify")
+@click.argument("backup_id", metavar="ID")
+@target_opt
+@json_opt
+@pass_obj
+def backup_verify(obj: Obj, backup_id: str, target_url: str | None, as_json: bool) -> None:
+    """Re-hash backup ID's artifact against its manifest (exit 4 if it differs or is gone)."""
+    m = command.backup_verify(obj.settings, backup_id, target_url)
+    if as_json:
+        emit_json({"ok": True, **m.to_dict(include_fingerprint=False)})
+        return
+    click.echo(f"backup {m.id} OK: {m.artifact_path} matches its manifest "
+               f"({human_size(m.size)}, sha256 {m.sha256[:16]})")
+
+
+@backup.command("restore")
+@click.argument("backup_id", metavar="ID")
+@target_opt
+@click.option("--allow-other-database", is_flag=True,
+              help="Restore even into a database other than the one backed up.")
+@json_opt
+@pass_obj
+def backup_restore(obj: Obj, backup_id: str, target_url: str | None,
+                   allow_other_database: bool, as_json: bool) -> None:
+    """Put the target back exactly as it was at backup ID, and prove it by fingerprint.
+
+    The backup is verified first. pg_dump: every user schema is dropped and the dump replayed
+    in one transaction. pgbackrest: stop, point-in-time restore to the backup's restore point,
+    start. sqlite: the file is replaced atomically.
+    """
+    r = command.backup_restore(obj.settings, backup_id, target_url, allow_other_database)
+    if as_json:
+        emit_json({"ok": True, "id": r.manifest.id, "duration_ms": r.duration_ms,
+                   "fingerprint": r.fingerprint.digest if r.fingerprint else None,
+                   "undone": r.damage})
+        return
+    click.echo(f"restored backup {r.manifest.id} into {r.target} "
+               f"in {r.duration_ms / 1000:.1f} s")
+    for line in r.damage:
+        click.echo(f"  undone: {line}")
+    click.echo(f"  fingerprint {r.manifest.fingerprint_digest[:16]} matches the backup")
