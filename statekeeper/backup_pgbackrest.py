@@ -19,6 +19,7 @@ pgBackRest runs as the operating-system user that owns the cluster's data direct
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import os
 import pwd
@@ -127,10 +128,8 @@ class PgBackRestMethod:
         argv = self._argv(*args)
         env = dict(os.environ)
         if os.geteuid() == 0:
-            try:
+            with contextlib.suppress(KeyError):
                 env["HOME"] = pwd.getpwnam(self.os_user()).pw_dir
-            except KeyError:
-                pass
         try:
             proc = subprocess.run(
                 argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
@@ -340,7 +339,7 @@ class PgBackRestMethod:
                 if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                     return
                 last = "still in recovery"
-            except Exception as e:  # noqa: BLE001 - the server may go away while starting
+            except Exception as e:  # the server may go away while starting
                 last = first_line(e)
             finally:
                 conn.close()
