@@ -39,6 +39,8 @@ def ledger_append(
     """Append one event (for scripts and tests)."""
     try:
         data = ledger.canonical.loads(payload)
+    except ledger.canonical.CanonicalError as e:
+        raise ConfigError(f"--payload: {e}") from e
     except ValueError as e:
         raise ConfigError(f"--payload is not valid JSON: {e}") from e
     if not isinstance(data, dict):

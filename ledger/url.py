@@ -19,7 +19,7 @@ def normalize_url(url: str, base_dir: Path | None = None, *, what: str = "URL") 
         raise ConfigurationError(f"{what} is empty")
     try:
         u = make_url(url.strip())
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise ConfigurationError(f"{what} {redact(url)!r} is not a database URL") from e
     scheme = u.drivername
     if scheme in _PG_SCHEMES:
@@ -44,7 +44,7 @@ def redact(url: str | URL) -> str:
     """Return the URL with any password replaced by ``***``."""
     try:
         u = url if isinstance(url, URL) else make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         # Not parseable: show only the scheme so a password can never slip through.
         text = str(url)
         return text.split("://", 1)[0] + "://***" if "://" in text else "***"

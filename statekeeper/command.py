@@ -32,7 +32,7 @@ class Settings:
         cls, config: str | None = None, ledger_url: str | None = None, key: str | None = None
     ) -> Settings:
         cfg = load_config(config)
-        url = ledger_url or cfg.ledger.url
+        url = _flag_url(ledger_url) if ledger_url else cfg.ledger.url
         kp = Path(key).expanduser().absolute() if key else cfg.key_path()
         return cls(cfg, url, kp)
 
@@ -59,17 +59,32 @@ class Settings:
                       create=create)
 
 
+def _flag_url(url: str) -> str:
+    """A relative SQLite path given with --ledger is relative to the working directory, like
+    --key's (only paths written in statekeeper.toml are relative to that file)."""
+    u = ledger.normalize_url(url, Path.cwd(), what="--ledger URL")
+    if u.get_backend_name() != "sqlite":
+        return url
+    return u.render_as_string(hide_password=False)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash leaves the old file or the new, never half."""
     if not path.parent.is_dir():
         raise ConfigError(f"{path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write: {e.strerror}") from e
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot write: {e.strerror}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -137,7 +152,10 @@ def ledger_checkpoint(settings: Settings, out: Path) -> str:
 def ledger_export(settings: Settings, out: Path, stream: str | None = None) -> ledger.ExportResult:
     if not out.parent.is_dir():
         raise ConfigError(f"{out}: directory {out.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot write: {e.strerror}") from e
     try:
         with settings.open_ledger(signing=True, create=False) as lg, os.fdopen(
             fd, "w", encoding="utf-8"
@@ -146,6 +164,9 @@ def ledger_export(settings: Settings, out: Path, stream: str | None = None) -> l
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"{out}: cannot write: {e.strerror}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
