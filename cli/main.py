@@ -93,6 +93,9 @@ def _register() -> None:
     cli.add_command(backup_cmds.backup)
     cli.add_command(keys_cmds.keys)
     cli.add_command(ledger_cmds.ledger_group)
+    from . import migrate_cmds
+
+    cli.add_command(migrate_cmds.migrate)
     for c in upgrade_cmds.COMMANDS:
         cli.add_command(c)
 

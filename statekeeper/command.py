@@ -181,6 +181,111 @@ def ledger_verify_export(
 
 
 # --- migrate verbs (statekeeper.migrations) ---
+from .migrations import (  # noqa: E402
+    AppliedMigration,
+    Migration,
+    MigrationStatus,
+    Migrator,
+    Tag,
+)
+
+
+def open_migrator(
+    settings: Settings, target_url: str | None = None, migrations_dir: Path | None = None
+) -> Migrator:
+    """A Migrator from ``[target] url`` and ``[migrations] dir``; the ``--target``/``--dir``
+    flags override them (relative paths then resolve against the working directory)."""
+    from .targets import Target
+
+    cfg = settings.config
+    if target_url:
+        target = Target.from_url(target_url, Path.cwd())
+    elif cfg.target_url:
+        target = Target.from_url(cfg.target_url, cfg.base_dir)
+    else:
+        where = cfg.path or "statekeeper.toml"
+        raise ConfigError(f"no target database: set [target] url in {where} or pass --target URL")
+    if migrations_dir is not None:
+        d = migrations_dir.expanduser().absolute()
+        if not d.is_dir():
+            what = "does not exist" if not d.exists() else "is not a directory"
+            raise ConfigError(f"--dir {migrations_dir}: migrations directory {d} {what}")
+    elif cfg.migrations_dir is not None:
+        d = cfg.require_migrations_dir()
+    else:
+        where = cfg.path or "statekeeper.toml"
+        raise ConfigError(
+            f"no migrations directory: set [migrations] dir in {where} or pass --dir DIR"
+        )
+    return Migrator(target, d)
+
+
+def migrate_status(
+    settings: Settings, target_url: str | None = None, migrations_dir: Path | None = None
+) -> tuple[list[MigrationStatus], list[Tag]]:
+    m = open_migrator(settings, target_url, migrations_dir)
+    return m.status(), m.tags()
+
+
+def migrate_validate(
+    settings: Settings, target_url: str | None = None, migrations_dir: Path | None = None
+) -> tuple[list[AppliedMigration], list[Migration]]:
+    """(applied, pending) after validation; ValidationError names the offending file."""
+    m = open_migrator(settings, target_url, migrations_dir)
+    applied = m.validate()
+    return applied, m.pending()
+
+
+def migrate_up(
+    settings: Settings,
+    target_url: str | None = None,
+    migrations_dir: Path | None = None,
+    *,
+    target_id: str | None = None,
+    run_id: str | None = None,
+    on_applied: Any = None,
+) -> list[AppliedMigration]:
+    return open_migrator(settings, target_url, migrations_dir).up(
+        run_id=run_id, target_id=target_id, on_applied=on_applied
+    )
+
+
+def migrate_down(
+    settings: Settings,
+    target_url: str | None,
+    migrations_dir: Path | None,
+    to_tag: str,
+    *,
+    run_id: str | None = None,
+    on_reverted: Any = None,
+) -> list[str]:
+    return open_migrator(settings, target_url, migrations_dir).down_to_tag(
+        to_tag, run_id=run_id, on_reverted=on_reverted
+    )
+
+
+def migrate_tag(
+    settings: Settings,
+    name: str,
+    target_url: str | None = None,
+    migrations_dir: Path | None = None,
+    *,
+    run_id: str | None = None,
+) -> Tag:
+    return open_migrator(settings, target_url, migrations_dir).tag(name, run_id=run_id)
+
+
+def migrate_sql(
+    settings: Settings,
+    target_url: str | None = None,
+    migrations_dir: Path | None = None,
+    *,
+    to_tag: str | None = None,
+    target_id: str | None = None,
+) -> str:
+    """The SQL that ``up`` (or ``down --to-tag``) would run; nothing is changed."""
+    return open_migrator(settings, target_url, migrations_dir).sql(to_tag, target_id=target_id)
+
 
 # --- backup verbs (statekeeper.backup) ---
 def backup_manager(settings: Settings, target_url: str | None = None) -> Any:

@@ -1,0 +1,155 @@
+"""``statekeeper migrate``: tracked SQL migrations on the target database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from statekeeper import command
+from statekeeper.migrations import AppliedMigration, Migration, MigrationStatus
+
+from .main import Obj, PathArg, emit_json, pass_obj
+
+
+def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--dir", "migrations_dir", type=PathArg, metavar="DIR",
+                     help="Migrations directory (overrides [migrations] dir).")(f)
+    f = click.option("--target", "target_url", metavar="URL",
+                     help="Target database URL (overrides [target] url).")(f)
+    return f
+
+
+@click.group("migrate")
+def migrate() -> None:
+    """Tracked SQL migrations on the target database.
+
+    Files DIR/*.sql run in natural file-name order; a line '-- statekeeper:down' starts the
+    down part; a first line '-- statekeeper:no-transaction' runs the file outside a
+    transaction. What is applied is recorded in the table statekeeper_changelog.
+
+    Exit codes: 0 success; 1 a migration or the database failed; 2 bad input, an edited or
+    missing applied file, or a rollback over an irreversible migration; 5 another process holds
+    the migration lock.
+    """
+
+
+def _row_json(r: MigrationStatus) -> dict[str, Any]:
+    return {
+        "id": r.id, "state": r.state, "applied": r.applied, "checksum": r.checksum,
+        "applied_at": r.applied_at, "execution_ms": r.execution_ms, "run_id": r.run_id,
+        "tag": r.tag, "reversible": r.reversible, "no_transaction": r.no_transaction,
+        "path": str(r.path) if r.path else None,
+    }
+
+
+@migrate.command("status")
+@target_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list, one object per row).")
+@pass_obj
+def status(obj: Obj, target_url: str | None, migrations_dir: Path | None, as_json: bool) -> None:
+    """Show every migration: applied, pending, edited (file changed) or missing (file gone)."""
+    rows, tags = command.migrate_status(obj.settings, target_url, migrations_dir)
+    if as_json:
+        emit_json([_row_json(r) for r in rows])
+        return
+    if not rows:
+        click.echo("no migrations")
+    else:
+        width = max(len("MIGRATION"), *(len(r.id) for r in rows))
+        click.echo(f"{'MIGRATION':<{width}}  {'STATE':<8}  {'APPLIED AT':<27}  DOWN  TAG")
+        for r in rows:
+            down = "yes" if r.reversible else "no"
+            click.echo(f"{r.id:<{width}}  {r.state:<8}  {r.applied_at or '-':<27}  "
+                       f"{down:<4}  {r.tag or ''}".rstrip())
+    applied = sum(r.applied for r in rows)
+    click.echo(f"{applied} applied, {len(rows) - applied} pending"
+               + (f"; tags: {', '.join(t.name for t in tags)}" if tags else ""))
+
+
+@migrate.command("validate")
+@target_options
+@pass_obj
+def validate(obj: Obj, target_url: str | None, migrations_dir: Path | None) -> None:
+    """Check that every applied migration's file is present and unchanged (exit 2 if not)."""
+    applied, pending = command.migrate_validate(obj.settings, target_url, migrations_dir)
+    click.echo(f"ok: {len(applied)} applied migrations match their files; {len(pending)} pending")
+
+
+@migrate.command("up")
+@target_options
+@click.option("--to", "to", metavar="MIGRATION", help="Stop after this migration id.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@pass_obj
+def up(obj: Obj, target_url: str | None, migrations_dir: Path | None, to: str | None,
+       dry_run: bool) -> None:
+    """Apply the pending migrations in order, each in its own transaction.
+
+    A failing migration stops the run (exit 1) and is rolled back; the ones before it stay
+    applied.
+    """
+    if dry_run:
+        text = command.migrate_sql(obj.settings, target_url, migrations_dir, target_id=to)
+        click.echo(text or "-- nothing to apply: the schema is up to date\n", nl=False)
+        return
+
+    def done(rec: AppliedMigration) -> None:
+        click.echo(f"applied {rec.id} ({rec.execution_ms} ms)")
+
+    applied = command.migrate_up(obj.settings, target_url, migrations_dir, target_id=to,
+                                 on_applied=done)
+    if not applied:
+        click.echo("nothing to apply: the schema is up to date")
+    else:
+        n = len(applied)
+        click.echo(f"{n} migration{'s' if n != 1 else ''} applied")
+
+
+@migrate.command("down")
+@target_options
+@click.option("--to-tag", "to_tag", required=True, metavar="TAG",
+              help="Roll back to the schema state tagged TAG.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@pass_obj
+def down(obj: Obj, target_url: str | None, migrations_dir: Path | None, to_tag: str,
+         dry_run: bool) -> None:
+    """Run the down parts of the migrations applied after TAG, newest first.
+
+    Refused (exit 2) before anything runs if one of them has no down part.
+    """
+    if dry_run:
+        text = command.migrate_sql(obj.settings, target_url, migrations_dir, to_tag=to_tag)
+        click.echo(text or f"-- nothing to revert: the schema is at tag {to_tag}\n", nl=False)
+        return
+
+    def done(m: Migration) -> None:
+        click.echo(f"reverted {m.id}")
+
+    reverted = command.migrate_down(obj.settings, target_url, migrations_dir, to_tag,
+                                    on_reverted=done)
+    if not reverted:
+        click.echo(f"nothing to revert: the schema is at tag {to_tag}")
+    else:
+        click.echo(f"at tag {to_tag}: {len(reverted)} reverted")
+
+
+@migrate.command("tag")
+@target_options
+@click.argument("name")
+@pass_obj
+def tag(obj: Obj, target_url: str | None, migrations_dir: Path | None, name: str) -> None:
+    """Tag the current schema state as NAME (say v2.5), to roll back to later."""
+    t = command.migrate_tag(obj.settings, name, target_url, migrations_dir)
+    at = f"after {t.migration_id}" if t.migration_id else "with no migrations applied"
+    click.echo(f"tagged {t.name} {at}")
+
+
+@migrate.command("sql")
+@target_options
+@pass_obj
+def sql(obj: Obj, target_url: str | None, migrations_dir: Path | None) -> None:
+    """Print the SQL of the pending migrations, in order; change nothing."""
+    text = command.migrate_sql(obj.settings, target_url, migrations_dir)
+    click.echo(text or "-- nothing to apply: the schema is up to date\n", nl=False)

@@ -1,0 +1,188 @@
+"""Where the statements of a SQL text begin: for error positions and sanity checks only.
+
+PostgreSQL migrations are always handed to the server whole (the simple query protocol runs a
+multi-statement string as it is); nothing here decides what the server executes there. When the
+server reports an error without a cursor position (``column "email" of relation "users" already
+exists`` has none), psycopg still tells how many statements of the string completed before it,
+and :func:`pg_statements` turns that count into the position of the failing statement.
+
+The scanner follows psql's lexer: ``--`` and nested ``/* */`` comments, ``'...'`` and
+``E'...'`` strings, ``"..."`` identifiers, ``$tag$...$tag$`` bodies, parentheses, and the
+``BEGIN``/``CASE`` ... ``END`` depth of SQL-standard function bodies (``BEGIN ATOMIC``). A text
+it misreads only gets a less precise error position.
+
+SQLite migrations are executed statement by statement on boundaries found by SQLite's own
+tokenizer (:func:`sqlite3.complete_statement`, exactly what the ``sqlite3`` shell uses), so a
+failing statement is known precisely.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+_DOLLAR = re.compile(r"\$([A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
+_IDENT = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
+_NUMBER = re.compile(r"[0-9][0-9A-Za-z_.]*")
+_WORD = re.compile(r"[A-Za-z_]+")
+
+
+def skip_space_and_comments(text: str, i: int) -> int:
+    """Index of the first character at or after ``i`` that is not blank or in a comment."""
+    n = len(text)
+    while i < n:
+        if text[i].isspace():
+            i += 1
+        elif text.startswith("--", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif text.startswith("/*", i):
+            i = _skip_block_comment(text, i)
+        else:
+            break
+    return i
+
+
+def _skip_block_comment(text: str, i: int) -> int:
+    depth, i, n = 0, i, len(text)
+    while i < n:
+        if text.startswith("/*", i):
+            depth += 1
+            i += 2
+        elif text.startswith("*/", i):
+            depth -= 1
+            i += 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    return n
+
+
+def _skip_quoted(text: str, i: int, quote: str, backslash: bool = False) -> int:
+    """``i`` is at the opening quote; return the index after the closing one."""
+    n, j = len(text), i + 1
+    while j < n:
+        c = text[j]
+        if backslash and c == "\\":
+            j += 2
+        elif c == quote:
+            if text.startswith(quote, j + 1):  # doubled quote: an escaped one
+                j += 2
+            else:
+                return j + 1
+        else:
+            j += 1
+    return n
+
+
+def pg_statements(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each non-empty statement of a PostgreSQL text, ``start`` at its
+    first token (0-based), ``end`` after its ``;`` (or the end of the text)."""
+    spans: list[tuple[int, int]] = []
+    n = len(text)
+    i = 0
+    start: int | None = None
+    paren = begin_depth = words = 0
+    while i < n:
+        j = skip_space_and_comments(text, i)
+        if j != i:
+            i = j
+            continue
+        c = text[i]
+        if start is None:
+            start = i
+        if c == "'":
+            i = _skip_quoted(text, i, "'")
+        elif c == '"':
+            i = _skip_quoted(text, i, '"')
+        elif c == "$":
+            m = _DOLLAR.match(text, i)
+            if m:
+                close = text.find(m.group(0), m.end())
+                i = n if close < 0 else close + len(m.group(0))
+            else:
+                i += 1
+        elif c.isdigit():
+            m = _NUMBER.match(text, i)
+            assert m
+            i = m.end()
+        elif c.isalpha() or c == "_" or ord(c) >= 0x80:
+            m = _IDENT.match(text, i)
+            assert m
+            word = m.group(0).lower()
+            i = m.end()
+            if word == "e" and text.startswith("'", i):
+                i = _skip_quoted(text, i, "'", backslash=True)
+                continue
+            words += 1
+            if word in ("begin", "case"):
+                if words > 1:  # a leading BEGIN starts a transaction, not a block
+                    begin_depth += 1
+            elif word == "end" and begin_depth > 0:
+                begin_depth -= 1
+        elif c == "(":
+            paren += 1
+            i += 1
+        elif c == ")":
+            paren = max(0, paren - 1)
+            i += 1
+        elif c == ";" and paren == 0 and begin_depth == 0:
+            if start != i:
+                spans.append((start, i + 1))
+            start = None
+            words = 0
+            i += 1
+        else:
+            i += 1
+    if start is not None:
+        spans.append((start, n))
+    return spans
+
+
+def sqlite_statements(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` chunks of a SQLite text, each one complete statement (leading comments
+    included) as SQLite's tokenizer sees it; a trailing chunk may be comments only."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    i = text.find(";")
+    while i >= 0:
+        if sqlite3.complete_statement(text[start : i + 1]):
+            spans.append((start, i + 1))
+            start = i + 1
+        i = text.find(";", i + 1)
+    if text[start:].strip():
+        spans.append((start, len(text)))
+    return spans
+
+
+def leading_words(text: str, start: int, count: int = 2) -> list[str]:
+    """The first ``count`` words of the statement at ``start``, lower-cased."""
+    out: list[str] = []
+    i = start
+    while len(out) < count:
+        i = skip_space_and_comments(text, i)
+        m = _WORD.match(text, i)
+        if not m:
+            break
+        out.append(m.group(0).lower())
+        i = m.end()
+    return out
+
+
+def is_transaction_control(words: list[str]) -> bool:
+    """Does a statement starting with these words begin or end a transaction?"""
+    if not words:
+        return False
+    first = words[0]
+    second = words[1] if len(words) > 1 else ""
+    if first in ("begin", "commit", "end", "abort"):
+        return True
+    if first == "rollback":
+        return second != "to"  # ROLLBACK TO SAVEPOINT keeps the transaction
+    if first == "start":
+        return second == "transaction"
+    if first == "prepare":
+        return second == "transaction"
+    return False
+
