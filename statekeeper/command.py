@@ -32,7 +32,10 @@ class Settings:
         cls, config: str | None = None, ledger_url: str | None = None, key: str | None = None
     ) -> Settings:
         cfg = load_config(config)
-        url = _flag_url(ledger_url) if ledger_url else cfg.ledger.url
+        # An empty flag (a script's unset variable) is an error, not "use the default".
+        url = _flag_url(ledger_url) if ledger_url is not None else cfg.ledger.url
+        if key is not None and not key.strip():
+            raise ConfigError("--key is empty")
         kp = Path(key).expanduser().absolute() if key else cfg.key_path()
         return cls(cfg, url, kp)
 
