@@ -47,7 +47,8 @@ def test_generated_key_is_0600_pem_whatever_the_umask(tmp_path: Path) -> None:
 def test_key_id_is_sha256_of_the_raw_public_key(tmp_path: Path) -> None:
     ledger.generate_key_file(tmp_path / "k.pem")
     private = serialization.load_pem_private_key((tmp_path / "k.pem").read_bytes(), None)
-    raw = private.public_key().public_bytes(  # type: ignore[union-attr]
+    assert isinstance(private, Ed25519PrivateKey)
+    raw = private.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
     want = hashlib.sha256(raw).hexdigest()

@@ -72,7 +72,7 @@ class RawDB:
         )
         assert row, f"no event at seq {seq}"
         r = row[0]
-        return StoredEvent(*r[:7], bool(r[7]), *r[8:])  # type: ignore[arg-type]
+        return StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10])
 
     def insert_event(self, ev: StoredEvent) -> None:
         cols = ", ".join(EVENT_COLUMNS)

@@ -240,7 +240,7 @@ def f_duplicate(seq: int) -> FileTamper:
 
 
 def _line(ev: ledger.StoredEvent, seal: object) -> str:
-    o = {f: getattr(ev, f) for f in ledger.StoredEvent.__slots__}  # type: ignore[attr-defined]
+    o = {f: getattr(ev, f) for f in ledger.StoredEvent.__slots__}
     o["actor"], o["payload"], o["seal"] = json.loads(ev.actor), json.loads(ev.payload), seal
     return json.dumps(o, separators=(",", ":"))
 
