@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import time
@@ -275,9 +276,22 @@ class PgBackRestMethod:
                 "repository differs from the copy taken at backup time"
             )
         try:
-            self._run("verify", what="pgbackrest verify")
+            out = self._run("verify", "--output=text", "--verbose", what="pgbackrest verify")
         except BackupError as e:
             raise BackupCorrupt(f"backup {manifest.id}: {e}") from e
+        # verify exits 0 even when it finds damage: read its summary for this backup.
+        m = re.search(rf"backup: {re.escape(label)}, status: ([\w-]+)(.*)", out)
+        if m is None:
+            raise BackupCorrupt(
+                f"backup {manifest.id}: pgbackrest verify did not report backup {label}"
+            )
+        if m.group(1) != "valid":
+            details = [ln.strip() for ln in out[m.end():].splitlines()[1:3]
+                       if ln.strip() and not ln.strip().startswith(("backup:", "stanza:"))]
+            raise BackupCorrupt(
+                f"backup {manifest.id}: pgbackrest verify finds backup {label} "
+                f"{m.group(1)}{m.group(2)}" + (f" ({'; '.join(details)})" if details else "")
+            )
 
     # -- restore -----------------------------------------------------------------------------
     def _running(self) -> bool:

@@ -101,3 +101,22 @@ def test_corrupt_local_manifest_copy_and_missing_commands(
     assert scalar(url, "SELECT count(*) FROM users") == 3
     with pytest.raises(ConfigError, match="stanza is not set"):
         BackupManager(manager.target, "pgbackrest", tmp_path).create()
+
+
+def test_verify_finds_a_damaged_file_in_the_repository(
+    archiving: tuple[Any, dict[str, Any]], app: tuple[str, BackupManager]
+) -> None:
+    cluster, _ = archiving
+    _url, manager = app
+    m = manager.create("pb-r")
+    assert manager.verify("pb-r") == m
+    base = cluster.root / "repo" / "backup" / "sk" / str(m.pgbackrest_label) / "pg_data" / "base"
+    victim = next(p for p in sorted(base.rglob("*")) if p.is_file() and p.stat().st_size > 1000)
+    original = victim.read_bytes()
+    flip_byte(victim)
+    try:
+        with pytest.raises(BackupCorrupt, match=f"pgbackrest verify finds backup "
+                                                f"{m.pgbackrest_label} invalid"):
+            manager.verify("pb-r")
+    finally:
+        victim.write_bytes(original)  # later tests in the module share the repository
