@@ -21,7 +21,7 @@ from typing import IO, Any
 from . import canonical
 from .chain import ChainVerifier, Head, KeyRecord, Seal, StoredEvent, check_extends
 from .checkpoint import Checkpoint, origin_for, parse_checkpoint, sign_checkpoint
-from .errors import ConfigurationError, IntegrityViolation, LedgerError
+from .errors import ConfigurationError, IntegrityViolation
 from .keys import PublicKey
 from .store import Ledger, _check_checkpoint
 
@@ -45,7 +45,7 @@ def export(ledger: Ledger, out: IO[str], stream: str | None = None) -> ExportRes
     signer = ledger._need_signer()
     ledger_id = ledger.ledger_id()
     if ledger_id is None:
-        raise LedgerError("the ledger is empty: nothing to export")
+        raise ConfigurationError("the ledger is empty: nothing to export")
     keys = ledger.keys()
     header = {
         "format": FORMAT, "version": VERSION, "ledger_id": ledger_id, "stream": stream,
@@ -59,7 +59,7 @@ def export(ledger: Ledger, out: IO[str], stream: str | None = None) -> ExportRes
         out.write(_event_line(ev, seal) + "\n")
     head = v.finish()
     if v.count == 0:
-        raise LedgerError(f"stream {stream!r} has no events")
+        raise ConfigurationError(f"stream {stream!r} has no events")
     count = head.seq if stream is None else v._streams[stream][0]
     cp = sign_checkpoint(signer, origin_for(ledger_id, stream), count, head.hash)
     out.write(canonical.dumps({"checkpoint": cp}) + "\n")

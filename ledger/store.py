@@ -296,7 +296,7 @@ class Ledger:
         signer = self._need_signer()
         head = self.head()
         if head.seq == 0:
-            raise LedgerError("the ledger is empty: nothing to checkpoint")
+            raise ConfigurationError("the ledger is empty: nothing to checkpoint")
         ledger_id = self.ledger_id()
         assert ledger_id is not None
         return sign_checkpoint(signer, origin_for(ledger_id), head.seq, head.hash)

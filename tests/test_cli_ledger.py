@@ -299,10 +299,21 @@ def test_export_and_verify_export(sk: Invoke, db_url: str, work: Path) -> None:
         "error: bin.jsonl: not UTF-8 text"
     )
     assert error(run("ledger", "verify-export", "."), 2).startswith("error: .: cannot read")
-    assert error(sk("ledger", "export", "--out", "x.jsonl", "--stream", "nobody"), 3) == (
+    assert error(sk("ledger", "export", "--out", "x.jsonl", "--stream", "nobody"), 2) == (
         "error: stream 'nobody' has no events"
     )
     assert not (work / "x.jsonl").exists()
+
+
+def test_empty_ledger_has_nothing_to_checkpoint_or_export(sk: Invoke, db_url: str) -> None:
+    with ledger.Ledger(db_url):  # the schema, no events
+        pass
+    assert error(sk("ledger", "checkpoint", "--out", "cp.txt"), 2) == (
+        "error: the ledger is empty: nothing to checkpoint"
+    )
+    assert error(sk("ledger", "export", "--out", "x.jsonl"), 2) == (
+        "error: the ledger is empty: nothing to export"
+    )
 
 
 def test_export_of_a_broken_ledger_writes_no_file(sk: Invoke, db_url: str, work: Path) -> None:
