@@ -45,7 +45,7 @@ def _row_json(r: MigrationStatus) -> dict[str, Any]:
     }
 
 
-@migrate.command("status")
+@migrate.command("status", short_help="Applied, pending, edited, missing migrations.")
 @target_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list, one object per row).")
 @pass_obj
@@ -69,7 +69,7 @@ def status(obj: Obj, target_url: str | None, migrations_dir: Path | None, as_jso
                + (f"; tags: {', '.join(t.name for t in tags)}" if tags else ""))
 
 
-@migrate.command("validate")
+@migrate.command("validate", short_help="Refuse edited or missing applied files.")
 @target_options
 @pass_obj
 def validate(obj: Obj, target_url: str | None, migrations_dir: Path | None) -> None:
@@ -78,7 +78,7 @@ def validate(obj: Obj, target_url: str | None, migrations_dir: Path | None) -> N
     click.echo(f"ok: {len(applied)} applied migrations match their files; {len(pending)} pending")
 
 
-@migrate.command("up")
+@migrate.command("up", short_help="Apply the pending migrations in order.")
 @target_options
 @click.option("--to", "to", metavar="MIGRATION", help="Stop after this migration id.")
 @click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
@@ -107,7 +107,7 @@ def up(obj: Obj, target_url: str | None, migrations_dir: Path | None, to: str | 
         click.echo(f"{n} migration{'s' if n != 1 else ''} applied")
 
 
-@migrate.command("down")
+@migrate.command("down", short_help="Roll back to a tag, newest first.")
 @target_options
 @click.option("--to-tag", "to_tag", required=True, metavar="TAG",
               help="Roll back to the schema state tagged TAG.")
@@ -135,7 +135,7 @@ def down(obj: Obj, target_url: str | None, migrations_dir: Path | None, to_tag: 
         click.echo(f"at tag {to_tag}: {len(reverted)} reverted")
 
 
-@migrate.command("tag")
+@migrate.command("tag", short_help="Tag the current schema state.")
 @target_options
 @click.argument("name")
 @pass_obj
@@ -146,7 +146,7 @@ def tag(obj: Obj, target_url: str | None, migrations_dir: Path | None, name: str
     click.echo(f"tagged {t.name} {at}")
 
 
-@migrate.command("sql")
+@migrate.command("sql", short_help="Print the pending SQL; change nothing.")
 @target_options
 @pass_obj
 def sql(obj: Obj, target_url: str | None, migrations_dir: Path | None) -> None:

@@ -267,3 +267,15 @@ def test_second_process_on_sqlite_gets_lock_held(project: Path) -> None:
     finally:
         holder.communicate("\n", timeout=30)
     assert run(project, "migrate", "up").exit_code == 0  # released with its holder
+
+
+def test_docs_show_the_current_help(project: Path) -> None:
+    import re
+
+    docs = (ROOT / "docs" / "migrations.md").read_text()
+    blocks = re.findall(r"```\n\$ statekeeper (migrate[^\n]*) --help\n(.*?)```", docs, re.S)
+    assert len(blocks) == 7
+    for command, text in blocks:
+        r = CliRunner().invoke(cli, [*command.split(), "--help"], prog_name="statekeeper",
+                               terminal_width=80)
+        assert r.stdout == text, command
