@@ -433,7 +433,12 @@ class BackupManager:
         out: list[Manifest] = []
         if not self.backup_dir.is_dir():
             return out
-        for d in self.backup_dir.iterdir():
+        try:
+            entries = list(self.backup_dir.iterdir())
+        except OSError as e:
+            raise BackupError(f"cannot read backup directory {self.backup_dir}: "
+                              f"{e.strerror or e}") from e
+        for d in entries:
             if not d.is_dir() or not ID_PATTERN.match(d.name):
                 continue
             try:
@@ -552,7 +557,13 @@ class BackupManager:
                 damage = diff(expected, fingerprint(target))
             except StatekeeperError as e:
                 damage = [f"(the target could not be fingerprinted before the restore: {e})"]
-        driver.restore(m, hook or _noop)
+        try:
+            driver.restore(m, hook or _noop)
+        except OSError as e:
+            raise BackupError(
+                f"restore of backup {m.id} failed: {e.strerror or e}"
+                + (f": {e.filename}" if e.filename else "")
+            ) from e
         if not check:
             return RestoreResult(m, None, int((time.monotonic() - t0) * 1000), damage,
                                  target.display)
