@@ -447,3 +447,41 @@ def test_lock_excludes_a_second_migrator_and_names_the_holder(
             f"statekeeper pid={os.getpid()} host={socket.gethostname()} run=run-1")
         first.up()  # the holder itself proceeds
     assert second.up() == [] and second.is_applied("1_a")  # released
+
+
+# -- crashes and sessions ---------------------------------------------------------------------
+def test_killed_in_the_middle_leaves_nothing(target: Target, mdir: Path) -> None:
+    """os._exit between the SQL (plus changelog row) and the commit, as kill -9 would."""
+    import subprocess
+    import sys
+
+    write(mdir, "1_a.sql", "CREATE TABLE a (x integer);\nINSERT INTO a VALUES (1);\n")
+    code = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from statekeeper.migrations import Migrator\n"
+        "from statekeeper.targets import Target\n"
+        "m = Migrator(Target.from_url(sys.argv[1]), Path(sys.argv[2]))\n"
+        "m.apply(m.migrations()[0], hook=lambda: os._exit(137))\n"
+    )
+    url = target.url.render_as_string(hide_password=False)
+    p = subprocess.run([sys.executable, "-c", code, url, str(mdir)], capture_output=True,
+                       text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert p.returncode == 137, p.stderr
+    mig = Migrator(target, mdir)
+    assert not mig.is_applied("1_a") and "a" not in tables(target)
+    assert ids(mig.up()) == ["1_a"]  # the lock died with the process; the probe says redo
+    assert query(target, "SELECT x FROM a") == [(1,)]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_migration_changing_search_path_does_not_lose_the_changelog(
+    mig: Migrator, mdir: Path, target: Target
+) -> None:
+    write(mdir, "1_app.sql", "CREATE SCHEMA app;\nSET search_path TO app;\n"
+                             "CREATE TABLE t (x integer);\n")
+    write(mdir, "2_more.sql", "CREATE TABLE app.u (x integer);\n")
+    assert ids(mig.up()) == ["1_app", "2_more"]
+    assert query(target, "SELECT schemaname FROM pg_tables WHERE tablename = "
+                         f"'{CHANGELOG_TABLE}'") == [("public",)]
+    assert ids(Migrator(target, mdir).applied()) == ["1_app", "2_more"]
