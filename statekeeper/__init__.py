@@ -5,8 +5,8 @@ The public API is what this module exports; the verbs live in :mod:`statekeeper.
 
 __version__ = "0.1.0"
 
-from .config import Config, load_config  # noqa: E402
-from .errors import (  # noqa: E402
+from .config import Config, load_config
+from .errors import (
     BackupCorrupt,
     BackupError,
     ConfigError,

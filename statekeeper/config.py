@@ -161,7 +161,7 @@ def load_config(
                     f"{path}: unknown key [{section}] {key} "
                     f"(known: {', '.join(SCHEMA[section])})"
                 )
-            if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+            if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
                 raise ConfigError(
                     f"{path}: [{section}] {key} must be a {expected.__name__}, "
                     f"not {type(value).__name__}"

@@ -9,9 +9,9 @@ position (optimistic concurrency) and then applied to the in-memory run through 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
