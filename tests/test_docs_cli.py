@@ -1,0 +1,174 @@
+"""The command-line documentation is complete and current.
+
+Every command in the click tree must be documented in some docs/*.md (a heading or a line
+that names ``statekeeper <command path>``); every ``--help`` block embedded between
+``<!-- help: PATH -->`` markers must match the code (regenerate them with
+``python scripts/cli_docs.py``); docs/cli.md documents every exit code and every reason
+verification can report.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import click
+import pytest
+
+import ledger.chain
+from cli.main import cli
+from statekeeper import errors
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("cli_docs", ROOT / "scripts" / "cli_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cli_docs = _load_script()
+
+
+def command_paths(
+    cmd: click.Command = cli, path: tuple[str, ...] = ()
+) -> Iterator[tuple[str, ...]]:
+    if path and not cmd.hidden:
+        yield path
+    if isinstance(cmd, click.Group):
+        for name, sub in sorted(cmd.commands.items()):
+            yield from command_paths(sub, (*path, name))
+
+
+def docs_text() -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(DOCS.glob("*.md"))}
+
+
+def mentions(text: str, path: tuple[str, ...]) -> bool:
+    """``statekeeper ledger verify`` is mentioned; ``statekeeper ledger verify-export`` is not
+    a mention of it."""
+    pattern = r"statekeeper\s+" + r"\s+".join(map(re.escape, path)) + r"(?![\w-])"
+    return re.search(pattern, text) is not None
+
+
+def test_the_tree_is_walked() -> None:
+    paths = set(command_paths())
+    assert {("keys", "generate"), ("ledger", "verify"), ("ledger", "verify-export")} <= paths
+    assert not mentions("statekeeper ledger verify-export FILE", ("ledger", "verify"))
+    assert mentions("### statekeeper ledger verify\n", ("ledger", "verify"))
+    assert mentions("`statekeeper  ledger verify --against X`", ("ledger", "verify"))
+
+
+def test_every_command_is_documented() -> None:
+    docs = docs_text()
+    missing = [
+        " ".join(p) for p in command_paths() if not any(mentions(t, p) for t in docs.values())
+    ]
+    assert not missing, (
+        "commands not documented in any docs/*.md (add a section or a line naming "
+        f"`statekeeper <command>`): {', '.join(missing)}"
+    )
+
+
+def test_embedded_help_is_current() -> None:
+    stale = []
+    for name, text in docs_text().items():
+        for path in cli_docs.blocks(text):
+            # render_help raises for a block naming a command that does not exist
+            want = cli_docs.help_block(path.split())
+            block = re.search(
+                rf"<!-- help: {re.escape(path)} -->\n(.*?)<!-- /help -->", text, re.S
+            )
+            assert block is not None
+            if block[1] != want:
+                stale.append(f"{name}: statekeeper {path}")
+    assert not stale, "stale --help in docs, run `python scripts/cli_docs.py`:\n" + "\n".join(
+        stale
+    )
+
+
+def test_the_script_checks_and_regenerates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text("# x\n<!-- help: ledger append -->\nold text\n<!-- /help -->\ntail\n")
+    monkeypatch.setattr(cli_docs, "DOCS", tmp_path)
+    monkeypatch.setattr(cli_docs, "ROOT", tmp_path)
+    assert cli_docs.main(["--check"]) == 1
+    assert "old text" in doc.read_text()
+    assert cli_docs.main([]) == 0
+    text = doc.read_text()
+    assert "old text" not in text and text.endswith("<!-- /help -->\ntail\n")
+    assert "$ statekeeper ledger append --help\nUsage: statekeeper ledger append [OPTIONS]" in text
+    assert cli_docs.main(["--check"]) == 0
+    doc.write_text("<!-- help: ledger nosuch -->\n<!-- /help -->\n")
+    with pytest.raises(ValueError, match="ledger nosuch --help failed"):
+        cli_docs.main([])
+
+
+OWN_COMMANDS = [p for p in command_paths() if p[0] in {"keys", "ledger"}]
+
+
+@pytest.mark.parametrize("path", OWN_COMMANDS, ids=[" ".join(p) for p in OWN_COMMANDS])
+def test_cli_md_embeds_help_for_keys_and_ledger(path: tuple[str, ...]) -> None:
+    text = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert " ".join(path) in cli_docs.blocks(text)
+    assert re.search(rf"^#+ statekeeper {re.escape(' '.join(path))}$", text, re.M)
+
+
+def test_cli_md_documents_every_exit_code() -> None:
+    text = (DOCS / "cli.md").read_text(encoding="utf-8")
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    assert codes == {0, 1, 2, 3, 4, 5}
+    documented = {int(m) for m in re.findall(r"^\| (\d) \| ", text, re.M)}
+    assert documented == codes
+
+
+def verification_reasons() -> set[str]:
+    """Every reason the ledger package can put in an IntegrityViolation, read from its source:
+    literal reasons, ledger.chain's constants, and local variables assigned from them."""
+    reasons: set[str] = set()
+
+    def collect(expr: ast.AST, assigned: dict[str, list[ast.AST]]) -> None:
+        if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+            reasons.add(expr.value)
+        elif isinstance(expr, ast.IfExp):
+            collect(expr.body, assigned)
+            collect(expr.orelse, assigned)
+        elif isinstance(expr, ast.Name) and isinstance(getattr(ledger.chain, expr.id, None), str):
+            reasons.add(getattr(ledger.chain, expr.id))
+        elif isinstance(expr, ast.Name) and expr.id in assigned:
+            for value in assigned.pop(expr.id):
+                collect(value, assigned)
+        else:
+            raise AssertionError(f"cannot tell which reason {ast.unparse(expr)} is")
+
+    for path in sorted((ROOT / "ledger").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        assigned: dict[str, list[ast.AST]] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                for t in node.targets:
+                    if isinstance(t, ast.Name):
+                        assigned.setdefault(t.id, []).append(node.value)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == "IntegrityViolation"):
+                args = [*node.args, *(k.value for k in node.keywords if k.arg == "reason")]
+                assert len(args) >= 2 or any(k.arg == "reason" for k in node.keywords), path
+                collect(args[1] if len(node.args) >= 2 else args[-1], dict(assigned))
+    return reasons
+
+
+def test_cli_md_documents_every_verification_reason() -> None:
+    reasons = verification_reasons()
+    assert {"hash mismatch", "gap", "truncated", "unknown key"} <= reasons
+    table = (DOCS / "cli.md").read_text(encoding="utf-8").split("## Verification reasons")[1]
+    documented = set(re.findall(r"^\| `([a-z ]+)` \|", table, re.M))
+    assert reasons <= documented, f"undocumented reasons: {sorted(reasons - documented)}"
