@@ -132,11 +132,15 @@ def verify_export(
     for n, line in lines:
         last_line = n
         if closing is not None:
-            raise IntegrityViolation(None, "malformed event", f"{path}:{n}: data after the closing checkpoint")
+            raise IntegrityViolation(
+                None, "malformed event", f"{path}:{n}: data after the closing checkpoint"
+            )
         try:
             obj = canonical.loads(line)
         except ValueError as e:
-            raise IntegrityViolation(None, "malformed event", f"{path}:{n}: not a JSON object") from e
+            # In a full export, a line's place says which event it should hold.
+            at = (v.last.seq + 1 if v.last else 1) if stream is None else None
+            raise IntegrityViolation(at, "malformed event", f"{path}:{n}: not a JSON object") from e
         if isinstance(obj, dict) and set(obj) == {"checkpoint"}:
             closing = obj["checkpoint"]
             continue
@@ -144,16 +148,22 @@ def verify_export(
         v.feed(ev, seal)
     if closing is None:
         nxt = (v.last.seq + 1) if v.last else 1
-        raise IntegrityViolation(nxt, "truncated", f"{path}: the closing checkpoint is missing (file cut short)")
+        raise IntegrityViolation(
+            nxt, "truncated", f"{path}: the closing checkpoint is missing (file cut short)"
+        )
     head = v.finish()
     cp = parse_checkpoint(str(closing), f"{path}:{last_line}")
     ledger_id = str(header.get("ledger_id"))
     if stream is None and v.count == 0:
         raise IntegrityViolation(1, "truncated", f"{path}: the export holds no events")
     if stream is None and v.ledger_id != ledger_id:
-        raise IntegrityViolation(1, "checkpoint mismatch", "header's ledger id differs from the genesis event")
+        raise IntegrityViolation(
+            1, "checkpoint mismatch", "header's ledger id differs from the genesis event"
+        )
     if cp.ledger_id != ledger_id or cp.stream != stream:
-        raise IntegrityViolation(None, "checkpoint mismatch", "closing checkpoint is for another ledger or stream")
+        raise IntegrityViolation(
+            None, "checkpoint mismatch", "closing checkpoint is for another ledger or stream"
+        )
     keymap = {k.key_id: k for k in listed}
     if v.count and stream is None:
         _check_checkpoint(cp, v, keymap, stream=None)
@@ -178,13 +188,19 @@ def verify_export(
                 f"{cp.seq}",
             )
     if trusted and cp.key_id not in {k.key_id for k in trusted}:
-        raise IntegrityViolation(None, "unknown key", "closing checkpoint is not signed by a trusted key")
+        raise IntegrityViolation(
+            None, "unknown key", "closing checkpoint is not signed by a trusted key"
+        )
     if against is not None:
         if against.ledger_id != ledger_id:
-            raise IntegrityViolation(None, "checkpoint mismatch", "--against checkpoint is for another ledger")
+            raise IntegrityViolation(
+                None, "checkpoint mismatch", "--against checkpoint is for another ledger"
+            )
         rec = keymap.get(against.key_id)
         if rec is None or not against.verify(PublicKey.from_b64(rec.public_key)):
-            raise IntegrityViolation(against.seq, "bad seal", "--against checkpoint signature does not verify")
+            raise IntegrityViolation(
+                against.seq, "bad seal", "--against checkpoint signature does not verify"
+            )
         if stream is not None:
             raise ConfigurationError("--against needs a full-ledger export, not a stream export")
         check_extends(v, against.seq, against.head_hash)

@@ -231,6 +231,11 @@ def f_edit_type(w: World) -> None:
     w.edit(7, '"type":"a5"', '"type":"a5-approved"')
 
 
+def f_garble(w: World) -> None:
+    i = w.at(6)
+    w.lines[i] = w.lines[i][: len(w.lines[i]) // 2]  # a line cut in half: not JSON any more
+
+
 def f_duplicate(seq: int) -> FileTamper:
     def tamper(w: World) -> None:
         i = w.at(seq)
@@ -272,6 +277,7 @@ CASES = [
     Case("export line edited", 7, "hash mismatch", file=f_edit_type),
     Case("export line deleted", 3, "gap", file=f_delete(3)),
     Case("export line duplicated", 4, "reorder", file=f_duplicate(4)),
+    Case("export line garbled", 6, "malformed event", file=f_garble),
     Case("every event line deleted", 1, "truncated", file=f_cut_tail(0, True)),
 ]
 
