@@ -152,7 +152,12 @@ def verify_export(
             nxt, "truncated", f"{path}: the closing checkpoint is missing (file cut short)"
         )
     head = v.finish()
-    cp = parse_checkpoint(str(closing), f"{path}:{last_line}")
+    try:
+        cp = parse_checkpoint(str(closing), f"{path}:{last_line}")
+    except ConfigurationError as e:  # the export's own seal was damaged: that is tampering
+        raise IntegrityViolation(
+            head.seq or None, "bad seal", f"closing checkpoint is damaged: {e}"
+        ) from e
     ledger_id = str(header.get("ledger_id"))
     if stream is None and v.count == 0:
         raise IntegrityViolation(1, "truncated", f"{path}: the export holds no events")

@@ -236,6 +236,23 @@ def f_garble(w: World) -> None:
     w.lines[i] = w.lines[i][: len(w.lines[i]) // 2]  # a line cut in half: not JSON any more
 
 
+def f_closing(edit: Callable[[str], str]) -> FileTamper:
+    def tamper(w: World) -> None:
+        note = json.loads(w.lines[-1])["checkpoint"]
+        w.lines[-1] = json.dumps({"checkpoint": edit(note)})
+
+    return tamper
+
+
+def _flip_signature(note: str) -> str:
+    body, sig = note.rsplit(" ", 1)
+    return f"{body} {sig[:20]}{'A' if sig[20] != 'A' else 'B'}{sig[21:]}"
+
+
+def _drop_signature(note: str) -> str:
+    return note.split("\n\n")[0] + "\n\n"
+
+
 def f_duplicate(seq: int) -> FileTamper:
     def tamper(w: World) -> None:
         i = w.at(seq)
@@ -278,6 +295,10 @@ CASES = [
     Case("export line deleted", 3, "gap", file=f_delete(3)),
     Case("export line duplicated", 4, "reorder", file=f_duplicate(4)),
     Case("export line garbled", 6, "malformed event", file=f_garble),
+    Case("closing checkpoint signature edited", HEAD, "bad seal",
+         file=f_closing(_flip_signature)),
+    Case("closing checkpoint signature removed", HEAD, "bad seal",
+         file=f_closing(_drop_signature)),
     Case("every event line deleted", 1, "truncated", file=f_cut_tail(0, True)),
 ]
 
