@@ -8,7 +8,7 @@ import multiprocessing as mp
 import time
 import traceback
 from collections import defaultdict
-from multiprocessing.synchronize import Event
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,12 @@ PROCS = 4
 APPENDS = 250
 
 
-def _appender(url: str, key: str, n: int, count: int, go: Event, out: Any) -> None:
+def _appender(url: str, key: str, n: int, count: int, go: Barrier, out: Any) -> None:
     """One process: ``count`` single-event appends to its own stream, each checked with
     ``expected_position`` (no other writer uses the stream, so none may conflict)."""
     try:
         signer = ledger.load_signer(Path(key))
-        go.wait(60)
+        go.wait(120)  # every process loaded and ready: now all at once
         start = time.time()
         with ledger.Ledger(url, signer=signer, tool=f"proc-{n}") as lg:
             for i in range(count):
@@ -36,12 +36,12 @@ def _appender(url: str, key: str, n: int, count: int, go: Event, out: Any) -> No
         out.put((n, "error", traceback.format_exc()))
 
 
-def _shared_appender(url: str, key: str, n: int, count: int, go: Event, out: Any) -> None:
+def _shared_appender(url: str, key: str, n: int, count: int, go: Barrier, out: Any) -> None:
     """One process: ``count`` appends to a stream every process writes, each after reading the
     position (optimistic concurrency): a conflict is retried, never written twice."""
     try:
         signer = ledger.load_signer(Path(key))
-        go.wait(60)
+        go.wait(120)  # every process loaded and ready: now all at once
         conflicts = 0
         with ledger.Ledger(url, signer=signer) as lg:
             done = 0
@@ -61,13 +61,12 @@ def _shared_appender(url: str, key: str, n: int, count: int, go: Event, out: Any
 
 def _run(target: Any, url: str, key: Path, count: int) -> list[Any]:
     ctx = mp.get_context("spawn")
-    go = ctx.Event()
+    go = ctx.Barrier(PROCS)
     out = ctx.Queue()
     procs = [ctx.Process(target=target, args=(url, str(key), n, count, go, out))
              for n in range(PROCS)]
     for p in procs:
         p.start()
-    go.set()  # all start appending together (after their imports)
     results = [out.get(timeout=240) for _ in procs]
     for p in procs:
         p.join(60)
