@@ -43,6 +43,8 @@ def ledger_append(
         raise ConfigError(f"--payload: {e}") from e
     except ValueError as e:
         raise ConfigError(f"--payload is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise ConfigError("--payload is nested too deeply") from e
     if not isinstance(data, dict):
         raise ConfigError("--payload must be a JSON object")
     ev = command.ledger_append(obj.settings, stream, type_, data, expected_position)

@@ -113,7 +113,7 @@ def verify_export(
         header = json.loads(first[1])
         if header.get("format") != FORMAT:
             raise ValueError
-    except (ValueError, AttributeError) as e:
+    except (ValueError, AttributeError, RecursionError) as e:
         raise ConfigurationError(f"{path}: line 1 is not a statekeeper ledger export header") from e
     if header.get("version") != VERSION:
         raise ConfigurationError(f"{path}: export version {header.get('version')} is not supported")
@@ -137,7 +137,7 @@ def verify_export(
             )
         try:
             obj = canonical.loads(line)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested absurdly deep
             # In a full export, a line's place says which event it should hold.
             at = (v.last.seq + 1 if v.last else 1) if stream is None else None
             raise IntegrityViolation(at, "malformed event", f"{path}:{n}: not a JSON object") from e
@@ -224,7 +224,7 @@ def _parse_event(obj: Any, path: Path, n: int) -> tuple[StoredEvent, Seal | None
         seal = None
         if s is not None:
             seal = Seal(ev.seq, str(s["key_id"]), base64.b64decode(s["signature"], validate=True))
-    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+    except (KeyError, TypeError, ValueError, RecursionError, binascii.Error) as e:
         seq = obj.get("seq") if isinstance(obj, dict) else None
         raise IntegrityViolation(
             seq if isinstance(seq, int) else None, "malformed event", f"{path}:{n}: {e}"

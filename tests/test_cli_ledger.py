@@ -132,10 +132,12 @@ def test_append(sk: Invoke, db_url: str) -> None:
          "error: payload of 't': $.n: integer 9007199254740992 is outside the I-JSON range"),
         (["--expected-position", "0"], 5,
          "error: stream 's' is at position 1, expected 0: another writer appended first"),
+        (["--payload", '{"a":' + "[" * 5000 + "]" * 5000 + "}"], 2,
+         "error: --payload is nested too deeply"),
         (["--expected-position", "x"], 2, None),
     ],
     ids=["bad-json", "float", "duplicate-key", "not-an-object", "big-int", "conflict",
-         "bad-position"],
+         "too-deep", "bad-position"],
 )
 def test_append_refused(
     sk: Invoke, db_url: str, args: list[str], code: int, message: str | None

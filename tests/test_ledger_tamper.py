@@ -236,6 +236,11 @@ def f_garble(w: World) -> None:
     w.lines[i] = w.lines[i][: len(w.lines[i]) // 2]  # a line cut in half: not JSON any more
 
 
+def f_deep(w: World) -> None:
+    """A line replaced by JSON nested deeper than any parser's stack (a hostile file)."""
+    w.lines[w.at(4)] = '{"seq":' + "[" * 100_000 + "]" * 100_000 + "}"
+
+
 def f_closing(edit: Callable[[str], str]) -> FileTamper:
     def tamper(w: World) -> None:
         note = json.loads(w.lines[-1])["checkpoint"]
@@ -295,6 +300,7 @@ CASES = [
     Case("export line deleted", 3, "gap", file=f_delete(3)),
     Case("export line duplicated", 4, "reorder", file=f_duplicate(4)),
     Case("export line garbled", 6, "malformed event", file=f_garble),
+    Case("export line nested absurdly deep", 4, "malformed event", file=f_deep),
     Case("closing checkpoint signature edited", HEAD, "bad seal",
          file=f_closing(_flip_signature)),
     Case("closing checkpoint signature removed", HEAD, "bad seal",
