@@ -192,6 +192,16 @@ def test_verify_needs_no_key_and_creates_nothing(work: Path) -> None:
     assert not (work / "none.db").exists()
 
 
+@pytest.mark.postgresql
+def test_verify_of_a_database_without_a_ledger(work: Path, pg_url: str) -> None:
+    shown = pg_url.replace("postgresql://", "postgresql+psycopg://")
+    assert error(run("--ledger", pg_url, "ledger", "verify"), 2) == (
+        f"error: ledger {shown}: no ledger there yet"
+    )
+    with RawDB(pg_url) as db:
+        assert db.scalar("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'ledger%'") == 0
+
+
 # -- checkpoint and --against -----------------------------------------------------------------
 def test_checkpoint_and_verify_against(sk: Invoke, db_url: str, work: Path) -> None:
     for _ in range(3):
