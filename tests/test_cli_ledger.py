@@ -199,7 +199,7 @@ def test_verify_of_a_database_without_a_ledger(work: Path, pg_url: str) -> None:
         f"error: ledger {shown}: no ledger there yet"
     )
     with RawDB(pg_url) as db:
-        assert db.scalar("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'ledger%'") == 0
+        assert db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
 
 
 # -- checkpoint and --against -----------------------------------------------------------------
