@@ -133,7 +133,7 @@ def holding(settings: Settings, env: Environment, run_id: str, *, takeover: bool
     try:
         lease, previous = store.acquire(env.target.display, run_id, takeover=takeover)
         try:
-            with env.migrator.lock():
+            with env.migrator.lock(run_id=run_id):
                 yield previous
         finally:
             lease.release()
@@ -170,14 +170,11 @@ def resume(settings: Settings, run_id: str | None = None, rollback: bool = False
     env = build_env(settings)
     with settings.open_ledger(signing=True) as lg:
         if run_id is None:
-            busy = unfinished_for(lg, env.target.display)
-            if not busy:
-                raise ConfigError("no unfinished run on this target to resume")
-            run_id = busy[-1].run_id
+            run_id = _run_to_resume(settings, lg, env)
         run = load_run(lg, run_id)
         if run.plan.get("target") != env.target.display:
             raise ConfigError(f"run {run_id} upgraded {run.plan.get('target')}, not {env.target.display}")
-        if run.state in ("completed", "rolled_back"):
+        if run.state in ("completed", "rolled_back") and not _holds_lease(settings, env, run_id):
             return run
         runner = Runner(lg, env, observer)
         runner.run = run
@@ -199,6 +196,31 @@ def resume(settings: Settings, run_id: str | None = None, rollback: bool = False
             runner.release_event()
         _checkpoint(settings, lg, run)
         return run
+
+
+def _run_to_resume(settings: Settings, lg: Ledger, env: Environment) -> str:
+    """The unfinished run on this target, or a finished one whose dead process kept the lease
+    (it died between its last state change and releasing the target)."""
+    busy = unfinished_for(lg, env.target.display)
+    if busy:
+        return busy[-1].run_id
+    store = lease_store(settings)
+    try:
+        holder = store.holder(env.target.display)
+        if holder is not None and not store.is_alive(holder):
+            return holder.run_id
+    finally:
+        store.dispose()
+    raise ConfigError("no unfinished run on this target to resume")
+
+
+def _holds_lease(settings: Settings, env: Environment, run_id: str) -> bool:
+    store = lease_store(settings)
+    try:
+        holder = store.holder(env.target.display)
+        return holder is not None and holder.run_id == run_id
+    finally:
+        store.dispose()
 
 
 def rollback(settings: Settings, run_id: str, observer: Observer | None = None) -> Run:

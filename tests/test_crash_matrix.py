@@ -35,9 +35,12 @@ def _cases() -> list[Any]:
     for name, path in _failpoints():
         kind = name.split(".")[0]
         if path in ("forward", "both"):
-            # crash on the way forward; one upgrade that completes, one that then fails
+            # crash on the way forward; one upgrade that completes, one that then fails (its
+            # third migration), which never reaches the health checks
             cases.append(pytest.param(name, "forward", "completed", id=f"{name}-forward"))
-            cases.append(pytest.param(name, "revert", "rolled_back", id=f"{name}-then-rollback"))
+            if kind != "health":
+                cases.append(pytest.param(name, "revert", "rolled_back",
+                                          id=f"{name}-then-rollback"))
         if path in ("rollback", "both"):
             scenario = "restore" if kind == "restore" else "revert"
             fp = f"{name}:{ROLLBACK_TRANSITION_HIT}" if kind == "transition" else name
@@ -92,10 +95,15 @@ def test_crash_then_resume(failpoint: str, scenario: str, outcome: str, target_b
     want_exit = {"completed": 0, "rolled_back": 1}[outcome]
     assert resumed.returncode == want_exit, resumed.stdout + resumed.stderr
 
-    status = proj.cli_json("status")
-    assert status["state"] == outcome
-    assert status["resumes"] == 1
-    assert status["takeovers"] == 1  # the dead process's lease, taken over and recorded
+    from statekeeper import command
+
+    settings = proj.settings()
+    run = command.status(settings)
+    assert run.state == outcome
+    assert run.resumes == 1
+    assert run.takeovers == 1  # the dead process's lease, taken over and recorded
+    taken = [lease for lease in run.leases if lease["type"] == "lease.taken_over"]
+    assert taken[0]["from_pid"] != taken[0]["pid"]
 
     after = proj.fingerprint()
     if outcome == "rolled_back":
@@ -108,19 +116,14 @@ def test_crash_then_resume(failpoint: str, scenario: str, outcome: str, target_b
         ref = _reference(tmp_path, target_backend, request)
         assert after == ref, diff(ref, after)  # migrated schema, same data, each applied once
 
-    applied = [m for m in proj.cli_json("migrate", "status") if m.get("applied")]
-    ids = [m["id"] for m in applied]
-    assert len(ids) == len(set(ids))
+    ids = proj.applied_ids()
     if outcome == "completed":
-        assert ids == sorted(SCENARIOS["forward"])[:3] or ids == [n[:-4] for n in sorted(SCENARIOS["forward"])]
+        assert ids == [n.removesuffix(".sql") for n in sorted(SCENARIOS["forward"])]
     else:
         assert ids == []
 
-    verify = proj.cli("ledger", "verify")
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-
-    history = proj.cli_json("history")
-    assert [h["state"] for h in history] == [outcome]
+    assert command.ledger_verify(settings).events > 0  # raises IntegrityViolation otherwise
+    assert [r.state for r in command.history(settings)] == [outcome]
 
 
 @pytest.mark.slow
@@ -138,22 +141,35 @@ def test_sigkill_at_random_instants_during_slow_migration(tmp_path: Path,
         url = pg_cluster.url(pg_cluster.createdb("sigkill"))
         seed("postgresql", url)
         migs = dict(SCENARIOS["forward"])
-        migs["002_orders.sql"] = "SELECT pg_sleep(0.4);\n" + migs["002_orders.sql"]
+        migs["002_orders.sql"] = "SELECT pg_sleep(1.5);\n" + migs["002_orders.sql"]
         proj = make_project(tmp_path / f"p{i}", "postgresql", url, migs, backup=(i % 2 == 0))
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop("STATEKEEPER_FAILPOINT", None)
         p = subprocess.Popen([sys.executable, "-m", "cli", "--config", str(proj.config), "start",
                               "--to", "v2.6"], cwd=proj.dir, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 2.5))
+        # wait until the slow migration is running on the server, then kill at a random instant
+        db = url.rsplit("/", 1)[1]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and p.poll() is None:
+            if pg_cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                               f"'{db}' AND query LIKE 'SELECT pg_sleep(1.5)%'") != "0":
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.6))
         p.send_signal(signal.SIGKILL)
         p.wait()
-        res = proj.cli("resume") if p.returncode == -9 else None
-        st = proj.cli_json("status")
-        outcomes.append(f"{p.returncode}:{st['state']}")
-        assert st["state"] == "completed", (res.stdout + res.stderr) if res else st
-        applied = [m["id"] for m in proj.cli_json("migrate", "status") if m.get("applied")]
-        assert applied == sorted(applied) and len(applied) == 3
-        assert proj.cli("ledger", "verify").returncode == 0
-    # most kills must really land during the run, or the test proves nothing
-    assert sum(o.startswith("-9") for o in outcomes) >= 15, outcomes
+        from statekeeper import command
+
+        if not command.history(proj.settings()):
+            # killed before the run was even recorded: nothing happened; start it again
+            res = proj.cli("start", "--to", "v2.6")
+        else:
+            res = proj.cli("resume") if p.returncode == -9 else None
+        run = command.status(proj.settings())
+        outcomes.append(f"{p.returncode}:{run.state}")
+        assert run.state == "completed", (res.stdout + res.stderr) if res else run.state
+        assert proj.applied_ids() == [n.removesuffix(".sql") for n in sorted(migs)]
+        assert command.ledger_verify(proj.settings()).events > 0
+    # the kills must really land during the run, or the test proves nothing
+    assert sum(o.startswith("-9") for o in outcomes) >= 18, outcomes

@@ -91,6 +91,17 @@ class Project:
         p = self.cli(*args, "--json", check=True)
         return json.loads(p.stdout)
 
+    def settings(self) -> Any:
+        from statekeeper.command import Settings
+
+        return Settings.load(str(self.config))
+
+    def applied_ids(self) -> list[str]:
+        from statekeeper import command
+
+        statuses, _tags = command.migrate_status(self.settings())
+        return [m.id for m in statuses if m.applied]
+
     def target(self) -> Any:
         from statekeeper.targets import Target
 
@@ -148,6 +159,8 @@ def make_project(base: Path, backend: str, target_url: str, migrations: dict[str
         + HEALTH + extra
     )
     p = Project(base, target_url, backend)
-    p.cli("init", check=True)
-    p.cli("migrate", "tag", "v2.5", check=True)
+    from statekeeper import command
+
+    command.init(str(p.config), None, None, None, "migrations")
+    command.migrate_tag(p.settings(), "v2.5")
     return p
