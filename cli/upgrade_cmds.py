@@ -9,6 +9,7 @@ import click
 
 from statekeeper import command, failpoints
 from statekeeper.errors import EXIT_ATTENTION, EXIT_FAILED, EXIT_OK
+from statekeeper.narrate import narrate
 from statekeeper.replay import Run
 
 from .main import Obj, PathArg, emit_json, pass_obj
@@ -27,69 +28,54 @@ class Progress:
         self.echo = echo
 
     def __call__(self, kind: str, p: dict[str, Any]) -> None:
-        e = self.echo
-        if kind == "run.created":
-            e(f"run {p['run_id']}: {p['application']} {p['from_version']} -> {p['to_version']} "
-              f"on {p['target']}")
-        elif kind == "run.resumed":
-            e(f"resuming ({p['mode']}) from state {p['state']} on {p['host']} pid {p['pid']}")
-        elif kind == "lease.taken_over":
-            e(f"took over the lease from dead pid {p['from_pid']} on {p['from_host']} "
-              f"({p['reason']})")
-        elif kind == "state.changed":
-            why = f": {p['reason']}" if p.get("reason") and p["trigger"] != "begin" else ""
-            e(f"  [{p['from']} -> {p['to']}]{why}")
-        elif kind == "step.succeeded":
-            extra = _describe(p)
-            tag = " (settled after a crash: it had happened)" if p.get("recovered") else ""
-            e(f"    ok    {p['step']}{extra}{tag}" + _ms(p))
-        elif kind == "step.failed":
-            if p.get("recovered"):
-                e(f"    redo  {p['step']} (interrupted by a crash before it took effect)")
-            else:
-                e(f"    FAIL  {p['step']}: {p['error']}" + _ms(p))
-
-
-def _ms(p: dict[str, Any]) -> str:
-    return f"  [{p['duration_ms']} ms]" if p.get("duration_ms") is not None else ""
-
-
-def _describe(p: dict[str, Any]) -> str:
-    r = p.get("result") or {}
-    if p["kind"] == "backup" and r.get("size") is not None:
-        return f": {r['method']} backup {r['backup_id']}, {r['size']} bytes, sha256 {str(r.get('sha256'))[:12]}"
-    if p["kind"] == "compare":
-        return ": fingerprint equals the one before the upgrade" if r.get("equal") else (
-            ": fingerprint differs: " + "; ".join(r.get("diff", [])))
-    if p["kind"] == "preflight" and r.get("fingerprint_digest"):
-        return f": fingerprint {str(r['fingerprint_digest'])[:16]}"
-    return ""
+        line = narrate(kind, p)
+        if line is not None:
+            self.echo(line)
 
 
 def run_summary(run: Run) -> dict[str, Any]:
     last = run.steps[-1] if run.steps else None
     return {
-        "run_id": run.run_id, "state": run.state, "from": run.from_version,
-        "to": run.to_version, "target": run.plan.get("target"), "started": run.created_at,
-        "ended": run.ended_at, "failure": run.failure, "resumes": run.resumes,
+        "run_id": run.run_id,
+        "state": run.state,
+        "from": run.from_version,
+        "to": run.to_version,
+        "target": run.plan.get("target"),
+        "started": run.created_at,
+        "ended": run.ended_at,
+        "failure": run.failure,
+        "resumes": run.resumes,
         "takeovers": run.takeovers,
-        "last_step": None if last is None else {
-            "name": last.name, "status": last.status, "error": last.error,
-            "started": last.started_at, "ended": last.ended_at,
+        "last_step": None
+        if last is None
+        else {
+            "name": last.name,
+            "status": last.status,
+            "error": last.error,
+            "started": last.started_at,
+            "ended": last.ended_at,
         },
         "migrations_applied": run.migrations_applied(),
     }
 
 
 def _finish(run: Run) -> None:
-    click.echo(f"run {run.run_id}: {run.state}" + (f" ({run.failure})" if run.failure and run.state != "completed" else ""))
+    click.echo(
+        f"run {run.run_id}: {run.state}"
+        + (f" ({run.failure})" if run.failure and run.state != "completed" else "")
+    )
     raise click.exceptions.Exit(exit_for(run))
 
 
 @click.command("init")
 @click.option("--target", "target_url", metavar="URL", help="Target database URL to write.")
-@click.option("--migrations", "migrations_dir", default="migrations", show_default=True,
-              help="Migrations directory to write in the configuration.")
+@click.option(
+    "--migrations",
+    "migrations_dir",
+    default="migrations",
+    show_default=True,
+    help="Migrations directory to write in the configuration.",
+)
 @pass_obj
 def init(obj: Obj, target_url: str | None, migrations_dir: str) -> None:
     """Create statekeeper.toml, a signing key and the ledger (safe to repeat)."""
@@ -110,7 +96,9 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool) -> 
         p.pop("run_id", None)
         emit_json(p)
         return
-    click.echo(f"upgrade {p['application']} {p['from_version']} -> {p['to_version']} on {p['target']}")
+    click.echo(
+        f"upgrade {p['application']} {p['from_version']} -> {p['to_version']} on {p['target']}"
+    )
     b = p["backup"]
     click.echo(f"backup: {b['method'] if b['enabled'] else 'off'}")
     click.echo(f"pending migrations: {len(p['migrations'])}")
@@ -165,7 +153,9 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
         click.echo(f"reason: {s['failure']}")
     if s["last_step"]:
         ls = s["last_step"]
-        click.echo(f"last step: {ls['name']} {ls['status']}" + (f": {ls['error']}" if ls["error"] else ""))
+        click.echo(
+            f"last step: {ls['name']} {ls['status']}" + (f": {ls['error']}" if ls["error"] else "")
+        )
 
 
 @click.command("history")
@@ -182,8 +172,10 @@ def history(obj: Obj, as_json: bool) -> None:
         return
     click.echo(f"{'run':<24} {'from':<8} {'to':<8} {'state':<12} {'started':<27} ended")
     for r in runs:
-        click.echo(f"{r['run_id']:<24} {r['from']:<8} {r['to']:<8} {r['state']:<12} "
-                   f"{r['started']:<27} {r['ended'] or '-'}")
+        click.echo(
+            f"{r['run_id']:<24} {r['from']:<8} {r['to']:<8} {r['state']:<12} "
+            f"{r['started']:<27} {r['ended'] or '-'}"
+        )
 
 
 @click.group("debug")
@@ -203,8 +195,14 @@ def debug_failpoints(as_json: bool) -> None:
 
 
 @click.command("demo")
-@click.option("--dir", "directory", type=PathArg, default=Path("statekeeper-demo"),
-              show_default=True, help="Where to build the demo (left there to inspect).")
+@click.option(
+    "--dir",
+    "directory",
+    type=PathArg,
+    default=Path("statekeeper-demo"),
+    show_default=True,
+    help="Where to build the demo (left there to inspect).",
+)
 def demo(directory: Path) -> None:
     """A failed upgrade rolled back, a crashed one resumed, all on SQLite, then verified."""
     from statekeeper.demo import run_demo

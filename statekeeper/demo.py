@@ -17,14 +17,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import command
 from .errors import ConfigError
+from .narrate import narrate
 
 Say = Callable[[str], None]
 MARKER = ".statekeeper-demo"
 
-CONFIG = """\
+CONFIG = '''\
 # statekeeper demo: everything embedded (SQLite ledger, SQLite application database).
 [upgrade]
 application = "trading-platform"
@@ -46,9 +48,11 @@ dir = ".statekeeper/backups"
 [health]
 checks = [
   { name = "users readable", sql = "SELECT count(*) > 0 FROM users", expect = "1" },
-  { name = "every position has a user", sql = "SELECT count(*) FROM positions p LEFT JOIN users u ON u.id = p.user_id WHERE u.id IS NULL", expect = "0" },
+  { name = "every position has a user", expect = "0", sql = """
+      SELECT count(*) FROM positions p LEFT JOIN users u ON u.id = p.user_id
+      WHERE u.id IS NULL""" },
 ]
-"""
+'''
 
 MIGRATIONS = {
     "001_user_status.sql": """\
@@ -95,21 +99,42 @@ def _seed(db: Path) -> tuple[int, int, int]:
                                     avg_price_cents INTEGER NOT NULL);
             CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         """)
-        conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?)", [
-            (i, f"trader{i}@example.com", f"Trader {i}", f"2025-0{1 + i % 9}-1{i % 10}")
-            for i in range(1, 51)
-        ])
+        conn.executemany(
+            "INSERT INTO users VALUES (?, ?, ?, ?)",
+            [
+                (i, f"trader{i}@example.com", f"Trader {i}", f"2025-0{1 + i % 9}-1{i % 10}")
+                for i in range(1, 51)
+            ],
+        )
         symbols = ["AAPL", "MSFT", "SAP.DE", "BMW.DE", "NVDA", "SIE.DE", "TSLA"]
-        conn.executemany("INSERT INTO positions VALUES (?, ?, ?, ?, ?)", [
-            (i, rng.randint(1, 50), rng.choice(symbols), rng.randint(1, 500),
-             rng.randint(1_000, 90_000)) for i in range(1, 201)
-        ])
-        conn.executemany("INSERT INTO settings VALUES (?, ?)", [
-            ("max_leverage", "4"), ("market_hours", "09:00-17:30"), ("fee_bps", "5"),
-            ("margin_call_pct", "30"), ("base_currency", "USD"), ("risk_engine", "v3"),
-            ("kyc_required", "true"), ("session_timeout_min", "30"), ("maintenance", "false"),
-            ("feature_orders", "false"),
-        ])
+        conn.executemany(
+            "INSERT INTO positions VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    i,
+                    rng.randint(1, 50),
+                    rng.choice(symbols),
+                    rng.randint(1, 500),
+                    rng.randint(1_000, 90_000),
+                )
+                for i in range(1, 201)
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO settings VALUES (?, ?)",
+            [
+                ("max_leverage", "4"),
+                ("market_hours", "09:00-17:30"),
+                ("fee_bps", "5"),
+                ("margin_call_pct", "30"),
+                ("base_currency", "USD"),
+                ("risk_engine", "v3"),
+                ("kyc_required", "true"),
+                ("session_timeout_min", "30"),
+                ("maintenance", "false"),
+                ("feature_orders", "false"),
+            ],
+        )
     conn.close()
     return 50, 200, 10
 
@@ -151,9 +176,11 @@ def run_demo(directory: Path, say: Say) -> int:
         command.migrate_tag(s, "v2.5")
         say("   tagged the current schema v2.5")
 
-        from cli.upgrade_cmds import Progress  # narration format shared with the CLI
+        def progress(kind: str, payload: dict[str, Any]) -> None:
+            line = narrate(kind, payload)
+            if line is not None:
+                say(line)
 
-        progress = Progress(say)
         say("")
         say("== 1. upgrade v2.5 -> v2.6; its third migration has a typo (column symbl)")
         run1 = command.start(s, "v2.6", observer=progress)
@@ -162,8 +189,10 @@ def run_demo(directory: Path, say: Say) -> int:
         cmp_ = [x for x in run1.steps if x.kind == "compare" and x.status == "succeeded"]
         if pre and cmp_:
             say(f"   fingerprint before: {pre.result['fingerprint_digest'][:32]}")
-            say(f"   fingerprint after:  {cmp_[-1].result['digest'][:32]}  "
-                f"({'equal' if cmp_[-1].result['equal'] else 'DIFFERENT'})")
+            say(
+                f"   fingerprint after:  {cmp_[-1].result['digest'][:32]}  "
+                f"({'equal' if cmp_[-1].result['equal'] else 'DIFFERENT'})"
+            )
 
         say("")
         say("== 2. fix the typo; upgrade again, killed (os._exit 137) after the 2nd migration")
@@ -172,15 +201,20 @@ def run_demo(directory: Path, say: Say) -> int:
         env["STATEKEEPER_FAILPOINT"] = "migrate.done:2"
         child = subprocess.run(
             [sys.executable, "-m", "cli", "--config", cfg, "start", "--to", "v2.6"],
-            env=env, capture_output=True, text=True, timeout=120,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         for line in child.stdout.splitlines():
             say(f"   child| {line}")
         say(f"   child process died with exit code {child.returncode}")
         st = command.status(s)
         open_step = st.open_step
-        say(f"   status: run {st.run_id} is {st.state}; step "
-            f"{open_step.name if open_step else '-'} was left open (in doubt)")
+        say(
+            f"   status: run {st.run_id} is {st.state}; step "
+            f"{open_step.name if open_step else '-'} was left open (in doubt)"
+        )
 
         say("")
         say("== 3. statekeeper resume")
@@ -191,13 +225,16 @@ def run_demo(directory: Path, say: Say) -> int:
         say("== 4. statekeeper ledger verify, then export the run for the compliance officer")
         v = command.ledger_verify(s)
         say(f"   ok: {v.events} events verified, head seq {v.head.seq}")
-        exp = command.ledger_export(s, directory / f"{run2.run_id}.jsonl",
-                                    stream=STREAM_PREFIX + run2.run_id)
+        exp = command.ledger_export(
+            s, directory / f"{run2.run_id}.jsonl", stream=STREAM_PREFIX + run2.run_id
+        )
         say(f"   exported {exp.events} events of run {run2.run_id} to {run2.run_id}.jsonl")
         ok = run1.state == "rolled_back" and child.returncode == 137 and run2.state == "completed"
         say("")
-        say(f"Everything is left in {directory} (statekeeper.toml, app.db, migrations/, "
-            ".statekeeper/). Try: cd " + str(directory) + " && statekeeper history")
+        say(
+            f"Everything is left in {directory} (statekeeper.toml, app.db, migrations/, "
+            ".statekeeper/). Try: cd " + str(directory) + " && statekeeper history"
+        )
         return 0 if ok else 3
     finally:
         os.chdir(prev)

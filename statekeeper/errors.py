@@ -15,7 +15,7 @@
      └── LockHeld                 exit 5  another run or process holds the target
 
 Ledger errors (:mod:`ledger.errors`) pass through unchanged; the CLI maps them as well
-(integrity violation 4, configuration 2, stream conflict and operational errors 3).
+(integrity violation 4, configuration 2, stream conflict 5, operational errors 3).
 """
 
 from __future__ import annotations

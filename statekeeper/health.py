@@ -19,12 +19,19 @@ def validate_checks(checks: list[Any], source: str) -> list[dict[str, Any]]:
     out = []
     for i, c in enumerate(checks):
         if not isinstance(c, dict) or not isinstance(c.get("sql"), str):
-            raise ConfigError(f"{source}: [health] checks[{i}] needs a sql = \"...\" string")
+            raise ConfigError(f'{source}: [health] checks[{i}] needs a sql = "..." string')
         unknown = set(c) - {"name", "sql", "expect"}
         if unknown:
-            raise ConfigError(f"{source}: [health] checks[{i}] has unknown key {sorted(unknown)[0]}")
-        out.append({"name": str(c.get("name") or f"check {i + 1}"), "sql": c["sql"],
-                    "expect": None if c.get("expect") is None else str(c["expect"])})
+            raise ConfigError(
+                f"{source}: [health] checks[{i}] has unknown key {sorted(unknown)[0]}"
+            )
+        out.append(
+            {
+                "name": str(c.get("name") or f"check {i + 1}"),
+                "sql": c["sql"],
+                "expect": None if c.get("expect") is None else str(c["expect"]),
+            }
+        )
     return out
 
 

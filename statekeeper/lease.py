@@ -116,10 +116,17 @@ class LeaseStore:
                     )
                 previous = h
                 conn.execute(leases.delete().where(leases.c.target == target))
-            conn.execute(leases.insert().values(
-                target=target, run_id=run_id, host=me[0], pid=me[1], token=token,
-                acquired_at=now, heartbeat_at=now,
-            ))
+            conn.execute(
+                leases.insert().values(
+                    target=target,
+                    run_id=run_id,
+                    host=me[0],
+                    pid=me[1],
+                    token=token,
+                    acquired_at=now,
+                    heartbeat_at=now,
+                )
+            )
         return Lease(self, target, token), previous
 
     def dispose(self) -> None:

@@ -61,8 +61,10 @@ def forward_steps(run: Run) -> list[Step]:
     if state == "deploying":
         return []
     if state == "verifying":
-        return [Step("health", "health", {"checks": len(plan.get("health_checks", []))}),
-                tag_step(run.to_version)]
+        return [
+            Step("health", "health", {"checks": len(plan.get("health_checks", []))}),
+            tag_step(run.to_version),
+        ]
     return []
 
 
@@ -108,8 +110,9 @@ def _really_failed(s: Any) -> bool:
 def _after(steps: list[Any], cmp: Any, kind: str) -> bool:
     """True when ``cmp`` comes after the last successful step of ``kind``."""
     idx_cmp = steps.index(cmp)
-    idx_kind = max((i for i, s in enumerate(steps) if s.kind == kind and s.status == "succeeded"),
-                   default=-1)
+    idx_kind = max(
+        (i for i, s in enumerate(steps) if s.kind == kind and s.status == "succeeded"), default=-1
+    )
     return idx_cmp > idx_kind
 
 

@@ -22,10 +22,19 @@ LEASE_ACQUIRED = "lease.acquired"
 LEASE_TAKEN_OVER = "lease.taken_over"
 LEASE_RELEASED = "lease.released"
 RUN_RESUMED = "run.resumed"
-KNOWN_TYPES = frozenset({
-    RUN_CREATED, STATE_CHANGED, STEP_STARTED, STEP_SUCCEEDED, STEP_FAILED, LEASE_ACQUIRED,
-    LEASE_TAKEN_OVER, LEASE_RELEASED, RUN_RESUMED,
-})
+KNOWN_TYPES = frozenset(
+    {
+        RUN_CREATED,
+        STATE_CHANGED,
+        STEP_STARTED,
+        STEP_SUCCEEDED,
+        STEP_FAILED,
+        LEASE_ACQUIRED,
+        LEASE_TAKEN_OVER,
+        LEASE_RELEASED,
+        RUN_RESUMED,
+    }
+)
 
 
 class HistoryError(Exception):
@@ -102,7 +111,7 @@ class Run:
         return None
 
     def phase_steps(self) -> list[StepRecord]:
-        return self.steps[self.phase_start:]
+        return self.steps[self.phase_start :]
 
     def attempts(self, name: str) -> int:
         return sum(1 for s in self.steps if s.name == name)
@@ -139,8 +148,9 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
     if run is None:
         if ev.type != RUN_CREATED or ev.position != 1:
             raise HistoryError(ev.position, f"a run must begin with {RUN_CREATED}, not {ev.type}")
-        return Run(str(p["run_id"]), dict(p), UpgradeMachine(), created_at=ev.at, position=1,
-                   last_at=ev.at)
+        return Run(
+            str(p["run_id"]), dict(p), UpgradeMachine(), created_at=ev.at, position=1, last_at=ev.at
+        )
     if ev.position != run.position + 1:
         raise HistoryError(ev.position, f"expected event #{run.position + 1}")
     run.position = ev.position
@@ -148,31 +158,51 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
     t = ev.type
     if t == STATE_CHANGED:
         if p.get("from") != run.state:
-            raise HistoryError(ev.position, f"transition from {p.get('from')!r} but run is {run.state!r}")
+            raise HistoryError(
+                ev.position, f"transition from {p.get('from')!r} but run is {run.state!r}"
+            )
         if run.open_step is not None:
-            raise HistoryError(ev.position, f"state changed while step {run.open_step.name} is open")
+            raise HistoryError(
+                ev.position, f"state changed while step {run.open_step.name} is open"
+            )
         try:
             run.machine.fire(str(p["trigger"]))
         except IllegalTransition as e:
             raise HistoryError(ev.position, str(e)) from e
         if run.state != p.get("to"):
-            raise HistoryError(ev.position, f"transition lands in {run.state!r}, event says {p.get('to')!r}")
+            raise HistoryError(
+                ev.position, f"transition lands in {run.state!r}, event says {p.get('to')!r}"
+            )
         if run.state == "rolling_back":
             run.phase_start = len(run.steps)
-        run.transitions.append({"trigger": p["trigger"], "from": p["from"], "to": p["to"],
-                                "at": ev.at, "reason": p.get("reason")})
+        run.transitions.append(
+            {
+                "trigger": p["trigger"],
+                "from": p["from"],
+                "to": p["to"],
+                "at": ev.at,
+                "reason": p.get("reason"),
+            }
+        )
         if p["trigger"] in ("fail", "abort", "rollback_failed") and p.get("reason"):
             run.failure = str(p["reason"])
     elif t == STEP_STARTED:
         if run.open_step is not None:
-            raise HistoryError(ev.position, f"step {p.get('step')} started while {run.open_step.name} is open")
+            raise HistoryError(
+                ev.position, f"step {p.get('step')} started while {run.open_step.name} is open"
+            )
         if run.machine.terminal:
             raise HistoryError(ev.position, f"step started in terminal state {run.state}")
-        run.steps.append(StepRecord(
-            name=str(p["step"]), kind=str(p["kind"]), status="open",
-            attempt=run.attempts(str(p["step"])) + 1, started_at=ev.at,
-            args={k: v for k, v in p.items() if k not in ("step", "kind")},
-        ))
+        run.steps.append(
+            StepRecord(
+                name=str(p["step"]),
+                kind=str(p["kind"]),
+                status="open",
+                attempt=run.attempts(str(p["step"])) + 1,
+                started_at=ev.at,
+                args={k: v for k, v in p.items() if k not in ("step", "kind")},
+            )
+        )
     elif t in (STEP_SUCCEEDED, STEP_FAILED):
         step = run.open_step
         if step is None or step.name != p.get("step"):

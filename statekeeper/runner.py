@@ -45,8 +45,14 @@ def stream_of(run_id: str) -> str:
 
 
 def to_run_event(ev: StoredEvent) -> RunEvent:
-    return RunEvent(ev.stream_seq, ev.type, canonical.loads(ev.payload), ev.recorded_at, ev.seq,
-                    canonical.loads(ev.actor))
+    return RunEvent(
+        ev.stream_seq,
+        ev.type,
+        canonical.loads(ev.payload),
+        ev.recorded_at,
+        ev.seq,
+        canonical.loads(ev.actor),
+    )
 
 
 class StepFailed(Exception):
@@ -102,11 +108,17 @@ class Runner:
         if resumed:
             self.emit(RUN_RESUMED, {**me, "mode": mode, "state": self.run.state})  # type: ignore[union-attr]
         if previous is not None:
-            self.emit(LEASE_TAKEN_OVER, {
-                **me, "from_host": previous.host, "from_pid": previous.pid,
-                "reason": "holder process is gone" if previous.host == me["host"]
-                else "holder heartbeat expired",
-            })
+            self.emit(
+                LEASE_TAKEN_OVER,
+                {
+                    **me,
+                    "from_host": previous.host,
+                    "from_pid": previous.pid,
+                    "reason": "holder process is gone"
+                    if previous.host == me["host"]
+                    else "holder heartbeat expired",
+                },
+            )
         else:
             self.emit(LEASE_ACQUIRED, me)
 
@@ -156,12 +168,26 @@ class Runner:
         try:
             result = self.effect(step)
         except StatekeeperError as e:
-            self.emit(STEP_FAILED, {"step": step.name, "kind": kind, "error": str(e),
-                                    "duration_ms": int(clock.monotonic_ms() - t0)})
+            self.emit(
+                STEP_FAILED,
+                {
+                    "step": step.name,
+                    "kind": kind,
+                    "error": str(e),
+                    "duration_ms": int(clock.monotonic_ms() - t0),
+                },
+            )
             raise StepFailed(step, str(e)) from e
         failpoints.hit(f"{kind}.done")
-        self.emit(STEP_SUCCEEDED, {"step": step.name, "kind": kind, "result": result,
-                                   "duration_ms": int(clock.monotonic_ms() - t0)})
+        self.emit(
+            STEP_SUCCEEDED,
+            {
+                "step": step.name,
+                "kind": kind,
+                "result": result,
+                "duration_ms": int(clock.monotonic_ms() - t0),
+            },
+        )
         return result
 
     def effect(self, step: Step) -> dict[str, Any]:
@@ -171,6 +197,8 @@ class Runner:
         if step.kind == "preflight":
             return self._preflight(mid)
         if step.kind == "backup":
+            if env.backups is None:
+                raise BackupError("backups are off ([backup] enabled = false)")
             m = env.backups.create(step.args["backup_id"], hook=mid)
             return _manifest_result(m)
         if step.kind == "tag":
@@ -185,8 +213,11 @@ class Runner:
                     f"migration {mig.id} changed since the run was planned (checksum differs)"
                 )
             applied = env.migrator.apply(mig, run_id=self.run.run_id, hook=mid)
-            return {"migration": mig.id, "checksum": mig.checksum,
-                    "execution_ms": getattr(applied, "execution_ms", None)}
+            return {
+                "migration": mig.id,
+                "checksum": mig.checksum,
+                "execution_ms": getattr(applied, "execution_ms", None),
+            }
         if step.kind == "health":
             from .health import run_checks
 
@@ -212,7 +243,9 @@ class Runner:
         mid()
         planned = {m["id"]: m["checksum"] for m in self.run.plan.get("migrations", [])}
         pending = {m.id: m.checksum for m in env.migrator.pending()}
-        if planned != {k: v for k, v in pending.items() if k in planned} or set(planned) - set(pending):
+        if planned != {k: v for k, v in pending.items() if k in planned} or set(planned) - set(
+            pending
+        ):
             raise TargetError("pending migrations differ from the plan this run recorded")
         result: dict[str, Any] = {"pending": len(pending)}
         if env.backups is not None:
@@ -248,7 +281,9 @@ def _dest(run: Run, trigger: str) -> str:
 
     for t in TRANSITIONS:
         src = t["source"]
-        if t["trigger"] == trigger and (run.state == src or (isinstance(src, list) and run.state in src)):
+        if t["trigger"] == trigger and (
+            run.state == src or (isinstance(src, list) and run.state in src)
+        ):
             return str(t["dest"])
     return "?"
 

@@ -85,7 +85,9 @@ class Target:
         if not path.exists():
             raise ConfigError(f"target {self.display}: database file {path} does not exist")
         try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None if autocommit else "")
+            conn = sqlite3.connect(
+                path, timeout=30, isolation_level=None if autocommit else "DEFERRED"
+            )
         except sqlite3.Error as e:
             raise TargetError(f"target {self.display}: {e}") from e
         conn.execute("PRAGMA busy_timeout=30000")

@@ -43,8 +43,12 @@ def build_env(settings: Settings) -> Environment:
     if cfg.backup.enabled:
         b = cfg.backup
         backups = BackupManager(
-            target, cfg.backup_method(), cfg.backup_dir(), stanza=b.stanza,
-            stop_command=b.stop_command, start_command=b.start_command,
+            target,
+            cfg.backup_method(),
+            cfg.backup_dir(),
+            stanza=b.stanza,
+            stop_command=b.stop_command,
+            start_command=b.start_command,
             pgbackrest_config=b.pgbackrest_config,
         )
     checks = validate_checks(cfg.raw.get("health", {}).get("checks", []), cfg.source)
@@ -68,10 +72,19 @@ def build_plan(
     if to_version == from_v or to_version in tags:
         raise ConfigError(f"--to {to_version}: the schema is already tagged {to_version}")
     pending = env.migrator.pending()
-    migrations = [{"id": m.id, "checksum": m.checksum, "reversible": m.down is not None,
-                   "no_transaction": bool(getattr(m, "no_transaction", False))} for m in pending]
-    backup = {"enabled": env.backups is not None,
-              "method": cfg.backup_method() if env.backups is not None else None}
+    migrations = [
+        {
+            "id": m.id,
+            "checksum": m.checksum,
+            "reversible": m.down is not None,
+            "no_transaction": bool(getattr(m, "no_transaction", False)),
+        }
+        for m in pending
+    ]
+    backup = {
+        "enabled": env.backups is not None,
+        "method": cfg.backup_method() if env.backups is not None else None,
+    }
     steps = ["preflight"]
     if backup["enabled"]:
         steps.append(f"backup ({backup['method']})")
@@ -85,7 +98,11 @@ def build_plan(
         "to_version": to_version,
         "target": env.target.display,
         "backend": env.target.backend,
-        "migrations_dir": str(env.migrator.migrations_dir if hasattr(env.migrator, "migrations_dir") else cfg.migrations_dir),
+        "migrations_dir": str(
+            env.migrator.migrations_dir
+            if hasattr(env.migrator, "migrations_dir")
+            else cfg.migrations_dir
+        ),
         "migrations": migrations,
         "irreversible": [m["id"] for m in migrations if not m["reversible"]],
         "backup": backup,
@@ -117,17 +134,19 @@ def load_run(lg: Ledger, run_id: str) -> Run:
 
 
 def all_runs(lg: Ledger) -> list[Run]:
-    return [load_run(lg, name[len(STREAM_PREFIX):]) for name, *_ in lg.streams(STREAM_PREFIX)]
+    return [load_run(lg, name[len(STREAM_PREFIX) :]) for name, *_ in lg.streams(STREAM_PREFIX)]
 
 
 def unfinished_for(lg: Ledger, target_display: str) -> list[Run]:
-    return [r for r in all_runs(lg) if r.plan.get("target") == target_display
-            and r.state not in TERMINAL]
+    return [
+        r
+        for r in all_runs(lg)
+        if r.plan.get("target") == target_display and r.state not in TERMINAL
+    ]
 
 
 @contextlib.contextmanager
-def holding(settings: Settings, env: Environment, run_id: str, *, takeover: bool
-            ) -> Iterator[Any]:
+def holding(settings: Settings, env: Environment, run_id: str, *, takeover: bool) -> Iterator[Any]:
     """Hold the lease (ledger database) and the target lock for the whole run."""
     store = lease_store(settings)
     try:
@@ -141,8 +160,12 @@ def holding(settings: Settings, env: Environment, run_id: str, *, takeover: bool
         store.dispose()
 
 
-def start(settings: Settings, to_version: str, from_version: str | None = None,
-          observer: Observer | None = None) -> Run:
+def start(
+    settings: Settings,
+    to_version: str,
+    from_version: str | None = None,
+    observer: Observer | None = None,
+) -> Run:
     env = build_env(settings)
     with settings.open_ledger(signing=True) as lg:
         busy = unfinished_for(lg, env.target.display)
@@ -165,15 +188,21 @@ def start(settings: Settings, to_version: str, from_version: str | None = None,
         return run
 
 
-def resume(settings: Settings, run_id: str | None = None, rollback: bool = False,
-           observer: Observer | None = None) -> Run:
+def resume(
+    settings: Settings,
+    run_id: str | None = None,
+    rollback: bool = False,
+    observer: Observer | None = None,
+) -> Run:
     env = build_env(settings)
     with settings.open_ledger(signing=True) as lg:
         if run_id is None:
             run_id = _run_to_resume(settings, lg, env)
         run = load_run(lg, run_id)
         if run.plan.get("target") != env.target.display:
-            raise ConfigError(f"run {run_id} upgraded {run.plan.get('target')}, not {env.target.display}")
+            raise ConfigError(
+                f"run {run_id} upgraded {run.plan.get('target')}, not {env.target.display}"
+            )
         if run.state in ("completed", "rolled_back") and not _holds_lease(settings, env, run_id):
             return run
         runner = Runner(lg, env, observer)
@@ -187,8 +216,13 @@ def resume(settings: Settings, run_id: str | None = None, rollback: bool = False
                 runner.transition("retry_rollback", "resumed by an operator")
             elif rollback and run.state == "preflight":
                 runner.transition("abort", "operator chose to roll back")
-            elif rollback and run.state in ("backing_up", "tagging", "migrating", "deploying",
-                                           "verifying"):
+            elif rollback and run.state in (
+                "backing_up",
+                "tagging",
+                "migrating",
+                "deploying",
+                "verifying",
+            ):
                 runner.transition("fail", "operator chose to roll back")
             elif run.state == "planned":
                 runner.transition("begin")
@@ -232,10 +266,17 @@ def rollback(settings: Settings, run_id: str, observer: Observer | None = None) 
                 f"run {run_id} is {run.state}: only a completed run can be rolled back "
                 "(an unfinished one: 'statekeeper resume RUN_ID --rollback')"
             )
-        later = [r for r in all_runs(lg) if r.plan.get("target") == env.target.display
-                 and r.created_at > run.created_at and r.state == "completed"]
+        later = [
+            r
+            for r in all_runs(lg)
+            if r.plan.get("target") == env.target.display
+            and r.created_at > run.created_at
+            and r.state == "completed"
+        ]
         if later:
-            raise ConfigError(f"run {later[-1].run_id} completed after {run_id}: roll that back first")
+            raise ConfigError(
+                f"run {later[-1].run_id} completed after {run_id}: roll that back first"
+            )
         runner = Runner(lg, env, observer)
         runner.run = run
         with holding(settings, env, run_id, takeover=True) as previous:
@@ -311,5 +352,3 @@ def history(settings: Settings) -> list[Run]:
 def plan(settings: Settings, to_version: str, from_version: str | None = None) -> dict[str, Any]:
     env = build_env(settings)
     return build_plan(settings, env, to_version, from_version)
-
-

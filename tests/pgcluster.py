@@ -46,6 +46,8 @@ class PgCluster:
     """One cluster. ``url(db)`` gives a libpq-style URL; ``createdb`` makes a fresh database."""
 
     def __init__(self, conf: dict[str, str] | None = None, base: Path | None = None) -> None:
+        if base is None and os.access("/dev/shm", os.W_OK):
+            base = Path("/dev/shm")  # RAM: initdb, CREATE DATABASE and teardown are faster
         self.root = Path(tempfile.mkdtemp(prefix="sk-pg-", dir=base))
         os.chmod(self.root, 0o755)
         self.data = self.root / "data"

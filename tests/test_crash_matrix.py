@@ -20,8 +20,13 @@ from tests.upgrade_support import ROOT, SCENARIOS, Project, make_project, seed
 
 
 def _failpoints() -> list[tuple[str, str]]:
-    out = subprocess.run([sys.executable, "-m", "cli", "debug", "failpoints", "--json"],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "debug", "failpoints", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     return [(f["name"], f["path"]) for f in json.loads(out.stdout)]
 
 
@@ -39,8 +44,9 @@ def _cases() -> list[Any]:
             # third migration), which never reaches the health checks
             cases.append(pytest.param(name, "forward", "completed", id=f"{name}-forward"))
             if kind != "health":
-                cases.append(pytest.param(name, "revert", "rolled_back",
-                                          id=f"{name}-then-rollback"))
+                cases.append(
+                    pytest.param(name, "revert", "rolled_back", id=f"{name}-then-rollback")
+                )
         if path in ("rollback", "both"):
             scenario = "restore" if kind == "restore" else "revert"
             fp = f"{name}:{ROLLBACK_TRANSITION_HIT}" if kind == "transition" else name
@@ -53,8 +59,9 @@ def target_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _project(tmp_path: Path, backend: str, scenario: str, request: pytest.FixtureRequest
-             ) -> Project:
+def _project(
+    tmp_path: Path, backend: str, scenario: str, request: pytest.FixtureRequest
+) -> Project:
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'app.db'}"
         (tmp_path / "app.db").touch()
@@ -81,8 +88,14 @@ def _reference(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("failpoint", "scenario", "outcome"), _cases())
-def test_crash_then_resume(failpoint: str, scenario: str, outcome: str, target_backend: str,
-                           tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_crash_then_resume(
+    failpoint: str,
+    scenario: str,
+    outcome: str,
+    target_backend: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
     proj = _project(tmp_path, target_backend, scenario, request)
     before = proj.fingerprint()
 
@@ -127,8 +140,7 @@ def test_crash_then_resume(failpoint: str, scenario: str, outcome: str, target_b
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_instants_during_slow_migration(tmp_path: Path,
-                                                          pg_cluster: Any) -> None:
+def test_sigkill_at_random_instants_during_slow_migration(tmp_path: Path, pg_cluster: Any) -> None:
     """SIGKILL a real start at 20 random instants while a pg_sleep migration runs; resume."""
     import os
     import random
@@ -145,15 +157,24 @@ def test_sigkill_at_random_instants_during_slow_migration(tmp_path: Path,
         proj = make_project(tmp_path / f"p{i}", "postgresql", url, migs, backup=(i % 2 == 0))
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop("STATEKEEPER_FAILPOINT", None)
-        p = subprocess.Popen([sys.executable, "-m", "cli", "--config", str(proj.config), "start",
-                              "--to", "v2.6"], cwd=proj.dir, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "cli", "--config", str(proj.config), "start", "--to", "v2.6"],
+            cwd=proj.dir,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         # wait until the slow migration is running on the server, then kill at a random instant
         db = url.rsplit("/", 1)[1]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and p.poll() is None:
-            if pg_cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                               f"'{db}' AND query LIKE 'SELECT pg_sleep(1.5)%'") != "0":
+            if (
+                pg_cluster.psql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                    f"'{db}' AND query LIKE 'SELECT pg_sleep(1.5)%'"
+                )
+                != "0"
+            ):
                 break
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 1.6))

@@ -11,7 +11,9 @@ from statekeeper.policy import Done, Step, Transition, next_action
 from statekeeper.replay import HistoryError, Run, RunEvent, apply, replay
 
 PLAN: dict[str, Any] = {
-    "run_id": "r1", "from_version": "v2.5", "to_version": "v2.6",
+    "run_id": "r1",
+    "from_version": "v2.5",
+    "to_version": "v2.6",
     "migrations": [
         {"id": "001_a", "checksum": "c1", "reversible": True},
         {"id": "002_b", "checksum": "c2", "reversible": True},
@@ -42,8 +44,14 @@ class Script:
             p["reason"] = reason
         self.add("state.changed", p)
 
-    def step(self, name: str, kind: str, ok: bool = True, result: dict[str, Any] | None = None,
-             **args: Any) -> None:
+    def step(
+        self,
+        name: str,
+        kind: str,
+        ok: bool = True,
+        result: dict[str, Any] | None = None,
+        **args: Any,
+    ) -> None:
         self.add("step.started", {"step": name, "kind": kind, **args})
         if ok:
             self.add("step.succeeded", {"step": name, "kind": kind, "result": result or {}})
@@ -61,7 +69,10 @@ class Script:
             if a.kind == "backup":
                 result = {"backup_id": a.args["backup_id"]}
             if a.kind == "compare":
-                result = {"equal": compare_equal, "diff": [] if compare_equal else ["users: 3 -> 2"]}
+                result = {
+                    "equal": compare_equal,
+                    "diff": [] if compare_equal else ["users: 3 -> 2"],
+                }
             self.step(a.name, a.kind, result=result, **a.args)
         return a
 
@@ -85,8 +96,19 @@ def test_forward_path_happy() -> None:
     while not isinstance(a := s.do_next(), Done):
         actions.append(a.name if isinstance(a, Step) else a.trigger)
     assert actions == [
-        "begin", "preflight", "preflight_passed", "backup", "backed_up", "tag:v2.5", "tagged",
-        "migrate:001_a", "migrate:002_b", "migrated", "deployed", "health", "tag:v2.6",
+        "begin",
+        "preflight",
+        "preflight_passed",
+        "backup",
+        "backed_up",
+        "tag:v2.5",
+        "tagged",
+        "migrate:001_a",
+        "migrate:002_b",
+        "migrated",
+        "deployed",
+        "health",
+        "tag:v2.6",
         "verified",
     ]
     assert s.run is not None and s.run.state == "completed"
@@ -144,18 +166,23 @@ def test_interrupted_step_is_redone_not_counted_as_failure() -> None:
     s.step("migrate:001_a", "migrate", migration="001_a", checksum="c1")
     s.go("fail", "x")
     s.add("step.started", {"step": "revert:001_a", "kind": "revert", "migration": "001_a"})
-    s.add("step.failed", {"step": "revert:001_a", "kind": "revert", "error": "interrupted",
-                          "recovered": True})
+    s.add(
+        "step.failed",
+        {"step": "revert:001_a", "kind": "revert", "error": "interrupted", "recovered": True},
+    )
     a = next_action(s.run)  # type: ignore[arg-type]
     assert isinstance(a, Step) and a.name == "revert:001_a"
 
 
-@pytest.mark.parametrize("bad", [
-    "state change skipping a state",
-    "step succeeded that was never started",
-    "second step started while one is open",
-    "event position skipped",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "state change skipping a state",
+        "step succeeded that was never started",
+        "second step started while one is open",
+        "event position skipped",
+    ],
+)
 def test_illegal_history_is_detected(bad: str) -> None:
     s = Script()
     s.go("begin")

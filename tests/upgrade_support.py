@@ -30,21 +30,25 @@ SEED_SQL = [
 # shows in the fingerprint.
 GOOD = {
     "001_bump_qty.sql": "UPDATE positions SET qty = qty + 1000;\n"
-                        "-- statekeeper:down\nUPDATE positions SET qty = qty - 1000;\n",
+    "-- statekeeper:down\nUPDATE positions SET qty = qty - 1000;\n",
     "002_orders.sql": "CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL,"
-                      " qty INTEGER NOT NULL);\n"
-                      "INSERT INTO settings (key, value) VALUES ('orders', 'on');\n"
-                      "-- statekeeper:down\nDROP TABLE orders;\n"
-                      "DELETE FROM settings WHERE key = 'orders';\n",
+    " qty INTEGER NOT NULL);\n"
+    "INSERT INTO settings (key, value) VALUES ('orders', 'on');\n"
+    "-- statekeeper:down\nDROP TABLE orders;\n"
+    "DELETE FROM settings WHERE key = 'orders';\n",
     "003_user_status.sql": "ALTER TABLE users ADD COLUMN status TEXT NOT NULL DEFAULT 'active';\n"
-                           "-- statekeeper:down\nALTER TABLE users DROP COLUMN status;\n",
+    "-- statekeeper:down\nALTER TABLE users DROP COLUMN status;\n",
 }
-FAILING_003 = ("ALTER TABLE users ADD COLUMN status TEXT NOT NULL DEFAULT 'active';\n"
-               "UPDATE users SET status = 'x' WHERE no_such_column = 1;\n"
-               "-- statekeeper:down\nALTER TABLE users DROP COLUMN status;\n")
-IRREVERSIBLE_002 = ("CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL,"
-                    " qty INTEGER NOT NULL);\n"
-                    "INSERT INTO settings (key, value) VALUES ('orders', 'on');\n")
+FAILING_003 = (
+    "ALTER TABLE users ADD COLUMN status TEXT NOT NULL DEFAULT 'active';\n"
+    "UPDATE users SET status = 'x' WHERE no_such_column = 1;\n"
+    "-- statekeeper:down\nALTER TABLE users DROP COLUMN status;\n"
+)
+IRREVERSIBLE_002 = (
+    "CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL,"
+    " qty INTEGER NOT NULL);\n"
+    "INSERT INTO settings (key, value) VALUES ('orders', 'on');\n"
+)
 
 SCENARIOS: dict[str, dict[str, str]] = {
     # three good, reversible migrations: the upgrade completes
@@ -74,17 +78,26 @@ class Project:
     def config(self) -> Path:
         return self.dir / "statekeeper.toml"
 
-    def cli(self, *args: str, failpoint: str | None = None, timeout: float = 120,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, failpoint: str | None = None, timeout: float = 120, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ)
         env.pop("STATEKEEPER_FAILPOINT", None)
         if failpoint:
             env["STATEKEEPER_FAILPOINT"] = failpoint
         env["PYTHONPATH"] = str(ROOT)
-        p = subprocess.run([sys.executable, "-m", "cli", "--config", str(self.config), *args],
-                           cwd=self.dir, env=env, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(
+            [sys.executable, "-m", "cli", "--config", str(self.config), *args],
+            cwd=self.dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and p.returncode != 0:
-            raise AssertionError(f"statekeeper {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+            raise AssertionError(
+                f"statekeeper {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
+            )
         return p
 
     def cli_json(self, *args: str) -> Any:
@@ -144,8 +157,14 @@ def seed(backend: str, target_url: str) -> None:
         conn.close()
 
 
-def make_project(base: Path, backend: str, target_url: str, migrations: dict[str, str],
-                 backup: bool = True, extra: str = "") -> Project:
+def make_project(
+    base: Path,
+    backend: str,
+    target_url: str,
+    migrations: dict[str, str],
+    backup: bool = True,
+    extra: str = "",
+) -> Project:
     base.mkdir(parents=True, exist_ok=True)
     mig = base / "migrations"
     mig.mkdir()
@@ -153,10 +172,11 @@ def make_project(base: Path, backend: str, target_url: str, migrations: dict[str
         (mig / name).write_text(text)
     method = "sqlite" if backend == "sqlite" else "pg_dump"
     (base / "statekeeper.toml").write_text(
-        "[ledger]\nurl = \"sqlite:///.statekeeper/ledger.db\"\nkey = \".statekeeper/key.pem\"\n\n"
-        f"[target]\nurl = \"{target_url}\"\n\n[migrations]\ndir = \"migrations\"\n\n"
-        f"[backup]\nmethod = \"{method}\"\ndir = \"backups\"\nenabled = {str(backup).lower()}\n"
-        + HEALTH + extra
+        '[ledger]\nurl = "sqlite:///.statekeeper/ledger.db"\nkey = ".statekeeper/key.pem"\n\n'
+        f'[target]\nurl = "{target_url}"\n\n[migrations]\ndir = "migrations"\n\n'
+        f'[backup]\nmethod = "{method}"\ndir = "backups"\nenabled = {str(backup).lower()}\n'
+        + HEALTH
+        + extra
     )
     p = Project(base, target_url, backend)
     from statekeeper import command

@@ -1,0 +1,55 @@
+"""A run's events as an operator wants to read them: one line per event worth a line.
+
+Pure: returns text; the CLI and the demo decide where it goes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def narrate(kind: str, p: dict[str, Any]) -> str | None:
+    if kind == "run.created":
+        return (
+            f"run {p['run_id']}: {p['application']} {p['from_version']} -> "
+            f"{p['to_version']} on {p['target']}"
+        )
+    if kind == "run.resumed":
+        return f"resuming ({p['mode']}) from state {p['state']} on {p['host']} pid {p['pid']}"
+    if kind == "lease.taken_over":
+        return (
+            f"took over the lease from dead pid {p['from_pid']} on {p['from_host']} ({p['reason']})"
+        )
+    if kind == "state.changed":
+        why = f": {p['reason']}" if p.get("reason") and p["trigger"] != "begin" else ""
+        return f"  [{p['from']} -> {p['to']}]{why}"
+    if kind == "step.succeeded":
+        tag = " (settled after a crash: it had happened)" if p.get("recovered") else ""
+        return f"    ok    {p['step']}{_describe(p)}{tag}{_ms(p)}"
+    if kind == "step.failed":
+        if p.get("recovered"):
+            return f"    redo  {p['step']} (interrupted by a crash before it took effect)"
+        return f"    FAIL  {p['step']}: {p['error']}{_ms(p)}"
+    return None
+
+
+def _ms(p: dict[str, Any]) -> str:
+    return f"  [{p['duration_ms']} ms]" if p.get("duration_ms") is not None else ""
+
+
+def _describe(p: dict[str, Any]) -> str:
+    r = p.get("result") or {}
+    if p["kind"] == "backup" and r.get("size") is not None:
+        return (
+            f": {r['method']} backup {r['backup_id']}, {r['size']} bytes, "
+            f"sha256 {str(r.get('sha256'))[:12]}"
+        )
+    if p["kind"] == "compare":
+        if r.get("equal"):
+            return ": fingerprint equals the one before the upgrade"
+        return ": fingerprint differs: " + "; ".join(r.get("diff", []))
+    if p["kind"] == "preflight" and r.get("fingerprint_digest"):
+        return f": fingerprint {str(r['fingerprint_digest'])[:16]}"
+    if p["kind"] == "health" and r.get("checks"):
+        return ": " + ", ".join(c["name"] for c in r["checks"]) + " passed"
+    return ""
