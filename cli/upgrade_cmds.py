@@ -59,12 +59,11 @@ def run_summary(run: Run) -> dict[str, Any]:
     }
 
 
-def _finish(run: Run) -> None:
-    click.echo(
-        f"run {run.run_id}: {run.state}"
-        + (f" ({run.failure})" if run.failure and run.state != "completed" else "")
-    )
-    raise click.exceptions.Exit(exit_for(run))
+def _finish(run: Run, wanted: str = "completed") -> None:
+    """Print the outcome; exit 0 when the run ended as the command intended."""
+    reason = f" ({run.failure})" if run.failure and run.state != "completed" else ""
+    click.echo(f"run {run.run_id}: {run.state}{reason}")
+    raise click.exceptions.Exit(EXIT_OK if run.state == wanted else exit_for(run))
 
 
 @click.command("init")
@@ -132,9 +131,9 @@ def resume(obj: Obj, run_id: str | None, rollback: bool) -> None:
 @click.argument("run_id")
 @pass_obj
 def rollback(obj: Obj, run_id: str) -> None:
-    """Undo a completed upgrade (down migrations, or restore its backup)."""
+    """Undo a completed upgrade (down migrations, or its backup); exit 0 when rolled back."""
     run = command.rollback(obj.settings, run_id, observer=Progress())
-    _finish(run)
+    _finish(run, wanted="rolled_back")
 
 
 @click.command("status")

@@ -853,6 +853,9 @@ class Migrator:
                     self._begin(conn)
                 try:
                     self._q(conn, "DELETE FROM {cl} WHERE id = %s", (m.id,))
+                    # A tag names a schema state; once that state is gone, so is its name
+                    # (a rolled-back v2.6 must not remain the "last tag").
+                    self._q(conn, "DELETE FROM {tg} WHERE migration_id = %s", (m.id,))
                 except (psycopg.Error, sqlite3.Error) as e:
                     raise TargetError(
                         f"migration {m.id}: could not remove it from {CHANGELOG_TABLE}: "

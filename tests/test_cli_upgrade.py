@@ -1,0 +1,291 @@
+"""The upgrade commands end to end against real targets (SQLite file, PostgreSQL database):
+exit codes, the exact messages an operator reads, what the ledger records, and no secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cli.main import cli
+from statekeeper import command
+from statekeeper.fingerprint import diff
+from tests.upgrade_support import GOOD, ROOT, SCENARIOS, Project, make_project, seed
+
+
+def run(proj: Project, *args: str) -> Result:
+    result = CliRunner(env={"STATEKEEPER_CONFIG": None, "STATEKEEPER_FAILPOINT": None}).invoke(
+        cli, ["--config", str(proj.config), *args], prog_name="statekeeper"
+    )
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"statekeeper {' '.join(args)} raised") from result.exception
+    assert "Traceback" not in result.output
+    return result
+
+
+def one_error(result: Result, code: int) -> str:
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        (tmp_path / "app.db").touch()
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        url = cluster.url(cluster.createdb("cli"))
+    seed(request.param, url)
+    return url
+
+
+def project(tmp_path: Path, url: str, migrations: dict[str, str], **kw: Any) -> Project:
+    backend = "sqlite" if url.startswith("sqlite") else "postgresql"
+    return make_project(tmp_path / "proj", backend, url, migrations, **kw)
+
+
+def test_start_completes_and_records_everything(tmp_path: Path, target_url: str) -> None:
+    proj = project(tmp_path, target_url, SCENARIOS["forward"])
+    r = run(proj, "start", "--to", "v2.6")
+    assert r.exit_code == 0, r.output
+    last = r.stdout.splitlines()[-1]
+    assert last.startswith("run ") and last.endswith(": completed")
+    assert "    ok    migrate:002_orders" in r.stdout
+
+    st = json.loads(run(proj, "status", "--json").stdout)
+    assert st["state"] == "completed" and st["from"] == "v2.5" and st["to"] == "v2.6"
+    assert st["migrations_applied"] == ["001_bump_qty", "002_orders", "003_user_status"]
+    assert st["last_step"]["name"] == "tag:v2.6"
+
+    hist = json.loads(run(proj, "history", "--json").stdout)
+    assert [(h["run_id"], h["state"]) for h in hist] == [(st["run_id"], "completed")]
+    assert hist[0]["ended"] is not None
+
+    # the ledger verifies against the checkpoint written at the terminal state
+    cp = proj.dir / ".statekeeper" / "checkpoints" / f"{st['run_id']}.checkpoint"
+    assert cp.exists()
+    assert run(proj, "ledger", "verify", "--against", str(cp)).exit_code == 0
+
+    # every side effect was announced before it ran and closed after
+    settings = proj.settings()
+    run_ = command.status(settings)
+    kinds = [(s.name, s.status) for s in run_.steps]
+    assert kinds[0] == ("preflight", "succeeded")
+    assert ("backup", "succeeded") in kinds
+    assert all(status == "succeeded" for _, status in kinds)
+    backup = run_.backup
+    assert backup is not None and len(backup["sha256"]) == 64 and backup["size"] > 0
+    assert [t["to"] for t in run_.transitions] == [
+        "preflight", "backing_up", "tagging", "migrating", "deploying", "verifying", "completed"
+    ]
+    from statekeeper.migrations import Migrator
+
+    tags = [t.name for t in Migrator(proj.target(), proj.dir / "migrations").tags()]
+    assert tags == ["v2.5", "v2.6"]
+
+
+def test_failed_migration_rolls_back_to_the_same_fingerprint(tmp_path: Path,
+                                                             target_url: str) -> None:
+    proj = project(tmp_path, target_url, SCENARIOS["revert"])
+    before = proj.fingerprint()
+    r = run(proj, "start", "--to", "v2.6")
+    assert r.exit_code == 1, r.output
+    if proj.backend == "postgresql":
+        assert 'column "no_such_column" does not exist' in r.stdout
+    else:
+        assert "no such column: no_such_column" in r.stdout
+    assert "    ok    revert:002_orders" in r.stdout
+    assert "    ok    compare: fingerprint equals the one before the upgrade" in r.stdout
+    assert r.stdout.splitlines()[-1].split(": ", 1)[1].startswith("rolled_back (migrate:003")
+    after = proj.fingerprint()
+    assert after == before, diff(before, after)
+    assert proj.applied_ids() == []
+
+
+def test_irreversible_migration_is_undone_by_restoring_the_backup(tmp_path: Path,
+                                                                  target_url: str) -> None:
+    proj = project(tmp_path, target_url, SCENARIOS["restore"])
+    before = proj.fingerprint()
+    plan = run(proj, "plan", "--to", "v2.6")
+    assert "002_orders" in plan.stdout and "IRREVERSIBLE" in plan.stdout
+    r = run(proj, "start", "--to", "v2.6")
+    assert r.exit_code == 1, r.output
+    assert "    ok    restore" in r.stdout
+    assert "revert:" not in r.stdout
+    assert proj.fingerprint() == before
+    assert proj.applied_ids() == []
+
+
+def test_plan_lists_steps_and_checksums(tmp_path: Path, target_url: str) -> None:
+    proj = project(tmp_path, target_url, SCENARIOS["forward"])
+    p = json.loads(run(proj, "plan", "--to", "v2.6", "--json").stdout)
+    assert p["from_version"] == "v2.5" and p["to_version"] == "v2.6"
+    assert [m["id"] for m in p["migrations"]] == ["001_bump_qty", "002_orders", "003_user_status"]
+    assert all(len(m["checksum"]) == 64 and m["reversible"] for m in p["migrations"])
+    method = "sqlite" if proj.backend == "sqlite" else "pg_dump"
+    assert p["steps"] == ["preflight", f"backup ({method})", "tag v2.5", "migrate 001_bump_qty",
+                          "migrate 002_orders", "migrate 003_user_status", "health checks",
+                          "tag v2.6"]
+    assert command.history(proj.settings()) == []  # plan changes nothing
+
+
+def test_rollback_of_a_completed_run(tmp_path: Path, target_url: str) -> None:
+    proj = project(tmp_path, target_url, SCENARIOS["forward"])
+    before = proj.fingerprint()
+    assert run(proj, "start", "--to", "v2.6").exit_code == 0
+    run_id = json.loads(run(proj, "status", "--json").stdout)["run_id"]
+    r = run(proj, "rollback", run_id)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[-1] == f"run {run_id}: rolled_back"
+    assert proj.fingerprint() == before
+    assert proj.applied_ids() == []
+    r = run(proj, "rollback", run_id)
+    assert one_error(r, 2) == (
+        f"error: run {run_id} is rolled_back: only a completed run can be rolled back "
+        "(an unfinished one: 'statekeeper resume RUN_ID --rollback')"
+    )
+
+
+def test_second_start_while_a_run_is_active_exits_5(tmp_path: Path, target_url: str) -> None:
+    slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000)"
+            " SELECT count(*) FROM c;\n") if target_url.startswith("sqlite") else \
+        "SELECT pg_sleep(4);\n"
+    migs = {**GOOD, "002_orders.sql": slow + GOOD["002_orders.sql"]}
+    proj = project(tmp_path, target_url, migs)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("STATEKEEPER_FAILPOINT", None)
+    first = subprocess.Popen([sys.executable, "-m", "cli", "--config", str(proj.config), "start",
+                              "--to", "v2.6"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not command.history(proj.settings()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        runs = command.history(proj.settings())
+        assert runs, "the first run never started"
+        r = run(proj, "start", "--to", "v2.6")
+        msg = one_error(r, 5)
+        assert msg.startswith(f"error: run {runs[0].run_id} on this target is unfinished (") or \
+            msg.startswith(f"error: target is locked by run {runs[0].run_id} (host ")
+    finally:
+        out, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, out
+
+
+def test_start_refuses_while_a_crashed_run_is_unfinished(tmp_path: Path, target_url: str) -> None:
+    proj = project(tmp_path, target_url, SCENARIOS["forward"])
+    crashed = proj.cli("start", "--to", "v2.6", failpoint="migrate.started:2")
+    assert crashed.returncode == 137
+    run_id = command.status(proj.settings()).run_id
+    r = run(proj, "start", "--to", "v2.6")
+    assert one_error(r, 5) == (
+        f"error: run {run_id} on this target is unfinished (migrating): finish it with "
+        f"'statekeeper resume {run_id}' or undo it with 'statekeeper resume {run_id} --rollback'"
+    )
+    r = run(proj, "resume", run_id, "--rollback")
+    assert r.exit_code == 1, r.output
+    assert "took over the lease from dead pid" in r.stdout
+    assert "    redo  migrate:002_orders (interrupted by a crash before it took effect)" in r.stdout
+    assert proj.applied_ids() == []
+    assert run(proj, "start", "--to", "v2.6").exit_code == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["start"], None),
+    (["start", "--to", "v2.5"], "error: --to v2.5: the schema is already tagged v2.5"),
+    (["resume"], "error: no unfinished run on this target to resume"),
+    (["status", "nope"], "error: no run 'nope' in the ledger"),
+    (["rollback", "nope"], "error: no run 'nope' in the ledger"),
+    (["debug", "failpoints", "--bogus"], None),
+])
+def test_usage_errors_exit_2(tmp_path: Path, target_url: str, args: list[str],
+                             message: str | None) -> None:
+    proj = project(tmp_path, target_url, SCENARIOS["forward"])
+    r = run(proj, *args)
+    assert r.exit_code == 2, r.output
+    if message is not None:
+        assert one_error(r, 2) == message
+
+
+def test_no_tag_to_upgrade_from(tmp_path: Path) -> None:
+    (tmp_path / "app.db").touch()
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    seed("sqlite", url)
+    proj = Project(tmp_path, url, "sqlite")
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "statekeeper.toml").write_text(
+        f'[target]\nurl = "{url}"\n[migrations]\ndir = "migrations"\n')
+    command.init(str(proj.config), None, None, None, "migrations")
+    assert one_error(run(proj, "start", "--to", "v2"), 2) == (
+        "error: the changelog has no tag to upgrade from: pass --from VERSION (or tag the "
+        "current schema with 'statekeeper migrate tag VERSION')"
+    )
+    r = run(proj, "start", "--to", "v2", "--from", "v1")
+    assert r.exit_code == 0, r.output
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    proj = Project(tmp_path, "sqlite:///x.db", "sqlite")
+    (tmp_path / "statekeeper.toml").write_text('[target]\nurl = "mysql://x@h/db"\n')
+    assert one_error(run(proj, "plan", "--to", "v2"), 2) == (
+        "error: target URL 'mysql://x@h/db': unsupported scheme 'mysql' (use sqlite:///path or "
+        "postgresql://user@host:port/db)"
+    )
+    (tmp_path / "statekeeper.toml").write_text('[target]\nurl = "sqlite:///app.db"\nmigrate = 1\n')
+    assert one_error(run(proj, "plan", "--to", "v2"), 2).startswith(
+        f"error: {tmp_path / 'statekeeper.toml'}: unknown key [target] migrate")
+
+
+def test_illegal_history_is_an_integrity_error(tmp_path: Path, target_url: str) -> None:
+    proj = project(tmp_path, target_url, SCENARIOS["forward"])
+    assert run(proj, "start", "--to", "v2.6").exit_code == 0
+    run_id = command.status(proj.settings()).run_id
+    # a properly signed event that the machine does not allow: completed -> completed
+    bad = json.dumps({"trigger": "verified", "from": "completed", "to": "completed"})
+    assert run(proj, "ledger", "append", "--stream", f"upgrade/{run_id}", "--type",
+               "state.changed", "--payload", bad).exit_code == 0
+    n = len(list(proj.settings().open_ledger(signing=False).read_stream(f"upgrade/{run_id}")))
+    msg = one_error(run(proj, "status", run_id), 4)
+    assert msg == (f"error: run {run_id}: illegal history: event #{n}: transition 'verified' is "
+                   "not allowed from state 'completed'")
+
+
+def test_passwords_never_reach_ledger_output_or_backups(tmp_path: Path, pg_cluster: Any) -> None:
+    db = pg_cluster.createdb("secret")
+    url = f"postgresql://postgres:s3cr3t-pw@127.0.0.1:{pg_cluster.port}/{db}"
+    seed("postgresql", url)
+    proj = project(tmp_path, url, SCENARIOS["revert"])
+    r = run(proj, "start", "--to", "v2.6")
+    assert r.exit_code == 1
+    export = proj.dir / "all.jsonl"
+    assert run(proj, "ledger", "export", "--out", str(export)).exit_code == 0
+    seen = [r.output, export.read_text(), run(proj, "status", "--json").output,
+            run(proj, "history", "--json").output]
+    seen += [p.read_text() for p in (proj.dir / "backups").rglob("*.json")]
+    for text in seen:
+        assert "s3cr3t-pw" not in text
+    assert "postgres:***@" in export.read_text()
+
+
+def test_frozen_clock_pins_event_times_and_durations(tmp_path: Path) -> None:
+    from freezegun import freeze_time
+
+    (tmp_path / "app.db").touch()
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    seed("sqlite", url)
+    proj = project(tmp_path, url, SCENARIOS["forward"])
+    with freeze_time("2026-03-04 05:06:07.000008"):
+        run_ = command.start(proj.settings(), "v2.6")
+    assert run_.state == "completed"
+    assert run_.created_at == "2026-03-04T05:06:07.000008Z"
+    assert {s.started_at for s in run_.steps} == {"2026-03-04T05:06:07.000008Z"}
+    assert {s.duration_ms for s in run_.steps} == {0}
