@@ -9,12 +9,21 @@ differs for keys holding characters above U+FFFF, so that case takes the slow pa
 from __future__ import annotations
 
 import json
+from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
+from json.encoder import encode_basestring as _encode_basestring
 from typing import Any
 
 MAX_SAFE_INT = 2**53 - 1
 
 _encoder = json.JSONEncoder(
     ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+)
+# The same encoder, made once rather than on every call (JSONEncoder.encode builds it anew).
+# No circular-reference markers: _check has walked the whole value before it is encoded.
+_c_encode = (
+    None if _c_make_encoder is None else _c_make_encoder(
+        None, _encoder.default, _encode_basestring, None, ":", ",", True, False, False
+    )
 )
 
 
@@ -40,12 +49,24 @@ def _check(value: Any, path: str) -> bool:
                 raise CanonicalError(f"{path}: object key {k!r} is not a string")
             if not k.isascii() and any(ord(c) > 0xFFFF for c in k):
                 slow = True
+            # Scalars are checked inline (this runs for every value appended); the recursive
+            # call, and the path text for its error message, only for anything else.
+            tv = type(v)
+            if tv is str or tv is bool or v is None:
+                continue
+            if tv is int and -MAX_SAFE_INT <= v <= MAX_SAFE_INT:
+                continue
             if _check(v, f"{path}.{k}"):
                 slow = True
         return slow
     if t is list or t is tuple:
         slow = False
         for i, v in enumerate(value):
+            tv = type(v)
+            if tv is str or tv is bool or v is None:
+                continue
+            if tv is int and -MAX_SAFE_INT <= v <= MAX_SAFE_INT:
+                continue
             if _check(v, f"{path}[{i}]"):
                 slow = True
         return slow
@@ -71,6 +92,8 @@ def dumps(value: Any) -> str:
         text = json.dumps(
             _utf16_sorted(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
         )
+    elif _c_encode is not None and type(value) is dict:
+        text = "".join(_c_encode(value, 0))
     else:
         text = _encoder.encode(value)
     try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import operator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import (
@@ -32,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
-from .chain import KeyRecord, Seal, StoredEvent
+from .chain import KeyRecord, Seal, StoredEvent, stored_event
 from .errors import ConfigurationError, OperationalError, StreamConflict
 from .url import redact, sqlite_path
 
@@ -73,7 +74,27 @@ keys = Table(
 )
 
 TABLES = ("ledger_events", "ledger_seals", "ledger_keys")
-_EVENT_COLS = [events.c[n] for n in StoredEvent.__slots__]  # type: ignore[attr-defined]
+_EVENT_FIELDS: tuple[str, ...] = StoredEvent.__slots__
+_EVENT_COLS = [events.c[n] for n in _EVENT_FIELDS]
+_event_values = operator.attrgetter(*_EVENT_FIELDS)  # StoredEvent -> row tuple, in C
+
+# The append path runs on the driver connection with these statements (``{p}``: the driver's
+# placeholder). One statement reads everything the append needs under the head lock.
+_SQL_HEAD = (
+    "SELECT (SELECT seq FROM ledger_events ORDER BY seq DESC LIMIT 1), "
+    "(SELECT hash FROM ledger_events ORDER BY seq DESC LIMIT 1), "
+    "(SELECT stream_seq FROM ledger_events WHERE stream = {p} ORDER BY stream_seq DESC LIMIT 1), "
+    "(SELECT hash FROM ledger_events WHERE stream = {p} ORDER BY stream_seq DESC LIMIT 1), "
+    "(SELECT key_id FROM ledger_keys ORDER BY added_seq DESC LIMIT 1)"
+)
+_SQL_INSERT_EVENTS = f"INSERT INTO ledger_events ({', '.join(_EVENT_FIELDS)}) VALUES "
+_SQL_INSERT_SEALS = "INSERT INTO ledger_seals (seq, key_id, signature) VALUES "
+_SQL_INSERT_KEYS = "INSERT INTO ledger_keys (key_id, public_key, added_seq) VALUES "
+
+
+def _values(p: str, width: int, rows: int = 1) -> str:
+    one = "(" + ", ".join([p] * width) + ")"
+    return ", ".join([one] * rows)
 
 # A builder receives (head_seq, head_hash, stream_seq, stream_hash) and returns the rows
 # to insert: events and the seal. It runs inside the locked transaction.
@@ -91,6 +112,25 @@ class Recorder:
         self.url = url
         self.display_url = redact(url)
         self.engine = self._create_engine()
+        dbapi = self.engine.dialect.loaded_dbapi
+        self._driver_error: type[Exception] = dbapi.Error
+        self._integrity_error: type[Exception] = dbapi.IntegrityError
+
+    @contextlib.contextmanager
+    def _driver(self) -> Iterator[Any]:
+        """A pooled connection at the driver level, for the two hot paths (append, iterate):
+        SQLAlchemy's per-statement machinery costs more there than the database does.
+        Returned to the pool afterwards (which rolls back anything left open); discarded
+        if the driver says it is broken."""
+        raw = self.engine.raw_connection()
+        try:
+            yield raw.driver_connection
+        except self._driver_error as e:
+            if self.engine.dialect.is_disconnect(e, raw.driver_connection, None):  # type: ignore[arg-type]
+                raw.invalidate(e)
+            raise
+        finally:
+            raw.close()
 
     # -- backend hooks -----------------------------------------------------------------------
     def _create_engine(self) -> Engine:
@@ -110,6 +150,9 @@ class Recorder:
     def translate(self) -> Iterator[None]:
         try:
             yield
+        except self._driver_error as e:  # raised on the driver connection (hot paths)
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OperationalError(f"ledger {self.display_url}: {msg}") from e
         except sa_exc.DBAPIError as e:
             msg = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
             raise OperationalError(f"ledger {self.display_url}: {msg}") from e
@@ -129,51 +172,42 @@ class Recorder:
 
     # -- writes ------------------------------------------------------------------------------
     def append(self, stream: str, expected: int | None, build: Builder) -> list[StoredEvent]:
-        with self.translate(), self._write() as conn:
-            self._lock_head(conn)
-            head = conn.execute(
-                select(events.c.seq, events.c.hash).order_by(events.c.seq.desc()).limit(1)
-            ).first()
-            shead = conn.execute(
-                select(events.c.stream_seq, events.c.hash)
-                .where(events.c.stream == stream)
-                .order_by(events.c.stream_seq.desc())
-                .limit(1)
-            ).first()
-            spos = shead[0] if shead else 0
-            if expected is not None and spos != expected:
-                raise StreamConflict(stream, expected, spos)
-            active = conn.execute(
-                select(keys.c.key_id).order_by(keys.c.added_seq.desc()).limit(1)
-            ).scalar()
-            rows, new_seals, new_keys = build(
-                head[0] if head else 0,
-                head[1] if head else "0" * 64,
-                spos,
-                shead[1] if shead else "0" * 64,
-                active,
-            )
-            try:
-                conn.execute(events.insert(), [_event_row(r) for r in rows])
-            except sa_exc.IntegrityError as e:
-                raise StreamConflict(stream, spos, spos + 1) from e
-            conn.execute(
-                seals.insert(),
-                [
-                    {
-                        "seq": seal.seq,
-                        "key_id": seal.key_id,
-                        "signature": base64.b64encode(seal.signature).decode("ascii"),
-                    }
-                    for seal in new_seals
-                ],
-            )
-            for k in new_keys:
-                conn.execute(
-                    keys.insert(),
-                    {"key_id": k.key_id, "public_key": k.public_key, "added_seq": rows[-1].seq},
-                )
-            return rows
+        """Append what ``build`` returns, in one transaction holding the chain-head lock.
+
+        Under the lock, one statement reads the chain head, the stream head and the active
+        key; ``build`` hashes and seals; the rows are inserted and committed.
+        """
+        with self.translate(), self._driver() as conn:
+            return self._append(conn, stream, expected, build)
+
+    def _append(
+        self, conn: Any, stream: str, expected: int | None, build: Builder
+    ) -> list[StoredEvent]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _plan(
+        head: tuple[Any, ...] | None, stream: str, expected: int | None, build: Builder
+    ) -> tuple[int, list[StoredEvent], list[Seal], list[KeyRecord]]:
+        head_seq, head_hash, spos, shash, active = head or (None, None, None, None, None)
+        spos = spos or 0
+        if expected is not None and spos != expected:
+            raise StreamConflict(stream, expected, spos)
+        rows, new_seals, new_keys = build(
+            head_seq if head_seq is not None else 0,
+            head_hash if head_seq is not None else "0" * 64,
+            spos,
+            shash if shash is not None else "0" * 64,
+            active,
+        )
+        return spos, rows, new_seals, new_keys
+
+    @staticmethod
+    def _seal_rows(new_seals: list[Seal]) -> list[tuple[int, str, str]]:
+        return [
+            (seal.seq, seal.key_id, base64.b64encode(seal.signature).decode("ascii"))
+            for seal in new_seals
+        ]
 
     # -- reads -------------------------------------------------------------------------------
     def head(self) -> tuple[int, str]:
@@ -228,20 +262,40 @@ class Recorder:
         if stream_prefix is not None:
             stmt = stmt.where(events.c.stream.startswith(stream_prefix, autoescape=True))
         stmt = stmt.order_by(events.c.seq)
-        with self.translate(), self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
-            b64 = base64.b64decode
-            for part in result.partitions():
-                for r in part:
-                    ev = StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10])
-                    seal = None
-                    if with_seals and r[11] is not None:
-                        try:
-                            sig = b64(r[12])
-                        except ValueError:
-                            sig = b""
-                        seal = Seal(r[0], r[11], sig)
-                    yield ev, seal
+        compiled = stmt.compile(dialect=self.engine.dialect)
+        params = compiled.construct_params()
+        args: Any = params
+        if compiled.positional:
+            args = tuple(params[k] for k in compiled.positiontup or ())
+        sql = str(compiled)
+        b64 = base64.b64decode
+        make = stored_event
+        with self.translate(), self._driver() as conn:
+            cur = self._read_cursor(conn, batch)
+            try:
+                cur.execute(sql, args)
+                while True:
+                    part = cur.fetchmany(batch)
+                    if not part:
+                        break
+                    for r in part:
+                        ev = make(
+                            r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10]
+                        )
+                        seal = None
+                        if with_seals and r[11] is not None:
+                            try:
+                                sig = b64(r[12])
+                            except ValueError:
+                                sig = b""
+                            seal = Seal(r[0], r[11], sig)
+                        yield ev, seal
+            finally:
+                cur.close()
+
+    def _read_cursor(self, conn: Any, batch: int) -> Any:
+        """A cursor that streams a long result (the driver's default for SQLite)."""
+        return conn.cursor()
 
     def orphan_seal(self) -> int | None:
         """The first seal that belongs to no event, if any (a seal cannot float free)."""
@@ -269,15 +323,6 @@ class Recorder:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def _event_row(ev: StoredEvent) -> dict[str, Any]:
-    return {
-        "seq": ev.seq, "stream": ev.stream, "stream_seq": ev.stream_seq, "type": ev.type,
-        "recorded_at": ev.recorded_at, "actor": ev.actor, "payload": ev.payload,
-        "closes": ev.closes, "prev_hash": ev.prev_hash, "stream_prev_hash": ev.stream_prev_hash,
-        "hash": ev.hash,
-    }
 
 
 class SQLiteRecorder(Recorder):
@@ -324,6 +369,44 @@ class SQLiteRecorder(Recorder):
     def _lock_head(self, conn: Connection) -> None:
         pass  # BEGIN IMMEDIATE already holds the database's single write lock
 
+    _sql_head = _SQL_HEAD.format(p="?")
+    _sql_insert_event = _SQL_INSERT_EVENTS + _values("?", len(_EVENT_FIELDS))
+    _sql_insert_seal = _SQL_INSERT_SEALS + _values("?", 3)
+    _sql_insert_key = _SQL_INSERT_KEYS + _values("?", 3)
+
+    def _append(
+        self, conn: Any, stream: str, expected: int | None, build: Builder
+    ) -> list[StoredEvent]:
+        # The connection is in autocommit mode (see _on_connect): the transaction is ours.
+        # BEGIN IMMEDIATE takes the database's write lock (waiting up to the busy timeout),
+        # so the head read below cannot be overtaken by another appender.
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute(self._sql_head, (stream, stream))
+                spos, rows, new_seals, new_keys = self._plan(
+                    cur.fetchone(), stream, expected, build
+                )
+                try:
+                    if len(rows) == 1:
+                        cur.execute(self._sql_insert_event, _event_values(rows[0]))
+                    else:
+                        cur.executemany(self._sql_insert_event, map(_event_values, rows))
+                except self._integrity_error as e:
+                    raise StreamConflict(stream, spos, spos + 1) from e
+                cur.executemany(self._sql_insert_seal, self._seal_rows(new_seals))
+                for k in new_keys:
+                    cur.execute(self._sql_insert_key, (k.key_id, k.public_key, rows[-1].seq))
+                cur.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+        finally:
+            cur.close()
+        return rows
+
     def _install_triggers(self, conn: Connection) -> None:
         for table in TABLES:
             for op in ("UPDATE", "DELETE"):
@@ -364,6 +447,58 @@ class PostgresRecorder(Recorder):
 
     def _lock_head(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_HEAD_LOCK})
+
+    # The append costs two round trips: BEGIN, the lock and the head read go in one
+    # multi-statement query, the inserts and COMMIT in another. Each statement of a
+    # multi-statement query takes its own snapshot (READ COMMITTED), so the head read sees
+    # every append committed before the lock was granted. Values are bound client side by
+    # psycopg's ClientCursor (libpq quoting): the simple protocol takes no parameters.
+    _sql_lock_and_head = (
+        f"BEGIN; SELECT pg_advisory_xact_lock({PG_HEAD_LOCK}); " + _SQL_HEAD.format(p="%s")
+    )
+
+    def _append(
+        self, conn: Any, stream: str, expected: int | None, build: Builder
+    ) -> list[StoredEvent]:
+        from psycopg import ClientCursor
+
+        conn.autocommit = True  # BEGIN and COMMIT are sent with the statements they enclose
+        try:
+            cur = ClientCursor(conn)
+            cur.execute(self._sql_lock_and_head, (stream, stream))
+            while cur.nextset():  # BEGIN, the lock, then the head row
+                pass
+            spos, rows, new_seals, new_keys = self._plan(cur.fetchone(), stream, expected, build)
+            width = len(_EVENT_FIELDS)
+            sql = [_SQL_INSERT_EVENTS + _values("%s", width, len(rows))]
+            params: list[Any] = []
+            for r in rows:
+                params.extend(_event_values(r))
+            if new_seals:
+                sql.append(_SQL_INSERT_SEALS + _values("%s", 3, len(new_seals)))
+                for seal_row in self._seal_rows(new_seals):
+                    params.extend(seal_row)
+            for k in new_keys:
+                sql.append(_SQL_INSERT_KEYS + _values("%s", 3))
+                params.extend((k.key_id, k.public_key, rows[-1].seq))
+            sql.append("COMMIT")
+            try:
+                cur.execute("; ".join(sql), params)
+            except self._integrity_error as e:
+                if getattr(getattr(e, "diag", None), "table_name", None) == "ledger_events":
+                    raise StreamConflict(stream, spos, spos + 1) from e
+                raise
+            return rows
+        finally:
+            if not conn.closed and not conn.broken:
+                conn.rollback()  # a no-op after COMMIT; ends the transaction after an error
+                conn.autocommit = False
+
+    def _read_cursor(self, conn: Any, batch: int) -> Any:
+        # A named (server-side) cursor: rows come ``batch`` at a time, never all at once.
+        cur = conn.cursor(name="ledger_iter_events")
+        cur.itersize = batch
+        return cur
 
     def _install_triggers(self, conn: Connection) -> None:
         conn.exec_driver_sql(

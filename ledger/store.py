@@ -3,6 +3,7 @@ storage from :mod:`ledger.recorder`."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
@@ -27,6 +28,7 @@ from .chain import (
     check_extends,
     event_hash,
     seal_message,
+    stored_event,
 )
 from .checkpoint import Checkpoint, origin_for, sign_checkpoint
 from .errors import ConfigurationError, IntegrityViolation, LedgerError, StreamConflict
@@ -95,7 +97,9 @@ class Ledger:
         self._actor: tuple[int, str] | None = None
         path = sqlite_path(self.url)
         if not create and path is not None and not path.exists():
-            raise ConfigurationError(f"ledger {redact(self.url)}: no ledger there ({path} does not exist)")
+            raise ConfigurationError(
+                f"ledger {redact(self.url)}: no ledger there ({path} does not exist)"
+            )
         self.recorder: Recorder = recorder_for(self.url)
         if create:
             self.recorder.ensure_schema()
@@ -124,7 +128,9 @@ class Ledger:
 
     def _need_signer(self) -> Signer:
         if self.signer is None:
-            raise ConfigurationError("appending to the ledger needs a signing key (--key or [ledger] key)")
+            raise ConfigurationError(
+                "appending to the ledger needs a signing key (--key or [ledger] key)"
+            )
         return self.signer
 
     def append(
@@ -147,13 +153,17 @@ class Ledger:
         if not stream or len(stream) > 200:
             raise ConfigurationError("stream name must be 1 to 200 characters")
         payloads = []
+        dumps = canonical.dumps
         for it in items:
             if not it.type or len(it.type) > 200:
                 raise ConfigurationError("event type must be 1 to 200 characters")
-            if not isinstance(it.payload, Mapping):
-                raise ConfigurationError(f"payload of {it.type!r} must be a JSON object")
+            payload = it.payload
+            if type(payload) is not dict:  # a dict is taken as is, any other mapping copied
+                if not isinstance(payload, Mapping):
+                    raise ConfigurationError(f"payload of {it.type!r} must be a JSON object")
+                payload = dict(payload)
             try:
-                payloads.append((it.type, canonical.dumps(dict(it.payload))))
+                payloads.append((it.type, dumps(payload)))
             except canonical.CanonicalError as e:
                 raise ConfigurationError(f"payload of {it.type!r}: {e}") from e
         return self._commit(stream, expected_position, payloads)
@@ -219,10 +229,8 @@ class Ledger:
         """Write the genesis append if the ledger is empty; return the head."""
         if self.recorder.head()[0] == 0:
             self._need_signer()
-            try:
+            with contextlib.suppress(StreamConflict):  # another process initialised it first
                 self._commit(LEDGER_STREAM, 0, [])
-            except StreamConflict:
-                pass  # another process initialised it first
         return self.head()
 
     def rotate_key(self, new: Signer) -> StoredEvent:
@@ -311,7 +319,7 @@ def _make(
     closes: bool, prev: str, sprev: str,
 ) -> StoredEvent:
     h = event_hash(seq, stream, stream_seq, type_, at, actor, payload, closes, prev, sprev)
-    return StoredEvent(seq, stream, stream_seq, type_, at, actor, payload, closes, prev, sprev, h)
+    return stored_event(seq, stream, stream_seq, type_, at, actor, payload, closes, prev, sprev, h)
 
 
 def _check_checkpoint(
@@ -319,13 +327,16 @@ def _check_checkpoint(
 ) -> None:
     if v.ledger_id is not None and cp.ledger_id != v.ledger_id:
         raise IntegrityViolation(
-            None, "checkpoint mismatch", f"checkpoint is for ledger {cp.ledger_id}, not {v.ledger_id}"
+            None, "checkpoint mismatch",
+            f"checkpoint is for ledger {cp.ledger_id}, not {v.ledger_id}",
         )
     if cp.stream != stream:
         raise IntegrityViolation(None, "checkpoint mismatch", "checkpoint is for another stream")
     rec = listed.get(cp.key_id)
     if rec is None:
-        raise IntegrityViolation(cp.seq, "unknown key", "checkpoint signed by a key not in the ledger")
+        raise IntegrityViolation(
+            cp.seq, "unknown key", "checkpoint signed by a key not in the ledger"
+        )
     if not cp.verify(PublicKey.from_b64(rec.public_key)):
         raise IntegrityViolation(cp.seq, "bad seal", "checkpoint signature does not verify")
 
