@@ -249,13 +249,12 @@ class Runner:
             raise TargetError("pending migrations differ from the plan this run recorded")
         result: dict[str, Any] = {"pending": len(pending)}
         if env.backups is not None:
+            # where the backup really goes: the backup directory, or pgBackRest's repository
             need = int(env.backups.estimate_size() * 1.2)
-            d = env.backup_dir
-            d.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(d).free
+            free = env.backups.free_space()
             if free < need:
                 raise TargetError(
-                    f"not enough free disk for the backup in {d}: {free} bytes free, ~{need} needed"
+                    f"not enough free disk for the backup: {free} bytes free, ~{need} needed"
                 )
             result.update({"backup_estimate_bytes": need, "free_bytes": free})
         fp = fingerprint(env.target)
