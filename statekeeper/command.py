@@ -12,7 +12,7 @@ from typing import Any
 import ledger
 from ledger import Checkpoint, Ledger, NewEvent, PublicKey
 
-from . import __version__
+from . import __version__, clock
 from .config import Config, load_config
 from .errors import ConfigError
 
@@ -59,7 +59,7 @@ class Settings:
         if create:
             self._ensure_sqlite_dir()
         return Ledger(self.ledger_url, signer=signer, tool=TOOL, base_dir=self.config.base_dir,
-                      create=create)
+                      create=create, clock=clock.now)
 
 
 def _flag_url(url: str) -> str:

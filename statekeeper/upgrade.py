@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING, Any
 from ledger import Ledger, normalize_url
 
 from . import __version__, clock
-from .errors import ConfigError, LockHeld
+from .errors import ConfigError, LockHeld, NeedsAttention
 from .lease import LeaseStore
 from .machine import TERMINAL
 from .replay import HistoryError, Run
 from .runner import STREAM_PREFIX, Environment, Observer, Runner, stream_of, to_run_event
+
+# A run in any other state blocks a new one on its target: in flight, or failed (a human).
+SETTLED = ("completed", "rolled_back")
 
 if TYPE_CHECKING:
     from .command import Settings
@@ -138,10 +141,11 @@ def all_runs(lg: Ledger) -> list[Run]:
 
 
 def unfinished_for(lg: Ledger, target_display: str) -> list[Run]:
+    """Runs on this target that are not settled: in flight, or failed (awaiting a human)."""
     return [
         r
         for r in all_runs(lg)
-        if r.plan.get("target") == target_display and r.state not in TERMINAL
+        if r.plan.get("target") == target_display and r.state not in SETTLED
     ]
 
 
@@ -171,6 +175,11 @@ def start(
         busy = unfinished_for(lg, env.target.display)
         if busy:
             r = busy[-1]
+            if r.state == "failed":
+                raise NeedsAttention(
+                    f"run {r.run_id} on this target failed and needs a human: {r.failure}; "
+                    f"fix what it names, then 'statekeeper resume {r.run_id}'"
+                )
             raise LockHeld(
                 f"run {r.run_id} on this target is unfinished ({r.state}): finish it with "
                 f"'statekeeper resume {r.run_id}' or undo it with "

@@ -289,3 +289,57 @@ def test_frozen_clock_pins_event_times_and_durations(tmp_path: Path) -> None:
     assert run_.created_at == "2026-03-04T05:06:07.000008Z"
     assert {s.started_at for s in run_.steps} == {"2026-03-04T05:06:07.000008Z"}
     assert {s.duration_ms for s in run_.steps} == {0}
+
+
+LOSSY_001 = "UPDATE positions SET qty = qty + 1000;\n-- statekeeper:down\nSELECT 1;\n"
+
+
+def test_down_parts_that_lose_data_fall_back_to_the_backup(tmp_path: Path,
+                                                           target_url: str) -> None:
+    proj = project(tmp_path, target_url, {**SCENARIOS["revert"], "001_bump_qty.sql": LOSSY_001})
+    before = proj.fingerprint()
+    r = run(proj, "start", "--to", "v2.6")
+    assert r.exit_code == 1, r.output
+    out = r.stdout
+    assert "    ok    compare: fingerprint differs: positions: 4 rows, contents differ" in out or \
+        "compare: fingerprint differs: positions" in out
+    assert out.index("compare: fingerprint differs") < out.index("    ok    restore")
+    assert "    ok    compare#2: fingerprint equals the one before the upgrade" in out
+    assert proj.fingerprint() == before
+
+
+def test_no_way_back_ends_failed_and_names_the_tables(tmp_path: Path, target_url: str) -> None:
+    proj = project(tmp_path, target_url, {**SCENARIOS["revert"], "001_bump_qty.sql": LOSSY_001},
+                   backup=False)
+    r = run(proj, "start", "--to", "v2.6")
+    assert r.exit_code == 3, r.output
+    st = json.loads(run(proj, "status", "--json").stdout)
+    assert st["state"] == "failed"
+    assert st["failure"].startswith("database differs from before the upgrade: positions")
+    human = run(proj, "status")
+    assert human.exit_code == 0
+    assert "reason: database differs from before the upgrade: positions" in human.stdout
+    # a human fixes the data, then resume retries the rollback and it ends cleanly
+    conn = proj.target().connect(autocommit=True)
+    conn.execute("UPDATE positions SET qty = qty - 1000")
+    conn.close()
+    r = run(proj, "resume")
+    assert r.exit_code == 1, r.output
+    assert json.loads(run(proj, "status", "--json").stdout)["state"] == "rolled_back"
+    # the target is free again: a new run starts (and fails the same way, nothing fixed)
+    assert run(proj, "start", "--to", "v2.6").exit_code == 3
+    assert [r.state for r in command.history(proj.settings())] == ["rolled_back", "failed"]
+
+
+def test_start_refuses_while_a_run_awaits_a_human(tmp_path: Path) -> None:
+    (tmp_path / "app.db").touch()
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    seed("sqlite", url)
+    proj = project(tmp_path, url, {**SCENARIOS["revert"], "001_bump_qty.sql": LOSSY_001},
+                   backup=False)
+    assert run(proj, "start", "--to", "v2.6").exit_code == 3
+    run_id = command.status(proj.settings()).run_id
+    msg = one_error(run(proj, "start", "--to", "v2.6"), 3)
+    assert msg.startswith(f"error: run {run_id} on this target failed and needs a human: "
+                          "database differs from before the upgrade: positions")
+    assert msg.endswith(f"fix what it names, then 'statekeeper resume {run_id}'")
