@@ -8,10 +8,9 @@ position (optimistic concurrency) and then applied to the in-memory run through 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,15 +86,6 @@ class Runner:
         self.run = apply(self.run, to_run_event(ev))
         self.observe(type_, payload)
         return self.run
-
-    def load(self, run_id: str) -> Run:
-        run: Run | None = None
-        for ev in self.ledger.read_stream(stream_of(run_id)):
-            run = apply(run, to_run_event(ev))
-        if run is None:
-            raise StatekeeperError(f"no run {run_id!r} in the ledger")
-        self.run = run
-        return run
 
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self, plan: dict[str, Any]) -> Run:
@@ -275,15 +265,13 @@ class Runner:
 
 
 def _dest(run: Run, trigger: str) -> str:
-    from .machine import TRANSITIONS
+    """Where ``trigger`` leads from the run's state, asked of the machine itself."""
+    from .machine import IllegalTransition, UpgradeMachine
 
-    for t in TRANSITIONS:
-        src = t["source"]
-        if t["trigger"] == trigger and (
-            run.state == src or (isinstance(src, list) and run.state in src)
-        ):
-            return str(t["dest"])
-    return "?"
+    try:
+        return UpgradeMachine(run.state).fire(trigger)
+    except IllegalTransition as e:
+        raise NeedsAttention(f"run {run.run_id}: {e}") from e
 
 
 def _tag_names(migrator: Any) -> set[str]:
@@ -300,7 +288,3 @@ def _migration(migrator: Any, mid: str) -> Any:
 def _manifest_result(m: Any) -> dict[str, Any]:
     return {"backup_id": m.id, "method": m.method, "size": m.size, "sha256": m.sha256}
 
-
-@contextlib.contextmanager
-def nothing() -> Iterator[None]:
-    yield
