@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-import ledger
-import ledger.canonical
 from statekeeper import command
 from statekeeper.errors import ConfigError
 
 from .main import Obj, PathArg, emit_json, pass_obj
+
+if TYPE_CHECKING:
+    import ledger  # imported where needed: it costs SQLAlchemy's start-up (see cli/main.py)
 
 trusted_opt = click.option(
     "--trusted-key", "trusted", multiple=True, type=PathArg, metavar="PUBKEY",
@@ -37,6 +38,8 @@ def ledger_append(
     obj: Obj, stream: str, type_: str, payload: str, expected_position: int | None, as_json: bool
 ) -> None:
     """Append one event (for scripts and tests)."""
+    import ledger.canonical
+
     try:
         data = ledger.canonical.loads(payload)
     except ledger.canonical.CanonicalError as e:
@@ -67,6 +70,8 @@ def _violation_json(e: ledger.IntegrityViolation) -> dict[str, Any]:
 @pass_obj
 def ledger_verify(obj: Obj, against: Path | None, trusted: tuple[Path, ...], as_json: bool) -> None:
     """Verify every hash, link and seal (exit 4 names the first bad seq)."""
+    import ledger
+
     try:
         r = command.ledger_verify(obj.settings, against, list(trusted))
     except ledger.IntegrityViolation as e:
@@ -116,6 +121,8 @@ def ledger_verify_export(
     file: Path, against: Path | None, trusted: tuple[Path, ...], as_json: bool
 ) -> None:
     """Verify an export file offline, with no database."""
+    import ledger
+
     try:
         r = command.ledger_verify_export(file, against, list(trusted))
     except ledger.IntegrityViolation as e:

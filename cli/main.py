@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-import ledger
 from statekeeper import __version__
-from statekeeper.command import Settings
 from statekeeper.errors import (
     EXIT_ATTENTION,
     EXIT_INTEGRITY,
@@ -20,15 +18,37 @@ from statekeeper.errors import (
     StatekeeperError,
 )
 
+if TYPE_CHECKING:
+    from statekeeper.command import Settings
+
+# Start-up cost: this module and the command modules import neither ``ledger`` (SQLAlchemy,
+# cryptography) nor ``statekeeper.migrations`` (psycopg) at import time; a command imports
+# what it needs when it runs, so ``--help`` and usage errors do not pay ~250 ms of imports.
+# benchmarks/upgrade_bench.py measures the cold start; tests/test_cli_startup.py keeps it so.
+
+
+def _ledger_errors() -> Any:
+    """``ledger.errors`` if ledger has been imported, else None: a ledger error can only have
+    been raised by code that imported ledger, so there is nothing to import to recognize it."""
+    return sys.modules.get("ledger.errors")
+
+
+def _library_errors() -> tuple[type[Exception], ...]:
+    errors = _ledger_errors()
+    return (StatekeeperError,) if errors is None else (StatekeeperError, errors.LedgerError)
+
 
 def exit_code_for(e: Exception) -> int:
     if isinstance(e, StatekeeperError):
         return e.exit_code
-    if isinstance(e, ledger.IntegrityViolation):
+    errors = _ledger_errors()
+    if errors is None:
+        return EXIT_ATTENTION
+    if isinstance(e, errors.IntegrityViolation):
         return EXIT_INTEGRITY
-    if isinstance(e, ledger.ConfigurationError):
+    if isinstance(e, errors.ConfigurationError):
         return EXIT_USAGE
-    if isinstance(e, ledger.StreamConflict):
+    if isinstance(e, errors.StreamConflict):
         return EXIT_LOCKED
     return EXIT_ATTENTION
 
@@ -39,7 +59,7 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (StatekeeperError, ledger.LedgerError) as e:
+        except _library_errors() as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(exit_code_for(e))
         except KeyboardInterrupt:
@@ -57,6 +77,8 @@ class Obj:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from statekeeper.command import Settings
+
             self._settings = Settings.load(self.config, self.ledger_url, self.key)
         return self._settings
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from statekeeper import command
-from statekeeper.migrations import AppliedMigration, Migration, MigrationStatus
 
 from .main import Obj, PathArg, emit_json, pass_obj
+
+if TYPE_CHECKING:  # statekeeper.migrations imports psycopg: only when a command runs
+    from statekeeper.migrations import AppliedMigration, Migration, MigrationStatus
 
 
 def target_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from statekeeper import command, failpoints
 from statekeeper.errors import EXIT_ATTENTION, EXIT_FAILED, EXIT_OK
 from statekeeper.narrate import narrate
-from statekeeper.replay import Run
 
 from .main import Obj, PathArg, emit_json, pass_obj
+
+if TYPE_CHECKING:  # statekeeper.replay imports transitions: only when a command runs
+    from statekeeper.replay import Run
 
 EXIT_FOR_STATE = {"completed": EXIT_OK, "rolled_back": EXIT_FAILED}
 

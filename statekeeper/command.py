@@ -7,14 +7,31 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import ledger
-from ledger import Checkpoint, Ledger, NewEvent, PublicKey
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, clock
 from .config import Config, load_config
 from .errors import ConfigError
+
+# Start-up cost: ``ledger`` (SQLAlchemy, cryptography) and ``.migrations`` (psycopg) are
+# imported by the verbs that use them, not here, so that the CLI's ``--help`` and usage
+# errors stay fast (cli/main.py). The migration types stay attributes of this module, loaded
+# on first access (PEP 562 ``__getattr__`` below).
+if TYPE_CHECKING:
+    import ledger
+    from ledger import Checkpoint, Ledger, PublicKey
+
+    from .migrations import AppliedMigration, Migration, MigrationStatus, Migrator, Tag
+
+_FROM_MIGRATIONS = ("AppliedMigration", "Migration", "MigrationStatus", "Migrator", "Tag")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_MIGRATIONS:
+        from . import migrations
+
+        return getattr(migrations, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 TOOL = f"statekeeper/{__version__}"
 
@@ -44,6 +61,8 @@ class Settings:
         return self.config.base_dir / ".statekeeper" / "checkpoints"
 
     def _ensure_sqlite_dir(self) -> None:
+        import ledger
+
         u = ledger.normalize_url(self.ledger_url, self.config.base_dir)
         if u.get_backend_name() == "sqlite" and u.database:
             d = Path(u.database).parent
@@ -53,6 +72,9 @@ class Settings:
 
     def open_ledger(self, *, signing: bool, create: bool | None = None) -> Ledger:
         """Open the ledger; ``signing`` loads the private key (needed to append or sign)."""
+        import ledger
+        from ledger import Ledger
+
         signer = ledger.load_signer(self.key_path) if signing else None
         if create is None:
             create = signing
@@ -65,6 +87,8 @@ class Settings:
 def _flag_url(url: str) -> str:
     """A relative SQLite path given with --ledger is relative to the working directory, like
     --key's (only paths written in statekeeper.toml are relative to that file)."""
+    import ledger
+
     u = ledger.normalize_url(url, Path.cwd(), what="--ledger URL")
     if u.get_backend_name() != "sqlite":
         return url
@@ -95,10 +119,14 @@ def write_atomic(path: Path, text: str) -> None:
 
 # -- keys ------------------------------------------------------------------------------------
 def keys_generate(out: Path) -> ledger.Signer:
+    import ledger
+
     return ledger.generate_key_file(out)
 
 
 def keys_rotate(settings: Settings, new_key: Path) -> ledger.StoredEvent:
+    import ledger
+
     new = ledger.load_signer(new_key)
     with settings.open_ledger(signing=True) as lg:
         return lg.rotate_key(new)
@@ -117,11 +145,15 @@ def ledger_append(
     payload: dict[str, Any],
     expected_position: int | None = None,
 ) -> ledger.StoredEvent:
+    from ledger import NewEvent
+
     with settings.open_ledger(signing=True) as lg:
         return lg.append(stream, NewEvent(type_, payload), expected_position=expected_position)[-1]
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
+    import ledger
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
@@ -132,6 +164,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
 
 
 def load_trusted(paths: list[Path]) -> list[PublicKey]:
+    import ledger
+
     return [ledger.load_public_key(p) for p in paths]
 
 
@@ -153,6 +187,8 @@ def ledger_checkpoint(settings: Settings, out: Path) -> str:
 
 
 def ledger_export(settings: Settings, out: Path, stream: str | None = None) -> ledger.ExportResult:
+    import ledger
+
     if not out.parent.is_dir():
         raise ConfigError(f"{out}: directory {out.parent} does not exist")
     try:
@@ -179,18 +215,13 @@ def ledger_export(settings: Settings, out: Path, stream: str | None = None) -> l
 def ledger_verify_export(
     path: Path, against: Path | None = None, trusted: list[Path] | None = None
 ) -> ledger.ExportVerifyResult:
+    import ledger
+
     cp = read_checkpoint(against) if against else None
     return ledger.verify_export(path, against=cp, trusted=load_trusted(trusted or []))
 
 
 # --- migrate verbs (statekeeper.migrations) ---
-from .migrations import (  # noqa: E402
-    AppliedMigration,
-    Migration,
-    MigrationStatus,
-    Migrator,
-    Tag,
-)
 
 
 def open_migrator(
@@ -198,6 +229,7 @@ def open_migrator(
 ) -> Migrator:
     """A Migrator from ``[target] url`` and ``[migrations] dir``; the ``--target``/``--dir``
     flags override them (relative paths then resolve against the working directory)."""
+    from .migrations import Migrator
     from .targets import Target
 
     cfg = settings.config
