@@ -47,7 +47,13 @@ def format_time(t: datetime) -> str:
     """Fixed-precision UTC text: what is hashed is what is stored."""
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    t = t.astimezone(UTC)
+    if t.year < 1000:  # strftime's %Y does not pad these; keep its exact output
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (
+        f"{t.year}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+        f".{t.microsecond:06d}Z"
+    )
 
 
 def parse_time(text: str) -> datetime:
@@ -95,6 +101,7 @@ class Ledger:
         self.tool = tool
         self.clock = clock
         self._actor: tuple[int, str] | None = None
+        self._signer_key_id: tuple[Signer, str] | None = None
         path = sqlite_path(self.url)
         if not create and path is not None and not path.exists():
             raise ConfigurationError(
@@ -125,6 +132,13 @@ class Ledger:
         if self._actor is None or self._actor[0] != pid:
             self._actor = (pid, canonical.dumps(default_actor(self.tool)))
         return self._actor[1]
+
+    def _key_id(self, signer: Signer) -> str:
+        """``signer.key_id`` (a SHA-256 each time it is asked), remembered per signer."""
+        cached = self._signer_key_id
+        if cached is None or cached[0] is not signer:
+            cached = self._signer_key_id = (signer, signer.key_id)
+        return cached[1]
 
     def _need_signer(self) -> Signer:
         if self.signer is None:
@@ -176,6 +190,7 @@ class Ledger:
         new_key: Signer | None = None,
     ) -> list[StoredEvent]:
         signer = self._need_signer()
+        key_id = self._key_id(signer)
         actor = self._actor_text()
         now = format_time(self.clock())
 
@@ -190,20 +205,20 @@ class Ledger:
                 # append that introduces the signing key; it is sealed on its own.
                 gp = canonical.dumps({
                     "ledger_id": uuid.uuid4().hex,
-                    "key_id": signer.key_id,
+                    "key_id": key_id,
                     "public_key": signer.public.b64,
                 })
                 g = _make(1, LEDGER_STREAM, 1, GENESIS_TYPE, now, actor, gp, True, ZERO_HASH,
                           ZERO_HASH)
                 rows.append(g)
-                out_seals.append(_seal(signer, g))
-                new_keys.append(KeyRecord(signer.key_id, signer.public.b64))
-                head_seq, head_hash, active = 1, g.hash, signer.key_id
+                out_seals.append(_seal(signer, key_id, g))
+                new_keys.append(KeyRecord(key_id, signer.public.b64))
+                head_seq, head_hash, active = 1, g.hash, key_id
                 if stream == LEDGER_STREAM:
                     spos, shash = 1, g.hash
-            if active != signer.key_id:
+            if active != key_id:
                 raise ConfigurationError(
-                    f"key {signer.key_id[:16]}... is not this ledger's active signing key "
+                    f"key {key_id[:16]}... is not this ledger's active signing key "
                     f"({(active or '?')[:16]}...)"
                 )
             seq, prev = head_seq, head_hash
@@ -215,7 +230,7 @@ class Ledger:
                 rows.append(ev)
                 prev = shash = ev.hash
             if payloads:
-                out_seals.append(_seal(signer, rows[-1]))
+                out_seals.append(_seal(signer, key_id, rows[-1]))
             if new_key is not None:
                 new_keys.append(KeyRecord(new_key.key_id, new_key.public.b64))
             return rows, out_seals, new_keys
@@ -310,8 +325,8 @@ class Ledger:
         return sign_checkpoint(signer, origin_for(ledger_id), head.seq, head.hash)
 
 
-def _seal(signer: Signer, ev: StoredEvent) -> Seal:
-    return Seal(ev.seq, signer.key_id, signer.sign(seal_message(ev.seq, ev.hash)))
+def _seal(signer: Signer, key_id: str, ev: StoredEvent) -> Seal:
+    return Seal(ev.seq, key_id, signer.sign(seal_message(ev.seq, ev.hash)))
 
 
 def _make(

@@ -124,11 +124,15 @@ def test_connections_are_clean_after_a_conflict_and_a_partial_read(
     for i in range(2, 12):  # more appends than the pool keeps connections
         ledger_db.append("s", NewEvent("c", {"i": i}), expected_position=i - 1)
     assert ledger_db.verify().events == 12
-    pool = ledger_db.recorder.engine.pool
-    assert pool.checkedout() == 0
-    if ledger_db.recorder.dialect_name == "postgresql":
-        with ledger_db.recorder.engine.connect() as conn:
-            assert conn.connection.driver_connection.autocommit is False
+    rec = ledger_db.recorder
+    assert rec.engine.pool.checkedout() == 1  # the appenders' own connection, nothing else
+    writer = rec._writer_conn.driver_connection
+    if rec.dialect_name == "postgresql":
+        assert writer.autocommit is False and writer.info.transaction_status == 0  # IDLE
+    else:
+        assert not writer.in_transaction
+    ledger_db.close()
+    assert rec.engine.pool.checkedout() == 0
 
 
 def test_a_failed_append_writes_nothing(ledger_db: ledger.Ledger, tmp_path: Path) -> None:
@@ -147,3 +151,48 @@ def test_a_batch_is_one_seal(ledger_db: ledger.Ledger) -> None:
     assert [r.closes for r in rows].count(True) == 1 and rows[-1].closes
     sealed = [seal for _, seal in ledger_db.recorder.iter_events(with_seals=True) if seal]
     assert [s.seq for s in sealed] == [1, rows[-1].seq]
+
+
+def test_writers_that_overtake_each_other_keep_one_chain(db_url: str, signer) -> None:  # type: ignore[no-untyped-def]
+    # Each ledger object predicts the head from its own last append (PostgreSQL); the other
+    # one's appends make that prediction wrong, which must cost a retry, never a fork.
+    a = ledger.Ledger(db_url, signer=signer)
+    b = ledger.Ledger(db_url, signer=signer)
+    try:
+        for i in range(6):
+            a.append("shared", NewEvent("a", {"i": i}), expected_position=2 * i)
+            b.append("shared", NewEvent("b", {"i": i}), expected_position=2 * i + 1)
+            a.append(f"a/{i}", [NewEvent("x"), NewEvent("y")], expected_position=0)
+        b.append("a/0", NewEvent("late"), expected_position=2)
+        with pytest.raises(ledger.StreamConflict):  # b's guess that a/1 is new is checked
+            b.append("a/1", NewEvent("z"), expected_position=0)
+        with pytest.raises(ledger.StreamConflict):  # and a's guess that a/0 ends at 2
+            a.append("a/0", NewEvent("z"), expected_position=2)
+        a.append("a/0", NewEvent("ok"), expected_position=3)
+        r = a.verify()
+        assert r.events == 1 + 12 + 12 + 2
+        assert [e.stream_seq for e in a.read_stream("shared")] == list(range(1, 13))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_rotation_then_appends_with_the_new_key(ledger_db: ledger.Ledger, tmp_path: Path) -> None:
+    ledger_db.append("s", NewEvent("a"))
+    new = ledger.generate_key_file(tmp_path / "new.pem")
+    ledger_db.rotate_key(new)
+    for i in range(3):
+        ledger_db.append("s", NewEvent("b", {"i": i}))
+    r = ledger_db.verify()
+    assert r.events == 6 and r.keys == [r.keys[0], new.key_id]
+
+
+def test_a_nul_in_a_name_is_refused_and_nothing_is_written(ledger_db: ledger.Ledger) -> None:
+    ledger_db.append("s", NewEvent("a"))
+    head = ledger_db.head()
+    if ledger_db.recorder.dialect_name == "postgresql":
+        with pytest.raises(ledger.OperationalError, match="NUL"):
+            ledger_db.append("s\x00t", NewEvent("a"))
+        assert ledger_db.head() == head
+    ledger_db.append("s", NewEvent("b"))
+    assert ledger_db.verify().events == head.seq + 1
