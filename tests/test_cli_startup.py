@@ -78,3 +78,16 @@ def test_command_module_keeps_the_migration_types() -> None:
         assert getattr(command, name) is getattr(migrations, name)
     with pytest.raises(AttributeError):
         _ = command.no_such_name  # type: ignore[attr-defined]
+
+
+def test_main_keeps_exit_codes_and_output(tmp_path: Any) -> None:
+    """main() freezes the heap at exit (skips the last garbage collection): the exit code and
+    everything printed survive, for success, usage errors and library errors alike."""
+    main = [sys.executable, "-c", "from cli.main import main; main()"]
+    p = subprocess.run([*main, "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0 and p.stdout.startswith("statekeeper, version"), p
+    p = subprocess.run([*main, "--config", str(tmp_path / "none.toml"), "status"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2 and p.stderr.startswith("error: "), p
+    p = subprocess.run([*main, "start"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2 and "--to" in p.stderr, p
