@@ -135,9 +135,17 @@ class Recorder:
         if self._writer_conn is not None:  # the parent's, in a forked child: never used
             self._inherited.append(self._writer_conn)  # here, nor closed (GC would close it)
         self._writer_conn = None
-        raw = self._writer_conn = self.engine.raw_connection()
+        raw = self.engine.raw_connection()
+        self._writer_opened(raw.driver_connection)
+        self._writer_conn = raw
         self._writer_pid = os.getpid()
         return raw
+
+    def _writer_opened(self, conn: Any) -> None:
+        """Set up the appenders' connection once (a backend hook)."""
+
+    def _writer_closing(self, conn: Any) -> None:
+        """Undo _writer_opened before the connection goes back to the pool."""
 
     @contextlib.contextmanager
     def _driver(self) -> Iterator[Any]:
@@ -370,6 +378,8 @@ class Recorder:
         with self._writer_lock:
             raw, self._writer_conn = self._writer_conn, None
             if raw is not None and self._writer_pid == os.getpid():
+                with contextlib.suppress(Exception):  # a broken connection is dropped anyway
+                    self._writer_closing(raw.driver_connection)
                 raw.close()
         self.engine.dispose()
 
@@ -490,6 +500,23 @@ _SQLITE_UNIQUE = {
 PG_HEAD_LOCK = 0x5E_1ED6E2
 
 _PG_HEAD = _SQL_HEAD.format(p="{p}").encode()
+_PG_EVENT_ARGS = "bigint, text, bigint, text, text, text, text, boolean, text, text, text"
+_PG_EVENT_VALUES = ", ".join(f"${i}" for i in range(1, 12))
+_PG_PREPARE = "; ".join([
+    "PREPARE ledger_head(text) AS " + _SQL_HEAD.format(p="$1"),
+    f"PREPARE ledger_event({_PG_EVENT_ARGS}) AS "
+    f"INSERT INTO ledger_events ({', '.join(_EVENT_FIELDS)}) VALUES ({_PG_EVENT_VALUES})",
+    # The conditions of the predicted-head INSERT in PostgresRecorder._insert.
+    f"PREPARE ledger_event_if({_PG_EVENT_ARGS}, bigint, text) AS "
+    f"INSERT INTO ledger_events ({', '.join(_EVENT_FIELDS)}) SELECT {_PG_EVENT_VALUES} "
+    "WHERE EXISTS (SELECT 1 FROM ledger_events WHERE seq = $12 AND hash = $13) "
+    "AND NOT EXISTS (SELECT 1 FROM ledger_events WHERE seq = $1) "
+    "AND NOT EXISTS (SELECT 1 FROM ledger_events WHERE stream = $2 AND stream_seq = $3)",
+    "PREPARE ledger_seal_if(bigint, text, text, text) AS "
+    "INSERT INTO ledger_seals (seq, key_id, signature) SELECT $1, $2, $3 "
+    "WHERE EXISTS (SELECT 1 FROM ledger_events WHERE seq = $1 AND hash = $4)",
+])
+_PG_PREPARED = ["ledger_head", "ledger_event", "ledger_event_if", "ledger_seal_if"]
 _PG_INSERT_EVENTS = _SQL_INSERT_EVENTS.removesuffix(" VALUES ").encode()
 _PG_INSERT_SEALS = _SQL_INSERT_SEALS.removesuffix(" VALUES ").encode()
 _PG_INSERT_KEYS = _SQL_INSERT_KEYS.removesuffix(" VALUES ").encode()
@@ -518,6 +545,8 @@ class _PgLiterals:
     def text(self, s: str) -> bytes:
         lit = self._memo.get(s)
         if lit is None:
+            if len(self._memo) > 1000:
+                self._memo.clear()
             lit = self._memo[s] = self.value(s)
         return lit
 
@@ -535,17 +564,25 @@ class PostgresRecorder(Recorder):
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_HEAD_LOCK})
 
     # An append is one or two round trips, each a multi-statement query in the simple
-    # protocol (values quoted by libpq's PQescapeLiteral), each statement with a snapshot of
-    # its own (READ COMMITTED), taken after the lock statement before it:
+    # protocol, each statement with a snapshot of its own (READ COMMITTED), taken after the
+    # lock statement before it:
     #
     # * head predicted (this recorder's last append, nobody else's since): BEGIN; lock;
     #   INSERT the events only WHERE the predicted head (seq, hash) still is the head and the
     #   next positions are free; the seal and keys only WHERE those events went in; COMMIT.
     #   If another writer got in between, nothing is written and the slow path runs.
     # * otherwise: BEGIN; lock; read the head. Then: the INSERTs; COMMIT.
+    #
+    # Values are quoted by libpq (PQescapeLiteral). On the appenders' own connection the
+    # one-event statements are prepared once (SQL PREPARE: the simple protocol has no other
+    # kind), which saves the server planning them on every append; should they vanish (a
+    # pooler in transaction mode, DISCARD ALL), they are prepared again, or not used.
 
     def __init__(self, url: URL) -> None:
         super().__init__(url)
+        self._lits: tuple[Any, _PgLiterals] | None = None
+        self._prepared_on: Any = None  # the connection holding our prepared statements
+        self._prepare_tries = 0
         # (head seq, head hash, stream, stream seq, stream hash, active key) as of this
         # recorder's last append: a prediction, checked by the database, never trusted.
         self._predicted: tuple[int, str, str, int, str, str | None] | None = None
@@ -554,43 +591,110 @@ class PostgresRecorder(Recorder):
     def _append(
         self, conn: Any, stream: str, expected: int | None, build: Builder
     ) -> list[StoredEvent]:
-        conn.autocommit = True  # BEGIN and COMMIT are sent with the statements they enclose
+        from psycopg.errors import InvalidSqlStatementName
+
+        # BEGIN and COMMIT are sent with the statements they enclose: autocommit mode (the
+        # appenders' own connection is kept in it; a pooled one is switched for the append).
+        pooled = not conn.autocommit
+        if pooled:
+            conn.autocommit = True
         try:
-            lit = _PgLiterals(conn)
-            head = self._prediction(stream, expected)
-            if head is not None:
-                _, rows, new_seals, new_keys = self._plan(head, stream, expected, build)
-                if self._insert(conn, lit, rows, new_seals, new_keys, head):
-                    self._remember(rows, new_keys, head[4])
-                    return rows
-                self._predicted, self._skip_predictions = None, 16
-            elif self._skip_predictions:
-                self._skip_predictions -= 1
-            cur = conn.cursor()
-            s = lit.text(stream)
-            cur.execute(
-                b"BEGIN; SELECT pg_advisory_xact_lock(%d); " % PG_HEAD_LOCK
-                + _PG_HEAD.replace(b"{p}", s)
-            )
-            while cur.nextset():  # BEGIN, the lock, then the head row
-                pass
-            head = cur.fetchone()
-            spos, rows, new_seals, new_keys = self._plan(head, stream, expected, build)
             try:
-                self._insert(conn, lit, rows, new_seals, new_keys, None)
-            except self._integrity_error as e:
-                if getattr(getattr(e, "diag", None), "table_name", None) == "ledger_events":
-                    raise StreamConflict(stream, spos, spos + 1) from e
-                raise
-            self._remember(rows, new_keys, head[4] if head else None)
-            return rows
+                return self._append_once(conn, stream, expected, build)
+            except InvalidSqlStatementName:
+                # Our prepared statements are gone; the transaction was aborted before its
+                # COMMIT, so nothing was written. Prepare them again (or do without).
+                if conn.pgconn.transaction_status:
+                    conn.rollback()
+                self._prepared_on = None
+                self._prepare(conn)
+                return self._append_once(conn, stream, expected, build)
         except BaseException:
             self._predicted = None
             raise
         finally:
             if not conn.closed and not conn.broken:
-                conn.rollback()  # a no-op after COMMIT; ends the transaction after an error
-                conn.autocommit = False
+                if conn.pgconn.transaction_status:  # not IDLE: an error left it open
+                    conn.rollback()
+                if pooled:
+                    conn.autocommit = False
+
+    def _append_once(
+        self, conn: Any, stream: str, expected: int | None, build: Builder
+    ) -> list[StoredEvent]:
+        lit = self._literals(conn)
+        prepared = conn is self._prepared_on
+        head = self._prediction(stream, expected)
+        if head is not None:
+            _, rows, new_seals, new_keys = self._plan(head, stream, expected, build)
+            if self._insert(conn, lit, rows, new_seals, new_keys, head, prepared):
+                self._remember(rows, new_keys, head[4])
+                return rows
+            self._predicted, self._skip_predictions = None, 16
+        elif self._skip_predictions:
+            self._skip_predictions -= 1
+        cur = conn.cursor()
+        s = lit.text(stream)
+        cur.execute(
+            b"BEGIN; SELECT pg_advisory_xact_lock(%d); " % PG_HEAD_LOCK
+            + (b"EXECUTE ledger_head(%s)" % s if prepared else _PG_HEAD.replace(b"{p}", s))
+        )
+        while cur.nextset():  # BEGIN, the lock, then the head row
+            pass
+        head = cur.fetchone()
+        spos, rows, new_seals, new_keys = self._plan(head, stream, expected, build)
+        try:
+            self._insert(conn, lit, rows, new_seals, new_keys, None, prepared)
+        except self._integrity_error as e:
+            if getattr(getattr(e, "diag", None), "table_name", None) == "ledger_events":
+                raise StreamConflict(stream, spos, spos + 1) from e
+            raise
+        self._remember(rows, new_keys, head[4] if head else None)
+        return rows
+
+    def _writer_opened(self, conn: Any) -> None:
+        conn.autocommit = True
+        conn.prepare_threshold = None  # psycopg's own: its DEALLOCATE ALL would drop ours
+        self._prepare(conn)
+
+    def _writer_closing(self, conn: Any) -> None:
+        if conn.pgconn.transaction_status:
+            conn.rollback()
+        if self._prepared_on is conn:
+            self._prepared_on = None
+            self._deallocate(conn)
+        conn.prepare_threshold = 5  # psycopg's default
+        conn.autocommit = False
+
+    def _prepare(self, conn: Any) -> None:
+        """Prepare the one-event statements on ``conn``; without them appends still work."""
+        from psycopg import Error
+
+        if self._prepare_tries >= 3:  # they keep vanishing (a pooler): do without
+            return
+        self._prepare_tries += 1
+        try:
+            self._deallocate(conn)  # left over from an earlier writer on this connection?
+            conn.execute(_PG_PREPARE)
+        except Error:
+            if conn.pgconn.transaction_status:
+                conn.rollback()
+            return
+        self._prepared_on = conn
+
+    @staticmethod
+    def _deallocate(conn: Any) -> None:
+        names = [r[0] for r in conn.execute(
+            "SELECT name FROM pg_prepared_statements WHERE name = ANY(%s)", (_PG_PREPARED,)
+        )]
+        if names:
+            conn.execute("; ".join(f"DEALLOCATE {n}" for n in names))
+
+    def _literals(self, conn: Any) -> _PgLiterals:
+        cached = self._lits
+        if cached is None or cached[0] is not conn:
+            cached = self._lits = (conn, _PgLiterals(conn))
+        return cached[1]
 
     def _prediction(self, stream: str, expected: int | None) -> tuple[Any, ...] | None:
         """The head row (as _SQL_HEAD returns it) this recorder expects, or None."""
@@ -620,52 +724,72 @@ class PostgresRecorder(Recorder):
         new_seals: list[Seal],
         new_keys: list[KeyRecord],
         predicted: tuple[Any, ...] | None,
+        prepared: bool,
     ) -> bool:
         """Send the INSERTs and COMMIT. With ``predicted``, open the transaction and take the
         lock first, and insert only if the head is still the predicted one. Return whether
         the rows went in."""
         text, value = lit.text, lit.value
-        events = b",".join([
-            b"(%d,%s,%d,%s,%s,%s,%s,%s,%s,%s,%s)" % (
+        last = rows[-1]
+        seal_rows = Recorder._seal_rows(new_seals)
+        parts: list[bytes] = []
+        if predicted is not None:
+            parts.append(b"BEGIN; SELECT pg_advisory_xact_lock(%d)" % PG_HEAD_LOCK)
+            head_seq, head_hash, spos = predicted[0], predicted[1], predicted[2] or 0
+        if prepared and len(rows) == 1 and len(seal_rows) == 1 and not new_keys:
+            r = last
+            args = b"%d,%s,%d,%s,%s,%s,%s,%s,%s,%s,%s" % (
                 r.seq, text(r.stream), r.stream_seq, text(r.type), text(r.recorded_at),
                 text(r.actor), value(r.payload), b"true" if r.closes else b"false",
                 value(r.prev_hash), value(r.stream_prev_hash), value(r.hash),
             )
-            for r in rows
-        ])
-        last = rows[-1]
-        seals_ = b",".join([
-            b"(%d,%s,%s)" % (seq, text(key_id), value(sig))
-            for seq, key_id, sig in Recorder._seal_rows(new_seals)
-        ])
-        keys_ = b",".join([
-            b"(%s,%s,%d)" % (text(k.key_id), text(k.public_key), last.seq) for k in new_keys
-        ])
-        parts: list[bytes] = []
-        if predicted is None:
-            parts.append(_PG_INSERT_EVENTS + b" VALUES " + events)
-            if seals_:
-                parts.append(_PG_INSERT_SEALS + b" VALUES " + seals_)
-            if keys_:
-                parts.append(_PG_INSERT_KEYS + b" VALUES " + keys_)
+            if predicted is None:
+                parts.append(b"EXECUTE ledger_event(%s)" % args)
+            else:  # the same conditions as the statement below, prepared
+                parts.append(b"EXECUTE ledger_event_if(%s,%d,%s)" % (
+                    args, head_seq, value(head_hash)
+                ))
+            seq, key_id, sig = seal_rows[0]
+            parts.append(b"EXECUTE ledger_seal_if(%d,%s,%s,%s)" % (
+                seq, text(key_id), value(sig), value(r.hash)
+            ))
         else:
-            head_seq, head_hash, spos = predicted[0], predicted[1], predicted[2] or 0
-            first = rows[0]
-            parts.append(b"BEGIN; SELECT pg_advisory_xact_lock(%d)" % PG_HEAD_LOCK)
-            parts.append(
-                _PG_INSERT_EVENTS + b" SELECT * FROM (VALUES " + events + b") AS v"
-                b" WHERE EXISTS (SELECT 1 FROM ledger_events WHERE seq = %d AND hash = %s)"
-                b" AND NOT EXISTS (SELECT 1 FROM ledger_events WHERE seq = %d)"
-                b" AND NOT EXISTS (SELECT 1 FROM ledger_events WHERE stream = %s"
-                b" AND stream_seq = %d)"
-                % (head_seq, value(head_hash), first.seq, text(first.stream), spos + 1)
-            )
-            went_in = b") AS v WHERE EXISTS (SELECT 1 FROM ledger_events WHERE seq = %d" \
-                b" AND hash = %s)" % (last.seq, value(last.hash))
-            if seals_:
-                parts.append(_PG_INSERT_SEALS + b" SELECT * FROM (VALUES " + seals_ + went_in)
-            if keys_:
-                parts.append(_PG_INSERT_KEYS + b" SELECT * FROM (VALUES " + keys_ + went_in)
+            events = b",".join([
+                b"(%d,%s,%d,%s,%s,%s,%s,%s,%s,%s,%s)" % (
+                    r.seq, text(r.stream), r.stream_seq, text(r.type), text(r.recorded_at),
+                    text(r.actor), value(r.payload), b"true" if r.closes else b"false",
+                    value(r.prev_hash), value(r.stream_prev_hash), value(r.hash),
+                )
+                for r in rows
+            ])
+            seals_ = b",".join([
+                b"(%d,%s,%s)" % (seq, text(key_id), value(sig)) for seq, key_id, sig in seal_rows
+            ])
+            keys_ = b",".join([
+                b"(%s,%s,%d)" % (text(k.key_id), text(k.public_key), last.seq) for k in new_keys
+            ])
+            if predicted is None:
+                parts.append(_PG_INSERT_EVENTS + b" VALUES " + events)
+                if seals_:
+                    parts.append(_PG_INSERT_SEALS + b" VALUES " + seals_)
+                if keys_:
+                    parts.append(_PG_INSERT_KEYS + b" VALUES " + keys_)
+            else:
+                first = rows[0]
+                parts.append(
+                    _PG_INSERT_EVENTS + b" SELECT * FROM (VALUES " + events + b") AS v"
+                    b" WHERE EXISTS (SELECT 1 FROM ledger_events WHERE seq = %d AND hash = %s)"
+                    b" AND NOT EXISTS (SELECT 1 FROM ledger_events WHERE seq = %d)"
+                    b" AND NOT EXISTS (SELECT 1 FROM ledger_events WHERE stream = %s"
+                    b" AND stream_seq = %d)"
+                    % (head_seq, value(head_hash), first.seq, text(first.stream), spos + 1)
+                )
+                went_in = b") AS v WHERE EXISTS (SELECT 1 FROM ledger_events WHERE seq = %d" \
+                    b" AND hash = %s)" % (last.seq, value(last.hash))
+                if seals_:
+                    parts.append(_PG_INSERT_SEALS + b" SELECT * FROM (VALUES " + seals_ + went_in)
+                if keys_:
+                    parts.append(_PG_INSERT_KEYS + b" SELECT * FROM (VALUES " + keys_ + went_in)
         parts.append(b"COMMIT")
         cur = conn.cursor()
         cur.execute(b"; ".join(parts))  # no parameters: sent as one simple-protocol query

@@ -126,9 +126,13 @@ def test_connections_are_clean_after_a_conflict_and_a_partial_read(
     assert ledger_db.verify().events == 12
     rec = ledger_db.recorder
     assert rec.engine.pool.checkedout() == 1  # the appenders' own connection, nothing else
+    with rec.engine.connect():  # another thread would get a pooled one
+        assert rec.engine.pool.checkedout() == 2
     writer = rec._writer_conn.driver_connection
-    if rec.dialect_name == "postgresql":
-        assert writer.autocommit is False and writer.info.transaction_status == 0  # IDLE
+    if rec.dialect_name == "postgresql":  # kept in autocommit mode, outside any transaction
+        assert writer.autocommit is True and writer.info.transaction_status == 0  # IDLE
+        with rec.engine.connect() as conn:  # what the pool hands out is as SQLAlchemy left it
+            assert conn.connection.driver_connection.autocommit is False
     else:
         assert not writer.in_transaction
     ledger_db.close()
@@ -196,3 +200,49 @@ def test_a_nul_in_a_name_is_refused_and_nothing_is_written(ledger_db: ledger.Led
         assert ledger_db.head() == head
     ledger_db.append("s", NewEvent("b"))
     assert ledger_db.verify().events == head.seq + 1
+
+
+def test_appends_from_threads_at_once(ledger_db: ledger.Ledger) -> None:
+    # One thread uses the appenders' kept connection, the others pooled ones; all serialise
+    # on the database's lock.
+    import threading
+
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(15):
+                ledger_db.append(f"t/{n}", NewEvent("e", {"i": i}), expected_position=i)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert ledger_db.verify().events == 1 + 4 * 15
+
+
+def test_prepared_statements_that_vanish_are_prepared_again(pg_url: str, signer) -> None:  # type: ignore[no-untyped-def]
+    lg = ledger.Ledger(pg_url, signer=signer)
+    try:
+        lg.append("s", NewEvent("a"))
+        rec = lg.recorder
+        conn = rec._writer_conn.driver_connection
+        assert rec._prepared_on is conn
+        conn.execute("DEALLOCATE ALL")  # as a pooler or DISCARD ALL would
+        lg.append("s", NewEvent("b"), expected_position=1)  # the predicted-head statement
+        assert rec._prepared_on is conn
+        conn.execute("DEALLOCATE ALL")
+        rec._predicted = None
+        lg.append("s", NewEvent("c"), expected_position=2)  # the head-reading one
+        for i in range(3, 8):  # they keep vanishing: after a few tries, do without
+            conn.execute("DEALLOCATE ALL")
+            lg.append("s", NewEvent("d"), expected_position=i)
+        assert rec._prepared_on is None
+        lg.append("s", [NewEvent("e"), NewEvent("f")], expected_position=8)
+        assert lg.verify().events == 1 + 10
+    finally:
+        lg.close()
