@@ -67,6 +67,11 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # a bug or an untranslated failure: one line, never a traceback
+            click.echo(f"error: unexpected {type(e).__name__}: {e}", err=True)
+            ctx.exit(EXIT_ATTENTION)
 
 
 class Obj:

@@ -124,17 +124,27 @@ def start(obj: Obj, to_version: str, from_version: str | None) -> None:
 @click.option("--rollback", is_flag=True, help="Undo the run instead of finishing it.")
 @pass_obj
 def resume(obj: Obj, run_id: str | None, rollback: bool) -> None:
-    """Finish (or --rollback) a run interrupted by a crash; default: the unfinished run."""
+    """Finish (or --rollback) a run interrupted by a crash; default: the unfinished run.
+
+    Exits 0 when the run ends as asked (completed; with --rollback, rolled_back)."""
     run = command.resume(obj.settings, run_id, rollback, observer=Progress())
-    _finish(run)
+    _finish(run, wanted="rolled_back" if rollback else "completed")
 
 
 @click.command("rollback")
 @click.argument("run_id")
+@click.option(
+    "--restore",
+    is_flag=True,
+    help="Allow restoring the run's backup, discarding every change made since.",
+)
 @pass_obj
-def rollback(obj: Obj, run_id: str) -> None:
-    """Undo a completed upgrade (down migrations, or its backup); exit 0 when rolled back."""
-    run = command.rollback(obj.settings, run_id, observer=Progress())
+def rollback(obj: Obj, run_id: str, restore: bool) -> None:
+    """Undo a completed upgrade with its down migrations; exit 0 when rolled back.
+
+    Data written since the upgrade is kept; only the schema must come back as it was. A
+    migration without a down part can only be undone by restoring the backup: --restore."""
+    run = command.rollback(obj.settings, run_id, restore, observer=Progress())
     _finish(run, wanted="rolled_back")
 
 

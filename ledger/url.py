@@ -48,8 +48,8 @@ def redact(url: str | URL) -> str:
         # Not parseable: show only the scheme so a password can never slip through.
         text = str(url)
         return text.split("://", 1)[0] + "://***" if "://" in text else "***"
-    if u.query and any(k.lower() == "password" for k in u.query):
-        u = u.set(query={k: ("***" if k.lower() == "password" else v) for k, v in u.query.items()})
+    if u.query and any("password" in k.lower() for k in u.query):
+        u = u.set(query={k: ("***" if "password" in k.lower() else v) for k, v in u.query.items()})
     return u.render_as_string(hide_password=True)
 
 

@@ -3,6 +3,7 @@ pins event times and durations in tests."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 
@@ -11,7 +12,7 @@ def now() -> datetime:
 
 
 def monotonic_ms() -> float:
-    # Durations use the wall clock too, so a frozen clock gives reproducible durations.
-    return now().timestamp() * 1000.0
+    # Monotonic, so a clock step (NTP) never makes a negative duration; freezegun freezes it too.
+    return time.monotonic() * 1000.0
 
 

@@ -33,6 +33,7 @@ def __getattr__(name: str) -> Any:
         return getattr(migrations, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 TOOL = f"statekeeper/{__version__}"
 
 
@@ -80,8 +81,14 @@ class Settings:
             create = signing
         if create:
             self._ensure_sqlite_dir()
-        return Ledger(self.ledger_url, signer=signer, tool=TOOL, base_dir=self.config.base_dir,
-                      create=create, clock=clock.now)
+        return Ledger(
+            self.ledger_url,
+            signer=signer,
+            tool=TOOL,
+            base_dir=self.config.base_dir,
+            create=create,
+            clock=clock.now,
+        )
 
 
 def _flag_url(url: str) -> str:
@@ -196,9 +203,10 @@ def ledger_export(settings: Settings, out: Path, stream: str | None = None) -> l
     except OSError as e:
         raise ConfigError(f"{out}: cannot write: {e.strerror}") from e
     try:
-        with settings.open_ledger(signing=True, create=False) as lg, os.fdopen(
-            fd, "w", encoding="utf-8"
-        ) as f:
+        with (
+            settings.open_ledger(signing=True, create=False) as lg,
+            os.fdopen(fd, "w", encoding="utf-8") as f,
+        ):
             result = ledger.export(lg, f, stream=stream)
             f.flush()
             os.fsync(f.fileno())
@@ -342,8 +350,13 @@ def backup_manager(settings: Settings, target_url: str | None = None) -> Any:
     )
     b = cfg.backup
     return BackupManager(
-        target, method, cfg.backup_dir(), stanza=b.stanza, stop_command=b.stop_command,
-        start_command=b.start_command, pgbackrest_config=b.pgbackrest_config,
+        target,
+        method,
+        cfg.backup_dir(),
+        stanza=b.stanza,
+        stop_command=b.stop_command,
+        start_command=b.start_command,
+        pgbackrest_config=b.pgbackrest_config,
     )
 
 
@@ -362,7 +375,9 @@ def backup_verify(settings: Settings, backup_id: str, target_url: str | None = N
 
 
 def backup_restore(
-    settings: Settings, backup_id: str, target_url: str | None = None,
+    settings: Settings,
+    backup_id: str,
+    target_url: str | None = None,
     allow_other_database: bool = False,
 ) -> Any:
     return backup_manager(settings, target_url).restore(
@@ -372,7 +387,10 @@ def backup_restore(
 
 # --- upgrade verbs (statekeeper.upgrade) ---
 def init(
-    config: str | None, key: str | None, ledger_url: str | None, target_url: str | None,
+    config: str | None,
+    key: str | None,
+    ledger_url: str | None,
+    target_url: str | None,
     migrations_dir: str,
 ) -> list[str]:
     """Create statekeeper.toml, the signing key and the ledger; skip what already exists."""
@@ -381,13 +399,26 @@ def init(
     done: list[str] = []
     path = Path(config).absolute() if config else Path.cwd() / CONFIG_NAME
     if not path.exists():
-        lines = ["[ledger]", f'url = "{ledger_url or "sqlite:///.statekeeper/ledger.db"}"',
-                 f'key = "{key or DEFAULT_KEY}"', ""]
-        lines += ["[target]", f'url = "{target_url}"' if target_url else
-                  '# url = "postgresql://app@localhost:5432/app"', ""]
+        lines = [
+            "[ledger]",
+            f'url = "{ledger_url or "sqlite:///.statekeeper/ledger.db"}"',
+            f'key = "{key or DEFAULT_KEY}"',
+            "",
+        ]
+        lines += [
+            "[target]",
+            f'url = "{target_url}"'
+            if target_url
+            else '# url = "postgresql://app@localhost:5432/app"',
+            "",
+        ]
         lines += ["[migrations]", f'dir = "{migrations_dir}"', ""]
-        lines += ["[backup]", '# method = "pg_dump"   # or "pgbackrest", "sqlite"',
-                  'dir = ".statekeeper/backups"', ""]
+        lines += [
+            "[backup]",
+            '# method = "pg_dump"   # or "pgbackrest", "sqlite"',
+            'dir = ".statekeeper/backups"',
+            "",
+        ]
         write_atomic(path, "\n".join(lines))
         done.append(f"wrote {path}")
     else:
@@ -414,24 +445,26 @@ def plan(settings: Settings, to_version: str, from_version: str | None = None) -
     return upgrade.plan(settings, to_version, from_version)
 
 
-def start(settings: Settings, to_version: str, from_version: str | None = None,
-          observer: Any = None) -> Any:
+def start(
+    settings: Settings, to_version: str, from_version: str | None = None, observer: Any = None
+) -> Any:
     from . import upgrade
 
     return upgrade.start(settings, to_version, from_version, observer)
 
 
-def resume(settings: Settings, run_id: str | None = None, rollback: bool = False,
-           observer: Any = None) -> Any:
+def resume(
+    settings: Settings, run_id: str | None = None, rollback: bool = False, observer: Any = None
+) -> Any:
     from . import upgrade
 
     return upgrade.resume(settings, run_id, rollback, observer)
 
 
-def rollback(settings: Settings, run_id: str, observer: Any = None) -> Any:
+def rollback(settings: Settings, run_id: str, restore: bool = False, observer: Any = None) -> Any:
     from . import upgrade
 
-    return upgrade.rollback(settings, run_id, observer)
+    return upgrade.rollback(settings, run_id, restore, observer)
 
 
 def status(settings: Settings, run_id: str | None = None) -> Any:

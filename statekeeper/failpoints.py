@@ -57,13 +57,6 @@ _ARMED = _parse(os.environ.get(ENV))
 _hits: dict[str, int] = {}
 
 
-def arm(value: str | None) -> None:
-    """Arm (or disarm with None) in-process; tests and the demo's child use the env var."""
-    global _ARMED
-    _ARMED = _parse(value)
-    _hits.clear()
-
-
 def hit(name: str) -> None:
     if _ARMED is None or _ARMED[0] != name:
         return
@@ -72,9 +65,3 @@ def hit(name: str) -> None:
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(EXIT_CODE)
-
-
-def validate(value: str) -> None:
-    parsed = _parse(value)
-    if parsed is None or parsed[0] not in FAILPOINTS:
-        raise ValueError(value)

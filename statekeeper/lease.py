@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +37,8 @@ leases = Table(
     Column("token", String(64), nullable=False),
     Column("acquired_at", String(40), nullable=False),
     Column("heartbeat_at", String(40), nullable=False),
+    # boot id + process start time: a pid reused after a reboot is not the holder
+    Column("proc", String(100), nullable=True),
 )
 
 STALE_AFTER = timedelta(seconds=60)
@@ -49,9 +52,22 @@ class Holder:
     pid: int
     acquired_at: str
     heartbeat_at: str
+    proc: str | None = None
 
     def describe(self) -> str:
         return f"run {self.run_id} (host {self.host}, pid {self.pid}, since {self.acquired_at})"
+
+
+def proc_identity(pid: int) -> str | None:
+    """``<boot id>:<start time>`` of a process, or None where /proc cannot tell."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{start}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -86,12 +102,23 @@ class LeaseStore:
 
     def is_alive(self, h: Holder, stale_after: timedelta = STALE_AFTER) -> bool:
         if h.host == socket.gethostname():
-            return pid_alive(h.pid)
+            if not pid_alive(h.pid):
+                return False
+            return h.proc is None or proc_identity(h.pid) in (None, h.proc)
         beat = datetime.fromisoformat(h.heartbeat_at)
         return clock.now() - beat < stale_after
 
-    def acquire(self, target: str, run_id: str, *, takeover: bool) -> tuple[Lease, Holder | None]:
-        """Take the lease. Returns it and the dead holder it replaced (if ``takeover``)."""
+    def acquire(
+        self,
+        target: str,
+        run_id: str,
+        *,
+        takeover: bool,
+        abandoned: Callable[[Holder], bool] | None = None,
+    ) -> tuple[Lease, Holder | None]:
+        """Take the lease. Returns it and the dead holder it replaced: with ``takeover`` the
+        dead holder must be this same run; ``abandoned`` may declare a dead holder's run void
+        (it died before its run was recorded), which any run may then replace."""
         now = clock.now().isoformat()
         me = (socket.gethostname(), str(os.getpid()))
         token = uuid.uuid4().hex
@@ -104,13 +131,14 @@ class LeaseStore:
                 h = _holder(r)
                 if self.is_alive(h):
                     raise LockHeld(f"target is locked by {h.describe()}")
-                if not takeover:
+                void = abandoned is not None and abandoned(h)
+                if not takeover and not void:
                     raise LockHeld(
                         f"target is locked by {h.describe()}, whose process is gone: "
                         f"finish it with 'statekeeper resume {h.run_id}' "
                         f"(or 'statekeeper resume {h.run_id} --rollback')"
                     )
-                if h.run_id != run_id:
+                if h.run_id != run_id and not void:
                     raise LockHeld(
                         f"target is held by the unfinished {h.describe()}; resume that run first"
                     )
@@ -134,7 +162,7 @@ class LeaseStore:
 
 
 def _holder(r: Any) -> Holder:
-    return Holder(r.run_id, r.host, int(r.pid), r.acquired_at, r.heartbeat_at)
+    return Holder(r.run_id, r.host, int(r.pid), r.acquired_at, r.heartbeat_at, r.proc)
 
 
 class Lease:

@@ -55,7 +55,8 @@ def forward_steps(run: Run) -> list[Step]:
         return [tag_step(run.from_version)] if run.from_version else []
     if state == "migrating":
         return [
-            Step(f"migrate:{m['id']}", "migrate", {"migration": m["id"], "checksum": m["checksum"]})
+            Step(f"migrate:{m['id']}", "migrate", {"migration": m["id"], "checksum": m["checksum"],
+                                                  "no_transaction": bool(m.get("no_transaction"))})
             for m in plan.get("migrations", [])
         ]
     if state == "deploying":
@@ -70,36 +71,53 @@ def forward_steps(run: Run) -> list[Step]:
 
 def _rollback_action(run: Run) -> Action:
     steps = run.phase_steps()
+    last = steps[-1] if steps else None
+    if last is not None and _really_failed(last) and last.kind not in ("revert", "restore"):
+        return Transition("rollback_failed", f"{last.name} failed: {last.error}")
     applied = run.migrations_applied()
     by_id = {m["id"]: m for m in run.plan.get("migrations", [])}
     backup = run.backup
+    may_restore = backup is not None and run.allow_restore
     restored = any(s.kind == "restore" and s.status == "succeeded" for s in steps)
     restore_failed = [s for s in steps if s.kind == "restore" and _really_failed(s)]
     compares = [s for s in steps if s.kind == "compare" and s.status == "succeeded"]
     reverts_failed = any(s.kind == "revert" and _really_failed(s) for s in steps)
 
+    if len(restore_failed) >= 2:
+        return Transition("rollback_failed", f"restore failed: {restore_failed[-1].error}")
     if applied and not restored:
         reversible = all(by_id.get(mid, {}).get("reversible") for mid in applied)
         if reversible and not reverts_failed:
             mid = applied[-1]
             return Step(f"revert:{mid}", "revert", {"migration": mid})
-        if backup is None:
+        if not may_restore:
             why = "a migration without a down part" if not reversible else "a down part failed"
-            return Transition("rollback_failed", f"cannot undo {why}: no backup was taken")
-        if restore_failed and len(restore_failed) >= 2:
-            return Transition("rollback_failed", f"restore failed: {restore_failed[-1].error}")
+            return Transition("rollback_failed", f"cannot undo {why}: {_no_restore(run)}")
+        assert backup is not None
         return Step("restore", "restore", {"backup_id": backup["backup_id"]})
     last_cmp = compares[-1] if compares else None
     if last_cmp is None or (restored and not _after(steps, last_cmp, "restore")):
         n = len(compares) + 1
-        return Step("compare" if n == 1 else f"compare#{n}", "compare")
+        # An operator's rollback of a used application keeps the data written since: only
+        # the schema must be as before. A restore brings back everything, so all is compared.
+        scope = "schema" if run.rollback_mode == "operator" and not restored else "full"
+        return Step("compare" if n == 1 else f"compare#{n}", "compare", {"scope": scope})
     result = last_cmp.result or {}
+    what = "schema" if last_cmp.args.get("scope") == "schema" else "database"
     if result.get("equal"):
-        return Transition("rollback_done", "database equals its fingerprint before the upgrade")
-    if backup is not None and not restored and len(restore_failed) < 2:
+        return Transition("rollback_done", f"{what} equals its fingerprint before the upgrade")
+    if may_restore and not restored:
+        assert backup is not None
         return Step("restore", "restore", {"backup_id": backup["backup_id"]})
     diff = "; ".join(result.get("diff", [])) or "fingerprint differs"
-    return Transition("rollback_failed", f"database differs from before the upgrade: {diff}")
+    return Transition("rollback_failed", f"{what} differs from before the upgrade: {diff}")
+
+
+def _no_restore(run: Run) -> str:
+    if run.backup is None:
+        return "no backup was taken"
+    return (f"restoring backup {run.backup['backup_id']} would discard every change made since "
+            "it was taken (rollback --restore accepts that)")
 
 
 def _really_failed(s: Any) -> bool:
@@ -123,6 +141,12 @@ def next_action(run: Run) -> Action:
         raise ValueError(f"step {run.open_step.name} is in doubt; settle it before going on")
     if run.state == "rolling_back":
         return _rollback_action(run)
+    last = run.steps[-1] if run.steps else None
+    if last is not None and _really_failed(last):
+        # A forward step failed and the run has not acted on it yet (perhaps it crashed right
+        # after recording the failure): the failure decides, never a retry.
+        trigger = "abort" if run.state == "preflight" else "fail"
+        return Transition(trigger, f"{last.name} failed: {last.error}")
     for step in forward_steps(run):
         if run.succeeded(step.name) is None:
             return step

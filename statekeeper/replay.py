@@ -22,20 +22,6 @@ LEASE_ACQUIRED = "lease.acquired"
 LEASE_TAKEN_OVER = "lease.taken_over"
 LEASE_RELEASED = "lease.released"
 RUN_RESUMED = "run.resumed"
-KNOWN_TYPES = frozenset(
-    {
-        RUN_CREATED,
-        STATE_CHANGED,
-        STEP_STARTED,
-        STEP_SUCCEEDED,
-        STEP_FAILED,
-        LEASE_ACQUIRED,
-        LEASE_TAKEN_OVER,
-        LEASE_RELEASED,
-        RUN_RESUMED,
-    }
-)
-
 
 class HistoryError(Exception):
     """The run's events describe something the machine does not allow."""
@@ -87,6 +73,11 @@ class Run:
     last_at: str = ""
     failure: str | None = None
     phase_start: int = 0  # index in ``steps`` where the current rollback attempt began
+    # "failure": undoing a failed upgrade, back to the exact state before it (restore allowed).
+    # "operator": undoing a completed one that the application has used since: the schema goes
+    # back, data written since stays, and the backup is restored only if the operator said so.
+    rollback_mode: str = "failure"
+    allow_restore: bool = True
 
     @property
     def state(self) -> str:
@@ -175,6 +166,9 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
             )
         if run.state == "rolling_back":
             run.phase_start = len(run.steps)
+            if p["trigger"] == "rollback":
+                run.rollback_mode = "operator"
+                run.allow_restore = bool(p.get("restore"))
         run.transitions.append(
             {
                 "trigger": p["trigger"],

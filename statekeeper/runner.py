@@ -8,6 +8,7 @@ position (optimistic concurrency) and then applied to the in-memory run through 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -68,7 +69,6 @@ class Environment:
     migrator: Any  # statekeeper.migrations.Migrator
     backups: Any | None  # statekeeper.backup.BackupManager, None when backups are off
     health_checks: list[dict[str, Any]]
-    backup_dir: Any = None
 
 
 class Runner:
@@ -111,15 +111,18 @@ class Runner:
         else:
             self.emit(LEASE_ACQUIRED, me)
 
-    def release_event(self) -> None:
+    def release_event(self, error: str | None = None) -> None:
         if self.run is not None:
-            self.emit(LEASE_RELEASED, {"host": socket.gethostname(), "pid": os.getpid()})
+            p: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+            if error:
+                p["error"] = error
+            self.emit(LEASE_RELEASED, p)
 
-    def transition(self, trigger: str, reason: str | None = None) -> None:
+    def transition(self, trigger: str, reason: str | None = None, **extra: Any) -> None:
         assert self.run is not None
         failpoints.hit("transition.before")
         to = _dest(self.run, trigger)
-        payload: dict[str, Any] = {"trigger": trigger, "from": self.run.state, "to": to}
+        payload: dict[str, Any] = {"trigger": trigger, "from": self.run.state, "to": to, **extra}
         if reason:
             payload["reason"] = reason
         self.emit(STATE_CHANGED, payload)
@@ -135,17 +138,10 @@ class Runner:
             if isinstance(action, Transition):
                 self.transition(action.trigger, action.reason)
                 continue
-            try:
+            with contextlib.suppress(StepFailed):
+                # The step.failed event is in the ledger; the policy reads it and decides
+                # (abort, fail, fall back to restore, give up), live and after a crash alike.
                 self.step(action)
-            except StepFailed as e:
-                if self.run.state == "preflight":
-                    self.transition("abort", f"preflight failed: {e.error}")
-                elif self.run.state == "rolling_back":
-                    if action.kind not in ("revert", "restore"):
-                        self.transition("rollback_failed", f"{action.name} failed: {e.error}")
-                    # a failed revert falls back to restore; a failed restore is retried once
-                else:
-                    self.transition("fail", f"{action.name} failed: {e.error}")
 
     # -- steps -------------------------------------------------------------------------------
     def step(self, step: Step) -> dict[str, Any]:
@@ -189,10 +185,10 @@ class Runner:
             if env.backups is None:
                 raise BackupError("backups are off ([backup] enabled = false)")
             m = env.backups.create(step.args["backup_id"], hook=mid)
-            return _manifest_result(m)
+            return manifest_result(m)
         if step.kind == "tag":
             tag = step.args["tag"]
-            if tag not in _tag_names(env.migrator):
+            if tag not in tag_names(env.migrator):
                 env.migrator.tag(tag, run_id=self.run.run_id)
             return {"tag": tag}
         if step.kind == "migrate":
@@ -205,7 +201,7 @@ class Runner:
             return {
                 "migration": mig.id,
                 "checksum": mig.checksum,
-                "execution_ms": getattr(applied, "execution_ms", None),
+                "execution_ms": applied.execution_ms,
             }
         if step.kind == "health":
             from .health import run_checks
@@ -220,7 +216,7 @@ class Runner:
             env.backups.restore(step.args["backup_id"], hook=mid, check=False)
             return {"backup_id": step.args["backup_id"]}
         if step.kind == "compare":
-            return self._compare()
+            return self._compare(step.args.get("scope", "full"))
         raise NeedsAttention(f"unknown step kind {step.kind!r}")
 
     def _preflight(self, mid: Callable[[], None]) -> dict[str, Any]:
@@ -251,7 +247,7 @@ class Runner:
         result["fingerprint_digest"] = fp.digest
         return result
 
-    def _compare(self) -> dict[str, Any]:
+    def _compare(self, scope: str) -> dict[str, Any]:
         from .fingerprint import Fingerprint, diff, fingerprint
 
         assert self.run is not None
@@ -260,8 +256,13 @@ class Runner:
             raise NeedsAttention("no fingerprint from before the upgrade to compare with")
         before = Fingerprint.from_dict(pre.result["fingerprint"])
         now = fingerprint(self.env.target)
+        if scope == "schema":
+            equal = before.schema == now.schema
+            lines = [] if equal else [ln for ln in diff(before, now) if ln.startswith("schema")]
+            return {"equal": equal, "diff": lines or ([] if equal else ["schema differs"]),
+                    "digest": now.digest, "scope": scope}
         lines = diff(before, now)
-        return {"equal": not lines, "diff": lines, "digest": now.digest}
+        return {"equal": not lines, "diff": lines, "digest": now.digest, "scope": scope}
 
 
 def _dest(run: Run, trigger: str) -> str:
@@ -274,8 +275,8 @@ def _dest(run: Run, trigger: str) -> str:
         raise NeedsAttention(f"run {run.run_id}: {e}") from e
 
 
-def _tag_names(migrator: Any) -> set[str]:
-    return {t if isinstance(t, str) else t.name for t in migrator.tags()}
+def tag_names(migrator: Any) -> set[str]:
+    return {t.name for t in migrator.tags()}
 
 
 def _migration(migrator: Any, mid: str) -> Any:
@@ -285,6 +286,6 @@ def _migration(migrator: Any, mid: str) -> Any:
     raise TargetError(f"migration {mid} is no longer in the migrations directory")
 
 
-def _manifest_result(m: Any) -> dict[str, Any]:
+def manifest_result(m: Any) -> dict[str, Any]:
     return {"backup_id": m.id, "method": m.method, "size": m.size, "sha256": m.sha256}
 

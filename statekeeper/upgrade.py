@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +17,19 @@ from ledger import Ledger, normalize_url
 
 from . import __version__, clock
 from .errors import ConfigError, LockHeld, NeedsAttention
-from .lease import LeaseStore
-from .machine import TERMINAL
-from .replay import HistoryError, Run
-from .runner import STREAM_PREFIX, Environment, Observer, Runner, stream_of, to_run_event
+from .lease import Holder, LeaseStore
+from .machine import IN_FLIGHT, TERMINAL
+from .replay import STEP_FAILED, STEP_SUCCEEDED, HistoryError, Run
+from .runner import (
+    STREAM_PREFIX,
+    Environment,
+    Observer,
+    Runner,
+    manifest_result,
+    stream_of,
+    tag_names,
+    to_run_event,
+)
 
 # A run in any other state blocks a new one on its target: in flight, or failed (a human).
 SETTLED = ("completed", "rolled_back")
@@ -41,7 +50,7 @@ def build_env(settings: Settings) -> Environment:
 
     cfg = settings.config
     target = Target.from_url(cfg.require_target(), cfg.base_dir)
-    migrator = Migrator(target, cfg.require_migrations_dir())
+    migrator = Migrator(target, cfg.require_migrations_dir(), clock=clock.now)
     backups = None
     if cfg.backup.enabled:
         b = cfg.backup
@@ -53,9 +62,10 @@ def build_env(settings: Settings) -> Environment:
             stop_command=b.stop_command,
             start_command=b.start_command,
             pgbackrest_config=b.pgbackrest_config,
+            clock=clock.now,
         )
     checks = validate_checks(cfg.raw.get("health", {}).get("checks", []), cfg.source)
-    return Environment(target, migrator, backups, checks, backup_dir=cfg.backup_dir())
+    return Environment(target, migrator, backups, checks)
 
 
 def build_plan(
@@ -71,8 +81,7 @@ def build_plan(
             "the changelog has no tag to upgrade from: pass --from VERSION "
             "(or tag the current schema with 'statekeeper migrate tag VERSION')"
         )
-    tags = {t if isinstance(t, str) else t.name for t in env.migrator.tags()}
-    if to_version == from_v or to_version in tags:
+    if to_version == from_v or to_version in tag_names(env.migrator):
         raise ConfigError(f"--to {to_version}: the schema is already tagged {to_version}")
     pending = env.migrator.pending()
     migrations = [
@@ -80,7 +89,7 @@ def build_plan(
             "id": m.id,
             "checksum": m.checksum,
             "reversible": m.down is not None,
-            "no_transaction": bool(getattr(m, "no_transaction", False)),
+            "no_transaction": m.no_transaction,
         }
         for m in pending
     ]
@@ -101,11 +110,7 @@ def build_plan(
         "to_version": to_version,
         "target": env.target.display,
         "backend": env.target.backend,
-        "migrations_dir": str(
-            env.migrator.migrations_dir
-            if hasattr(env.migrator, "migrations_dir")
-            else cfg.migrations_dir
-        ),
+        "migrations_dir": str(env.migrator.migrations_dir),
         "migrations": migrations,
         "irreversible": [m["id"] for m in migrations if not m["reversible"]],
         "backup": backup,
@@ -150,11 +155,20 @@ def unfinished_for(lg: Ledger, target_display: str) -> list[Run]:
 
 
 @contextlib.contextmanager
-def holding(settings: Settings, env: Environment, run_id: str, *, takeover: bool) -> Iterator[Any]:
+def holding(
+    settings: Settings,
+    env: Environment,
+    run_id: str,
+    *,
+    takeover: bool,
+    abandoned: Callable[[Holder], bool] | None = None,
+) -> Iterator[Holder | None]:
     """Hold the lease (ledger database) and the target lock for the whole run."""
     store = lease_store(settings)
     try:
-        lease, previous = store.acquire(env.target.display, run_id, takeover=takeover)
+        lease, previous = store.acquire(
+            env.target.display, run_id, takeover=takeover, abandoned=abandoned
+        )
         try:
             with env.migrator.lock(run_id=run_id):
                 yield previous
@@ -162,6 +176,31 @@ def holding(settings: Settings, env: Environment, run_id: str, *, takeover: bool
             lease.release()
     finally:
         store.dispose()
+
+
+def _live_holder(settings: Settings, env: Environment) -> Holder | None:
+    store = lease_store(settings)
+    try:
+        h = store.holder(env.target.display)
+        return h if h is not None and store.is_alive(h) else None
+    finally:
+        store.dispose()
+
+
+@contextlib.contextmanager
+def _closing(settings: Settings, lg: Ledger, runner: Runner) -> Iterator[None]:
+    """End a session on a run: record why it ended, and checkpoint a terminal state, while the
+    lease is still held (a crash in between leaves the lease for resume to find)."""
+    try:
+        yield
+    except BaseException as e:
+        if runner.run is not None and not isinstance(e, KeyboardInterrupt | SystemExit):
+            with contextlib.suppress(Exception):  # best effort: the ledger may be what failed
+                runner.release_event(error=f"{type(e).__name__}: {e}")
+        raise
+    runner.release_event()
+    if runner.run is not None:
+        _checkpoint(settings, lg, runner.run)
 
 
 def start(
@@ -172,6 +211,9 @@ def start(
 ) -> Run:
     env = build_env(settings)
     with settings.open_ledger(signing=True) as lg:
+        holder = _live_holder(settings, env)
+        if holder is not None:
+            raise LockHeld(f"target is locked by {holder.describe()}")
         busy = unfinished_for(lg, env.target.display)
         if busy:
             r = busy[-1]
@@ -187,14 +229,18 @@ def start(
             )
         plan = build_plan(settings, env, to_version, from_version)
         runner = Runner(lg, env, observer)
-        with holding(settings, env, plan["run_id"], takeover=False):
+
+        def void(h: Holder) -> bool:  # died before its run was recorded: nothing to resume
+            return lg.stream_position(stream_of(h.run_id)) == 0
+
+        with holding(settings, env, plan["run_id"], takeover=False, abandoned=void) as previous:
             runner.create(plan)
-            runner.lease_events(None, resumed=False, mode="start")
-            runner.transition("begin")
-            run = runner.drive()
-            runner.release_event()
-        _checkpoint(settings, lg, run)
-        return run
+            with _closing(settings, lg, runner):
+                runner.lease_events(previous, resumed=False, mode="start")
+                runner.transition("begin")
+                runner.drive()
+        assert runner.run is not None
+        return runner.run
 
 
 def resume(
@@ -212,33 +258,28 @@ def resume(
             raise ConfigError(
                 f"run {run_id} upgraded {run.plan.get('target')}, not {env.target.display}"
             )
-        if run.state in ("completed", "rolled_back") and not _holds_lease(settings, env, run_id):
+        if run.state in SETTLED and not _holds_lease(settings, env, run_id):
+            _checkpoint(settings, lg, run, only_if_missing=True)
             return run
         runner = Runner(lg, env, observer)
         runner.run = run
-        with holding(settings, env, run_id, takeover=True) as previous:
+        with holding(settings, env, run_id, takeover=True) as previous, _closing(
+            settings, lg, runner
+        ):
             mode = "rollback" if rollback else "forward"
             runner.lease_events(previous, resumed=True, mode=mode)
             settle(runner)
-            run = runner.run
-            if run.state == "failed":
+            state = runner.run.state
+            if state == "failed":
                 runner.transition("retry_rollback", "resumed by an operator")
-            elif rollback and run.state == "preflight":
+            elif rollback and state in ("planned", "preflight"):
                 runner.transition("abort", "operator chose to roll back")
-            elif rollback and run.state in (
-                "backing_up",
-                "tagging",
-                "migrating",
-                "deploying",
-                "verifying",
-            ):
+            elif rollback and state in IN_FLIGHT:
                 runner.transition("fail", "operator chose to roll back")
-            elif run.state == "planned":
+            elif state == "planned":
                 runner.transition("begin")
-            run = runner.drive()
-            runner.release_event()
-        _checkpoint(settings, lg, run)
-        return run
+            runner.drive()
+        return runner.run
 
 
 def _run_to_resume(settings: Settings, lg: Ledger, env: Environment) -> str:
@@ -250,7 +291,11 @@ def _run_to_resume(settings: Settings, lg: Ledger, env: Environment) -> str:
     store = lease_store(settings)
     try:
         holder = store.holder(env.target.display)
-        if holder is not None and not store.is_alive(holder):
+        if (
+            holder is not None
+            and not store.is_alive(holder)
+            and lg.stream_position(stream_of(holder.run_id)) > 0
+        ):
             return holder.run_id
     finally:
         store.dispose()
@@ -266,7 +311,9 @@ def _holds_lease(settings: Settings, env: Environment, run_id: str) -> bool:
         store.dispose()
 
 
-def rollback(settings: Settings, run_id: str, observer: Observer | None = None) -> Run:
+def rollback(
+    settings: Settings, run_id: str, restore: bool = False, observer: Observer | None = None
+) -> Run:
     env = build_env(settings)
     with settings.open_ledger(signing=True) as lg:
         run = load_run(lg, run_id)
@@ -286,59 +333,73 @@ def rollback(settings: Settings, run_id: str, observer: Observer | None = None) 
             raise ConfigError(
                 f"run {later[-1].run_id} completed after {run_id}: roll that back first"
             )
+        by_id = {m["id"]: m for m in run.plan.get("migrations", [])}
+        irreversible = [m for m in run.migrations_applied() if not by_id[m].get("reversible")]
+        if irreversible and not restore:
+            raise ConfigError(
+                f"run {run_id} applied {irreversible[0]}, which has no down part: undoing it "
+                "means restoring the backup, which discards every change made since it was "
+                "taken; pass --restore to accept that"
+            )
         runner = Runner(lg, env, observer)
         runner.run = run
-        with holding(settings, env, run_id, takeover=True) as previous:
+        with holding(settings, env, run_id, takeover=True) as previous, _closing(
+            settings, lg, runner
+        ):
             runner.lease_events(previous, resumed=True, mode="rollback")
-            runner.transition("rollback", "operator rolled back a completed upgrade")
-            run = runner.drive()
-            runner.release_event()
-        _checkpoint(settings, lg, run)
-        return run
+            runner.transition("rollback", "operator rolled back a completed upgrade",
+                              restore=restore)
+            runner.drive()
+        return runner.run
 
 
 def settle(runner: Runner) -> None:
     """Decide an in-doubt step by its own probe before anything is redone or compensated."""
-    from .replay import STEP_FAILED, STEP_SUCCEEDED
-
     run = runner.run
     assert run is not None
     step = run.open_step
     if step is None:
         return
     env = runner.env
+    base = {"step": step.name, "kind": step.kind}
     happened, result = False, None
     if step.kind == "backup" and env.backups is not None:
         m = env.backups.probe(step.args["backup_id"])
         if m is not None:
-            from .runner import _manifest_result
-
-            happened, result = True, _manifest_result(m)
+            happened, result = True, manifest_result(m)
     elif step.kind == "tag":
-        tags = {t if isinstance(t, str) else t.name for t in env.migrator.tags()}
-        happened, result = step.args["tag"] in tags, {"tag": step.args["tag"]}
+        happened, result = step.args["tag"] in tag_names(env.migrator), {"tag": step.args["tag"]}
     elif step.kind == "migrate":
         happened = env.migrator.is_applied(step.args["migration"])
         result = {"migration": step.args["migration"], "checksum": step.args.get("checksum")}
+        if not happened and step.args.get("no_transaction"):
+            # Its SQL runs outside a transaction and its changelog row comes after: without
+            # the row nobody can say how much of it ran. Never rerun it; roll back instead,
+            # where the fingerprint decides what a restore must undo.
+            runner.emit(STEP_FAILED, {**base, "error": (
+                "interrupted; it runs outside a transaction, so its effect is unknown")})
+            return
     elif step.kind == "revert":
         happened = not env.migrator.is_applied(step.args["migration"])
         result = {"migration": step.args["migration"]}
-    base = {"step": step.name, "kind": step.kind, "recovered": True}
     if happened:
-        runner.emit(STEP_SUCCEEDED, {**base, "result": result or {}})
+        runner.emit(STEP_SUCCEEDED, {**base, "recovered": True, "result": result or {}})
     else:
-        runner.emit(STEP_FAILED, {**base, "error": "interrupted before it took effect; redoing it"})
+        runner.emit(STEP_FAILED, {**base, "recovered": True,
+                                  "error": "interrupted before it took effect; redoing it"})
 
 
-def _checkpoint(settings: Settings, lg: Ledger, run: Run) -> Path | None:
+def _checkpoint(settings: Settings, lg: Ledger, run: Run, only_if_missing: bool = False
+                ) -> Path | None:
     """A signed checkpoint at every terminal state, saved beside the ledger for the officer."""
     if run.state not in TERMINAL:
         return None
-    d = settings.checkpoint_dir()
-    d.mkdir(parents=True, exist_ok=True)
+    path = settings.checkpoint_dir() / f"{run.run_id}.checkpoint"
+    if only_if_missing and path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     from .command import write_atomic
 
-    path = d / f"{run.run_id}.checkpoint"
     write_atomic(path, lg.checkpoint())
     return path
 

@@ -30,27 +30,34 @@ def _failpoints() -> list[tuple[str, str]]:
     return [(f["name"], f["path"]) for f in json.loads(out.stdout)]
 
 
-# Transitions in the "revert" scenario: begin, preflight_passed, backed_up, tagged, fail,
-# rollback_done. The 5th and 6th happen on the rollback path.
-ROLLBACK_TRANSITION_HIT = 6
+# Transitions (state changes) in each scenario, in order.
+FORWARD_TRANSITIONS = 7  # begin, preflight_passed, backed_up, tagged, migrated, deployed, verified
+REVERT_TRANSITIONS = 6  # begin, preflight_passed, backed_up, tagged, fail, rollback_done
 
 
 def _cases() -> list[Any]:
     cases = []
     for name, path in _failpoints():
         kind = name.split(".")[0]
+        if kind == "transition":
+            # every state change of both scenarios, on the forward and the rollback path
+            for n in range(1, FORWARD_TRANSITIONS + 1):
+                cases.append(pytest.param(f"{name}:{n}", "forward", "completed",
+                                          id=f"{name}:{n}-forward"))
+            for n in range(1, REVERT_TRANSITIONS + 1):
+                cases.append(pytest.param(f"{name}:{n}", "revert", "rolled_back",
+                                          id=f"{name}:{n}-revert"))
+            continue
         if path in ("forward", "both"):
             # crash on the way forward; one upgrade that completes, one that then fails (its
             # third migration), which never reaches the health checks
             cases.append(pytest.param(name, "forward", "completed", id=f"{name}-forward"))
             if kind != "health":
-                cases.append(
-                    pytest.param(name, "revert", "rolled_back", id=f"{name}-then-rollback")
-                )
+                cases.append(pytest.param(name, "revert", "rolled_back",
+                                          id=f"{name}-then-rollback"))
         if path in ("rollback", "both"):
             scenario = "restore" if kind == "restore" else "revert"
-            fp = f"{name}:{ROLLBACK_TRANSITION_HIT}" if kind == "transition" else name
-            cases.append(pytest.param(fp, scenario, "rolled_back", id=f"{name}-rollback"))
+            cases.append(pytest.param(name, scenario, "rolled_back", id=f"{name}-rollback"))
     return cases
 
 
