@@ -267,9 +267,11 @@ def _process_label(run_id: str | None) -> str:
 
 # -- the migrator ----------------------------------------------------------------------------
 class Migrator:
-    """Migrations of one directory on one target database. Every method opens and closes its
-    own connections; the PostgreSQL advisory lock (or the SQLite lock file) is held by
-    :meth:`lock`, which the writing methods take themselves (reentrant per instance)."""
+    """Migrations of one directory on one target database. The PostgreSQL advisory lock (or
+    the SQLite lock file) is held by :meth:`lock`, which the writing methods take themselves
+    (reentrant per instance). Outside a lock every method opens and closes its own
+    connections; inside one, reads share one connection for the lock's whole duration (an
+    upgrade run holds the lock throughout and reads the changelog at every step)."""
 
     def __init__(self, target: Target, migrations_dir: Path, *, clock: Clock = utc_now) -> None:
         self.target = target
@@ -278,6 +280,7 @@ class Migrator:
         self._lock = _LockState()
         self._run_label = _process_label(None)
         self._schema: str | None = None  # PostgreSQL schema holding the changelog
+        self._session: Any = None  # the shared read connection while the lock is held
 
     @property
     def is_postgres(self) -> bool:
@@ -290,6 +293,9 @@ class Migrator:
     # -- connections ---------------------------------------------------------------------
     @contextlib.contextmanager
     def _connect(self, *, autocommit: bool) -> Iterator[Any]:
+        if autocommit and self._lock.depth:
+            yield self._shared()
+            return
         conn = self.target.connect(autocommit=autocommit)
         try:
             if self.is_postgres:
@@ -306,6 +312,31 @@ class Migrator:
                 if not self.is_postgres and conn.in_transaction:
                     conn.execute("ROLLBACK")
             conn.close()
+
+    def _shared(self) -> Any:
+        conn = self._session
+        if conn is not None and (getattr(conn, "broken", False) or getattr(conn, "closed", False)):
+            self.forget_connections()
+            conn = None
+        if conn is None:
+            conn = self.target.connect(autocommit=True)
+            if self.is_postgres:
+                try:
+                    conn.execute("SELECT set_config('application_name', %s, false)",
+                                 [self._run_label])
+                except psycopg.Error as e:
+                    conn.close()
+                    raise TargetError(f"target {self.target.display}: {first_line(e)}") from e
+            self._session = conn
+        return conn
+
+    def forget_connections(self) -> None:
+        """Drop the shared read connection (after the server restarted, e.g. a pgBackRest
+        restore); the next read opens a new one."""
+        conn, self._session = self._session, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _db_error(self, e: Exception) -> TargetError:
         return TargetError(f"target {self.target.display}: {first_line(e)}")
@@ -507,6 +538,7 @@ class Migrator:
             yield
         finally:
             self._lock = _LockState()
+            self.forget_connections()
             release()
 
     def _pg_lock(self) -> Callable[[], None]:

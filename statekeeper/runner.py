@@ -213,7 +213,13 @@ class Runner:
         if step.kind == "restore":
             if env.backups is None:
                 raise BackupError("no backup manager configured: cannot restore")
-            env.backups.restore(step.args["backup_id"], hook=mid, check=False)
+            # A restore may replace the database file or restart the server under any open
+            # connection: the migrator's shared one must not outlive it.
+            env.migrator.forget_connections()
+            try:
+                env.backups.restore(step.args["backup_id"], hook=mid, check=False)
+            finally:
+                env.migrator.forget_connections()
             return {"backup_id": step.args["backup_id"]}
         if step.kind == "compare":
             return self._compare(step.args.get("scope", "full"))
