@@ -104,6 +104,7 @@ def _values(p: str, width: int, rows: int = 1) -> str:
     one = "(" + ", ".join([p] * width) + ")"
     return ", ".join([one] * rows)
 
+
 # A builder receives (head_seq, head_hash, stream_seq, stream_hash) and returns the rows
 # to insert: events and the seal. It runs inside the locked transaction.
 Builder = Callable[
@@ -149,10 +150,10 @@ class Recorder:
 
     @contextlib.contextmanager
     def _driver(self) -> Iterator[Any]:
-        """A pooled connection at the driver level, for the two hot paths (append, iterate):
-        SQLAlchemy's per-statement machinery costs more there than the database does.
-        Returned to the pool afterwards (which rolls back anything left open); discarded
-        if the driver says it is broken."""
+        """A pooled connection at the driver level, for the hot paths (iterating, appending
+        from a second thread): SQLAlchemy's per-statement machinery costs more there than the
+        database does. Returned to the pool afterwards (which rolls back anything left open);
+        discarded if the driver says it is broken."""
         raw = self.engine.raw_connection()
         try:
             yield raw.driver_connection
@@ -211,7 +212,7 @@ class Recorder:
         Under the lock, one statement reads the chain head, the stream head and the active
         key; ``build`` hashes and seals; the rows are inserted and committed.
         """
-        # What translate() and _writer() do, spelled out: this runs once per append.
+        # translate() spelled out (this runs once per append), around the kept connection.
         lock = self._writer_lock
         if not lock.acquire(blocking=False):  # another thread is appending: a pooled one
             with self.translate(), self._driver() as conn:
