@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 
@@ -127,12 +127,64 @@ def envelope(
 ) -> str:
     """Canonical JSON of the hashed fields (keys in sorted order, built by concatenation)."""
     enc = encode_basestring
+    return _envelope(
+        actor, closes, payload, enc(prev_hash), enc(recorded_at), seq, enc(stream),
+        enc(stream_prev_hash), stream_seq, enc(type_),
+    )
+
+
+def _envelope(
+    actor: str, closes: bool, payload: str, q_prev_hash: str, q_recorded_at: str, seq: int,
+    q_stream: str, q_stream_prev_hash: str, stream_seq: int, q_type: str,
+) -> str:
+    """The one place the envelope's layout is written. ``q_*``: values already JSON-encoded
+    (the hot loops encode a stream or a timestamp once for many events)."""
     return (
         f'{{"actor":{actor},"closes":{"true" if closes else "false"},"payload":{payload}'
-        f',"prev_hash":{enc(prev_hash)},"recorded_at":{enc(recorded_at)},"seq":{seq}'
-        f',"stream":{enc(stream)},"stream_prev_hash":{enc(stream_prev_hash)}'
-        f',"stream_seq":{stream_seq},"type":{enc(type_)}}}'
+        f',"prev_hash":{q_prev_hash},"recorded_at":{q_recorded_at},"seq":{seq}'
+        f',"stream":{q_stream},"stream_prev_hash":{q_stream_prev_hash}'
+        f',"stream_seq":{stream_seq},"type":{q_type}}}'
     )
+
+
+def chain_run(
+    seq: int,
+    stream: str,
+    stream_seq: int,
+    recorded_at: str,
+    actor: str,
+    items: Sequence[tuple[str, str]],
+    prev_hash: str,
+    stream_prev_hash: str,
+) -> list[StoredEvent]:
+    """The events of one append to ``stream``: (type, canonical payload) ``items`` after
+    ``seq`` and ``stream_seq``, each linked to the one before; the last one closes the append.
+    Each hash is ``event_hash`` of the event (the envelope built once per event, with stream,
+    timestamp and actor encoded once per run)."""
+    enc = encode_basestring
+    q_stream, q_at = enc(stream), enc(recorded_at)
+    q_types: dict[str, str] = {}
+    make = stored_event
+    out: list[StoredEvent] = []
+    last = len(items) - 1
+    prev, sprev = prev_hash, stream_prev_hash
+    for i, (type_, payload) in enumerate(items):
+        q_type = q_types.get(type_)
+        if q_type is None:
+            q_type = q_types[type_] = enc(type_)
+        seq += 1
+        stream_seq += 1
+        closes = i == last
+        text = _envelope(
+            actor, closes, payload, enc(prev), q_at, seq, q_stream, enc(sprev), stream_seq,
+            q_type,
+        )
+        h = _sha256(text.encode("utf-8")).hexdigest()
+        out.append(make(
+            seq, stream, stream_seq, type_, recorded_at, actor, payload, closes, prev, sprev, h
+        ))
+        prev = sprev = h
+    return out
 
 
 def event_hash(
@@ -307,11 +359,9 @@ class ChainVerifier:
             self._q_type = encode_basestring(type_)
             self._q_type_of = type_
         stream_seq = ev.stream_seq
-        text = (
-            f'{{"actor":{ev.actor},"closes":{"true" if ev.closes else "false"}'
-            f',"payload":{ev.payload},"prev_hash":"{prev_hash}","recorded_at":"{recorded_at}"'
-            f',"seq":{seq},"stream":{self._q_stream},"stream_prev_hash":"{sprev_hash}"'
-            f',"stream_seq":{stream_seq},"type":{self._q_type}}}'
+        text = _envelope(
+            ev.actor, ev.closes, ev.payload, '"' + prev_hash + '"', '"' + recorded_at + '"', seq,
+            self._q_stream, '"' + sprev_hash + '"', stream_seq, self._q_type,
         )
         hash_ = ev.hash
         if _sha256(text.encode("utf-8")).hexdigest() != hash_:

@@ -25,6 +25,7 @@ from .chain import (
     KeyRecord,
     Seal,
     StoredEvent,
+    chain_run,
     check_extends,
     event_hash,
     seal_message,
@@ -221,14 +222,7 @@ class Ledger:
                     f"key {key_id[:16]}... is not this ledger's active signing key "
                     f"({(active or '?')[:16]}...)"
                 )
-            seq, prev = head_seq, head_hash
-            for i, (type_, ptext) in enumerate(payloads):
-                seq += 1
-                spos += 1
-                ev = _make(seq, stream, spos, type_, now, actor, ptext, i == len(payloads) - 1,
-                           prev, shash)
-                rows.append(ev)
-                prev = shash = ev.hash
+            rows.extend(chain_run(head_seq, stream, spos, now, actor, payloads, head_hash, shash))
             if payloads:
                 out_seals.append(_seal(signer, key_id, rows[-1]))
             if new_key is not None:

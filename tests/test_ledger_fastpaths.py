@@ -17,6 +17,7 @@ from ledger.chain import (
     KeyRecord,
     Seal,
     StoredEvent,
+    chain_run,
     envelope,
     event_hash,
     seal_message,
@@ -42,6 +43,20 @@ def test_stored_event_maker_builds_the_same_frozen_object() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.seq = 8  # type: ignore[misc]
     assert dataclasses.replace(fast, seq=8).seq == 8
+
+
+@pytest.mark.parametrize("stream", AWKWARD)
+def test_chain_run_builds_what_event_hash_defines(stream: str) -> None:
+    items = [(t, canonical.dumps({"t": t, "n": i})) for i, t in enumerate(AWKWARD * 2)]
+    at, actor = "2024-02-29T23:59:59.123456Z", canonical.dumps({"user": "é \U0001f600"})
+    run = chain_run(41, stream, 6, at, actor, items, "ab" * 32, "cd" * 32)
+    prev, sprev = "ab" * 32, "cd" * 32
+    for i, (ev, (type_, payload)) in enumerate(zip(run, items, strict=True)):
+        closes = i == len(items) - 1
+        h = event_hash(42 + i, stream, 7 + i, type_, at, actor, payload, closes, prev, sprev)
+        assert ev == StoredEvent(42 + i, stream, 7 + i, type_, at, actor, payload, closes,
+                                 prev, sprev, h)
+        prev = sprev = h
 
 
 def _chain(
