@@ -605,7 +605,7 @@ def report(res: Results, cfg: Config, backends: list[str]) -> list[tuple[str, bo
     rows.append(("pgbench, 1 INSERT/transaction (server limit)", "",
                  fmt_rate(g("pgbench", "pgbench", pg), " tps"), "", ""))
     r = cfg.rss_events
-    m = f"{r / 1e6:g}M" if r >= 1_000_000 else f"{r // 1000}k"
+    m = f"{r / 1e6:g}M" if r >= 1_000_000 else f"{r // 1000}k" if r >= 1000 else str(r)
     if g("rss_verify", "statekeeper", sq) is not None:
         add(f"statekeeper build {m} events, 1000/commit", "append1000", "statekeeper")
         add(f"peak RSS, `ledger verify` of {m} events", "rss_verify", "statekeeper", unit=" MB")
