@@ -536,7 +536,12 @@ class _PgLiterals:
         self._memo: dict[str, bytes] = {}
 
     def value(self, s: str) -> bytes:
-        raw = s.encode(self._codec)
+        try:
+            raw = s.encode(self._codec)
+        except UnicodeEncodeError as e:
+            from psycopg import DataError
+
+            raise DataError(f"text not representable in client encoding {self._codec}") from e
         if b"\x00" in raw:  # PQescapeLiteral would stop there, cutting the value short
             from psycopg import DataError
 
