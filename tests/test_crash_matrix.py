@@ -160,7 +160,7 @@ def test_sigkill_at_random_instants_during_slow_migration(tmp_path: Path, pg_clu
         url = pg_cluster.url(pg_cluster.createdb("sigkill"))
         seed("postgresql", url)
         migs = dict(SCENARIOS["forward"])
-        migs["002_orders.sql"] = "SELECT pg_sleep(1.5);\n" + migs["002_orders.sql"]
+        migs["002_orders.sql"] = "SELECT pg_sleep(2.0);\n" + migs["002_orders.sql"]
         proj = make_project(tmp_path / f"p{i}", "postgresql", url, migs, backup=(i % 2 == 0))
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop("STATEKEEPER_FAILPOINT", None)
@@ -178,13 +178,13 @@ def test_sigkill_at_random_instants_during_slow_migration(tmp_path: Path, pg_clu
             if (
                 pg_cluster.psql(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                    f"'{db}' AND query LIKE 'SELECT pg_sleep(1.5)%'"
+                    f"'{db}' AND query LIKE 'SELECT pg_sleep(2.0)%'"
                 )
                 != "0"
             ):
                 break
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 1.6))
+        time.sleep(rng.uniform(0.0, 1.4))  # well inside the 2 s sleep
         p.send_signal(signal.SIGKILL)
         p.wait()
         from statekeeper import command
