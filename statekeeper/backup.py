@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -42,6 +40,7 @@ from .errors import (
     ConfigError,
     StatekeeperError,
 )
+from .files import write_atomic
 from .fingerprint import Fingerprint, diff, fingerprint
 from .targets import Target
 
@@ -232,27 +231,6 @@ def sha256_file(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, text: str) -> None:
-    """temp file in the same directory + fsync + rename + fsync of the directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
 
 
 class BackupManager:
@@ -401,7 +379,7 @@ class BackupManager:
                 directory=workdir,
                 **created.extra,
             )
-            write_json_atomic(workdir / MANIFEST_NAME, m.to_json())
+            write_atomic(workdir / MANIFEST_NAME, m.to_json())
         except BaseException as e:
             shutil.rmtree(workdir, ignore_errors=True)
             if isinstance(e, OSError) and not isinstance(e, BackupError):

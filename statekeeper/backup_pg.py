@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from .backup import Created, Hook, Manifest, disk_free, fsync_path
+from .backup import Created, Hook, Manifest, disk_free
 from .errors import BackupError, ConfigError, TargetError
+from .files import fsync_path
 from .fingerprint import pg_fingerprint
 from .targets import Target, first_line
 

@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .backup import Created, Hook, Manifest, disk_free, fsync_path
+from .backup import Created, Hook, Manifest, disk_free
 from .backup_pg import _identity, database_size, stderr_line
 from .errors import EXIT_ATTENTION, BackupCorrupt, BackupError, ConfigError, TargetError
+from .files import fsync_path
 from .fingerprint import pg_fingerprint, quote_ident
 from .targets import Target, first_line
 

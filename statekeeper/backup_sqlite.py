@@ -9,8 +9,9 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from .backup import Created, Hook, Manifest, disk_free, fsync_path
+from .backup import Created, Hook, Manifest, disk_free
 from .errors import BackupError, ConfigError
+from .files import fsync_path
 from .fingerprint import sqlite_fingerprint
 from .targets import Target
 

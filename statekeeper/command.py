@@ -3,13 +3,11 @@ or raise :mod:`statekeeper.errors` / :mod:`ledger.errors`, and never print or ex
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, clock
+from . import __version__, clock, files
 from .config import Config, load_config
 from .errors import ConfigError
 
@@ -107,21 +105,9 @@ def write_atomic(path: Path, text: str) -> None:
     if not path.parent.is_dir():
         raise ConfigError(f"{path}: directory {path.parent} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        files.write_atomic(path, text)
     except OSError as e:
         raise ConfigError(f"{path}: cannot write: {e.strerror}") from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise ConfigError(f"{path}: cannot write: {e.strerror}") from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -199,24 +185,13 @@ def ledger_export(settings: Settings, out: Path, stream: str | None = None) -> l
     if not out.parent.is_dir():
         raise ConfigError(f"{out}: directory {out.parent} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    except OSError as e:
-        raise ConfigError(f"{out}: cannot write: {e.strerror}") from e
-    try:
         with (
             settings.open_ledger(signing=True, create=False) as lg,
-            os.fdopen(fd, "w", encoding="utf-8") as f,
+            files.atomic_file(out) as f,
         ):
             result = ledger.export(lg, f, stream=stream)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise ConfigError(f"{out}: cannot write: {e.strerror}") from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return result
 
 

@@ -66,29 +66,28 @@ def target_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def _seeded(tmp_path: Path, backend: str, name: str, request: pytest.FixtureRequest) -> str:
+    """A seeded target database (SQLite file or fresh PostgreSQL database); its URL."""
+    if backend == "sqlite":
+        (tmp_path / f"{name}.db").touch()
+        url = f"sqlite:///{tmp_path / name}.db"
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        url = cluster.url(cluster.createdb(name))
+    seed(backend, url)
+    return url
+
+
 def _project(
     tmp_path: Path, backend: str, scenario: str, request: pytest.FixtureRequest
 ) -> Project:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'app.db'}"
-        (tmp_path / "app.db").touch()
-    else:
-        cluster = request.getfixturevalue("pg_cluster")
-        url = cluster.url(cluster.createdb("crash"))
-    seed(backend, url)
+    url = _seeded(tmp_path, backend, "app", request)
     return make_project(tmp_path / "proj", backend, url, SCENARIOS[scenario])
 
 
 def _reference(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Any:
     """The fingerprint of the same database migrated once, without statekeeper."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ref.db'}"
-        (tmp_path / "ref.db").touch()
-    else:
-        cluster = request.getfixturevalue("pg_cluster")
-        url = cluster.url(cluster.createdb("ref"))
-    seed(backend, url)
-    ref = Project(tmp_path, url, backend)
+    ref = Project(tmp_path, _seeded(tmp_path, backend, "ref", request), backend)
     ref.apply_sql_directly(SCENARIOS["forward"])
     return ref.fingerprint()
 
