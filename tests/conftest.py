@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +10,6 @@ import pytest
 from tests.pgcluster import PG_BIN, PgCluster
 
 HAVE_PG = (PG_BIN / "initdb").exists()
-needs_pg = pytest.mark.skipif(
-    not HAVE_PG and not os.environ.get("CI"), reason="PostgreSQL server binaries not installed"
-)
 
 
 @pytest.fixture(scope="session")
