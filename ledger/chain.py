@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 
-from .canonical import loads
-from .errors import IntegrityViolation
+from .canonical import is_canonical, loads
+from .errors import IntegrityViolation, LedgerError
 from .keys import PublicKey, key_id_of
 
 ZERO_HASH = "0" * 64
@@ -257,6 +257,7 @@ class ChainVerifier:
         self._last_hash = ZERO_HASH
         self._fed = False
         self._last_ts: str | None = None  # the last recorded_at that passed the format check
+        self._last_actor: str | None = None  # the last actor text that passed its check
         self._q_stream_of: str | None = None  # the last stream and type, and their JSON form
         self._q_stream = ""
         self._q_type_of: str | None = None
@@ -348,6 +349,15 @@ class ChainVerifier:
         ):
             raise IntegrityViolation(seq, MALFORMED, "hash or timestamp field is malformed")
         self._last_ts = recorded_at
+        # Actor and payload are spliced into the envelope as stored. The actor must be exactly
+        # one canonical JSON object, or text could be moved between actor, closes and payload
+        # without changing the hashed text; with it fixed, every later boundary is fixed by
+        # fields of checked format. Actor text repeats, so the check runs once per change.
+        actor = ev.actor
+        if actor != self._last_actor:
+            if not (actor.startswith("{") and is_canonical(actor)):
+                raise IntegrityViolation(seq, MALFORMED, "actor is not one canonical JSON object")
+            self._last_actor = actor
         # The envelope of ``envelope()``, built from fields whose JSON form is known: the two
         # hashes and the timestamp just passed their format checks (nothing in them needs
         # escaping), stream and type are encoded once per run of equal values.
@@ -409,6 +419,14 @@ class ChainVerifier:
         self.count += 1
 
     def _key_events(self, ev: StoredEvent) -> None:
+        try:
+            self._key_event(ev)
+        except (KeyError, TypeError, ValueError, AttributeError, LedgerError) as e:
+            if isinstance(e, IntegrityViolation):
+                raise
+            raise IntegrityViolation(ev.seq, MALFORMED, f"key event is malformed: {e}") from e
+
+    def _key_event(self, ev: StoredEvent) -> None:
         # Only called for seq 1 and events of the types below (see feed).
         if ev.seq == 1:
             if ev.type != GENESIS_TYPE:

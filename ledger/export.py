@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +109,7 @@ def verify_export(
     if first is None:
         raise ConfigurationError(f"{path}: empty file, not a ledger export")
     try:
-        header = json.loads(first[1])
+        header = canonical.loads(first[1])
         if header.get("format") != FORMAT:
             raise ValueError
     except (ValueError, AttributeError, RecursionError) as e:
@@ -120,14 +119,25 @@ def verify_export(
     stream = header.get("stream")
     try:
         listed = [KeyRecord(k["key_id"], k["public_key"]) for k in header["keys"]]
+        if not all(isinstance(k.key_id, str) and isinstance(k.public_key, str) for k in listed):
+            raise TypeError("key ids and public keys must be strings")
     except (KeyError, TypeError) as e:
-        raise ConfigurationError(f"{path}: header's key list is malformed") from e
+        raise IntegrityViolation(
+            None, "malformed event", f"{path}: header's key list is malformed: {e}"
+        ) from e
+    ids = [k.key_id for k in listed]
+    if len(set(ids)) != len(ids):
+        dup = next(k for k in ids if ids.count(k) > 1)
+        raise IntegrityViolation(
+            None, "key mismatch", f"{path}: header lists key {dup[:16]}... twice"
+        )
     v = ChainVerifier(
         listed, mode="stream" if stream else "ledger", stream=stream,
         trusted={k.key_id for k in trusted} or None,
         watch=against.seq if against and stream is None else None,
     )
     closing: str | None = None
+    respelled: IntegrityViolation | None = None
     last_line = 1
     for n, line in lines:
         last_line = n
@@ -146,6 +156,13 @@ def verify_export(
             continue
         ev, seal = _parse_event(obj, path, n)
         v.feed(ev, seal)
+        # The values verified; the text must be theirs too, exactly as exported: no other
+        # spelling of the same JSON, and no "false" read as a boolean or "3" as a number.
+        # Reported after the chain's own checks, which name the sharper reason when both fail.
+        if respelled is None and _event_line(ev, seal) != line:
+            respelled = IntegrityViolation(
+                ev.seq, "malformed event", f"{path}:{n}: not the canonical text of its event"
+            )
     if closing is None:
         nxt = (v.last.seq + 1) if v.last else 1
         raise IntegrityViolation(
@@ -209,6 +226,8 @@ def verify_export(
         if stream is not None:
             raise ConfigurationError("--against needs a full-ledger export, not a stream export")
         check_extends(v, against.seq, against.head_hash)
+    if respelled is not None:
+        raise respelled
     return ExportVerifyResult(v.count, head, ledger_id, stream, cp)
 
 

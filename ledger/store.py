@@ -167,11 +167,19 @@ class Ledger:
             raise LedgerError("nothing to append")
         if not stream or len(stream) > 200:
             raise ConfigurationError("stream name must be 1 to 200 characters")
+        if stream == LEDGER_STREAM:
+            raise ConfigurationError(
+                f"stream {LEDGER_STREAM!r} is reserved for the ledger's own events"
+            )
         payloads = []
         dumps = canonical.dumps
         for it in items:
             if not it.type or len(it.type) > 200:
                 raise ConfigurationError("event type must be 1 to 200 characters")
+            if it.type.startswith("ledger."):
+                raise ConfigurationError(
+                    f"event type {it.type!r}: types starting with 'ledger.' are reserved"
+                )
             payload = it.payload
             if type(payload) is not dict:  # a dict is taken as is, any other mapping copied
                 if not isinstance(payload, Mapping):
@@ -308,10 +316,11 @@ class Ledger:
             check_extends(v, against.seq, against.head_hash)
         return VerifyResult(v.count, head, v.ledger_id, v.keys_seen, against)
 
-    def checkpoint(self) -> str:
-        """Sign the current head; return C2SP checkpoint text (save it outside the ledger)."""
+    def checkpoint(self, head: Head | None = None) -> str:
+        """Sign ``head`` (default: the current head); return C2SP checkpoint text. Pass the
+        head a verification returned, so that nothing appended since is vouched for unseen."""
         signer = self._need_signer()
-        head = self.head()
+        head = head or self.head()
         if head.seq == 0:
             raise ConfigurationError("the ledger is empty: nothing to checkpoint")
         ledger_id = self.ledger_id()

@@ -173,8 +173,8 @@ def ledger_verify(
 
 def ledger_checkpoint(settings: Settings, out: Path) -> str:
     with settings.open_ledger(signing=True, create=False) as lg:
-        lg.verify()  # never sign a head that does not verify
-        text = lg.checkpoint()
+        verified = lg.verify()  # never sign a head that does not verify
+        text = lg.checkpoint(verified.head)
     write_atomic(out, text)
     return text
 

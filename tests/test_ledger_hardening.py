@@ -1,0 +1,103 @@
+"""Tampers and misuses found in review, each pinned down: text moved between actor and
+payload, reserved event types, respelled export lines, duplicate keys, malformed key events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import ledger
+from tests.test_ledger_support import RawDB
+
+
+def test_text_moved_between_actor_and_payload_is_detected(ledger_db: ledger.Ledger,
+                                                          db_url: str) -> None:
+    ledger_db.append("s", ledger.NewEvent("note", {"k": {"a": 1, "closes": False,
+                                                         "payload": {"z": 1}}}))
+    ledger_db.append("s", ledger.NewEvent("note", {}))
+    with RawDB(db_url) as db:
+        db.disable_triggers()
+        actor = db.scalar("SELECT actor FROM ledger_events WHERE seq = 2")
+        # The same hashed text, split differently: actor swallows closes and part of payload.
+        db.execute("UPDATE ledger_events SET actor = ?, payload = ?, closes = ? WHERE seq = 2",
+                   (actor + ',"closes":true,"payload":{"k":{"a":1', '{"z":1}}}', False))
+        db.execute("DELETE FROM ledger_seals WHERE seq = 2")
+    with pytest.raises(ledger.IntegrityViolation) as e:
+        ledger_db.verify()
+    assert (e.value.seq, e.value.reason) == (2, "malformed event")
+
+
+@pytest.mark.parametrize(("stream", "type_", "message"), [
+    ("ledger", "note", "stream 'ledger' is reserved for the ledger's own events"),
+    ("s", "ledger.key_rotated", "event type 'ledger.key_rotated': types starting with "
+                                "'ledger.' are reserved"),
+    ("s", "ledger.genesis", "event type 'ledger.genesis': types starting with 'ledger.' are "
+                            "reserved"),
+])
+def test_reserved_streams_and_types_are_refused(ledger_db: ledger.Ledger, stream: str,
+                                                type_: str, message: str) -> None:
+    ledger_db.append("s", ledger.NewEvent("note", {}))
+    with pytest.raises(ledger.ConfigurationError) as e:
+        ledger_db.append(stream, ledger.NewEvent(type_, {"a": 1}))
+    assert str(e.value) == message
+    assert ledger_db.verify().events == 2  # nothing was written; the ledger still verifies
+
+
+def _export(lg: ledger.Ledger, path: Path) -> list[str]:
+    with path.open("w") as f:
+        ledger.export(lg, f)
+    return path.read_text().splitlines()
+
+
+@pytest.mark.parametrize("respell", ["closes-as-string", "seq-as-string", "spaces", "escape"])
+def test_a_respelled_export_line_is_detected(ledger_db: ledger.Ledger, tmp_path: Path,
+                                             respell: str) -> None:
+    ledger_db.append("s", [ledger.NewEvent("note", {"name": "é"}), ledger.NewEvent("b", {})])
+    path = tmp_path / "e.jsonl"
+    lines = _export(ledger_db, path)
+    line = lines[2]  # seq 2: closes false, payload {"name":"é"}
+    if respell == "closes-as-string":
+        line = line.replace('"closes":false', '"closes":"false"')
+    elif respell == "seq-as-string":
+        line = line.replace('"seq":2', '"seq":"2"')
+    elif respell == "spaces":
+        line = json.dumps(json.loads(line))
+    else:
+        line = line.replace('"é"', '"\\u00e9"')
+    assert line != lines[2]
+    lines[2] = line
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ledger.IntegrityViolation) as e:
+        ledger.verify_export(path)
+    assert e.value.seq == 2
+
+
+def test_a_key_listed_twice_in_an_export_header_is_refused(ledger_db: ledger.Ledger,
+                                                           tmp_path: Path) -> None:
+    ledger_db.append("s", ledger.NewEvent("note", {}))
+    path = tmp_path / "e.jsonl"
+    lines = _export(ledger_db, path)
+    header = json.loads(lines[0])
+    real = header["keys"][0]
+    header["keys"] = [{"key_id": real["key_id"], "public_key": "A" * 43 + "="}, real]
+    lines[0] = json.dumps(header, sort_keys=True, separators=(",", ":"))
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ledger.IntegrityViolation) as e:
+        ledger.verify_export(path)
+    assert e.value.reason == "key mismatch" and "twice" in str(e.value)
+
+
+def test_a_malformed_genesis_is_an_integrity_violation(tmp_path: Path,
+                                                       signer: ledger.Signer) -> None:
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    lg = ledger.Ledger(url, signer=signer)
+    lg.append("s", ledger.NewEvent("note", {}))
+    with RawDB(url) as db:
+        db.disable_triggers()
+        db.execute("UPDATE ledger_events SET payload = ? WHERE seq = 1", ('{"ledger_id":"x"}',))
+    with pytest.raises(ledger.IntegrityViolation) as e:
+        lg.verify()
+    assert e.value.seq == 1
+    lg.close()
