@@ -121,6 +121,7 @@ class Recorder:
         self.url = url
         self.display_url = redact(url)
         self.engine = self._create_engine()
+        _no_pool_sharing_across_fork(self.engine)
         dbapi = self.engine.dialect.loaded_dbapi
         self._driver_error: type[Exception] = dbapi.Error
         self._integrity_error: type[Exception] = dbapi.IntegrityError
@@ -845,3 +846,17 @@ def recorder_for(url: URL) -> Recorder:
     return cls(url)
 
 
+def _no_pool_sharing_across_fork(engine: Engine) -> None:
+    """A forked child must never use a pooled connection its parent opened (two processes on
+    one socket or one SQLite handle): such a connection is discarded at checkout, as
+    SQLAlchemy's pooling guide recommends for multiprocessing."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, record: Any) -> None:
+        record.info["pid"] = os.getpid()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        if record.info.get("pid") != os.getpid():
+            record.dbapi_connection = proxy.dbapi_connection = None
+            raise sa_exc.DisconnectionError("connection opened by another process")
