@@ -559,6 +559,13 @@ class _PgLiterals:
 
 
 
+# READ COMMITTED whatever the server's default: each statement after the lock must see the
+# head as the previous holder of the lock left it (REPEATABLE READ would snapshot before it).
+_PG_BEGIN_LOCKED = b"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(%d)" % (
+    PG_HEAD_LOCK
+)
+
+
 class PostgresRecorder(Recorder):
     """Production backend. Appenders on any host serialise on a transaction advisory lock."""
 
@@ -643,7 +650,7 @@ class PostgresRecorder(Recorder):
         cur = conn.cursor()
         s = lit.text(stream)
         cur.execute(
-            b"BEGIN; SELECT pg_advisory_xact_lock(%d); " % PG_HEAD_LOCK
+            _PG_BEGIN_LOCKED + b"; "
             + (b"EXECUTE ledger_head(%s)" % s if prepared else _PG_HEAD.replace(b"{p}", s))
         )
         while cur.nextset():  # BEGIN, the lock, then the head row
@@ -741,7 +748,7 @@ class PostgresRecorder(Recorder):
         seal_rows = Recorder._seal_rows(new_seals)
         parts: list[bytes] = []
         if predicted is not None:
-            parts.append(b"BEGIN; SELECT pg_advisory_xact_lock(%d)" % PG_HEAD_LOCK)
+            parts.append(_PG_BEGIN_LOCKED)
             head_seq, head_hash, spos = predicted[0], predicted[1], predicted[2] or 0
         if prepared and len(rows) == 1 and len(seal_rows) == 1 and not new_keys:
             r = last

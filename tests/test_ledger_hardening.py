@@ -101,3 +101,34 @@ def test_a_malformed_genesis_is_an_integrity_violation(tmp_path: Path,
         lg.verify()
     assert e.value.seq == 1
     lg.close()
+
+
+def test_appends_under_a_repeatable_read_server_default(pg_cluster, signer) -> None:  # type: ignore[no-untyped-def]
+    """The append path must not depend on the server's default isolation level: writers that
+    wait for the head lock must see the head as the previous holder left it."""
+    import threading
+
+    db = pg_cluster.createdb("rr")
+    pg_cluster.psql(f"ALTER DATABASE {db} SET default_transaction_isolation = 'repeatable read'")
+    url = pg_cluster.url(db)
+    ledger.Ledger(url, signer=signer).initialize()
+    errors: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        lg = ledger.Ledger(url, signer=signer)
+        try:
+            for i in range(60):
+                lg.append(name, ledger.NewEvent("n", {"i": i}))
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            lg.close()
+
+    threads = [threading.Thread(target=writer, args=(f"w{k}",)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with ledger.Ledger(url) as lg:
+        assert lg.verify().events == 1 + 3 * 60
