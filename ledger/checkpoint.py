@@ -91,7 +91,7 @@ def parse_checkpoint(text: str, source: str = "checkpoint") -> Checkpoint:
     origin, size, root = lines[0], lines[1], lines[2]
     if not origin.startswith(ORIGIN_PREFIX):
         raise bad(f"{source}: origin {origin!r} is not a statekeeper ledger")
-    if not size.isdigit():
+    if not (size.isascii() and size.isdigit()):
         raise bad(f"{source}: tree size {size!r} is not a number")
     try:
         raw_root = base64.b64decode(root, validate=True)

@@ -256,6 +256,11 @@ class Ledger:
         if new.key_id == old.key_id:
             raise ConfigurationError("the new key is already the signing key")
         self.initialize()
+        if any(k.key_id == new.key_id for k in self.keys()):
+            raise ConfigurationError(
+                f"key {new.key_id[:16]}... was used by this ledger before; a retired key is "
+                "never brought back: generate a new one"
+            )
         payload = canonical.dumps({
             "key_id": new.key_id, "public_key": new.public.b64, "previous_key_id": old.key_id,
         })

@@ -132,3 +132,21 @@ def test_appends_under_a_repeatable_read_server_default(pg_cluster, signer) -> N
     assert errors == []
     with ledger.Ledger(url) as lg:
         assert lg.verify().events == 1 + 3 * 60
+
+
+def test_a_retired_key_is_never_brought_back(ledger_db: ledger.Ledger, tmp_path: Path,
+                                             signer: ledger.Signer) -> None:
+    ledger_db.append("s", ledger.NewEvent("note", {}))
+    new = ledger.generate_key_file(tmp_path / "new.pem")
+    ledger_db.rotate_key(new)
+    with pytest.raises(ledger.ConfigurationError) as e:
+        ledger_db.rotate_key(signer)
+    assert str(e.value).endswith("was used by this ledger before; a retired key is never "
+                                 "brought back: generate a new one")
+    assert ledger_db.verify().events == 3
+
+
+def test_a_checkpoint_size_must_be_ascii_digits() -> None:
+    text = "statekeeper/abc\n\u00b2\n" + "A" * 43 + "=\n\n\u2014 statekeeper:x AAAA\n"
+    with pytest.raises(ledger.ConfigurationError, match="is not a number"):
+        ledger.parse_checkpoint(text, "cp")
