@@ -202,3 +202,48 @@ def test_illegal_history_is_detected(bad: str) -> None:
 def test_run_must_start_with_created() -> None:
     with pytest.raises(HistoryError):
         replay([RunEvent(1, "state.changed", {"trigger": "begin"}, "x")])
+
+
+def test_a_failed_preflight_aborts_and_a_failed_step_is_never_retried() -> None:
+    s = Script()
+    s.go("begin")
+    s.step("preflight", "preflight", ok=False)
+    a = next_action(s.run)  # type: ignore[arg-type]
+    assert a == Transition("abort", "preflight failed: boom")
+    s2 = Script()
+    _to_migrating(s2)
+    s2.step("migrate:001_a", "migrate", ok=False, migration="001_a", checksum="c1")
+    a = next_action(s2.run)  # type: ignore[arg-type]
+    assert a == Transition("fail", "migrate:001_a failed: boom")
+
+
+def test_irreversible_without_backup_ends_failed() -> None:
+    plan = dict(PLAN, migrations=[{"id": "001_a", "checksum": "c1", "reversible": False}],
+                backup={"enabled": False, "method": None})
+    s = Script(plan)
+    for _ in range(5):  # begin, preflight, passed, backed_up (nothing to back up), tag
+        s.do_next()
+    s.do_next()  # tagged
+    s.step("migrate:001_a", "migrate", migration="001_a", checksum="c1")
+    s.go("fail", "x")
+    a = next_action(s.run)  # type: ignore[arg-type]
+    assert isinstance(a, Transition) and a.trigger == "rollback_failed"
+    assert a.reason == "cannot undo a migration without a down part: no backup was taken"
+
+
+def test_a_restore_that_fails_twice_gives_up_and_retry_starts_over() -> None:
+    plan = dict(PLAN, migrations=[{"id": "001_a", "checksum": "c1", "reversible": False}])
+    s = Script(plan)
+    _to_migrating(s)
+    s.step("migrate:001_a", "migrate", migration="001_a", checksum="c1")
+    s.go("fail", "x")
+    s.step("restore", "restore", ok=False, backup_id="r1")
+    assert next_action(s.run).name == "restore"  # type: ignore[arg-type, union-attr]
+    s.step("restore", "restore", ok=False, backup_id="r1")
+    a = next_action(s.run)  # type: ignore[arg-type]
+    assert a == Transition("rollback_failed", "restore failed: boom")
+    s.go("rollback_failed", a.reason)  # type: ignore[union-attr]
+    s.go("retry_rollback", "operator")
+    assert s.run is not None and s.run.phase_steps() == []
+    a = next_action(s.run)
+    assert isinstance(a, Step) and a.kind == "restore"  # a fresh attempt
