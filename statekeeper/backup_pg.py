@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from .backup import Created, Hook, Manifest, disk_free
 from .errors import BackupError, ConfigError, TargetError
-from .files import fsync_path
+from .files import publish
 from .fingerprint import pg_fingerprint
 from .targets import Target, first_line
 
@@ -170,9 +170,7 @@ class PgDumpMethod:
             raise BackupError(f"pg_dump did not finish within {self.timeout:.0f} s") from e
         finally:
             conn.close()
-        fsync_path(tmp)
-        os.replace(tmp, final)
-        fsync_path(workdir)
+        publish(tmp, final)
         return Created(
             artifact=final, fingerprint=fp, server_version=version,
             host=self.target.url.host or "localhost", port=int(self.target.url.port or 5432),

@@ -33,7 +33,7 @@ from typing import Any
 from .backup import Created, Hook, Manifest, disk_free
 from .backup_pg import _identity, database_size, stderr_line
 from .errors import EXIT_ATTENTION, BackupCorrupt, BackupError, ConfigError, TargetError
-from .files import fsync_path
+from .files import publish
 from .fingerprint import pg_fingerprint, quote_ident
 from .targets import Target, first_line
 
@@ -227,9 +227,7 @@ class PgBackRestMethod:
         artifact = workdir / self.artifact_name
         tmp = workdir / f".{self.artifact_name}.partial"
         tmp.write_bytes(self._manifest_bytes(label))
-        fsync_path(tmp)
-        os.replace(tmp, artifact)
-        fsync_path(workdir)
+        publish(tmp, artifact)
         return Created(
             artifact=artifact, fingerprint=fp, server_version=version,
             host=self.target.url.host or "localhost", port=int(self.target.url.port or 5432),

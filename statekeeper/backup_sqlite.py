@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .backup import Created, Hook, Manifest, disk_free
 from .errors import BackupError, ConfigError
-from .files import fsync_path
+from .files import fsync_path, publish
 from .fingerprint import sqlite_fingerprint
 from .targets import Target
 
@@ -45,9 +45,7 @@ class SqliteMethod:
             src.close()
         for suffix in SIDE_FILES:
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-        fsync_path(tmp)
-        os.replace(tmp, final)
-        fsync_path(workdir)
+        publish(tmp, final)
         return Created(artifact=final, fingerprint=fp, server_version=f"SQLite {version}")
 
     def check(self, manifest: Manifest) -> None:

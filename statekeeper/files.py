@@ -19,6 +19,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def publish(tmp: Path, final: Path) -> None:
+    """Make a complete temporary file durable, then give it its final name, durably."""
+    fsync_path(tmp)
+    os.replace(tmp, final)
+    fsync_path(final.parent)
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[IO[str]]:
     """Write to a temporary file beside ``path``; on success fsync it, rename it over ``path``
