@@ -9,20 +9,25 @@ from .config import Config, load_config
 from .errors import (
     BackupCorrupt,
     BackupError,
+    BackupNotFound,
     ConfigError,
     IntegrityError,
     IrreversibleError,
     LockHeld,
     MigrationError,
     NeedsAttention,
+    RestoreIncomplete,
+    RestoreMismatch,
     StatekeeperError,
     TargetError,
     ValidationError,
+    WrongDatabase,
 )
 
 __all__ = [
     "BackupCorrupt",
     "BackupError",
+    "BackupNotFound",
     "Config",
     "ConfigError",
     "IntegrityError",
@@ -30,9 +35,12 @@ __all__ = [
     "LockHeld",
     "MigrationError",
     "NeedsAttention",
+    "RestoreIncomplete",
+    "RestoreMismatch",
     "StatekeeperError",
     "TargetError",
     "ValidationError",
+    "WrongDatabase",
     "__version__",
     "load_config",
 ]

@@ -33,12 +33,13 @@ from typing import Any, Protocol
 
 from . import __version__
 from .errors import (
-    EXIT_ATTENTION,
-    EXIT_USAGE,
     BackupCorrupt,
     BackupError,
+    BackupNotFound,
     ConfigError,
+    RestoreMismatch,
     StatekeeperError,
+    WrongDatabase,
 )
 from .files import write_atomic
 from .fingerprint import Fingerprint, diff, fingerprint
@@ -48,28 +49,6 @@ METHODS = ("pg_dump", "pgbackrest", "sqlite")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class BackupNotFound(BackupError):
-    """No complete backup with that id (exit 2: a wrong argument)."""
-
-    exit_code = EXIT_USAGE
-
-
-class WrongDatabase(BackupError):
-    """A restore into a database other than the one backed up (exit 2 unless overridden)."""
-
-    exit_code = EXIT_USAGE
-
-
-class RestoreMismatch(BackupError):
-    """The restore ran but the database's fingerprint differs from the backup's (exit 3)."""
-
-    exit_code = EXIT_ATTENTION
-
-    def __init__(self, message: str, lines: list[str]) -> None:
-        super().__init__(message)
-        self.lines = lines
 
 
 def utc_now() -> datetime:

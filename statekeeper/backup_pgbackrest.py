@@ -32,19 +32,19 @@ from typing import Any
 
 from .backup import Created, Hook, Manifest, disk_free
 from .backup_pg import _identity, database_size, stderr_line
-from .errors import EXIT_ATTENTION, BackupCorrupt, BackupError, ConfigError, TargetError
+from .errors import (
+    BackupCorrupt,
+    BackupError,
+    ConfigError,
+    RestoreIncomplete,
+    TargetError,
+)
 from .files import publish
 from .fingerprint import pg_fingerprint, quote_ident
 from .targets import Target, first_line
 
 DEFAULT_REPO = "/var/lib/pgbackrest"
 DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
-
-
-class RestoreIncomplete(BackupError):
-    """A cluster restore stopped half-way (the server may be down): a human decides (exit 3)."""
-
-    exit_code = EXIT_ATTENTION
 
 
 class PgBackRestMethod:

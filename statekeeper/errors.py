@@ -9,6 +9,10 @@
      │    ├── ValidationError     exit 2  an applied migration was edited or removed
      │    └── IrreversibleError   exit 2  rollback to a tag crosses a migration with no down part
      ├── BackupError              exit 1  a backup or restore failed
+     │    ├── BackupNotFound      exit 2  no complete backup with that id
+     │    ├── WrongDatabase       exit 2  a restore into another database than the one backed up
+     │    ├── RestoreMismatch     exit 3  restored, but the fingerprint differs from the backup's
+     │    ├── RestoreIncomplete   exit 3  a cluster restore stopped half-way (server may be down)
      │    └── BackupCorrupt       exit 4  an artifact does not match its manifest
      ├── NeedsAttention           exit 3  a run is failed or in an unknown state: a human decides
      ├── IntegrityError           exit 4  the ledger or a run's history does not verify
@@ -61,6 +65,26 @@ class IrreversibleError(TargetError):
 
 class BackupError(StatekeeperError):
     exit_code = EXIT_FAILED
+
+
+class BackupNotFound(BackupError):
+    exit_code = EXIT_USAGE
+
+
+class WrongDatabase(BackupError):
+    exit_code = EXIT_USAGE
+
+
+class RestoreMismatch(BackupError):
+    exit_code = EXIT_ATTENTION
+
+    def __init__(self, message: str, lines: list[str]) -> None:
+        super().__init__(message)
+        self.lines = lines  # the differences, table by table
+
+
+class RestoreIncomplete(BackupError):
+    exit_code = EXIT_ATTENTION
 
 
 class BackupCorrupt(BackupError):
