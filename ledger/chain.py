@@ -25,7 +25,10 @@ GENESIS_TYPE = "ledger.genesis"
 ROTATION_TYPE = "ledger.key_rotated"
 LEDGER_STREAM = "ledger"
 _KEY_EVENT_TYPES = frozenset((GENESIS_TYPE, ROTATION_TYPE))
-SEAL_CONTEXT = b"statekeeper-ledger-seal-v1\n"
+SEAL_CONTEXT = b"statekeeper-ledger-seal-v2\n"
+#: The on-disk format, recorded in the genesis payload. 2: a seal signs the extent of its
+#: append (first and last seq), and consecutive seals tile the chain.
+FORMAT_VERSION = 2
 _TIMESTAMP = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 _sha256 = hashlib.sha256
@@ -102,9 +105,13 @@ stored_event = _event_maker()
 
 @dataclass(frozen=True, slots=True)
 class Seal:
+    """The signature closing one append: it vouches for events ``first`` .. ``seq``, and for
+    nothing before them (so an event slipped in at the head is never adopted)."""
+
     seq: int
     key_id: str
     signature: bytes
+    first: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,9 +220,10 @@ def recompute(ev: StoredEvent) -> str:
     )
 
 
-def seal_message(seq: int, hash_: str) -> bytes:
-    """What a seal signs: the position and hash of the append's last event, domain-separated."""
-    return SEAL_CONTEXT + f"{seq}\n{hash_}\n".encode("ascii")
+def seal_message(first: int, seq: int, hash_: str) -> bytes:
+    """What a seal signs: the extent of the append (its first and last seq) and the hash of its
+    last event, domain-separated."""
+    return SEAL_CONTEXT + f"{first}\n{seq}\n{hash_}\n".encode("ascii")
 
 
 @dataclass
@@ -233,6 +241,12 @@ class ChainVerifier:
     rotations (the key a seal must use is whatever the chain says is active). ``mode="stream"``
     checks one stream's events: stream links, hashes and seals; keys come from the listing
     (an export header), optionally restricted to ``trusted`` key ids.
+
+    Seals tile the chain: each names the first and last seq of its append, and the events of
+    an append are consecutive and of one stream. An event that no seal's extent covers (one
+    INSERTed at the head without the key, adopted by the next genuine append's hash link) is
+    ``unsealed events`` at its seq. :meth:`start_after` begins the fold after a head verified
+    earlier (a signed checkpoint) instead of at seq 1.
     """
 
     def __init__(
@@ -263,11 +277,21 @@ class ChainVerifier:
         self._q_type_of: str | None = None
         self._q_type = ""
         self.last_closed: Head | None = None
+        # The open append: the seq and stream of its first event, None between appends.
+        self._open_first: int | None = None
+        self._open_stream = ""
         self._streams: dict[str, tuple[int, str]] = {}
+        # Where a stream's last event before the fold began is looked up (start_after).
+        self._stream_base: Callable[[str], tuple[int, str] | None] | None = None
         self._active_key: str | None = None
         self._pending_key: str | None = None
         self.ledger_id: str | None = None
         self.keys_seen: list[str] = []
+
+    @property
+    def active_key(self) -> str | None:
+        """Ledger mode: the key the chain says seals the next append."""
+        return self._active_key
 
     @property
     def last(self) -> Head | None:
@@ -278,6 +302,24 @@ class ChainVerifier:
     def last(self, head: Head | None) -> None:
         self._fed = head is not None
         self._last_seq, self._last_hash = (head.seq, head.hash) if head else (0, ZERO_HASH)
+
+    def start_after(
+        self,
+        head: Head,
+        *,
+        active_key: str,
+        ledger_id: str,
+        stream_base: Callable[[str], tuple[int, str] | None],
+    ) -> None:
+        """Continue a ledger-mode fold after ``head``, a closed head verified earlier (events
+        up to it are taken as verified then). ``stream_base(stream)`` gives a stream's last
+        (stream_seq, hash) at or before ``head``, or None."""
+        self.last = head
+        self.last_closed = head
+        self._active_key = self._pending_key = active_key
+        self.ledger_id = ledger_id
+        self.keys_seen = list(self.listed)
+        self._stream_base = stream_base
 
     # -- helpers -----------------------------------------------------------------------------
     def _public(self, seq: int, key_id: str) -> PublicKey:
@@ -340,6 +382,8 @@ class ChainVerifier:
         sprev_hash = ev.stream_prev_hash
         recorded_at = ev.recorded_at
         prev = self._streams.get(stream)
+        if prev is None and self._stream_base is not None:
+            prev = self._stream_base(stream)
         want_sph = ZERO_HASH if prev is None else prev[1]
         # _last_hash and want_sph are ZERO_HASH or hashes recomputed here: valid hex already.
         if not (
@@ -400,13 +444,26 @@ class ChainVerifier:
         if ledger_mode and (seq == 1 or type_ in _KEY_EVENT_TYPES):
             self._key_events(ev)
 
+        # An append is a run of consecutive events of one stream; one that never closed
+        # (no genuine appender builds on an open head) is outside every sealed extent.
+        open_first = self._open_first
+        if open_first is None:
+            self._open_first = seq
+            self._open_stream = stream
+        elif stream != self._open_stream or seq != self._last_seq + 1:
+            raise IntegrityViolation(
+                open_first, UNSEALED,
+                f"seq {open_first} is outside every sealed extent (its append never closed)",
+            )
         if ev.closes:
             if seal is None:
                 raise IntegrityViolation(
                     seq, MISSING_SEAL, "event closes an append but has no seal"
                 )
+            self._check_extent(ev, seal, seq if open_first is None else open_first)
             self._check_seal(ev, seal)
             self.last_closed = Head(seq, hash_)
+            self._open_first = None
         elif seal is not None:
             raise IntegrityViolation(
                 seq, BAD_SEAL, "seal on an event that does not close its append"
@@ -434,6 +491,11 @@ class ChainVerifier:
                     1, MALFORMED, f"first event is {ev.type!r}, not {GENESIS_TYPE}"
                 )
             p = loads(ev.payload)
+            if p.get("format") != FORMAT_VERSION:
+                raise IntegrityViolation(
+                    1, MALFORMED, f"ledger format {p.get('format', 1)} is not supported "
+                    f"(this version reads format {FORMAT_VERSION}: see docs/architecture.md)",
+                )
             self._introduce(ev, p["key_id"], p["public_key"])
             self.ledger_id = p["ledger_id"]
             self._pending_key = p["key_id"]
@@ -448,6 +510,25 @@ class ChainVerifier:
                 )
             self._introduce(ev, p["key_id"], p["public_key"])
             self._pending_key = p["key_id"]
+
+    def _check_extent(self, ev: StoredEvent, seal: Seal, first: int) -> None:
+        if seal.first == first:
+            return
+        if seal.first > first:
+            raise IntegrityViolation(
+                first, UNSEALED,
+                f"seq {first} is outside every sealed extent (the seal at seq {ev.seq} "
+                f"covers {seal.first}..{ev.seq})",
+            )
+        if self.mode == "ledger" or seal.first < 1:
+            raise IntegrityViolation(
+                ev.seq, BAD_SEAL,
+                f"seal extent {seal.first}..{ev.seq} overlaps the previous append",
+            )
+        raise IntegrityViolation(
+            seal.first, GAP, f"seq {seal.first} of this append is missing (its seal covers "
+            f"{seal.first}..{ev.seq})",
+        )
 
     def _check_seal(self, ev: StoredEvent, seal: Seal) -> None:
         if seal.seq != ev.seq:
@@ -467,7 +548,7 @@ class ChainVerifier:
                 ev.seq, UNKNOWN_KEY, f"seal key {seal.key_id[:16]}... is not in the ledger"
             )
         pk = self._public(ev.seq, seal.key_id)
-        if not pk.verify(seal.signature, seal_message(ev.seq, ev.hash)):
+        if not pk.verify(seal.signature, seal_message(seal.first, ev.seq, ev.hash)):
             raise IntegrityViolation(ev.seq, BAD_SEAL, "signature does not verify")
         if self.mode == "ledger":
             self._active_key = self._pending_key
@@ -475,10 +556,9 @@ class ChainVerifier:
     def finish(self) -> Head:
         if self.last is None:
             return Head(0, ZERO_HASH)
-        if self.last_closed is None or self.last_closed.seq != self.last.seq:
-            first = (self.last_closed.seq + 1) if self.last_closed else 1
+        if self._open_first is not None:
             raise IntegrityViolation(
-                first, UNSEALED, "events after the last seal are not vouched for"
+                self._open_first, UNSEALED, "events after the last seal are not vouched for"
             )
         if self.mode == "ledger":
             extra = set(self.listed) - set(self.keys_seen)

@@ -1,11 +1,12 @@
 """Export to JSON Lines and offline verification of an export (no database needed).
 
-Line 1, the header: ``{"format": "statekeeper-ledger-export", "version": 1, "ledger_id": ...,
+Line 1, the header: ``{"format": "statekeeper-ledger-export", "version": 2, "ledger_id": ...,
 "stream": null | "<stream>", "keys": [{"key_id", "public_key"}...]}``.
 Then one line per event: its stored fields, ``actor`` and ``payload`` as JSON objects (their
 canonical text is restored by re-encoding, which canonical form makes exact), and ``seal``
-(``{"key_id", "signature"}`` or null). The last line: ``{"checkpoint": "<signed note>"}``
-vouching for the last exported event.
+(``{"first", "key_id", "signature"}`` or null: ``first`` is the first seq of the append the
+seal closes; version 1 exports, whose seals had no extent, are not read). The last line:
+``{"checkpoint": "<signed note>"}`` vouching for the last exported event.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .keys import PublicKey
 from .store import Ledger, _check_checkpoint
 
 FORMAT = "statekeeper-ledger-export"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ def export(ledger: Ledger, out: IO[str], stream: str | None = None) -> ExportRes
     ledger_id = ledger.ledger_id()
     if ledger_id is None:
         raise ConfigurationError("the ledger is empty: nothing to export")
+    ledger.require_active(signer)
     keys = ledger.keys()
     header = {
         "format": FORMAT, "version": VERSION, "ledger_id": ledger_id, "stream": stream,
@@ -59,6 +61,8 @@ def export(ledger: Ledger, out: IO[str], stream: str | None = None) -> ExportRes
     head = v.finish()
     if v.count == 0:
         raise ConfigurationError(f"stream {stream!r} has no events")
+    if stream is None:  # the chain's word on the active key, not only the key table's
+        ledger.require_active(signer, v.active_key)
     count = head.seq if stream is None else v._streams[stream][0]
     cp = sign_checkpoint(signer, origin_for(ledger_id, stream), count, head.hash)
     out.write(canonical.dumps({"checkpoint": cp}) + "\n")
@@ -68,7 +72,8 @@ def export(ledger: Ledger, out: IO[str], stream: str | None = None) -> ExportRes
 def _event_line(ev: StoredEvent, seal: Seal | None) -> str:
     # Splice stored canonical text rather than parse and re-encode it.
     s = None if seal is None else {
-        "key_id": seal.key_id, "signature": base64.b64encode(seal.signature).decode("ascii"),
+        "first": seal.first, "key_id": seal.key_id,
+        "signature": base64.b64encode(seal.signature).decode("ascii"),
     }
     head = canonical.dumps({
         "seq": ev.seq, "stream": ev.stream, "stream_seq": ev.stream_seq, "type": ev.type,
@@ -242,7 +247,12 @@ def _parse_event(obj: Any, path: Path, n: int) -> tuple[StoredEvent, Seal | None
         s = obj["seal"]
         seal = None
         if s is not None:
-            seal = Seal(ev.seq, str(s["key_id"]), base64.b64decode(s["signature"], validate=True))
+            first = s["first"]
+            if type(first) is not int:
+                raise TypeError("seal's first seq must be an integer")
+            seal = Seal(
+                ev.seq, str(s["key_id"]), base64.b64decode(s["signature"], validate=True), first
+            )
     except (KeyError, TypeError, ValueError, RecursionError, binascii.Error) as e:
         seq = obj.get("seq") if isinstance(obj, dict) else None
         raise IntegrityViolation(

@@ -69,6 +69,7 @@ seals = Table(
     "ledger_seals",
     metadata,
     Column("seq", _SEQ, primary_key=True, autoincrement=False),
+    Column("first_seq", BigInteger, nullable=False),
     Column("key_id", String(64), nullable=False),
     Column("signature", String(100), nullable=False),
 )
@@ -87,16 +88,24 @@ _EVENT_COLS = [events.c[n] for n in _EVENT_FIELDS]
 _event_values = operator.attrgetter(*_EVENT_FIELDS)  # StoredEvent -> row tuple, in C
 
 # The append path runs on the driver connection with these statements (``{p}``: the driver's
-# placeholder). One statement reads everything the append needs under the head lock.
+# placeholder). One statement reads everything the append needs under the head lock: the
+# chain head, the stream head, the active key, and what the appender checks before it builds
+# on the head (that it closes its append, and its seal; a rotation's payload, whose seal is
+# the previous key's).
 _SQL_HEAD = (
-    "SELECT (SELECT seq FROM ledger_events ORDER BY seq DESC LIMIT 1), "
-    "(SELECT hash FROM ledger_events ORDER BY seq DESC LIMIT 1), "
+    "SELECT h.seq, h.hash, "
     "(SELECT stream_seq FROM ledger_events WHERE stream = {p} ORDER BY stream_seq DESC LIMIT 1), "
     "(SELECT hash FROM ledger_events WHERE stream = {p} ORDER BY stream_seq DESC LIMIT 1), "
-    "(SELECT key_id FROM ledger_keys ORDER BY added_seq DESC LIMIT 1)"
+    "(SELECT key_id FROM ledger_keys ORDER BY added_seq DESC LIMIT 1), "
+    "h.closes, s.first_seq, s.key_id, s.signature, "
+    "CASE WHEN h.type = 'ledger.key_rotated' THEN h.payload END "
+    "FROM (SELECT 1 AS one) AS x "
+    "LEFT JOIN (SELECT seq, hash, closes, type, payload FROM ledger_events "
+    "ORDER BY seq DESC LIMIT 1) AS h ON TRUE "
+    "LEFT JOIN ledger_seals AS s ON s.seq = h.seq"
 )
 _SQL_INSERT_EVENTS = f"INSERT INTO ledger_events ({', '.join(_EVENT_FIELDS)}) VALUES "
-_SQL_INSERT_SEALS = "INSERT INTO ledger_seals (seq, key_id, signature) VALUES "
+_SQL_INSERT_SEALS = "INSERT INTO ledger_seals (seq, first_seq, key_id, signature) VALUES "
 _SQL_INSERT_KEYS = "INSERT INTO ledger_keys (key_id, public_key, added_seq) VALUES "
 
 
@@ -105,10 +114,16 @@ def _values(p: str, width: int, rows: int = 1) -> str:
     return ", ".join([one] * rows)
 
 
-# A builder receives (head_seq, head_hash, stream_seq, stream_hash) and returns the rows
-# to insert: events and the seal. It runs inside the locked transaction.
+# The head event as the appender checks it before building on it: (closes, seal first seq,
+# seal key id, seal signature base64, rotation payload). None: the recorder's own last
+# append (a prediction the database checks), or an empty ledger.
+Tip = tuple[Any, Any, Any, Any, Any] | None
+
+# A builder receives (head_seq, head_hash, stream_seq, stream_hash, active key, tip) and
+# returns the rows to insert: events, seals, keys. It runs inside the locked transaction.
 Builder = Callable[
-    [int, str, int, str, str | None], tuple[list[StoredEvent], list[Seal], list[KeyRecord]]
+    [int, str, int, str, str | None, Tip],
+    tuple[list[StoredEvent], list[Seal], list[KeyRecord]],
 ]
 
 
@@ -200,11 +215,28 @@ class Recorder:
         with self.translate(), self._write() as conn:
             self._lock_head(conn)
             metadata.create_all(conn, checkfirst=True)
+            self._check_format(conn)
             self._install_triggers(conn)
 
     def exists(self) -> bool:
         with self.translate(), self.engine.connect() as conn:
-            return bool(self.engine.dialect.has_table(conn, "ledger_events"))
+            found = bool(self.engine.dialect.has_table(conn, "ledger_events"))
+            if found:
+                self._check_format(conn)
+            return found
+
+    def _check_format(self, conn: Connection) -> None:
+        """Refuse a format-1 ledger (seals without extents): its seals cannot tell an event
+        slipped in at the head from a genuine one, so nothing here may read or extend it."""
+        from sqlalchemy import inspect
+
+        names = {c["name"] for c in inspect(conn).get_columns("ledger_seals")}
+        if "first_seq" not in names:
+            raise ConfigurationError(
+                f"ledger {self.display_url}: format 1 (statekeeper 0.1, seals without "
+                "extents) is not supported: export it with statekeeper 0.1 for the record "
+                "and start a new ledger (docs/architecture.md, 'Ledger format')"
+            )
 
     # -- writes ------------------------------------------------------------------------------
     def append(self, stream: str, expected: int | None, build: Builder) -> list[StoredEvent]:
@@ -244,23 +276,27 @@ class Recorder:
     def _plan(
         head: tuple[Any, ...] | None, stream: str, expected: int | None, build: Builder
     ) -> tuple[int, list[StoredEvent], list[Seal], list[KeyRecord]]:
-        head_seq, head_hash, spos, shash, active = head or (None, None, None, None, None)
+        head_seq, head_hash, spos, shash, active = head[:5] if head else (None,) * 5
         spos = spos or 0
         if expected is not None and spos != expected:
             raise StreamConflict(stream, expected, spos)
+        tip: Tip = None
+        if head is not None and len(head) > 5 and head_seq is not None:
+            tip = (head[5], head[6], head[7], head[8], head[9])
         rows, new_seals, new_keys = build(
             head_seq if head_seq is not None else 0,
             head_hash if head_seq is not None else "0" * 64,
             spos,
             shash if shash is not None else "0" * 64,
             active,
+            tip,
         )
         return spos, rows, new_seals, new_keys
 
     @staticmethod
-    def _seal_rows(new_seals: list[Seal]) -> list[tuple[int, str, str]]:
+    def _seal_rows(new_seals: list[Seal]) -> list[tuple[int, int, str, str]]:
         return [
-            (seal.seq, seal.key_id, base64.b64encode(seal.signature).decode("ascii"))
+            (seal.seq, seal.first, seal.key_id, base64.b64encode(seal.signature).decode("ascii"))
             for seal in new_seals
         ]
 
@@ -307,7 +343,7 @@ class Recorder:
         cols: list[Any] = list(_EVENT_COLS)
         src: Any = events
         if with_seals:
-            cols += [seals.c.key_id, seals.c.signature]
+            cols += [seals.c.key_id, seals.c.signature, seals.c.first_seq]
             src = events.outerjoin(seals, seals.c.seq == events.c.seq)
         stmt = select(*cols).select_from(src).where(events.c.seq >= start)
         if stop is not None:
@@ -343,7 +379,7 @@ class Recorder:
                                 sig = b64(r[12])
                             except ValueError:
                                 sig = b""
-                            seal = Seal(r[0], r[11], sig)
+                            seal = Seal(r[0], r[11], sig, r[13])
                         yield ev, seal
             finally:
                 cur.close()
@@ -352,15 +388,27 @@ class Recorder:
         """A cursor that streams a long result (the driver's default for SQLite)."""
         return conn.cursor()
 
-    def orphan_seal(self) -> int | None:
-        """The first seal that belongs to no event, if any (a seal cannot float free)."""
+    def orphan_seal(self, after: int = 0) -> int | None:
+        """The first seal after ``after`` that belongs to no event (a seal cannot float free)."""
         with self.translate(), self.engine.connect() as conn:
             return conn.execute(
                 select(seals.c.seq)
+                .where(seals.c.seq > after)
                 .where(~select(events.c.seq).where(events.c.seq == seals.c.seq).exists())
                 .order_by(seals.c.seq)
                 .limit(1)
             ).scalar()
+
+    def stream_head(self, stream: str, at_most: int) -> tuple[int, str] | None:
+        """(stream_seq, hash) of the stream's last event at or before seq ``at_most``."""
+        with self.translate(), self.engine.connect() as conn:
+            row = conn.execute(
+                select(events.c.stream_seq, events.c.hash)
+                .where(events.c.stream == stream, events.c.seq <= at_most)
+                .order_by(events.c.stream_seq.desc())
+                .limit(1)
+            ).first()
+        return (int(row[0]), str(row[1])) if row else None
 
     def streams(self, prefix: str = "") -> list[tuple[str, int, str, str]]:
         """(stream, events, first recorded_at, last recorded_at) for streams under ``prefix``."""
@@ -432,7 +480,7 @@ class SQLiteRecorder(Recorder):
 
     _sql_head = _SQL_HEAD.format(p="?")
     _sql_insert_event = _SQL_INSERT_EVENTS + _values("?", len(_EVENT_FIELDS))
-    _sql_insert_seal = _SQL_INSERT_SEALS + _values("?", 3)
+    _sql_insert_seal = _SQL_INSERT_SEALS + _values("?", 4)
     _sql_insert_key = _SQL_INSERT_KEYS + _values("?", 3)
 
     def _append(
@@ -514,9 +562,9 @@ _PG_PREPARE = "; ".join([
     "WHERE EXISTS (SELECT 1 FROM ledger_events WHERE seq = $12 AND hash = $13) "
     "AND NOT EXISTS (SELECT 1 FROM ledger_events WHERE seq = $1) "
     "AND NOT EXISTS (SELECT 1 FROM ledger_events WHERE stream = $2 AND stream_seq = $3)",
-    "PREPARE ledger_seal_if(bigint, text, text, text) AS "
-    "INSERT INTO ledger_seals (seq, key_id, signature) SELECT $1, $2, $3 "
-    "WHERE EXISTS (SELECT 1 FROM ledger_events WHERE seq = $1 AND hash = $4)",
+    "PREPARE ledger_seal_if(bigint, bigint, text, text, text) AS "
+    "INSERT INTO ledger_seals (seq, first_seq, key_id, signature) SELECT $1, $2, $3, $4 "
+    "WHERE EXISTS (SELECT 1 FROM ledger_events WHERE seq = $1 AND hash = $5)",
 ])
 _PG_PREPARED = ["ledger_head", "ledger_event", "ledger_event_if", "ledger_seal_if"]
 _PG_INSERT_EVENTS = _SQL_INSERT_EVENTS.removesuffix(" VALUES ").encode()
@@ -763,9 +811,9 @@ class PostgresRecorder(Recorder):
                 parts.append(b"EXECUTE ledger_event_if(%s,%d,%s)" % (
                     args, head_seq, value(head_hash)
                 ))
-            seq, key_id, sig = seal_rows[0]
-            parts.append(b"EXECUTE ledger_seal_if(%d,%s,%s,%s)" % (
-                seq, text(key_id), value(sig), value(r.hash)
+            seq, first_seq, key_id, sig = seal_rows[0]
+            parts.append(b"EXECUTE ledger_seal_if(%d,%d,%s,%s,%s)" % (
+                seq, first_seq, text(key_id), value(sig), value(r.hash)
             ))
         else:
             events = b",".join([
@@ -777,7 +825,8 @@ class PostgresRecorder(Recorder):
                 for r in rows
             ])
             seals_ = b",".join([
-                b"(%d,%s,%s)" % (seq, text(key_id), value(sig)) for seq, key_id, sig in seal_rows
+                b"(%d,%d,%s,%s)" % (seq, first_seq, text(key_id), value(sig))
+                for seq, first_seq, key_id, sig in seal_rows
             ])
             keys_ = b",".join([
                 b"(%s,%s,%d)" % (text(k.key_id), text(k.public_key), last.seq) for k in new_keys

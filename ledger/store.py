@@ -3,6 +3,7 @@ storage from :mod:`ledger.recorder`."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
 import os
@@ -16,9 +17,14 @@ from typing import Any
 
 from . import canonical
 from .chain import (
+    BAD_SEAL,
+    CHECKPOINT_MISMATCH,
+    FORMAT_VERSION,
     GENESIS_TYPE,
     LEDGER_STREAM,
     ROTATION_TYPE,
+    TRUNCATED,
+    UNSEALED,
     ZERO_HASH,
     ChainVerifier,
     Head,
@@ -34,7 +40,7 @@ from .chain import (
 from .checkpoint import Checkpoint, origin_for, sign_checkpoint
 from .errors import ConfigurationError, IntegrityViolation, LedgerError, StreamConflict
 from .keys import PublicKey, Signer
-from .recorder import Recorder, recorder_for
+from .recorder import Recorder, Tip, recorder_for
 from .url import normalize_url, redact, sqlite_path
 
 Clock = Callable[[], datetime]
@@ -74,6 +80,8 @@ class VerifyResult:
     ledger_id: str | None
     keys: list[str]
     checkpoint: Checkpoint | None = None
+    #: The key the chain says signs from here on (None for an empty ledger).
+    active_key: str | None = None
 
 
 def default_actor(tool: str) -> dict[str, Any]:
@@ -103,6 +111,8 @@ class Ledger:
         self.clock = clock
         self._actor: tuple[int, str] | None = None
         self._signer_key_id: tuple[Signer, str] | None = None
+        # A head this object wrote or verified: appends build on it without re-checking it.
+        self._trusted: tuple[int, str] | None = None
         path = sqlite_path(self.url)
         if not create and path is not None and not path.exists():
             raise ConfigurationError(
@@ -204,7 +214,8 @@ class Ledger:
         now = format_time(self.clock())
 
         def build(
-            head_seq: int, head_hash: str, spos: int, shash: str, active: str | None
+            head_seq: int, head_hash: str, spos: int, shash: str, active: str | None,
+            tip: Tip,
         ) -> tuple[list[StoredEvent], list[Seal], list[KeyRecord]]:
             rows: list[StoredEvent] = []
             out_seals: list[Seal] = []
@@ -213,6 +224,7 @@ class Ledger:
                 # The first append to a ledger is preceded, in the same commit, by the genesis
                 # append that introduces the signing key; it is sealed on its own.
                 gp = canonical.dumps({
+                    "format": FORMAT_VERSION,
                     "ledger_id": uuid.uuid4().hex,
                     "key_id": key_id,
                     "public_key": signer.public.b64,
@@ -220,11 +232,13 @@ class Ledger:
                 g = _make(1, LEDGER_STREAM, 1, GENESIS_TYPE, now, actor, gp, True, ZERO_HASH,
                           ZERO_HASH)
                 rows.append(g)
-                out_seals.append(_seal(signer, key_id, g))
+                out_seals.append(_seal(signer, key_id, 1, g))
                 new_keys.append(KeyRecord(key_id, signer.public.b64))
                 head_seq, head_hash, active = 1, g.hash, key_id
                 if stream == LEDGER_STREAM:
                     spos, shash = 1, g.hash
+            elif (head_seq, head_hash) != self._trusted:
+                self._check_tip(head_seq, head_hash, tip, active, signer, key_id)
             if active != key_id:
                 raise ConfigurationError(
                     f"key {key_id[:16]}... is not this ledger's active signing key "
@@ -232,15 +246,57 @@ class Ledger:
                 )
             rows.extend(chain_run(head_seq, stream, spos, now, actor, payloads, head_hash, shash))
             if payloads:
-                out_seals.append(_seal(signer, key_id, rows[-1]))
+                out_seals.append(_seal(signer, key_id, head_seq + 1, rows[-1]))
             if new_key is not None:
                 new_keys.append(KeyRecord(new_key.key_id, new_key.public.b64))
             return rows, out_seals, new_keys
 
         rows = self.recorder.append(stream, expected, build)
+        self._trusted = (rows[-1].seq, rows[-1].hash)
         if rows[0].type == GENESIS_TYPE and stream != LEDGER_STREAM:
             rows = rows[1:]
         return rows
+
+    def _check_tip(
+        self, seq: int, hash_: str, tip: Tip, active: str | None, signer: Signer, key_id: str
+    ) -> None:
+        """Refuse to build on a head that is not a genuine append's end: closed, and sealed
+        over its extent by the key the chain expects. An event INSERTed at the head without
+        the key would otherwise be adopted by this append's hash link."""
+        closes, first, seal_key, sig, rotation = tip or (None,) * 5
+        if not closes or seal_key is None or first is None:
+            raise IntegrityViolation(
+                seq, UNSEALED, f"the ledger's head (seq {seq}) does not close a sealed append: "
+                "refusing to build on it (run 'statekeeper ledger verify')",
+            )
+        want = active
+        if rotation is not None:  # a rotation is sealed by the key it retires
+            try:
+                p = canonical.loads(rotation)
+                want = p["previous_key_id"] if p["key_id"] == active else None
+            except (ValueError, KeyError, TypeError):
+                want = None
+        if seal_key != want:
+            raise IntegrityViolation(
+                seq, BAD_SEAL, f"the ledger's head (seq {seq}) is sealed by key "
+                f"{str(seal_key)[:16]}..., not the active one: refusing to build on it",
+            )
+        if seal_key == key_id:
+            public = signer.public
+        else:
+            rec = next((k for k in self.recorder.list_keys() if k.key_id == seal_key), None)
+            if rec is None:
+                raise IntegrityViolation(seq, BAD_SEAL, "the head's seal key is not listed")
+            public = PublicKey.from_b64(rec.public_key)
+        try:
+            signature = base64.b64decode(str(sig), validate=True)
+        except (ValueError, TypeError):
+            signature = b""
+        if not public.verify(signature, seal_message(int(first), seq, hash_)):
+            raise IntegrityViolation(
+                seq, BAD_SEAL, f"the seal of the ledger's head (seq {seq}) does not verify: "
+                "refusing to build on it (run 'statekeeper ledger verify')",
+            )
 
     def initialize(self) -> Head:
         """Write the genesis append if the ledger is empty; return the head."""
@@ -319,22 +375,108 @@ class Ledger:
         if against is not None:
             _check_checkpoint(against, v, {k.key_id: k for k in listed}, stream=None)
             check_extends(v, against.seq, against.head_hash)
-        return VerifyResult(v.count, head, v.ledger_id, v.keys_seen, against)
+        if head.seq:
+            self._trusted = (head.seq, head.hash)
+        return VerifyResult(v.count, head, v.ledger_id, v.keys_seen, against, v.active_key)
 
-    def checkpoint(self, head: Head | None = None) -> str:
-        """Sign ``head`` (default: the current head); return C2SP checkpoint text. Pass the
-        head a verification returned, so that nothing appended since is vouched for unseen."""
+    def verify_from(
+        self, base: Checkpoint | None, trusted: Sequence[PublicKey] = ()
+    ) -> VerifyResult:
+        """Verify what was appended after ``base``, a checkpoint of this ledger made when it
+        last verified (without one: the whole chain).
+
+        The events up to ``base`` are taken as verified then: the ledger must still hold
+        ``base``'s head, sealed, and everything after it must verify as :meth:`verify` would.
+        This keeps a long ledger's check before every command to the new events.
+        """
+        if base is None:
+            return self.verify(trusted=trusted)
+        listed = self.recorder.list_keys()
+        by_id = {k.key_id: k for k in listed}
+        ledger_id = self.ledger_id()
+        if base.stream is not None or base.ledger_id != ledger_id:
+            raise IntegrityViolation(
+                None, CHECKPOINT_MISMATCH, f"checkpoint is not one of ledger {ledger_id}"
+            )
+        at = next(iter(self.recorder.iter_events(
+            start=base.seq, stop=base.seq, with_seals=True
+        )), None)
+        if at is None:
+            raise IntegrityViolation(
+                base.seq, TRUNCATED, f"the ledger no longer holds seq {base.seq}, which a "
+                "checkpoint vouched for",
+            )
+        ev, seal = at
+        if ev.hash != base.head_hash:
+            raise IntegrityViolation(
+                base.seq, CHECKPOINT_MISMATCH,
+                "event hash differs from the checkpoint: history was rewritten",
+            )
+        rec = by_id.get(base.key_id)
+        if rec is None or not base.verify(PublicKey.from_b64(rec.public_key)):
+            raise IntegrityViolation(base.seq, BAD_SEAL, "checkpoint signature does not verify")
+        if seal is None or not ev.closes:
+            raise IntegrityViolation(base.seq, UNSEALED, "checkpoint head is not sealed")
+        active = seal.key_id
+        if ev.type == ROTATION_TYPE and ev.stream == LEDGER_STREAM:
+            active = str(canonical.loads(ev.payload)["key_id"])
+        v = ChainVerifier(listed, trusted={k.key_id for k in trusted} or None)
+        v.start_after(
+            Head(base.seq, base.head_hash), active_key=active, ledger_id=str(ledger_id),
+            stream_base=lambda stream: self.recorder.stream_head(stream, base.seq),
+        )
+        for ev, seal in self.recorder.iter_events(start=base.seq + 1, with_seals=True):
+            v.feed(ev, seal)
+        head = v.finish()
+        orphan = self.recorder.orphan_seal(after=base.seq)
+        if orphan is not None:
+            raise IntegrityViolation(orphan, BAD_SEAL, "seal for an event that does not exist")
+        self._trusted = (head.seq, head.hash)
+        return VerifyResult(v.count, head, v.ledger_id, v.keys_seen, None, v.active_key)
+
+    def verify_stream(self, stream: str, trusted: Sequence[PublicKey] = ()) -> int:
+        """Verify one stream on its own (hashes, stream links, seals over its appends);
+        return how many events it has."""
+        v = ChainVerifier(
+            self.recorder.list_keys(), mode="stream", stream=stream,
+            trusted={k.key_id for k in trusted} or None,
+        )
+        for ev, seal in self.recorder.iter_events(stream=stream, with_seals=True):
+            v.feed(ev, seal)
+        v.finish()
+        return v.count
+
+    def checkpoint(self, verified: VerifyResult | None = None) -> str:
+        """Sign the head a verification returned (default: verify now), so that nothing is
+        vouched for unseen; return C2SP checkpoint text. Only the ledger's active key may
+        sign: one that rotation retired would make a checkpoint that later fails."""
         signer = self._need_signer()
-        head = head or self.head()
+        if verified is None:
+            verified = self.verify()
+        head = verified.head
         if head.seq == 0:
             raise ConfigurationError("the ledger is empty: nothing to checkpoint")
-        ledger_id = self.ledger_id()
+        self.require_active(signer, verified.active_key)
+        ledger_id = verified.ledger_id or self.ledger_id()
         assert ledger_id is not None
         return sign_checkpoint(signer, origin_for(ledger_id), head.seq, head.hash)
 
+    def require_active(self, signer: Signer, active: str | None = None) -> None:
+        """Raise unless ``signer`` is the active key (default: the last key listed)."""
+        if active is None:
+            listed = self.recorder.list_keys()
+            active = listed[-1].key_id if listed else None
+        key_id = self._key_id(signer)
+        if active is not None and key_id != active:
+            retired = any(k.key_id == key_id for k in self.recorder.list_keys())
+            raise ConfigurationError(
+                f"key {key_id[:16]}... is {'a retired key of' if retired else 'not a key of'} "
+                f"this ledger; its active key is {active[:16]}... (--key or [ledger] key)"
+            )
 
-def _seal(signer: Signer, key_id: str, ev: StoredEvent) -> Seal:
-    return Seal(ev.seq, key_id, signer.sign(seal_message(ev.seq, ev.hash)))
+
+def _seal(signer: Signer, key_id: str, first: int, ev: StoredEvent) -> Seal:
+    return Seal(ev.seq, key_id, signer.sign(seal_message(first, ev.seq, ev.hash)), first)
 
 
 def _make(

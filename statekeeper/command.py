@@ -174,7 +174,7 @@ def ledger_verify(
 def ledger_checkpoint(settings: Settings, out: Path) -> str:
     with settings.open_ledger(signing=True, create=False) as lg:
         verified = lg.verify()  # never sign a head that does not verify
-        text = lg.checkpoint(verified.head)
+        text = lg.checkpoint(verified)
     write_atomic(out, text)
     return text
 

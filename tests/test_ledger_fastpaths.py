@@ -64,7 +64,7 @@ def _chain(
 ) -> list[tuple[StoredEvent, Seal]]:
     """A ledger-mode chain built with the reference envelope(); every event sealed."""
     out = []
-    genesis = canonical.dumps({"key_id": signer.key_id, "ledger_id": "x" * 32,
+    genesis = canonical.dumps({"format": 2, "key_id": signer.key_id, "ledger_id": "x" * 32,
                                "public_key": signer.public.b64})
     specs = [("ledger", "ledger.genesis", genesis), *events]
     prev, streams = ZERO_HASH, {}
@@ -74,7 +74,7 @@ def _chain(
         h = event_hash(seq, stream, sseq + 1, type_, at, '{"u":"me"}', payload, True, prev, sprev)
         ev = StoredEvent(seq, stream, sseq + 1, type_, at, '{"u":"me"}', payload, True, prev,
                          sprev, h)
-        out.append((ev, Seal(seq, signer.key_id, signer.sign(seal_message(seq, h)))))
+        out.append((ev, Seal(seq, signer.key_id, signer.sign(seal_message(seq, seq, h)), seq)))
         prev, streams[stream] = h, (sseq + 1, h)
     return out
 
@@ -111,7 +111,8 @@ def test_a_malformed_field_is_reported_even_where_the_fast_checks_cache(
     for e, s in chain[:2]:
         v.feed(e, s)
     with pytest.raises(ledger.IntegrityViolation) as err:
-        v.feed(bad, Seal(bad.seq, signer.key_id, signer.sign(seal_message(bad.seq, h))))
+        sig = signer.sign(seal_message(bad.seq, bad.seq, h))
+        v.feed(bad, Seal(bad.seq, signer.key_id, sig, bad.seq))
     assert err.value.reason == MALFORMED and err.value.seq == 3
 
 

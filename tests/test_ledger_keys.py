@@ -132,7 +132,7 @@ def test_rotation_is_an_event_sealed_by_the_old_key(
     with RawDB(_raw_url(ledger_db)) as db:
         key_id, sig = db.seal(4) or ("", "")
     assert key_id == old.key_id
-    assert old.public.verify(base64.b64decode(sig), seal_message(4, rot.hash))
+    assert old.public.verify(base64.b64decode(sig), seal_message(4, 4, rot.hash))
     listed = ledger_db.keys()
     assert [k.key_id for k in listed] == [old.key_id, new.key_id]
 

@@ -138,9 +138,11 @@ def test_hash_is_sha256_of_the_stored_envelope(ledger_db: ledger.Ledger) -> None
             "SELECT seq, stream, stream_seq, type, recorded_at, actor, payload, closes, "
             "prev_hash, stream_prev_hash, hash FROM ledger_events ORDER BY seq"
         )
-        seals = {r[0]: r[1:] for r in db.execute("SELECT seq, key_id, signature FROM ledger_seals")}
+        seals = {r[0]: r[1:] for r in db.execute(
+            "SELECT seq, first_seq, key_id, signature FROM ledger_seals")}
         keys = dict(db.execute("SELECT key_id, public_key FROM ledger_keys"))
     prev = ZERO_HASH
+    closed = 0  # the seals tile the chain: each starts right after the one before
     for seq, stream, sseq, type_, at, actor, payload, closes, ph, sph, h in rows:
         envelope = {
             "seq": seq, "stream": stream, "stream_seq": sseq, "type": type_, "recorded_at": at,
@@ -153,9 +155,11 @@ def test_hash_is_sha256_of_the_stored_envelope(ledger_db: ledger.Ledger) -> None
         prev = h
         assert (seq in seals) == bool(closes)
         if closes:
-            key_id, sig = seals[seq]
+            first, key_id, sig = seals[seq]
+            assert first == closed + 1
+            closed = seq
             pub = ledger.PublicKey.from_b64(keys[key_id])
-            assert pub.verify(base64.b64decode(sig), seal_message(seq, h))
+            assert pub.verify(base64.b64decode(sig), seal_message(first, seq, h))
 
 
 def test_the_stored_text_is_what_is_hashed(ledger_db: ledger.Ledger) -> None:

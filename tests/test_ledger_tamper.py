@@ -62,9 +62,10 @@ class World:
         o["seal"] = seal
         self.lines[self.at(seq)] = json.dumps(o, separators=(",", ":"), ensure_ascii=False)
 
-    def mallory_seal(self, seq: int, hash_: str) -> dict[str, str]:
-        sig = self.mallory.sign(seal_message(seq, hash_))
-        return {"key_id": self.mallory.key_id, "signature": base64.b64encode(sig).decode()}
+    def mallory_seal(self, seq: int, hash_: str) -> dict[str, object]:
+        sig = self.mallory.sign(seal_message(seq, seq, hash_))
+        return {"first": seq, "key_id": self.mallory.key_id,
+                "signature": base64.b64encode(sig).decode()}
 
 
 DbTamper = Callable[[RawDB, World], None]
@@ -120,9 +121,9 @@ def db_seal_removed(db: RawDB, w: World) -> None:
 
 
 def _reseal_5_by_mallory(db: RawDB, w: World) -> None:
-    sig = w.mallory.sign(seal_message(5, db.event(5).hash))
+    sig = w.mallory.sign(seal_message(5, 5, db.event(5).hash))
     db.execute("DELETE FROM ledger_seals WHERE seq = 5")
-    db.execute("INSERT INTO ledger_seals (seq, key_id, signature) VALUES (5, ?, ?)",
+    db.execute("INSERT INTO ledger_seals (seq, first_seq, key_id, signature) VALUES (5, 5, ?, ?)",
                [w.mallory.key_id, base64.b64encode(sig).decode()])
 
 
@@ -419,7 +420,8 @@ def _rewrite_from(db: RawDB, start: int, key: ledger.Signer) -> None:
         db.execute("DELETE FROM ledger_events WHERE seq = ?", [ev.seq])
         db.insert_event(new)
         if ev.closes:
-            sig = base64.b64encode(key.sign(seal_message(new.seq, new.hash))).decode()
+            first = db.scalar("SELECT first_seq FROM ledger_seals WHERE seq = ?", [ev.seq])
+            sig = base64.b64encode(key.sign(seal_message(first, new.seq, new.hash))).decode()
             db.execute("UPDATE ledger_seals SET signature = ? WHERE seq = ?", [sig, ev.seq])
         prev = streams[ev.stream] = new.hash
 
