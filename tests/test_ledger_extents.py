@@ -135,10 +135,11 @@ def test_verifier_rejects_an_adopted_forgery_everywhere(
 
     # An export file written by a tool that did not check, signed with the real key.
     assert ledger_db.signer is not None
+    listed = ledger_db.keys()
     lines = [ledger.canonical.dumps({
         "format": "statekeeper-ledger-export", "version": 2,
         "ledger_id": ledger_db.ledger_id(), "stream": None,
-        "keys": [{"key_id": k.key_id, "public_key": k.public_key} for k in ledger_db.keys()],
+        "keys": [{"key_id": r.key_id, "public_key": r.public_key} for r in listed],
     })]
     lines += [_event_line(ev, seal) for ev, seal in ledger_db.recorder.iter_events(
         with_seals=True)]

@@ -246,9 +246,8 @@ def test_tampered_sqlite_files_fail_at_the_first_bad_seq(
                            "WHERE seq = ?", [first, sig, k])
             want = None
         previous_seal = db.scalar("SELECT max(seq) FROM ledger_seals WHERE seq < ?", [at])
-    with ledger.Ledger(url, create=False) as lg:
-        with pytest.raises(ledger.IntegrityViolation) as e:
-            lg.verify()
+    with ledger.Ledger(url, create=False) as lg, pytest.raises(ledger.IntegrityViolation) as e:
+        lg.verify()
     if want is not None:
         assert e.value.seq == want, (kind, e.value)
     else:  # a seal's damage shows at its own seq or at the first event it stops covering
