@@ -412,14 +412,33 @@ class Ledger:
                 base.seq, CHECKPOINT_MISMATCH,
                 "event hash differs from the checkpoint: history was rewritten",
             )
-        rec = by_id.get(base.key_id)
-        if rec is None or not base.verify(PublicKey.from_b64(rec.public_key)):
+        # The keys the chain introduced up to the checkpoint (verified when it was made), not
+        # whatever the key table lists now: a row INSERTed there vouches for nothing.
+        introduced: list[str] = []
+        for kev, _ in self.recorder.iter_events(stream=LEDGER_STREAM, stop=base.seq):
+            if kev.type in (GENESIS_TYPE, ROTATION_TYPE):
+                introduced.append(str(canonical.loads(kev.payload)["key_id"]))
+
+        def public(key_id: str) -> PublicKey | None:
+            rec = by_id.get(key_id)
+            if key_id not in introduced or rec is None:
+                return None
+            pk = PublicKey.from_b64(rec.public_key)
+            return pk if pk.key_id == key_id else None
+
+        cp_key = public(base.key_id)
+        if cp_key is None or not base.verify(cp_key):
             raise IntegrityViolation(base.seq, BAD_SEAL, "checkpoint signature does not verify")
-        if seal is None or not ev.closes:
-            raise IntegrityViolation(base.seq, UNSEALED, "checkpoint head is not sealed")
-        active = seal.key_id
-        if ev.type == ROTATION_TYPE and ev.stream == LEDGER_STREAM:
-            active = str(canonical.loads(ev.payload)["key_id"])
+        if not introduced:
+            raise IntegrityViolation(1, UNSEALED, "the ledger has no genesis event")
+        active = introduced[-1]
+        sealer = introduced[-2] if ev.type == ROTATION_TYPE and len(introduced) > 1 else active
+        seal_key = public(sealer)
+        if (
+            seal is None or not ev.closes or seal.key_id != sealer or seal_key is None
+            or not seal_key.verify(seal.signature, seal_message(seal.first, ev.seq, ev.hash))
+        ):
+            raise IntegrityViolation(base.seq, BAD_SEAL, "checkpoint head is not sealed")
         v = ChainVerifier(listed, trusted={k.key_id for k in trusted} or None)
         v.start_after(
             Head(base.seq, base.head_hash), active_key=active, ledger_id=str(ledger_id),

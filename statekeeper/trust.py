@@ -1,0 +1,71 @@
+"""Verify before acting: the history a command acts on is one the key sealed.
+
+``start``, ``resume`` and ``rollback`` call :func:`verify_before_act` before they touch the
+target. It verifies the chain since the last head this tool verified, kept as a checkpoint
+signed with the ledger's key in ``.statekeeper/verified/<ledger id>.checkpoint`` (so a long
+ledger costs only its new events), and the run's own stream in full. A missing, unreadable or
+foreign local checkpoint only means a full verification: it is a shortcut, never a source of
+trust (a forged one would need the key; an older one makes the check longer, not weaker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import files
+
+if TYPE_CHECKING:
+    from ledger import Checkpoint, Ledger, VerifyResult
+
+
+def local_checkpoint_path(base_dir: Path, ledger_id: str) -> Path:
+    return base_dir / ".statekeeper" / "verified" / f"{ledger_id}.checkpoint"
+
+
+def _read_local(lg: Ledger, path: Path, ledger_id: str) -> Checkpoint | None:
+    """The local checkpoint if it is this ledger's and signed by one of its keys."""
+    import ledger
+
+    try:
+        cp = ledger.parse_checkpoint(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, ledger.LedgerError):
+        return None
+    if cp.ledger_id != ledger_id or cp.stream is not None:
+        return None
+    listed = lg.keys()
+    for k in listed:
+        if k.key_id == cp.key_id and cp.verify(ledger.PublicKey.from_b64(k.public_key)):
+            return cp
+    return None
+
+
+def verify_before_act(lg: Ledger, base_dir: Path, stream: str | None = None) -> VerifyResult:
+    """Verify what was appended since the last verified head, and ``stream`` whole; raise
+    :class:`ledger.IntegrityViolation` at the first bad seq. On success, and when the ledger
+    can sign, move the local checkpoint to the verified head."""
+    ledger_id = lg.ledger_id()
+    if ledger_id is None:  # an empty ledger: nothing to verify yet
+        return lg.verify()
+    base = _read_local(lg, local_checkpoint_path(base_dir, ledger_id), ledger_id)
+    # With a genuine local checkpoint, a ledger that no longer holds its head was cut short
+    # or rewritten since: that is a violation, not a reason to start over.
+    result = lg.verify_from(base)
+    if stream is not None:
+        lg.verify_stream(stream)
+    remember(lg, base_dir, result)
+    return result
+
+
+def remember(lg: Ledger, base_dir: Path, verified: VerifyResult) -> None:
+    """Keep ``verified``'s head as the local checkpoint (best effort: it is only a shortcut)."""
+    if lg.signer is None or verified.head.seq == 0 or verified.ledger_id is None:
+        return
+    import ledger
+
+    path = local_checkpoint_path(base_dir, verified.ledger_id)
+    with contextlib.suppress(OSError, ledger.LedgerError):
+        text = lg.checkpoint(verified)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files.write_atomic(path, text)
