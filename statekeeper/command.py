@@ -33,6 +33,8 @@ def __getattr__(name: str) -> Any:
 
 
 TOOL = f"statekeeper/{__version__}"
+#: Streams statekeeper replays (runs, operations): `ledger append` may not write into them.
+RESERVED_STREAM_PREFIXES = ("upgrade/", "ops/")
 
 
 @dataclass
@@ -140,6 +142,11 @@ def ledger_append(
 ) -> ledger.StoredEvent:
     from ledger import NewEvent
 
+    if stream.lower().startswith(RESERVED_STREAM_PREFIXES):
+        raise ConfigError(
+            f"--stream {stream}: streams under {', '.join(RESERVED_STREAM_PREFIXES)} are "
+            "reserved for statekeeper's own runs and operations, which it replays"
+        )
     with settings.open_ledger(signing=True) as lg:
         return lg.append(stream, NewEvent(type_, payload), expected_position=expected_position)[-1]
 

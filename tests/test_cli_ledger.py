@@ -152,6 +152,20 @@ def test_append_refused(
     assert _head(db_url) == head  # nothing written
 
 
+@pytest.mark.parametrize("stream", ["upgrade/20260101-000000-abcdef", "ops/1", "Upgrade/x"])
+def test_append_refuses_the_streams_statekeeper_replays(
+    sk: Invoke, db_url: str, stream: str
+) -> None:
+    assert sk("ledger", "append", "--stream", "s", "--type", "t").exit_code == 0
+    head = _head(db_url)
+    r = sk("ledger", "append", "--stream", stream, "--type", "run.created")
+    assert error(r, 2) == (
+        f"error: --stream {stream}: streams under upgrade/, ops/ are reserved for "
+        "statekeeper's own runs and operations, which it replays"
+    )
+    assert _head(db_url) == head
+
+
 # -- verify -----------------------------------------------------------------------------------
 def _tamper_payload(db_url: str, seq: int) -> None:
     with RawDB(db_url) as db:
