@@ -190,6 +190,10 @@ class Recorder:
     def _install_triggers(self, conn: Connection) -> None:
         raise NotImplementedError
 
+    def _schema_ready(self, conn: Connection) -> bool:
+        """Whether tables and triggers are all in place, so that opening needs no DDL."""
+        return False
+
     def _write(self) -> contextlib.AbstractContextManager[Connection]:
         return self.engine.begin()
 
@@ -214,6 +218,9 @@ class Recorder:
     def ensure_schema(self) -> None:
         with self.translate(), self._write() as conn:
             self._lock_head(conn)
+            if self._schema_ready(conn):  # no DDL: the appending role may only INSERT
+                self._check_format(conn)
+                return
             metadata.create_all(conn, checkfirst=True)
             self._check_format(conn)
             self._install_triggers(conn)
@@ -867,6 +874,15 @@ class PostgresRecorder(Recorder):
         cur = conn.cursor(name="ledger_iter_events")
         cur.itersize = batch
         return cur
+
+    def _schema_ready(self, conn: Connection) -> bool:
+        names = [f"{t}_{kind}" for t in TABLES for kind in ("append_only", "no_truncate")]
+        found = conn.execute(text(
+            "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE pg_table_is_visible(c.oid) AND c.relname = ANY(:tables) "
+            "AND t.tgname = ANY(:names) AND t.tgenabled = 'A'"
+        ), {"tables": list(TABLES), "names": names}).scalar()
+        return found == len(names)
 
     def _install_triggers(self, conn: Connection) -> None:
         conn.exec_driver_sql(

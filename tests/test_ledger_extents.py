@@ -20,6 +20,7 @@ import ledger
 from ledger.chain import seal_message
 from ledger.checkpoint import sign_checkpoint
 from ledger.export import _event_line
+from tests.pgcluster import PgCluster
 from tests.test_cli_ledger import error, run
 from tests.test_ledger_support import RawDB, forge
 
@@ -218,3 +219,22 @@ def test_checkpoint_and_export_refuse_a_retired_key(
     assert run(*k2, "ledger", "checkpoint", "--out", "cp.txt").exit_code == 0
     assert run(*k2, "ledger", "export", "--out", "e.jsonl").exit_code == 0
     assert run("ledger", "verify-export", "e.jsonl", "--against", "cp.txt").exit_code == 0
+
+
+def test_an_insert_only_role_appends_and_cannot_rewrite(
+    pg_cluster: PgCluster, signer: ledger.Signer
+) -> None:
+    """The grants docs/compliance.md gives: the appending role has SELECT and INSERT only."""
+    db = pg_cluster.createdb("grants")
+    with ledger.Ledger(pg_cluster.url(db), signer=signer) as owner:  # creates tables, triggers
+        owner.append("upgrade/a", E("run.created"))
+    role = f"app_{db}"[:60]
+    pg_cluster.psql(f'CREATE ROLE "{role}" LOGIN', db)
+    pg_cluster.psql(f'GRANT SELECT, INSERT ON ledger_events, ledger_seals, ledger_keys '
+                    f'TO "{role}"', db)
+    url = f"postgresql://{role}@127.0.0.1:{pg_cluster.port}/{db}"
+    with ledger.Ledger(url, signer=signer) as app:
+        app.append("upgrade/a", [E("state.changed"), E("step.started")])
+        assert app.verify().head.seq == 4
+    with RawDB(url) as raw, pytest.raises(Exception, match="permission denied"):
+        raw.execute("UPDATE ledger_events SET payload = '{}' WHERE seq = 2")
