@@ -2,8 +2,22 @@
 
 The lease is bookkeeping, not history: the ledger records acquisition and takeover as events;
 this table only answers "who holds it now" and is the one mutable table statekeeper keeps.
-A holder whose process is gone (same host) or whose heartbeat is older than ``stale_after``
-(another host) is dead, and ``resume`` may take the lease over.
+
+Whether a holder is alive (:meth:`LeaseStore.judge`):
+
+- Same host, same boot, same pid namespace: its process decides. The lease records the
+  holder's boot id, the start time of its process (clock ticks since boot, from
+  ``/proc/<pid>/stat``) and its pid namespace, so a pid that now belongs to another process
+  (reused after the holder died) is not mistaken for the holder.
+- Same host name but a different boot id: if the holder's last heartbeat is older than this
+  boot, the machine rebooted under it and it is dead. A heartbeat newer than this boot came
+  from another kernel (a second machine or VM with the same host name), which we cannot
+  inspect: the heartbeat decides, as for another host.
+- Same host name and boot but another pid namespace (a container sharing the host's name):
+  its pid means nothing here, so the heartbeat decides.
+- Another host: alive while its heartbeat is younger than ``stale_after``.
+
+A dead holder's lease may be taken over by ``resume``.
 """
 
 from __future__ import annotations
@@ -13,11 +27,21 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, Engine, MetaData, String, Table, create_engine, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    select,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
@@ -37,7 +61,8 @@ leases = Table(
     Column("token", String(64), nullable=False),
     Column("acquired_at", String(40), nullable=False),
     Column("heartbeat_at", String(40), nullable=False),
-    # boot id + process start time: a pid reused after a reboot is not the holder
+    # "<boot id>:<process start ticks>:<pid namespace>" (see ProcId): a reused pid is not
+    # the holder. NULL where /proc cannot tell (then only the pid is checked).
     Column("proc", String(100), nullable=True),
 )
 
@@ -53,30 +78,90 @@ class Holder:
     acquired_at: str
     heartbeat_at: str
     proc: str | None = None
+    token: str = ""
+    # why the holder was judged dead, set on the holder :meth:`LeaseStore.acquire` replaced
+    dead_because: str | None = None
 
     def describe(self) -> str:
         return f"run {self.run_id} (host {self.host}, pid {self.pid}, since {self.acquired_at})"
 
 
-def proc_identity(pid: int) -> str | None:
-    """``<boot id>:<start time>`` of a process, or None where /proc cannot tell."""
+@dataclass(frozen=True)
+class ProcId:
+    """Which process, on which boot, in which pid namespace: a pid alone is reused."""
+
+    boot: str
+    start: str  # field 22 of /proc/<pid>/stat: clock ticks from boot to the process's start
+    pidns: str | None = None  # inode of /proc/<pid>/ns/pid
+
+    def text(self) -> str:
+        return f"{self.boot}:{self.start}" + (f":{self.pidns}" if self.pidns else "")
+
+    @classmethod
+    def parse(cls, text: str | None) -> ProcId | None:
+        parts = (text or "").split(":")
+        if len(parts) not in (2, 3) or not all(p.strip() for p in parts):
+            return None  # unreadable: judge by the pid alone, as for a lease without it
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+def boot_id() -> str | None:
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            boot = f.read().strip()
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            start = f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            return f.read().strip() or None
+    except OSError:
         return None
-    return f"{boot}:{start}"
+
+
+def boot_time() -> datetime | None:
+    """When this host booted (``btime`` in /proc/stat)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return datetime.fromtimestamp(int(line.split()[1]), UTC)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def start_ticks(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            # the command name (field 2) may contain spaces and parentheses: split after it
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def own_pidns() -> str | None:
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return None
+    return link.partition("[")[2].rstrip("]") or None
+
+
+def proc_identity(pid: int) -> ProcId | None:
+    """The identity of process ``pid`` as seen from this process's pid namespace, or None
+    where /proc cannot tell."""
+    boot, start = boot_id(), start_ticks(pid)
+    if boot is None or start is None:
+        return None
+    return ProcId(boot, start, own_pidns())
 
 
 def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False  # 0 and negatives address process groups, never one holder
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    except OverflowError:
+        return False
     # A zombie (killed, not yet reaped by its parent) is dead for our purposes.
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
@@ -85,28 +170,71 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _time(text: str) -> datetime | None:
+    try:
+        t = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
 class LeaseStore:
     def __init__(self, url: URL) -> None:
         self.url = url
-        args: dict[str, Any] = {"timeout": 60} if url.get_backend_name() == "sqlite" else {}
+        sqlite = url.get_backend_name() == "sqlite"
+        args: dict[str, Any] = {"timeout": 60} if sqlite else {}
         self.engine: Engine = create_engine(url, connect_args=args)
+        if sqlite:
+            _immediate_writes(self.engine)
         try:
             _meta.create_all(self.engine, checkfirst=True)
         except sa_exc.SQLAlchemyError as e:
             raise OperationalError(f"ledger {redact(url)}: cannot create lease table: {e}") from e
 
     def holder(self, target: str) -> Holder | None:
-        with self.engine.connect() as conn:
-            r = conn.execute(select(leases).where(leases.c.target == target)).first()
+        try:
+            with self.engine.connect() as conn:
+                r = conn.execute(select(leases).where(leases.c.target == target)).first()
+        except sa_exc.SQLAlchemyError as e:
+            raise self._error("cannot read the lease", e) from e
         return _holder(r) if r else None
 
-    def is_alive(self, h: Holder, stale_after: timedelta = STALE_AFTER) -> bool:
+    def judge(self, h: Holder, stale_after: timedelta = STALE_AFTER) -> tuple[bool, str]:
+        """Whether the holder is alive, and why (the reason is recorded on a takeover)."""
         if h.host == socket.gethostname():
+            recorded = ProcId.parse(h.proc)
+            if recorded is not None:
+                boot = boot_id()
+                if boot is not None and recorded.boot != boot:
+                    booted, beat = boot_time(), _time(h.heartbeat_at)
+                    if booted is not None and (beat is None or beat < booted):
+                        return False, "this host has rebooted since the holder's last heartbeat"
+                    return self._by_heartbeat(h, stale_after, "on another boot of this host name")
+                mine = own_pidns()
+                if recorded.pidns and mine and recorded.pidns != mine:
+                    return self._by_heartbeat(h, stale_after, "in another pid namespace")
             if not pid_alive(h.pid):
-                return False
-            return h.proc is None or proc_identity(h.pid) in (None, h.proc)
-        beat = datetime.fromisoformat(h.heartbeat_at)
-        return clock.now() - beat < stale_after
+                return False, "holder process is gone"
+            if recorded is not None:
+                now = start_ticks(h.pid)
+                if now is not None and now != recorded.start:
+                    return False, f"holder process is gone (pid {h.pid} now belongs to another)"
+            return True, "holder process is running"
+        return self._by_heartbeat(h, stale_after, "on another host")
+
+    @staticmethod
+    def _by_heartbeat(h: Holder, stale_after: timedelta, where: str) -> tuple[bool, str]:
+        beat = _time(h.heartbeat_at)
+        if beat is None:
+            # a live holder rewrites it every HEARTBEAT_EVERY seconds: garbage means none beats
+            return False, f"holder {where} has an unreadable heartbeat"
+        age = clock.now() - beat
+        if age < stale_after:
+            return True, f"holder {where} has a fresh heartbeat"
+        return False, f"holder heartbeat expired ({where}, none for {int(age.total_seconds())} s)"
+
+    def is_alive(self, h: Holder, stale_after: timedelta = STALE_AFTER) -> bool:
+        return self.judge(h, stale_after)[0]
 
     def acquire(
         self,
@@ -121,48 +249,81 @@ class LeaseStore:
         (it died before its run was recorded), which any run may then replace."""
         now = clock.now().isoformat()
         me = (socket.gethostname(), str(os.getpid()))
+        ident = proc_identity(os.getpid())
         token = uuid.uuid4().hex
-        with self.engine.begin() as conn:
-            if self.engine.dialect.name == "postgresql":
-                conn.exec_driver_sql("LOCK TABLE statekeeper_leases IN EXCLUSIVE MODE")
-            r = conn.execute(select(leases).where(leases.c.target == target)).first()
-            previous = None
-            if r is not None:
-                h = _holder(r)
-                if self.is_alive(h):
-                    raise LockHeld(f"target is locked by {h.describe()}")
-                void = abandoned is not None and abandoned(h)
-                if not takeover and not void:
-                    raise LockHeld(
-                        f"target is locked by {h.describe()}, whose process is gone: "
-                        f"finish it with 'statekeeper resume {h.run_id}' "
-                        f"(or 'statekeeper resume {h.run_id} --rollback')"
+        try:
+            # The read and the replace are one serialized transaction (SQLite: BEGIN
+            # IMMEDIATE; PostgreSQL: the table lock), so two processes taking over the same
+            # dead lease cannot both win: the second sees the first as the live holder.
+            with self.engine.connect() as conn, conn.execution_options(lease_write=True).begin():
+                if self.engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql("LOCK TABLE statekeeper_leases IN EXCLUSIVE MODE")
+                r = conn.execute(select(leases).where(leases.c.target == target)).first()
+                previous = None
+                if r is not None:
+                    h = _holder(r)
+                    alive, why = self.judge(h)
+                    if alive:
+                        raise LockHeld(f"target is locked by {h.describe()}")
+                    void = abandoned is not None and abandoned(h)
+                    if not takeover and not void:
+                        raise LockHeld(
+                            f"target is locked by {h.describe()}, whose process is gone: "
+                            f"finish it with 'statekeeper resume {h.run_id}' "
+                            f"(or 'statekeeper resume {h.run_id} --rollback')"
+                        )
+                    if h.run_id != run_id and not void:
+                        raise LockHeld(
+                            f"target is held by the unfinished {h.describe()}; "
+                            "resume that run first"
+                        )
+                    previous = replace(h, dead_because=why)
+                    conn.execute(
+                        leases.delete().where(leases.c.target == target, leases.c.token == h.token)
                     )
-                if h.run_id != run_id and not void:
-                    raise LockHeld(
-                        f"target is held by the unfinished {h.describe()}; resume that run first"
+                conn.execute(
+                    leases.insert().values(
+                        target=target,
+                        run_id=run_id,
+                        host=me[0],
+                        pid=me[1],
+                        token=token,
+                        acquired_at=now,
+                        heartbeat_at=now,
+                        proc=ident.text() if ident else None,
                     )
-                previous = h
-                conn.execute(leases.delete().where(leases.c.target == target))
-            conn.execute(
-                leases.insert().values(
-                    target=target,
-                    run_id=run_id,
-                    host=me[0],
-                    pid=me[1],
-                    token=token,
-                    acquired_at=now,
-                    heartbeat_at=now,
                 )
-            )
+        except sa_exc.IntegrityError as e:  # another process inserted first
+            raise LockHeld(f"target is locked: another process took the lease ({e.orig})") from e
+        except sa_exc.SQLAlchemyError as e:
+            raise self._error("cannot take the lease", e) from e
         return Lease(self, target, token), previous
+
+    def _error(self, what: str, e: Exception) -> OperationalError:
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()
+        return OperationalError(f"ledger {redact(self.url)}: {what}: {first[0] if first else e}")
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
+def _immediate_writes(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the transaction is ours (BEGIN below)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get("lease_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
 def _holder(r: Any) -> Holder:
-    return Holder(r.run_id, r.host, int(r.pid), r.acquired_at, r.heartbeat_at, r.proc)
+    try:
+        pid = int(r.pid)
+    except (TypeError, ValueError):
+        pid = -1  # not a pid: nothing on this host can be it
+    return Holder(r.run_id, r.host, pid, r.acquired_at, r.heartbeat_at, r.proc, r.token)
 
 
 class Lease:

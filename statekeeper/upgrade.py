@@ -44,7 +44,7 @@ def new_run_id() -> str:
 
 def build_env(settings: Settings) -> Environment:
     from .backup import BackupManager
-    from .health import validate_checks
+    from .health import validate_health
     from .migrations import Migrator
     from .targets import Target
 
@@ -64,7 +64,7 @@ def build_env(settings: Settings) -> Environment:
             pgbackrest_config=b.pgbackrest_config,
             clock=clock.now,
         )
-    checks = validate_checks(cfg.raw.get("health", {}).get("checks", []), cfg.source)
+    checks = validate_health(cfg.raw.get("health", {}), cfg.source)
     return Environment(target, migrator, backups, checks)
 
 
