@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     select,
@@ -143,6 +144,7 @@ class Recorder:
         self._writer_lock = threading.Lock()
         self._writer_conn: Any = None
         self._writer_pid = 0
+        self._iter_sql: dict[tuple[bool, ...], tuple[str, list[str] | None]] = {}
         self._inherited: list[Any] = []
 
     def _new_writer(self) -> Any:
@@ -347,25 +349,17 @@ class Recorder:
         batch: int = 2000,
     ) -> Iterator[tuple[StoredEvent, Seal | None]]:
         """Yield events in seq order without loading them all (server-side cursor on PG)."""
-        cols: list[Any] = list(_EVENT_COLS)
-        src: Any = events
-        if with_seals:
-            cols += [seals.c.key_id, seals.c.signature, seals.c.first_seq]
-            src = events.outerjoin(seals, seals.c.seq == events.c.seq)
-        stmt = select(*cols).select_from(src).where(events.c.seq >= start)
-        if stop is not None:
-            stmt = stmt.where(events.c.seq <= stop)
-        if stream is not None:
-            stmt = stmt.where(events.c.stream == stream)
+        shape = (with_seals, stop is not None, stream is not None, stream_prefix is not None)
+        cached = self._iter_sql.get(shape)
+        if cached is None:
+            cached = self._iter_sql[shape] = self._compile_iter(*shape)
+        sql, names = cached
+        values: dict[str, Any] = {"start": start, "stop": stop, "stream": stream}
         if stream_prefix is not None:
-            stmt = stmt.where(events.c.stream.startswith(stream_prefix, autoescape=True))
-        stmt = stmt.order_by(events.c.seq)
-        compiled = stmt.compile(dialect=self.engine.dialect)
-        params = compiled.construct_params()
-        args: Any = params
-        if compiled.positional:
-            args = tuple(params[k] for k in compiled.positiontup or ())
-        sql = str(compiled)
+            values["prefix"] = (
+                stream_prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+            )
+        args: Any = tuple(values[k] for k in names) if names is not None else values
         b64 = base64.b64decode
         make = stored_event
         with self.translate(), self._driver() as conn:
@@ -390,6 +384,29 @@ class Recorder:
                         yield ev, seal
             finally:
                 cur.close()
+
+    def _compile_iter(
+        self, with_seals: bool, stop: bool, stream: bool, prefix: bool
+    ) -> tuple[str, list[str] | None]:
+        """The SELECT of one shape of ``iter_events``, compiled once per recorder (compiling
+        costs more than a short read): its SQL and, for positional drivers, its parameter
+        order (None: named)."""
+        cols: list[Any] = list(_EVENT_COLS)
+        src: Any = events
+        if with_seals:
+            cols += [seals.c.key_id, seals.c.signature, seals.c.first_seq]
+            src = events.outerjoin(seals, seals.c.seq == events.c.seq)
+        stmt = select(*cols).select_from(src).where(events.c.seq >= bindparam("start"))
+        if stop:
+            stmt = stmt.where(events.c.seq <= bindparam("stop"))
+        if stream:
+            stmt = stmt.where(events.c.stream == bindparam("stream"))
+        if prefix:
+            stmt = stmt.where(events.c.stream.like(bindparam("prefix"), escape="/"))
+        stmt = stmt.order_by(events.c.seq)
+        compiled = stmt.compile(dialect=self.engine.dialect)
+        names = list(compiled.positiontup or ()) if compiled.positional else None
+        return str(compiled), names
 
     def _read_cursor(self, conn: Any, batch: int) -> Any:
         """A cursor that streams a long result (the driver's default for SQLite)."""

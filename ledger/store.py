@@ -113,6 +113,7 @@ class Ledger:
         self._signer_key_id: tuple[Signer, str] | None = None
         # A head this object wrote or verified: appends build on it without re-checking it.
         self._trusted: tuple[int, str] | None = None
+        self._ledger_id: str | None = None
         path = sqlite_path(self.url)
         if not create and path is not None and not path.exists():
             raise ConfigurationError(
@@ -347,9 +348,10 @@ class Ledger:
         return self.recorder.list_keys()
 
     def ledger_id(self) -> str | None:
-        for ev in self.read(1, 1):
-            return str(canonical.loads(ev.payload)["ledger_id"])
-        return None
+        if self._ledger_id is None:  # the genesis never changes once written: read it once
+            for ev in self.read(1, 1):
+                self._ledger_id = str(canonical.loads(ev.payload)["ledger_id"])
+        return self._ledger_id
 
     # -- verification ------------------------------------------------------------------------
     def verify(
