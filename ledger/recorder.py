@@ -403,7 +403,10 @@ class Recorder:
             stmt = stmt.where(events.c.stream == bindparam("stream"))
         if prefix:
             stmt = stmt.where(events.c.stream.like(bindparam("prefix"), escape="/"))
-        stmt = stmt.order_by(events.c.seq)
+        # One stream's events come in stream_seq order, the same as seq order for any stream
+        # the appender wrote (the verifier checks both), so that the (stream, stream_seq)
+        # index serves the read: ordering by seq made it a scan of the whole table.
+        stmt = stmt.order_by(events.c.stream_seq if stream else events.c.seq)
         compiled = stmt.compile(dialect=self.engine.dialect)
         names = list(compiled.positiontup or ()) if compiled.positional else None
         return str(compiled), names
