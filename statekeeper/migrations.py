@@ -97,8 +97,8 @@ def natural_key(name: str) -> tuple[Any, ...]:
     return (tuple(parts), name)
 
 
-def _has_sql(text: str) -> bool:
-    return skip_space_and_comments(text, 0) < len(text)
+def _has_sql(text: str, backend: str) -> bool:
+    return skip_space_and_comments(text, 0, nested=backend != "sqlite") < len(text)
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -177,10 +177,11 @@ def find_transaction_control(text: str, backend: str) -> tuple[int, str] | None:
     """The first statement of ``text`` that begins or ends a transaction: its 0-based position
     and its first words (upper-cased), or ``None``. Statements are found with the backend's
     lexing, so ``BEGIN`` in a function body, string or comment is not one."""
-    spans = sqlite_statements(text) if backend == "sqlite" else pg_statements(text)
+    sqlite = backend == "sqlite"
+    spans = sqlite_statements(text) if sqlite else pg_statements(text)
     for start, _end in spans:
-        s = skip_space_and_comments(text, start)
-        words = leading_words(text, s)
+        s = skip_space_and_comments(text, start, nested=not sqlite)
+        words = leading_words(text, s, nested=not sqlite)
         if is_transaction_control(words):
             return s, " ".join(words).upper()
     return None
@@ -232,7 +233,7 @@ def parse_migration(path: Path, text: str, backend: str = "postgresql") -> Migra
         up = "".join(line + "\n" for line in lines[:down_at])
         down = "\n".join(lines[down_at + 1 :])
         down_offset = len(up) + len(lines[down_at]) + (down_at + 1 < len(lines))
-    if not _has_sql(up):
+    if not _has_sql(up, backend):
         raise ConfigError(f"{path}: the up part has no SQL")
     if not no_transaction:
         for part, offset in ((up, 0), (down, down_offset)):
@@ -780,12 +781,13 @@ class Migrator:
                     pass
                 cur.close()
             except sqlite3.Error as e:
-                pos = offset + skip_space_and_comments(text, start) + 1
+                pos = offset + skip_space_and_comments(text, start, nested=False) + 1
                 raise MigrationError(m.id, str(e), pos) from e
             if transactional and not conn.in_transaction:
                 raise MigrationError(m.id, "the migration ended its transaction itself "
                                      "(COMMIT/END in the file); it may be partly applied",
-                                     offset + skip_space_and_comments(text, start) + 1)
+                                     offset + skip_space_and_comments(text, start,
+                                                                      nested=False) + 1)
 
     def _begin(self, conn: Any) -> None:
         if not self.is_postgres:

@@ -27,8 +27,9 @@ _NUMBER = re.compile(r"[0-9][0-9A-Za-z_.]*")
 _WORD = re.compile(r"[A-Za-z_]+")
 
 
-def skip_space_and_comments(text: str, i: int) -> int:
-    """Index of the first character at or after ``i`` that is not blank or in a comment."""
+def skip_space_and_comments(text: str, i: int, *, nested: bool = True) -> int:
+    """Index of the first character at or after ``i`` that is not blank or in a comment.
+    ``nested``: block comments nest (PostgreSQL); SQLite's end at the first ``*/``."""
     n = len(text)
     while i < n:
         if text[i].isspace():
@@ -37,7 +38,11 @@ def skip_space_and_comments(text: str, i: int) -> int:
             j = text.find("\n", i)
             i = n if j < 0 else j + 1
         elif text.startswith("/*", i):
-            i = _skip_block_comment(text, i)
+            if nested:
+                i = _skip_block_comment(text, i)
+            else:
+                j = text.find("*/", i + 2)
+                i = n if j < 0 else j + 2
         else:
             break
     return i
@@ -156,12 +161,13 @@ def sqlite_statements(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def leading_words(text: str, start: int, count: int = 2) -> list[str]:
-    """The first ``count`` words of the statement at ``start``, lower-cased."""
+def leading_words(text: str, start: int, count: int = 2, *, nested: bool = True) -> list[str]:
+    """The first ``count`` words of the statement at ``start``, lower-cased (``nested``: as
+    for :func:`skip_space_and_comments`)."""
     out: list[str] = []
     i = start
     while len(out) < count:
-        i = skip_space_and_comments(text, i)
+        i = skip_space_and_comments(text, i, nested=nested)
         m = _WORD.match(text, i)
         if not m:
             break
