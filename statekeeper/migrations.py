@@ -146,6 +146,8 @@ def _lstrip_blank(s: str) -> str:
 def _directive(line: str) -> str | None:
     """The directive a line is, ``None`` if it is an ordinary line; ConfigError (without the
     file name) for a line that looks meant as a directive but is not exactly one."""
+    if "--" not in line and "/*" not in line:  # most lines: no comment, so no directive
+        return None
     if line.isascii() and line.rstrip(" \t").lower() in DIRECTIVES:
         return line.rstrip(" \t").lower()
     # A comment whose first word is "statekeeper" is reserved: a near miss must not be taken
@@ -173,18 +175,37 @@ def _directive(line: str) -> str | None:
     )
 
 
+#: The first words of every statement is_transaction_control accepts.
+_TXN_WORDS = ("begin", "commit", "end", "abort", "rollback", "start", "prepare")
+_txn_checked: dict[tuple[str, bytes], tuple[int, str] | None] = {}
+
+
 def find_transaction_control(text: str, backend: str) -> tuple[int, str] | None:
     """The first statement of ``text`` that begins or ends a transaction: its 0-based position
     and its first words (upper-cased), or ``None``. Statements are found with the backend's
     lexing, so ``BEGIN`` in a function body, string or comment is not one."""
+    # Lexing is Python, character by character: a multi-megabyte data migration takes seconds,
+    # and the files are loaded several times per command. Most files contain none of the
+    # words at all, and a text already checked is not lexed again.
+    lowered = text.lower()
+    if not any(w in lowered for w in _TXN_WORDS):
+        return None
+    key = (backend, hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+    if key in _txn_checked:
+        return _txn_checked[key]
     sqlite = backend == "sqlite"
+    found: tuple[int, str] | None = None
     spans = sqlite_statements(text) if sqlite else pg_statements(text)
     for start, _end in spans:
         s = skip_space_and_comments(text, start, nested=not sqlite)
         words = leading_words(text, s, nested=not sqlite)
         if is_transaction_control(words):
-            return s, " ".join(words).upper()
-    return None
+            found = (s, " ".join(words).upper())
+            break
+    if len(_txn_checked) >= 4096:
+        _txn_checked.clear()
+    _txn_checked[key] = found
+    return found
 
 
 def _transaction_control_message(words: str) -> str:

@@ -90,11 +90,12 @@ def pg_statements(text: str) -> list[tuple[int, int]]:
     start: int | None = None
     paren = begin_depth = words = 0
     while i < n:
-        j = skip_space_and_comments(text, i)
-        if j != i:
-            i = j
-            continue
         c = text[i]
+        if c.isspace() or c == "-" or c == "/":  # only these can start blanks or a comment
+            j = skip_space_and_comments(text, i)
+            if j != i:
+                i = j
+                continue
         if start is None:
             start = i
         if c == "'":
@@ -108,7 +109,7 @@ def pg_statements(text: str) -> list[tuple[int, int]]:
                 i = n if close < 0 else close + len(m.group(0))
             else:
                 i += 1
-        elif c.isdigit():
+        elif "0" <= c <= "9":  # not str.isdigit: "²" is a digit to Python, not to SQL
             m = _NUMBER.match(text, i)
             assert m
             i = m.end()

@@ -98,6 +98,7 @@ TOKENS = [
     "END;", "ROLLBACK;", "ROLLBACK TO SAVEPOINT a;", "START TRANSACTION;", "$$", "$fn$", "'",
     '"', "/*", "*/", "--", ";", "BEGIN ATOMIC", "CASE", "END", "E'\\'", "\n", "\r\n", "\r",
     "\t", " ", "\ufeff", "\x00", "\u2028", "\x0c", "\x85", "\u200b", "\u00a0", "\uff53",
+    "\u00b2", "\u0663", "1e", "E'", "U&'", "$1",
     "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END;",
 ]
 
