@@ -1,4 +1,5 @@
-"""Where the statements of a SQL text begin: for error positions and sanity checks only.
+"""Where the statements of a SQL text begin: for error positions and for refusing a
+migration's own transaction control when the files are loaded.
 
 PostgreSQL migrations are always handed to the server whole (the simple query protocol runs a
 multi-statement string as it is); nothing here decides what the server executes there. When the
@@ -9,11 +10,14 @@ and :func:`pg_statements` turns that count into the position of the failing stat
 The scanner follows psql's lexer: ``--`` and nested ``/* */`` comments, ``'...'`` and
 ``E'...'`` strings, ``"..."`` identifiers, ``$tag$...$tag$`` bodies, parentheses, and the
 ``BEGIN``/``CASE`` ... ``END`` depth of SQL-standard function bodies (``BEGIN ATOMIC``). A text
-it misreads only gets a less precise error position.
+it misreads gets a less precise error position, and its transaction control may be missed at
+load time (the migration then fails when it ends its own transaction, unrecorded) or, less
+likely, a statement is refused that is none.
 
 SQLite migrations are executed statement by statement on boundaries found by SQLite's own
 tokenizer (:func:`sqlite3.complete_statement`, exactly what the ``sqlite3`` shell uses), so a
-failing statement is known precisely.
+failing statement is known precisely. SQLite block comments do not nest: pass
+``nested=False`` when skipping comments in a SQLite text.
 """
 
 from __future__ import annotations
