@@ -3,7 +3,10 @@
 A migrations directory holds ``.sql`` files applied in natural file-name order (``2_x`` before
 ``10_y``); the id of a migration is its file name without ``.sql``. A line
 ``-- statekeeper:down`` splits a file into its up part (above) and its down part (below); a
-first line ``-- statekeeper:no-transaction`` runs it outside a transaction.
+first line ``-- statekeeper:no-transaction`` runs it outside a transaction. Directives match
+in any case; a comment line whose first word is ``statekeeper`` but that is not exactly a
+directive is refused, as are NUL bytes, invalid UTF-8 and (in a transactional file) statements
+that begin or end a transaction: all when the files are loaded, before anything runs.
 
 What is applied is recorded in the target database, in ``statekeeper_changelog`` (one row per
 applied migration, with the sha256 of its up part) and ``statekeeper_tags``. On PostgreSQL a
@@ -26,6 +29,7 @@ import re
 import socket
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,12 +61,11 @@ CHANGELOG_TABLE = "statekeeper_changelog"
 TAGS_TABLE = "statekeeper_tags"
 DOWN_MARKER = "-- statekeeper:down"
 NO_TRANSACTION_MARKER = "-- statekeeper:no-transaction"
+DIRECTIVES = (DOWN_MARKER, NO_TRANSACTION_MARKER)
 #: PostgreSQL advisory lock key (two int4: ``pg_locks.classid``, ``objid``; ``objsubid`` 2).
 ADVISORY_LOCK_KEY = (int.from_bytes(b"stkp", "big"), 1)
 LOCK_FILE_SUFFIX = ".statekeeper-lock"
 
-_DIRECTIVE = re.compile(r"^\s*--\s*statekeeper:\s*([A-Za-z0-9_-]*)\s*$")
-_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 _TAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 _DIGITS = re.compile(r"(\d+)")
 
@@ -94,8 +97,8 @@ def natural_key(name: str) -> tuple[Any, ...]:
     return (tuple(parts), name)
 
 
-def _has_sql(text: str) -> bool:
-    return bool(_COMMENTS.sub("", text).strip())
+def _has_sql(text: str, backend: str) -> bool:
+    return skip_space_and_comments(text, 0, nested=backend != "sqlite") < len(text)
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -122,68 +125,184 @@ def checksum_of(up: str) -> str:
     return hashlib.sha256(up.encode("utf-8")).hexdigest()
 
 
-def parse_migration(path: Path, text: str) -> Migration:
-    """Split one file's text (newlines already normalised) into a :class:`Migration`."""
+def _squash(s: str) -> str:
+    """Letters and digits only, compatibility-normalised and case-folded: what a directive
+    line reads as to a human (``-- Statekeeper : Down``, fullwidth letters, a Kelvin sign)."""
+    return "".join(c for c in unicodedata.normalize("NFKC", s).casefold() if c.isalnum())
+
+
+_KNOWN = {_squash(d): d for d in DIRECTIVES}
+
+
+def _lstrip_blank(s: str) -> str:
+    """``s`` without leading white space and invisible format characters (a zero-width
+    space, a stray byte-order mark)."""
+    i = 0
+    while i < len(s) and (s[i].isspace() or unicodedata.category(s[i]) == "Cf"):
+        i += 1
+    return s[i:]
+
+
+def _directive(line: str) -> str | None:
+    """The directive a line is, ``None`` if it is an ordinary line; ConfigError (without the
+    file name) for a line that looks meant as a directive but is not exactly one."""
+    if "--" not in line and "/*" not in line:  # most lines: no comment, so no directive
+        return None
+    if line.isascii() and line.rstrip(" \t").lower() in DIRECTIVES:
+        return line.rstrip(" \t").lower()
+    # A comment whose first word is "statekeeper" is reserved: a near miss must not be taken
+    # for a comment, which would silently make a migration irreversible or transactional.
+    body = _lstrip_blank(line)
+    if not body.startswith(("--", "/*")):
+        return None
+    body = _lstrip_blank(body.lstrip("-/*"))
+    word = unicodedata.normalize("NFKC", body[:24]).casefold()
+    if not word.startswith("statekeeper") or word[11:12].isalnum() or word[11:12] == "_":
+        return None
+    shown = line.rstrip(" \t")
+    shown = repr(shown if len(shown) <= 60 else shown[:57] + "...")
+    squashed = _squash(line)
+    if squashed in _KNOWN:
+        raise ConfigError(f"malformed directive {shown}: write it exactly as "
+                          f"{_KNOWN[squashed]!r}, at the start of its line")
+    for key, d in _KNOWN.items():
+        if squashed.startswith(key):
+            raise ConfigError(f"malformed directive {shown}: nothing may follow {d!r} on "
+                              f"its line")
+    raise ConfigError(
+        f"unknown directive {shown} (known: {', '.join(DIRECTIVES)}; a comment whose first "
+        f"word is 'statekeeper' is reserved for directives)"
+    )
+
+
+#: The first words of every statement is_transaction_control accepts.
+_TXN_WORDS = ("begin", "commit", "end", "abort", "rollback", "start", "prepare")
+_txn_checked: dict[tuple[str, bytes], tuple[int, str] | None] = {}
+
+
+def find_transaction_control(text: str, backend: str) -> tuple[int, str] | None:
+    """The first statement of ``text`` that begins or ends a transaction: its 0-based position
+    and its first words (upper-cased), or ``None``. Statements are found with the backend's
+    lexing, so ``BEGIN`` in a function body, string or comment is not one."""
+    # Lexing is Python, character by character: a multi-megabyte data migration takes seconds,
+    # and the files are loaded several times per command. Most files contain none of the
+    # words at all, and a text already checked is not lexed again.
+    lowered = text.lower()
+    if not any(w in lowered for w in _TXN_WORDS):
+        return None
+    key = (backend, hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+    if key in _txn_checked:
+        return _txn_checked[key]
+    sqlite = backend == "sqlite"
+    found: tuple[int, str] | None = None
+    spans = sqlite_statements(text) if sqlite else pg_statements(text)
+    for start, _end in spans:
+        s = skip_space_and_comments(text, start, nested=not sqlite)
+        words = leading_words(text, s, nested=not sqlite)
+        if is_transaction_control(words):
+            found = (s, " ".join(words).upper())
+            break
+    if len(_txn_checked) >= 4096:
+        _txn_checked.clear()
+    _txn_checked[key] = found
+    return found
+
+
+def _transaction_control_message(words: str) -> str:
+    return (f"{words} starts or ends a transaction: statekeeper runs each migration in a "
+            f"transaction of its own (remove it, or make the first line "
+            f"{NO_TRANSACTION_MARKER})")
+
+
+def parse_migration(path: Path, text: str, backend: str = "postgresql") -> Migration:
+    """Split one file's text (decoded, BOM dropped, newlines normalised to ``\\n``) into a
+    :class:`Migration`; ConfigError naming the file for anything malformed. ``backend``
+    (``postgresql`` or ``sqlite``) decides how statements are lexed for the
+    transaction-control check."""
+    if "\0" in text:  # read_migration refuses it with the byte offset; a direct caller too
+        raise ConfigError(f"{path}: contains a NUL character at character {text.index(chr(0))}")
     if not text.strip():
         raise ConfigError(f"{path}: migration file is empty")
-    lines = text.splitlines(keepends=True)
+    # Only "\n" ends a line: str.splitlines would also split at \x0b, \x0c, \x1c-\x1e, \x85,
+    # U+2028 and U+2029, which no editor shows as a line break.
+    lines = text.split("\n")
     no_transaction = False
     down_at: int | None = None
     for n, line in enumerate(lines):
-        m = _DIRECTIVE.match(line)
-        if not m:
+        try:
+            name = _directive(line)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: line {n + 1}: {e}") from None
+        if name is None:
             continue
-        name = m.group(1)
-        if name == "down":
+        if name == DOWN_MARKER:
             if down_at is not None:
                 raise ConfigError(
                     f"{path}: line {n + 1}: a second {DOWN_MARKER} line "
                     f"(the first is on line {down_at + 1})"
                 )
             down_at = n
-        elif name == "no-transaction":
+        else:
             if n != 0:
                 raise ConfigError(
                     f"{path}: line {n + 1}: {NO_TRANSACTION_MARKER} must be the first line"
                 )
             no_transaction = True
-        else:
-            raise ConfigError(
-                f"{path}: line {n + 1}: unknown directive {line.strip()!r} "
-                f"(known: {DOWN_MARKER}, {NO_TRANSACTION_MARKER})"
-            )
     if down_at is None:
         up, down, down_offset = text, None, 0
     else:
-        up = "".join(lines[:down_at])
-        down = "".join(lines[down_at + 1 :])
-        down_offset = len(up) + len(lines[down_at])
-    if not _has_sql(up):
+        up = "".join(line + "\n" for line in lines[:down_at])
+        down = "\n".join(lines[down_at + 1 :])
+        down_offset = len(up) + len(lines[down_at]) + (down_at + 1 < len(lines))
+    if not _has_sql(up, backend):
         raise ConfigError(f"{path}: the up part has no SQL")
+    if not no_transaction:
+        for part, offset in ((up, 0), (down, down_offset)):
+            found = find_transaction_control(part, backend) if part is not None else None
+            if found is not None:
+                pos, words = found
+                line_no = text.count("\n", 0, offset + pos) + 1
+                raise ConfigError(
+                    f"{path}: line {line_no}: {_transaction_control_message(words)}"
+                )
     mid = path.name[: -len(".sql")]
     return Migration(mid, path, up, down, checksum_of(up), no_transaction, down_offset)
 
 
-def read_migration(path: Path) -> Migration:
+def _line_of(data: bytes, offset: int) -> int:
+    head = data[:offset]
+    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+
+
+def read_migration(path: Path, backend: str = "postgresql") -> Migration:
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read migration: {e.strerror or e}") from e
+    # libpq sends a statement as a C string: everything after a NUL would silently never
+    # reach PostgreSQL while the migration is recorded as applied.
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ConfigError(f"{path}: NUL byte at byte offset {nul} (line {_line_of(data, nul)}); "
+                          f"a migration must be text")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from e
+        raise ConfigError(f"{path}: not UTF-8 text: invalid byte at byte offset {e.start} "
+                          f"(line {_line_of(data, e.start)})") from e
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    return parse_migration(path, text)
+    return parse_migration(path, text, backend)
 
 
-def load_migrations(dir: Path) -> list[Migration]:
-    """Every ``*.sql`` file of ``dir`` (not hidden, not in subdirectories), natural order."""
-    if not dir.exists():
-        raise ConfigError(f"migrations directory {dir} does not exist")
-    if not dir.is_dir():
-        raise ConfigError(f"migrations directory {dir} is not a directory")
+def load_migrations(dir: Path, backend: str = "postgresql") -> list[Migration]:
+    """Every ``*.sql`` file of ``dir`` (not hidden, not in subdirectories), natural order.
+    ``backend``: the target's (``postgresql`` or ``sqlite``), for the statement lexing of the
+    transaction-control check."""
     try:
+        if not dir.exists():
+            raise ConfigError(f"migrations directory {dir} does not exist")
+        if not dir.is_dir():
+            raise ConfigError(f"migrations directory {dir} is not a directory")
         paths = [
             p for p in dir.iterdir()
             if p.name.endswith(".sql") and not p.name.startswith(".") and p.is_file()
@@ -191,7 +310,7 @@ def load_migrations(dir: Path) -> list[Migration]:
     except OSError as e:
         raise ConfigError(f"migrations directory {dir}: cannot list: {e.strerror or e}") from e
     paths.sort(key=lambda p: natural_key(p.name))
-    return [read_migration(p) for p in paths]
+    return [read_migration(p, backend) for p in paths]
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -288,7 +407,7 @@ class Migrator:
 
     # -- files ---------------------------------------------------------------------------
     def migrations(self) -> list[Migration]:
-        return load_migrations(self.migrations_dir)
+        return load_migrations(self.migrations_dir, self.target.backend)
 
     # -- connections ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -651,24 +770,8 @@ class Migrator:
         else:
             self._execute_sqlite(conn, m, text, offset, transactional)
 
-    def _refuse_transaction_control(self, m: Migration, text: str, offset: int,
-                                    spans: list[tuple[int, int]]) -> None:
-        for start, _end in spans:
-            s = skip_space_and_comments(text, start)
-            words = leading_words(text, s)
-            if is_transaction_control(words):
-                raise MigrationError(
-                    m.id,
-                    f"{' '.join(words).upper()} ends or starts a transaction: statekeeper runs "
-                    f"each migration in a transaction of its own (remove it, or make the "
-                    f"first line {NO_TRANSACTION_MARKER})",
-                    offset + s + 1,
-                )
-
     def _execute_pg(self, conn: Any, m: Migration, text: str, offset: int,
                     transactional: bool) -> None:
-        if transactional:
-            self._refuse_transaction_control(m, text, offset, pg_statements(text))
         cur = _CountingCursor(conn)
         try:
             cur.execute(text)  # whole text, simple query protocol (no parameters)
@@ -692,8 +795,6 @@ class Migrator:
     def _execute_sqlite(self, conn: sqlite3.Connection, m: Migration, text: str, offset: int,
                         transactional: bool) -> None:
         spans = sqlite_statements(text)
-        if transactional:
-            self._refuse_transaction_control(m, text, offset, spans)
         for start, end in spans:
             try:
                 cur = conn.execute(text[start:end])
@@ -701,12 +802,13 @@ class Migrator:
                     pass
                 cur.close()
             except sqlite3.Error as e:
-                pos = offset + skip_space_and_comments(text, start) + 1
+                pos = offset + skip_space_and_comments(text, start, nested=False) + 1
                 raise MigrationError(m.id, str(e), pos) from e
             if transactional and not conn.in_transaction:
                 raise MigrationError(m.id, "the migration ended its transaction itself "
                                      "(COMMIT/END in the file); it may be partly applied",
-                                     offset + skip_space_and_comments(text, start) + 1)
+                                     offset + skip_space_and_comments(text, start,
+                                                                      nested=False) + 1)
 
     def _begin(self, conn: Any) -> None:
         if not self.is_postgres:
@@ -745,8 +847,8 @@ class Migrator:
         ``hook`` is called in the middle: after the SQL and the changelog row, before the
         commit (no-transaction migrations: after the SQL, before the row is written)."""
         with self.lock(run_id=run_id):
-            self._ensure_tables()
             migrations = self.migrations()
+            self._ensure_tables()
             applied = self._read()[0]
             for r in applied:
                 if r.id == migration.id and r.checksum == migration.checksum:
@@ -822,9 +924,9 @@ class Migrator:
             return done
 
     def _plan_up(self, target_id: str | None, *, create: bool) -> list[Migration]:
+        migrations = self.migrations()  # a bad file is refused before anything is written
         if create:
             self._ensure_tables()
-        migrations = self.migrations()
         applied = self._read()[0]
         self._check(migrations, applied, order=True)
         done = {r.id for r in applied}

@@ -1,4 +1,5 @@
-"""Where the statements of a SQL text begin: for error positions and sanity checks only.
+"""Where the statements of a SQL text begin: for error positions and for refusing a
+migration's own transaction control when the files are loaded.
 
 PostgreSQL migrations are always handed to the server whole (the simple query protocol runs a
 multi-statement string as it is); nothing here decides what the server executes there. When the
@@ -9,11 +10,14 @@ and :func:`pg_statements` turns that count into the position of the failing stat
 The scanner follows psql's lexer: ``--`` and nested ``/* */`` comments, ``'...'`` and
 ``E'...'`` strings, ``"..."`` identifiers, ``$tag$...$tag$`` bodies, parentheses, and the
 ``BEGIN``/``CASE`` ... ``END`` depth of SQL-standard function bodies (``BEGIN ATOMIC``). A text
-it misreads only gets a less precise error position.
+it misreads gets a less precise error position, and its transaction control may be missed at
+load time (the migration then fails when it ends its own transaction, unrecorded) or, less
+likely, a statement is refused that is none.
 
 SQLite migrations are executed statement by statement on boundaries found by SQLite's own
 tokenizer (:func:`sqlite3.complete_statement`, exactly what the ``sqlite3`` shell uses), so a
-failing statement is known precisely.
+failing statement is known precisely. SQLite block comments do not nest: pass
+``nested=False`` when skipping comments in a SQLite text.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ _NUMBER = re.compile(r"[0-9][0-9A-Za-z_.]*")
 _WORD = re.compile(r"[A-Za-z_]+")
 
 
-def skip_space_and_comments(text: str, i: int) -> int:
-    """Index of the first character at or after ``i`` that is not blank or in a comment."""
+def skip_space_and_comments(text: str, i: int, *, nested: bool = True) -> int:
+    """Index of the first character at or after ``i`` that is not blank or in a comment.
+    ``nested``: block comments nest (PostgreSQL); SQLite's end at the first ``*/``."""
     n = len(text)
     while i < n:
         if text[i].isspace():
@@ -37,7 +42,11 @@ def skip_space_and_comments(text: str, i: int) -> int:
             j = text.find("\n", i)
             i = n if j < 0 else j + 1
         elif text.startswith("/*", i):
-            i = _skip_block_comment(text, i)
+            if nested:
+                i = _skip_block_comment(text, i)
+            else:
+                j = text.find("*/", i + 2)
+                i = n if j < 0 else j + 2
         else:
             break
     return i
@@ -85,11 +94,12 @@ def pg_statements(text: str) -> list[tuple[int, int]]:
     start: int | None = None
     paren = begin_depth = words = 0
     while i < n:
-        j = skip_space_and_comments(text, i)
-        if j != i:
-            i = j
-            continue
         c = text[i]
+        if c.isspace() or c == "-" or c == "/":  # only these can start blanks or a comment
+            j = skip_space_and_comments(text, i)
+            if j != i:
+                i = j
+                continue
         if start is None:
             start = i
         if c == "'":
@@ -103,7 +113,7 @@ def pg_statements(text: str) -> list[tuple[int, int]]:
                 i = n if close < 0 else close + len(m.group(0))
             else:
                 i += 1
-        elif c.isdigit():
+        elif "0" <= c <= "9":  # not str.isdigit: "²" is a digit to Python, not to SQL
             m = _NUMBER.match(text, i)
             assert m
             i = m.end()
@@ -156,12 +166,13 @@ def sqlite_statements(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def leading_words(text: str, start: int, count: int = 2) -> list[str]:
-    """The first ``count`` words of the statement at ``start``, lower-cased."""
+def leading_words(text: str, start: int, count: int = 2, *, nested: bool = True) -> list[str]:
+    """The first ``count`` words of the statement at ``start``, lower-cased (``nested``: as
+    for :func:`skip_space_and_comments`)."""
     out: list[str] = []
     i = start
     while len(out) < count:
-        i = skip_space_and_comments(text, i)
+        i = skip_space_and_comments(text, i, nested=nested)
         m = _WORD.match(text, i)
         if not m:
             break

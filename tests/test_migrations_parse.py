@@ -44,7 +44,7 @@ def test_up_down_split_checksum_and_flags(tmp_path: Path) -> None:
     write(tmp_path, "2_i.sql",
           "-- statekeeper:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (x);\n")
     write(tmp_path, "3_crlf.sql",
-          b"\xef\xbb\xbfSELECT 1;\r\n--  statekeeper:down  \r\nSELECT 2;\r\n")
+          b"\xef\xbb\xbfSELECT 1;\r\n-- statekeeper:down \t\r\nSELECT 2;\r\n")
     write(tmp_path, "4_noop_down.sql", "SELECT 1;\n-- statekeeper:down\n-- nothing to undo\n")
     m1, m2, m3, m4 = load_migrations(tmp_path)
     assert (m1.up, m1.down) == (up, "DROP TABLE t;\n")
@@ -60,35 +60,210 @@ def test_up_down_split_checksum_and_flags(tmp_path: Path) -> None:
     assert m4.reversible and m4.down == "-- nothing to undo\n"
 
 
+KNOWN = "known: -- statekeeper:down, -- statekeeper:no-transaction"
+RESERVED = "a comment whose first word is 'statekeeper' is reserved for directives"
+TXN = ("starts or ends a transaction: statekeeper runs each migration in a transaction of its "
+       "own (remove it, or make the first line -- statekeeper:no-transaction)")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("", "migration file is empty"),
         ("  \n\n", "migration file is empty"),
         ("-- only a comment\n/* and another */\n", "the up part has no SQL"),
+        ("-- a /* nested /* comment */ still */\n", "the up part has no SQL"),
         ("-- statekeeper:down\nDROP TABLE t;\n", "the up part has no SQL"),
         ("SELECT 1;\n-- statekeeper:down\nSELECT 2;\n-- statekeeper:down\n",
          "line 4: a second -- statekeeper:down line (the first is on line 2)"),
+        ("SELECT 1;\n-- STATEKEEPER:DOWN\nSELECT 2;\n-- Statekeeper:Down\n",
+         "line 4: a second -- statekeeper:down line (the first is on line 2)"),
         ("SELECT 1;\n-- statekeeper:no-transaction\n",
          "line 2: -- statekeeper:no-transaction must be the first line"),
+        ("SELECT 1;\n-- statekeeper:down\n-- statekeeper:no-transaction\nSELECT 2;\n",
+         "line 3: -- statekeeper:no-transaction must be the first line"),
+        # near misses: never a comment, always refused, naming the line
         ("SELECT 1;\n-- statekeeper:dwon\nSELECT 2;\n",
-         "line 2: unknown directive '-- statekeeper:dwon' "
-         "(known: -- statekeeper:down, -- statekeeper:no-transaction)"),
+         f"line 2: unknown directive '-- statekeeper:dwon' ({KNOWN}; {RESERVED})"),
+        ("SELECT 1;\n-- statekeeper: see the docs\n",
+         f"line 2: unknown directive '-- statekeeper: see the docs' ({KNOWN}; {RESERVED})"),
+        ("SELECT 1;\n-- statekeeper\n",
+         f"line 2: unknown directive '-- statekeeper' ({KNOWN}; {RESERVED})"),
+        ("SELECT 1;\n--statekeeper:down\nSELECT 2;\n",
+         "line 2: malformed directive '--statekeeper:down': write it exactly as "
+         "'-- statekeeper:down', at the start of its line"),
+        ("SELECT 1;\n-- statekeeper: down\nSELECT 2;\n",
+         "line 2: malformed directive '-- statekeeper: down': write it exactly as "
+         "'-- statekeeper:down', at the start of its line"),
+        ("SELECT 1;\n-- statekeeper down\n",
+         "line 2: malformed directive '-- statekeeper down': write it exactly as "
+         "'-- statekeeper:down', at the start of its line"),
+        ("SELECT 1;\n--  statekeeper:down\n",
+         "line 2: malformed directive '--  statekeeper:down': write it exactly as "
+         "'-- statekeeper:down', at the start of its line"),
+        ("SELECT 1;\n  -- statekeeper:down\n",
+         "line 2: malformed directive '  -- statekeeper:down': write it exactly as "
+         "'-- statekeeper:down', at the start of its line"),
+        ("SELECT 1;\n-- statekeeper-down\n",
+         "line 2: malformed directive '-- statekeeper-down': write it exactly as "
+         "'-- statekeeper:down', at the start of its line"),
+        ("SELECT 1;\n/* statekeeper:down */\n",
+         "line 2: malformed directive '/* statekeeper:down */': write it exactly as "
+         "'-- statekeeper:down', at the start of its line"),
+        ("SELECT 1;\n-- statekeeper:down\u00a0\n",
+         "line 2: malformed directive '-- statekeeper:down\\xa0': write it exactly as "
+         "'-- statekeeper:down', at the start of its line"),
+        ("SELECT 1;\n--\u200b statekeeper:down\n",
+         "line 2: malformed directive '--\\u200b statekeeper:down': write it exactly as "
+         "'-- statekeeper:down', at the start of its line"),
+        ("SELECT 1;\n-- \uff53tatekeeper:down\n",  # a fullwidth s
+         "line 2: malformed directive '-- \uff53tatekeeper:down': write it exactly as "
+         "'-- statekeeper:down', at the start of its line"),
+        ("SELECT 1;\n-- statekeeper:no transaction\n",
+         "line 2: malformed directive '-- statekeeper:no transaction': write it exactly as "
+         "'-- statekeeper:no-transaction', at the start of its line"),
+        ("SELECT 1;\n-- statekeeper:down please\nSELECT 2;\n",
+         "line 2: malformed directive '-- statekeeper:down please': nothing may follow "
+         "'-- statekeeper:down' on its line"),
+        ("-- statekeeper:no-transaction -- for CONCURRENTLY\nSELECT 1;\n",
+         "line 1: malformed directive '-- statekeeper:no-transaction -- for CONCURRENTLY': "
+         "nothing may follow '-- statekeeper:no-transaction' on its line"),
+        # transaction control, refused when the files are loaded
+        ("BEGIN;\nCREATE TABLE t (x integer);\nCOMMIT;\n", f"line 1: BEGIN {TXN}"),
+        ("CREATE TABLE t (x integer);\n  /* c */ commit work;\n", f"line 2: COMMIT WORK {TXN}"),
+        ("SELECT 1;\nSTART TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n",
+         f"line 2: START TRANSACTION {TXN}"),
+        ("SELECT 1;\nEND", f"line 2: END {TXN}"),
+        ("SELECT 1;\nabort;\n", f"line 2: ABORT {TXN}"),
+        ("SELECT 1;\n-- statekeeper:down\nSELECT 2;\nROLLBACK;\n", f"line 4: ROLLBACK {TXN}"),
+        ("SELECT 1;\nPREPARE TRANSACTION 'x';\n", f"line 2: PREPARE TRANSACTION {TXN}"),
     ],
 )
 def test_bad_files_name_the_file(tmp_path: Path, text: str, message: str) -> None:
     p = write(tmp_path, "0001_bad.sql", text)
+    for backend in ("postgresql", "sqlite"):
+        with pytest.raises(ConfigError) as e:
+            load_migrations(tmp_path, backend)
+        assert str(e.value) == f"{p}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("text", "up", "down", "no_transaction"),
+    [
+        ("SELECT 1;\n-- Statekeeper:Down\nSELECT 2;\n", "SELECT 1;\n", "SELECT 2;\n", False),
+        ("SELECT 1;\n-- STATEKEEPER:DOWN\t \nSELECT 2;\n", "SELECT 1;\n", "SELECT 2;\n", False),
+        ("-- Statekeeper:No-Transaction\nSELECT 1;\n",
+         "-- Statekeeper:No-Transaction\nSELECT 1;\n", None, True),
+        ("SELECT 1;\n-- statekeeper:down", "SELECT 1;\n", "", False),
+        # mentioning statekeeper is fine unless it is the comment's first word
+        ("-- run by statekeeper:down below\nSELECT 1; -- statekeeper:down\n"
+         "-- statekeeper_changelog is ours\n",
+         "-- run by statekeeper:down below\nSELECT 1; -- statekeeper:down\n"
+         "-- statekeeper_changelog is ours\n", None, False),
+        # only \n ends a line: a form feed or U+2028 does not start a directive line
+        ("SELECT 1;\f-- statekeeper:down\nSELECT 2;\u2028-- statekeeper:down\n",
+         "SELECT 1;\f-- statekeeper:down\nSELECT 2;\u2028-- statekeeper:down\n", None, False),
+        # its own transaction control is allowed where statekeeper opens none
+        ("-- statekeeper:no-transaction\nBEGIN;\nSELECT 1;\nCOMMIT;\n-- statekeeper:down\n"
+         "END;\n",
+         "-- statekeeper:no-transaction\nBEGIN;\nSELECT 1;\nCOMMIT;\n", "END;\n", True),
+        ("SAVEPOINT a;\nSELECT 1;\nROLLBACK TO SAVEPOINT a;\nRELEASE SAVEPOINT a;\n",
+         "SAVEPOINT a;\nSELECT 1;\nROLLBACK TO SAVEPOINT a;\nRELEASE SAVEPOINT a;\n",
+         None, False),
+        # Python calls "²" and "٣" digits; SQL does not (the lexer once asserted on them)
+        ("SELECT ² + ٣ AS started;\n", "SELECT ² + ٣ AS started;\n", None, False),
+        ("CREATE TABLE begin_end (commit_at int);\nSELECT 'BEGIN;\nCOMMIT;';\n"
+         "-- BEGIN;\n/* COMMIT; */\n",
+         "CREATE TABLE begin_end (commit_at int);\nSELECT 'BEGIN;\nCOMMIT;';\n"
+         "-- BEGIN;\n/* COMMIT; */\n", None, False),
+    ],
+)
+def test_directives_match_in_any_case_and_only_exactly(
+    tmp_path: Path, text: str, up: str, down: str | None, no_transaction: bool
+) -> None:
+    write(tmp_path, "1_x.sql", text)
+    (m,) = load_migrations(tmp_path)
+    assert (m.up, m.down, m.no_transaction) == (up, down, no_transaction)
+    assert m.checksum == hashlib.sha256(up.encode()).hexdigest()
+    if down is not None:
+        assert text[m.down_offset:] == down
+
+
+PLPGSQL = """CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  BEGIN
+    INSERT INTO log VALUES ('BEGIN; COMMIT;');
+  EXCEPTION WHEN others THEN
+    ROLLBACK; -- not at statement level: inside the body
+  END;
+  COMMIT;
+  RETURN NEW;
+END
+$fn$;
+DO $$ BEGIN PERFORM 1; END $$;
+CREATE PROCEDURE p() LANGUAGE plpgsql AS $$
+BEGIN
+  COMMIT;
+END $$;
+CREATE FUNCTION g() RETURNS int LANGUAGE sql
+BEGIN ATOMIC
+  SELECT CASE WHEN true THEN 1 ELSE 0 END;
+END;
+SELECT E'it\\'s; BEGIN', "COMMIT" FROM t;
+"""
+
+SQLITE_TRIGGER = """CREATE TABLE t (x);
+CREATE TRIGGER tr AFTER INSERT ON t BEGIN
+  INSERT INTO t VALUES (CASE WHEN 1 THEN 'BEGIN;' ELSE 'COMMIT;' END);
+  DELETE FROM t WHERE x = ';END;';
+END;
+-- statekeeper:down
+DROP TRIGGER tr;
+DROP TABLE t;
+"""
+
+
+@pytest.mark.parametrize(("backend", "text"),
+                         [("postgresql", PLPGSQL), ("sqlite", SQLITE_TRIGGER),
+                          ("postgresql", SQLITE_TRIGGER)])
+def test_begin_inside_bodies_strings_and_comments_is_not_transaction_control(
+    tmp_path: Path, backend: str, text: str
+) -> None:
+    write(tmp_path, "1_f.sql", text)
+    (m,) = load_migrations(tmp_path, backend)
+    assert m.up + ("-- statekeeper:down\n" + m.down if m.down is not None else "") == text
+
+
+def test_transaction_control_after_a_body_is_still_found(tmp_path: Path) -> None:
+    p = write(tmp_path, "1_f.sql", PLPGSQL + "COMMIT;\n")
+    with pytest.raises(ConfigError) as e:
+        load_migrations(tmp_path, "postgresql")
+    assert str(e.value) == f"{p}: line {PLPGSQL.count(chr(10)) + 1}: COMMIT {TXN}"
+    p.write_text(SQLITE_TRIGGER.replace("DROP TABLE t;", "DROP TABLE t;\nEND TRANSACTION;"))
+    with pytest.raises(ConfigError) as e:
+        load_migrations(tmp_path, "sqlite")
+    assert str(e.value) == f"{p}: line 9: END TRANSACTION {TXN}"
+
+
+def test_nul_bytes_and_invalid_utf8_are_refused_with_their_byte_offset(tmp_path: Path) -> None:
+    # PostgreSQL would never see what follows the NUL (libpq sends a C string), yet the
+    # migration would be recorded as applied.
+    p = write(tmp_path, "1_nul.sql", b"CREATE TABLE a (x int);\r\n\x00CREATE TABLE b (x int);\n")
     with pytest.raises(ConfigError) as e:
         load_migrations(tmp_path)
-    assert str(e.value) == f"{p}: {message}"
+    assert str(e.value) == f"{p}: NUL byte at byte offset 25 (line 2); a migration must be text"
+    p.write_bytes(b"\xef\xbb\xbfSELECT 1;\n-- statekeeper:down\nSELECT 2; -- \x00\n")
+    with pytest.raises(ConfigError) as e:
+        load_migrations(tmp_path)
+    assert str(e.value) == f"{p}: NUL byte at byte offset 46 (line 3); a migration must be text"
+    p.unlink()
+    p = write(tmp_path, "1_latin1.sql", b"SELECT 1;\rSELECT '\xe9';\n")
+    with pytest.raises(ConfigError) as e:
+        load_migrations(tmp_path)
+    assert str(e.value) == (f"{p}: not UTF-8 text: invalid byte at byte offset 18 (line 2)")
 
 
 def test_unreadable_files_and_directories(tmp_path: Path) -> None:
-    p = write(tmp_path, "1_latin1.sql", b"SELECT '\xe9';\n")
-    with pytest.raises(ConfigError) as e:
-        load_migrations(tmp_path)
-    assert str(e.value) == f"{p}: not UTF-8 text (byte 8)"
-    p.unlink()
     (tmp_path / "2_link.sql").symlink_to(tmp_path / "nowhere.sql")
     assert load_migrations(tmp_path) == []  # a dangling link is not a file
     missing = tmp_path / "nope"
@@ -97,12 +272,6 @@ def test_unreadable_files_and_directories(tmp_path: Path) -> None:
     f = write(tmp_path, "file", "x")
     with pytest.raises(ConfigError, match=f"^migrations directory {f} is not a directory$"):
         load_migrations(f)
-
-
-def test_a_comment_mentioning_statekeeper_is_not_a_directive(tmp_path: Path) -> None:
-    write(tmp_path, "1_x.sql", "-- statekeeper: see the docs\nSELECT 1;\n")
-    (m,) = load_migrations(tmp_path)
-    assert not m.reversible and not m.no_transaction
 
 
 # -- statement boundaries ---------------------------------------------------------------------
