@@ -46,6 +46,8 @@ def exit_code_for(e: Exception) -> int:
     errors = _ledger_errors()
     if errors is None:
         return EXIT_ATTENTION
+    if isinstance(e, errors.LedgerUnreachable):
+        return EXIT_ATTENTION
     if isinstance(e, errors.IntegrityViolation):
         return EXIT_INTEGRITY
     if isinstance(e, errors.ConfigurationError):
@@ -55,6 +57,14 @@ def exit_code_for(e: Exception) -> int:
     return EXIT_ATTENTION
 
 
+def one_line(text: str) -> str:
+    """An error message as one line: a message that arrives with line breaks (a driver's
+    hint, a server's DETAIL) is joined, so stderr always carries exactly one error line."""
+    if "\n" not in text and "\r" not in text:
+        return text
+    return " ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
 class Group(click.Group):
     """Turns the library's typed errors into one line on stderr and a documented exit code."""
 
@@ -62,7 +72,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except _library_errors() as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {one_line(str(e))}", err=True)
             ctx.exit(exit_code_for(e))
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
@@ -70,7 +80,7 @@ class Group(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:  # a bug or an untranslated failure: one line, never a traceback
-            click.echo(f"error: unexpected {type(e).__name__}: {e}", err=True)
+            click.echo(f"error: unexpected {type(e).__name__}: {one_line(str(e))}", err=True)
             ctx.exit(EXIT_ATTENTION)
 
 

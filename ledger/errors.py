@@ -8,6 +8,8 @@
      ├── StreamConflict             optimistic concurrency: the stream moved on
      ├── IntegrityViolation         verification failed; carries ``seq`` and ``reason``
      └── OperationalError           the database failed (driver errors, translated once)
+          └── LedgerUnreachable     no connection: closed port, bad host, refused login,
+                                    a SQLite file that cannot be opened or created
 
 Every error raised by the package is one of these; driver exceptions are chained with
 ``raise ... from e`` so the cause is kept for debugging but never leaks as the message.
@@ -54,3 +56,13 @@ class IntegrityViolation(LedgerError):
 
 class OperationalError(LedgerError):
     """The database could not be reached or refused an operation."""
+
+
+class LedgerUnreachable(OperationalError):
+    """No connection to the ledger could be made. Raised once, where the ledger connects, with
+    the location (password redacted) and the driver's reason on one line."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"ledger unreachable: {where}: {reason}")
+        self.where = where
+        self.reason = reason

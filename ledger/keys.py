@@ -83,8 +83,21 @@ class Signer:
         return f"Signer(key_id={self.key_id[:16]}...)"
 
 
+def _create(path: Path, mode: int) -> int:
+    """A new file (never an existing one, never through a symlink) with exactly ``mode``,
+    whatever the umask (which can only take bits away)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def generate_key_file(path: Path) -> Signer:
-    """Write a new PEM private key with mode 0600 (created so, never widened) and return it."""
+    """Write a new PEM private key with mode 0600 (created so, never widened) and its public
+    half beside it (``<path>.pub``, 0644: readable by all, writable by its owner only)."""
     if path.exists():
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a signing key")
     if not path.parent.is_dir():
@@ -96,40 +109,87 @@ def generate_key_file(path: Path) -> Signer:
         serialization.NoEncryption(),
     )
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = _create(path, 0o600)
     except OSError as e:
         raise KeyFileError(f"{path}: cannot create key file: {e.strerror}") from e
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
         f.flush()
         os.fsync(f.fileno())
-    os.chmod(path, 0o600)
     signer = Signer(private)
     pub_path = path.with_name(path.name + ".pub")
     if not pub_path.exists():
-        pub_path.write_bytes(signer.public.pem())
+        try:
+            pub_fd = _create(pub_path, 0o644)
+        except OSError as e:
+            raise KeyFileError(f"{pub_path}: cannot create public key file: {e.strerror}") from e
+        with os.fdopen(pub_fd, "wb") as f:
+            f.write(signer.public.pem())
+            f.flush()
+            os.fsync(f.fileno())
     return signer
 
 
-def load_signer(path: Path) -> Signer:
-    """Load a private key, refusing one that group or others can read."""
+def _owner(uid: int) -> str:
     try:
-        st = path.stat()
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _unsafe(path: Path, st: os.stat_result) -> str | None:
+    """Why a private key file must not be used, or None: it must belong to the user running
+    statekeeper (another user could replace it) and give group and others no access at all
+    (reading it steals the key; writing it swaps the key; either defeats the seals)."""
+    me = os.geteuid()
+    if st.st_uid != me:
+        return (
+            f"{path}: private key is owned by {_owner(st.st_uid)}, not by the user running "
+            f"statekeeper ({_owner(me)}); use a key file of your own (mode 0600)"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        what = "readable"
+    elif mode & (stat.S_IWGRP | stat.S_IWOTH):
+        what = "writable"
+    elif mode & (stat.S_IXGRP | stat.S_IXOTH):
+        what = "executable"
+    else:
+        return None
+    return (
+        f"{path}: private key is {what} by group or others (mode {mode:04o}); "
+        f"fix it with 'chmod 600 {path}'"
+    )
+
+
+def load_signer(path: Path) -> Signer:
+    """Load a private key, refusing one that another user owns or that group or others can
+    read, write or execute. The checks are made on the open file, so what is checked is what
+    is read."""
+    try:
+        # O_NONBLOCK: a FIFO in the key's place must not hang the command (no effect on files)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError as e:
         raise KeyFileError(
             f"{path}: key file not found (create one with 'statekeeper keys generate --out {path}')"
         ) from e
     except OSError as e:
         raise KeyFileError(f"{path}: cannot read key file: {e.strerror}") from e
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(
-            f"{path}: private key is readable by group or others (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}); fix it with 'chmod 600 {path}'"
-        )
     try:
-        data = path.read_bytes()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{path}: key file is not a regular file")
+        problem = _unsafe(path, st)
+        if problem is not None:
+            raise KeyFileError(problem)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(1 << 16)
     except OSError as e:
         raise KeyFileError(f"{path}: cannot read key file: {e.strerror}") from e
+    finally:
+        os.close(fd)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:

@@ -38,7 +38,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
 from .chain import KeyRecord, Seal, StoredEvent, stored_event
-from .errors import ConfigurationError, OperationalError, StreamConflict
+from .errors import ConfigurationError, LedgerUnreachable, OperationalError, StreamConflict
 from .url import redact, sqlite_path
 
 metadata = MetaData()
@@ -138,6 +138,7 @@ class Recorder:
         self.display_url = redact(url)
         self.engine = self._create_engine()
         _no_pool_sharing_across_fork(self.engine)
+        _unreachable_on_connect(self.engine, self.display_url, url)
         dbapi = self.engine.dialect.loaded_dbapi
         self._driver_error: type[Exception] = dbapi.Error
         self._integrity_error: type[Exception] = dbapi.IntegrityError
@@ -469,18 +470,39 @@ class SQLiteRecorder(Recorder):
     def _create_engine(self) -> Engine:
         path = sqlite_path(self.url)
         assert path is not None
-        if not path.parent.exists():
-            raise ConfigurationError(
-                f"ledger {self.display_url}: directory {path.parent} does not exist"
-            )
+        if not path.parent.is_dir():
+            raise LedgerUnreachable(self.display_url, f"directory {path.parent} does not exist")
         engine = create_engine(self.url, connect_args={"timeout": 60})
+        where = self.display_url
+        sqlite_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+
+        @event.listens_for(engine, "do_connect")
+        def _private_file(_dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
+            # SQLite would create a missing ledger file 0644 (less the umask). Created 0600
+            # first, it keeps that mode, and SQLite gives its -wal and -shm files the mode of
+            # the database file. (Only where SQLite would create it: Ledger(create=False)
+            # refuses a missing file before it gets here.)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                return None
+            except OSError as e:
+                raise LedgerUnreachable(where, f"cannot create {path}: {e.strerror}") from e
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
+            return None
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             # Take transaction control from the sqlite3 module so BEGIN IMMEDIATE is ours.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            try:  # still connecting: a file that cannot be opened as a WAL database
+                cur.execute("PRAGMA journal_mode=WAL")
+            except sqlite_error as e:
+                raise LedgerUnreachable(where, _reason(e, None)) from e
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.close()
@@ -936,6 +958,34 @@ def recorder_for(url: URL) -> Recorder:
     if cls is None:
         raise ConfigurationError(f"no ledger backend for {redact(url)!r}")
     return cls(url)
+
+
+def _reason(e: BaseException, url: URL | None) -> str:
+    """The driver's first line, without libpq's "connection failed: " and never a password."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    msg = " ".join((lines[0] if lines else type(e).__name__).split())
+    for prefix in ("connection failed: ", "connection is bad: "):
+        msg = msg.removeprefix(prefix)
+    secrets = [url.password] if url is not None and url.password else []
+    if url is not None:
+        secrets += [str(v) for k, v in url.query.items() if "password" in k.lower() and v]
+    for s in secrets:
+        msg = msg.replace(str(s), "***")
+    return msg
+
+
+def _unreachable_on_connect(engine: Engine, where: str, url: URL) -> None:
+    """Connecting is where an unreachable ledger shows (a closed port, a bad host, a refused
+    login, a SQLite file that cannot be opened): one LedgerUnreachable on one line, raised for
+    every command at the same place, instead of whatever a driver says mid-way."""
+    dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dbapi_error as e:
+            raise LedgerUnreachable(where, _reason(e, url)) from e
 
 
 def _no_pool_sharing_across_fork(engine: Engine) -> None:

@@ -41,7 +41,7 @@ from .errors import (
     StatekeeperError,
     WrongDatabase,
 )
-from .files import write_atomic
+from .files import private_dir, write_atomic
 from .fingerprint import Fingerprint, diff, fingerprint
 from .targets import Target
 
@@ -321,13 +321,13 @@ class BackupManager:
             raise BackupError(f"backup {backup_id} already exists in {self.backup_dir}")
         driver = self._driver()
         try:
-            self.backup_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.backup_dir)
         except OSError as e:
             raise ConfigError(f"backup directory {self.backup_dir}: {e.strerror or e}") from e
         workdir = self._dir(backup_id)
         if workdir.exists():
             shutil.rmtree(workdir)  # an attempt that never got its manifest
-        workdir.mkdir()
+        private_dir(workdir)
         t0 = time.monotonic()
         try:
             created = driver.create(workdir, backup_id)

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from .backup import Created, Hook, Manifest, disk_free
 from .errors import BackupError, ConfigError, TargetError
-from .files import publish
+from .files import CHILD_UMASK, publish, touch_private
 from .fingerprint import pg_fingerprint
 from .targets import Target, first_line
 
@@ -147,12 +147,15 @@ class PgDumpMethod:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
             version, sysid = _identity(conn)
+            # pg_dump truncates the 0600 file made for it (its mode stays) and runs under
+            # umask 077: a dump is the whole database, never readable by others.
+            touch_private(tmp)
             with tempfile.TemporaryFile() as err:
                 proc = subprocess.Popen(
                     [pg_dump, "--format=custom", "--no-password", f"--snapshot={snapshot}",
                      f"--file={tmp}"],
                     env=client_env(self.target), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=err,
+                    stdout=subprocess.DEVNULL, stderr=err, umask=CHILD_UMASK,
                 )
                 try:
                     fp = pg_fingerprint(conn, begin=False)  # in parallel with pg_dump

@@ -39,7 +39,7 @@ from .errors import (
     RestoreIncomplete,
     TargetError,
 )
-from .files import publish
+from .files import publish, write_private
 from .fingerprint import pg_fingerprint, quote_ident
 from .targets import Target, first_line
 
@@ -226,7 +226,7 @@ class PgBackRestMethod:
 
         artifact = workdir / self.artifact_name
         tmp = workdir / f".{self.artifact_name}.partial"
-        tmp.write_bytes(self._manifest_bytes(label))
+        write_private(tmp, self._manifest_bytes(label))
         publish(tmp, artifact)
         return Created(
             artifact=artifact, fingerprint=fp, server_version=version,

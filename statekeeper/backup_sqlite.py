@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .backup import Created, Hook, Manifest, disk_free
 from .errors import BackupError, ConfigError
-from .files import fsync_path, publish
+from .files import fsync_path, publish, touch_private
 from .fingerprint import sqlite_fingerprint
 from .targets import Target
 
@@ -32,6 +32,8 @@ class SqliteMethod:
         tmp = workdir / f".{self.artifact_name}.partial"
         src = self.target.connect(autocommit=True)
         try:
+            # SQLite keeps the mode of an existing file and gives its journal the same one.
+            touch_private(tmp)
             dst = sqlite3.connect(tmp, isolation_level=None)
             try:
                 src.backup(dst)

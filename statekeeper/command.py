@@ -58,18 +58,28 @@ class Settings:
         return cls(cfg, url, kp)
 
     def checkpoint_dir(self) -> Path:
-        """Where terminal-state checkpoints are written (copy them to write-once storage)."""
-        return self.config.base_dir / ".statekeeper" / "checkpoints"
+        """Where terminal-state checkpoints are written (copy them to write-once storage);
+        created 0700 (with ``.statekeeper``) when missing."""
+        return files.private_dir(self.config.base_dir / ".statekeeper" / "checkpoints")
 
-    def _ensure_sqlite_dir(self) -> None:
+    def _ensure_sqlite_dir(self, create: bool) -> None:
         import ledger
+        from ledger.errors import LedgerUnreachable
 
         u = ledger.normalize_url(self.ledger_url, self.config.base_dir)
         if u.get_backend_name() == "sqlite" and u.database:
             d = Path(u.database).parent
-            # Only the default location is created for the user; a typo elsewhere is an error.
-            if d == self.config.base_dir / ".statekeeper":
-                d.mkdir(parents=True, exist_ok=True)
+            # Only the default location is created for the user (0700); a typo elsewhere is
+            # an error, for reading commands as for writing ones.
+            if create and d == self.config.base_dir / ".statekeeper":
+                try:
+                    files.private_dir(d)
+                except OSError as e:
+                    raise LedgerUnreachable(
+                        ledger.redact(u), f"cannot create directory {d}: {e.strerror or e}"
+                    ) from e
+            elif not d.is_dir():
+                raise LedgerUnreachable(ledger.redact(u), f"directory {d} does not exist")
 
     def open_ledger(self, *, signing: bool, create: bool | None = None) -> Ledger:
         """Open the ledger; ``signing`` loads the private key (needed to append or sign)."""
@@ -79,8 +89,7 @@ class Settings:
         signer = ledger.load_signer(self.key_path) if signing else None
         if create is None:
             create = signing
-        if create:
-            self._ensure_sqlite_dir()
+        self._ensure_sqlite_dir(create)
         return Ledger(
             self.ledger_url,
             signer=signer,
@@ -406,9 +415,9 @@ def init(
     else:
         done.append(f"kept {path}")
     settings = Settings.load(str(path), ledger_url, key)
-    (settings.config.base_dir / ".statekeeper").mkdir(exist_ok=True)
+    files.private_dir(settings.config.base_dir / ".statekeeper")
     if settings.config.migrations_dir and not settings.config.migrations_dir.exists():
-        settings.config.migrations_dir.mkdir(parents=True)
+        files.private_dir(settings.config.migrations_dir)
         done.append(f"created {settings.config.migrations_dir}")
     if not settings.key_path.exists():
         keys_generate(settings.key_path)

@@ -492,7 +492,7 @@ def test_password_never_printed(work: Path, pg_cluster: PgCluster, command: list
 def test_unreachable_ledger_message(work: Path) -> None:
     r = run("--ledger", "postgresql://user:secret@127.0.0.1:1/db", "ledger", "verify")
     assert error(r, 3) == (
-        "error: ledger postgresql+psycopg://user:***@127.0.0.1:1/db: connection failed: "
+        "error: ledger unreachable: postgresql+psycopg://user:***@127.0.0.1:1/db: "
         'connection to server at "127.0.0.1", port 1 failed: Connection refused'
     )
 
@@ -511,7 +511,7 @@ def test_unreachable_ledger_message(work: Path) -> None:
         (["--key", "", "ledger", "append", "--stream", "s", "--type", "t"], 2),
         (["--ledger", "sqlite://", "ledger", "verify"], 2),
         (["--ledger", "sqlite:///no/such/dir/x.db", "ledger", "append", "--stream", "s",
-          "--type", "t"], 2),
+          "--type", "t"], 3),
         (["--key", "missing.pem", "ledger", "append", "--stream", "s", "--type", "t"], 2),
         (["--key", "world.pem", "ledger", "append", "--stream", "s", "--type", "t"], 2),
         (["--key", "junk.pem", "ledger", "append", "--stream", "s", "--type", "t"], 2),

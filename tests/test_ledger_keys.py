@@ -64,8 +64,9 @@ def test_group_or_world_readable_key_is_refused_with_the_fix(tmp_path: Path, mod
     key.chmod(mode)
     with pytest.raises(ledger.KeyFileError) as ei:
         ledger.load_signer(key)
+    what = {0o610: "executable", 0o602: "writable"}.get(mode, "readable")
     assert str(ei.value) == (
-        f"{key}: private key is readable by group or others (mode {mode:04o}); "
+        f"{key}: private key is {what} by group or others (mode {mode:04o}); "
         f"fix it with 'chmod 600 {key}'"
     )
 
