@@ -10,6 +10,7 @@ from .errors import (
     IntegrityViolation,
     KeyFileError,
     LedgerError,
+    LedgerUnreachable,
     OperationalError,
     StreamConflict,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "KeyRecord",
     "Ledger",
     "LedgerError",
+    "LedgerUnreachable",
     "NewEvent",
     "OperationalError",
     "PublicKey",

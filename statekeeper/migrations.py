@@ -721,7 +721,7 @@ class Migrator:
             raise ConfigError(f"target {self.target.display}: database file {db} does not exist")
         path = db.with_name(db.name + LOCK_FILE_SUFFIX)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # private, like all we write
         except OSError as e:
             raise TargetError(f"cannot open lock file {path}: {e.strerror or e}") from e
         try:

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import files
+
 if TYPE_CHECKING:
     from ledger import Checkpoint, Ledger, VerifyResult
 
@@ -66,11 +68,11 @@ def remember(lg: Ledger, base_dir: Path, verified: VerifyResult) -> None:
     path = local_checkpoint_path(base_dir, verified.ledger_id)
     with contextlib.suppress(OSError, ledger.LedgerError):
         text = lg.checkpoint(verified)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files.private_dir(path.parent)
         # Renamed into place but not fsynced: after a power cut an old, empty or torn file
         # only means a longer check next time (it is ignored unless it verifies).
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        tmp.unlink(missing_ok=True)
+        with os.fdopen(files.create_private(tmp), "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
