@@ -25,12 +25,21 @@ def normalize_url(url: str, base_dir: Path | None = None, *, what: str = "URL") 
     if scheme in _PG_SCHEMES:
         if not u.database:
             raise ConfigurationError(f"{what} {redact(url)!r} names no database")
+        repeated = sorted(k for k, v in u.query.items() if not isinstance(v, str))
+        if repeated:
+            # libpq would take one of them; which one must not be a guess.
+            raise ConfigurationError(
+                f"{what} {redact(url)!r}: parameter {repeated[0]!r} is given more than once"
+            )
         return u.set(drivername="postgresql+psycopg")
     if scheme in {"sqlite", "sqlite+pysqlite"}:
         db = u.database
         if not db or db == ":memory:":
             raise ConfigurationError(f"{what} {redact(url)!r} needs a file path (sqlite:///path)")
-        path = Path(db).expanduser()
+        try:
+            path = Path(db).expanduser()
+        except RuntimeError as e:  # ~user of a user that does not exist
+            raise ConfigurationError(f"{what} {redact(url)!r}: {e}") from e
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         return u.set(drivername="sqlite", database=str(path))
@@ -48,9 +57,14 @@ def redact(url: str | URL) -> str:
         # Not parseable: show only the scheme so a password can never slip through.
         text = str(url)
         return text.split("://", 1)[0] + "://***" if "://" in text else "***"
-    if u.query and any("password" in k.lower() for k in u.query):
-        u = u.set(query={k: ("***" if "password" in k.lower() else v) for k, v in u.query.items()})
+    if u.query and any(_secret(k) for k in u.query):
+        u = u.set(query={k: ("***" if _secret(k) else v) for k, v in u.query.items()})
     return u.render_as_string(hide_password=True)
+
+
+def _secret(param: str) -> bool:
+    # password, sslpassword, scram_client_key, scram_server_key, oauth_client_secret
+    return any(w in param.lower() for w in ("password", "secret", "scram"))
 
 
 def sqlite_path(u: URL) -> Path | None:
