@@ -289,7 +289,9 @@ def load_config(
                 )
             where = f"{path}: [{section}] {key}"
             if (section, key) in URL_KEYS:
-                raw[section][key] = _check_url(interpolate_url(str(value), where, env), where, base)
+                raw[section][key] = _check_url(
+                    interpolate_url(str(value), where, env), str(value), where, base
+                )
             else:
                 raw[section][key] = _interpolate(value, where, env)
 
@@ -327,14 +329,24 @@ def load_config(
     return cfg
 
 
-def _check_url(url: str, where: str, base: Path) -> str:
-    """Refuse a URL that is not one, up front, naming the file and key (never the password)."""
-    from ledger import ConfigurationError, normalize_url
+def _check_url(url: str, template: str, where: str, base: Path) -> str:
+    """Refuse a URL that is not one, up front, naming the file and key. The message shows the
+    URL as written (``${VAR}`` references, not their values, and no password): in a URL that
+    does not parse, a value from the environment can sit anywhere."""
+    from ledger import ConfigurationError, normalize_url, redact
 
+    shown = redact(template)
     try:
-        normalize_url(url, base, what=where)
+        u = normalize_url(url, base, what=where, shown=shown)
     except ConfigurationError as e:
         raise ConfigError(_one_line(e)) from e
+    if u.get_backend_name() == "postgresql" and u.query:
+        import psycopg
+
+        try:  # a parameter libpq does not know would only fail at the first connection
+            psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in u.query.items()})
+        except psycopg.ProgrammingError as e:
+            raise ConfigError(f"{where} {shown!r}: {_one_line(e)}") from e
     return url
 
 
