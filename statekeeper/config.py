@@ -284,8 +284,10 @@ def load_config(
             wrong_bool = isinstance(value, bool) and expected is not bool
             if wrong_bool or not isinstance(value, expected):
                 got = _TYPE_NAMES.get(type(value), type(value).__name__)
+                want = _type_name(expected)
+                article = "an" if want[0] in "aeiou" else "a"
                 raise ConfigError(
-                    f"{path}: [{section}] {key} must be a {_type_name(expected)}, not {got}"
+                    f"{path}: [{section}] {key} must be {article} {want}, not {got}"
                 )
             where = f"{path}: [{section}] {key}"
             if (section, key) in URL_KEYS:

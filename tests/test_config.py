@@ -107,10 +107,10 @@ def test_deploy_is_exit_2_from_the_cli(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("body", "words"), [
     ("[backup]\nenabled = 1\n", "must be a boolean, not integer"),
-    ("[health]\nretries = true\n", "must be a integer, not boolean"),
+    ("[health]\nretries = true\n", "must be an integer, not boolean"),
     ("[health]\ninterval = '1'\n", "must be a number, not string"),
     ("[target]\nurl = 5\n", "must be a string, not integer"),
-    ("[health]\nchecks = 'SELECT 1'\n", "must be a array, not string"),
+    ("[health]\nchecks = 'SELECT 1'\n", "must be an array, not string"),
     ("[backup]\ndir = 1979-05-27\n", "must be a string, not date"),
     ("ledger = 1\n", "[ledger] must be a table"),
 ])
