@@ -210,6 +210,10 @@ def interpolate_url(value: str, where: str, env: Mapping[str, str]) -> str:
                 raise ConfigError(f"{where}: ${{{t}}} is used as the URL scheme but is not one")
             out.append(v)
         elif pos < auth_end and pos > userinfo_end:
+            if skeleton.startswith("sqlite"):
+                # no host in a SQLite URL: "sqlite://${DB_PATH}" with DB_PATH=/abs/app.db
+                out.append(v)
+                continue
             if _HOST_FORBIDDEN.search(v):
                 raise ConfigError(
                     f"{where}: ${{{t}}} is used in the URL's host or port and must not contain "

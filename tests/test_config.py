@@ -170,6 +170,13 @@ def test_a_sqlite_path_from_the_environment_keeps_its_slashes(tmp_path: Path) ->
     assert Target.from_url(str(cfg.target_url)).sqlite_path == data / "app.db"
 
 
+def test_a_sqlite_url_whose_path_starts_in_a_variable(tmp_path: Path) -> None:
+    """Taken as it is (SQLAlchemy's rule applies: sqlite:// + /abs is relative, + //abs is not)."""
+    cfg = load(tmp_path, '[target]\nurl = "sqlite://${DB_PATH}"\n', DB_PATH="//srv/a b.db")
+    assert cfg.target_url == "sqlite:////srv/a b.db"
+    assert Target.from_url(cfg.target_url).sqlite_path == Path("/srv/a b.db")
+
+
 def test_a_whole_url_from_the_environment_is_taken_as_it_is(tmp_path: Path) -> None:
     url = "postgresql://app:p%40ss@db:5433/trading"
     cfg = load(tmp_path, '[target]\nurl = "${DATABASE_URL}"\n', DATABASE_URL=url)
