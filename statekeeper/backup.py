@@ -473,7 +473,7 @@ class BackupManager:
                     f"{target.display} is cluster {sysid}{hint}"
                 )
             return
-        addr = (target.url.host or "localhost", int(target.url.port or 5432))
+        addr = target.endpoint()  # where libpq connects, as the manifest recorded it
         if m.host is not None and (m.host, m.port) != addr:
             raise WrongDatabase(
                 f"backup {m.id} was taken on {m.host}:{m.port}, target is "

@@ -23,15 +23,6 @@ from .files import CHILD_UMASK, publish, touch_private
 from .fingerprint import pg_fingerprint
 from .targets import Target, first_line
 
-# URL query parameters that libpq also reads from the environment.
-_QUERY_ENV = {
-    "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT",
-    "sslkey": "PGSSLKEY", "sslcrl": "PGSSLCRL", "connect_timeout": "PGCONNECT_TIMEOUT",
-    "application_name": "PGAPPNAME", "options": "PGOPTIONS",
-    "target_session_attrs": "PGTARGETSESSIONATTRS", "passfile": "PGPASSFILE",
-    "service": "PGSERVICE", "gssencmode": "PGGSSENCMODE",
-}
-
 USER_SCHEMAS = (
     "SELECT nspname FROM pg_namespace WHERE nspname NOT IN "
     "('pg_catalog', 'information_schema', 'pg_toast') AND nspname !~ '^pg_(toast_)?temp_' "
@@ -40,12 +31,10 @@ USER_SCHEMAS = (
 
 
 def client_env(target: Target) -> dict[str, str]:
+    """The environment of pg_dump/psql; with ``--dbname=target.client_conninfo()`` they
+    connect exactly where our own connection does."""
     env = target.libpq_env()
-    for k, v in target.url.query.items():
-        if k in _QUERY_ENV:
-            env[_QUERY_ENV[k]] = str(v)
-    env.setdefault("PGCONNECT_TIMEOUT", "10")
-    env["PGAPPNAME"] = env.get("PGAPPNAME", "statekeeper-backup")
+    env.setdefault("PGAPPNAME", "statekeeper-backup")
     return env
 
 
@@ -147,13 +136,14 @@ class PgDumpMethod:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
             version, sysid = _identity(conn)
+            host, port = self.target.endpoint(conn)
             # pg_dump truncates the 0600 file made for it (its mode stays) and runs under
             # umask 077: a dump is the whole database, never readable by others.
             touch_private(tmp)
             with tempfile.TemporaryFile() as err:
                 proc = subprocess.Popen(
                     [pg_dump, "--format=custom", "--no-password", f"--snapshot={snapshot}",
-                     f"--file={tmp}"],
+                     f"--file={tmp}", f"--dbname={self.target.client_conninfo()}"],
                     env=client_env(self.target), stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=err, umask=CHILD_UMASK,
                 )
@@ -175,8 +165,7 @@ class PgDumpMethod:
             conn.close()
         publish(tmp, final)
         return Created(
-            artifact=final, fingerprint=fp, server_version=version,
-            host=self.target.url.host or "localhost", port=int(self.target.url.port or 5432),
+            artifact=final, fingerprint=fp, server_version=version, host=host, port=port,
             system_identifier=sysid,
         )
 
@@ -234,7 +223,7 @@ class PgDumpMethod:
             )
             dst = subprocess.Popen(
                 [psql, "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
-                 "-v", "VERBOSITY=terse", "-f", "-"],
+                 "-v", "VERBOSITY=terse", "-f", "-", f"--dbname={self.target.client_conninfo()}"],
                 env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err2,
             )
             assert src.stdout is not None and dst.stdin is not None

@@ -195,6 +195,7 @@ class PgBackRestMethod:
             raise BackupError(str(e)) from e
         try:
             version, sysid = _identity(conn)
+            host, port = self.target.endpoint(conn)
             conn.commit()
             tables = [
                 f"{quote_ident(s)}.{quote_ident(t)}" for s, t in conn.execute(
@@ -229,8 +230,7 @@ class PgBackRestMethod:
         write_private(tmp, self._manifest_bytes(label))
         publish(tmp, artifact)
         return Created(
-            artifact=artifact, fingerprint=fp, server_version=version,
-            host=self.target.url.host or "localhost", port=int(self.target.url.port or 5432),
+            artifact=artifact, fingerprint=fp, server_version=version, host=host, port=port,
             system_identifier=sysid,
             extra={"stanza": self.stanza, "pgbackrest_label": label, "pgbackrest_type": btype,
                    "restore_point": restore_point, "restore_point_lsn": lsn},

@@ -7,6 +7,7 @@ named explicitly with ``--config`` or ``STATEKEEPER_CONFIG``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .errors import ConfigError
 
@@ -23,10 +25,16 @@ DEFAULT_KEY = ".statekeeper/signing-key.pem"
 DEFAULT_BACKUP_DIR = ".statekeeper/backups"
 BACKUP_METHODS = ("pg_dump", "pgbackrest", "sqlite")
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ``${NAME}``; ``$${`` is a literal ``${`` (for a shell's ``${VAR:-x}`` in a command); any other
+# ``${`` is refused rather than left in place, so a typo never becomes a literal password.
+_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
 
-# section -> key -> type; anything else in the file is refused (typos must not pass silently).
-SCHEMA: dict[str, dict[str, type]] = {
+# Keys whose value is a database URL: a variable inside one is percent-encoded for its position.
+URL_KEYS = {("ledger", "url"), ("target", "url")}
+
+# section -> key -> accepted type(s); anything else in the file is refused (typos must not pass
+# silently), and tests/test_config_schema.py shows that every key here changes behaviour.
+SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ledger": {"url": str, "key": str},
     "target": {"url": str},
     "migrations": {"dir": str},
@@ -35,12 +43,28 @@ SCHEMA: dict[str, dict[str, type]] = {
         "pgbackrest_config": str, "enabled": bool,
     },
     "upgrade": {"application": str},
-    "deploy": {
-        "releases_dir": str, "source": str, "config_files": list, "restart_command": str,
-        "commands": list,
-    },
-    "health": {"checks": list, "retries": int, "interval": int, "timeout": int},
+    # Read and range-checked by statekeeper/health.py.
+    # Durations are numbers of seconds or text such as "500ms" (health.py decides).
+    "health": {"checks": list, "retries": int, "interval": (int, float, str),
+               "timeout": (int, float, str)},
 }
+
+# Sections the design names but nothing implements yet: refused, not silently ignored.
+UNSUPPORTED = {"deploy": "release deployment is not supported yet"}
+
+_TYPE_NAMES = {str: "string", bool: "boolean", int: "integer", float: "float", list: "array",
+               dict: "table"}
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    if isinstance(t, tuple):
+        return "number" if set(t) == {int, float} else " or ".join(map(_type_name, t))
+    return _TYPE_NAMES.get(t, t.__name__)
+
+
+def _key(name: str) -> str:
+    """A TOML key as the user would write it, on one line whatever it contains."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
 
 
 @dataclass
@@ -111,19 +135,106 @@ def find_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> tupl
     return cwd / CONFIG_NAME, False
 
 
+class _Ref(str):
+    """The name of an environment variable referenced as ``${NAME}``."""
+
+
+def _tokens(value: str, where: str) -> list[str]:
+    """Literal text and :class:`_Ref` names, in order."""
+    out: list[str] = []
+    pos = 0
+    for m in _REF.finditer(value):
+        out.append(value[pos:m.start()])
+        if m.group(0) == "$${":
+            out.append("${")
+        elif m.group(1) is None:
+            raise ConfigError(
+                f"{where}: malformed ${{...}} reference at character {m.start() + 1} "
+                "(write ${NAME}, NAME of letters, digits and _; $${ for a literal ${)"
+            )
+        else:
+            out.append(_Ref(m.group(1)))
+        pos = m.end()
+    out.append(value[pos:])
+    return [t for t in out if t or isinstance(t, _Ref)]
+
+
+def _lookup(name: str, where: str, env: Mapping[str, str]) -> str:
+    if name not in env:
+        raise ConfigError(f"{where}: environment variable {name} is not set")
+    return env[name]
+
+
+_HOST_FORBIDDEN = re.compile(r"[@/?#%\s\x00-\x1f\x7f]")
+
+
+def interpolate_url(value: str, where: str, env: Mapping[str, str]) -> str:
+    """``${NAME}`` inside a URL: the variable's value is one component, taken literally.
+
+    In the user name, password, database or a query parameter it is percent-encoded, so a
+    password with ``@``, ``/``, ``#``, ``%``, ``:`` or a space stays a password (the URL parser
+    decodes it again). In the host or port, where nothing is decoded, a character that would
+    change the URL's structure is refused. A value that is the whole URL (``"${DATABASE_URL}"``)
+    or a URL whose ``://`` itself comes from a variable is taken as it is. Messages name the
+    variable, never its value.
+    """
+    toks = _tokens(value, where)
+    refs = [(i, t) for i, t in enumerate(toks) if isinstance(t, _Ref)]
+    if len(toks) == 1 and refs:
+        return _lookup(toks[0], where, env)
+    # Where each variable sits is decided by the literal text around it, never by values.
+    skeleton = ""
+    at: dict[int, int] = {}
+    for i, t in enumerate(toks):
+        if isinstance(t, _Ref):
+            at[i] = len(skeleton)
+            skeleton += "\0"
+        else:
+            skeleton += t.replace("\0", " ")
+    sep = skeleton.find("://")
+    out: list[str] = []
+    for i, t in enumerate(toks):
+        if not isinstance(t, _Ref):
+            out.append(t)
+            continue
+        v = _lookup(t, where, env)
+        if sep < 0:
+            out.append(v)
+            continue
+        pos = at[i]
+        auth = sep + 3
+        ends = [j for j in (skeleton.find("/", auth), skeleton.find("?", auth)) if j >= 0]
+        auth_end = min(ends) if ends else len(skeleton)
+        userinfo_end = skeleton.rfind("@", auth, auth_end)
+        if pos < sep:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", v):
+                raise ConfigError(f"{where}: ${{{t}}} is used as the URL scheme but is not one")
+            out.append(v)
+        elif pos < auth_end and pos > userinfo_end:
+            if skeleton.startswith("sqlite"):
+                # no host in a SQLite URL: "sqlite://${DB_PATH}" with DB_PATH=/abs/app.db
+                out.append(v)
+                continue
+            if _HOST_FORBIDDEN.search(v):
+                raise ConfigError(
+                    f"{where}: ${{{t}}} is used in the URL's host or port and must not contain "
+                    "'@', '/', '?', '#', '%', spaces or control characters"
+                )
+            out.append(v)
+        else:
+            out.append(quote(v, safe=""))
+    return "".join(out)
+
+
 def _interpolate(value: Any, where: str, env: Mapping[str, str]) -> Any:
     if isinstance(value, str):
-        def sub(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name not in env:
-                raise ConfigError(f"{where}: environment variable {name} is not set")
-            return env[name]
-
-        return _ENV.sub(sub, value)
+        return "".join(
+            _lookup(t, where, env) if isinstance(t, _Ref) else t for t in _tokens(value, where)
+        )
     if isinstance(value, list):
         return [_interpolate(v, where, env) for v in value]
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{where}.{k}", env) for k, v in value.items()}
+        return {k: _interpolate(v, f"{where}.{_key(k)}", env) for k, v in value.items()}
     return value
 
 
@@ -136,21 +247,34 @@ def load_config(
     env = os.environ if env is None else env
     cwd = cwd or Path.cwd()
     path, must_exist = find_config(explicit, env, cwd)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as e:  # a NUL byte in the name, a name too long
+        raise ConfigError(f"{str(path)!r}: cannot read: {e}") from e
+    if not exists:
         if must_exist:
             raise ConfigError(f"{path}: configuration file not found")
         return Config(path=None, base_dir=cwd)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: editors on Windows write a byte order mark, which tomllib refuses.
+        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read: {e}") from e
+        raise ConfigError(f"{path}: not valid TOML: {_one_line(e)}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 (byte {e.start + 1})") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from e
     base = path.parent
     raw: dict[str, dict[str, Any]] = {}
     for section, body in data.items():
+        if section in UNSUPPORTED:
+            raise ConfigError(
+                f"{path}: [{section}] is not accepted: {UNSUPPORTED[section]} (remove the section)"
+            )
         if section not in SCHEMA:
-            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(SCHEMA)})")
+            raise ConfigError(
+                f"{path}: unknown section [{_key(section)}] (known: {', '.join(SCHEMA)})"
+            )
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
         raw[section] = {}
@@ -158,23 +282,38 @@ def load_config(
             expected = SCHEMA[section].get(key)
             if expected is None:
                 raise ConfigError(
-                    f"{path}: unknown key [{section}] {key} "
+                    f"{path}: unknown key [{section}] {_key(key)} "
                     f"(known: {', '.join(SCHEMA[section])})"
                 )
-            if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
+            # bool is an int to Python, not to TOML: `retries = true` is a type error.
+            wrong_bool = isinstance(value, bool) and expected is not bool
+            if wrong_bool or not isinstance(value, expected):
+                got = _TYPE_NAMES.get(type(value), type(value).__name__)
+                want = _type_name(expected)
+                article = "an" if want[0] in "aeiou" else "a"
                 raise ConfigError(
-                    f"{path}: [{section}] {key} must be a {expected.__name__}, "
-                    f"not {type(value).__name__}"
+                    f"{path}: [{section}] {key} must be {article} {want}, not {got}"
                 )
-            raw[section][key] = _interpolate(value, f"{path}: [{section}] {key}", env)
+            where = f"{path}: [{section}] {key}"
+            if (section, key) in URL_KEYS:
+                raw[section][key] = _check_url(
+                    interpolate_url(str(value), where, env), str(value), where, base
+                )
+            else:
+                raw[section][key] = _interpolate(value, where, env)
 
     def p(section: str, key: str) -> Path | None:
         v = raw.get(section, {}).get(key)
         if v is None:
             return None
-        if not v:
+        if not v.strip():
             raise ConfigError(f"{path}: [{section}] {key} is empty")
-        q = Path(v).expanduser()
+        if "\0" in v:
+            raise ConfigError(f"{path}: [{section}] {key} contains a NUL byte")
+        try:
+            q = Path(v).expanduser()
+        except RuntimeError as e:  # ~user of a user that does not exist
+            raise ConfigError(f"{path}: [{section}] {key}: {e}") from e
         return q if q.is_absolute() else base / q
 
     cfg = Config(path=path, base_dir=base, raw=raw)
@@ -185,8 +324,9 @@ def load_config(
     b = raw.get("backup", {})
     method = b.get("method")
     if method is not None and method not in BACKUP_METHODS:
+        shown = data["backup"]["method"]  # as written: the value may come from the environment
         raise ConfigError(
-            f"{path}: [backup] method {method!r} is not one of {', '.join(BACKUP_METHODS)}"
+            f"{path}: [backup] method {shown!r} is not one of {', '.join(BACKUP_METHODS)}"
         )
     cfg.backup = BackupConfig(
         method=method, dir=p("backup", "dir"), stanza=b.get("stanza"),
@@ -194,3 +334,28 @@ def load_config(
         pgbackrest_config=p("backup", "pgbackrest_config"), enabled=b.get("enabled", True),
     )
     return cfg
+
+
+def _check_url(url: str, template: str, where: str, base: Path) -> str:
+    """Refuse a URL that is not one, up front, naming the file and key. The message shows the
+    URL as written (``${VAR}`` references, not their values, and no password): in a URL that
+    does not parse, a value from the environment can sit anywhere."""
+    from ledger import ConfigurationError, normalize_url, redact
+
+    shown = redact(template)
+    try:
+        u = normalize_url(url, base, what=where, shown=shown)
+    except ConfigurationError as e:
+        raise ConfigError(_one_line(e)) from e
+    if u.get_backend_name() == "postgresql" and u.query:
+        import psycopg
+
+        try:  # a parameter libpq does not know would only fail at the first connection
+            psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in u.query.items()})
+        except psycopg.ProgrammingError as e:
+            raise ConfigError(f"{where} {shown!r}: {_one_line(e)}") from e
+    return url
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

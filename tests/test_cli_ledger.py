@@ -424,7 +424,7 @@ def test_default_ledger_and_key_live_in_dot_statekeeper(work: Path) -> None:
         ("[ledger\n", "not valid TOML"),
         ('[ledger]\nurl = "sqlite:///x.db"\nkye = "k.pem"\n', "unknown key [ledger] kye"),
         ("[ledgr]\n", "unknown section [ledgr]"),
-        ("[ledger]\nurl = 5\n", "[ledger] url must be a str, not int"),
+        ("[ledger]\nurl = 5\n", "[ledger] url must be a string, not integer"),
         ('[ledger]\nurl = "${NO_SUCH_VAR_HERE}"\n',
          "environment variable NO_SUCH_VAR_HERE is not set"),
         ('[ledger]\nurl = "mysql://u:secret@h/db"\n', "unsupported scheme 'mysql'"),

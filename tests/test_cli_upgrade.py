@@ -276,8 +276,8 @@ def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
     proj = Project(tmp_path, "sqlite:///x.db", "sqlite")
     (tmp_path / "statekeeper.toml").write_text('[target]\nurl = "mysql://x@h/db"\n')
     assert one_error(run(proj, "plan", "--to", "v2"), 2) == (
-        "error: target URL 'mysql://x@h/db': unsupported scheme 'mysql' (use sqlite:///path or "
-        "postgresql://user@host:port/db)"
+        f"error: {tmp_path / 'statekeeper.toml'}: [target] url 'mysql://x@h/db': unsupported "
+        "scheme 'mysql' (use sqlite:///path or postgresql://user@host:port/db)"
     )
     (tmp_path / "statekeeper.toml").write_text('[target]\nurl = "sqlite:///app.db"\nmigrate = 1\n')
     assert one_error(run(proj, "plan", "--to", "v2"), 2).startswith(
