@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .machine import IllegalTransition, UpgradeMachine
+from .machine import TRANSITIONS, IllegalTransition, UpgradeMachine
 
 RUN_CREATED = "run.created"
 STATE_CHANGED = "state.changed"
@@ -38,6 +38,20 @@ STEP_ARGS: dict[str, tuple[str, ...]] = {
     "untag": ("tag",),
     "compare": (),
 }
+
+
+# (state, trigger) -> destination, read off the machine's own table: checking an event costs a
+# dict lookup, not a machine.
+_DEST: dict[tuple[str, str], str] = {
+    (str(src), str(t["trigger"])): str(t["dest"])
+    for t in TRANSITIONS
+    for src in (t["source"] if isinstance(t["source"], list) else [t["source"]])
+}
+
+
+def destination(state: str, trigger: str) -> str | None:
+    """Where ``trigger`` leads from ``state``; None when the machine does not allow it."""
+    return _DEST.get((state, trigger))
 
 
 class HistoryError(Exception):
@@ -175,13 +189,25 @@ class Run:
 
 def _field(p: Mapping[str, Any], key: str, kind: type | tuple[type, ...], ev: RunEvent,
            optional: bool = False) -> Any:
-    v = p.get(key)
-    if v is None and optional:
+    if optional and key not in p:
         return None
+    v = p.get(key)
     if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
         what = "missing" if key not in p else f"not a {getattr(kind, '__name__', kind)}"
         raise HistoryError(ev.position, f"{ev.type}: field {key!r} is {what}", ev.seq)
     return v
+
+
+def _check_result(kind: str, r: Mapping[str, Any], ev: RunEvent) -> None:
+    """What the policy reads of a step's result."""
+    if kind == "backup":
+        _field(r, "backup_id", str, ev)
+    elif kind == "compare":
+        _field(r, "equal", bool, ev, optional=True)
+        diff = _field(r, "diff", list, ev, optional=True)
+        if diff is not None and not all(isinstance(x, str) for x in diff):
+            raise HistoryError(ev.position, f"{ev.type}: field 'diff' is not a list of text",
+                               ev.seq)
 
 
 def _check_plan(p: Mapping[str, Any], ev: RunEvent) -> None:
@@ -195,8 +221,8 @@ def _check_plan(p: Mapping[str, Any], ev: RunEvent) -> None:
                                ev.seq)
         _field(m, "id", str, ev)
         _field(m, "checksum", str, ev)
-    backup = _field(p, "backup", Mapping, ev, optional=True)
-    if backup is not None and backup.get("enabled", True):
+    backup = _field(p, "backup", Mapping, ev)
+    if _field(backup, "enabled", bool, ev, optional=True) is not False:
         _field(backup, "method", str, ev)
     _field(p, "health_checks", list, ev, optional=True)
 
@@ -228,9 +254,9 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
             raise HistoryError(
                 ev.position, f"state changed while step {run.open_step.name} is open", ev.seq
             )
-        if not run.machine.can(trigger):
+        to = destination(run.state, trigger)
+        if to is None:
             raise HistoryError(ev.position, str(IllegalTransition(trigger, run.state)), ev.seq)
-        to = UpgradeMachine(run.state).fire(trigger)
         if to != p.get("to"):
             raise HistoryError(
                 ev.position, f"transition lands in {to!r}, event says {p.get('to')!r}", ev.seq
@@ -285,6 +311,8 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
             raise HistoryError(ev.position, f"{t} for {p.get('step')!r}, which is not open",
                                ev.seq)
         result = _field(p, "result", Mapping, ev, optional=True)
+        if t == STEP_SUCCEEDED:
+            _check_result(step.kind, result or {}, ev)
         error = _field(p, "error", str, ev) if t == STEP_FAILED else None
         duration = _field(p, "duration_ms", int, ev, optional=True)
         step.status = "succeeded" if t == STEP_SUCCEEDED else "failed"

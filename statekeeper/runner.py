@@ -40,6 +40,7 @@ from .replay import (
     Run,
     RunEvent,
     apply,
+    destination,
 )
 
 STREAM_PREFIX = "upgrade/"
@@ -354,13 +355,13 @@ def _os_error(e: OSError) -> str:
 
 
 def _dest(run: Run, trigger: str) -> str:
-    """Where ``trigger`` leads from the run's state, asked of the machine itself."""
-    from .machine import IllegalTransition, UpgradeMachine
+    """Where ``trigger`` leads from the run's state, read off the machine's table."""
+    from .machine import IllegalTransition
 
-    try:
-        return UpgradeMachine(run.state).fire(trigger)
-    except IllegalTransition as e:
-        raise NeedsAttention(f"run {run.run_id}: {e}") from e
+    to = destination(run.state, trigger)
+    if to is None:
+        raise NeedsAttention(f"run {run.run_id}: {IllegalTransition(trigger, run.state)}")
+    return to
 
 
 def tag_names(migrator: Any) -> set[str]:

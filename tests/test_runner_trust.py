@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cli.main import cli
 from statekeeper import command
@@ -564,3 +566,164 @@ def test_resume_finishing_a_failure_rollback_still_exits_1(tmp_path: Path) -> No
     assert proj.cli("start", "--to", "v2.6", failpoint="revert.started").returncode == 137
     r = sk(proj, "resume")
     assert r.returncode == 1, r.stdout + r.stderr  # the upgrade failed: that is the news
+
+
+# -- 4. replay of any (mutated) history is a run or a HistoryError --------------------------
+REPLAY_EXAMPLES = 300
+Choose = Any  # (label, options) -> one of options
+
+
+def _simulate(choose: Choose) -> list[Any]:
+    """A legal history, built as the runner builds one: ask the policy, record the answer
+    (steps succeed or fail as chosen), until a terminal state or a length cap."""
+    from statekeeper.policy import Done, Step, Transition, next_action
+    from statekeeper.replay import RunEvent, apply, destination
+
+    n_mig = choose("migrations", [0, 1, 2])
+    plan = {
+        "run_id": "r1", "from_version": "v1", "to_version": "v2", "target": "t",
+        "migrations": [{"id": f"00{i}_m", "checksum": f"c{i}",
+                        "reversible": choose(f"reversible {i}", [True, False])}
+                       for i in range(n_mig)],
+        "backup": choose("backup", [{"enabled": True, "method": "sqlite"},
+                                    {"enabled": False, "method": None}]),
+        "health_checks": [],
+    }
+    events: list[RunEvent] = []
+    run = None
+
+    def add(type_: str, payload: dict[str, Any]) -> None:
+        nonlocal run
+        ev = RunEvent(len(events) + 1, type_, payload, "2026-01-01T00:00:00.000000Z",
+                      seq=len(events) + 10)
+        run = apply(run, ev)
+        events.append(ev)
+
+    add("run.created", plan)
+    for n in range(40):
+        assert run is not None
+        if run.state == "completed" and choose("operator rollback", [False, True]):
+            add("state.changed", {"trigger": "rollback", "from": "completed",
+                                  "to": "rolling_back", "restore": True})
+            continue
+        a = next_action(run)
+        if isinstance(a, Done):
+            break
+        if isinstance(a, Transition):
+            change = {"trigger": a.trigger, "from": run.state,
+                      "to": destination(run.state, a.trigger)}
+            add("state.changed", {**change, "reason": a.reason} if a.reason else change)
+            continue
+        assert isinstance(a, Step)
+        add("step.started", {"step": a.name, "kind": a.kind, **a.args})
+        if choose(f"fail {n}", [False, False, False, True]):
+            add("step.failed", {"step": a.name, "kind": a.kind, "error": "boom",
+                                "integrity": choose(f"integrity {n}", [False, True])})
+            continue
+        result: dict[str, Any] = {}
+        if a.kind == "backup":
+            result = {"backup_id": a.args["backup_id"], "sha256": "0" * 64, "size": 1}
+        elif a.kind == "compare":
+            result = {"equal": choose(f"equal {n}", [True, False]),
+                      "diff": ["users: 3 rows -> 2 rows"]}
+        elif a.kind == "tag":
+            result = {"tag": a.args["tag"], "created": choose(f"created {n}", [True, False])}
+        add("step.succeeded", {"step": a.name, "kind": a.kind, "result": result})
+    return events
+
+
+def _replays_or_refuses(events: list[Any]) -> None:
+    """The property: a HistoryError, or a run that the policy and the readers can act on
+    (never a KeyError/TypeError: the CLI's "unexpected error", a run nobody can move)."""
+    from statekeeper.policy import next_action
+    from statekeeper.replay import HistoryError, apply
+
+    run = None
+    for ev in events:  # after each event: a crash there leaves that prefix for resume
+        try:
+            run = apply(run, ev)
+        except HistoryError:
+            return
+        run.migrations_applied()
+        run.tags_made()
+        _ = (run.backup, run.failure, run.ended_at)
+        if run.open_step is not None:
+            with pytest.raises(ValueError, match="in doubt"):
+                next_action(run)
+        else:
+            next_action(run)
+
+
+WRONG = [None, 7, True, "x", [], {}, ["x", 1], {"x": 1}]
+
+
+def _variants(events: list[Any]) -> Any:
+    """Every event with one field dropped or given a wrong value (result fields too)."""
+    from statekeeper.replay import RunEvent
+
+    for i, ev in enumerate(events):
+        paths = [(k,) for k in ev.payload]
+        paths += [("result", k) for k in (ev.payload.get("result") or {})]
+        for path in paths:
+            for value in [..., *WRONG]:
+                payload = json.loads(json.dumps(ev.payload))
+                holder = payload if len(path) == 1 else payload["result"]
+                if value is ...:
+                    holder.pop(path[-1])
+                else:
+                    holder[path[-1]] = value
+                yield [*events[:i], RunEvent(ev.position, ev.type, payload, ev.at, ev.seq),
+                       *events[i + 1:]]
+
+
+@pytest.mark.parametrize("script", [
+    {},  # forward, completes
+    {"migrations": 2, "fail 8": True},  # the second migration fails: revert the first
+    {"migrations": 2, "reversible 0": False, "fail 8": True},  # restore
+    {"migrations": 2, "reversible 0": False, "fail 8": True, "fail 10": True,
+     "integrity 10": True},  # the restore refused: failed
+    {"migrations": 1, "operator rollback": True},  # completed, then rolled back by an operator
+    {"migrations": 0, "operator rollback": True, "created 5": True},  # tag-only, untagged
+])
+def test_every_field_dropped_or_mistyped_replays_or_is_refused(script: dict[str, Any]) -> None:
+    events = _simulate(lambda label, options: script.get(label, options[0]))
+    n = 0
+    for variant in _variants(events):
+        _replays_or_refuses(variant)
+        n += 1
+    assert n > 100  # the enumeration really ran
+
+
+@st.composite
+def _mutated_history(draw: Any) -> list[Any]:
+    from statekeeper.replay import RunEvent
+
+    events = _simulate(lambda label, options: draw(st.sampled_from(options), label=label))
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(events) - 1))
+        ev = events[i]
+        how = draw(st.sampled_from(["drop", "wrong", "type", "insert", "swap"]))
+        payload = dict(ev.payload)
+        if how == "drop" and payload:
+            payload.pop(draw(st.sampled_from(sorted(payload))))
+        elif how == "wrong" and payload:
+            payload[draw(st.sampled_from(sorted(payload)))] = draw(st.sampled_from(WRONG))
+        elif how == "type":
+            ev = RunEvent(ev.position, draw(st.sampled_from(
+                ["step.started", "step.succeeded", "step.failed", "state.changed",
+                 "run.resumed", "lease.released", "run.created", "run.annotated"])),
+                payload, ev.at, ev.seq)
+        elif how == "insert":
+            events.insert(i, events[draw(st.integers(0, len(events) - 1))])
+            continue
+        elif how == "swap" and i + 1 < len(events):
+            events[i], events[i + 1] = events[i + 1], events[i]
+            continue
+        events[i] = RunEvent(ev.position, ev.type, payload, ev.at, ev.seq)
+    return [RunEvent(n + 1, e.type, e.payload, e.at, e.seq) for n, e in enumerate(events)]
+
+
+@settings(max_examples=REPLAY_EXAMPLES, deadline=None)
+@given(_mutated_history())
+def test_any_mutated_history_replays_or_is_refused(events: list[Any]) -> None:
+    _replays_or_refuses(events)
