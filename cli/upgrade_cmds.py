@@ -15,6 +15,7 @@ from .main import Obj, PathArg, emit_json, pass_obj
 
 if TYPE_CHECKING:  # statekeeper.replay imports transitions: only when a command runs
     from statekeeper.replay import Run
+    from statekeeper.upgrade import Unreadable
 
 EXIT_FOR_STATE = {"completed": EXIT_OK, "rolled_back": EXIT_FAILED}
 
@@ -58,6 +59,16 @@ def run_summary(run: Run) -> dict[str, Any]:
             "ended": last.ended_at,
         },
         "migrations_applied": run.migrations_applied(),
+    }
+
+
+def unreadable_summary(u: Unreadable) -> dict[str, Any]:
+    """A run that cannot be replayed, with the keys of :func:`run_summary`."""
+    return {
+        "run_id": u.run_id, "state": "unreadable", "from": None, "to": None,
+        "target": u.target, "started": u.created_at, "ended": None, "failure": None,
+        "resumes": None, "takeovers": None, "last_step": None, "migrations_applied": None,
+        "error": f"cannot be replayed: {u.reason}", "seq": u.seq,
     }
 
 
@@ -126,9 +137,11 @@ def start(obj: Obj, to_version: str, from_version: str | None) -> None:
 def resume(obj: Obj, run_id: str | None, rollback: bool) -> None:
     """Finish (or --rollback) a run interrupted by a crash; default: the unfinished run.
 
-    Exits 0 when the run ends as asked (completed; with --rollback, rolled_back)."""
+    Exits 0 when the run ends as asked: completed; rolled_back when an operator asked for the
+    rollback (--rollback now, or an earlier 'rollback' / 'resume --rollback' it finishes)."""
     run = command.resume(obj.settings, run_id, rollback, observer=Progress())
-    _finish(run, wanted="rolled_back" if rollback else "completed")
+    asked = rollback or run.rollback_requested
+    _finish(run, wanted="rolled_back" if asked else "completed")
 
 
 @click.command("rollback")
@@ -173,8 +186,20 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_obj
 def history(obj: Obj, as_json: bool) -> None:
-    """Every run: id, from, to, state, started, ended."""
-    runs = [run_summary(r) for r in command.history(obj.settings)]
+    """Every run: id, from, to, state, started, ended.
+
+    A run whose events cannot be replayed is listed as unreadable, with the event and why
+    (its 'status' exits 4); the others are listed as usual and the exit code stays 0."""
+    from statekeeper.upgrade import Unreadable
+
+    found = command.history(obj.settings)
+    runs = [unreadable_summary(r) if isinstance(r, Unreadable) else run_summary(r)
+            for r in found]
+    bad = [r for r in runs if r["state"] == "unreadable"]
+    if bad:
+        n = len(bad)
+        click.echo(f"warning: {n} run{'s' if n > 1 else ''} cannot be replayed "
+                   f"({', '.join(r['run_id'] for r in bad)})", err=True)
     if as_json:
         emit_json(runs)
         return
@@ -184,9 +209,11 @@ def history(obj: Obj, as_json: bool) -> None:
     click.echo(f"{'run':<24} {'from':<8} {'to':<8} {'state':<12} {'started':<27} ended")
     for r in runs:
         click.echo(
-            f"{r['run_id']:<24} {r['from']:<8} {r['to']:<8} {r['state']:<12} "
+            f"{r['run_id']:<24} {r['from'] or '?':<8} {r['to'] or '?':<8} {r['state']:<12} "
             f"{r['started']:<27} {r['ended'] or '-'}"
         )
+        if r["state"] == "unreadable":
+            click.echo(f"  {r['error']}")
 
 
 @click.group("debug")

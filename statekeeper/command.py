@@ -465,6 +465,8 @@ def status(settings: Settings, run_id: str | None = None) -> Any:
 
 
 def history(settings: Settings) -> list[Any]:
+    """Every run in the order created: a :class:`statekeeper.replay.Run`, or an
+    :class:`statekeeper.upgrade.Unreadable` for one whose events cannot be replayed."""
     from . import upgrade
 
     return upgrade.history(settings)

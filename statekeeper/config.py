@@ -58,7 +58,9 @@ _TYPE_NAMES = {str: "string", bool: "boolean", int: "integer", float: "float", l
 
 def _type_name(t: type | tuple[type, ...]) -> str:
     if isinstance(t, tuple):
-        return "number" if set(t) == {int, float} else " or ".join(map(_type_name, t))
+        names = ["number" if x is float and int in t else _type_name(x) for x in t if
+                 not (x is int and float in t)]
+        return " or ".join(names)
     return _TYPE_NAMES.get(t, t.__name__)
 
 

@@ -121,6 +121,17 @@ class Migration:
         return self.down is not None
 
 
+def check_tag_name(name: object, what: str = "tag name") -> str:
+    """``name`` if it is a valid tag name, else ConfigError naming ``what`` (the same rule for
+    ``migrate tag`` and for ``--to``/``--from``, which become tags)."""
+    if not isinstance(name, str) or not _TAG_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{what} {name!r} is not valid (letters, digits and . _ : / @ + -, "
+            f"starting with a letter or digit, at most 200 characters)"
+        )
+    return name
+
+
 def checksum_of(up: str) -> str:
     return hashlib.sha256(up.encode("utf-8")).hexdigest()
 
@@ -1007,11 +1018,7 @@ class Migrator:
     def tag(self, name: str, run_id: str | None = None) -> Tag:
         """Name the current schema state (works with nothing applied). A name already used is
         refused, unless it is the same run tagging the same state again (a repeat)."""
-        if not isinstance(name, str) or not _TAG_NAME.fullmatch(name):
-            raise ConfigError(
-                f"tag name {name!r} is not valid (letters, digits and . _ : / @ + -, "
-                f"starting with a letter or digit, at most 200 characters)"
-            )
+        check_tag_name(name)
         with self.lock(run_id=run_id):
             self._ensure_tables()
             applied, tags = self._read()
@@ -1043,6 +1050,32 @@ class Migrator:
                     self._rollback(conn)
                     raise self._db_error(e) from e
             return new
+
+    def untag(self, name: str, run_id: str) -> bool:
+        """Remove tag ``name`` if run ``run_id`` created it: a rolled-back run takes back the
+        names it gave. True if removed; False if there is none (safe to repeat). A tag of that
+        name made by someone else is left alone (False)."""
+        with self.lock(run_id=run_id):
+            if not self._read()[1]:
+                return False
+            with self._connect(autocommit=not self.is_postgres) as conn:
+                try:
+                    self._begin(conn)
+                    cur = self._q(conn, "DELETE FROM {tg} WHERE name = %s AND run_id = %s",
+                                  (name, run_id))
+                    removed = bool(cur.rowcount and cur.rowcount > 0)
+                    # the changelog row's tag column falls back to the newest tag left there
+                    self._q(conn, "UPDATE {cl} SET tag = (SELECT t.name FROM {tg} t WHERE "
+                            "t.migration_id = {cl}.id ORDER BY t.seq DESC LIMIT 1) "
+                            "WHERE tag = %s", (name,))
+                    if self.is_postgres:
+                        conn.commit()
+                    else:
+                        conn.execute("COMMIT")
+                except (psycopg.Error, sqlite3.Error) as e:
+                    self._rollback(conn)
+                    raise self._db_error(e) from e
+            return removed
 
     def plan_down_to_tag(self, tag: str) -> list[Migration]:
         """The migrations that rolling back to ``tag`` reverts, in the order it would revert

@@ -50,6 +50,8 @@ def _describe(p: dict[str, Any]) -> str:
         return ": fingerprint differs: " + "; ".join(r.get("diff", []))
     if p["kind"] == "preflight" and r.get("fingerprint_digest"):
         return f": fingerprint {str(r['fingerprint_digest'])[:16]}"
+    if p["kind"] == "untag" and "removed" in r:
+        return ": tag removed" if r["removed"] else ": already gone"
     if p["kind"] == "health" and r.get("checks"):
         return ": " + ", ".join(c["name"] for c in r["checks"]) + " passed"
     return ""

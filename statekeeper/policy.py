@@ -83,6 +83,10 @@ def _rollback_action(run: Run) -> Action:
     compares = [s for s in steps if s.kind == "compare" and s.status == "succeeded"]
     reverts_failed = any(s.kind == "revert" and _really_failed(s) for s in steps)
 
+    if restore_failed and restore_failed[-1].integrity:
+        # the artifact is not the backup the ledger recorded: restoring it would lose data
+        # silently, and trying again cannot change that
+        return Transition("rollback_failed", f"restore refused: {restore_failed[-1].error}")
     if len(restore_failed) >= 2:
         return Transition("rollback_failed", f"restore failed: {restore_failed[-1].error}")
     if applied and not restored:
@@ -95,6 +99,15 @@ def _rollback_action(run: Run) -> Action:
             return Transition("rollback_failed", f"cannot undo {why}: {_no_restore(run)}")
         assert backup is not None
         return Step("restore", "restore", {"backup_id": backup["backup_id"]})
+    if not restored:
+        # Tags this run gave that outlive its migrations (none applied, or a tag of the state
+        # before it that did not exist): the target's tags go back to what they were. A
+        # restore already did that (the backup predates every tag step).
+        untagged = {str(s.args["tag"]) for s in steps if s.kind == "untag"
+                    and s.status == "succeeded"}
+        for name in run.tags_made():
+            if name not in untagged:
+                return Step(f"untag:{name}", "untag", {"tag": name})
     last_cmp = compares[-1] if compares else None
     if last_cmp is None or (restored and not _after(steps, last_cmp, "restore")):
         n = len(compares) + 1

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .machine import IllegalTransition, UpgradeMachine
+from .machine import TRANSITIONS, IllegalTransition, UpgradeMachine
 
 RUN_CREATED = "run.created"
 STATE_CHANGED = "state.changed"
@@ -22,13 +22,47 @@ LEASE_ACQUIRED = "lease.acquired"
 LEASE_TAKEN_OVER = "lease.taken_over"
 LEASE_RELEASED = "lease.released"
 RUN_RESUMED = "run.resumed"
+# The reason recorded when an operator turned an unfinished run around (resume --rollback).
+OPERATOR_ROLLBACK = "operator chose to roll back"
+
+# Step kinds a run may record, and the arguments each must carry (replay and the policy read
+# them; a step.started without them is an illegal history, not a KeyError later).
+STEP_ARGS: dict[str, tuple[str, ...]] = {
+    "preflight": (),
+    "backup": ("backup_id",),
+    "tag": ("tag",),
+    "migrate": ("migration", "checksum"),
+    "health": (),
+    "revert": ("migration",),
+    "restore": ("backup_id",),
+    "untag": ("tag",),
+    "compare": (),
+}
+
+
+# (state, trigger) -> destination, read off the machine's own table: checking an event costs a
+# dict lookup, not a machine.
+_DEST: dict[tuple[str, str], str] = {
+    (str(src), str(t["trigger"])): str(t["dest"])
+    for t in TRANSITIONS
+    for src in (t["source"] if isinstance(t["source"], list) else [t["source"]])
+}
+
+
+def destination(state: str, trigger: str) -> str | None:
+    """Where ``trigger`` leads from ``state``; None when the machine does not allow it."""
+    return _DEST.get((state, trigger))
+
 
 class HistoryError(Exception):
-    """The run's events describe something the machine does not allow."""
+    """The run's events describe something the machine does not allow, or that this version
+    cannot read (an unknown event type or step kind, a payload without its fields)."""
 
-    def __init__(self, position: int, message: str) -> None:
+    def __init__(self, position: int, message: str, seq: int = 0) -> None:
         super().__init__(f"event #{position}: {message}")
         self.position = position
+        self.seq = seq  # the event's global ledger seq (0 when unknown)
+        self.reason = message
 
 
 @dataclass(frozen=True)
@@ -55,6 +89,9 @@ class StepRecord:
     result: dict[str, Any] | None = None
     error: str | None = None
     recovered: bool = False
+    # failed because what it would act on does not match the ledger (a swapped backup):
+    # retrying cannot help, a human must look
+    integrity: bool = False
     duration_ms: int | None = None
 
 
@@ -78,6 +115,9 @@ class Run:
     # back, data written since stays, and the backup is restored only if the operator said so.
     rollback_mode: str = "failure"
     allow_restore: bool = True
+    # An operator asked for the rollback (``rollback RUN_ID`` or ``resume --rollback``): ending
+    # rolled_back is then what was asked, whichever command finishes it.
+    rollback_requested: bool = False
 
     @property
     def state(self) -> str:
@@ -128,47 +168,109 @@ class Run:
                 applied.clear()
         return applied
 
+    def tags_made(self) -> list[str]:
+        """Tags this run created on the target (not those that already existed), in order."""
+        out: list[str] = []
+        for s in self.steps:
+            if s.kind != "tag" or s.status != "succeeded":
+                continue
+            name = str(s.args["tag"])
+            made = (s.result or {}).get("created")
+            if made is None:  # recorded before tag steps said so: only the new version's
+                made = name == self.to_version
+            if made and name not in out:
+                out.append(name)
+        return out
+
     @property
     def ended_at(self) -> str | None:
         return self.last_at if self.machine.terminal else None
 
 
+def _field(p: Mapping[str, Any], key: str, kind: type | tuple[type, ...], ev: RunEvent,
+           optional: bool = False) -> Any:
+    if optional and key not in p:
+        return None
+    v = p.get(key)
+    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+        what = "missing" if key not in p else f"not a {getattr(kind, '__name__', kind)}"
+        raise HistoryError(ev.position, f"{ev.type}: field {key!r} is {what}", ev.seq)
+    return v
+
+
+def _check_result(kind: str, r: Mapping[str, Any], ev: RunEvent) -> None:
+    """What the policy reads of a step's result."""
+    if kind == "backup":
+        _field(r, "backup_id", str, ev)
+    elif kind == "compare":
+        _field(r, "equal", bool, ev, optional=True)
+        diff = _field(r, "diff", list, ev, optional=True)
+        if diff is not None and not all(isinstance(x, str) for x in diff):
+            raise HistoryError(ev.position, f"{ev.type}: field 'diff' is not a list of text",
+                               ev.seq)
+
+
+def _check_plan(p: Mapping[str, Any], ev: RunEvent) -> None:
+    """The parts of the plan that replay and the policy read must have their types."""
+    _field(p, "run_id", str, ev)
+    for key in ("from_version", "to_version"):
+        _field(p, key, str, ev, optional=True)
+    for m in _field(p, "migrations", list, ev, optional=True) or []:
+        if not isinstance(m, Mapping):
+            raise HistoryError(ev.position, f"{ev.type}: a planned migration is not an object",
+                               ev.seq)
+        _field(m, "id", str, ev)
+        _field(m, "checksum", str, ev)
+    backup = _field(p, "backup", Mapping, ev)
+    if _field(backup, "enabled", bool, ev, optional=True) is not False:
+        _field(backup, "method", str, ev)
+    _field(p, "health_checks", list, ev, optional=True)
+
+
 def apply(run: Run | None, ev: RunEvent) -> Run:
-    """Apply one event; return the run (created by the first event)."""
+    """Apply one event; return the run (created by the first event). Raises
+    :class:`HistoryError` for anything it cannot apply, and then leaves ``run`` unchanged."""
     p = ev.payload
+    if not isinstance(p, Mapping):
+        raise HistoryError(ev.position, f"{ev.type}: payload is not an object", ev.seq)
     if run is None:
         if ev.type != RUN_CREATED or ev.position != 1:
-            raise HistoryError(ev.position, f"a run must begin with {RUN_CREATED}, not {ev.type}")
+            raise HistoryError(ev.position, f"a run must begin with {RUN_CREATED}, not {ev.type}",
+                               ev.seq)
+        _check_plan(p, ev)
         return Run(
             str(p["run_id"]), dict(p), UpgradeMachine(), created_at=ev.at, position=1, last_at=ev.at
         )
     if ev.position != run.position + 1:
-        raise HistoryError(ev.position, f"expected event #{run.position + 1}")
-    run.position = ev.position
-    run.last_at = ev.at
+        raise HistoryError(ev.position, f"expected event #{run.position + 1}", ev.seq)
     t = ev.type
     if t == STATE_CHANGED:
+        trigger = _field(p, "trigger", str, ev)
         if p.get("from") != run.state:
             raise HistoryError(
-                ev.position, f"transition from {p.get('from')!r} but run is {run.state!r}"
+                ev.position, f"transition from {p.get('from')!r} but run is {run.state!r}", ev.seq
             )
         if run.open_step is not None:
             raise HistoryError(
-                ev.position, f"state changed while step {run.open_step.name} is open"
+                ev.position, f"state changed while step {run.open_step.name} is open", ev.seq
             )
-        try:
-            run.machine.fire(str(p["trigger"]))
-        except IllegalTransition as e:
-            raise HistoryError(ev.position, str(e)) from e
-        if run.state != p.get("to"):
+        to = destination(run.state, trigger)
+        if to is None:
+            raise HistoryError(ev.position, str(IllegalTransition(trigger, run.state)), ev.seq)
+        if to != p.get("to"):
             raise HistoryError(
-                ev.position, f"transition lands in {run.state!r}, event says {p.get('to')!r}"
+                ev.position, f"transition lands in {to!r}, event says {p.get('to')!r}", ev.seq
             )
+        run.machine.fire(trigger)
         if run.state == "rolling_back":
             run.phase_start = len(run.steps)
-            if p["trigger"] == "rollback":
+            if trigger == "rollback":
                 run.rollback_mode = "operator"
                 run.allow_restore = bool(p.get("restore"))
+        if trigger == "rollback" or p.get("requested") is True or (
+            trigger in ("fail", "abort") and p.get("reason") == OPERATOR_ROLLBACK
+        ):
+            run.rollback_requested = True
         run.transitions.append(
             {
                 "trigger": p["trigger"],
@@ -178,21 +280,27 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
                 "reason": p.get("reason"),
             }
         )
-        if p["trigger"] in ("fail", "abort", "rollback_failed") and p.get("reason"):
+        if trigger in ("fail", "abort", "rollback_failed") and p.get("reason"):
             run.failure = str(p["reason"])
     elif t == STEP_STARTED:
+        name = _field(p, "step", str, ev)
+        kind = _field(p, "kind", str, ev)
+        if kind not in STEP_ARGS:
+            raise HistoryError(ev.position, f"unknown step kind {kind!r}", ev.seq)
+        for arg in STEP_ARGS[kind]:
+            _field(p, arg, str, ev)
         if run.open_step is not None:
             raise HistoryError(
-                ev.position, f"step {p.get('step')} started while {run.open_step.name} is open"
+                ev.position, f"step {name} started while {run.open_step.name} is open", ev.seq
             )
         if run.machine.terminal:
-            raise HistoryError(ev.position, f"step started in terminal state {run.state}")
+            raise HistoryError(ev.position, f"step started in terminal state {run.state}", ev.seq)
         run.steps.append(
             StepRecord(
-                name=str(p["step"]),
-                kind=str(p["kind"]),
+                name=name,
+                kind=kind,
                 status="open",
-                attempt=run.attempts(str(p["step"])) + 1,
+                attempt=run.attempts(name) + 1,
                 started_at=ev.at,
                 args={k: v for k, v in p.items() if k not in ("step", "kind")},
             )
@@ -200,13 +308,20 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
     elif t in (STEP_SUCCEEDED, STEP_FAILED):
         step = run.open_step
         if step is None or step.name != p.get("step"):
-            raise HistoryError(ev.position, f"{t} for {p.get('step')!r}, which is not open")
+            raise HistoryError(ev.position, f"{t} for {p.get('step')!r}, which is not open",
+                               ev.seq)
+        result = _field(p, "result", Mapping, ev, optional=True)
+        if t == STEP_SUCCEEDED:
+            _check_result(step.kind, result or {}, ev)
+        error = _field(p, "error", str, ev) if t == STEP_FAILED else None
+        duration = _field(p, "duration_ms", int, ev, optional=True)
         step.status = "succeeded" if t == STEP_SUCCEEDED else "failed"
         step.ended_at = ev.at
-        step.result = dict(p.get("result") or {}) if t == STEP_SUCCEEDED else None
-        step.error = str(p["error"]) if t == STEP_FAILED else None
+        step.result = dict(result or {}) if t == STEP_SUCCEEDED else None
+        step.error = error
         step.recovered = bool(p.get("recovered"))
-        step.duration_ms = p.get("duration_ms")
+        step.integrity = bool(p.get("integrity"))
+        step.duration_ms = duration
     elif t in (LEASE_ACQUIRED, LEASE_TAKEN_OVER, LEASE_RELEASED):
         run.leases.append({"type": t, "at": ev.at, **p})
         if t == LEASE_TAKEN_OVER:
@@ -214,9 +329,11 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
     elif t == RUN_RESUMED:
         run.resumes += 1
     elif t == RUN_CREATED:
-        raise HistoryError(ev.position, "a run is created only once")
+        raise HistoryError(ev.position, "a run is created only once", ev.seq)
     else:
-        raise HistoryError(ev.position, f"unknown event type {t!r}")
+        raise HistoryError(ev.position, f"unknown event type {t!r}", ev.seq)
+    run.position = ev.position
+    run.last_at = ev.at
     return run
 
 

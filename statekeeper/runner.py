@@ -18,7 +18,14 @@ from typing import Any
 from ledger import Ledger, NewEvent, StoredEvent, canonical
 
 from . import clock, failpoints
-from .errors import BackupError, NeedsAttention, StatekeeperError, TargetError
+from .errors import (
+    BackupCorrupt,
+    BackupError,
+    IntegrityError,
+    NeedsAttention,
+    StatekeeperError,
+    TargetError,
+)
 from .policy import Done, Step, Transition, next_action
 from .replay import (
     LEASE_ACQUIRED,
@@ -33,6 +40,7 @@ from .replay import (
     Run,
     RunEvent,
     apply,
+    destination,
 )
 
 STREAM_PREFIX = "upgrade/"
@@ -103,9 +111,11 @@ class Runner:
                     **me,
                     "from_host": previous.host,
                     "from_pid": previous.pid,
-                    "reason": "holder process is gone"
-                    if previous.host == me["host"]
-                    else "holder heartbeat expired",
+                    # The lease store's own judgement (a reused pid, a reboot, a stale
+                    # heartbeat); the host test is for holders judged before it said why.
+                    "reason": previous.dead_because
+                    or ("holder process is gone" if previous.host == me["host"]
+                        else "holder heartbeat expired"),
                 },
             )
         else:
@@ -152,17 +162,21 @@ class Runner:
         t0 = clock.monotonic_ms()
         try:
             result = self.effect(step)
-        except StatekeeperError as e:
-            self.emit(
-                STEP_FAILED,
-                {
-                    "step": step.name,
-                    "kind": kind,
-                    "error": str(e),
-                    "duration_ms": int(clock.monotonic_ms() - t0),
-                },
-            )
-            raise StepFailed(step, str(e)) from e
+        except (StatekeeperError, OSError) as e:
+            # An OSError is the environment failing the step (a backup directory unwritable or
+            # gone, a disk full): the run records it and rolls back like any other failure,
+            # instead of leaving the step open for a human to guess about.
+            error = str(e) if isinstance(e, StatekeeperError) else _os_error(e)
+            failed: dict[str, Any] = {
+                "step": step.name,
+                "kind": kind,
+                "error": error,
+                "duration_ms": int(clock.monotonic_ms() - t0),
+            }
+            if isinstance(e, BackupCorrupt | IntegrityError):
+                failed["integrity"] = True
+            self.emit(STEP_FAILED, failed)
+            raise StepFailed(step, error) from e
         failpoints.hit(f"{kind}.done")
         self.emit(
             STEP_SUCCEEDED,
@@ -188,9 +202,21 @@ class Runner:
             return manifest_result(m)
         if step.kind == "tag":
             tag = step.args["tag"]
-            if tag not in tag_names(env.migrator):
-                env.migrator.tag(tag, run_id=self.run.run_id)
-            return {"tag": tag}
+            if tag == self.run.to_version:
+                self._check_changelog(tag)
+            existing = {t.name: t for t in env.migrator.tags()}
+            if tag in existing:
+                mine = existing[tag].run_id == self.run.run_id
+                if tag == self.run.to_version and not mine:
+                    raise TargetError(f"tag {tag} was created meanwhile by someone else "
+                                      f"(at {existing[tag].created_at}): it must name this "
+                                      "run's schema; remove it or choose another version")
+                return {"tag": tag, "created": mine}
+            env.migrator.tag(tag, run_id=self.run.run_id)
+            return {"tag": tag, "created": True}
+        if step.kind == "untag":
+            removed = env.migrator.untag(step.args["tag"], run_id=self.run.run_id)
+            return {"tag": step.args["tag"], "removed": removed}
         if step.kind == "migrate":
             mig = _migration(env.migrator, step.args["migration"])
             if mig.checksum != step.args["checksum"]:
@@ -213,6 +239,7 @@ class Runner:
         if step.kind == "restore":
             if env.backups is None:
                 raise BackupError("no backup manager configured: cannot restore")
+            self._check_backup(step.args["backup_id"])
             # A restore may replace the database file or restart the server under any open
             # connection: the migrator's shared one must not outlive it.
             env.migrator.forget_connections()
@@ -253,6 +280,59 @@ class Runner:
         result["fingerprint_digest"] = fp.digest
         return result
 
+    def _check_changelog(self, tag: str) -> None:
+        """Before the new version's name goes on the schema: every planned migration is in
+        the target's changelog with the checksum the run planned. Independent of the ledger:
+        whatever the history says, the tag must not name a schema that lacks one of them."""
+        assert self.run is not None
+        recorded = {r.id: r.checksum for r in self.env.migrator.applied()}
+        for m in self.run.plan.get("migrations", []):
+            got = recorded.get(m["id"])
+            if got is None:
+                raise TargetError(
+                    f"migration {m['id']} is not in the changelog of {self.env.target.display}: "
+                    f"refusing to tag the schema {tag}"
+                )
+            if got != m["checksum"]:
+                raise TargetError(
+                    f"migration {m['id']} is in the changelog of {self.env.target.display} "
+                    f"with sha256 {got[:12]}, the run planned {m['checksum'][:12]}: refusing "
+                    f"to tag the schema {tag}"
+                )
+
+    def _check_backup(self, backup_id: str) -> None:
+        """Before a restore: the artifact is the one this run's backup step recorded in the
+        ledger (size and sha256), not merely the one its manifest describes: a manifest lives
+        beside the file and is replaced with it."""
+        from .backup import sha256_file
+
+        assert self.run is not None and self.env.backups is not None
+        rec = self.run.backup
+        if rec is None or rec.get("backup_id") != backup_id:
+            raise IntegrityError(
+                f"backup {backup_id}: the ledger records no such backup for run "
+                f"{self.run.run_id}: refusing to restore it"
+            )
+        m = self.env.backups.get(backup_id)
+        path = m.artifact_path
+        try:
+            size, digest = sha256_file(path)
+        except OSError as e:
+            raise BackupCorrupt(f"backup {backup_id}: cannot read artifact {path}: "
+                                f"{_os_error(e)}") from e
+        if digest != rec.get("sha256") or size != rec.get("size"):
+            raise BackupCorrupt(
+                f"backup {backup_id}: artifact {path} has sha256 {digest[:12]} ({size} bytes); "
+                f"the ledger recorded {str(rec.get('sha256'))[:12]} ({rec.get('size')} bytes) "
+                "for this run's backup: refusing to restore it"
+            )
+        if m.sha256 != rec.get("sha256"):
+            raise BackupCorrupt(
+                f"backup {backup_id}: manifest {m.manifest_path} records sha256 "
+                f"{m.sha256[:12]}, the ledger {str(rec.get('sha256'))[:12]}: refusing to "
+                "restore it"
+            )
+
     def _compare(self, scope: str) -> dict[str, Any]:
         from .fingerprint import Fingerprint, diff, fingerprint
 
@@ -271,14 +351,19 @@ class Runner:
         return {"equal": not lines, "diff": lines, "digest": now.digest, "scope": scope}
 
 
-def _dest(run: Run, trigger: str) -> str:
-    """Where ``trigger`` leads from the run's state, asked of the machine itself."""
-    from .machine import IllegalTransition, UpgradeMachine
+def _os_error(e: OSError) -> str:
+    what = e.strerror or str(e)
+    return f"{what}: {e.filename}" if e.filename else what
 
-    try:
-        return UpgradeMachine(run.state).fire(trigger)
-    except IllegalTransition as e:
-        raise NeedsAttention(f"run {run.run_id}: {e}") from e
+
+def _dest(run: Run, trigger: str) -> str:
+    """Where ``trigger`` leads from the run's state, read off the machine's table."""
+    from .machine import IllegalTransition
+
+    to = destination(run.state, trigger)
+    if to is None:
+        raise NeedsAttention(f"run {run.run_id}: {IllegalTransition(trigger, run.state)}")
+    return to
 
 
 def tag_names(migrator: Any) -> set[str]:

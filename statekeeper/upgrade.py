@@ -10,16 +10,17 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger import Ledger, normalize_url
 
 from . import __version__, clock
-from .errors import ConfigError, LockHeld, NeedsAttention
+from .errors import ConfigError, IntegrityError, LockHeld, NeedsAttention
 from .lease import Holder, LeaseStore
 from .machine import IN_FLIGHT, TERMINAL
-from .replay import STEP_FAILED, STEP_SUCCEEDED, HistoryError, Run
+from .replay import OPERATOR_ROLLBACK, STEP_FAILED, STEP_SUCCEEDED, HistoryError, Run
 from .runner import (
     STREAM_PREFIX,
     Environment,
@@ -68,19 +69,69 @@ def build_env(settings: Settings) -> Environment:
     return Environment(target, migrator, backups, checks)
 
 
-def build_plan(
-    settings: Settings, env: Environment, to_version: str, from_version: str | None
-) -> dict[str, Any]:
-    cfg = settings.config
-    if not to_version or not to_version.strip():
+def check_versions(to_version: str | None, from_version: str | None) -> None:
+    """``--to`` and ``--from`` become tags: the same rule as ``migrate tag``, checked before
+    anything is opened or read (exit 2)."""
+    from .migrations import check_tag_name
+
+    if to_version is None or not to_version.strip():
         raise ConfigError("--to VERSION is required")
-    env.migrator.validate()
-    from_v = from_version or env.migrator.last_tag()
-    if not from_v:
+    check_tag_name(to_version, "--to")
+    if from_version is not None:
+        check_tag_name(from_version, "--from")
+
+
+def _state(migration_id: str | None) -> str:
+    return f"after {migration_id}" if migration_id else "with no migration applied"
+
+
+def upgrade_from(env: Environment, from_version: str | None) -> str:
+    """The version the schema is at now, which the run upgrades from. ``--from`` must name
+    the current schema: a tag of the changelog that names another state is refused, and so
+    is a new name for a schema that already has one (exit 2). Without it: the newest tag of
+    the current schema."""
+    from .migrations import natural_key
+
+    applied = env.migrator.validate()
+    current = max((r.id for r in applied), key=natural_key, default=None)
+    tags = env.migrator.tags()
+    here = [t.name for t in tags if t.migration_id == current]
+    if from_version is not None:
+        named = next((t for t in tags if t.name == from_version), None)
+        if named is not None and named.migration_id != current:
+            now = f" (tagged {here[-1]})" if here else ""
+            raise ConfigError(
+                f"--from {from_version}: tag {from_version} names the schema "
+                f"{_state(named.migration_id)}, but the schema is now {_state(current)}{now}; "
+                "pass the version it is at, or leave --from out"
+            )
+        if named is None and here:
+            raise ConfigError(
+                f"--from {from_version}: the schema is tagged {here[-1]}, not {from_version} "
+                f"(pass --from {here[-1]}, or leave --from out)"
+            )
+        return from_version
+    if not tags:
         raise ConfigError(
             "the changelog has no tag to upgrade from: pass --from VERSION "
             "(or tag the current schema with 'statekeeper migrate tag VERSION')"
         )
+    if not here:
+        last = tags[-1]
+        raise ConfigError(
+            f"the schema changed since its last tag {last.name} (the tag names the schema "
+            f"{_state(last.migration_id)}, it is now {_state(current)}): tag it with "
+            "'statekeeper migrate tag VERSION' or pass --from VERSION"
+        )
+    return here[-1]
+
+
+def build_plan(
+    settings: Settings, env: Environment, to_version: str, from_version: str | None
+) -> dict[str, Any]:
+    cfg = settings.config
+    check_versions(to_version, from_version)
+    from_v = upgrade_from(env, from_version)
     if to_version == from_v or to_version in tag_names(env.migrator):
         raise ConfigError(f"--to {to_version}: the schema is already tagged {to_version}")
     pending = env.migrator.pending()
@@ -125,33 +176,103 @@ def lease_store(settings: Settings) -> LeaseStore:
     return LeaseStore(normalize_url(settings.ledger_url, settings.config.base_dir))
 
 
-def load_run(lg: Ledger, run_id: str) -> Run:
+@dataclass(frozen=True)
+class Unreadable:
+    """A run whose stream cannot be replayed (an unknown event type, an illegal history, a
+    payload without its fields). It is reported as such; it never stops the others."""
+
+    run_id: str
+    reason: str  # "event #5 (seq 123): unknown event type 'x'"
+    seq: int  # ledger seq of the first event that could not be applied (0: unknown)
+    target: str | None  # from its run.created, when that much could be read
+    created_at: str
+    state: str = "unreadable"
+
+    def error(self) -> IntegrityError:
+        return IntegrityError(f"run {self.run_id} cannot be replayed: {self.reason}")
+
+
+def replay_run(lg: Ledger, run_id: str) -> Run | Unreadable | None:
+    """The run rebuilt from its stream; :class:`Unreadable` if that fails; None if the stream
+    is empty."""
     from .replay import apply
 
     run: Run | None = None
+    first: dict[str, Any] = {}
+    ev = None
     try:
         for ev in lg.read_stream(stream_of(run_id)):
-            run = apply(run, to_run_event(ev))
-    except HistoryError as e:
-        from .errors import IntegrityError
-
-        raise IntegrityError(f"run {run_id}: illegal history: {e}") from e
-    if run is None:
-        raise ConfigError(f"no run {run_id!r} in the ledger")
+            rev = to_run_event(ev)
+            if rev.position == 1 and isinstance(rev.payload, dict):
+                first = {"target": rev.payload.get("target"), "at": rev.at}
+            run = apply(run, rev)
+            if rev.position == 1 and run.run_id != run_id:
+                raise HistoryError(1, f"run.created names run {run.run_id!r}", rev.seq)
+    except (HistoryError, ValueError) as e:
+        seq = e.seq if isinstance(e, HistoryError) and e.seq else (ev.seq if ev else 0)
+        if isinstance(e, HistoryError):
+            why = f"event #{e.position} (seq {seq}): {e.reason}"
+        else:
+            why = f"event at seq {seq}: payload unreadable: {e}"
+        target = first.get("target")
+        return Unreadable(run_id, why, seq, target if isinstance(target, str) else None,
+                          str(first.get("at") or (ev.recorded_at if ev else "")))
     return run
 
 
+def load_run(lg: Ledger, run_id: str) -> Run:
+    """One run; IntegrityError (exit 4) if its stream cannot be replayed."""
+    run = replay_run(lg, run_id)
+    if run is None:
+        raise ConfigError(f"no run {run_id!r} in the ledger")
+    if isinstance(run, Unreadable):
+        raise run.error()
+    return run
+
+
+def scan_runs(lg: Ledger) -> list[Run | Unreadable]:
+    """Every run of the ledger in the order created; one that cannot be replayed is an
+    :class:`Unreadable` entry, so that it never hides or blocks the others."""
+    out: list[Run | Unreadable] = []
+    for name, *_ in lg.streams(STREAM_PREFIX):
+        r = replay_run(lg, name[len(STREAM_PREFIX) :])
+        if r is not None:
+            out.append(r)
+    return out
+
+
 def all_runs(lg: Ledger) -> list[Run]:
-    return [load_run(lg, name[len(STREAM_PREFIX) :]) for name, *_ in lg.streams(STREAM_PREFIX)]
+    """The runs that can be replayed (see :func:`scan_runs` for the others)."""
+    return [r for r in scan_runs(lg) if isinstance(r, Run)]
 
 
 def unfinished_for(lg: Ledger, target_display: str) -> list[Run]:
-    """Runs on this target that are not settled: in flight, or failed (awaiting a human)."""
-    return [
-        r
-        for r in all_runs(lg)
-        if r.plan.get("target") == target_display and r.state not in SETTLED
-    ]
+    """Runs on this target that are not settled: in flight, or failed (awaiting a human).
+    A run on this target that cannot be replayed may be unfinished too: IntegrityError."""
+    out: list[Run] = []
+    for r in scan_runs(lg):
+        if isinstance(r, Unreadable):
+            if r.target == target_display:
+                raise IntegrityError(
+                    f"run {r.run_id} on this target cannot be replayed ({r.reason}); whether "
+                    "it finished is unknown, so nothing is done to the target"
+                )
+        elif r.plan.get("target") == target_display and r.state not in SETTLED:
+            out.append(r)
+    return out
+
+
+def verify_before_acting(settings: Settings, lg: Ledger, run_id: str | None) -> None:
+    """The one place ``start``, ``resume``, ``rollback`` (and the read commands) check the
+    ledger before they act: the chain since the last head this tool verified (a signed local
+    checkpoint, :mod:`statekeeper.trust`) and the run's stream whole. A failure raises
+    :class:`ledger.IntegrityViolation` (exit 4) naming the first bad seq, before the lease is
+    taken or the target touched. Replay (illegal histories) and the runner's independent checks
+    (the changelog before the final tag, a backup's sha256 against the ledger before a
+    restore) do not depend on it."""
+    from .trust import verify_before_act
+
+    verify_before_act(lg, settings.config.base_dir, stream_of(run_id) if run_id else None)
 
 
 @contextlib.contextmanager
@@ -209,8 +330,10 @@ def start(
     from_version: str | None = None,
     observer: Observer | None = None,
 ) -> Run:
+    check_versions(to_version, from_version)
     env = build_env(settings)
     with settings.open_ledger(signing=True) as lg:
+        verify_before_acting(settings, lg, None)
         holder = _live_holder(settings, env)
         if holder is not None:
             raise LockHeld(f"target is locked by {holder.describe()}")
@@ -252,7 +375,11 @@ def resume(
     env = build_env(settings)
     with settings.open_ledger(signing=True) as lg:
         if run_id is None:
+            verify_before_acting(settings, lg, None)
             run_id = _run_to_resume(settings, lg, env)
+            lg.verify_stream(stream_of(run_id))
+        else:
+            verify_before_acting(settings, lg, run_id)
         run = load_run(lg, run_id)
         if run.plan.get("target") != env.target.display:
             raise ConfigError(
@@ -273,9 +400,9 @@ def resume(
             if state == "failed":
                 runner.transition("retry_rollback", "resumed by an operator")
             elif rollback and state in ("planned", "preflight"):
-                runner.transition("abort", "operator chose to roll back")
+                runner.transition("abort", OPERATOR_ROLLBACK, requested=True)
             elif rollback and state in IN_FLIGHT:
-                runner.transition("fail", "operator chose to roll back")
+                runner.transition("fail", OPERATOR_ROLLBACK, requested=True)
             elif state == "planned":
                 runner.transition("begin")
             runner.drive()
@@ -316,19 +443,24 @@ def rollback(
 ) -> Run:
     env = build_env(settings)
     with settings.open_ledger(signing=True) as lg:
+        verify_before_acting(settings, lg, run_id)
         run = load_run(lg, run_id)
         if run.state != "completed":
             raise ConfigError(
                 f"run {run_id} is {run.state}: only a completed run can be rolled back "
                 "(an unfinished one: 'statekeeper resume RUN_ID --rollback')"
             )
-        later = [
-            r
-            for r in all_runs(lg)
-            if r.plan.get("target") == env.target.display
-            and r.created_at > run.created_at
-            and r.state == "completed"
-        ]
+        later: list[Run] = []
+        for r in scan_runs(lg):
+            if isinstance(r, Unreadable):
+                if r.target == env.target.display and r.created_at > run.created_at:
+                    raise IntegrityError(
+                        f"run {r.run_id} on this target, after {run_id}, cannot be replayed "
+                        f"({r.reason}); whether it changed the schema is unknown"
+                    )
+            elif (r.plan.get("target") == env.target.display
+                  and r.created_at > run.created_at and r.state == "completed"):
+                later.append(r)
         if later:
             raise ConfigError(
                 f"run {later[-1].run_id} completed after {run_id}: roll that back first"
@@ -368,7 +500,17 @@ def settle(runner: Runner) -> None:
         if m is not None:
             happened, result = True, manifest_result(m)
     elif step.kind == "tag":
-        happened, result = step.args["tag"] in tag_names(env.migrator), {"tag": step.args["tag"]}
+        name = step.args["tag"]
+        t = next((t for t in env.migrator.tags() if t.name == name), None)
+        mine = t is not None and t.run_id == run.run_id
+        # the new version's tag counts only if this run made it (the step's own check)
+        happened = t is not None and (mine or name != run.to_version)
+        result = {"tag": name, "created": mine}
+    elif step.kind == "untag":
+        name = step.args["tag"]
+        happened = not any(t.name == name and t.run_id == run.run_id
+                           for t in env.migrator.tags())
+        result = {"tag": name}
     elif step.kind == "migrate":
         happened = env.migrator.is_applied(step.args["migration"])
         result = {"migration": step.args["migration"], "checksum": step.args.get("checksum")}
@@ -397,28 +539,38 @@ def _checkpoint(settings: Settings, lg: Ledger, run: Run, only_if_missing: bool 
     path = settings.checkpoint_dir() / f"{run.run_id}.checkpoint"
     if only_if_missing and path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"checkpoint directory {path.parent}: {e.strerror or e}") from e
     from .command import write_atomic
+    from .trust import verify_before_act
 
-    write_atomic(path, lg.checkpoint())
+    # Over a head verified now: never vouch for what this session did not see verify.
+    write_atomic(path, lg.checkpoint(verify_before_act(lg, settings.config.base_dir)))
     return path
 
 
 def status(settings: Settings, run_id: str | None = None) -> Run:
+    """One run (default: the latest); IntegrityError (exit 4) if it cannot be replayed."""
     with settings.open_ledger(signing=False) as lg:
+        verify_before_acting(settings, lg, run_id)
         if run_id is None:
-            runs = all_runs(lg)
-            if not runs:
+            names = lg.streams(STREAM_PREFIX)
+            if not names:
                 raise ConfigError("no runs in the ledger yet")
-            return runs[-1]
+            run_id = names[-1][0][len(STREAM_PREFIX) :]
         return load_run(lg, run_id)
 
 
-def history(settings: Settings) -> list[Run]:
+def history(settings: Settings) -> list[Run | Unreadable]:
+    """Every run in the order created; those that cannot be replayed as :class:`Unreadable`."""
     with settings.open_ledger(signing=False) as lg:
-        return all_runs(lg)
+        verify_before_acting(settings, lg, None)
+        return scan_runs(lg)
 
 
 def plan(settings: Settings, to_version: str, from_version: str | None = None) -> dict[str, Any]:
+    check_versions(to_version, from_version)
     env = build_env(settings)
     return build_plan(settings, env, to_version, from_version)

@@ -108,7 +108,7 @@ def test_deploy_is_exit_2_from_the_cli(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("body", "words"), [
     ("[backup]\nenabled = 1\n", "must be a boolean, not integer"),
     ("[health]\nretries = true\n", "must be an integer, not boolean"),
-    ("[health]\ninterval = '1'\n", "must be a number, not string"),
+    ("[health]\ninterval = [1]\n", "must be a number or string, not array"),
     ("[target]\nurl = 5\n", "must be a string, not integer"),
     ("[health]\nchecks = 'SELECT 1'\n", "must be an array, not string"),
     ("[backup]\ndir = 1979-05-27\n", "must be a string, not date"),

@@ -79,15 +79,17 @@ class Project:
         return self.dir / "statekeeper.toml"
 
     def cli(
-        self, *args: str, failpoint: str | None = None, timeout: float = 120, check: bool = False
+        self, *args: str, failpoint: str | None = None, timeout: float = 120, check: bool = False,
+        prefix: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess[str]:
+        """The real CLI in a child process; ``prefix`` runs it under a wrapper (setpriv)."""
         env = dict(os.environ)
         env.pop("STATEKEEPER_FAILPOINT", None)
         if failpoint:
             env["STATEKEEPER_FAILPOINT"] = failpoint
         env["PYTHONPATH"] = str(ROOT)
         p = subprocess.run(
-            [sys.executable, "-m", "cli", "--config", str(self.config), *args],
+            [*prefix, sys.executable, "-m", "cli", "--config", str(self.config), *args],
             cwd=self.dir,
             env=env,
             capture_output=True,
@@ -164,7 +166,11 @@ def make_project(
     migrations: dict[str, str],
     backup: bool = True,
     extra: str = "",
+    ledger_url: str = "sqlite:///.statekeeper/ledger.db",
+    key: str = ".statekeeper/key.pem",
 ) -> Project:
+    """A project on ``target_url``; ``ledger_url``/``key`` let several projects (targets)
+    share one ledger."""
     base.mkdir(parents=True, exist_ok=True)
     mig = base / "migrations"
     mig.mkdir()
@@ -172,7 +178,7 @@ def make_project(
         (mig / name).write_text(text)
     method = "sqlite" if backend == "sqlite" else "pg_dump"
     (base / "statekeeper.toml").write_text(
-        '[ledger]\nurl = "sqlite:///.statekeeper/ledger.db"\nkey = ".statekeeper/key.pem"\n\n'
+        f'[ledger]\nurl = "{ledger_url}"\nkey = "{key}"\n\n'
         f'[target]\nurl = "{target_url}"\n\n[migrations]\ndir = "migrations"\n\n'
         f'[backup]\nmethod = "{method}"\ndir = "backups"\nenabled = {str(backup).lower()}\n'
         + HEALTH
