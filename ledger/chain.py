@@ -456,9 +456,11 @@ class ChainVerifier:
                 f"seq {open_first} is outside every sealed extent (its append never closed)",
             )
         if ev.closes:
-            if seal is None:
+            if seal is None:  # the whole append is unvouched: name its first event
+                first = seq if open_first is None else open_first
                 raise IntegrityViolation(
-                    seq, MISSING_SEAL, "event closes an append but has no seal"
+                    first, MISSING_SEAL, "event closes an append but has no seal" if first == seq
+                    else f"the append {first}..{seq} closes without a seal",
                 )
             self._check_extent(ev, seal, seq if open_first is None else open_first)
             self._check_seal(ev, seal)

@@ -180,7 +180,7 @@ def test_verify_accepts_exactly_the_sealed_chains(
     # Nothing genuine before the damage is blamed: the damage itself is named, or the event
     # right after it whose hash covers its moved seq, or (an append that lost its seal) the
     # first event of the append the damage left unsealed.
-    low = append_start(original, d) if err.reason == "unsealed events" else d
+    low = append_start(original, d) if err.reason in ("unsealed events", "missing seal") else d
     assert low <= err.seq <= d + 1, (kind, d, err.seq, err.reason, str(err))
 
 
