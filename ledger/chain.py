@@ -257,8 +257,12 @@ class ChainVerifier:
         stream: str | None = None,
         trusted: set[str] | None = None,
         watch: int | None = None,
+        schedule: Sequence[tuple[int, str]] = (),
     ) -> None:
         self.mode = mode
+        # Stream mode: (first seq it seals, key id) for each key, from the chain's own key
+        # events; a seal by any other key than the one active at its seq is refused.
+        self.schedule = list(schedule)
         self.watch = watch
         self.watched_hash: str | None = None
         self.stream = stream
@@ -310,15 +314,18 @@ class ChainVerifier:
         active_key: str,
         ledger_id: str,
         stream_base: Callable[[str], tuple[int, str] | None],
+        introduced: Sequence[str],
     ) -> None:
         """Continue a ledger-mode fold after ``head``, a closed head verified earlier (events
         up to it are taken as verified then). ``stream_base(stream)`` gives a stream's last
-        (stream_seq, hash) at or before ``head``, or None."""
+        (stream_seq, hash) at or before ``head``, or None. ``introduced``: the keys the chain
+        introduced up to ``head`` (a listed key that neither they nor the rest of the fold
+        introduce is reported)."""
         self.last = head
         self.last_closed = head
         self._active_key = self._pending_key = active_key
         self.ledger_id = ledger_id
-        self.keys_seen = list(self.listed)
+        self.keys_seen = list(introduced)
         self._stream_base = stream_base
 
     # -- helpers -----------------------------------------------------------------------------
@@ -549,6 +556,16 @@ class ChainVerifier:
             raise IntegrityViolation(
                 ev.seq, UNKNOWN_KEY, f"seal key {seal.key_id[:16]}... is not in the ledger"
             )
+        if self.schedule:
+            due = None
+            for start, key in self.schedule:
+                if start > ev.seq:
+                    break
+                due = key
+            if seal.key_id != due:
+                raise IntegrityViolation(
+                    ev.seq, BAD_SEAL, "seal made with a key that was not the active one then"
+                )
         pk = self._public(ev.seq, seal.key_id)
         if not pk.verify(seal.signature, seal_message(seal.first, ev.seq, ev.hash)):
             raise IntegrityViolation(ev.seq, BAD_SEAL, "signature does not verify")

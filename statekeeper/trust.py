@@ -1,7 +1,8 @@
 """Verify before acting: the history a command acts on is one the key sealed.
 
 ``start``, ``resume`` and ``rollback`` call :func:`verify_before_act` before they touch the
-target. It verifies the chain since the last head this tool verified, kept as a checkpoint
+target (``status`` and ``history`` before they show a run, and the terminal checkpoint before
+it signs). It verifies the chain since the last head this tool verified, kept as a checkpoint
 signed with the ledger's key in ``.statekeeper/verified/<ledger id>.checkpoint`` (so a long
 ledger costs only its new events), and the run's own stream in full. A missing, unreadable or
 foreign local checkpoint only means a full verification: it is a shortcut, never a source of
@@ -25,21 +26,16 @@ def local_checkpoint_path(base_dir: Path, ledger_id: str) -> Path:
     return base_dir / ".statekeeper" / "verified" / f"{ledger_id}.checkpoint"
 
 
-def _read_local(lg: Ledger, path: Path, ledger_id: str) -> Checkpoint | None:
-    """The local checkpoint if it is this ledger's and signed by one of its keys."""
+def _read_local(path: Path, ledger_id: str) -> Checkpoint | None:
+    """The local checkpoint if it reads as one of this ledger's (its signature is checked
+    by :meth:`ledger.Ledger.verify_from`, against the keys the chain introduced)."""
     import ledger
 
     try:
         cp = ledger.parse_checkpoint(path.read_text(encoding="utf-8"), str(path))
     except (OSError, UnicodeDecodeError, ledger.LedgerError):
         return None
-    if cp.ledger_id != ledger_id or cp.stream is not None:
-        return None
-    listed = lg.keys()
-    for k in listed:
-        if k.key_id == cp.key_id and cp.verify(ledger.PublicKey.from_b64(k.public_key)):
-            return cp
-    return None
+    return cp if cp.ledger_id == ledger_id and cp.stream is None else None
 
 
 def verify_before_act(lg: Ledger, base_dir: Path, stream: str | None = None) -> VerifyResult:
@@ -49,12 +45,12 @@ def verify_before_act(lg: Ledger, base_dir: Path, stream: str | None = None) -> 
     ledger_id = lg.ledger_id()
     if ledger_id is None:  # an empty ledger: nothing to verify yet
         return lg.verify()
-    base = _read_local(lg, local_checkpoint_path(base_dir, ledger_id), ledger_id)
+    base = _read_local(local_checkpoint_path(base_dir, ledger_id), ledger_id)
     # With a genuine local checkpoint, a ledger that no longer holds its head was cut short
     # or rewritten since: that is a violation, not a reason to start over.
     result = lg.verify_from(base)
     if stream is not None:
-        lg.verify_stream(stream)
+        lg.verify_stream(stream, upto=result.head.seq)
     remember(lg, base_dir, result)
     return result
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger import Ledger, normalize_url
+from ledger import Ledger, VerifyResult, normalize_url
 
 from . import __version__, clock
 from .errors import ConfigError, IntegrityError, LockHeld, NeedsAttention
@@ -262,7 +262,7 @@ def unfinished_for(lg: Ledger, target_display: str) -> list[Run]:
     return out
 
 
-def verify_before_acting(settings: Settings, lg: Ledger, run_id: str | None) -> None:
+def verify_before_acting(settings: Settings, lg: Ledger, run_id: str | None) -> VerifyResult:
     """The one place ``start``, ``resume``, ``rollback`` (and the read commands) check the
     ledger before they act: the chain since the last head this tool verified (a signed local
     checkpoint, :mod:`statekeeper.trust`) and the run's stream whole. A failure raises
@@ -272,7 +272,9 @@ def verify_before_acting(settings: Settings, lg: Ledger, run_id: str | None) -> 
     restore) do not depend on it."""
     from .trust import verify_before_act
 
-    verify_before_act(lg, settings.config.base_dir, stream_of(run_id) if run_id else None)
+    return verify_before_act(
+        lg, settings.config.base_dir, stream_of(run_id) if run_id else None
+    )
 
 
 @contextlib.contextmanager
@@ -375,9 +377,9 @@ def resume(
     env = build_env(settings)
     with settings.open_ledger(signing=True) as lg:
         if run_id is None:
-            verify_before_acting(settings, lg, None)
+            verified = verify_before_acting(settings, lg, None)
             run_id = _run_to_resume(settings, lg, env)
-            lg.verify_stream(stream_of(run_id))
+            lg.verify_stream(stream_of(run_id), upto=verified.head.seq)
         else:
             verify_before_acting(settings, lg, run_id)
         run = load_run(lg, run_id)
@@ -554,12 +556,13 @@ def _checkpoint(settings: Settings, lg: Ledger, run: Run, only_if_missing: bool 
 def status(settings: Settings, run_id: str | None = None) -> Run:
     """One run (default: the latest); IntegrityError (exit 4) if it cannot be replayed."""
     with settings.open_ledger(signing=False) as lg:
-        verify_before_acting(settings, lg, run_id)
+        verified = verify_before_acting(settings, lg, run_id)
         if run_id is None:
             names = lg.streams(STREAM_PREFIX)
             if not names:
                 raise ConfigError("no runs in the ledger yet")
             run_id = names[-1][0][len(STREAM_PREFIX) :]
+            lg.verify_stream(stream_of(run_id), upto=verified.head.seq)
         return load_run(lg, run_id)
 
 

@@ -107,9 +107,9 @@ def test_a_forged_local_checkpoint_is_no_shortcut(
     path = local_checkpoint_path(tmp_path, lid)
     path.parent.mkdir(parents=True)
     path.write_text(sign_checkpoint(mallory, f"statekeeper/{lid}", 6, ev.hash))
-    with pytest.raises(ledger.IntegrityViolation) as e:
+    with pytest.raises(ledger.IntegrityViolation) as e:  # ignored: the whole chain is read
         verify_before_act(ledger_db, tmp_path)
-    assert e.value.seq == 6
+    assert (e.value.seq, e.value.reason) == (6, "unknown key")
     # Signed by the ledger's own key over the forged head is no better: the head's seal is.
     assert ledger_db.signer is not None
     path.write_text(sign_checkpoint(ledger_db.signer, f"statekeeper/{lid}", 6, ev.hash))
@@ -128,3 +128,35 @@ def test_a_rotation_between_checks(
     ledger_db.append("upgrade/c", E("run.created"))
     r = verify_before_act(ledger_db, tmp_path, "upgrade/c")
     assert (r.events, r.head.seq) == (1, 7)
+
+
+def test_a_run_rewritten_and_resealed_with_an_inserted_key_is_caught(
+    ledger_db: ledger.Ledger, db_url: str, tmp_path: Path
+) -> None:
+    """An insider with UPDATE rights rewrites an old event of the run about to be acted on,
+    rehashes it and seals it with a key of her own, INSERTed into the key table."""
+    _fill(ledger_db)
+    ledger_db.append("upgrade/b", E("later"))
+    verify_before_act(ledger_db, tmp_path)  # the local checkpoint is now past the run's events
+    mallory = ledger.generate_key_file(tmp_path / "m.pem")
+    with RawDB(db_url) as db:
+        db.disable_triggers()
+        old = db.event(5)
+        new = forge(5, old.stream, old.stream_seq, old.prev_hash, old.stream_prev_hash,
+                    closes=True, type_=old.type, payload='{"n":300}', actor=old.actor,
+                    recorded_at=old.recorded_at)
+        db.execute("DELETE FROM ledger_events WHERE seq = 5")
+        db.insert_event(new)
+        sig = base64.b64encode(mallory.sign(seal_message(5, 5, new.hash))).decode()
+        db.execute("UPDATE ledger_seals SET key_id = ?, signature = ? WHERE seq = 5",
+                   [mallory.key_id, sig])
+        db.execute("INSERT INTO ledger_keys (key_id, public_key, added_seq) VALUES (?, ?, 0)",
+                   [mallory.key_id, mallory.public.b64])
+    with pytest.raises(ledger.IntegrityViolation) as e:  # the inserted key is reported first
+        verify_before_act(ledger_db, tmp_path, "upgrade/a")
+    assert e.value.reason == "unknown key" and "listed but never introduced" in str(e.value)
+    # and the run on its own: its seal is not by the key the chain had active at seq 5
+    with pytest.raises(ledger.IntegrityViolation) as e:
+        ledger_db.verify_stream("upgrade/a", upto=6)
+    assert (e.value.seq, e.value.reason) == (5, "bad seal")
+    assert ledger_db.verify_stream("upgrade/a") == 3  # without the chain's schedule it passes
