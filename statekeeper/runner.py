@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ledger import Ledger, NewEvent, StoredEvent, canonical
@@ -315,6 +316,7 @@ class Runner:
             )
         m = self.env.backups.get(backup_id)
         path = m.artifact_path
+        _no_one_else_can_swap(backup_id, path)
         try:
             size, digest = sha256_file(path)
         except OSError as e:
@@ -364,6 +366,33 @@ def _dest(run: Run, trigger: str) -> str:
     if to is None:
         raise NeedsAttention(f"run {run.run_id}: {IllegalTransition(trigger, run.state)}")
     return to
+
+
+def _no_one_else_can_swap(backup_id: str, path: Path) -> None:
+    """The restore reads the artifact again after it was hashed: refuse one that another user
+    could replace in between (the file, or any directory above it, owned by someone else or
+    writable by group or others without the sticky bit), as ssh's StrictModes does."""
+    import stat
+
+    me = os.geteuid()
+    for p in (path, *path.parents):
+        try:
+            st = p.lstat() if p == path else p.stat()  # ancestors may be symlinks (/var/run)
+        except OSError as e:
+            raise BackupCorrupt(f"backup {backup_id}: cannot inspect {p}: {_os_error(e)}") from e
+        if p == path and not stat.S_ISREG(st.st_mode):
+            raise BackupCorrupt(f"backup {backup_id}: artifact {p} is not a regular file")
+        open_to_others = st.st_mode & 0o022 and not (
+            stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        )
+        if st.st_uid not in (me, 0) or open_to_others:
+            raise BackupCorrupt(
+                f"backup {backup_id}: {p} is "
+                + ("owned by another user" if st.st_uid not in (me, 0)
+                   else "writable by group or others")
+                + ": the artifact could be swapped after it is checked; refusing to restore "
+                "(chmod go-w, or move the backups somewhere private)"
+            )
 
 
 def tag_names(migrator: Any) -> set[str]:

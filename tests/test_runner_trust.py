@@ -15,6 +15,7 @@ What each test attacks:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,28 @@ def test_restore_refuses_an_older_dump_swapped_in(
     assert "    ok    restore" in r.stdout
     after = proj.fingerprint()
     assert after == before, diff(before, after)
+
+
+def test_restore_refuses_an_artifact_others_could_swap(tmp_path: Path) -> None:
+    """The restore reads the artifact again after hashing it: a backup directory that group
+    or others may write is refused, since a file swapped in between would be restored."""
+    proj = _project(tmp_path, "sqlite", None, SCENARIOS["restore"])  # type: ignore[arg-type]
+    crashed = proj.cli("start", "--to", "v2.6", failpoint="migrate.before:3")
+    assert crashed.returncode == 137, crashed.stdout + crashed.stderr
+    recorded = command.status(proj.settings()).backup
+    assert recorded is not None
+    run_backup = proj.dir / "backups" / recorded["backup_id"]
+    applied = proj.applied_ids()
+    os.chmod(run_backup, 0o770)
+    r = sk(proj, "resume")
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"backup {recorded['backup_id']}: {run_backup} is writable by group or others: " \
+        "the artifact could be swapped after it is checked; refusing to restore" in r.stdout
+    assert proj.applied_ids() == applied  # nothing restored
+    os.chmod(run_backup, 0o700)
+    r = sk(proj, "resume")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "    ok    restore" in r.stdout
 
 
 # -- 2. --to / --from ------------------------------------------------------------------------
