@@ -146,57 +146,54 @@ def test_crash_then_resume(
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_instants_during_slow_migration(tmp_path: Path, pg_cluster: Any) -> None:
-    """SIGKILL a real start at 20 random instants while a pg_sleep migration runs; resume."""
+@pytest.mark.parametrize("i", range(12))  # separate tests: xdist spreads them over the cores
+def test_sigkill_at_random_instants_during_slow_migration(
+    tmp_path: Path, pg_cluster: Any, i: int
+) -> None:
+    """SIGKILL a real start at a random instant while a pg_sleep migration runs; resume."""
     import os
     import random
     import signal
     import time
 
-    rng = random.Random(20)
-    outcomes: list[str] = []
-    for i in range(20):
-        url = pg_cluster.url(pg_cluster.createdb("sigkill"))
-        seed("postgresql", url)
-        migs = dict(SCENARIOS["forward"])
-        migs["002_orders.sql"] = "SELECT pg_sleep(2.0);\n" + migs["002_orders.sql"]
-        proj = make_project(tmp_path / f"p{i}", "postgresql", url, migs, backup=(i % 2 == 0))
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        env.pop("STATEKEEPER_FAILPOINT", None)
-        p = subprocess.Popen(
-            [sys.executable, "-m", "cli", "--config", str(proj.config), "start", "--to", "v2.6"],
-            cwd=proj.dir,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        # wait until the slow migration is running on the server, then kill at a random instant
-        db = url.rsplit("/", 1)[1]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and p.poll() is None:
-            if (
-                pg_cluster.psql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                    f"'{db}' AND query LIKE 'SELECT pg_sleep(2.0)%'"
-                )
-                != "0"
-            ):
-                break
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 1.4))  # well inside the 2 s sleep
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        from statekeeper import command
+    from statekeeper import command
 
-        if not command.history(proj.settings()):
-            # killed before the run was even recorded: nothing happened; start it again
-            res = proj.cli("start", "--to", "v2.6")
-        else:
-            res = proj.cli("resume") if p.returncode == -9 else None
-        run = command.status(proj.settings())
-        outcomes.append(f"{p.returncode}:{run.state}")
-        assert run.state == "completed", (res.stdout + res.stderr) if res else run.state
-        assert proj.applied_ids() == [n.removesuffix(".sql") for n in sorted(migs)]
-        assert command.ledger_verify(proj.settings()).events > 0
-    # the kills must really land during the run, or the test proves nothing
-    assert sum(o.startswith("-9") for o in outcomes) >= 18, outcomes
+    rng = random.Random(20 + i)
+    url = pg_cluster.url(pg_cluster.createdb("sigkill"))
+    seed("postgresql", url)
+    migs = dict(SCENARIOS["forward"])
+    migs["002_orders.sql"] = "SELECT pg_sleep(2.0);\n" + migs["002_orders.sql"]
+    proj = make_project(tmp_path / f"p{i}", "postgresql", url, migs, backup=(i % 2 == 0))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("STATEKEEPER_FAILPOINT", None)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cli", "--config", str(proj.config), "start", "--to", "v2.6"],
+        cwd=proj.dir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # wait until the slow migration is running on the server, then kill at a random instant
+    db = url.rsplit("/", 1)[1]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and p.poll() is None:
+        if (
+            pg_cluster.psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                f"'{db}' AND query LIKE 'SELECT pg_sleep(2.0)%'"
+            )
+            != "0"
+        ):
+            break
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 1.4))  # well inside the 2 s sleep
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    # the kill must really land during the run, or the test proves nothing
+    assert p.returncode == -9, p.returncode
+    assert command.history(proj.settings()), "killed before the run was recorded"
+    res = proj.cli("resume")
+    run = command.status(proj.settings())
+    assert run.state == "completed", res.stdout + res.stderr
+    assert proj.applied_ids() == [n.removesuffix(".sql") for n in sorted(migs)]
+    assert command.ledger_verify(proj.settings()).events > 0
