@@ -38,7 +38,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
 from .chain import KeyRecord, Seal, StoredEvent, stored_event
-from .errors import ConfigurationError, LedgerUnreachable, OperationalError, StreamConflict
+from .errors import (
+    ConfigurationError,
+    IntegrityViolation,
+    LedgerUnreachable,
+    OperationalError,
+    StreamConflict,
+)
 from .url import redact, sqlite_path
 
 metadata = MetaData()
@@ -97,7 +103,10 @@ _SQL_HEAD = (
     "SELECT h.seq, h.hash, "
     "(SELECT stream_seq FROM ledger_events WHERE stream = {p} ORDER BY stream_seq DESC LIMIT 1), "
     "(SELECT hash FROM ledger_events WHERE stream = {p} ORDER BY stream_seq DESC LIMIT 1), "
-    "(SELECT key_id FROM ledger_keys ORDER BY added_seq DESC LIMIT 1), "
+    # The active key as the chain says it (the ledger stream's last key event: the genesis or
+    # a rotation), not the key table, where an INSERT could add a row.
+    "(SELECT {key_id} FROM ledger_events WHERE stream = 'ledger' "
+    "ORDER BY stream_seq DESC LIMIT 1), "
     "h.closes, s.first_seq, s.key_id, s.signature, "
     "CASE WHEN h.type = 'ledger.key_rotated' THEN h.payload END "
     "FROM (SELECT 1 AS one) AS x "
@@ -527,7 +536,7 @@ class SQLiteRecorder(Recorder):
     def _lock_head(self, conn: Connection) -> None:
         pass  # BEGIN IMMEDIATE already holds the database's single write lock
 
-    _sql_head = _SQL_HEAD.format(p="?")
+    _sql_head = _SQL_HEAD.format(p="?", key_id="json_extract(payload, '$.key_id')")
     _sql_insert_event = _SQL_INSERT_EVENTS + _values("?", len(_EVENT_FIELDS))
     _sql_insert_seal = _SQL_INSERT_SEALS + _values("?", 4)
     _sql_insert_key = _SQL_INSERT_KEYS + _values("?", 3)
@@ -554,10 +563,13 @@ class SQLiteRecorder(Recorder):
                 except self._integrity_error as e:
                     raise StreamConflict(stream, spos, spos + 1) from e
                 seal_rows = self._seal_rows(new_seals)
-                if len(seal_rows) == 1:
-                    cur.execute(self._sql_insert_seal, seal_rows[0])
-                else:
-                    cur.executemany(self._sql_insert_seal, seal_rows)
+                try:
+                    if len(seal_rows) == 1:
+                        cur.execute(self._sql_insert_seal, seal_rows[0])
+                    else:
+                        cur.executemany(self._sql_insert_seal, seal_rows)
+                except self._integrity_error as e:
+                    raise _seal_in_the_way(rows) from e
                 for k in new_keys:
                     cur.execute(self._sql_insert_key, (k.key_id, k.public_key, rows[-1].seq))
                 cur.execute("COMMIT")
@@ -598,11 +610,12 @@ _SQLITE_UNIQUE = {
 # Arbitrary constant: the advisory lock that serialises appenders on the chain head.
 PG_HEAD_LOCK = 0x5E_1ED6E2
 
-_PG_HEAD = _SQL_HEAD.format(p="{p}").encode()
+_PG_KEY_ID = "(payload::json ->> 'key_id')"
+_PG_HEAD = _SQL_HEAD.format(p="{p}", key_id=_PG_KEY_ID).encode()
 _PG_EVENT_ARGS = "bigint, text, bigint, text, text, text, text, boolean, text, text, text"
 _PG_EVENT_VALUES = ", ".join(f"${i}" for i in range(1, 12))
 _PG_PREPARE = "; ".join([
-    "PREPARE ledger_head(text) AS " + _SQL_HEAD.format(p="$1"),
+    "PREPARE ledger_head(text) AS " + _SQL_HEAD.format(p="$1", key_id=_PG_KEY_ID),
     f"PREPARE ledger_event({_PG_EVENT_ARGS}) AS "
     f"INSERT INTO ledger_events ({', '.join(_EVENT_FIELDS)}) VALUES ({_PG_EVENT_VALUES})",
     # The conditions of the predicted-head INSERT in PostgresRecorder._insert.
@@ -738,7 +751,13 @@ class PostgresRecorder(Recorder):
         head = self._prediction(stream, expected)
         if head is not None:
             _, rows, new_seals, new_keys = self._plan(head, stream, expected, build)
-            if self._insert(conn, lit, rows, new_seals, new_keys, head, prepared):
+            try:
+                went_in = self._insert(conn, lit, rows, new_seals, new_keys, head, prepared)
+            except self._integrity_error as e:
+                if getattr(getattr(e, "diag", None), "table_name", None) == "ledger_seals":
+                    raise _seal_in_the_way(rows) from e
+                raise
+            if went_in:
                 self._remember(rows, new_keys, head[4])
                 return rows
             self._predicted, self._skip_predictions = None, 16
@@ -757,8 +776,11 @@ class PostgresRecorder(Recorder):
         try:
             self._insert(conn, lit, rows, new_seals, new_keys, None, prepared)
         except self._integrity_error as e:
-            if getattr(getattr(e, "diag", None), "table_name", None) == "ledger_events":
+            table = getattr(getattr(e, "diag", None), "table_name", None)
+            if table == "ledger_events":
                 raise StreamConflict(stream, spos, spos + 1) from e
+            if table == "ledger_seals":
+                raise _seal_in_the_way(rows) from e
             raise
         self._remember(rows, new_keys, head[4] if head else None)
         return rows
@@ -951,6 +973,14 @@ RECORDERS: dict[str, type[Recorder]] = {
     "sqlite": SQLiteRecorder,
     "postgresql": PostgresRecorder,
 }
+
+
+def _seal_in_the_way(rows: list[StoredEvent]) -> IntegrityViolation:
+    """A seal row already stored where this append's seal goes: INSERTed by someone else."""
+    return IntegrityViolation(
+        rows[0].seq, "bad seal", f"a seal for seq {rows[-1].seq} is already stored, though no "
+        "append wrote that event: refusing to append (run 'statekeeper ledger verify')",
+    )
 
 
 def recorder_for(url: URL) -> Recorder:

@@ -238,3 +238,26 @@ def test_an_insert_only_role_appends_and_cannot_rewrite(
         assert app.verify().head.seq == 4
     with RawDB(url) as raw, pytest.raises(Exception, match="permission denied"):
         raw.execute("UPDATE ledger_events SET payload = '{}' WHERE seq = 2")
+
+
+def test_rows_inserted_into_the_key_and_seal_tables_do_not_steer_the_appender(
+    ledger_db: ledger.Ledger, db_url: str, signer: ledger.Signer, tmp_path: Path
+) -> None:
+    ledger_db.append("s", E("a"))
+    mallory = ledger.generate_key_file(tmp_path / "m.pem")
+    with RawDB(db_url) as db:  # a key row that would be "newest" in the key table
+        db.execute("INSERT INTO ledger_keys (key_id, public_key, added_seq) VALUES (?, ?, 99)",
+                   [mallory.key_id, mallory.public.b64])
+    with ledger.Ledger(db_url, signer=signer) as lg:
+        lg.append("s", E("b"))  # the chain, not the table, says which key is active
+        head = lg.head().seq
+        with RawDB(db_url) as db:  # a seal planted where the next append's seal goes
+            db.execute("INSERT INTO ledger_seals (seq, first_seq, key_id, signature) "
+                       "VALUES (?, ?, ?, 'AAAA')", [head + 1, head + 1, mallory.key_id])
+        with pytest.raises(ledger.IntegrityViolation) as e:
+            lg.append("s", E("c"))
+    assert (e.value.seq, e.value.reason) == (head + 1, "bad seal")
+    assert "already stored" in str(e.value)
+    with pytest.raises(ledger.IntegrityViolation) as v:
+        ledger_db.verify()
+    assert v.value.reason in ("unknown key", "bad seal")
