@@ -241,10 +241,7 @@ class Ledger:
             elif (head_seq, head_hash) != self._trusted:
                 self._check_tip(head_seq, head_hash, tip, active, signer, key_id)
             if active != key_id:
-                raise ConfigurationError(
-                    f"key {key_id[:16]}... is not this ledger's active signing key "
-                    f"({(active or '?')[:16]}...)"
-                )
+                self.require_active(signer, active)
             rows.extend(chain_run(head_seq, stream, spos, now, actor, payloads, head_hash, shash))
             if payloads:
                 out_seals.append(_seal(signer, key_id, head_seq + 1, rows[-1]))

@@ -96,7 +96,7 @@ def test_keys_rotate_and_list(sk: Invoke, work: Path, db_url: str) -> None:
     assert [k["key_id"] for k in listed] == [old, new]
     assert sk("keys", "list").stdout.splitlines()[1].startswith(f"{new}  ")
     assert error(sk("ledger", "append", "--stream", "s", "--type", "t"), 2).startswith(
-        f"error: key {old[:16]}... is not this ledger's active signing key"
+        f"error: key {old[:16]}... is a retired key of this ledger; its active key is "
     )
     r = run("--ledger", db_url, "--key", "k2.pem",
             "ledger", "append", "--stream", "s", "--type", "t")
