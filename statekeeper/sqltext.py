@@ -10,9 +10,8 @@ and :func:`pg_statements` turns that count into the position of the failing stat
 The scanner follows psql's lexer: ``--`` and nested ``/* */`` comments, ``'...'`` and
 ``E'...'`` strings, ``"..."`` identifiers, ``$tag$...$tag$`` bodies, parentheses, and the
 ``BEGIN``/``CASE`` ... ``END`` depth of SQL-standard function bodies (``BEGIN ATOMIC``). A text
-it misreads gets a less precise error position, and its transaction control may be missed at
-load time (the migration then fails when it ends its own transaction, unrecorded) or, less
-likely, a statement is refused that is none.
+it misreads gets a less precise error position; :func:`pg_scan` also reports the ``;`` inside
+bodies and parentheses, so that transaction control after one is refused whatever the depth.
 
 SQLite migrations are executed statement by statement on boundaries found by SQLite's own
 tokenizer (:func:`sqlite3.complete_statement`, exactly what the ``sqlite3`` shell uses), so a
