@@ -51,8 +51,10 @@ from .errors import (
 from .sqltext import (
     is_transaction_control,
     leading_words,
+    pg_scan,
     pg_statements,
     skip_space_and_comments,
+    sqlite_inner_semicolons,
     sqlite_statements,
 )
 from .targets import Target, first_line
@@ -205,14 +207,24 @@ def find_transaction_control(text: str, backend: str) -> tuple[int, str] | None:
     if key in _txn_checked:
         return _txn_checked[key]
     sqlite = backend == "sqlite"
+    # Statement starts, and as a backstop every other place a statement starts after a ";"
+    # (inside parentheses, a BEGIN ATOMIC or trigger body): no transaction control is valid
+    # there, so a mistake in tracking depth cannot hide a COMMIT that PostgreSQL would run.
+    # END is the one word that may follow such a ";", inside a body: it closes the body.
+    starts: list[tuple[int, bool]]
+    if sqlite:
+        starts = [(s, False) for s, _e in sqlite_statements(text)]
+        starts += [(s, True) for s in sqlite_inner_semicolons(text)]
+    else:
+        spans, inner = pg_scan(text)
+        starts = [(s, False) for s, _e in spans] + inner
     found: tuple[int, str] | None = None
-    spans = sqlite_statements(text) if sqlite else pg_statements(text)
-    for start, _end in spans:
+    for start, in_body in starts:
         s = skip_space_and_comments(text, start, nested=not sqlite)
         words = leading_words(text, s, nested=not sqlite)
-        if is_transaction_control(words):
+        legal = in_body and words[:1] == ["end"]
+        if is_transaction_control(words) and not legal and (found is None or s < found[0]):
             found = (s, " ".join(words).upper())
-            break
     if len(_txn_checked) >= 4096:
         _txn_checked.clear()
     _txn_checked[key] = found

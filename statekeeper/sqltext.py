@@ -10,9 +10,8 @@ and :func:`pg_statements` turns that count into the position of the failing stat
 The scanner follows psql's lexer: ``--`` and nested ``/* */`` comments, ``'...'`` and
 ``E'...'`` strings, ``"..."`` identifiers, ``$tag$...$tag$`` bodies, parentheses, and the
 ``BEGIN``/``CASE`` ... ``END`` depth of SQL-standard function bodies (``BEGIN ATOMIC``). A text
-it misreads gets a less precise error position, and its transaction control may be missed at
-load time (the migration then fails when it ends its own transaction, unrecorded) or, less
-likely, a statement is refused that is none.
+it misreads gets a less precise error position; :func:`pg_scan` also reports the ``;`` inside
+bodies and parentheses, so that transaction control after one is refused whatever the depth.
 
 SQLite migrations are executed statement by statement on boundaries found by SQLite's own
 tokenizer (:func:`sqlite3.complete_statement`, exactly what the ``sqlite3`` shell uses), so a
@@ -88,11 +87,42 @@ def _skip_quoted(text: str, i: int, quote: str, backslash: bool = False) -> int:
 def pg_statements(text: str) -> list[tuple[int, int]]:
     """``(start, end)`` of each non-empty statement of a PostgreSQL text, ``start`` at its
     first token (0-based), ``end`` after its ``;`` (or the end of the text)."""
+    return pg_scan(text)[0]
+
+
+#: After these a keyword is a name: ``AS begin``, ``t.end``, ``RENAME x TO begin``.
+_NAME_AFTER = ("as", ".", "to")
+_ROUTINE = ("function", "procedure")
+
+
+def _is_routine(head: list[str]) -> bool:
+    """Does a statement starting with these words create a function or procedure, the only
+    statement whose body (``BEGIN ATOMIC ... END``) may contain semicolons?"""
+    if head[:1] != ["create"] or len(head) < 2:
+        return False
+    if head[1] in _ROUTINE:
+        return True
+    return head[1:3] == ["or", "replace"] and len(head) > 3 and head[3] in _ROUTINE
+
+
+def pg_scan(text: str) -> tuple[list[tuple[int, int]], list[tuple[int, bool]]]:
+    """:func:`pg_statements`, and each ``;`` that does not end a statement (inside
+    parentheses or a ``BEGIN ATOMIC`` body): the index after it, and whether it is inside a
+    body, where ``END`` may follow it to close the body.
+
+    Only ``BEGIN ATOMIC`` at parenthesis depth 0 of ``CREATE [OR REPLACE] FUNCTION|PROCEDURE``
+    opens a block, and ``CASE`` ... ``END`` is counted only inside one (as psql does):
+    ``BEGIN`` is not a reserved word, so elsewhere it is a name (``CREATE TABLE t (begin
+    int)``) and counting it would hide every later ``;``, and with it any ``COMMIT``, from
+    the transaction-control check."""
     spans: list[tuple[int, int]] = []
+    inner: list[tuple[int, bool]] = []
     n = len(text)
     i = 0
     start: int | None = None
-    paren = begin_depth = words = 0
+    paren = begin_depth = 0
+    head: list[str] = []  # the statement's first words, enough for _is_routine
+    prev = ""  # the previous token: a lower-cased word, a punctuation character, or "lit"
     while i < n:
         c = text[i]
         if c.isspace() or c == "-" or c == "/":  # only these can start blanks or a comment
@@ -104,8 +134,10 @@ def pg_statements(text: str) -> list[tuple[int, int]]:
             start = i
         if c == "'":
             i = _skip_quoted(text, i, "'")
+            prev = "lit"
         elif c == '"':
             i = _skip_quoted(text, i, '"')
+            prev = "lit"
         elif c == "$":
             m = _DOLLAR.match(text, i)
             if m:
@@ -113,10 +145,12 @@ def pg_statements(text: str) -> list[tuple[int, int]]:
                 i = n if close < 0 else close + len(m.group(0))
             else:
                 i += 1
+            prev = "lit"
         elif "0" <= c <= "9":  # not str.isdigit: "²" is a digit to Python, not to SQL
             m = _NUMBER.match(text, i)
             assert m
             i = m.end()
+            prev = "lit"
         elif c.isalpha() or c == "_" or ord(c) >= 0x80:
             m = _IDENT.match(text, i)
             assert m
@@ -124,30 +158,45 @@ def pg_statements(text: str) -> list[tuple[int, int]]:
             i = m.end()
             if word == "e" and text.startswith("'", i):
                 i = _skip_quoted(text, i, "'", backslash=True)
+                prev = "lit"
                 continue
-            words += 1
-            if word in ("begin", "case"):
-                if words > 1:  # a leading BEGIN starts a transaction, not a block
-                    begin_depth += 1
-            elif word == "end" and begin_depth > 0:
-                begin_depth -= 1
+            if len(head) < 4:
+                head.append(word)
+            if paren == 0 and prev not in _NAME_AFTER:
+                if word == "begin":
+                    if _is_routine(head) and leading_words(text, i, 1) == ["atomic"]:
+                        begin_depth += 1
+                elif word == "case":
+                    if begin_depth > 0:
+                        begin_depth += 1
+                elif word == "end" and begin_depth > 0:
+                    begin_depth -= 1
+            prev = word
         elif c == "(":
             paren += 1
             i += 1
+            prev = c
         elif c == ")":
             paren = max(0, paren - 1)
             i += 1
-        elif c == ";" and paren == 0 and begin_depth == 0:
-            if start != i:
-                spans.append((start, i + 1))
-            start = None
-            words = 0
+            prev = c
+        elif c == ";":
             i += 1
+            if paren == 0 and begin_depth == 0:
+                if start != i - 1:
+                    spans.append((start, i))
+                start = None
+                head = []
+                prev = ""
+            else:
+                inner.append((i, begin_depth > 0 and paren == 0))
+                prev = c
         else:
             i += 1
+            prev = c
     if start is not None:
         spans.append((start, n))
-    return spans
+    return spans, inner
 
 
 def sqlite_statements(text: str) -> list[tuple[int, int]]:
@@ -164,6 +213,30 @@ def sqlite_statements(text: str) -> list[tuple[int, int]]:
     if text[start:].strip():
         spans.append((start, len(text)))
     return spans
+
+
+def sqlite_inner_semicolons(text: str) -> list[int]:
+    """The index after each ``;`` of a SQLite text that does not end one of
+    :func:`sqlite_statements`' chunks (outside strings, quoted names and comments): only a
+    trigger body has them, and there ``END`` after one closes the body."""
+    out: list[int] = []
+    for start, end in sqlite_statements(text):
+        i = start
+        while i < end:
+            c = text[i]
+            if c in "'\"`":
+                i = _skip_quoted(text, i, c)
+            elif c == "[":
+                j = text.find("]", i + 1)
+                i = end if j < 0 else j + 1
+            elif c in "-/":
+                j = skip_space_and_comments(text, i, nested=False)
+                i = j if j != i else i + 1
+            else:
+                if c == ";" and i + 1 < end:
+                    out.append(i + 1)
+                i += 1
+    return out
 
 
 def leading_words(text: str, start: int, count: int = 2, *, nested: bool = True) -> list[str]:

@@ -101,3 +101,50 @@ def test_a_near_miss_directive_is_refused_not_taken_for_a_comment(proj: Project)
     assert p.stdout.startswith("applied 001_orders ")
     assert [(m["id"], m["reversible"]) for m in proj.cli_json("migrate", "status")] == [
         ("001_orders", True)]
+
+
+# A name that is a keyword before the first COMMIT: the file was loaded (validate said ok) and
+# `migrate up` ran it whole on PostgreSQL, committing t2 at the COMMIT with no changelog row,
+# then failing at the SELECT (exit 1, 002_b pending, t2 there).
+REPRO = ("CREATE TABLE t2 (begin int);\nCOMMIT;\nCREATE TABLE t3 (x int);\n"
+         "SELECT no_such_col FROM t3;\n")
+# What the lexer must still accept: the keywords as names, and a real body with ";" inside.
+BODIES = {
+    "postgresql": "CREATE FUNCTION g(a int) RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n"
+                  "  SELECT CASE WHEN a > 0 THEN 1 ELSE CASE a WHEN 0 THEN 0 END END AS end;\n"
+                  "  SELECT a AS case;\nEND;\n",
+    "sqlite": "CREATE TRIGGER tr AFTER INSERT ON t2 BEGIN\n"
+              "  UPDATE t2 SET begin = CASE WHEN begin > 0 THEN 1 END;\n"
+              "  SELECT 1 AS begin;\nEND;\n",
+}
+
+
+def tables(proj: Project, *names: str) -> list[str]:
+    conn = proj.target().connect(autocommit=True)
+    try:
+        sql = ("SELECT name FROM sqlite_master WHERE type = 'table'" if proj.backend == "sqlite"
+               else "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema()")
+        return sorted(r[0] for r in conn.execute(sql).fetchall() if r[0] in names)
+    finally:
+        conn.close()
+
+
+def test_commit_after_a_keyword_used_as_a_name_is_refused_before_anything_runs(
+    proj: Project
+) -> None:
+    (proj.dir / "migrations" / "001_bump_qty.sql").write_text(GOOD["001_bump_qty.sql"])
+    f = proj.dir / "migrations" / "002_b.sql"
+    f.write_text(REPRO)
+    before = state(proj)
+    message = (f"error: {f}: line 2: COMMIT starts or ends a transaction: statekeeper runs "
+               f"each migration in a transaction of its own (remove it, or make the first "
+               f"line -- statekeeper:no-transaction)")
+    assert refused(proj, "migrate", "validate") == message
+    assert refused(proj, "migrate", "up", process=True) == message
+    assert state(proj) == before  # no changelog row, not even 001's
+    assert tables(proj, "t2", "t3") == []
+    f.write_text("CREATE TABLE t2 (begin int);\n" + BODIES[proj.backend])
+    proj.cli("migrate", "up", check=True)
+    assert proj.applied_ids() == ["001_bump_qty", "002_b"]
+    assert tables(proj, "t2", "t3") == ["t2"]

@@ -5,7 +5,8 @@ Migration or raises ConfigError naming the file, on one line; nothing else ever 
 
 Example counts: 250 (random bytes), 250 (random text of SQL-ish tokens), 300 (built files,
 whose expected outcome is known piece by piece), 200 (transaction control hidden in bodies,
-strings and comments), each for both lexers where a backend matters."""
+strings and comments), 200 (keywords used as names before transaction control), each for
+both lexers where a backend matters."""
 
 from __future__ import annotations
 
@@ -100,6 +101,8 @@ TOKENS = [
     "\t", " ", "\ufeff", "\x00", "\u2028", "\x0c", "\x85", "\u200b", "\u00a0", "\uff53",
     "\u00b2", "\u0663", "1e", "E'", "U&'", "$1",
     "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END;",
+    "begin", "case", "atomic", " AS begin", "(begin int)", " TO begin", "t.end",
+    "CREATE FUNCTION g() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;",
 ]
 
 
@@ -132,7 +135,12 @@ SQL = [
     piece("SELECT 1;", "sql"),
     piece("CREATE TABLE t (x integer);", "sql"),
     piece("INSERT INTO t VALUES ('BEGIN;'), ('it''s; COMMIT');", "sql"),
-    piece("CREATE TRIGGER tr AFTER INSERT ON t BEGIN\n  SELECT 1;\nEND;", "sql"),
+    # keywords used as names (issue 7: each once hid every later ";" from the PostgreSQL lexer)
+    piece("CREATE TABLE t2 (begin int, x int);", "sql"),
+    piece("CREATE VIEW v AS SELECT 1 AS begin, 2 AS case;", "sql"),
+    piece("ALTER TABLE t RENAME x TO begin;", "sql"),
+    piece("SELECT x FROM t ORDER BY CASE WHEN x THEN 1 ELSE 2 END;", "sql"),
+    piece("SELECT t.begin, t.end FROM t;", "sql"),
     piece("SAVEPOINT a;\nROLLBACK TO SAVEPOINT a;", "sql"),
     piece("SELECT \"commit\", begin_at FROM t;", "sql"),
     piece("-- BEGIN; a comment", "comment"),
@@ -143,10 +151,20 @@ SQL = [
 ]
 # SQLite has no dollar quoting and no nested comments: these hide BEGIN only from PostgreSQL.
 PG_ONLY = [
+    piece("CREATE FUNCTION g(a int) RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n"
+          "  SELECT CASE WHEN a > 0 THEN 1 ELSE CASE a WHEN 0 THEN 0 END END AS end;\n"
+          "  SELECT a AS begin;\nEND;", "sql"),
+    piece("CREATE FUNCTION begin(x int) RETURNS int LANGUAGE sql RETURN x;", "sql"),
     piece("CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $fn$\nBEGIN\n  COMMIT;\n"
           "  RETURN 1;\nEND\n$fn$;", "sql"),
     piece("DO $$ BEGIN ROLLBACK; END $$;", "sql"),
     piece("/* COMMIT;\n   /* nested */ END; */", "comment"),
+]
+# PostgreSQL triggers have no BEGIN ... END body: there this END; is a statement.
+SQLITE_ONLY = [
+    piece("CREATE TRIGGER tr AFTER INSERT ON t BEGIN\n  SELECT 1;\nEND;", "sql"),
+    piece("CREATE TRIGGER tr AFTER INSERT ON t BEGIN\n"
+          "  UPDATE t SET x = CASE WHEN x THEN 1 END;\n  SELECT 1 AS begin;\nEND;", "sql"),
 ]
 # ... and there a nested-looking comment ends at its first */, so the END after it is real.
 SQLITE_TXN = [piece("/* a /* b */ END;", "txn")]
@@ -181,7 +199,7 @@ def near_miss(draw: st.DrawFn) -> Piece:
 
 
 def pieces_for(backend: str) -> st.SearchStrategy[Piece]:
-    sql = SQL + (PG_ONLY if backend == "postgresql" else [])
+    sql = SQL + (PG_ONLY if backend == "postgresql" else SQLITE_ONLY)
     txn = TXN + (SQLITE_TXN if backend == "sqlite" else [])
     return st.one_of(
         st.sampled_from(sql), st.sampled_from(sql), st.sampled_from(sql), st.sampled_from(txn),
@@ -303,3 +321,29 @@ def test_begin_in_bodies_strings_and_comments_is_not_transaction_control(
         assert isinstance(r, ConfigError) and "COMMIT starts or ends a transaction" in str(r)
     else:
         assert isinstance(r, Migration), r
+
+
+# -- keywords used as names before transaction control (issue 7) ------------------------------
+KEYWORD_NAMES = ["begin", "case", "end", "atomic", "BEGIN", "Case"]
+NAME_SLOTS = [  # where a keyword is a name, not a keyword: {} is the keyword
+    "CREATE TABLE t ({} int);", "CREATE TABLE t (x int, {} text);", "SELECT 1 AS {};",
+    "ALTER TABLE t RENAME x TO {};", "SELECT t.{} FROM t;", "SELECT x AS {} FROM t;",
+    "CREATE INDEX i ON t ({});", "UPDATE t SET x = 1 WHERE t.{} > 0;",
+]
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(st.tuples(st.sampled_from(NAME_SLOTS), st.sampled_from(KEYWORD_NAMES)),
+                      min_size=1, max_size=4),
+       txn=st.sampled_from(TXN), backend=st.sampled_from(BACKENDS),
+       sep=st.sampled_from(["\n", " ", "\n-- c\n", " /* c */ "]))
+def test_keywords_used_as_names_never_hide_transaction_control(
+    mdir: Path, names: list[tuple[str, str]], txn: Piece, backend: str, sep: str
+) -> None:
+    head = sep.join(slot.format(word) for slot, word in names)
+    data = (head + "\n" + txn.text + "\nSELECT 1;\n").encode()
+    r = load_one(mdir, data, backend)
+    assert isinstance(r, ConfigError), (data, r)
+    line = head.count("\n") + 2
+    assert f": line {line}: " in str(r) and "starts or ends a transaction" in str(r), str(r)

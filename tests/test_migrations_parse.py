@@ -13,7 +13,9 @@ from statekeeper.migrations import load_migrations, natural_key
 from statekeeper.sqltext import (
     is_transaction_control,
     leading_words,
+    pg_scan,
     pg_statements,
+    sqlite_inner_semicolons,
     sqlite_statements,
 )
 
@@ -224,14 +226,23 @@ DROP TABLE t;
 
 
 @pytest.mark.parametrize(("backend", "text"),
-                         [("postgresql", PLPGSQL), ("sqlite", SQLITE_TRIGGER),
-                          ("postgresql", SQLITE_TRIGGER)])
+                         [("postgresql", PLPGSQL), ("sqlite", SQLITE_TRIGGER)])
 def test_begin_inside_bodies_strings_and_comments_is_not_transaction_control(
     tmp_path: Path, backend: str, text: str
 ) -> None:
     write(tmp_path, "1_f.sql", text)
     (m,) = load_migrations(tmp_path, backend)
     assert m.up + ("-- statekeeper:down\n" + m.down if m.down is not None else "") == text
+
+
+def test_a_sqlite_trigger_body_is_no_block_to_postgresql(tmp_path: Path) -> None:
+    # PostgreSQL triggers have no BEGIN ... END body: there its END; is a statement (COMMIT).
+    # Nothing is lost by refusing it: PostgreSQL parses the whole text before running any of
+    # it, and this text is a syntax error there.
+    p = write(tmp_path, "1_f.sql", SQLITE_TRIGGER)
+    with pytest.raises(ConfigError) as e:
+        load_migrations(tmp_path, "postgresql")
+    assert str(e.value) == f"{p}: line 5: END {TXN}"
 
 
 def test_transaction_control_after_a_body_is_still_found(tmp_path: Path) -> None:
@@ -321,3 +332,88 @@ def test_transaction_control_words() -> None:
     assert is_transaction_control(["rollback"]) and not is_transaction_control(["rollback", "to"])
     assert is_transaction_control(["start", "transaction"])
     assert not is_transaction_control(["savepoint", "a"]) and not is_transaction_control([])
+
+
+# -- keywords used as names (issue 7) ---------------------------------------------------------
+# Before: any BEGIN or CASE after a statement's first word opened a block, so every later ";"
+# was inside it and a COMMIT after `CREATE TABLE t2 (begin int);` was never seen: the file
+# loaded, and `migrate up` committed t2 half-way with no changelog row.
+REPRO = ("CREATE TABLE t2 (begin int);\nCOMMIT;\nCREATE TABLE t3 (x int);\n"
+         "SELECT no_such_col FROM t3;\n")
+BEGIN_ATOMIC = """CREATE OR REPLACE FUNCTION g(a int) RETURNS int LANGUAGE sql
+BEGIN ATOMIC
+  SELECT CASE WHEN a > 0 THEN 1 ELSE CASE a WHEN 0 THEN 0 END END AS end;
+  SELECT t.begin, t.end FROM t WHERE (CASE WHEN a = 1 THEN true END);
+  SELECT a AS case;
+END;
+"""
+
+
+@pytest.mark.parametrize(("backend", "text", "line", "words"), [
+    ("postgresql", REPRO, 2, "COMMIT"),
+    ("sqlite", REPRO, 2, "COMMIT"),
+    ("postgresql", "CREATE TABLE t (x int, begin int);\nCOMMIT;\n", 2, "COMMIT"),
+    ("postgresql", "CREATE VIEW v AS SELECT 1 AS begin;\nROLLBACK;\n", 2, "ROLLBACK"),
+    ("postgresql", "ALTER TABLE t RENAME x TO begin;\nABORT;\n", 2, "ABORT"),
+    ("postgresql", "SELECT 1 AS case;\nEND;\n", 2, "END"),
+    ("postgresql", "SELECT x FROM t ORDER BY CASE WHEN x THEN 1 END;\nCOMMIT;\n", 2, "COMMIT"),
+    ("postgresql", "CREATE FUNCTION begin(x int) RETURNS int LANGUAGE sql RETURN x;\n"
+                   "START TRANSACTION;\n", 2, "START TRANSACTION"),
+    ("postgresql", "SELECT begin atomic FROM t;\nCOMMIT;\n", 2, "COMMIT"),
+    ("sqlite", "CREATE TABLE q (x, begin, \"case\");\nCOMMIT;\n", 2, "COMMIT"),
+    ("sqlite", "SELECT 1 AS begin, CASE WHEN 1 THEN 2 END AS x;\nEND;\n", 2, "END"),
+    # a real body, then transaction control: the body's END closed it
+    ("postgresql", BEGIN_ATOMIC + "COMMIT;\n", 7, "COMMIT"),
+    ("sqlite", SQLITE_TRIGGER.split("-- statekeeper:down")[0] + "COMMIT;\n", 6, "COMMIT"),
+])
+def test_keywords_used_as_names_do_not_hide_transaction_control(
+    tmp_path: Path, backend: str, text: str, line: int, words: str
+) -> None:
+    p = write(tmp_path, "002_b.sql", text)
+    with pytest.raises(ConfigError) as e:
+        load_migrations(tmp_path, backend)
+    assert str(e.value) == f"{p}: line {line}: {words} {TXN}"
+
+
+@pytest.mark.parametrize(("backend", "text", "line", "words"), [
+    # a depth that never closes: the backstop still finds the COMMIT after a ";"
+    ("postgresql", "CREATE FUNCTION g() RETURNS int LANGUAGE sql BEGIN ATOMIC\n"
+                   "  SELECT CASE WHEN true THEN 1;\n  COMMIT;\n  SELECT 1;\n", 3, "COMMIT"),
+    ("postgresql", "CREATE FUNCTION g() RETURNS int LANGUAGE sql BEGIN ATOMIC\n  SELECT 1;\n"
+                   "  PREPARE TRANSACTION 'x';\nEND;\n", 3, "PREPARE TRANSACTION"),
+    ("postgresql", "CREATE FUNCTION g() RETURNS int LANGUAGE sql BEGIN ATOMIC\n  SELECT 1;\n"
+                   "  begin;\nEND;\n", 3, "BEGIN"),
+    ("postgresql", "CREATE RULE r AS ON INSERT TO t DO ALSO (\n  INSERT INTO u VALUES (1);\n"
+                   "  ROLLBACK);\n", 3, "ROLLBACK"),
+    ("sqlite", "CREATE TRIGGER tr AFTER INSERT ON t BEGIN\n  SELECT 1;\n  COMMIT;\nEND;\n",
+     3, "COMMIT"),
+    ("sqlite", "CREATE TRIGGER tr AFTER INSERT ON t BEGIN\n  SELECT 1;\n  BEGIN;\nEND;\n",
+     3, "BEGIN"),
+])
+def test_transaction_control_inside_a_block_is_refused(
+    tmp_path: Path, backend: str, text: str, line: int, words: str
+) -> None:
+    p = write(tmp_path, "1_f.sql", text)
+    with pytest.raises(ConfigError) as e:
+        load_migrations(tmp_path, backend)
+    assert str(e.value) == f"{p}: line {line}: {words} {TXN}"
+
+
+def test_real_bodies_and_names_that_are_keywords_are_accepted(tmp_path: Path) -> None:
+    text = ("CREATE TABLE t (x int, begin int, \"end\" int);\n"
+            "ALTER TABLE t RENAME x TO begin_at;\nSELECT 1 AS begin, 2 AS case;\n"
+            + BEGIN_ATOMIC + "SELECT 1;\n")
+    write(tmp_path, "1_f.sql", text)
+    (m,) = load_migrations(tmp_path, "postgresql")
+    assert m.up == text
+    spans = pg_statements(text)
+    assert [text[s:e].split(None, 3)[:3] for s, e in spans][3:] == [
+        ["CREATE", "OR", "REPLACE"], ["SELECT", "1;"]]
+    assert text[:spans[3][1]].endswith("AS case;\nEND;")
+    # the body's ";" are inside it, and END after the last one closes it
+    _spans, inner = pg_scan(text)
+    assert [text[i:].split(None, 1)[0] for i, _ in inner] == ["SELECT", "SELECT", "END;"]
+    assert all(in_body for _, in_body in inner)
+    trigger = SQLITE_TRIGGER.split("-- statekeeper:down")[0]
+    assert [trigger[i:].split(None, 1)[0] for i in sqlite_inner_semicolons(trigger)] == [
+        "DELETE", "END;"]
