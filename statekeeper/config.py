@@ -318,6 +318,11 @@ def load_config(
             raise ConfigError(f"{path}: [{section}] {key}: {e}") from e
         return q if q.is_absolute() else base / q
 
+    from .health import validate_health
+
+    # Checked here, so that every command refuses a bad [health] as the docs say, not only
+    # the ones that run checks.
+    validate_health(raw.get("health", {}), str(path))
     cfg = Config(path=path, base_dir=base, raw=raw)
     cfg.ledger = LedgerConfig(url=raw.get("ledger", {}).get("url", DEFAULT_LEDGER_URL),
                               key=p("ledger", "key"))

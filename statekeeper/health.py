@@ -19,10 +19,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, TargetError
-from .targets import Target, first_line
+
+if TYPE_CHECKING:  # validating [health] runs at every configuration load: keep it light
+    from .targets import Target
 
 DEFAULT_RETRIES = 2
 DEFAULT_INTERVAL_MS = 1_000
@@ -221,6 +223,8 @@ def _run_one(target: Target, sql: str, timeout_ms: int) -> str:
     except TargetError:
         raise
     except Exception as e:
+        from .targets import first_line
+
         raise TargetError(first_line(e)) from e
     finally:
         conn.close()
