@@ -15,6 +15,8 @@ def narrate(kind: str, p: dict[str, Any]) -> str | None:
             f"{p['to_version']} on {p['target']}"
         )
     if kind == "run.resumed":
+        if p["mode"] == "rollback" and p["state"] == "completed":  # `statekeeper rollback`
+            return f"rolling back a completed run on {p['host']} pid {p['pid']}"
         return f"resuming ({p['mode']}) from state {p['state']} on {p['host']} pid {p['pid']}"
     if kind == "lease.taken_over":
         return (
