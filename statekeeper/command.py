@@ -78,6 +78,11 @@ class Settings:
                     raise LedgerUnreachable(
                         ledger.redact(u), f"cannot create directory {d}: {e.strerror or e}"
                     ) from e
+            elif not d.is_dir() and d == self.config.base_dir / ".statekeeper":
+                # Not an outage: nothing was set up here yet.
+                raise ConfigError(
+                    f"no ledger yet in {d}: run 'statekeeper init' (or pass --ledger URL)"
+                )
             elif not d.is_dir():
                 raise LedgerUnreachable(ledger.redact(u), f"directory {d} does not exist")
 

@@ -567,3 +567,12 @@ def test_console_script_end_to_end(tmp_path: Path) -> None:
     assert (r.returncode, r.stderr) == (
         2, "error: --ledger URL 'postgresql://***' is not a database URL\n"
     )
+
+
+@pytest.mark.parametrize("args", [["history"], ["status"], ["ledger", "verify"]])
+def test_before_init_there_is_no_ledger_yet(work: Path, args: list[str]) -> None:
+    assert error(run(*args), 2) == (
+        f"error: no ledger yet in {work}/.statekeeper: run 'statekeeper init' "
+        "(or pass --ledger URL)"
+    )
+    assert not (work / ".statekeeper").exists()
