@@ -145,9 +145,9 @@ def test_rotation_is_an_event_sealed_by_the_old_key(
     # Another process still holding the old key is refused, and writes nothing.
     head = ledger_db.head()
     with ledger.Ledger(db_url, signer=old) as stale:
-        with pytest.raises(ledger.ConfigurationError, match="not this ledger's active signing key"):
+        with pytest.raises(ledger.ConfigurationError, match="a retired key of this ledger"):
             stale.append("run/1", E("d"))
-        with pytest.raises(ledger.ConfigurationError, match="not this ledger's active signing key"):
+        with pytest.raises(ledger.ConfigurationError, match="a retired key of this ledger"):
             stale.rotate_key(ledger.generate_key_file(tmp_path / "other.pem"))
     assert ledger_db.head() == head
 
