@@ -837,12 +837,16 @@ class Migrator:
         if not self.is_postgres:
             conn.execute("BEGIN IMMEDIATE")
 
+    def _end(self, conn: Any) -> None:
+        """Commit what _begin opened (SQLite runs in autocommit mode with explicit BEGIN)."""
+        if self.is_postgres:
+            conn.commit()
+        else:
+            conn.execute("COMMIT")
+
     def _commit(self, conn: Any, m: Migration, what: str) -> None:
         try:
-            if self.is_postgres:
-                conn.commit()
-            else:
-                conn.execute("COMMIT")
+            self._end(conn)
         except psycopg.Error as e:
             if e.sqlstate:  # the server refused the commit (deferred constraint, ...)
                 raise MigrationError(m.id, e.diag.message_primary or first_line(e)) from e
@@ -1054,10 +1058,7 @@ class Migrator:
                             (name, int(row[0]), new.migration_id, new.created_at, run_id))
                     if last is not None:
                         self._q(conn, "UPDATE {cl} SET tag = %s WHERE id = %s", (name, last))
-                    if self.is_postgres:
-                        conn.commit()
-                    else:
-                        conn.execute("COMMIT")
+                    self._end(conn)
                 except (psycopg.Error, sqlite3.Error) as e:
                     self._rollback(conn)
                     raise self._db_error(e) from e
@@ -1080,10 +1081,7 @@ class Migrator:
                     self._q(conn, "UPDATE {cl} SET tag = (SELECT t.name FROM {tg} t WHERE "
                             "t.migration_id = {cl}.id ORDER BY t.seq DESC LIMIT 1) "
                             "WHERE tag = %s", (name,))
-                    if self.is_postgres:
-                        conn.commit()
-                    else:
-                        conn.execute("COMMIT")
+                    self._end(conn)
                 except (psycopg.Error, sqlite3.Error) as e:
                     self._rollback(conn)
                     raise self._db_error(e) from e
