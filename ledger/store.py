@@ -468,13 +468,14 @@ class Ledger:
         self, stream: str, trusted: Sequence[PublicKey] = (), upto: int | None = None
     ) -> int:
         """Verify one stream on its own (hashes, stream links, seals over its appends);
-        return how many events it has. With ``upto`` (a head the whole chain verified up
-        to), only its events up to there, each seal by the key the chain had active at its
-        seq (not any key the key table lists: INSERT can add one)."""
+        return how many events it has. Each seal must be by the key the chain had active at
+        its seq (not any key the key table lists: INSERT can add one). ``upto``: a head the
+        whole chain verified up to (default: the head now); later events are not read."""
+        if upto is None:
+            upto = self.head().seq
         v = ChainVerifier(
             self.recorder.list_keys(), mode="stream", stream=stream,
-            trusted={k.key_id for k in trusted} or None,
-            schedule=self.key_schedule(upto) if upto is not None else (),
+            trusted={k.key_id for k in trusted} or None, schedule=self.key_schedule(upto),
         )
         for ev, seal in self.recorder.iter_events(stream=stream, stop=upto, with_seals=True):
             v.feed(ev, seal)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.upgrade_support import ROOT, SCENARIOS, Project, make_project, seed
+from tests.upgrade_support import ROOT, SCENARIOS, Project, make_project, seed, seeded_db
 
 
 def _failpoints() -> list[tuple[str, str]]:
@@ -66,28 +66,16 @@ def target_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _seeded(tmp_path: Path, backend: str, name: str, request: pytest.FixtureRequest) -> str:
-    """A seeded target database (SQLite file or fresh PostgreSQL database); its URL."""
-    if backend == "sqlite":
-        (tmp_path / f"{name}.db").touch()
-        url = f"sqlite:///{tmp_path / name}.db"
-    else:
-        cluster = request.getfixturevalue("pg_cluster")
-        url = cluster.url(cluster.createdb(name))
-    seed(backend, url)
-    return url
-
-
 def _project(
     tmp_path: Path, backend: str, scenario: str, request: pytest.FixtureRequest
 ) -> Project:
-    url = _seeded(tmp_path, backend, "app", request)
+    url = seeded_db(tmp_path, backend, "app", request)
     return make_project(tmp_path / "proj", backend, url, SCENARIOS[scenario])
 
 
 def _reference(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Any:
     """The fingerprint of the same database migrated once, without statekeeper."""
-    ref = Project(tmp_path, _seeded(tmp_path, backend, "ref", request), backend)
+    ref = Project(tmp_path, seeded_db(tmp_path, backend, "ref", request), backend)
     ref.apply_sql_directly(SCENARIOS["forward"])
     return ref.fingerprint()
 

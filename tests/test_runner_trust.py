@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from cli.main import cli
 from statekeeper import command
 from statekeeper.fingerprint import diff
-from tests.upgrade_support import SCENARIOS, Project, make_project, seed
+from tests.upgrade_support import SCENARIOS, Project, make_project, seed, seeded_db
 
 SETPRIV = shutil.which("setpriv")
 # root without the capabilities that let it ignore file modes: chmod means what it says
@@ -37,25 +37,9 @@ UNPRIVILEGED = (SETPRIV or "setpriv", "--bounding-set=-dac_override,-dac_read_se
                 "--inh-caps=-dac_override,-dac_read_search", "--")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def _db(tmp_path: Path, backend: str, name: str, request: pytest.FixtureRequest) -> str:
-    if backend == "sqlite":
-        (tmp_path / f"{name}.db").touch()
-        url = f"sqlite:///{tmp_path / name}.db"
-    else:
-        cluster = request.getfixturevalue("pg_cluster")
-        url = cluster.url(cluster.createdb(name))
-    seed(backend, url)
-    return url
-
-
 def _project(tmp_path: Path, backend: str, request: pytest.FixtureRequest,
              migrations: dict[str, str], name: str = "proj", **kw: Any) -> Project:
-    url = _db(tmp_path, backend, f"{name}_db", request)
+    url = seeded_db(tmp_path, backend, f"{name}_db", request)
     return make_project(tmp_path / name, backend, url, migrations, **kw)
 
 
@@ -342,7 +326,7 @@ def test_rolling_back_a_run_without_migrations_removes_its_tag(
 
 def test_a_failed_run_takes_back_the_from_tag_it_made(tmp_path: Path, backend: str,
                                                       request: pytest.FixtureRequest) -> None:
-    url = _db(tmp_path, backend, "app", request)
+    url = seeded_db(tmp_path, backend, "app", request)
     proj = make_project(tmp_path / "proj", backend, url,
                         {"001_bad.sql": "UPDATE users SET no_such_column = 1;\n"})
     _sql(proj, "DELETE FROM statekeeper_tags")  # a schema nobody has named yet

@@ -159,6 +159,19 @@ def seed(backend: str, target_url: str) -> None:
         conn.close()
 
 
+def seeded_db(tmp_path: Path, backend: str, name: str, request: Any) -> str:
+    """A seeded target database (SQLite file or fresh PostgreSQL database); its URL.
+    ``request`` is the pytest request, which brings the pg_cluster fixture when needed."""
+    if backend == "sqlite":
+        (tmp_path / f"{name}.db").touch()
+        url = f"sqlite:///{tmp_path / name}.db"
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        url = cluster.url(cluster.createdb(name))
+    seed(backend, url)
+    return url
+
+
 def make_project(
     base: Path,
     backend: str,
