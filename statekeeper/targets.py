@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL
 
 from ledger import ConfigurationError, normalize_url, redact
 
+from .dialects import Dialect, dialect_for
 from .errors import ConfigError, TargetError
 
 # Connection keywords that are secrets: never on a child's command line.
@@ -48,6 +49,10 @@ class Target:
     @property
     def backend(self) -> str:
         return str(self.url.get_backend_name())
+
+    @property
+    def dialect(self) -> Dialect:
+        return dialect_for(self.backend)
 
     @property
     def sqlite_path(self) -> Path:
