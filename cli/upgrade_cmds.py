@@ -43,7 +43,7 @@ def run_summary(run: Run) -> dict[str, Any]:
         "state": run.state,
         "from": run.from_version,
         "to": run.to_version,
-        "target": run.plan.get("target"),
+        "target": run.plan.target,
         "started": run.created_at,
         "ended": run.ended_at,
         "failure": run.failure,
@@ -103,9 +103,8 @@ def init(obj: Obj, target_url: str | None, migrations_dir: str) -> None:
 @pass_obj
 def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool) -> None:
     """Show what an upgrade would do, in order, without doing it."""
-    p = command.plan(obj.settings, to_version, from_version)
+    p = command.plan(obj.settings, to_version, from_version).to_payload()
     if as_json:
-        p.pop("run_id", None)
         emit_json(p)
         return
     click.echo(

@@ -3,13 +3,12 @@ or raise :mod:`statekeeper.errors` / :mod:`ledger.errors`, and never print or ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, clock, files
-from .config import Config, load_config
+from . import files
 from .errors import ConfigError
+from .settings import Settings
 
 # Start-up cost: ``ledger`` (SQLAlchemy, cryptography) and ``.migrations`` (psycopg) are
 # imported by the verbs that use them, not here, so that the CLI's ``--help`` and usage
@@ -17,9 +16,13 @@ from .errors import ConfigError
 # on first access (PEP 562 ``__getattr__`` below).
 if TYPE_CHECKING:
     import ledger
-    from ledger import Checkpoint, Ledger, PublicKey
+    from ledger import Checkpoint, PublicKey
 
     from .migrations import AppliedMigration, Migration, MigrationStatus, Migrator, Tag
+    from .plan import Plan
+    from .replay import Run
+    from .runner import Observer
+    from .upgrade import Unreadable
 
 _FROM_MIGRATIONS = ("AppliedMigration", "Migration", "MigrationStatus", "Migrator", "Tag")
 
@@ -32,92 +35,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-TOOL = f"statekeeper/{__version__}"
 #: Streams statekeeper replays (runs, operations): `ledger append` may not write into them.
 RESERVED_STREAM_PREFIXES = ("upgrade/", "ops/")
 
 
-@dataclass
-class Settings:
-    """Configuration plus the command-line overrides that apply to every command."""
-
-    config: Config
-    ledger_url: str
-    key_path: Path
-
-    @classmethod
-    def load(
-        cls, config: str | None = None, ledger_url: str | None = None, key: str | None = None
-    ) -> Settings:
-        cfg = load_config(config)
-        # An empty flag (a script's unset variable) is an error, not "use the default".
-        url = _flag_url(ledger_url) if ledger_url is not None else cfg.ledger.url
-        if key is not None and not key.strip():
-            raise ConfigError("--key is empty")
-        kp = Path(key).expanduser().absolute() if key else cfg.key_path()
-        return cls(cfg, url, kp)
-
-    def checkpoint_dir(self) -> Path:
-        """Where terminal-state checkpoints are written (copy them to write-once storage);
-        created 0700 (with ``.statekeeper``) when missing."""
-        return files.private_dir(self.config.base_dir / ".statekeeper" / "checkpoints")
-
-    def _ensure_sqlite_dir(self, create: bool) -> None:
-        import ledger
-        from ledger.errors import LedgerUnreachable
-
-        u = ledger.normalize_url(self.ledger_url, self.config.base_dir)
-        if u.get_backend_name() == "sqlite" and u.database:
-            d = Path(u.database).parent
-            # Only the default location is created for the user (0700); a typo elsewhere is
-            # an error, for reading commands as for writing ones.
-            if create and d == self.config.base_dir / ".statekeeper":
-                try:
-                    files.private_dir(d)
-                except OSError as e:
-                    raise LedgerUnreachable(
-                        ledger.redact(u), f"cannot create directory {d}: {e.strerror or e}"
-                    ) from e
-            elif not d.is_dir() and d == self.config.base_dir / ".statekeeper":
-                # Not an outage: nothing was set up here yet.
-                raise ConfigError(
-                    f"no ledger yet in {d}: run 'statekeeper init' (or pass --ledger URL)"
-                )
-            elif not d.is_dir():
-                raise LedgerUnreachable(ledger.redact(u), f"directory {d} does not exist")
-
-    def open_ledger(self, *, signing: bool, create: bool | None = None) -> Ledger:
-        """Open the ledger; ``signing`` loads the private key (needed to append or sign)."""
-        import ledger
-        from ledger import Ledger
-
-        signer = ledger.load_signer(self.key_path) if signing else None
-        if create is None:
-            create = signing
-        self._ensure_sqlite_dir(create)
-        return Ledger(
-            self.ledger_url,
-            signer=signer,
-            tool=TOOL,
-            base_dir=self.config.base_dir,
-            create=create,
-            clock=clock.now,
-        )
-
-
-def _flag_url(url: str) -> str:
-    """A relative SQLite path given with --ledger is relative to the working directory, like
-    --key's (only paths written in statekeeper.toml are relative to that file)."""
-    import ledger
-
-    u = ledger.normalize_url(url, Path.cwd(), what="--ledger URL")
-    if u.get_backend_name() != "sqlite":
-        return url
-    return u.render_as_string(hide_password=False)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves the old file or the new, never half."""
+def _write_out(path: Path, text: str) -> None:
+    """Write a file the user named (``--out``, ``--config``): wholly or not at all, and a
+    directory that is not there is the user's mistake (exit 2), not an outage."""
     if not path.parent.is_dir():
         raise ConfigError(f"{path}: directory {path.parent} does not exist")
     try:
@@ -196,7 +120,7 @@ def ledger_checkpoint(settings: Settings, out: Path) -> str:
     with settings.open_ledger(signing=True, create=False) as lg:
         verified = lg.verify()  # never sign a head that does not verify
         text = lg.checkpoint(verified)
-    write_atomic(out, text)
+    _write_out(out, text)
     return text
 
 
@@ -415,7 +339,7 @@ def init(
             'dir = ".statekeeper/backups"',
             "",
         ]
-        write_atomic(path, "\n".join(lines))
+        _write_out(path, "\n".join(lines))
         done.append(f"wrote {path}")
     else:
         done.append(f"kept {path}")
@@ -435,41 +359,49 @@ def init(
     return done
 
 
-def plan(settings: Settings, to_version: str, from_version: str | None = None) -> dict[str, Any]:
+def plan(settings: Settings, to_version: str, from_version: str | None = None) -> Plan:
     from . import upgrade
 
     return upgrade.plan(settings, to_version, from_version)
 
 
 def start(
-    settings: Settings, to_version: str, from_version: str | None = None, observer: Any = None
-) -> Any:
+    settings: Settings,
+    to_version: str,
+    from_version: str | None = None,
+    observer: Observer | None = None,
+) -> Run:
     from . import upgrade
 
     return upgrade.start(settings, to_version, from_version, observer)
 
 
 def resume(
-    settings: Settings, run_id: str | None = None, rollback: bool = False, observer: Any = None
-) -> Any:
+    settings: Settings,
+    run_id: str | None = None,
+    rollback: bool = False,
+    observer: Observer | None = None,
+) -> Run:
     from . import upgrade
 
     return upgrade.resume(settings, run_id, rollback, observer)
 
 
-def rollback(settings: Settings, run_id: str, restore: bool = False, observer: Any = None) -> Any:
+def rollback(
+    settings: Settings, run_id: str, restore: bool = False, observer: Observer | None = None
+) -> Run:
     from . import upgrade
 
     return upgrade.rollback(settings, run_id, restore, observer)
 
 
-def status(settings: Settings, run_id: str | None = None) -> Any:
+def status(settings: Settings, run_id: str | None = None) -> Run:
     from . import upgrade
 
     return upgrade.status(settings, run_id)
 
 
-def history(settings: Settings) -> list[Any]:
+def history(settings: Settings) -> list[Run | Unreadable]:
     """Every run in the order created: a :class:`statekeeper.replay.Run`, or an
     :class:`statekeeper.upgrade.Unreadable` for one whose events cannot be replayed."""
     from . import upgrade

@@ -2,8 +2,9 @@
 when it reaches that point, as a kill -9 would, so tests can crash a real run anywhere.
 
 ``name:N`` dies at the N-th hit (e.g. the second migration). Unset, a failpoint costs one
-``is None`` check. Every name is declared in :data:`FAILPOINTS` so ``statekeeper debug
-failpoints`` can list them and the crash matrix covers a new one without editing the test.
+``is None`` check. Every name is declared in :data:`FAILPOINTS` (the step kinds' own, plus
+the transitions') so ``statekeeper debug failpoints`` can list them and the crash matrix
+covers a new one without editing the test.
 """
 
 from __future__ import annotations
@@ -11,34 +12,15 @@ from __future__ import annotations
 import os
 import sys
 
+from .steps import KINDS
+
 ENV = "STATEKEEPER_FAILPOINT"
 EXIT_CODE = 137
 
-# Step kinds, and the path (forward / rollback) on which each runs.
-STEP_KINDS: dict[str, str] = {
-    "preflight": "forward",
-    "backup": "forward",
-    "tag": "forward",
-    "migrate": "forward",
-    "health": "forward",
-    "revert": "rollback",
-    "restore": "rollback",
-    "compare": "rollback",
-}
-
-# Every step has four: before its step.started is appended (a boundary), after step.started is
-# committed but before the side effect (nothing happened yet), in the middle of the side effect
-# (half-done: the step's own transaction or artifact is incomplete), and after the side effect
-# but before step.succeeded is appended (it happened, the ledger does not know).
-_PHASES = ("before", "started", "middle", "done")
-# Steps whose side effect is one statement have no middle worth a failpoint.
-_NO_MIDDLE = {"tag", "compare"}
-
+# Each step kind declares its own (statekeeper.steps): a new kind is covered without editing
+# this file or the crash matrix.
 FAILPOINTS: dict[str, str] = {
-    f"{kind}.{phase}": path
-    for kind, path in STEP_KINDS.items()
-    for phase in _PHASES
-    if not (phase == "middle" and kind in _NO_MIDDLE)
+    name: str(k.path) for k in KINDS.values() for name in k.failpoints
 }
 FAILPOINTS.update({
     "transition.before": "both",  # a step succeeded, its state change not yet appended

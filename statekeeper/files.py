@@ -113,3 +113,9 @@ def atomic_file(path: Path, mode: int = PRIVATE_FILE) -> Iterator[IO[str]]:
 def write_atomic(path: Path, text: str, mode: int = PRIVATE_FILE) -> None:
     with atomic_file(path, mode) as f:
         f.write(text)
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as one line naming the file: "No space left on device: /backups/x"."""
+    what = e.strerror or str(e)
+    return f"{what}: {e.filename}" if e.filename else what

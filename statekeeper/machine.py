@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from transitions import Machine, MachineError
 
+from .errors import NeedsAttention
+
 FORWARD = ("planned", "preflight", "backing_up", "tagging", "migrating", "deploying",
            "verifying", "completed")
 STATES = (*FORWARD, "rolling_back", "rolled_back", "failed")
@@ -49,7 +51,9 @@ NEXT_TRIGGER = {
 }
 
 
-class IllegalTransition(Exception):
+class IllegalTransition(NeedsAttention):
+    """A trigger the table does not allow from the run's state: the run needs a human."""
+
     def __init__(self, trigger: str, state: str) -> None:
         super().__init__(f"transition {trigger!r} is not allowed from state {state!r}")
         self.trigger = trigger

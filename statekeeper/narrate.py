@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import steps
+
 
 def narrate(kind: str, p: dict[str, Any]) -> str | None:
     if kind == "run.created":
@@ -40,20 +42,5 @@ def _ms(p: dict[str, Any]) -> str:
 
 
 def _describe(p: dict[str, Any]) -> str:
-    r = p.get("result") or {}
-    if p["kind"] == "backup" and r.get("size") is not None:
-        return (
-            f": {r['method']} backup {r['backup_id']}, {r['size']} bytes, "
-            f"sha256 {str(r.get('sha256'))[:12]}"
-        )
-    if p["kind"] == "compare":
-        if r.get("equal"):
-            return ": fingerprint equals the one before the upgrade"
-        return ": fingerprint differs: " + "; ".join(r.get("diff", []))
-    if p["kind"] == "preflight" and r.get("fingerprint_digest"):
-        return f": fingerprint {str(r['fingerprint_digest'])[:16]}"
-    if p["kind"] == "untag" and "removed" in r:
-        return ": tag removed" if r["removed"] else ": already gone"
-    if p["kind"] == "health" and r.get("checks"):
-        return ": " + ", ".join(c["name"] for c in r["checks"]) + " passed"
-    return ""
+    k = steps.kind(str(p.get("kind")))
+    return k.describe(p.get("result") or {}) if k is not None else ""

@@ -7,18 +7,12 @@ settling the step that was in doubt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .machine import NEXT_TRIGGER
 from .replay import Run
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    kind: str
-    args: dict[str, Any] = field(default_factory=dict)
+from .steps import COMPARE, RESTORE, REVERT, UNTAG, Step, forward_steps
 
 
 @dataclass(frozen=True)
@@ -35,53 +29,19 @@ class Done:
 Action = Step | Transition | Done
 
 
-def tag_step(version: str) -> Step:
-    return Step(f"tag:{version}", "tag", {"tag": version})
-
-
-def forward_steps(run: Run) -> list[Step]:
-    """The steps of the current forward state still to do, in order."""
-    plan = run.plan
-    state = run.state
-    if state == "preflight":
-        return [Step("preflight", "preflight")]
-    if state == "backing_up":
-        if not plan.get("backup", {}).get("enabled", True):
-            return []
-        attempt = run.attempts("backup") + 1
-        bid = f"{run.run_id}" if attempt == 1 else f"{run.run_id}-{attempt}"
-        return [Step("backup", "backup", {"backup_id": bid, "method": plan["backup"]["method"]})]
-    if state == "tagging":
-        return [tag_step(run.from_version)] if run.from_version else []
-    if state == "migrating":
-        return [
-            Step(f"migrate:{m['id']}", "migrate", {"migration": m["id"], "checksum": m["checksum"],
-                                                  "no_transaction": bool(m.get("no_transaction"))})
-            for m in plan.get("migrations", [])
-        ]
-    if state == "deploying":
-        return []
-    if state == "verifying":
-        return [
-            Step("health", "health", {"checks": len(plan.get("health_checks", []))}),
-            tag_step(run.to_version),
-        ]
-    return []
-
-
 def _rollback_action(run: Run) -> Action:
     steps = run.phase_steps()
     last = steps[-1] if steps else None
-    if last is not None and _really_failed(last) and last.kind not in ("revert", "restore"):
+    if last is not None and _really_failed(last) and last.kind not in (REVERT.name,
+                                                                      RESTORE.name):
         return Transition("rollback_failed", f"{last.name} failed: {last.error}")
     applied = run.migrations_applied()
-    by_id = {m["id"]: m for m in run.plan.get("migrations", [])}
     backup = run.backup
     may_restore = backup is not None and run.allow_restore
-    restored = any(s.kind == "restore" and s.status == "succeeded" for s in steps)
-    restore_failed = [s for s in steps if s.kind == "restore" and _really_failed(s)]
-    compares = [s for s in steps if s.kind == "compare" and s.status == "succeeded"]
-    reverts_failed = any(s.kind == "revert" and _really_failed(s) for s in steps)
+    restored = any(s.kind == RESTORE.name and s.status == "succeeded" for s in steps)
+    restore_failed = [s for s in steps if s.kind == RESTORE.name and _really_failed(s)]
+    compares = [s for s in steps if s.kind == COMPARE.name and s.status == "succeeded"]
+    reverts_failed = any(s.kind == REVERT.name and _really_failed(s) for s in steps)
 
     if restore_failed and restore_failed[-1].integrity:
         # the artifact is not the backup the ledger recorded: restoring it would lose data
@@ -90,38 +50,38 @@ def _rollback_action(run: Run) -> Action:
     if len(restore_failed) >= 2:
         return Transition("rollback_failed", f"restore failed: {restore_failed[-1].error}")
     if applied and not restored:
-        reversible = all(by_id.get(mid, {}).get("reversible") for mid in applied)
+        reversible = all((m := run.plan.migration(mid)) is not None and m.reversible
+                         for mid in applied)
         if reversible and not reverts_failed:
-            mid = applied[-1]
-            return Step(f"revert:{mid}", "revert", {"migration": mid})
+            return REVERT.make(applied[-1])
         if not may_restore:
             why = "a migration without a down part" if not reversible else "a down part failed"
             return Transition("rollback_failed", f"cannot undo {why}: {_no_restore(run)}")
         assert backup is not None
-        return Step("restore", "restore", {"backup_id": backup["backup_id"]})
+        return RESTORE.make(backup["backup_id"])
     if not restored:
         # Tags this run gave that outlive its migrations (none applied, or a tag of the state
         # before it that did not exist): the target's tags go back to what they were. A
         # restore already did that (the backup predates every tag step).
-        untagged = {str(s.args["tag"]) for s in steps if s.kind == "untag"
+        untagged = {str(s.args["tag"]) for s in steps if s.kind == UNTAG.name
                     and s.status == "succeeded"}
         for name in run.tags_made():
             if name not in untagged:
-                return Step(f"untag:{name}", "untag", {"tag": name})
+                return UNTAG.make(name)
     last_cmp = compares[-1] if compares else None
-    if last_cmp is None or (restored and not _after(steps, last_cmp, "restore")):
+    if last_cmp is None or (restored and not _after(steps, last_cmp, RESTORE.name)):
         n = len(compares) + 1
         # An operator's rollback of a used application keeps the data written since: only
         # the schema must be as before. A restore brings back everything, so all is compared.
         scope = "schema" if run.rollback_mode == "operator" and not restored else "full"
-        return Step("compare" if n == 1 else f"compare#{n}", "compare", {"scope": scope})
+        return COMPARE.make(n, scope)
     result = last_cmp.result or {}
     what = "schema" if last_cmp.args.get("scope") == "schema" else "database"
     if result.get("equal"):
         return Transition("rollback_done", f"{what} equals its fingerprint before the upgrade")
     if may_restore and not restored:
         assert backup is not None
-        return Step("restore", "restore", {"backup_id": backup["backup_id"]})
+        return RESTORE.make(backup["backup_id"])
     diff = "; ".join(result.get("diff", [])) or "fingerprint differs"
     return Transition("rollback_failed", f"{what} differs from before the upgrade: {diff}")
 

@@ -11,7 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import steps
+from .errors import IntegrityError
 from .machine import TRANSITIONS, IllegalTransition, UpgradeMachine
+from .plan import Plan, PlanError
 
 RUN_CREATED = "run.created"
 STATE_CHANGED = "state.changed"
@@ -24,21 +27,6 @@ LEASE_RELEASED = "lease.released"
 RUN_RESUMED = "run.resumed"
 # The reason recorded when an operator turned an unfinished run around (resume --rollback).
 OPERATOR_ROLLBACK = "operator chose to roll back"
-
-# Step kinds a run may record, and the arguments each must carry (replay and the policy read
-# them; a step.started without them is an illegal history, not a KeyError later).
-STEP_ARGS: dict[str, tuple[str, ...]] = {
-    "preflight": (),
-    "backup": ("backup_id",),
-    "tag": ("tag",),
-    "migrate": ("migration", "checksum"),
-    "health": (),
-    "revert": ("migration",),
-    "restore": ("backup_id",),
-    "untag": ("tag",),
-    "compare": (),
-}
-
 
 # (state, trigger) -> destination, read off the machine's own table: checking an event costs a
 # dict lookup, not a machine.
@@ -54,7 +42,7 @@ def destination(state: str, trigger: str) -> str | None:
     return _DEST.get((state, trigger))
 
 
-class HistoryError(Exception):
+class HistoryError(IntegrityError):
     """The run's events describe something the machine does not allow, or that this version
     cannot read (an unknown event type or step kind, a payload without its fields)."""
 
@@ -98,7 +86,7 @@ class StepRecord:
 @dataclass
 class Run:
     run_id: str
-    plan: dict[str, Any]
+    plan: Plan
     machine: UpgradeMachine
     created_at: str
     position: int = 0
@@ -125,11 +113,11 @@ class Run:
 
     @property
     def from_version(self) -> str:
-        return str(self.plan.get("from_version") or "")
+        return self.plan.from_version
 
     @property
     def to_version(self) -> str:
-        return str(self.plan.get("to_version") or "")
+        return self.plan.to_version
 
     @property
     def open_step(self) -> StepRecord | None:
@@ -199,32 +187,20 @@ def _field(p: Mapping[str, Any], key: str, kind: type | tuple[type, ...], ev: Ru
 
 
 def _check_result(kind: str, r: Mapping[str, Any], ev: RunEvent) -> None:
-    """What the policy reads of a step's result."""
-    if kind == "backup":
-        _field(r, "backup_id", str, ev)
-    elif kind == "compare":
-        _field(r, "equal", bool, ev, optional=True)
-        diff = _field(r, "diff", list, ev, optional=True)
-        if diff is not None and not all(isinstance(x, str) for x in diff):
-            raise HistoryError(ev.position, f"{ev.type}: field 'diff' is not a list of text",
-                               ev.seq)
+    """What the policy reads of a step's result (each kind says what it needs)."""
+    k = steps.kind(kind)
+    err = k.check_result(r) if k is not None else None
+    if err:
+        raise HistoryError(ev.position, f"{ev.type}: {err}", ev.seq)
 
 
-def _check_plan(p: Mapping[str, Any], ev: RunEvent) -> None:
-    """The parts of the plan that replay and the policy read must have their types."""
+def _plan(p: Mapping[str, Any], ev: RunEvent) -> Plan:
+    """The plan ``run.created`` recorded, with the types replay and the policy read."""
     _field(p, "run_id", str, ev)
-    for key in ("from_version", "to_version"):
-        _field(p, key, str, ev, optional=True)
-    for m in _field(p, "migrations", list, ev, optional=True) or []:
-        if not isinstance(m, Mapping):
-            raise HistoryError(ev.position, f"{ev.type}: a planned migration is not an object",
-                               ev.seq)
-        _field(m, "id", str, ev)
-        _field(m, "checksum", str, ev)
-    backup = _field(p, "backup", Mapping, ev)
-    if _field(backup, "enabled", bool, ev, optional=True) is not False:
-        _field(backup, "method", str, ev)
-    _field(p, "health_checks", list, ev, optional=True)
+    try:
+        return Plan.from_payload(p)
+    except PlanError as e:
+        raise HistoryError(ev.position, f"{ev.type}: {e}", ev.seq) from e
 
 
 def apply(run: Run | None, ev: RunEvent) -> Run:
@@ -237,9 +213,9 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
         if ev.type != RUN_CREATED or ev.position != 1:
             raise HistoryError(ev.position, f"a run must begin with {RUN_CREATED}, not {ev.type}",
                                ev.seq)
-        _check_plan(p, ev)
+        plan = _plan(p, ev)
         return Run(
-            str(p["run_id"]), dict(p), UpgradeMachine(), created_at=ev.at, position=1, last_at=ev.at
+            str(p["run_id"]), plan, UpgradeMachine(), created_at=ev.at, position=1, last_at=ev.at
         )
     if ev.position != run.position + 1:
         raise HistoryError(ev.position, f"expected event #{run.position + 1}", ev.seq)
@@ -285,9 +261,10 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
     elif t == STEP_STARTED:
         name = _field(p, "step", str, ev)
         kind = _field(p, "kind", str, ev)
-        if kind not in STEP_ARGS:
+        k = steps.kind(kind)
+        if k is None:
             raise HistoryError(ev.position, f"unknown step kind {kind!r}", ev.seq)
-        for arg in STEP_ARGS[kind]:
+        for arg in k.args:
             _field(p, arg, str, ev)
         if run.open_step is not None:
             raise HistoryError(

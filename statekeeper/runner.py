@@ -12,22 +12,19 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ledger import Ledger, NewEvent, StoredEvent, canonical
+from ledger import NewEvent, StoredEvent, canonical
 
-from . import clock, failpoints
+from . import clock, failpoints, steps
 from .errors import (
     BackupCorrupt,
-    BackupError,
     IntegrityError,
     NeedsAttention,
     StatekeeperError,
-    TargetError,
 )
-from .policy import Done, Step, Transition, next_action
+from .files import describe_os_error
+from .policy import Done, Transition, next_action
 from .replay import (
     LEASE_ACQUIRED,
     LEASE_RELEASED,
@@ -43,6 +40,12 @@ from .replay import (
     apply,
     destination,
 )
+from .steps import Context, Step
+
+if TYPE_CHECKING:
+    from .lease import Holder
+    from .plan import Plan
+    from .session import Session
 
 STREAM_PREFIX = "upgrade/"
 Observer = Callable[[str, dict[str, Any]], None]
@@ -70,22 +73,15 @@ class StepFailed(Exception):
         self.error = error
 
 
-@dataclass
-class Environment:
-    """What the runner acts on. Built by :mod:`statekeeper.command` from the configuration."""
-
-    target: Any  # statekeeper.targets.Target
-    migrator: Any  # statekeeper.migrations.Migrator
-    backups: Any | None  # statekeeper.backup.BackupManager, None when backups are off
-    health_checks: list[dict[str, Any]]
-
-
 class Runner:
-    def __init__(self, ledger: Ledger, env: Environment, observer: Observer | None = None) -> None:
-        self.ledger = ledger
-        self.env = env
+    """Drives one run over one :class:`~statekeeper.session.Session`."""
+
+    def __init__(self, session: Session, observer: Observer | None = None,
+                 run: Run | None = None) -> None:
+        self.session = session
+        self.ledger = session.ledger
         self.observe = observer or (lambda kind, data: None)
-        self.run: Run | None = None
+        self.run: Run | None = run
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, type_: str, payload: dict[str, Any], run_id: str | None = None) -> Run:
@@ -97,11 +93,11 @@ class Runner:
         return self.run
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def create(self, plan: dict[str, Any]) -> Run:
+    def create(self, run_id: str, plan: Plan) -> Run:
         self.run = None
-        return self.emit(RUN_CREATED, plan, run_id=plan["run_id"])
+        return self.emit(RUN_CREATED, {"run_id": run_id, **plan.to_payload()}, run_id=run_id)
 
-    def lease_events(self, previous: Any | None, resumed: bool, mode: str) -> None:
+    def lease_events(self, previous: Holder | None, resumed: bool, mode: str) -> None:
         me = {"host": socket.gethostname(), "pid": os.getpid()}
         if resumed:
             self.emit(RUN_RESUMED, {**me, "mode": mode, "state": self.run.state})  # type: ignore[union-attr]
@@ -167,7 +163,7 @@ class Runner:
             # An OSError is the environment failing the step (a backup directory unwritable or
             # gone, a disk full): the run records it and rolls back like any other failure,
             # instead of leaving the step open for a human to guess about.
-            error = str(e) if isinstance(e, StatekeeperError) else _os_error(e)
+            error = str(e) if isinstance(e, StatekeeperError) else describe_os_error(e)
             failed: dict[str, Any] = {
                 "step": step.name,
                 "kind": kind,
@@ -192,170 +188,30 @@ class Runner:
 
     def effect(self, step: Step) -> dict[str, Any]:
         assert self.run is not None
-        env = self.env
-        mid = lambda: failpoints.hit(f"{step.kind}.middle")  # noqa: E731
-        if step.kind == "preflight":
-            return self._preflight(mid)
-        if step.kind == "backup":
-            if env.backups is None:
-                raise BackupError("backups are off ([backup] enabled = false)")
-            m = env.backups.create(step.args["backup_id"], hook=mid)
-            return manifest_result(m)
-        if step.kind == "tag":
-            tag = step.args["tag"]
-            if tag == self.run.to_version:
-                self._check_changelog(tag)
-            existing = {t.name: t for t in env.migrator.tags()}
-            if tag in existing:
-                mine = existing[tag].run_id == self.run.run_id
-                if tag == self.run.to_version and not mine:
-                    raise TargetError(f"tag {tag} was created meanwhile by someone else "
-                                      f"(at {existing[tag].created_at}): it must name this "
-                                      "run's schema; remove it or choose another version")
-                return {"tag": tag, "created": mine}
-            env.migrator.tag(tag, run_id=self.run.run_id)
-            return {"tag": tag, "created": True}
-        if step.kind == "untag":
-            removed = env.migrator.untag(step.args["tag"], run_id=self.run.run_id)
-            return {"tag": step.args["tag"], "removed": removed}
-        if step.kind == "migrate":
-            mig = _migration(env.migrator, step.args["migration"])
-            if mig.checksum != step.args["checksum"]:
-                raise TargetError(
-                    f"migration {mig.id} changed since the run was planned (checksum differs)"
-                )
-            applied = env.migrator.apply(mig, run_id=self.run.run_id, hook=mid)
-            return {
-                "migration": mig.id,
-                "checksum": mig.checksum,
-                "execution_ms": applied.execution_ms,
-            }
-        if step.kind == "health":
-            from .health import run_checks
+        kind = steps.kind(step.kind)
+        if kind is None:
+            raise NeedsAttention(f"unknown step kind {step.kind!r}")
+        ctx = Context(self.run, self.session, lambda: failpoints.hit(f"{step.kind}.middle"))
+        return kind.effect(ctx, step)
 
-            return run_checks(env.target, env.health_checks, hook=mid)
-        if step.kind == "revert":
-            env.migrator.revert(step.args["migration"], run_id=self.run.run_id, hook=mid)
-            return {"migration": step.args["migration"]}
-        if step.kind == "restore":
-            if env.backups is None:
-                raise BackupError("no backup manager configured: cannot restore")
-            self._check_backup(step.args["backup_id"])
-            # A restore may replace the database file or restart the server under any open
-            # connection: the migrator's shared one must not outlive it.
-            env.migrator.forget_connections()
-            try:
-                env.backups.restore(step.args["backup_id"], hook=mid, check=False)
-            finally:
-                env.migrator.forget_connections()
-            return {"backup_id": step.args["backup_id"]}
-        if step.kind == "compare":
-            return self._compare(step.args.get("scope", "full"))
-        raise NeedsAttention(f"unknown step kind {step.kind!r}")
-
-    def _preflight(self, mid: Callable[[], None]) -> dict[str, Any]:
-        from .fingerprint import fingerprint
-
-        assert self.run is not None
-        env = self.env
-        env.migrator.validate()
-        mid()
-        planned = {m["id"]: m["checksum"] for m in self.run.plan.get("migrations", [])}
-        pending = {m.id: m.checksum for m in env.migrator.pending()}
-        if planned != {k: v for k, v in pending.items() if k in planned} or set(planned) - set(
-            pending
-        ):
-            raise TargetError("pending migrations differ from the plan this run recorded")
-        result: dict[str, Any] = {"pending": len(pending)}
-        if env.backups is not None:
-            # where the backup really goes: the backup directory, or pgBackRest's repository
-            need = int(env.backups.estimate_size() * 1.2)
-            free = env.backups.free_space()
-            if free < need:
-                raise TargetError(
-                    f"not enough free disk for the backup: {free} bytes free, ~{need} needed"
-                )
-            result.update({"backup_estimate_bytes": need, "free_bytes": free})
-        fp = fingerprint(env.target)
-        result["fingerprint"] = fp.to_dict()
-        result["fingerprint_digest"] = fp.digest
-        return result
-
-    def _check_changelog(self, tag: str) -> None:
-        """Before the new version's name goes on the schema: every planned migration is in
-        the target's changelog with the checksum the run planned. Independent of the ledger:
-        whatever the history says, the tag must not name a schema that lacks one of them."""
-        assert self.run is not None
-        recorded = {r.id: r.checksum for r in self.env.migrator.applied()}
-        for m in self.run.plan.get("migrations", []):
-            got = recorded.get(m["id"])
-            if got is None:
-                raise TargetError(
-                    f"migration {m['id']} is not in the changelog of {self.env.target.display}: "
-                    f"refusing to tag the schema {tag}"
-                )
-            if got != m["checksum"]:
-                raise TargetError(
-                    f"migration {m['id']} is in the changelog of {self.env.target.display} "
-                    f"with sha256 {got[:12]}, the run planned {m['checksum'][:12]}: refusing "
-                    f"to tag the schema {tag}"
-                )
-
-    def _check_backup(self, backup_id: str) -> None:
-        """Before a restore: the artifact is the one this run's backup step recorded in the
-        ledger (size and sha256), not merely the one its manifest describes: a manifest lives
-        beside the file and is replaced with it."""
-        from .backup import sha256_file
-
-        assert self.run is not None and self.env.backups is not None
-        rec = self.run.backup
-        if rec is None or rec.get("backup_id") != backup_id:
-            raise IntegrityError(
-                f"backup {backup_id}: the ledger records no such backup for run "
-                f"{self.run.run_id}: refusing to restore it"
-            )
-        m = self.env.backups.get(backup_id)
-        path = m.artifact_path
-        _no_one_else_can_swap(backup_id, path)
-        try:
-            size, digest = sha256_file(path)
-        except OSError as e:
-            raise BackupCorrupt(f"backup {backup_id}: cannot read artifact {path}: "
-                                f"{_os_error(e)}") from e
-        if digest != rec.get("sha256") or size != rec.get("size"):
-            raise BackupCorrupt(
-                f"backup {backup_id}: artifact {path} has sha256 {digest[:12]} ({size} bytes); "
-                f"the ledger recorded {str(rec.get('sha256'))[:12]} ({rec.get('size')} bytes) "
-                "for this run's backup: refusing to restore it"
-            )
-        if m.sha256 != rec.get("sha256"):
-            raise BackupCorrupt(
-                f"backup {backup_id}: manifest {m.manifest_path} records sha256 "
-                f"{m.sha256[:12]}, the ledger {str(rec.get('sha256'))[:12]}: refusing to "
-                "restore it"
-            )
-
-    def _compare(self, scope: str) -> dict[str, Any]:
-        from .fingerprint import Fingerprint, diff, fingerprint
-
-        assert self.run is not None
-        pre = self.run.succeeded("preflight")
-        if pre is None or not pre.result:
-            raise NeedsAttention("no fingerprint from before the upgrade to compare with")
-        before = Fingerprint.from_dict(pre.result["fingerprint"])
-        now = fingerprint(self.env.target)
-        if scope == "schema":
-            equal = before.schema == now.schema
-            lines = [] if equal else [ln for ln in diff(before, now) if ln.startswith("schema")]
-            return {"equal": equal, "diff": lines or ([] if equal else ["schema differs"]),
-                    "digest": now.digest, "scope": scope}
-        lines = diff(before, now)
-        return {"equal": not lines, "diff": lines, "digest": now.digest, "scope": scope}
-
-
-def _os_error(e: OSError) -> str:
-    what = e.strerror or str(e)
-    return f"{what}: {e.filename}" if e.filename else what
+    def settle(self) -> None:
+        """Decide an in-doubt step by its kind's probe before anything is redone or
+        compensated, and record the verdict."""
+        run = self.run
+        assert run is not None
+        step = run.open_step
+        if step is None:
+            return
+        kind = steps.kind(step.kind)
+        s = Step(step.name, step.kind, step.args)
+        verdict = kind.probe(Context(run, self.session), s) if kind else steps.Settled(False)
+        base = {"step": step.name, "kind": step.kind}
+        if verdict.happened:
+            self.emit(STEP_SUCCEEDED, {**base, "recovered": True, "result": verdict.result or {}})
+        elif verdict.recovered:
+            self.emit(STEP_FAILED, {**base, "recovered": True, "error": verdict.error})
+        else:
+            self.emit(STEP_FAILED, {**base, "error": verdict.error})
 
 
 def _dest(run: Run, trigger: str) -> str:
@@ -366,46 +222,3 @@ def _dest(run: Run, trigger: str) -> str:
     if to is None:
         raise NeedsAttention(f"run {run.run_id}: {IllegalTransition(trigger, run.state)}")
     return to
-
-
-def _no_one_else_can_swap(backup_id: str, path: Path) -> None:
-    """The restore reads the artifact again after it was hashed: refuse one that another user
-    could replace in between (the file, or any directory above it, owned by someone else or
-    writable by group or others without the sticky bit), as ssh's StrictModes does."""
-    import stat
-
-    me = os.geteuid()
-    for p in (path, *path.parents):
-        try:
-            st = p.lstat() if p == path else p.stat()  # ancestors may be symlinks (/var/run)
-        except OSError as e:
-            raise BackupCorrupt(f"backup {backup_id}: cannot inspect {p}: {_os_error(e)}") from e
-        if p == path and not stat.S_ISREG(st.st_mode):
-            raise BackupCorrupt(f"backup {backup_id}: artifact {p} is not a regular file")
-        open_to_others = st.st_mode & 0o022 and not (
-            stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-        )
-        if st.st_uid not in (me, 0) or open_to_others:
-            raise BackupCorrupt(
-                f"backup {backup_id}: {p} is "
-                + ("owned by another user" if st.st_uid not in (me, 0)
-                   else "writable by group or others")
-                + ": the artifact could be swapped after it is checked; refusing to restore "
-                "(chmod go-w, or move the backups somewhere private)"
-            )
-
-
-def tag_names(migrator: Any) -> set[str]:
-    return {t.name for t in migrator.tags()}
-
-
-def _migration(migrator: Any, mid: str) -> Any:
-    for m in migrator.migrations():
-        if m.id == mid:
-            return m
-    raise TargetError(f"migration {mid} is no longer in the migrations directory")
-
-
-def manifest_result(m: Any) -> dict[str, Any]:
-    return {"backup_id": m.id, "method": m.method, "size": m.size, "sha256": m.sha256}
-

@@ -1,72 +1,42 @@
 """Orchestration of upgrade runs: plan, start, resume, rollback, status, history.
 
-Builds the runner's environment from the configuration, takes the lease and the target lock,
-and hands over to :class:`statekeeper.runner.Runner`. :mod:`statekeeper.command` exposes
-these as the public verbs.
+Each of ``start``, ``resume`` and ``rollback`` opens one :class:`~statekeeper.session.Session`,
+verifies the ledger before acting, takes the lease and the target lock, and hands the session
+to :class:`statekeeper.runner.Runner`. :mod:`statekeeper.command` exposes these as the public
+verbs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger import Ledger, VerifyResult, normalize_url
+from ledger import Ledger, VerifyResult
 
-from . import __version__, clock
+from . import __version__, clock, files
 from .errors import ConfigError, IntegrityError, LockHeld, NeedsAttention
-from .lease import Holder, LeaseStore
-from .machine import IN_FLIGHT, TERMINAL
-from .replay import OPERATOR_ROLLBACK, STEP_FAILED, STEP_SUCCEEDED, HistoryError, Run
-from .runner import (
-    STREAM_PREFIX,
-    Environment,
-    Observer,
-    Runner,
-    manifest_result,
-    stream_of,
-    tag_names,
-    to_run_event,
-)
+from .lease import Holder
+from .machine import FORWARD, IN_FLIGHT, TERMINAL
+from .plan import BackupPlan, Plan, PlannedMigration
+from .replay import OPERATOR_ROLLBACK, HistoryError, Run
+from .runner import STREAM_PREFIX, Observer, Runner, stream_of, to_run_event
+from .session import Session
+from .steps import KINDS
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 # A run in any other state blocks a new one on its target: in flight, or failed (a human).
 SETTLED = ("completed", "rolled_back")
 
-if TYPE_CHECKING:
-    from .command import Settings
-
 
 def new_run_id() -> str:
     return f"{clock.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-
-
-def build_env(settings: Settings) -> Environment:
-    from .backup import BackupManager
-    from .health import validate_health
-    from .migrations import Migrator
-    from .targets import Target
-
-    cfg = settings.config
-    target = Target.from_url(cfg.require_target(), cfg.base_dir)
-    migrator = Migrator(target, cfg.require_migrations_dir(), clock=clock.now)
-    backups = None
-    if cfg.backup.enabled:
-        b = cfg.backup
-        backups = BackupManager(
-            target,
-            cfg.backup_method(),
-            cfg.backup_dir(),
-            stanza=b.stanza,
-            stop_command=b.stop_command,
-            start_command=b.start_command,
-            pgbackrest_config=b.pgbackrest_config,
-            clock=clock.now,
-        )
-    checks = validate_health(cfg.raw.get("health", {}), cfg.source)
-    return Environment(target, migrator, backups, checks)
 
 
 def check_versions(to_version: str | None, from_version: str | None) -> None:
@@ -85,16 +55,16 @@ def _state(migration_id: str | None) -> str:
     return f"after {migration_id}" if migration_id else "with no migration applied"
 
 
-def upgrade_from(env: Environment, from_version: str | None) -> str:
+def upgrade_from(session: Session, from_version: str | None) -> str:
     """The version the schema is at now, which the run upgrades from. ``--from`` must name
     the current schema: a tag of the changelog that names another state is refused, and so
     is a new name for a schema that already has one (exit 2). Without it: the newest tag of
     the current schema."""
     from .migrations import natural_key
 
-    applied = env.migrator.validate()
+    applied = session.migrator.validate()
     current = max((r.id for r in applied), key=natural_key, default=None)
-    tags = env.migrator.tags()
+    tags = session.migrator.tags()
     here = [t.name for t in tags if t.migration_id == current]
     if from_version is not None:
         named = next((t for t in tags if t.name == from_version), None)
@@ -126,54 +96,33 @@ def upgrade_from(env: Environment, from_version: str | None) -> str:
     return here[-1]
 
 
-def build_plan(
-    settings: Settings, env: Environment, to_version: str, from_version: str | None
-) -> dict[str, Any]:
-    cfg = settings.config
+def build_plan(session: Session, to_version: str, from_version: str | None) -> Plan:
+    cfg = session.settings.config
     check_versions(to_version, from_version)
-    from_v = upgrade_from(env, from_version)
-    if to_version == from_v or to_version in tag_names(env.migrator):
+    from_v = upgrade_from(session, from_version)
+    if to_version == from_v or to_version in {t.name for t in session.migrator.tags()}:
         raise ConfigError(f"--to {to_version}: the schema is already tagged {to_version}")
-    pending = env.migrator.pending()
-    migrations = [
-        {
-            "id": m.id,
-            "checksum": m.checksum,
-            "reversible": m.down is not None,
-            "no_transaction": m.no_transaction,
-        }
-        for m in pending
-    ]
-    backup = {
-        "enabled": env.backups is not None,
-        "method": cfg.backup_method() if env.backups is not None else None,
-    }
-    steps = ["preflight"]
-    if backup["enabled"]:
-        steps.append(f"backup ({backup['method']})")
-    steps.append(f"tag {from_v}")
-    steps += [f"migrate {m['id']}" for m in migrations]
-    steps += ["health checks", f"tag {to_version}"]
-    return {
-        "run_id": new_run_id(),
-        "application": str(cfg.raw.get("upgrade", {}).get("application") or cfg.base_dir.name),
-        "from_version": from_v,
-        "to_version": to_version,
-        "target": env.target.display,
-        "backend": env.target.backend,
-        "migrations_dir": str(env.migrator.migrations_dir),
-        "migrations": migrations,
-        "irreversible": [m["id"] for m in migrations if not m["reversible"]],
-        "backup": backup,
-        "health_checks": [c["name"] for c in env.health_checks],
-        "steps": steps,
-        "tool": f"statekeeper/{__version__}",
-        "config": cfg.source,
-    }
-
-
-def lease_store(settings: Settings) -> LeaseStore:
-    return LeaseStore(normalize_url(settings.ledger_url, settings.config.base_dir))
+    b = session.backups
+    plan = Plan(
+        from_version=from_v,
+        to_version=to_version,
+        migrations=tuple(
+            PlannedMigration(m.id, m.checksum, m.down is not None, m.no_transaction)
+            for m in session.migrator.pending()
+        ),
+        backup=BackupPlan(b is not None, cfg.backup_method() if b is not None else None),
+        health_checks=tuple(c["name"] for c in session.health_checks),
+        application=str(cfg.raw.get("upgrade", {}).get("application") or cfg.base_dir.name),
+        target=session.target.display,
+        backend=session.target.dialect.name,
+        migrations_dir=str(session.migrator.migrations_dir),
+        tool=f"statekeeper/{__version__}",
+        config=cfg.source,
+    )
+    # the outline each step kind gives of its part, state by state: what `plan` shows
+    outline = [line for state in FORWARD for k in KINDS.values() if state in k.runs_in
+               for line in k.outline(plan, state)]
+    return dataclasses.replace(plan, outline=tuple(outline))
 
 
 @dataclass(frozen=True)
@@ -257,7 +206,7 @@ def unfinished_for(lg: Ledger, target_display: str) -> list[Run]:
                     f"run {r.run_id} on this target cannot be replayed ({r.reason}); whether "
                     "it finished is unknown, so nothing is done to the target"
                 )
-        elif r.plan.get("target") == target_display and r.state not in SETTLED:
+        elif r.plan.target == target_display and r.state not in SETTLED:
             out.append(r)
     return out
 
@@ -279,39 +228,30 @@ def verify_before_acting(settings: Settings, lg: Ledger, run_id: str | None) -> 
 
 @contextlib.contextmanager
 def holding(
-    settings: Settings,
-    env: Environment,
+    session: Session,
     run_id: str,
     *,
     takeover: bool,
     abandoned: Callable[[Holder], bool] | None = None,
 ) -> Iterator[Holder | None]:
     """Hold the lease (ledger database) and the target lock for the whole run."""
-    store = lease_store(settings)
+    lease, previous = session.leases.acquire(
+        session.target.display, run_id, takeover=takeover, abandoned=abandoned
+    )
     try:
-        lease, previous = store.acquire(
-            env.target.display, run_id, takeover=takeover, abandoned=abandoned
-        )
-        try:
-            with env.migrator.lock(run_id=run_id):
-                yield previous
-        finally:
-            lease.release()
+        with session.migrator.lock(run_id=run_id):
+            yield previous
     finally:
-        store.dispose()
+        lease.release()
 
 
-def _live_holder(settings: Settings, env: Environment) -> Holder | None:
-    store = lease_store(settings)
-    try:
-        h = store.holder(env.target.display)
-        return h if h is not None and store.is_alive(h) else None
-    finally:
-        store.dispose()
+def _live_holder(session: Session) -> Holder | None:
+    h = session.leases.holder(session.target.display)
+    return h if h is not None and session.leases.is_alive(h) else None
 
 
 @contextlib.contextmanager
-def _closing(settings: Settings, lg: Ledger, runner: Runner) -> Iterator[None]:
+def _closing(session: Session, runner: Runner) -> Iterator[None]:
     """End a session on a run: record why it ended, and checkpoint a terminal state, while the
     lease is still held (a crash in between leaves the lease for resume to find)."""
     try:
@@ -323,7 +263,7 @@ def _closing(settings: Settings, lg: Ledger, runner: Runner) -> Iterator[None]:
         raise
     runner.release_event()
     if runner.run is not None:
-        _checkpoint(settings, lg, runner.run)
+        _checkpoint(session.settings, session.ledger, runner.run)
 
 
 def start(
@@ -333,13 +273,13 @@ def start(
     observer: Observer | None = None,
 ) -> Run:
     check_versions(to_version, from_version)
-    env = build_env(settings)
-    with settings.open_ledger(signing=True) as lg:
+    with Session.open(settings) as session:
+        lg = session.ledger
         verify_before_acting(settings, lg, None)
-        holder = _live_holder(settings, env)
+        holder = _live_holder(session)
         if holder is not None:
             raise LockHeld(f"target is locked by {holder.describe()}")
-        busy = unfinished_for(lg, env.target.display)
+        busy = unfinished_for(lg, session.target.display)
         if busy:
             r = busy[-1]
             if r.state == "failed":
@@ -352,15 +292,16 @@ def start(
                 f"'statekeeper resume {r.run_id}' or undo it with "
                 f"'statekeeper resume {r.run_id} --rollback'"
             )
-        plan = build_plan(settings, env, to_version, from_version)
-        runner = Runner(lg, env, observer)
+        plan = build_plan(session, to_version, from_version)
+        run_id = new_run_id()
+        runner = Runner(session, observer)
 
         def void(h: Holder) -> bool:  # died before its run was recorded: nothing to resume
             return lg.stream_position(stream_of(h.run_id)) == 0
 
-        with holding(settings, env, plan["run_id"], takeover=False, abandoned=void) as previous:
-            runner.create(plan)
-            with _closing(settings, lg, runner):
+        with holding(session, run_id, takeover=False, abandoned=void) as previous:
+            runner.create(run_id, plan)
+            with _closing(session, runner):
                 runner.lease_events(previous, resumed=False, mode="start")
                 runner.transition("begin")
                 runner.drive()
@@ -374,30 +315,27 @@ def resume(
     rollback: bool = False,
     observer: Observer | None = None,
 ) -> Run:
-    env = build_env(settings)
-    with settings.open_ledger(signing=True) as lg:
+    with Session.open(settings) as session:
+        lg = session.ledger
+        display = session.target.display
         if run_id is None:
             verified = verify_before_acting(settings, lg, None)
-            run_id = _run_to_resume(settings, lg, env)
+            run_id = _run_to_resume(session)
             lg.verify_stream(stream_of(run_id), upto=verified.head.seq)
         else:
             verify_before_acting(settings, lg, run_id)
         run = load_run(lg, run_id)
-        if run.plan.get("target") != env.target.display:
-            raise ConfigError(
-                f"run {run_id} upgraded {run.plan.get('target')}, not {env.target.display}"
-            )
-        if run.state in SETTLED and not _holds_lease(settings, env, run_id):
+        if run.plan.target != display:
+            raise ConfigError(f"run {run_id} upgraded {run.plan.target}, not {display}")
+        if run.state in SETTLED and not _holds_lease(session, run_id):
             _checkpoint(settings, lg, run, only_if_missing=True)
             return run
-        runner = Runner(lg, env, observer)
-        runner.run = run
-        with holding(settings, env, run_id, takeover=True) as previous, _closing(
-            settings, lg, runner
-        ):
+        runner = Runner(session, observer, run)
+        with holding(session, run_id, takeover=True) as previous, _closing(session, runner):
             mode = "rollback" if rollback else "forward"
             runner.lease_events(previous, resumed=True, mode=mode)
-            settle(runner)
+            runner.settle()
+            assert runner.run is not None
             state = runner.run.state
             if state == "failed":
                 runner.transition("retry_rollback", "resumed by an operator")
@@ -407,44 +345,36 @@ def resume(
                 runner.transition("fail", OPERATOR_ROLLBACK, requested=True)
             elif state == "planned":
                 runner.transition("begin")
-            runner.drive()
-        return runner.run
+            return runner.drive()
 
 
-def _run_to_resume(settings: Settings, lg: Ledger, env: Environment) -> str:
+def _run_to_resume(session: Session) -> str:
     """The unfinished run on this target, or a finished one whose dead process kept the lease
     (it died between its last state change and releasing the target)."""
-    busy = unfinished_for(lg, env.target.display)
+    busy = unfinished_for(session.ledger, session.target.display)
     if busy:
         return busy[-1].run_id
-    store = lease_store(settings)
-    try:
-        holder = store.holder(env.target.display)
-        if (
-            holder is not None
-            and not store.is_alive(holder)
-            and lg.stream_position(stream_of(holder.run_id)) > 0
-        ):
-            return holder.run_id
-    finally:
-        store.dispose()
+    holder = session.leases.holder(session.target.display)
+    if (
+        holder is not None
+        and not session.leases.is_alive(holder)
+        and session.ledger.stream_position(stream_of(holder.run_id)) > 0
+    ):
+        return holder.run_id
     raise ConfigError("no unfinished run on this target to resume")
 
 
-def _holds_lease(settings: Settings, env: Environment, run_id: str) -> bool:
-    store = lease_store(settings)
-    try:
-        holder = store.holder(env.target.display)
-        return holder is not None and holder.run_id == run_id
-    finally:
-        store.dispose()
+def _holds_lease(session: Session, run_id: str) -> bool:
+    holder = session.leases.holder(session.target.display)
+    return holder is not None and holder.run_id == run_id
 
 
 def rollback(
     settings: Settings, run_id: str, restore: bool = False, observer: Observer | None = None
 ) -> Run:
-    env = build_env(settings)
-    with settings.open_ledger(signing=True) as lg:
+    with Session.open(settings) as session:
+        lg = session.ledger
+        display = session.target.display
         verify_before_acting(settings, lg, run_id)
         run = load_run(lg, run_id)
         if run.state != "completed":
@@ -455,82 +385,32 @@ def rollback(
         later: list[Run] = []
         for r in scan_runs(lg):
             if isinstance(r, Unreadable):
-                if r.target == env.target.display and r.created_at > run.created_at:
+                if r.target == display and r.created_at > run.created_at:
                     raise IntegrityError(
                         f"run {r.run_id} on this target, after {run_id}, cannot be replayed "
                         f"({r.reason}); whether it changed the schema is unknown"
                     )
-            elif (r.plan.get("target") == env.target.display
+            elif (r.plan.target == display
                   and r.created_at > run.created_at and r.state == "completed"):
                 later.append(r)
         if later:
             raise ConfigError(
                 f"run {later[-1].run_id} completed after {run_id}: roll that back first"
             )
-        by_id = {m["id"]: m for m in run.plan.get("migrations", [])}
-        irreversible = [m for m in run.migrations_applied() if not by_id[m].get("reversible")]
+        irreversible = [mid for mid in run.migrations_applied()
+                        if (m := run.plan.migration(mid)) is None or not m.reversible]
         if irreversible and not restore:
             raise ConfigError(
                 f"run {run_id} applied {irreversible[0]}, which has no down part: undoing it "
                 "means restoring the backup, which discards every change made since it was "
                 "taken; pass --restore to accept that"
             )
-        runner = Runner(lg, env, observer)
-        runner.run = run
-        with holding(settings, env, run_id, takeover=True) as previous, _closing(
-            settings, lg, runner
-        ):
+        runner = Runner(session, observer, run)
+        with holding(session, run_id, takeover=True) as previous, _closing(session, runner):
             runner.lease_events(previous, resumed=True, mode="rollback")
             runner.transition("rollback", "operator rolled back a completed upgrade",
                               restore=restore)
-            runner.drive()
-        return runner.run
-
-
-def settle(runner: Runner) -> None:
-    """Decide an in-doubt step by its own probe before anything is redone or compensated."""
-    run = runner.run
-    assert run is not None
-    step = run.open_step
-    if step is None:
-        return
-    env = runner.env
-    base = {"step": step.name, "kind": step.kind}
-    happened, result = False, None
-    if step.kind == "backup" and env.backups is not None:
-        m = env.backups.probe(step.args["backup_id"])
-        if m is not None:
-            happened, result = True, manifest_result(m)
-    elif step.kind == "tag":
-        name = step.args["tag"]
-        t = next((t for t in env.migrator.tags() if t.name == name), None)
-        mine = t is not None and t.run_id == run.run_id
-        # the new version's tag counts only if this run made it (the step's own check)
-        happened = t is not None and (mine or name != run.to_version)
-        result = {"tag": name, "created": mine}
-    elif step.kind == "untag":
-        name = step.args["tag"]
-        happened = not any(t.name == name and t.run_id == run.run_id
-                           for t in env.migrator.tags())
-        result = {"tag": name}
-    elif step.kind == "migrate":
-        happened = env.migrator.is_applied(step.args["migration"])
-        result = {"migration": step.args["migration"], "checksum": step.args.get("checksum")}
-        if not happened and step.args.get("no_transaction"):
-            # Its SQL runs outside a transaction and its changelog row comes after: without
-            # the row nobody can say how much of it ran. Never rerun it; roll back instead,
-            # where the fingerprint decides what a restore must undo.
-            runner.emit(STEP_FAILED, {**base, "error": (
-                "interrupted; it runs outside a transaction, so its effect is unknown")})
-            return
-    elif step.kind == "revert":
-        happened = not env.migrator.is_applied(step.args["migration"])
-        result = {"migration": step.args["migration"]}
-    if happened:
-        runner.emit(STEP_SUCCEEDED, {**base, "recovered": True, "result": result or {}})
-    else:
-        runner.emit(STEP_FAILED, {**base, "recovered": True,
-                                  "error": "interrupted before it took effect; redoing it"})
+            return runner.drive()
 
 
 def _checkpoint(settings: Settings, lg: Ledger, run: Run, only_if_missing: bool = False
@@ -545,11 +425,14 @@ def _checkpoint(settings: Settings, lg: Ledger, run: Run, only_if_missing: bool 
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"checkpoint directory {path.parent}: {e.strerror or e}") from e
-    from .command import write_atomic
     from .trust import verify_before_act
 
     # Over a head verified now: never vouch for what this session did not see verify.
-    write_atomic(path, lg.checkpoint(verify_before_act(lg, settings.config.base_dir)))
+    text = lg.checkpoint(verify_before_act(lg, settings.config.base_dir))
+    try:
+        files.write_atomic(path, text)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write: {e.strerror}") from e
     return path
 
 
@@ -573,7 +456,7 @@ def history(settings: Settings) -> list[Run | Unreadable]:
         return scan_runs(lg)
 
 
-def plan(settings: Settings, to_version: str, from_version: str | None = None) -> dict[str, Any]:
+def plan(settings: Settings, to_version: str, from_version: str | None = None) -> Plan:
     check_versions(to_version, from_version)
-    env = build_env(settings)
-    return build_plan(settings, env, to_version, from_version)
+    with Session.open(settings, ledger=False) as session:
+        return build_plan(session, to_version, from_version)

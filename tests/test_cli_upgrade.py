@@ -421,7 +421,6 @@ def test_a_failure_recorded_just_before_a_crash_is_not_retried(tmp_path: Path,
 
 
 def test_a_lease_left_by_a_process_that_died_before_its_run_began(tmp_path: Path) -> None:
-    from statekeeper import upgrade
     from statekeeper.lease import leases
 
     (tmp_path / "app.db").touch()
@@ -430,7 +429,7 @@ def test_a_lease_left_by_a_process_that_died_before_its_run_began(tmp_path: Path
     proj = project(tmp_path, url, SCENARIOS["forward"])
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    store = upgrade.lease_store(proj.settings())
+    store = proj.settings().open_lease_store()
     with store.engine.begin() as conn:
         conn.execute(leases.insert().values(
             target=proj.target().display, run_id="20260101-000000-dead00",

@@ -124,19 +124,19 @@ def _migrations_dir(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
 @probe("upgrade", "application")
 def _application(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     s = project(d, section("upgrade", 'application = "trading-platform"', present))
-    return command.plan(s, "v2.6")["application"]
+    return command.plan(s, "v2.6").to_payload()["application"]
 
 
 @probe("backup", "method")
 def _backup_method(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     s = project(d, section("backup", 'method = "pg_dump"', present))
-    return outcome(lambda: command.plan(s, "v2.6")["backup"])
+    return outcome(lambda: command.plan(s, "v2.6").to_payload()["backup"])
 
 
 @probe("backup", "enabled")
 def _backup_enabled(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     s = project(d, section("backup", "enabled = false", present))
-    return command.plan(s, "v2.6")["steps"]
+    return command.plan(s, "v2.6").to_payload()["steps"]
 
 
 @probe("backup", "dir")
@@ -219,7 +219,7 @@ FAILING = 'checks = [{ name = "missing", sql = "SELECT count(*) FROM no_such_tab
 def _checks(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     s = project(d, section("health", 'checks = [{ name = "users readable", '
                            'sql = "SELECT count(*) FROM users", expect = "3" }]', present))
-    return command.plan(s, "v2.6")["health_checks"]
+    return command.plan(s, "v2.6").to_payload()["health_checks"]
 
 
 # retries/interval/timeout are read by statekeeper/health.py; the probes measure what a user

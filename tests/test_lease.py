@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from ledger import normalize_url
-from statekeeper import clock, command, upgrade
+from statekeeper import clock, command
 from statekeeper.errors import LockHeld
 from statekeeper.lease import (
     Holder,
@@ -289,7 +289,7 @@ def crashed_run(proj: Project) -> str:
 
 
 def lease_row(proj: Project) -> Any:
-    store = upgrade.lease_store(proj.settings())
+    store = proj.settings().open_lease_store()
     try:
         with store.engine.connect() as conn:
             return conn.execute(leases.select()).one()
@@ -298,7 +298,7 @@ def lease_row(proj: Project) -> Any:
 
 
 def set_lease(proj: Project, **values: str) -> None:
-    store = upgrade.lease_store(proj.settings())
+    store = proj.settings().open_lease_store()
     try:
         with store.engine.begin() as conn:
             conn.execute(leases.update().values(**values))

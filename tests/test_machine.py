@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from statekeeper.machine import STATES, IllegalTransition, UpgradeMachine
-from statekeeper.policy import Done, Step, Transition, next_action
+from statekeeper.policy import Done, Transition, next_action
 from statekeeper.replay import HistoryError, Run, RunEvent, apply, replay
+from statekeeper.steps import Step
 
 PLAN: dict[str, Any] = {
     "run_id": "r1",

@@ -583,8 +583,9 @@ Choose = Any  # (label, options) -> one of options
 def _simulate(choose: Choose) -> list[Any]:
     """A legal history, built as the runner builds one: ask the policy, record the answer
     (steps succeed or fail as chosen), until a terminal state or a length cap."""
-    from statekeeper.policy import Done, Step, Transition, next_action
+    from statekeeper.policy import Done, Transition, next_action
     from statekeeper.replay import RunEvent, apply, destination
+    from statekeeper.steps import Step
 
     n_mig = choose("migrations", [0, 1, 2])
     plan = {

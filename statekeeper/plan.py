@@ -1,0 +1,142 @@
+"""The plan of an upgrade: what ``start`` decided before acting, recorded in ``run.created``.
+
+Pure: a frozen value with a schema version, written to the ledger by :meth:`Plan.to_payload`
+and read back by :meth:`Plan.from_payload`, which replay calls on every run it folds. The run
+id is not part of it: ``start`` mints the id and records it beside the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: The plan's schema. A payload without ``plan_version`` was written before the field existed
+#: and has exactly the shape of version 1.
+PLAN_VERSION = 1
+
+
+class PlanError(ValueError):
+    """A recorded plan lacks a field, or has one of the wrong type ("field 'x' is missing")."""
+
+
+@dataclass(frozen=True)
+class PlannedMigration:
+    id: str
+    checksum: str
+    reversible: bool = False
+    no_transaction: bool = False
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"id": self.id, "checksum": self.checksum, "reversible": self.reversible,
+                "no_transaction": self.no_transaction}
+
+
+@dataclass(frozen=True)
+class BackupPlan:
+    enabled: bool
+    method: str | None  # None when backups are off
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "method": self.method}
+
+
+@dataclass(frozen=True)
+class Plan:
+    from_version: str
+    to_version: str
+    migrations: tuple[PlannedMigration, ...] = ()
+    backup: BackupPlan = BackupPlan(False, None)
+    health_checks: tuple[str, ...] = ()
+    application: str = ""
+    target: str = ""  # the target's display URL (password redacted): one run per target
+    backend: str = ""
+    migrations_dir: str = ""
+    tool: str = ""
+    config: str = ""
+    #: human-readable outline of the steps, in order (``statekeeper plan`` prints it)
+    outline: tuple[str, ...] = ()
+    version: int = PLAN_VERSION
+
+    @property
+    def irreversible(self) -> tuple[str, ...]:
+        return tuple(m.id for m in self.migrations if not m.reversible)
+
+    def migration(self, migration_id: str) -> PlannedMigration | None:
+        return next((m for m in self.migrations if m.id == migration_id), None)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The plan as recorded in ``run.created`` (the run id goes beside it). ``irreversible``
+        and ``steps`` are derived, and written for a reader of the raw ledger."""
+        return {
+            "plan_version": self.version,
+            "application": self.application,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "target": self.target,
+            "backend": self.backend,
+            "migrations_dir": self.migrations_dir,
+            "migrations": [m.to_payload() for m in self.migrations],
+            "irreversible": list(self.irreversible),
+            "backup": self.backup.to_payload(),
+            "health_checks": list(self.health_checks),
+            "steps": list(self.outline),
+            "tool": self.tool,
+            "config": self.config,
+        }
+
+    @classmethod
+    def from_payload(cls, p: Mapping[str, Any]) -> Plan:
+        """Read a recorded plan; :class:`PlanError` names the first field that is missing or
+        of the wrong type among those the policy and the runner read."""
+        version = _get(p, "plan_version", int, optional=True)
+        if version is None:
+            version = 1
+        if version > PLAN_VERSION:
+            raise PlanError(f"plan version {version} is newer than this statekeeper reads "
+                            f"({PLAN_VERSION}): upgrade statekeeper")
+        from_v = _get(p, "from_version", str, optional=True) or ""
+        to_v = _get(p, "to_version", str, optional=True) or ""
+        migrations = []
+        for m in _get(p, "migrations", list, optional=True) or []:
+            if not isinstance(m, Mapping):
+                raise PlanError("a planned migration is not an object")
+            migrations.append(PlannedMigration(
+                _get(m, "id", str), _get(m, "checksum", str),
+                bool(m.get("reversible")), bool(m.get("no_transaction"))))
+        backup = _get(p, "backup", Mapping)
+        enabled = _get(backup, "enabled", bool, optional=True) is not False
+        method = _get(backup, "method", str) if enabled else None
+        checks = _get(p, "health_checks", list, optional=True) or []
+        return cls(
+            from_version=from_v,
+            to_version=to_v,
+            migrations=tuple(migrations),
+            backup=BackupPlan(enabled, method),
+            health_checks=tuple(str(c) for c in checks),
+            application=_text(p, "application"),
+            target=_text(p, "target"),
+            backend=_text(p, "backend"),
+            migrations_dir=_text(p, "migrations_dir"),
+            tool=_text(p, "tool"),
+            config=_text(p, "config"),
+            outline=tuple(str(s) for s in steps) if isinstance(steps := p.get("steps"), list)
+            else (),
+            version=version,
+        )
+
+
+def _get(p: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
+         optional: bool = False) -> Any:
+    if optional and key not in p:
+        return None
+    v = p.get(key)
+    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+        what = "missing" if key not in p else f"not a {getattr(kind, '__name__', kind)}"
+        raise PlanError(f"field {key!r} is {what}")
+    return v
+
+
+def _text(p: Mapping[str, Any], key: str) -> str:
+    v = p.get(key)
+    return v if isinstance(v, str) else ""

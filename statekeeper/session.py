@@ -1,0 +1,100 @@
+"""One session per run: everything ``start``, ``resume`` and ``rollback`` act on, opened once
+from the settings and closed once.
+
+The target side (target, migrator, backup manager, health checks) is built first, so that a
+configuration error is reported before anything is opened; then the ledger; the lease store
+(a table in the ledger's database) when first asked for. ``plan`` opens only the target side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import clock
+
+if TYPE_CHECKING:
+    from ledger import Ledger
+
+    from .backup import BackupManager
+    from .lease import LeaseStore
+    from .migrations import Migrator
+    from .settings import Settings
+    from .targets import Target
+
+
+@dataclass
+class Session:
+    settings: Settings
+    target: Target
+    migrator: Migrator
+    backups: BackupManager | None  # None when [backup] enabled = false
+    health_checks: list[dict[str, Any]]
+    _ledger: Ledger | None = None
+    _leases: LeaseStore | None = field(default=None, repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def open(cls, settings: Settings, *, ledger: bool = True) -> Session:
+        """Build the target side from the configuration, then open the ledger (signing: a run
+        appends) unless ``ledger`` is false."""
+        from .backup import BackupManager
+        from .health import validate_health
+        from .migrations import Migrator
+        from .targets import Target
+
+        cfg = settings.config
+        target = Target.from_url(cfg.require_target(), cfg.base_dir)
+        migrator = Migrator(target, cfg.require_migrations_dir(), clock=clock.now)
+        backups = None
+        if cfg.backup.enabled:
+            b = cfg.backup
+            backups = BackupManager(
+                target,
+                cfg.backup_method(),
+                cfg.backup_dir(),
+                stanza=b.stanza,
+                stop_command=b.stop_command,
+                start_command=b.start_command,
+                pgbackrest_config=b.pgbackrest_config,
+                clock=clock.now,
+            )
+        checks = validate_health(cfg.raw.get("health", {}), cfg.source)
+        session = cls(settings, target, migrator, backups, checks)
+        if ledger:
+            session._ledger = settings.open_ledger(signing=True)
+        return session
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            raise RuntimeError("this session was opened without the ledger")
+        return self._ledger
+
+    @property
+    def leases(self) -> LeaseStore:
+        """The one lease store of the session (created on first use: a run that stops at
+        verification never touches the lease table)."""
+        if self._leases is None:
+            self._leases = self.settings.open_lease_store()
+        return self._leases
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # each is closed even if another fails: a close must not hide the run's own error
+        with contextlib.suppress(Exception):
+            self.migrator.forget_connections()
+        if self._leases is not None:
+            with contextlib.suppress(Exception):
+                self._leases.dispose()
+        if self._ledger is not None:
+            self._ledger.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

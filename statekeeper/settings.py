@@ -1,0 +1,109 @@
+"""Settings: the configuration plus the command-line overrides every command shares (the
+ledger URL, the signing key), and the ledger they open."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import __version__, clock, files
+from .config import Config, load_config
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from ledger import Ledger
+
+    from .lease import LeaseStore
+
+TOOL = f"statekeeper/{__version__}"
+
+
+@dataclass
+class Settings:
+    """Configuration plus the command-line overrides that apply to every command."""
+
+    config: Config
+    ledger_url: str
+    key_path: Path
+
+    @classmethod
+    def load(
+        cls, config: str | None = None, ledger_url: str | None = None, key: str | None = None
+    ) -> Settings:
+        cfg = load_config(config)
+        # An empty flag (a script's unset variable) is an error, not "use the default".
+        url = _flag_url(ledger_url) if ledger_url is not None else cfg.ledger.url
+        if key is not None and not key.strip():
+            raise ConfigError("--key is empty")
+        kp = Path(key).expanduser().absolute() if key else cfg.key_path()
+        return cls(cfg, url, kp)
+
+    def checkpoint_dir(self) -> Path:
+        """Where terminal-state checkpoints are written (copy them to write-once storage);
+        created 0700 (with ``.statekeeper``) when missing."""
+        return files.private_dir(self.config.base_dir / ".statekeeper" / "checkpoints")
+
+    def _ensure_sqlite_dir(self, create: bool) -> None:
+        import ledger
+        from ledger.errors import LedgerUnreachable
+
+        u = ledger.normalize_url(self.ledger_url, self.config.base_dir)
+        if u.get_backend_name() == "sqlite" and u.database:
+            d = Path(u.database).parent
+            # Only the default location is created for the user (0700); a typo elsewhere is
+            # an error, for reading commands as for writing ones.
+            if create and d == self.config.base_dir / ".statekeeper":
+                try:
+                    files.private_dir(d)
+                except OSError as e:
+                    raise LedgerUnreachable(
+                        ledger.redact(u), f"cannot create directory {d}: {e.strerror or e}"
+                    ) from e
+            elif not d.is_dir() and d == self.config.base_dir / ".statekeeper":
+                # Not an outage: nothing was set up here yet.
+                raise ConfigError(
+                    f"no ledger yet in {d}: run 'statekeeper init' (or pass --ledger URL)"
+                )
+            elif not d.is_dir():
+                raise LedgerUnreachable(ledger.redact(u), f"directory {d} does not exist")
+
+    def open_ledger(self, *, signing: bool, create: bool | None = None) -> Ledger:
+        """Open the ledger; ``signing`` loads the private key (needed to append or sign)."""
+        import ledger
+        from ledger import Ledger
+
+        signer = ledger.load_signer(self.key_path) if signing else None
+        if create is None:
+            create = signing
+        self._ensure_sqlite_dir(create)
+        return Ledger(
+            self.ledger_url,
+            signer=signer,
+            tool=TOOL,
+            base_dir=self.config.base_dir,
+            create=create,
+            clock=clock.now,
+        )
+
+
+    def open_lease_store(self) -> LeaseStore:
+        """The lease table in the ledger's database (one run per target)."""
+        import ledger
+
+        from .lease import LeaseStore
+
+        return LeaseStore(ledger.normalize_url(self.ledger_url, self.config.base_dir))
+
+
+def _flag_url(url: str) -> str:
+    """A relative SQLite path given with --ledger is relative to the working directory, like
+    --key's (only paths written in statekeeper.toml are relative to that file)."""
+    import ledger
+
+    u = ledger.normalize_url(url, Path.cwd(), what="--ledger URL")
+    if u.get_backend_name() != "sqlite":
+        return url
+    return u.render_as_string(hide_password=False)
+
+

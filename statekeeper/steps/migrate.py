@@ -1,0 +1,57 @@
+"""migrate: apply one planned migration (with its changelog row, in one transaction where the
+target allows). Undone by ``revert`` (its down part) or by restoring the backup."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import TargetError
+from .base import Context, Result, Settled, Step, StepKind
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from ..replay import Run
+
+
+class Migrate(StepKind):
+    name = "migrate"
+    path = "forward"
+    runs_in = ("migrating",)
+    args = ("migration", "checksum")
+    compensation = "revert"
+
+    def forward(self, run: Run) -> list[Step]:
+        return [
+            Step(f"migrate:{m.id}", self.name, {"migration": m.id, "checksum": m.checksum,
+                                                "no_transaction": m.no_transaction})
+            for m in run.plan.migrations
+        ]
+
+    def outline(self, plan: Plan, state: str) -> list[str]:
+        return [f"migrate {m.id}" for m in plan.migrations]
+
+    def effect(self, ctx: Context, step: Step) -> Result:
+        migrator = ctx.session.migrator
+        mid = step.args["migration"]
+        mig = next((m for m in migrator.migrations() if m.id == mid), None)
+        if mig is None:
+            raise TargetError(f"migration {mid} is no longer in the migrations directory")
+        if mig.checksum != step.args["checksum"]:
+            raise TargetError(
+                f"migration {mig.id} changed since the run was planned (checksum differs)"
+            )
+        applied = migrator.apply(mig, run_id=ctx.run.run_id, hook=ctx.hook)
+        return {"migration": mig.id, "checksum": mig.checksum,
+                "execution_ms": applied.execution_ms}
+
+    def probe(self, ctx: Context, step: Step) -> Settled:
+        mid = step.args["migration"]
+        if ctx.session.migrator.is_applied(mid):
+            return Settled(True, {"migration": mid, "checksum": step.args.get("checksum")})
+        if step.args.get("no_transaction"):
+            # Its SQL runs outside a transaction and its changelog row comes after: without
+            # the row nobody can say how much of it ran. Never rerun it; roll back instead,
+            # where the fingerprint decides what a restore must undo.
+            return Settled(False, error="interrupted; it runs outside a transaction, so its "
+                           "effect is unknown", recovered=False)
+        return Settled(False)

@@ -1,0 +1,57 @@
+"""preflight: validate the migrations against the changelog, check they are the ones planned,
+that the backup has room, and fingerprint the database as it is before anything changes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TargetError
+from .base import Context, Result, Step, StepKind
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from ..replay import Run
+
+
+class Preflight(StepKind):
+    name = "preflight"
+    path = "forward"
+    runs_in = ("preflight",)
+
+    def forward(self, run: Run) -> list[Step]:
+        return [Step("preflight", self.name)]
+
+    def outline(self, plan: Plan, state: str) -> list[str]:
+        return ["preflight"]
+
+    def describe(self, result: Mapping[str, Any]) -> str:
+        digest = result.get("fingerprint_digest")
+        return f": fingerprint {str(digest)[:16]}" if digest else ""
+
+    def effect(self, ctx: Context, step: Step) -> Result:
+        from ..fingerprint import fingerprint
+
+        s = ctx.session
+        s.migrator.validate()
+        ctx.hook()
+        planned = {m.id: m.checksum for m in ctx.run.plan.migrations}
+        pending = {m.id: m.checksum for m in s.migrator.pending()}
+        if planned != {k: v for k, v in pending.items() if k in planned} or set(planned) - set(
+            pending
+        ):
+            raise TargetError("pending migrations differ from the plan this run recorded")
+        result: dict[str, Any] = {"pending": len(pending)}
+        if s.backups is not None:
+            # where the backup really goes: the backup directory, or pgBackRest's repository
+            need = int(s.backups.estimate_size() * 1.2)
+            free = s.backups.free_space()
+            if free < need:
+                raise TargetError(
+                    f"not enough free disk for the backup: {free} bytes free, ~{need} needed"
+                )
+            result.update({"backup_estimate_bytes": need, "free_bytes": free})
+        fp = fingerprint(s.target)
+        result["fingerprint"] = fp.to_dict()
+        result["fingerprint_digest"] = fp.digest
+        return result

@@ -1,0 +1,98 @@
+"""restore: put the backup this run took back, after checking that the artifact is the one the
+ledger recorded. Compensates ``backup``'s purpose: everything since it was taken is undone."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from ..errors import BackupCorrupt, BackupError, IntegrityError
+from ..files import describe_os_error
+from .base import Context, Result, Step, StepKind
+
+
+class Restore(StepKind):
+    name = "restore"
+    path = "rollback"
+    args = ("backup_id",)
+
+    def make(self, backup_id: str) -> Step:
+        return Step("restore", self.name, {"backup_id": backup_id})
+
+    def effect(self, ctx: Context, step: Step) -> Result:
+        s = ctx.session
+        if s.backups is None:
+            raise BackupError("no backup manager configured: cannot restore")
+        backup_id = step.args["backup_id"]
+        _check_backup(ctx, backup_id)
+        # A restore may replace the database file or restart the server under any open
+        # connection: the migrator's shared one must not outlive it.
+        s.migrator.forget_connections()
+        try:
+            s.backups.restore(backup_id, hook=ctx.hook, check=False)
+        finally:
+            s.migrator.forget_connections()
+        return {"backup_id": backup_id}
+
+
+def _check_backup(ctx: Context, backup_id: str) -> None:
+    """Before a restore: the artifact is the one this run's backup step recorded in the
+    ledger (size and sha256), not merely the one its manifest describes: a manifest lives
+    beside the file and is replaced with it."""
+    from ..backup import sha256_file
+
+    run, backups = ctx.run, ctx.session.backups
+    assert backups is not None
+    rec = run.backup
+    if rec is None or rec.get("backup_id") != backup_id:
+        raise IntegrityError(
+            f"backup {backup_id}: the ledger records no such backup for run "
+            f"{run.run_id}: refusing to restore it"
+        )
+    m = backups.get(backup_id)
+    path = m.artifact_path
+    _no_one_else_can_swap(backup_id, path)
+    try:
+        size, digest = sha256_file(path)
+    except OSError as e:
+        raise BackupCorrupt(f"backup {backup_id}: cannot read artifact {path}: "
+                            f"{describe_os_error(e)}") from e
+    if digest != rec.get("sha256") or size != rec.get("size"):
+        raise BackupCorrupt(
+            f"backup {backup_id}: artifact {path} has sha256 {digest[:12]} ({size} bytes); "
+            f"the ledger recorded {str(rec.get('sha256'))[:12]} ({rec.get('size')} bytes) "
+            "for this run's backup: refusing to restore it"
+        )
+    if m.sha256 != rec.get("sha256"):
+        raise BackupCorrupt(
+            f"backup {backup_id}: manifest {m.manifest_path} records sha256 "
+            f"{m.sha256[:12]}, the ledger {str(rec.get('sha256'))[:12]}: refusing to "
+            "restore it"
+        )
+
+
+def _no_one_else_can_swap(backup_id: str, path: Path) -> None:
+    """The restore reads the artifact again after it was hashed: refuse one that another user
+    could replace in between (the file, or any directory above it, owned by someone else or
+    writable by group or others without the sticky bit), as ssh's StrictModes does."""
+    me = os.geteuid()
+    for p in (path, *path.parents):
+        try:
+            st = p.lstat() if p == path else p.stat()  # ancestors may be symlinks (/var/run)
+        except OSError as e:
+            raise BackupCorrupt(
+                f"backup {backup_id}: cannot inspect {p}: {describe_os_error(e)}") from e
+        if p == path and not stat.S_ISREG(st.st_mode):
+            raise BackupCorrupt(f"backup {backup_id}: artifact {p} is not a regular file")
+        open_to_others = st.st_mode & 0o022 and not (
+            stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        )
+        if st.st_uid not in (me, 0) or open_to_others:
+            raise BackupCorrupt(
+                f"backup {backup_id}: {p} is "
+                + ("owned by another user" if st.st_uid not in (me, 0)
+                   else "writable by group or others")
+                + ": the artifact could be swapped after it is checked; refusing to restore "
+                "(chmod go-w, or move the backups somewhere private)"
+            )
