@@ -11,7 +11,7 @@ from statekeeper import command, failpoints
 from statekeeper.errors import EXIT_ATTENTION, EXIT_FAILED, EXIT_OK
 from statekeeper.narrate import narrate
 
-from .main import Obj, PathArg, emit_json, pass_obj
+from .root import Obj, PathArg, emit_json, pass_obj
 
 if TYPE_CHECKING:  # statekeeper.replay imports transitions: only when a command runs
     from statekeeper.replay import Run
