@@ -27,8 +27,9 @@ where the errors of the packages below become statekeeper's.
                                             (ledger StreamConflict: stream, expected, actual)
 
 Exit codes live in :data:`EXIT_CODES`, one row per class; a class not in it (a subclass
-defined elsewhere) has its nearest listed base's code. docs/cli.md documents the same table
-(tests/test_docs_cli.py compares them).
+defined elsewhere) has its nearest listed base's code. :data:`EXIT_FOR_STATE` gives the code
+of a run that ended otherwise than the command intended. docs/cli.md documents the same
+table (tests/test_docs_cli.py compares them).
 
 The public verbs (:mod:`statekeeper.command`) raise only this tree: each runs inside
 :func:`error_boundary` (written as the :func:`boundary` decorator), which translates ledger's
@@ -174,6 +175,19 @@ EXIT_CODES: dict[type[StatekeeperError], int] = {
     LockHeld: EXIT_LOCKED,
     StreamConflict: EXIT_LOCKED,
 }
+
+
+#: The exit code of a command that ran a run to its end (start, resume, rollback) and saw it
+#: end otherwise than it intended; a state not listed needs attention.
+EXIT_FOR_STATE: dict[str, int] = {
+    "completed": EXIT_OK,
+    "rolled_back": EXIT_FAILED,
+    "failed": EXIT_ATTENTION,
+}
+
+
+def exit_code_for_state(state: str) -> int:
+    return EXIT_FOR_STATE.get(state, EXIT_ATTENTION)
 
 
 def exit_code_for(e: BaseException) -> int:
