@@ -164,6 +164,9 @@ def test_every_error_class_has_its_exit_code() -> None:
         return {cls}.union(*(tree(sub) for sub in cls.__subclasses__()))
 
     mine = {c for c in tree(errors.StatekeeperError) if c.__module__.startswith("statekeeper")}
+    unlisted = sorted(f"{c.__module__}.{c.__name__}" for c in mine - set(errors.EXIT_CODES))
+    assert not unlisted, (f"{unlisted}: define the class in statekeeper/errors.py (its tree), "
+                          "with its row in EXIT_CODES and in docs/cli.md")
     assert mine == set(errors.EXIT_CODES)
     for cls, code in errors.EXIT_CODES.items():
         assert errors.exit_code_for(cls.__new__(cls)) == code

@@ -1,5 +1,7 @@
 """The dependency direction of DESIGN.md, checked on the source (ast), not by importing it:
-``cli -> statekeeper -> ledger``, never back; library code never prints or exits."""
+``cli -> statekeeper -> ledger``, never back; library code never prints or exits; no import
+cycle inside a package (every import counts, function-level ones too, except the type
+checker's under ``if TYPE_CHECKING:``)."""
 
 from __future__ import annotations
 
