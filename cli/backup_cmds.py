@@ -9,7 +9,7 @@ import click
 
 from statekeeper import command
 
-from .main import Obj, emit_json, pass_obj
+from .root import Obj, emit_json, pass_obj
 
 F = Callable[..., Any]
 

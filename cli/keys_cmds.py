@@ -8,7 +8,7 @@ import click
 
 from statekeeper import command
 
-from .main import Obj, PathArg, emit_json, pass_obj
+from .root import Obj, PathArg, emit_json, pass_obj
 
 
 @click.group()

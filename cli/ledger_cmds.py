@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from statekeeper import command
-from statekeeper.errors import ConfigError
+from statekeeper.errors import ConfigError, IntegrityError, exit_code_for
 
-from .main import Obj, PathArg, emit_json, pass_obj
-
-if TYPE_CHECKING:
-    import ledger  # imported where needed: it costs SQLAlchemy's start-up (see cli/main.py)
+from .root import Obj, PathArg, emit_json, pass_obj
 
 trusted_opt = click.option(
     "--trusted-key", "trusted", multiple=True, type=PathArg, metavar="PUBKEY",
@@ -58,7 +55,7 @@ def ledger_append(
         click.echo(f"appended seq {ev.seq} ({stream} #{ev.stream_seq}) {ev.hash}")
 
 
-def _violation_json(e: ledger.IntegrityViolation) -> dict[str, Any]:
+def _violation_json(e: IntegrityError) -> dict[str, Any]:
     return {"ok": False, "seq": e.seq, "reason": e.reason, "detail": e.detail}
 
 
@@ -70,14 +67,12 @@ def _violation_json(e: ledger.IntegrityViolation) -> dict[str, Any]:
 @pass_obj
 def ledger_verify(obj: Obj, against: Path | None, trusted: tuple[Path, ...], as_json: bool) -> None:
     """Verify every hash, link and seal (exit 4 names the first bad seq)."""
-    import ledger
-
     try:
         r = command.ledger_verify(obj.settings, against, list(trusted))
-    except ledger.IntegrityViolation as e:
+    except IntegrityError as e:
         if as_json:
             emit_json(_violation_json(e))
-            raise click.exceptions.Exit(4) from e
+            raise click.exceptions.Exit(exit_code_for(e)) from e
         raise
     if as_json:
         emit_json({"ok": True, "events": r.events, "head_seq": r.head.seq,
@@ -121,14 +116,12 @@ def ledger_verify_export(
     file: Path, against: Path | None, trusted: tuple[Path, ...], as_json: bool
 ) -> None:
     """Verify an export file offline, with no database."""
-    import ledger
-
     try:
         r = command.ledger_verify_export(file, against, list(trusted))
-    except ledger.IntegrityViolation as e:
+    except IntegrityError as e:
         if as_json:
             emit_json(_violation_json(e))
-            raise click.exceptions.Exit(4) from e
+            raise click.exceptions.Exit(exit_code_for(e)) from e
         raise
     if as_json:
         emit_json({"ok": True, "events": r.events, "head_seq": r.head.seq,

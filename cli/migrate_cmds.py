@@ -10,7 +10,7 @@ import click
 
 from statekeeper import command
 
-from .main import Obj, PathArg, emit_json, pass_obj
+from .root import Obj, PathArg, emit_json, pass_obj
 
 if TYPE_CHECKING:  # statekeeper.migrations imports psycopg: only when a command runs
     from statekeeper.migrations import AppliedMigration, Migration, MigrationStatus

@@ -8,21 +8,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from statekeeper import command, failpoints
-from statekeeper.errors import EXIT_ATTENTION, EXIT_FAILED, EXIT_OK
+from statekeeper.errors import EXIT_OK, exit_code_for_state
 from statekeeper.narrate import narrate
 
-from .main import Obj, PathArg, emit_json, pass_obj
+from .root import Obj, PathArg, emit_json, pass_obj
 
 if TYPE_CHECKING:  # statekeeper.replay imports transitions: only when a command runs
     from statekeeper.replay import Run
     from statekeeper.upgrade import Unreadable
-
-EXIT_FOR_STATE = {"completed": EXIT_OK, "rolled_back": EXIT_FAILED}
-
-
-def exit_for(run: Run) -> int:
-    return EXIT_FOR_STATE.get(run.state, EXIT_ATTENTION)
-
 
 class Progress:
     """Prints a run's events as an operator wants to read them."""
@@ -76,7 +69,7 @@ def _finish(run: Run, wanted: str = "completed") -> None:
     """Print the outcome; exit 0 when the run ended as the command intended."""
     reason = f" ({run.failure})" if run.failure and run.state != "completed" else ""
     click.echo(f"run {run.run_id}: {run.state}{reason}")
-    raise click.exceptions.Exit(EXIT_OK if run.state == wanted else exit_for(run))
+    raise click.exceptions.Exit(EXIT_OK if run.state == wanted else exit_code_for_state(run.state))
 
 
 @click.command("init")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import files
-from .errors import ConfigError
+from .errors import ConfigError, boundary
 from .settings import Settings
 
 # Start-up cost: ``ledger`` (SQLAlchemy, cryptography) and ``.migrations`` (psycopg) are
@@ -51,12 +51,14 @@ def _write_out(path: Path, text: str) -> None:
 
 
 # -- keys ------------------------------------------------------------------------------------
+@boundary
 def keys_generate(out: Path) -> ledger.Signer:
     import ledger
 
     return ledger.generate_key_file(out)
 
 
+@boundary
 def keys_rotate(settings: Settings, new_key: Path) -> ledger.StoredEvent:
     import ledger
 
@@ -65,12 +67,14 @@ def keys_rotate(settings: Settings, new_key: Path) -> ledger.StoredEvent:
         return lg.rotate_key(new)
 
 
+@boundary
 def keys_list(settings: Settings) -> list[ledger.KeyRecord]:
     with settings.open_ledger(signing=False) as lg:
         return lg.keys()
 
 
 # -- ledger ----------------------------------------------------------------------------------
+@boundary
 def ledger_append(
     settings: Settings,
     stream: str,
@@ -89,6 +93,7 @@ def ledger_append(
         return lg.append(stream, NewEvent(type_, payload), expected_position=expected_position)[-1]
 
 
+@boundary
 def read_checkpoint(path: Path) -> Checkpoint:
     import ledger
 
@@ -101,12 +106,14 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return ledger.parse_checkpoint(text, str(path))
 
 
+@boundary
 def load_trusted(paths: list[Path]) -> list[PublicKey]:
     import ledger
 
     return [ledger.load_public_key(p) for p in paths]
 
 
+@boundary
 def ledger_verify(
     settings: Settings, against: Path | None = None, trusted: list[Path] | None = None
 ) -> ledger.VerifyResult:
@@ -116,6 +123,7 @@ def ledger_verify(
         return lg.verify(against=cp, trusted=keys)
 
 
+@boundary
 def ledger_checkpoint(settings: Settings, out: Path) -> str:
     with settings.open_ledger(signing=True, create=False) as lg:
         verified = lg.verify()  # never sign a head that does not verify
@@ -124,6 +132,7 @@ def ledger_checkpoint(settings: Settings, out: Path) -> str:
     return text
 
 
+@boundary
 def ledger_export(settings: Settings, out: Path, stream: str | None = None) -> ledger.ExportResult:
     import ledger
 
@@ -140,6 +149,7 @@ def ledger_export(settings: Settings, out: Path, stream: str | None = None) -> l
     return result
 
 
+@boundary
 def ledger_verify_export(
     path: Path, against: Path | None = None, trusted: list[Path] | None = None
 ) -> ledger.ExportVerifyResult:
@@ -152,6 +162,7 @@ def ledger_verify_export(
 # --- migrate verbs (statekeeper.migrations) ---
 
 
+@boundary
 def open_migrator(
     settings: Settings, target_url: str | None = None, migrations_dir: Path | None = None
 ) -> Migrator:
@@ -183,6 +194,7 @@ def open_migrator(
     return Migrator(target, d)
 
 
+@boundary
 def migrate_status(
     settings: Settings, target_url: str | None = None, migrations_dir: Path | None = None
 ) -> tuple[list[MigrationStatus], list[Tag]]:
@@ -190,6 +202,7 @@ def migrate_status(
     return m.status(), m.tags()
 
 
+@boundary
 def migrate_validate(
     settings: Settings, target_url: str | None = None, migrations_dir: Path | None = None
 ) -> tuple[list[AppliedMigration], list[Migration]]:
@@ -199,6 +212,7 @@ def migrate_validate(
     return applied, m.pending()
 
 
+@boundary
 def migrate_up(
     settings: Settings,
     target_url: str | None = None,
@@ -213,6 +227,7 @@ def migrate_up(
     )
 
 
+@boundary
 def migrate_down(
     settings: Settings,
     target_url: str | None,
@@ -227,6 +242,7 @@ def migrate_down(
     )
 
 
+@boundary
 def migrate_tag(
     settings: Settings,
     name: str,
@@ -238,6 +254,7 @@ def migrate_tag(
     return open_migrator(settings, target_url, migrations_dir).tag(name, run_id=run_id)
 
 
+@boundary
 def migrate_sql(
     settings: Settings,
     target_url: str | None = None,
@@ -251,6 +268,7 @@ def migrate_sql(
 
 
 # --- backup verbs (statekeeper.backup) ---
+@boundary
 def backup_manager(settings: Settings, target_url: str | None = None) -> Any:
     """A :class:`statekeeper.backup.BackupManager` from ``[target]``/``[backup]``; a
     ``target_url`` (the ``--target`` flag) overrides ``[target] url`` (relative SQLite paths
@@ -280,20 +298,24 @@ def backup_manager(settings: Settings, target_url: str | None = None) -> Any:
     )
 
 
+@boundary
 def backup_create(
     settings: Settings, target_url: str | None = None, backup_id: str | None = None
 ) -> Any:
     return backup_manager(settings, target_url).create(backup_id)
 
 
+@boundary
 def backup_list(settings: Settings, target_url: str | None = None) -> list[Any]:
     return list(backup_manager(settings, target_url).list())
 
 
+@boundary
 def backup_verify(settings: Settings, backup_id: str, target_url: str | None = None) -> Any:
     return backup_manager(settings, target_url).verify(backup_id)
 
 
+@boundary
 def backup_restore(
     settings: Settings,
     backup_id: str,
@@ -306,6 +328,7 @@ def backup_restore(
 
 
 # --- upgrade verbs (statekeeper.upgrade) ---
+@boundary
 def init(
     config: str | None,
     key: str | None,
@@ -359,12 +382,14 @@ def init(
     return done
 
 
+@boundary
 def plan(settings: Settings, to_version: str, from_version: str | None = None) -> Plan:
     from . import upgrade
 
     return upgrade.plan(settings, to_version, from_version)
 
 
+@boundary
 def start(
     settings: Settings,
     to_version: str,
@@ -376,6 +401,7 @@ def start(
     return upgrade.start(settings, to_version, from_version, observer)
 
 
+@boundary
 def resume(
     settings: Settings,
     run_id: str | None = None,
@@ -387,6 +413,7 @@ def resume(
     return upgrade.resume(settings, run_id, rollback, observer)
 
 
+@boundary
 def rollback(
     settings: Settings, run_id: str, restore: bool = False, observer: Observer | None = None
 ) -> Run:
@@ -395,12 +422,14 @@ def rollback(
     return upgrade.rollback(settings, run_id, restore, observer)
 
 
+@boundary
 def status(settings: Settings, run_id: str | None = None) -> Run:
     from . import upgrade
 
     return upgrade.status(settings, run_id)
 
 
+@boundary
 def history(settings: Settings) -> list[Run | Unreadable]:
     """Every run in the order created: a :class:`statekeeper.replay.Run`, or an
     :class:`statekeeper.upgrade.Unreadable` for one whose events cannot be replayed."""

@@ -4,7 +4,9 @@ A SQLite trading database (users, positions, settings) is upgraded v2.5 -> v2.6 
 a third migration fails and the run rolls back (fingerprints shown equal); the corrected
 upgrade is killed half-way by a failpoint in a child process and finished by ``resume``; then
 the ledger is verified and exported. Everything is left in the directory to inspect.
-The narration goes through ``say``; this module never prints.
+The narration goes through ``say``; this module never prints (the crashing child writes its
+narration to its standard output, which is the parent's pipe). It calls the library's verbs
+with explicit paths: it neither launches the CLI nor changes the working directory.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import command
+from . import command, failpoints
 from .errors import ConfigError
 from .narrate import narrate
 
@@ -146,6 +148,31 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _narrator(say: Say) -> Callable[[str, dict[str, Any]], None]:
+    def progress(kind: str, payload: dict[str, Any]) -> None:
+        line = narrate(kind, payload)
+        if line is not None:
+            say(line)
+
+    return progress
+
+
+# The second upgrade must die as kill -9 would, in a process of its own, so that ``resume``
+# finds its lease held by a dead pid: a child interpreter that calls the same verb, armed by
+# the failpoint's environment variable (read when the child starts, before anything runs).
+_CHILD = "import sys; from statekeeper.demo import crashing_start; crashing_start(sys.argv[1])"
+
+
+def crashing_start(config: str) -> None:
+    """The child's side of part 2: ``start`` v2.6, each narration line written to stdout,
+    which is the parent's pipe (the parent shows it as ``child|``)."""
+
+    def send(line: str) -> None:
+        sys.stdout.write(line + "\n")
+
+    command.start(command.Settings.load(config), "v2.6", observer=_narrator(send))
+
+
 def run_demo(directory: Path, say: Say) -> int:
     from .runner import STREAM_PREFIX
 
@@ -164,77 +191,72 @@ def run_demo(directory: Path, say: Say) -> int:
     (mig / "003_position_currency.sql").write_text(BROKEN_003)
     users, positions, settings_n = _seed(directory / "app.db")
 
+    # Every path is absolute (the configuration's own relative paths resolve against its
+    # directory), so nothing depends on the working directory.
     cfg = str(directory / "statekeeper.toml")
-    prev = Path.cwd()
-    os.chdir(directory)
-    try:
-        say(f"== statekeeper demo in {directory}")
-        for line in command.init(cfg, None, None, None, "migrations"):
-            say(f"   {line}")
-        s = command.Settings.load(cfg)
-        say(f"   app.db: {users} users, {positions} positions, {settings_n} settings")
-        command.migrate_tag(s, "v2.5")
-        say("   tagged the current schema v2.5")
+    say(f"== statekeeper demo in {directory}")
+    for line in command.init(cfg, None, None, None, "migrations"):
+        say(f"   {line}")
+    s = command.Settings.load(cfg)
+    say(f"   app.db: {users} users, {positions} positions, {settings_n} settings")
+    command.migrate_tag(s, "v2.5")
+    say("   tagged the current schema v2.5")
+    progress = _narrator(say)
 
-        def progress(kind: str, payload: dict[str, Any]) -> None:
-            line = narrate(kind, payload)
-            if line is not None:
-                say(line)
-
-        say("")
-        say("== 1. upgrade v2.5 -> v2.6; its third migration has a typo (column symbl)")
-        run1 = command.start(s, "v2.6", observer=progress)
-        say(f"   result: {run1.state}")
-        pre = run1.succeeded("preflight")
-        cmp_ = [x for x in run1.steps if x.kind == "compare" and x.status == "succeeded"]
-        if pre and cmp_:
-            say(f"   fingerprint before: {pre.result['fingerprint_digest'][:32]}")
-            say(
-                f"   fingerprint after:  {cmp_[-1].result['digest'][:32]}  "
-                f"({'equal' if cmp_[-1].result['equal'] else 'DIFFERENT'})"
-            )
-
-        say("")
-        say("== 2. fix the typo; upgrade again, killed (os._exit 137) after the 2nd migration")
-        (mig / "003_position_currency.sql").write_text(FIXED_003)
-        env = _child_env()
-        env["STATEKEEPER_FAILPOINT"] = "migrate.done:2"
-        child = subprocess.run(
-            [sys.executable, "-m", "cli", "--config", cfg, "start", "--to", "v2.6"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        for line in child.stdout.splitlines():
-            say(f"   child| {line}")
-        say(f"   child process died with exit code {child.returncode}")
-        st = command.status(s)
-        open_step = st.open_step
+    say("")
+    say("== 1. upgrade v2.5 -> v2.6; its third migration has a typo (column symbl)")
+    run1 = command.start(s, "v2.6", observer=progress)
+    say(f"   result: {run1.state}")
+    pre = run1.succeeded("preflight")
+    cmp_ = [x for x in run1.steps if x.kind == "compare" and x.status == "succeeded"]
+    if pre and pre.result and cmp_ and cmp_[-1].result:
+        after = cmp_[-1].result
+        say(f"   fingerprint before: {pre.result['fingerprint_digest'][:32]}")
         say(
-            f"   status: run {st.run_id} is {st.state}; step "
-            f"{open_step.name if open_step else '-'} was left open (in doubt)"
+            f"   fingerprint after:  {after['digest'][:32]}  "
+            f"({'equal' if after['equal'] else 'DIFFERENT'})"
         )
 
-        say("")
-        say("== 3. statekeeper resume")
-        run2 = command.resume(s, observer=progress)
-        say(f"   result: {run2.state}")
+    say("")
+    say("== 2. fix the typo; upgrade again, killed (os._exit 137) after the 2nd migration")
+    (mig / "003_position_currency.sql").write_text(FIXED_003)
+    env = _child_env()
+    env[failpoints.ENV] = "migrate.done:2"
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD, cfg],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    for line in child.stdout.splitlines():
+        say(f"   child| {line}")
+    say(f"   child process died with exit code {child.returncode}")
+    st = command.status(s)
+    open_step = st.open_step
+    say(
+        f"   status: run {st.run_id} is {st.state}; step "
+        f"{open_step.name if open_step else '-'} was left open (in doubt)"
+    )
 
-        say("")
-        say("== 4. statekeeper ledger verify, then export the run for the compliance officer")
-        v = command.ledger_verify(s)
-        say(f"   ok: {v.events} events verified, head seq {v.head.seq}")
-        exp = command.ledger_export(
-            s, directory / f"{run2.run_id}.jsonl", stream=STREAM_PREFIX + run2.run_id
-        )
-        say(f"   exported {exp.events} events of run {run2.run_id} to {run2.run_id}.jsonl")
-        ok = run1.state == "rolled_back" and child.returncode == 137 and run2.state == "completed"
-        say("")
-        say(
-            f"Everything is left in {directory} (statekeeper.toml, app.db, migrations/, "
-            ".statekeeper/). Try: cd " + str(directory) + " && statekeeper history"
-        )
-        return 0 if ok else 3
-    finally:
-        os.chdir(prev)
+    say("")
+    say("== 3. statekeeper resume")
+    run2 = command.resume(s, observer=progress)
+    say(f"   result: {run2.state}")
+
+    say("")
+    say("== 4. statekeeper ledger verify, then export the run for the compliance officer")
+    v = command.ledger_verify(s)
+    say(f"   ok: {v.events} events verified, head seq {v.head.seq}")
+    exp = command.ledger_export(
+        s, directory / f"{run2.run_id}.jsonl", stream=STREAM_PREFIX + run2.run_id
+    )
+    say(f"   exported {exp.events} events of run {run2.run_id} to {run2.run_id}.jsonl")
+    ok = (run1.state == "rolled_back" and child.returncode == failpoints.EXIT_CODE
+          and run2.state == "completed")
+    say("")
+    say(
+        f"Everything is left in {directory} (statekeeper.toml, app.db, migrations/, "
+        ".statekeeper/). Try: cd " + str(directory) + " && statekeeper history"
+    )
+    return 0 if ok else 3

@@ -1,28 +1,51 @@
-"""The one exception tree of the ``statekeeper`` package, and the exit code each maps to.
+"""The one exception tree of the ``statekeeper`` package, its exit codes, and the boundary
+where the errors of the packages below become statekeeper's.
 
 ::
 
-    StatekeeperError
-     ├── ConfigError              exit 2  bad statekeeper.toml, flag, path or URL
-     ├── TargetError              exit 1  the target database refused or failed an operation
-     │    ├── MigrationError              a migration failed (id, position, server message)
-     │    ├── ValidationError     exit 2  an applied migration was edited or removed
-     │    └── IrreversibleError   exit 2  rollback to a tag crosses a migration with no down part
-     ├── BackupError              exit 1  a backup or restore failed
-     │    ├── BackupNotFound      exit 2  no complete backup with that id
-     │    ├── WrongDatabase       exit 2  a restore into another database than the one backed up
-     │    ├── RestoreMismatch     exit 3  restored, but the fingerprint differs from the backup's
-     │    ├── RestoreIncomplete   exit 3  a cluster restore stopped half-way (server may be down)
-     │    └── BackupCorrupt       exit 4  an artifact does not match its manifest
-     ├── NeedsAttention           exit 3  a run is failed or in an unknown state: a human decides
-     ├── IntegrityError           exit 4  the ledger or a run's history does not verify
-     └── LockHeld                 exit 5  another run or process holds the target
+    StatekeeperError                exit 1
+     ├── ConfigError                exit 2  bad statekeeper.toml, flag, path, URL, key file or
+     │                                      checkpoint/export file (ledger ConfigurationError)
+     ├── TargetError                exit 1  the target database refused or failed an operation
+     │    ├── MigrationError        exit 1  a migration failed (id, position, server message)
+     │    ├── ValidationError       exit 2  an applied migration was edited or removed
+     │    └── IrreversibleError     exit 2  rollback to a tag crosses a migration with no down part
+     ├── BackupError                exit 1  a backup or restore failed
+     │    ├── BackupNotFound        exit 2  no complete backup with that id
+     │    ├── WrongDatabase         exit 2  a restore into another database than the one backed up
+     │    ├── RestoreMismatch       exit 3  restored, but the fingerprint differs from the backup's
+     │    ├── RestoreIncomplete     exit 3  a cluster restore stopped half-way (server may be down)
+     │    └── BackupCorrupt         exit 4  an artifact does not match its manifest
+     ├── NeedsAttention             exit 3  a run is failed or in an unknown state: a human decides
+     │    ├── IllegalTransition     exit 3  a trigger the state machine does not allow
+     │    ├── LedgerUnavailable     exit 3  the ledger cannot be reached, or its database failed
+     │    │                                 (ledger OperationalError, LedgerUnreachable)
+     │    └── OSFailure             exit 3  an operating-system error nothing below expected
+     ├── IntegrityError             exit 4  the ledger or a run's history does not verify
+     │    │                                 (ledger IntegrityViolation: seq, reason, detail)
+     │    └── HistoryError          exit 4  a run's events cannot be replayed (position, seq)
+     └── LockHeld                   exit 5  another run or process holds the target
+          └── StreamConflict        exit 5  another writer appended to the stream first
+                                            (ledger StreamConflict: stream, expected, actual)
 
-Ledger errors (:mod:`ledger.errors`) pass through unchanged; the CLI maps them as well
-(integrity violation 4, configuration 2, stream conflict 5, operational errors 3).
+Exit codes live in :data:`EXIT_CODES`, one row per class; a class not in it (a subclass
+defined elsewhere) has its nearest listed base's code. :data:`EXIT_FOR_STATE` gives the code
+of a run that ended otherwise than the command intended. docs/cli.md documents the same
+table (tests/test_docs_cli.py compares them).
+
+The public verbs (:mod:`statekeeper.command`) raise only this tree: each runs inside
+:func:`error_boundary` (written as the :func:`boundary` decorator), which translates ledger's
+errors (:mod:`ledger.errors`) once, chained (``raise X(str(e)) from e``: same message, the
+original as ``__cause__``, its attributes such as the first bad ``seq`` copied), and turns a
+stray :class:`OSError` into :class:`OSFailure` naming the file. The CLI maps this tree only.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -33,15 +56,17 @@ EXIT_LOCKED = 5
 
 
 class StatekeeperError(Exception):
-    exit_code = EXIT_FAILED
+    @property
+    def exit_code(self) -> int:
+        return exit_code_for(self)
 
 
 class ConfigError(StatekeeperError):
-    exit_code = EXIT_USAGE
+    pass
 
 
 class TargetError(StatekeeperError):
-    exit_code = EXIT_FAILED
+    pass
 
 
 class MigrationError(TargetError):
@@ -56,48 +81,212 @@ class MigrationError(TargetError):
 
 
 class ValidationError(TargetError):
-    exit_code = EXIT_USAGE
+    pass
 
 
 class IrreversibleError(TargetError):
-    exit_code = EXIT_USAGE
+    pass
 
 
 class BackupError(StatekeeperError):
-    exit_code = EXIT_FAILED
+    pass
 
 
 class BackupNotFound(BackupError):
-    exit_code = EXIT_USAGE
+    pass
 
 
 class WrongDatabase(BackupError):
-    exit_code = EXIT_USAGE
+    pass
 
 
 class RestoreMismatch(BackupError):
-    exit_code = EXIT_ATTENTION
-
     def __init__(self, message: str, lines: list[str]) -> None:
         super().__init__(message)
         self.lines = lines  # the differences, table by table
 
 
 class RestoreIncomplete(BackupError):
-    exit_code = EXIT_ATTENTION
+    pass
 
 
 class BackupCorrupt(BackupError):
-    exit_code = EXIT_INTEGRITY
+    pass
 
 
 class NeedsAttention(StatekeeperError):
-    exit_code = EXIT_ATTENTION
+    pass
+
+
+class LedgerUnavailable(NeedsAttention):
+    """The ledger database cannot be reached (``where``, ``reason`` when the ledger said), or
+    failed mid-way."""
+
+    where: str | None = None
+    reason: str | None = None
+
+
+class OSFailure(NeedsAttention):
+    """An operating-system error (a file, a directory, a process) that no code below turned
+    into a better error; ``filename`` names the file when the system said which."""
+
+    errno: int | None = None
+    filename: str | None = None
 
 
 class IntegrityError(StatekeeperError):
-    exit_code = EXIT_INTEGRITY
+    """The ledger, an export or a run's history does not verify. From the ledger's
+    verification: ``seq`` (the first bad event, None when the fault is not at one event),
+    ``reason`` and ``detail``."""
+
+    seq: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+class HistoryError(IntegrityError):
+    """A run's events describe something the machine does not allow, or that this version
+    cannot read (an unknown event type or step kind, a payload without its fields)."""
+
+    def __init__(self, position: int, message: str, seq: int = 0) -> None:
+        super().__init__(f"event #{position}: {message}")
+        self.position = position
+        self.seq = seq  # the event's global ledger seq (0 when unknown)
+        self.reason = message
+
+
+class IllegalTransition(NeedsAttention):
+    """A trigger the state machine's table does not allow from the run's state."""
+
+    def __init__(self, trigger: str, state: str) -> None:
+        super().__init__(f"transition {trigger!r} is not allowed from state {state!r}")
+        self.trigger = trigger
+        self.state = state
 
 
 class LockHeld(StatekeeperError):
-    exit_code = EXIT_LOCKED
+    pass
+
+
+class StreamConflict(LockHeld):
+    """An append expected a stream position that another writer already took."""
+
+    stream: str | None = None
+    expected: int | None = None
+    actual: int | None = None
+
+
+#: The exit code of every error class, the one table (docs/cli.md shows the same).
+EXIT_CODES: dict[type[StatekeeperError], int] = {
+    StatekeeperError: EXIT_FAILED,
+    ConfigError: EXIT_USAGE,
+    TargetError: EXIT_FAILED,
+    MigrationError: EXIT_FAILED,
+    ValidationError: EXIT_USAGE,
+    IrreversibleError: EXIT_USAGE,
+    BackupError: EXIT_FAILED,
+    BackupNotFound: EXIT_USAGE,
+    WrongDatabase: EXIT_USAGE,
+    RestoreMismatch: EXIT_ATTENTION,
+    RestoreIncomplete: EXIT_ATTENTION,
+    BackupCorrupt: EXIT_INTEGRITY,
+    NeedsAttention: EXIT_ATTENTION,
+    IllegalTransition: EXIT_ATTENTION,
+    LedgerUnavailable: EXIT_ATTENTION,
+    OSFailure: EXIT_ATTENTION,
+    IntegrityError: EXIT_INTEGRITY,
+    HistoryError: EXIT_INTEGRITY,
+    LockHeld: EXIT_LOCKED,
+    StreamConflict: EXIT_LOCKED,
+}
+
+
+#: The exit code of a command that ran a run to its end (start, resume, rollback) and saw it
+#: end otherwise than it intended; a state not listed needs attention.
+EXIT_FOR_STATE: dict[str, int] = {
+    "completed": EXIT_OK,
+    "rolled_back": EXIT_FAILED,
+    "failed": EXIT_ATTENTION,
+}
+
+
+def exit_code_for_state(state: str) -> int:
+    return EXIT_FOR_STATE.get(state, EXIT_ATTENTION)
+
+
+def exit_code_for(e: BaseException) -> int:
+    """The documented exit code of ``e``: its class's row of :data:`EXIT_CODES`, else its
+    nearest listed base's; anything outside the tree is unexpected, and needs attention."""
+    for cls in type(e).__mro__:
+        code = EXIT_CODES.get(cls)
+        if code is not None:
+            return code
+    return EXIT_ATTENTION
+
+
+def _from_ledger(e: Exception) -> StatekeeperError | None:
+    """The statekeeper error for a ledger error (None if ``e`` is not one). Imported here, on
+    the failure path: a ledger error cannot exist unless ledger was imported, and the CLI's
+    start-up must not pay for ledger (tests/test_cli_startup.py)."""
+    from ledger import errors as le
+
+    if not isinstance(e, le.LedgerError):
+        return None
+    new: StatekeeperError
+    if isinstance(e, le.IntegrityViolation):
+        new = IntegrityError(str(e))
+    elif isinstance(e, le.ConfigurationError):
+        new = ConfigError(str(e))
+    elif isinstance(e, le.StreamConflict):
+        new = StreamConflict(str(e))
+    elif isinstance(e, le.OperationalError):
+        new = LedgerUnavailable(str(e))
+    else:  # a LedgerError no branch above knows: what the CLI did with one before
+        new = NeedsAttention(str(e))
+    # What the caller may inspect (seq, reason, where, ...), whichever the ledger error has.
+    for k, v in vars(e).items():
+        if not k.startswith("_"):
+            setattr(new, k, v)
+    return new
+
+
+def _from_os(e: OSError) -> OSFailure:
+    names = [n for n in (e.filename, e.filename2) if n is not None]
+    what = e.strerror or str(e)
+    new = OSFailure(f"{' -> '.join(map(str, names))}: {what}" if names else what)
+    new.errno = e.errno
+    new.filename = None if e.filename is None else str(e.filename)
+    return new
+
+
+@contextmanager
+def error_boundary() -> Iterator[None]:
+    """Inside, any error becomes one of this module's tree: ledger errors by their kind, a
+    stray OSError as :class:`OSFailure` (a last resort: the code that knows which file it
+    touched should say more). Other exceptions (bugs) pass unchanged."""
+    try:
+        yield
+    except StatekeeperError:
+        raise
+    except OSError as e:
+        raise _from_os(e) from e
+    except Exception as e:
+        new = _from_ledger(e)
+        if new is None:
+            raise
+        raise new from e
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def boundary(f: Callable[P, R]) -> Callable[P, R]:
+    """``f`` run inside :func:`error_boundary`: the decorator of every public verb."""
+
+    @functools.wraps(f)
+    def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+        with error_boundary():
+            return f(*args, **kwargs)
+
+    return inner

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from transitions import Machine, MachineError
 
-from .errors import NeedsAttention
+from .errors import IllegalTransition
 
 FORWARD = ("planned", "preflight", "backing_up", "tagging", "migrating", "deploying",
            "verifying", "completed")
@@ -49,15 +49,6 @@ NEXT_TRIGGER = {
     "deploying": "deployed",
     "verifying": "verified",
 }
-
-
-class IllegalTransition(NeedsAttention):
-    """A trigger the table does not allow from the run's state: the run needs a human."""
-
-    def __init__(self, trigger: str, state: str) -> None:
-        super().__init__(f"transition {trigger!r} is not allowed from state {state!r}")
-        self.trigger = trigger
-        self.state = state
 
 
 class UpgradeMachine:

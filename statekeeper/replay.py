@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import steps
-from .errors import IntegrityError
-from .machine import TRANSITIONS, IllegalTransition, UpgradeMachine
+from .errors import HistoryError, IllegalTransition
+from .machine import TRANSITIONS, UpgradeMachine
 from .plan import Plan, PlanError
 
 RUN_CREATED = "run.created"
@@ -40,17 +40,6 @@ _DEST: dict[tuple[str, str], str] = {
 def destination(state: str, trigger: str) -> str | None:
     """Where ``trigger`` leads from ``state``; None when the machine does not allow it."""
     return _DEST.get((state, trigger))
-
-
-class HistoryError(IntegrityError):
-    """The run's events describe something the machine does not allow, or that this version
-    cannot read (an unknown event type or step kind, a payload without its fields)."""
-
-    def __init__(self, position: int, message: str, seq: int = 0) -> None:
-        super().__init__(f"event #{position}: {message}")
-        self.position = position
-        self.seq = seq  # the event's global ledger seq (0 when unknown)
-        self.reason = message
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,7 @@ class Runner:
 
 def _dest(run: Run, trigger: str) -> str:
     """Where ``trigger`` leads from the run's state, read off the machine's table."""
-    from .machine import IllegalTransition
+    from .errors import IllegalTransition
 
     to = destination(run.state, trigger)
     if to is None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__, clock, files
 from .config import Config, load_config
-from .errors import ConfigError
+from .errors import ConfigError, boundary
 
 if TYPE_CHECKING:
     from ledger import Ledger
@@ -28,6 +28,7 @@ class Settings:
     key_path: Path
 
     @classmethod
+    @boundary
     def load(
         cls, config: str | None = None, ledger_url: str | None = None, key: str | None = None
     ) -> Settings:

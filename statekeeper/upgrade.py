@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from ledger import Ledger, VerifyResult
 
 from . import __version__, clock, files
-from .errors import ConfigError, IntegrityError, LockHeld, NeedsAttention
+from .errors import ConfigError, HistoryError, IntegrityError, LockHeld, NeedsAttention
 from .lease import Holder
 from .machine import FORWARD, IN_FLIGHT, TERMINAL
 from .plan import BackupPlan, Plan, PlannedMigration
-from .replay import OPERATOR_ROLLBACK, HistoryError, Run
+from .replay import OPERATOR_ROLLBACK, Run
 from .runner import STREAM_PREFIX, Observer, Runner, stream_of, to_run_event
 from .session import Session
 from .steps import KINDS

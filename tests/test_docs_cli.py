@@ -10,7 +10,9 @@ verification can report.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
+import pkgutil
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,12 +124,52 @@ def test_cli_md_embeds_help_for_keys_and_ledger(path: tuple[str, ...]) -> None:
     assert re.search(rf"^#+ statekeeper {re.escape(' '.join(path))}$", text, re.M)
 
 
+def exit_code_table(text: str) -> dict[int, tuple[set[str], set[str]]]:
+    """docs/cli.md's exit-code table: code -> (error classes, run states) of its third column
+    (`ErrorClass` and run `state` in backticks)."""
+    table: dict[int, tuple[set[str], set[str]]] = {}
+    for code, cell in re.findall(r"^\| (\d+) \| [^|]* \| ([^|]*) \|", text, re.M):
+        names = re.findall(r"`([A-Za-z_]+)`", cell)
+        assert int(code) not in table, f"exit code {code} documented twice"
+        table[int(code)] = ({n for n in names if n[0].isupper()},
+                            {n for n in names if n[0].islower()})
+    return table
+
+
 def test_cli_md_documents_every_exit_code() -> None:
+    """The docs' one table of exit codes is the code's: statekeeper.errors.EXIT_CODES (error
+    class -> code) and EXIT_FOR_STATE (run state -> code)."""
     text = (DOCS / "cli.md").read_text(encoding="utf-8")
-    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
     assert codes == {0, 1, 2, 3, 4, 5}
-    documented = {int(m) for m in re.findall(r"^\| (\d) \| ", text, re.M)}
-    assert documented == codes
+    want = {c: ({cls.__name__ for cls, code in errors.EXIT_CODES.items() if code == c},
+                {s for s, code in errors.EXIT_FOR_STATE.items() if code == c}) for c in codes}
+    assert exit_code_table(text) == want
+
+
+def test_exit_codes_are_tabled_once() -> None:
+    """No other page keeps a table of exit codes of its own, to drift from the one."""
+    others = [name for name, text in docs_text().items()
+              if name != "cli.md" and exit_code_table(text)]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert not others and not exit_code_table(readme), others
+
+
+def test_every_error_class_has_its_exit_code() -> None:
+    """Every class of statekeeper's tree has its row: a new error decides its exit code."""
+    for info in pkgutil.walk_packages([str(ROOT / "statekeeper")], "statekeeper."):
+        importlib.import_module(info.name)  # the tree's classes wherever they are defined
+
+    def tree(cls: type[errors.StatekeeperError]) -> set[type[errors.StatekeeperError]]:
+        return {cls}.union(*(tree(sub) for sub in cls.__subclasses__()))
+
+    mine = {c for c in tree(errors.StatekeeperError) if c.__module__.startswith("statekeeper")}
+    unlisted = sorted(f"{c.__module__}.{c.__name__}" for c in mine - set(errors.EXIT_CODES))
+    assert not unlisted, (f"{unlisted}: define the class in statekeeper/errors.py (its tree), "
+                          "with its row in EXIT_CODES and in docs/cli.md")
+    assert mine == set(errors.EXIT_CODES)
+    for cls, code in errors.EXIT_CODES.items():
+        assert errors.exit_code_for(cls.__new__(cls)) == code
 
 
 def verification_reasons() -> set[str]:

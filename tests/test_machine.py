@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from statekeeper.machine import STATES, IllegalTransition, UpgradeMachine
+from statekeeper.errors import HistoryError, IllegalTransition
+from statekeeper.machine import STATES, UpgradeMachine
 from statekeeper.policy import Done, Transition, next_action
-from statekeeper.replay import HistoryError, Run, RunEvent, apply, replay
+from statekeeper.replay import Run, RunEvent, apply, replay
 from statekeeper.steps import Step
 
 PLAN: dict[str, Any] = {

@@ -643,8 +643,9 @@ def _simulate(choose: Choose) -> list[Any]:
 def _replays_or_refuses(events: list[Any]) -> None:
     """The property: a HistoryError, or a run that the policy and the readers can act on
     (never a KeyError/TypeError: the CLI's "unexpected error", a run nobody can move)."""
+    from statekeeper.errors import HistoryError
     from statekeeper.policy import next_action
-    from statekeeper.replay import HistoryError, apply
+    from statekeeper.replay import apply
 
     run = None
     for ev in events:  # after each event: a crash there leaves that prefix for resume

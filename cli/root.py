@@ -1,0 +1,96 @@
+"""The root group and what every command module shares: global options, the error boundary
+of the command line (typed errors to one line and an exit code), ``Obj``, JSON output.
+
+The command modules import this one and nothing else of ``cli``; :mod:`cli.main` registers
+them on :data:`cli`, so no module of the package imports back into one that imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from statekeeper import __version__
+from statekeeper.errors import EXIT_ATTENTION, StatekeeperError, exit_code_for
+
+if TYPE_CHECKING:
+    from statekeeper.command import Settings
+
+# Start-up cost: this module and the command modules import neither ``ledger`` (SQLAlchemy,
+# cryptography) nor ``statekeeper.migrations`` (psycopg) at import time; a command imports
+# what it needs when it runs, so ``--help`` and usage errors do not pay ~250 ms of imports.
+# benchmarks/upgrade_bench.py measures the cold start; tests/test_cli_startup.py keeps it so.
+
+
+def one_line(text: str) -> str:
+    """An error message as one line: a message that arrives with line breaks (a driver's
+    hint, a server's DETAIL) is joined, so stderr always carries exactly one error line."""
+    if "\n" not in text and "\r" not in text:
+        return text
+    return " ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
+class Group(click.Group):
+    """Turns the library's typed errors into one line on stderr and a documented exit code.
+    The library's verbs raise only statekeeper's tree (statekeeper.errors.error_boundary),
+    so that tree is all there is to map."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StatekeeperError as e:
+            click.echo(f"error: {one_line(str(e))}", err=True)
+            ctx.exit(exit_code_for(e))
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # a bug or an untranslated failure: one line, never a traceback
+            click.echo(f"error: unexpected {type(e).__name__}: {one_line(str(e))}", err=True)
+            ctx.exit(EXIT_ATTENTION)
+
+
+class Obj:
+    def __init__(self, config: str | None, ledger_url: str | None, key: str | None) -> None:
+        self.config = config
+        self.ledger_url = ledger_url
+        self.key = key
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from statekeeper.command import Settings
+
+            self._settings = Settings.load(self.config, self.ledger_url, self.key)
+        return self._settings
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+pass_obj = click.make_pass_decorator(Obj)
+PathArg = click.Path(path_type=Path)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="statekeeper")
+@click.option("--config", "config", metavar="FILE", envvar="STATEKEEPER_CONFIG",
+              help="Configuration file (default: ./statekeeper.toml).")
+@click.option("--ledger", "ledger_url", metavar="URL",
+              help="Ledger database URL (overrides [ledger] url).")
+@click.option("--key", "key", metavar="PATH",
+              help="Signing key file (overrides [ledger] key).")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, ledger_url: str | None, key: str | None) -> None:
+    """statekeeper: safe, resumable, audited upgrades of database-backed applications.
+
+    Exit codes: 0 success; 1 failed (rolled back cleanly); 2 usage or configuration error;
+    3 needs attention; 4 integrity violation; 5 lock held by another run.
+    """
+    ctx.obj = Obj(config, ledger_url, key)
