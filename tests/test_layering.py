@@ -129,7 +129,6 @@ KNOWN_CYCLES: set[tuple[str, ...]] = {
     ("ledger", "ledger.export", "ledger.store"),
     ("statekeeper.backup", "statekeeper.backup_pg", "statekeeper.backup_pgbackrest",
      "statekeeper.backup_sqlite"),
-    ("statekeeper.command", "statekeeper.upgrade"),
 }
 
 
