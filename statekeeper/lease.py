@@ -22,14 +22,15 @@ A dead holder's lease may be taken over by ``resume``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     Column,
@@ -45,10 +46,10 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
-from ledger import OperationalError, redact
+from ledger import redact
 
 from . import clock
-from .errors import LockHeld
+from .errors import LedgerUnavailable, LockHeld
 
 _meta = MetaData()
 leases = Table(
@@ -170,33 +171,67 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def _time(text: str) -> datetime | None:
-    try:
-        t = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+class _SqliteLeases:
+    """The ledger's database is a SQLite file: writers wait up to 60 s, and a lease write
+    takes the database's write lock at BEGIN (IMMEDIATE), before it reads the holder."""
+
+    connect_args: ClassVar[dict[str, Any]] = {"timeout": 60}
+    lock_sql: ClassVar[str | None] = None
+
+    @staticmethod
+    def prepare(engine: Engine) -> None:
+        _immediate_writes(engine)
+
+
+class _PostgresLeases:
+    """The ledger's database is PostgreSQL: a lease write locks the table against other
+    writers (readers still read) before it reads the holder."""
+
+    connect_args: ClassVar[dict[str, Any]] = {}
+    lock_sql: ClassVar[str | None] = "LOCK TABLE statekeeper_leases IN EXCLUSIVE MODE"
+
+    @staticmethod
+    def prepare(engine: Engine) -> None:
+        pass
+
+
+# The lease table's quirks, by the ledger database's backend name (the registry form: no code
+# here asks which backend it is).
+_BACKENDS: dict[str, type[_SqliteLeases] | type[_PostgresLeases]] = {
+    "sqlite": _SqliteLeases,
+    "postgresql": _PostgresLeases,
+}
 
 
 class LeaseStore:
     def __init__(self, url: URL) -> None:
         self.url = url
-        sqlite = url.get_backend_name() == "sqlite"
-        args: dict[str, Any] = {"timeout": 60} if sqlite else {}
-        self.engine: Engine = create_engine(url, connect_args=args)
-        if sqlite:
-            _immediate_writes(self.engine)
+        self._quirks = _BACKENDS[url.get_backend_name()]
+        self.engine: Engine = create_engine(url, connect_args=dict(self._quirks.connect_args))
+        self._quirks.prepare(self.engine)
         try:
             _meta.create_all(self.engine, checkfirst=True)
         except sa_exc.SQLAlchemyError as e:
-            raise OperationalError(f"ledger {redact(url)}: cannot create lease table: {e}") from e
+            raise LedgerUnavailable(
+                f"ledger {redact(url)}: cannot create lease table: {e}") from e
+
+    @contextlib.contextmanager
+    def _driver_errors(self, what: str) -> Iterator[None]:
+        """The one place the lease store's driver errors become statekeeper's (exit 3), with
+        the driver's first line; a unique-key race is another process's lease (exit 5)."""
+        try:
+            yield
+        except sa_exc.IntegrityError as e:  # another process inserted first
+            raise LockHeld(
+                f"target is locked: another process took the lease ({e.orig})") from e
+        except sa_exc.SQLAlchemyError as e:
+            first = str(getattr(e, "orig", None) or e).strip().splitlines()
+            raise LedgerUnavailable(
+                f"ledger {redact(self.url)}: {what}: {first[0] if first else e}") from e
 
     def holder(self, target: str) -> Holder | None:
-        try:
-            with self.engine.connect() as conn:
-                r = conn.execute(select(leases).where(leases.c.target == target)).first()
-        except sa_exc.SQLAlchemyError as e:
-            raise self._error("cannot read the lease", e) from e
+        with self._driver_errors("cannot read the lease"), self.engine.connect() as conn:
+            r = conn.execute(select(leases).where(leases.c.target == target)).first()
         return _holder(r) if r else None
 
     def judge(self, h: Holder, stale_after: timedelta = STALE_AFTER) -> tuple[bool, str]:
@@ -206,7 +241,7 @@ class LeaseStore:
             if recorded is not None:
                 boot = boot_id()
                 if boot is not None and recorded.boot != boot:
-                    booted, beat = boot_time(), _time(h.heartbeat_at)
+                    booted, beat = boot_time(), clock.parse(h.heartbeat_at)
                     if booted is not None and (beat is None or beat < booted):
                         return False, "this host has rebooted since the holder's last heartbeat"
                     return self._by_heartbeat(h, stale_after, "on another boot of this host name")
@@ -224,7 +259,7 @@ class LeaseStore:
 
     @staticmethod
     def _by_heartbeat(h: Holder, stale_after: timedelta, where: str) -> tuple[bool, str]:
-        beat = _time(h.heartbeat_at)
+        beat = clock.parse(h.heartbeat_at)
         if beat is None:
             # a live holder rewrites it every HEARTBEAT_EVERY seconds: garbage means none beats
             return False, f"holder {where} has an unreadable heartbeat"
@@ -247,61 +282,56 @@ class LeaseStore:
         """Take the lease. Returns it and the dead holder it replaced: with ``takeover`` the
         dead holder must be this same run; ``abandoned`` may declare a dead holder's run void
         (it died before its run was recorded), which any run may then replace."""
-        now = clock.now().isoformat()
+        now = clock.stamp()
         me = (socket.gethostname(), str(os.getpid()))
         ident = proc_identity(os.getpid())
         token = uuid.uuid4().hex
-        try:
-            # The read and the replace are one serialized transaction (SQLite: BEGIN
-            # IMMEDIATE; PostgreSQL: the table lock), so two processes taking over the same
-            # dead lease cannot both win: the second sees the first as the live holder.
-            with self.engine.connect() as conn, conn.execution_options(lease_write=True).begin():
-                if self.engine.dialect.name == "postgresql":
-                    conn.exec_driver_sql("LOCK TABLE statekeeper_leases IN EXCLUSIVE MODE")
-                r = conn.execute(select(leases).where(leases.c.target == target)).first()
-                previous = None
-                if r is not None:
-                    h = _holder(r)
-                    alive, why = self.judge(h)
-                    if alive:
-                        raise LockHeld(f"target is locked by {h.describe()}")
-                    void = abandoned is not None and abandoned(h)
-                    if not takeover and not void:
-                        raise LockHeld(
-                            f"target is locked by {h.describe()}, whose process is gone: "
-                            f"finish it with 'statekeeper resume {h.run_id}' "
-                            f"(or 'statekeeper resume {h.run_id} --rollback')"
-                        )
-                    if h.run_id != run_id and not void:
-                        raise LockHeld(
-                            f"target is held by the unfinished {h.describe()}; "
-                            "resume that run first"
-                        )
-                    previous = replace(h, dead_because=why)
-                    conn.execute(
-                        leases.delete().where(leases.c.target == target, leases.c.token == h.token)
+        # The read and the replace are one serialized transaction (SQLite: BEGIN IMMEDIATE;
+        # PostgreSQL: the table lock), so two processes taking over the same dead lease
+        # cannot both win: the second sees the first as the live holder.
+        with (
+            self._driver_errors("cannot take the lease"),
+            self.engine.connect() as conn,
+            conn.execution_options(lease_write=True).begin(),
+        ):
+            if self._quirks.lock_sql:
+                conn.exec_driver_sql(self._quirks.lock_sql)
+            r = conn.execute(select(leases).where(leases.c.target == target)).first()
+            previous = None
+            if r is not None:
+                h = _holder(r)
+                alive, why = self.judge(h)
+                if alive:
+                    raise LockHeld(f"target is locked by {h.describe()}")
+                void = abandoned is not None and abandoned(h)
+                if not takeover and not void:
+                    raise LockHeld(
+                        f"target is locked by {h.describe()}, whose process is gone: "
+                        f"finish it with 'statekeeper resume {h.run_id}' "
+                        f"(or 'statekeeper resume {h.run_id} --rollback')"
                     )
+                if h.run_id != run_id and not void:
+                    raise LockHeld(
+                        f"target is held by the unfinished {h.describe()}; "
+                        "resume that run first"
+                    )
+                previous = replace(h, dead_because=why)
                 conn.execute(
-                    leases.insert().values(
-                        target=target,
-                        run_id=run_id,
-                        host=me[0],
-                        pid=me[1],
-                        token=token,
-                        acquired_at=now,
-                        heartbeat_at=now,
-                        proc=ident.text() if ident else None,
-                    )
+                    leases.delete().where(leases.c.target == target, leases.c.token == h.token)
                 )
-        except sa_exc.IntegrityError as e:  # another process inserted first
-            raise LockHeld(f"target is locked: another process took the lease ({e.orig})") from e
-        except sa_exc.SQLAlchemyError as e:
-            raise self._error("cannot take the lease", e) from e
+            conn.execute(
+                leases.insert().values(
+                    target=target,
+                    run_id=run_id,
+                    host=me[0],
+                    pid=me[1],
+                    token=token,
+                    acquired_at=now,
+                    heartbeat_at=now,
+                    proc=ident.text() if ident else None,
+                )
+            )
         return Lease(self, target, token), previous
-
-    def _error(self, what: str, e: Exception) -> OperationalError:
-        first = str(getattr(e, "orig", None) or e).strip().splitlines()
-        return OperationalError(f"ledger {redact(self.url)}: {what}: {first[0] if first else e}")
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -344,7 +374,7 @@ class Lease:
                     conn.execute(
                         leases.update()
                         .where(leases.c.target == self.target, leases.c.token == self.token)
-                        .values(heartbeat_at=clock.now().isoformat())
+                        .values(heartbeat_at=clock.stamp())
                     )
             except sa_exc.SQLAlchemyError:
                 continue  # a missed beat only makes the lease look older; never fatal
