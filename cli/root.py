@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from statekeeper import __version__
+from statekeeper._version import __version__
 from statekeeper.errors import EXIT_ATTENTION, StatekeeperError, exit_code_for
 
 if TYPE_CHECKING:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, clock, files
+from . import clock, files
+from ._version import __version__
 from .config import Config, load_config
 from .errors import ConfigError, boundary
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from ledger import Ledger, VerifyResult
 
-from . import __version__, clock, files
+from . import clock, files
+from ._version import __version__
 from .errors import ConfigError, HistoryError, IntegrityError, LockHeld, NeedsAttention
 from .lease import Holder
 from .machine import FORWARD, IN_FLIGHT, TERMINAL
