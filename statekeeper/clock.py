@@ -16,3 +16,7 @@ def monotonic_ms() -> float:
     return time.monotonic() * 1000.0
 
 
+def timestamp(t: datetime) -> str:
+    """UTC, microseconds, ``Z``: the text form of a time that statekeeper stores (backup
+    manifests; the same form as the ledger's and the changelog's)."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -76,7 +76,7 @@ class Environment:
 
     target: Any  # statekeeper.targets.Target
     migrator: Any  # statekeeper.migrations.Migrator
-    backups: Any | None  # statekeeper.backup.BackupManager, None when backups are off
+    backups: Any | None  # statekeeper.backups.BackupManager, None when backups are off
     health_checks: list[dict[str, Any]]
 
 
@@ -305,7 +305,7 @@ class Runner:
         """Before a restore: the artifact is the one this run's backup step recorded in the
         ledger (size and sha256), not merely the one its manifest describes: a manifest lives
         beside the file and is replaced with it."""
-        from .backup import sha256_file
+        from .backups import sha256_file
 
         assert self.run is not None and self.env.backups is not None
         rec = self.run.backup

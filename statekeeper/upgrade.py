@@ -44,7 +44,7 @@ def new_run_id() -> str:
 
 
 def build_env(settings: Settings) -> Environment:
-    from .backup import BackupManager
+    from .backups import BackupManager
     from .health import validate_health
     from .migrations import Migrator
     from .targets import Target
