@@ -35,6 +35,7 @@ from .model import (
     Hook,
     Manifest,
     Method,
+    MethodOptions,
     RestoreResult,
     check_backup_id,
     new_backup_id,
@@ -64,21 +65,39 @@ def manager_for(
     )
 
 
+def _sqlite() -> type[Method]:
+    from .sqlite import SqliteMethod
+
+    return SqliteMethod
+
+
+def _pg_dump() -> type[Method]:
+    from .pg_dump import PgDumpMethod
+
+    return PgDumpMethod
+
+
+def _pgbackrest() -> type[Method]:
+    from .pgbackrest import PgBackRestMethod
+
+    return PgBackRestMethod
+
+
+# The one place that lists the methods' modules, each imported on first use (two of them load
+# psycopg): a new method is its module plus a line here, its name in METHODS and in the
+# ``backup_methods`` of the dialects it serves.
+_CLASSES: dict[str, Callable[[], type[Method]]] = {
+    "sqlite": _sqlite, "pg_dump": _pg_dump, "pgbackrest": _pgbackrest,
+}
+
+
 def method_class(name: str) -> type[Method]:
-    """The class of method ``name``, imported on first use (two of them load psycopg)."""
-    if name == "sqlite":
-        from .sqlite import SqliteMethod
-
-        return SqliteMethod
-    if name == "pg_dump":
-        from .pg_dump import PgDumpMethod
-
-        return PgDumpMethod
-    if name == "pgbackrest":
-        from .pgbackrest import PgBackRestMethod
-
-        return PgBackRestMethod
-    raise ConfigError(f"[backup] method {name!r} is not one of {', '.join(METHODS)}")
+    """The class of method ``name``."""
+    try:
+        load = _CLASSES[name]
+    except KeyError:
+        raise ConfigError(f"[backup] method {name!r} is not one of {', '.join(METHODS)}") from None
+    return load()
 
 
 def kind_of(method: str) -> str:
@@ -137,23 +156,13 @@ class BackupManager:
         return self.target
 
     def _driver(self, method: str | None = None) -> Method:
-        method = method or self.method
         target = self._require_target()
-        if method == "sqlite":
-            from .sqlite import SqliteMethod
-
-            return SqliteMethod(target)
-        if method == "pg_dump":
-            from .pg_dump import PgDumpMethod
-
-            return PgDumpMethod(target, pg_bin=self.pg_bin, timeout=self.timeout)
-        from .pgbackrest import PgBackRestMethod
-
-        return PgBackRestMethod(
-            target, stanza=self.stanza, config=self.pgbackrest_config,
+        options = MethodOptions(
+            stanza=self.stanza, pgbackrest_config=self.pgbackrest_config,
             stop_command=self.stop_command, start_command=self.start_command,
-            timeout=self.timeout, start_timeout=self.start_timeout, pg_bin=self.pg_bin,
+            pg_bin=self.pg_bin, timeout=self.timeout, start_timeout=self.start_timeout,
         )
+        return method_class(method or self.method).configured(target, options)
 
     def _dir(self, backup_id: str) -> Path:
         return self.backup_dir / check_backup_id(backup_id)
@@ -287,7 +296,8 @@ class BackupManager:
 
     def verify(self, backup_id: str) -> Manifest:
         """Re-hash the artifact against the manifest; BackupCorrupt naming the file if it is
-        missing or differs. pgBackRest backups are also checked in the repository."""
+        missing or differs. A method whose data lives in a repository of its own (pgBackRest)
+        also checks it there, which needs the target."""
         m = self.get(backup_id)
         m.get_fingerprint()
         path = m.artifact_path
@@ -306,8 +316,8 @@ class BackupManager:
                 f"backup {backup_id}: artifact {path} does not match its manifest "
                 f"(sha256 {digest[:12]}..., expected {m.sha256[:12]}...)"
             )
-        if m.method == "pgbackrest":
-            self._driver("pgbackrest").check(m)
+        if m.method in METHODS and method_class(m.method).checks_repository:
+            self._driver(m.method).check(m)
         return m
 
     def check_identity(self, m: Manifest) -> None:

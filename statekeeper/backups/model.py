@@ -152,6 +152,20 @@ class Created:
 Hook = Callable[[], None]
 
 
+@dataclass(frozen=True)
+class MethodOptions:
+    """What ``[backup]`` and the manager's caller say about running a method; each method
+    takes what concerns it."""
+
+    stanza: str | None = None
+    pgbackrest_config: Path | None = None
+    stop_command: str | None = None
+    start_command: str | None = None
+    pg_bin: Path | None = None  # PostgreSQL client programs (else $STATEKEEPER_PG_BIN, PATH)
+    timeout: float = 6 * 3600  # one backup or restore by the tool
+    start_timeout: float = 300  # the server's stop/start around a cluster restore
+
+
 def noop() -> None:
     return None
 
@@ -162,6 +176,13 @@ class Method(Protocol):
     the checks around a method; a method only moves the data."""
 
     name: str
+    #: the artifact is only a record of data kept elsewhere, which ``check`` verifies
+    checks_repository: bool
+
+    @classmethod
+    def configured(cls, target: Target, options: MethodOptions) -> Method:
+        """The method for ``target``; ConfigError if ``options`` lack what it needs."""
+        ...
 
     def create(self, workdir: Path, backup_id: str) -> Created: ...
 

@@ -18,7 +18,7 @@ from ..errors import BackupError, TargetError
 from ..files import CHILD_UMASK, publish, touch_private
 from ..fingerprint import pg_fingerprint
 from ..targets import Target, first_line
-from .model import Created, Hook, Manifest, disk_free
+from .model import Created, Hook, Manifest, MethodOptions, disk_free
 from .pgtools import (
     check_same_database,
     client_env,
@@ -37,6 +37,7 @@ USER_SCHEMAS = (
 
 class PgDumpMethod:
     name = "pg_dump"
+    checks_repository = False
     artifact_name = "database.dump"
 
     def __init__(self, target: Target, *, pg_bin: Path | None = None,
@@ -45,6 +46,10 @@ class PgDumpMethod:
         self.pg_bin = pg_bin
         self.timeout = timeout
         self.lock_timeout = lock_timeout
+
+    @classmethod
+    def configured(cls, target: Target, options: MethodOptions) -> PgDumpMethod:
+        return cls(target, pg_bin=options.pg_bin, timeout=options.timeout)
 
     # -- create ------------------------------------------------------------------------------
     def create(self, workdir: Path, backup_id: str) -> Created:

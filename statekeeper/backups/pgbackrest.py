@@ -40,7 +40,7 @@ from ..errors import (
 from ..files import publish, write_private
 from ..fingerprint import pg_fingerprint, quote_ident
 from ..targets import Target, first_line
-from .model import Created, Hook, Manifest, disk_free
+from .model import Created, Hook, Manifest, MethodOptions, disk_free
 from .pgtools import check_same_database, database_size, identity, stderr_line
 
 DEFAULT_REPO = "/var/lib/pgbackrest"
@@ -49,6 +49,7 @@ DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 
 class PgBackRestMethod:
     name = "pgbackrest"
+    checks_repository = True  # the backup is in pgBackRest's repository
     artifact_name = "backup.manifest"
 
     def __init__(
@@ -76,6 +77,15 @@ class PgBackRestMethod:
         self.archive_timeout = archive_timeout
         self.pg_bin = pg_bin
         self._conf: configparser.RawConfigParser | None = None
+
+    @classmethod
+    def configured(cls, target: Target, options: MethodOptions) -> PgBackRestMethod:
+        return cls(
+            target, stanza=options.stanza, config=options.pgbackrest_config,
+            stop_command=options.stop_command, start_command=options.start_command,
+            timeout=options.timeout, start_timeout=options.start_timeout,
+            pg_bin=options.pg_bin,
+        )
 
     # -- configuration -----------------------------------------------------------------------
     def _settings(self) -> configparser.RawConfigParser:

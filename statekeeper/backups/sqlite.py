@@ -13,17 +13,22 @@ from ..errors import BackupError, ConfigError, WrongDatabase
 from ..files import fsync_path, publish, touch_private
 from ..fingerprint import sqlite_fingerprint
 from ..targets import Target
-from .model import OTHER_DATABASE_HINT, Created, Hook, Manifest, disk_free
+from .model import OTHER_DATABASE_HINT, Created, Hook, Manifest, MethodOptions, disk_free
 
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 class SqliteMethod:
     name = "sqlite"
+    checks_repository = False
     artifact_name = "database.sqlite"
 
     def __init__(self, target: Target) -> None:
         self.target = target
+
+    @classmethod
+    def configured(cls, target: Target, options: MethodOptions) -> SqliteMethod:
+        return cls(target)
 
     def create(self, workdir: Path, backup_id: str) -> Created:
         """Copy the database with ``Connection.backup`` (a consistent snapshot even while
