@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from statekeeper.backup import BackupManager
+from statekeeper.backups import BackupManager
 from statekeeper.fingerprint import fingerprint
 from statekeeper.targets import Target
 from tests.test_backup_support import execute, pgbackrest_cluster, scalar

@@ -465,7 +465,7 @@ imp("cryptography (Ed25519)", "cryptography.hazmat.primitives.asymmetric.ed25519
 imp("transitions", "transitions")
 imp("ledger (own code)", "ledger")
 imp("statekeeper upgrade modules", "statekeeper.command", "statekeeper.upgrade",
-    "statekeeper.runner", "statekeeper.migrations", "statekeeper.backup",
+    "statekeeper.runner", "statekeeper.migrations", "statekeeper.backups.manager",
     "statekeeper.fingerprint", "statekeeper.health", "statekeeper.lease", "statekeeper.replay")
 T1 = time.perf_counter()
 

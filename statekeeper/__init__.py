@@ -38,7 +38,7 @@ from .errors import (
 from .plan import BackupPlan, Plan, PlannedMigration
 
 if TYPE_CHECKING:
-    from .backup import Manifest
+    from .backups import Manifest
     from .command import (
         backup_create,
         backup_list,
@@ -99,7 +99,7 @@ _LAZY: dict[str, str] = {
     "start": "statekeeper.command",
     "status": "statekeeper.command",
     "Settings": "statekeeper.settings",
-    "Manifest": "statekeeper.backup",
+    "Manifest": "statekeeper.backups",
     "Run": "statekeeper.replay",
     "StepRecord": "statekeeper.replay",
     "Unreadable": "statekeeper.upgrade",

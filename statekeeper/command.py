@@ -267,13 +267,13 @@ def migrate_sql(
     return open_migrator(settings, target_url, migrations_dir).sql(to_tag, target_id=target_id)
 
 
-# --- backup verbs (statekeeper.backup) ---
+# --- backup verbs (statekeeper.backups) ---
 @boundary
 def backup_manager(settings: Settings, target_url: str | None = None) -> Any:
-    """A :class:`statekeeper.backup.BackupManager` from ``[target]``/``[backup]``; a
+    """A :class:`statekeeper.backups.BackupManager` from ``[target]``/``[backup]``; a
     ``target_url`` (the ``--target`` flag) overrides ``[target] url`` (relative SQLite paths
     then resolve against the working directory)."""
-    from .backup import BackupManager
+    from .backups import manager_for
     from .targets import Target
 
     cfg = settings.config
@@ -283,19 +283,7 @@ def backup_manager(settings: Settings, target_url: str | None = None) -> Any:
         target = Target.from_url(cfg.target_url, cfg.base_dir)
     else:
         target = None
-    method = cfg.backup.method or (
-        "sqlite" if target is not None and target.backend == "sqlite" else "pg_dump"
-    )
-    b = cfg.backup
-    return BackupManager(
-        target,
-        method,
-        cfg.backup_dir(),
-        stanza=b.stanza,
-        stop_command=b.stop_command,
-        start_command=b.start_command,
-        pgbackrest_config=b.pgbackrest_config,
-    )
+    return manager_for(cfg, target)
 
 
 @boundary

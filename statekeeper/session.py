@@ -17,7 +17,7 @@ from . import clock
 if TYPE_CHECKING:
     from ledger import Ledger
 
-    from .backup import BackupManager
+    from .backups import BackupManager
     from .lease import LeaseStore
     from .migrations import Migrator
     from .settings import Settings
@@ -39,7 +39,7 @@ class Session:
     def open(cls, settings: Settings, *, ledger: bool = True) -> Session:
         """Build the target side from the configuration, then open the ledger (signing: a run
         appends) unless ``ledger`` is false."""
-        from .backup import BackupManager
+        from .backups import manager_for
         from .health import validate_health
         from .migrations import Migrator
         from .targets import Target
@@ -47,19 +47,7 @@ class Session:
         cfg = settings.config
         target = Target.from_url(cfg.require_target(), cfg.base_dir)
         migrator = Migrator(target, cfg.require_migrations_dir(), clock=clock.now)
-        backups = None
-        if cfg.backup.enabled:
-            b = cfg.backup
-            backups = BackupManager(
-                target,
-                cfg.backup_method(),
-                cfg.backup_dir(),
-                stanza=b.stanza,
-                stop_command=b.stop_command,
-                start_command=b.start_command,
-                pgbackrest_config=b.pgbackrest_config,
-                clock=clock.now,
-            )
+        backups = manager_for(cfg, target, clock=clock.now) if cfg.backup.enabled else None
         checks = validate_health(cfg.raw.get("health", {}), cfg.source)
         session = cls(settings, target, migrator, backups, checks)
         if ledger:

@@ -111,7 +111,7 @@ def build_plan(session: Session, to_version: str, from_version: str | None) -> P
             PlannedMigration(m.id, m.checksum, m.down is not None, m.no_transaction)
             for m in session.migrator.pending()
         ),
-        backup=BackupPlan(b is not None, cfg.backup_method() if b is not None else None),
+        backup=BackupPlan(b is not None, b.method if b is not None else None),
         health_checks=tuple(c["name"] for c in session.health_checks),
         application=str(cfg.raw.get("upgrade", {}).get("application") or cfg.base_dir.name),
         target=session.target.display,

@@ -24,6 +24,19 @@ def pg_cluster() -> Iterator[PgCluster]:
         cluster.destroy()
 
 
+@pytest.fixture(scope="session")
+def pgbackrest_archiving() -> Iterator[tuple[PgCluster, dict[str, object]]]:
+    """One cluster archiving into a pgBackRest repository for the session, shared by the
+    backup contract and tests/test_backup_pgbackrest.py: (cluster, BackupManager keywords)."""
+    from tests.test_backup_support import pgbackrest_cluster
+
+    cluster, _config, kwargs = pgbackrest_cluster()
+    try:
+        yield cluster, kwargs
+    finally:
+        cluster.destroy()
+
+
 @pytest.fixture
 def pg_url(pg_cluster: PgCluster) -> str:
     """A fresh, empty PostgreSQL database (libpq-style URL)."""

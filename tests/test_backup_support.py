@@ -3,11 +3,16 @@ on both backends, and small SQL helpers."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from statekeeper.targets import Target
+from tests.conftest import HAVE_PG
 
 USERS = [(1, "ada", "ada@example.com"), (2, "bob", None), (3, "cy", "")]
 
@@ -112,11 +117,22 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
+# The marks of every pgBackRest test. Skipped only on a developer's machine without them;
+# scripts/test installs pgbackrest, and under CI a missing one fails instead of passing silently.
+PGBACKREST_MARKS = [
+    pytest.mark.postgresql,
+    pytest.mark.skipif(
+        (not HAVE_PG or shutil.which("pgbackrest") is None) and not os.environ.get("CI"),
+        reason="PostgreSQL server binaries or pgbackrest not installed (scripts/test installs "
+        "pgbackrest)",
+    ),
+]
+
+
 def pgbackrest_cluster(stanza: str = "sk", conf: dict[str, str] | None = None) -> Any:
     """A throwaway PostgreSQL cluster with WAL archiving into a fresh pgBackRest repository
     (config file, repo, logs and locks inside the cluster's own temporary directory, owned by
     postgres), its stanza created. Returns (cluster, pgbackrest config path, backup kwargs)."""
-    import os
     import pwd
 
     from tests.pgcluster import PG_BIN, PgCluster, run_as_postgres

@@ -174,7 +174,7 @@ def _pgbackrest_config(d: Path, present: bool, request: pytest.FixtureRequest) -
 def _pgbackrest_restore(d: Path, request: pytest.FixtureRequest, body: str) -> Any:
     """A pgBackRest restore of a running server up to its first command: ``stop_command``
     (here one that leaves a mark and fails, so the server is never stopped)."""
-    from statekeeper.backup import Manifest
+    from statekeeper.backups import Manifest
 
     s = _pgbackrest(d, request, f'stanza = "main"\n{body}')
     manifest = Manifest(

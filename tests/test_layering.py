@@ -127,8 +127,6 @@ PACKAGES = ("ledger", "statekeeper", "cli")
 # any other cycle, and on an entry here that is no longer a cycle (remove it).
 KNOWN_CYCLES: set[tuple[str, ...]] = {
     ("ledger", "ledger.export", "ledger.store"),
-    ("statekeeper.backup", "statekeeper.backup_pg", "statekeeper.backup_pgbackrest",
-     "statekeeper.backup_sqlite"),
 }
 
 

@@ -144,7 +144,7 @@ def test_final_tag_refused_when_a_planned_migration_is_not_in_the_changelog(
 # -- 1b. a restore only of the artifact the ledger recorded ----------------------------------
 def _older_backup(proj: Project, backup_id: str) -> Path:
     """A real backup of the same database, taken now (before the row the test adds)."""
-    from statekeeper.backup import BackupManager
+    from statekeeper.backups import BackupManager
 
     method = "sqlite" if proj.backend == "sqlite" else "pg_dump"
     m = BackupManager(proj.target(), method, proj.dir / "old-backups").create(backup_id)

@@ -40,7 +40,7 @@ def _check_backup(ctx: Context, backup_id: str) -> None:
     """Before a restore: the artifact is the one this run's backup step recorded in the
     ledger (size and sha256), not merely the one its manifest describes: a manifest lives
     beside the file and is replaced with it."""
-    from ..backup import sha256_file
+    from ..backups import sha256_file
 
     run, backups = ctx.run, ctx.session.backups
     assert backups is not None

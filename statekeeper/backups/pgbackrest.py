@@ -30,18 +30,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .backup import Created, Hook, Manifest, disk_free
-from .backup_pg import _identity, database_size, stderr_line
-from .errors import (
+from ..errors import (
     BackupCorrupt,
     BackupError,
     ConfigError,
     RestoreIncomplete,
     TargetError,
 )
-from .files import publish, write_private
-from .fingerprint import pg_fingerprint, quote_ident
-from .targets import Target, first_line
+from ..files import publish, write_private
+from ..fingerprint import pg_fingerprint, quote_ident
+from ..targets import Target, first_line
+from .model import Created, Hook, Manifest, MethodOptions, disk_free
+from .pgtools import check_same_database, database_size, identity, stderr_line
 
 DEFAULT_REPO = "/var/lib/pgbackrest"
 DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
@@ -49,6 +49,7 @@ DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 
 class PgBackRestMethod:
     name = "pgbackrest"
+    checks_repository = True  # the backup is in pgBackRest's repository
     artifact_name = "backup.manifest"
 
     def __init__(
@@ -76,6 +77,15 @@ class PgBackRestMethod:
         self.archive_timeout = archive_timeout
         self.pg_bin = pg_bin
         self._conf: configparser.RawConfigParser | None = None
+
+    @classmethod
+    def configured(cls, target: Target, options: MethodOptions) -> PgBackRestMethod:
+        return cls(
+            target, stanza=options.stanza, config=options.pgbackrest_config,
+            stop_command=options.stop_command, start_command=options.start_command,
+            timeout=options.timeout, start_timeout=options.start_timeout,
+            pg_bin=options.pg_bin,
+        )
 
     # -- configuration -----------------------------------------------------------------------
     def _settings(self) -> configparser.RawConfigParser:
@@ -194,7 +204,7 @@ class PgBackRestMethod:
         except TargetError as e:
             raise BackupError(str(e)) from e
         try:
-            version, sysid = _identity(conn)
+            version, sysid = identity(conn)
             host, port = self.target.endpoint(conn)
             conn.commit()
             tables = [
@@ -251,6 +261,15 @@ class PgBackRestMethod:
                     + (f" (archive_command failing; last failed {failed})" if failed else "")
                 )
             time.sleep(0.2)
+
+    @classmethod
+    def database_of(cls, target: Target) -> str:
+        return target.database
+
+    @classmethod
+    def check_identity(cls, target: Target, manifest: Manifest) -> None:
+        # A server that is down passes: a cluster restore is what pgBackRest's stanza defines.
+        check_same_database(target, manifest, server_may_be_down=True)
 
     # -- verify ------------------------------------------------------------------------------
     def check(self, manifest: Manifest) -> None:

@@ -9,21 +9,26 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from .backup import Created, Hook, Manifest, disk_free
-from .errors import BackupError, ConfigError
-from .files import fsync_path, publish, touch_private
-from .fingerprint import sqlite_fingerprint
-from .targets import Target
+from ..errors import BackupError, ConfigError, WrongDatabase
+from ..files import fsync_path, publish, touch_private
+from ..fingerprint import sqlite_fingerprint
+from ..targets import Target
+from .model import OTHER_DATABASE_HINT, Created, Hook, Manifest, MethodOptions, disk_free
 
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 class SqliteMethod:
     name = "sqlite"
+    checks_repository = False
     artifact_name = "database.sqlite"
 
     def __init__(self, target: Target) -> None:
         self.target = target
+
+    @classmethod
+    def configured(cls, target: Target, options: MethodOptions) -> SqliteMethod:
+        return cls(target)
 
     def create(self, workdir: Path, backup_id: str) -> Created:
         """Copy the database with ``Connection.backup`` (a consistent snapshot even while
@@ -49,6 +54,19 @@ class SqliteMethod:
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
         publish(tmp, final)
         return Created(artifact=final, fingerprint=fp, server_version=f"SQLite {version}")
+
+    @classmethod
+    def database_of(cls, target: Target) -> str:
+        return str(target.sqlite_path.resolve())
+
+    @classmethod
+    def check_identity(cls, target: Target, manifest: Manifest) -> None:
+        here = cls.database_of(target)
+        if here != manifest.database:
+            raise WrongDatabase(
+                f"backup {manifest.id} was taken of {manifest.database}, not {here}"
+                f"{OTHER_DATABASE_HINT}"
+            )
 
     def check(self, manifest: Manifest) -> None:
         return None

@@ -1,4 +1,4 @@
-"""PostgreSQL helpers shared by the backup methods, and the ``pg_dump`` method.
+"""The ``pg_dump`` method: a custom-format dump taken in the snapshot the fingerprint reads.
 
 Restore semantics of the pg_dump method: one transaction that drops every user schema (and
 extension, event trigger, publication) of the target database and replays the dump. Either all
@@ -9,19 +9,24 @@ reaches the client tools through the environment, never their command line.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from .backup import Created, Hook, Manifest, disk_free
-from .errors import BackupError, ConfigError, TargetError
-from .files import CHILD_UMASK, publish, touch_private
-from .fingerprint import pg_fingerprint
-from .targets import Target, first_line
+from ..errors import BackupError, TargetError
+from ..files import CHILD_UMASK, publish, touch_private
+from ..fingerprint import pg_fingerprint
+from ..targets import Target, first_line
+from .model import Created, Hook, Manifest, MethodOptions, disk_free
+from .pgtools import (
+    check_same_database,
+    client_env,
+    database_size,
+    identity,
+    pg_tool,
+    stderr_line,
+)
 
 USER_SCHEMAS = (
     "SELECT nspname FROM pg_namespace WHERE nspname NOT IN "
@@ -30,87 +35,9 @@ USER_SCHEMAS = (
 )
 
 
-def client_env(target: Target) -> dict[str, str]:
-    """The environment of pg_dump/psql; with ``--dbname=target.client_conninfo()`` they
-    connect exactly where our own connection does."""
-    env = target.libpq_env()
-    env.setdefault("PGAPPNAME", "statekeeper-backup")
-    return env
-
-
-def pg_tool(name: str, pg_bin: Path | None = None) -> str:
-    """Locate a PostgreSQL client program: ``pg_bin``, then $STATEKEEPER_PG_BIN, then PATH."""
-    d = pg_bin or (Path(os.environ["STATEKEEPER_PG_BIN"])
-                   if os.environ.get("STATEKEEPER_PG_BIN") else None)
-    if d is not None:
-        p = d / name
-        if not os.access(p, os.X_OK):
-            raise ConfigError(f"{name} not found in {d}")
-        return str(p)
-    found = shutil.which(name)
-    if not found:
-        raise ConfigError(
-            f"{name} not found on PATH (install the PostgreSQL client programs, "
-            "of the server's major version or newer)"
-        )
-    return found
-
-
-def stderr_line(text: str) -> str:
-    """The most telling line of a client program's stderr (the first error, without the
-    program's prefix)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
-        m = _ERROR.search(ln)
-        if m:
-            return m.group(1).strip() or ln
-    return lines[-1] if lines else "(no message)"
-
-
-_ERROR = re.compile(r"(?:\berror|ERROR|FATAL):\s*(.*)")
-
-
-def server_identity(target: Target) -> tuple[str, str | None]:
-    """(server_version, system_identifier or None if not permitted)."""
-    try:
-        conn = target.connect(autocommit=True)
-    except TargetError as e:
-        raise BackupError(str(e)) from e
-    try:
-        return _identity(conn)
-    finally:
-        conn.close()
-
-
-def _identity(conn: Any) -> tuple[str, str | None]:
-    import psycopg
-
-    version = str(conn.execute("SHOW server_version").fetchone()[0])
-    sysid: str | None = None
-    try:
-        with conn.transaction():
-            row = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
-            sysid = str(row[0])
-    except psycopg.Error:
-        sysid = None
-    return version, sysid
-
-
-def database_size(target: Target, *, cluster: bool = False) -> int:
-    sql = ("SELECT sum(pg_database_size(datname))::bigint FROM pg_database" if cluster
-           else "SELECT pg_database_size(current_database())")
-    try:
-        conn = target.connect(autocommit=True)
-    except TargetError as e:
-        raise BackupError(str(e)) from e
-    try:
-        return int(conn.execute(sql).fetchone()[0] or 0)
-    finally:
-        conn.close()
-
-
 class PgDumpMethod:
     name = "pg_dump"
+    checks_repository = False
     artifact_name = "database.dump"
 
     def __init__(self, target: Target, *, pg_bin: Path | None = None,
@@ -119,6 +46,10 @@ class PgDumpMethod:
         self.pg_bin = pg_bin
         self.timeout = timeout
         self.lock_timeout = lock_timeout
+
+    @classmethod
+    def configured(cls, target: Target, options: MethodOptions) -> PgDumpMethod:
+        return cls(target, pg_bin=options.pg_bin, timeout=options.timeout)
 
     # -- create ------------------------------------------------------------------------------
     def create(self, workdir: Path, backup_id: str) -> Created:
@@ -135,7 +66,7 @@ class PgDumpMethod:
         try:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-            version, sysid = _identity(conn)
+            version, sysid = identity(conn)
             host, port = self.target.endpoint(conn)
             # pg_dump truncates the 0600 file made for it (its mode stays) and runs under
             # umask 077: a dump is the whole database, never readable by others.
@@ -168,6 +99,14 @@ class PgDumpMethod:
             artifact=final, fingerprint=fp, server_version=version, host=host, port=port,
             system_identifier=sysid,
         )
+
+    @classmethod
+    def database_of(cls, target: Target) -> str:
+        return target.database
+
+    @classmethod
+    def check_identity(cls, target: Target, manifest: Manifest) -> None:
+        check_same_database(target, manifest, server_may_be_down=False)
 
     # -- restore -----------------------------------------------------------------------------
     def check(self, manifest: Manifest) -> None:

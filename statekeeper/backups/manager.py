@@ -1,38 +1,24 @@
-"""Verified backups and restores of the target database.
-
-Three methods, chosen by ``[backup] method``:
-
-* ``pg_dump`` (default for PostgreSQL): a custom-format dump taken in the same snapshot as the
-  fingerprint; restore drops every user schema and replays the dump in ONE transaction, so a
-  failed restore leaves the database as it was and objects created after the backup vanish.
-* ``pgbackrest``: a real pgBackRest backup plus a named restore point taken right after it;
-  restore is a point-in-time restore of the whole cluster to that restore point.
-* ``sqlite``: the online backup API; restore replaces the file atomically.
+"""The backup manager: one target, one method, one backup directory.
 
 Every backup lives in ``<backup dir>/<id>/`` with a ``manifest.json`` written atomically, and only
 after the artifact is complete and hashed: a directory without a manifest is never a backup.
 The manifest carries a :class:`~statekeeper.fingerprint.Fingerprint`; a restore is not done until
-the restored database's fingerprint equals it.
-
-This module is a library: it never prints or exits; it returns values or raises typed errors.
+the restored database's fingerprint equals it. Which methods can serve a target is the target's
+dialect's to say (``backup_methods``); the methods themselves are loaded on first use.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import secrets
 import shutil
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
-from . import __version__
-from .errors import (
+from .. import clock as _clock
+from .. import dialects
+from ..errors import (
     BackupCorrupt,
     BackupError,
     BackupNotFound,
@@ -41,175 +27,85 @@ from .errors import (
     StatekeeperError,
     WrongDatabase,
 )
-from .files import private_dir, write_atomic
-from .fingerprint import Fingerprint, diff, fingerprint
-from .targets import Target
+from ..files import private_dir, write_atomic
+from .model import (
+    ID_PATTERN,
+    MANIFEST_NAME,
+    METHODS,
+    Hook,
+    Manifest,
+    Method,
+    MethodOptions,
+    RestoreResult,
+    check_backup_id,
+    new_backup_id,
+    noop,
+    sha256_file,
+)
 
-METHODS = ("pg_dump", "pgbackrest", "sqlite")
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def new_backup_id(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-
-
-def check_backup_id(backup_id: str) -> str:
-    if not isinstance(backup_id, str) or not ID_PATTERN.match(backup_id):
-        raise ConfigError(
-            f"backup id {backup_id!r} is not valid (letters, digits, '.', '_', '-'; "
-            "at most 100 characters, not starting with a punctuation mark)"
-        )
-    return backup_id
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..targets import Target
 
 
-@dataclass
-class Manifest:
-    """What a backup is, stored as ``manifest.json`` next to the artifact.
-
-    Only integers, strings, booleans and null (no floats), so that it can go into a ledger
-    event as it is."""
-
-    id: str
-    method: str
-    artifact: str  # file name inside the backup's directory, or an absolute path (pgBackRest)
-    size: int
-    sha256: str
-    server_version: str
-    created_at: str
-    completed_at: str
-    duration_ms: int
-    target: str  # redacted URL
-    database: str  # database name (PostgreSQL) or absolute file path (SQLite)
-    fingerprint: dict[str, Any]
-    tool: str = f"statekeeper/{__version__}"
-    format: int = MANIFEST_FORMAT
-    host: str | None = None
-    port: int | None = None
-    system_identifier: str | None = None
-    stanza: str | None = None
-    pgbackrest_label: str | None = None
-    pgbackrest_type: str | None = None
-    restore_point: str | None = None
-    restore_point_lsn: str | None = None
-    directory: Path | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def artifact_path(self) -> Path:
-        p = Path(self.artifact)
-        if p.is_absolute() or self.directory is None:
-            return p
-        return self.directory / p
-
-    @property
-    def manifest_path(self) -> Path | None:
-        return self.directory / MANIFEST_NAME if self.directory else None
-
-    @property
-    def fingerprint_digest(self) -> str:
-        return str(self.fingerprint.get("digest", ""))
-
-    def get_fingerprint(self) -> Fingerprint:
-        try:
-            return Fingerprint.from_dict(self.fingerprint)
-        except ValueError as e:
-            raise BackupCorrupt(f"backup {self.id}: manifest fingerprint is not valid: {e}") from e
-
-    def to_dict(self, *, include_fingerprint: bool = True) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("directory")
-        if not include_fingerprint:
-            d["fingerprint"] = {"digest": self.fingerprint_digest}
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], directory: Path | None = None) -> Manifest:
-        names = {f.name for f in fields(cls)} - {"directory"}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown manifest fields: {', '.join(sorted(unknown))}")
-        m = cls(**{k: v for k, v in data.items() if k in names}, directory=directory)
-        if not isinstance(m.size, int) or not isinstance(m.fingerprint, dict):
-            raise ValueError("size must be an integer and fingerprint an object")
-        if not re.fullmatch(r"[0-9a-f]{64}", str(m.sha256)):
-            raise ValueError("sha256 is not 64 hex digits")
-        return m
-
-    @property
-    def digest(self) -> str:
-        """sha256 of the manifest's canonical JSON: what a ledger event should record."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def manager_for(
+    config: Config, target: Target | None, *, clock: Callable[[], datetime] = _clock.now
+) -> BackupManager:
+    """The backup manager that ``[backup]`` describes for ``target`` (None: only the
+    operations that read the backup directory). ``[backup] method`` unset means the target's
+    dialect's default. Whether backups are ``enabled`` is the caller's to decide: the
+    ``backup`` commands work either way, an upgrade run skips its backup step."""
+    b = config.backup
+    # Without a target no method ever runs (every operation that runs one needs the target).
+    method = b.method or (target.dialect.default_backup_method if target is not None
+                          else METHODS[0])
+    return BackupManager(
+        target, method, config.backup_dir(), stanza=b.stanza, stop_command=b.stop_command,
+        start_command=b.start_command, pgbackrest_config=b.pgbackrest_config, clock=clock,
+    )
 
 
-@dataclass(frozen=True)
-class RestoreResult:
-    manifest: Manifest
-    fingerprint: Fingerprint | None  # the restored database's (None when check=False)
-    duration_ms: int
-    damage: list[str]  # how the database differed from the backup just before the restore
-    target: str = ""  # the (redacted) URL restored into
+def _sqlite() -> type[Method]:
+    from .sqlite import SqliteMethod
+
+    return SqliteMethod
 
 
-@dataclass
-class Created:
-    """What a method's ``create`` hands back to the manager."""
+def _pg_dump() -> type[Method]:
+    from .pg_dump import PgDumpMethod
 
-    artifact: Path
-    fingerprint: Fingerprint
-    server_version: str
-    host: str | None = None
-    port: int | None = None
-    system_identifier: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    return PgDumpMethod
 
 
-Hook = Callable[[], None]
+def _pgbackrest() -> type[Method]:
+    from .pgbackrest import PgBackRestMethod
+
+    return PgBackRestMethod
 
 
-def _noop() -> None:
-    return None
+# The one place that lists the methods' modules, each imported on first use (two of them load
+# psycopg): a new method is its module plus a line here, its name in METHODS and in the
+# ``backup_methods`` of the dialects it serves.
+_CLASSES: dict[str, Callable[[], type[Method]]] = {
+    "sqlite": _sqlite, "pg_dump": _pg_dump, "pgbackrest": _pgbackrest,
+}
 
 
-class Method(Protocol):
-    name: str
-
-    def create(self, workdir: Path, backup_id: str) -> Created: ...
-
-    def check(self, manifest: Manifest) -> None: ...
-
-    def restore(self, manifest: Manifest, hook: Hook) -> None: ...
-
-    def estimate_size(self) -> int: ...
-
-    def free_space(self, backup_dir: Path) -> int: ...
+def method_class(name: str) -> type[Method]:
+    """The class of method ``name``."""
+    try:
+        load = _CLASSES[name]
+    except KeyError:
+        raise ConfigError(f"[backup] method {name!r} is not one of {', '.join(METHODS)}") from None
+    return load()
 
 
-def sha256_file(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while True:
-            chunk = f.read(1 << 20)
-            if not chunk:
-                break
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
+def kind_of(method: str) -> str:
+    """The name of the dialect whose targets ``method`` backs up."""
+    for name in dialects.names():
+        if method in dialects.dialect_for(name).backup_methods:
+            return name
+    raise ConfigError(f"[backup] method {method!r} is not one of {', '.join(METHODS)}")
 
 
 class BackupManager:
@@ -228,22 +124,19 @@ class BackupManager:
         stop_command: str | None = None,
         start_command: str | None = None,
         pgbackrest_config: Path | None = None,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Callable[[], datetime] = _clock.now,
         pg_bin: Path | None = None,
         timeout: float = 6 * 3600,
         start_timeout: float = 300,
     ) -> None:
         if method not in METHODS:
             raise ConfigError(f"[backup] method {method!r} is not one of {', '.join(METHODS)}")
-        if target is not None:
-            want = "sqlite" if target.backend == "sqlite" else "postgresql"
-            ok = (method == "sqlite") == (want == "sqlite")
-            if not ok:
-                raise ConfigError(
-                    f"[backup] method {method!r} cannot back up a {want} target "
-                    f"({target.display}); use "
-                    + ("'sqlite'" if want == "sqlite" else "'pg_dump' or 'pgbackrest'")
-                )
+        if target is not None and method not in target.dialect.backup_methods:
+            d = target.dialect
+            raise ConfigError(
+                f"[backup] method {method!r} cannot back up a {d.name} target "
+                f"({target.display}); use " + " or ".join(repr(m) for m in d.backup_methods)
+            )
         self.target = target
         self.method = method
         self.backup_dir = Path(backup_dir)
@@ -263,23 +156,13 @@ class BackupManager:
         return self.target
 
     def _driver(self, method: str | None = None) -> Method:
-        method = method or self.method
         target = self._require_target()
-        if method == "sqlite":
-            from .backup_sqlite import SqliteMethod
-
-            return SqliteMethod(target)
-        if method == "pg_dump":
-            from .backup_pg import PgDumpMethod
-
-            return PgDumpMethod(target, pg_bin=self.pg_bin, timeout=self.timeout)
-        from .backup_pgbackrest import PgBackRestMethod
-
-        return PgBackRestMethod(
-            target, stanza=self.stanza, config=self.pgbackrest_config,
+        options = MethodOptions(
+            stanza=self.stanza, pgbackrest_config=self.pgbackrest_config,
             stop_command=self.stop_command, start_command=self.start_command,
-            timeout=self.timeout, start_timeout=self.start_timeout, pg_bin=self.pg_bin,
+            pg_bin=self.pg_bin, timeout=self.timeout, start_timeout=self.start_timeout,
         )
+        return method_class(method or self.method).configured(target, options)
 
     def _dir(self, backup_id: str) -> Path:
         return self.backup_dir / check_backup_id(backup_id)
@@ -328,10 +211,10 @@ class BackupManager:
         if workdir.exists():
             shutil.rmtree(workdir)  # an attempt that never got its manifest
         private_dir(workdir)
-        t0 = time.monotonic()
+        t0 = _clock.monotonic_ms()
         try:
             created = driver.create(workdir, backup_id)
-            (hook or _noop)()
+            (hook or noop)()
             size, digest = sha256_file(created.artifact)
             try:
                 rel = created.artifact.relative_to(workdir)
@@ -345,12 +228,11 @@ class BackupManager:
                 size=size,
                 sha256=digest,
                 server_version=created.server_version,
-                created_at=iso(now),
-                completed_at=iso(self.clock()),
-                duration_ms=int((time.monotonic() - t0) * 1000),
+                created_at=_clock.stamp(now),
+                completed_at=_clock.stamp(self.clock()),
+                duration_ms=int(_clock.monotonic_ms() - t0),
                 target=target.display,
-                database=(str(target.sqlite_path.resolve()) if target.backend == "sqlite"
-                          else target.database),
+                database=driver.database_of(target),
                 fingerprint=created.fingerprint.to_dict(),
                 host=created.host,
                 port=created.port,
@@ -414,7 +296,8 @@ class BackupManager:
 
     def verify(self, backup_id: str) -> Manifest:
         """Re-hash the artifact against the manifest; BackupCorrupt naming the file if it is
-        missing or differs. pgBackRest backups are also checked in the repository."""
+        missing or differs. A method whose data lives in a repository of its own (pgBackRest)
+        also checks it there, which needs the target."""
         m = self.get(backup_id)
         m.get_fingerprint()
         path = m.artifact_path
@@ -433,52 +316,19 @@ class BackupManager:
                 f"backup {backup_id}: artifact {path} does not match its manifest "
                 f"(sha256 {digest[:12]}..., expected {m.sha256[:12]}...)"
             )
-        if m.method == "pgbackrest":
-            self._driver("pgbackrest").check(m)
+        if m.method in METHODS and method_class(m.method).checks_repository:
+            self._driver(m.method).check(m)
         return m
 
     def check_identity(self, m: Manifest) -> None:
         """Refuse (WrongDatabase) when the target is not the database the backup was taken of."""
         target = self._require_target()
-        backend = "sqlite" if m.method == "sqlite" else "postgresql"
-        if target.backend != backend:
+        if m.method not in target.dialect.backup_methods:
             raise WrongDatabase(
-                f"backup {m.id} is of a {backend} database; target {target.display} is not"
+                f"backup {m.id} is of a {kind_of(m.method)} database; "
+                f"target {target.display} is not"
             )
-        hint = " (pass --allow-other-database to restore there anyway)"
-        if backend == "sqlite":
-            here = str(target.sqlite_path.resolve())
-            if here != m.database:
-                raise WrongDatabase(
-                    f"backup {m.id} was taken of {m.database}, not {here}{hint}"
-                )
-            return
-        if target.database != m.database:
-            raise WrongDatabase(
-                f"backup {m.id} was taken of database {m.database!r}, "
-                f"not {target.database!r}{hint}"
-            )
-        from .backup_pg import server_identity
-
-        try:
-            sysid: str | None = server_identity(target)[1]
-        except BackupError:
-            if m.method != "pgbackrest":
-                raise
-            return  # server down: a cluster restore is what pgBackRest's stanza defines
-        if m.system_identifier and sysid:
-            if sysid != m.system_identifier:
-                raise WrongDatabase(
-                    f"backup {m.id} was taken on cluster {m.system_identifier}, target "
-                    f"{target.display} is cluster {sysid}{hint}"
-                )
-            return
-        addr = target.endpoint()  # where libpq connects, as the manifest recorded it
-        if m.host is not None and (m.host, m.port) != addr:
-            raise WrongDatabase(
-                f"backup {m.id} was taken on {m.host}:{m.port}, target is "
-                f"{addr[0]}:{addr[1]}{hint}"
-            )
+        method_class(m.method).check_identity(target, m)
 
     def restore(
         self,
@@ -498,16 +348,18 @@ class BackupManager:
         is called in the middle of the restore, before it is committed or switched in (pg_dump:
         inside the open transaction; SQLite: before the file replacement; pgBackRest: with the
         server stopped, before ``pgbackrest restore``)."""
+        from ..fingerprint import diff, fingerprint  # loads the database drivers
+
         target = self._require_target()
         m = self.verify(backup_id)
         expected = m.get_fingerprint()
         if not allow_other_database:
             self.check_identity(m)
-        elif (m.method == "sqlite") != (target.backend == "sqlite"):
+        elif m.method not in target.dialect.backup_methods:
             raise WrongDatabase(f"backup {m.id} ({m.method}) cannot be restored into "
                                 f"{target.display}")
         driver = self._driver(m.method)
-        t0 = time.monotonic()
+        t0 = _clock.monotonic_ms()
         damage: list[str] = []
         if check and report_damage:
             try:
@@ -515,14 +367,14 @@ class BackupManager:
             except StatekeeperError as e:
                 damage = [f"(the target could not be fingerprinted before the restore: {e})"]
         try:
-            driver.restore(m, hook or _noop)
+            driver.restore(m, hook or noop)
         except OSError as e:
             raise BackupError(
                 f"restore of backup {m.id} failed: {e.strerror or e}"
                 + (f": {e.filename}" if e.filename else "")
             ) from e
         if not check:
-            return RestoreResult(m, None, int((time.monotonic() - t0) * 1000), damage,
+            return RestoreResult(m, None, int(_clock.monotonic_ms() - t0), damage,
                                  target.display)
         after = fingerprint(target)
         lines = diff(expected, after)
@@ -532,7 +384,7 @@ class BackupManager:
                 + (f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""),
                 lines,
             )
-        return RestoreResult(m, after, int((time.monotonic() - t0) * 1000), damage,
+        return RestoreResult(m, after, int(_clock.monotonic_ms() - t0), damage,
                              target.display)
 
     def estimate_size(self) -> int:
@@ -542,14 +394,3 @@ class BackupManager:
     def free_space(self) -> int:
         """Free bytes where the next backup will be written."""
         return self._driver().free_space(self.backup_dir)
-
-
-def nearest_existing(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
-def disk_free(path: Path) -> int:
-    return int(shutil.disk_usage(nearest_existing(path)).free)
