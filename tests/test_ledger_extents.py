@@ -19,7 +19,7 @@ import pytest
 import ledger
 from ledger.chain import seal_message
 from ledger.checkpoint import sign_checkpoint
-from ledger.export import _event_line
+from ledger.exports import _event_line
 from tests.pgcluster import PgCluster
 from tests.test_cli_ledger import error, run
 from tests.test_ledger_support import RawDB, forge
