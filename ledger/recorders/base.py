@@ -26,7 +26,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Index,
-    Integer,
     MetaData,
     String,
     Table,
@@ -51,10 +50,15 @@ from ..url import redact
 
 metadata = MetaData()
 
-# On SQLite, "INTEGER" (not "BIGINT", same 64-bit range) makes seq the table's rowid: rows
-# are stored in seq order with no separate primary-key index, one B-tree fewer to write on
-# every commit and to walk on every read. Ledgers created with BIGINT keep working as they are.
-_SEQ = BigInteger().with_variant(Integer(), "sqlite")
+
+class SeqType(BigInteger):
+    """The type of the ``seq`` keys: a 64-bit integer, which a backend may spell its own way
+    in DDL (SQLite: see ledger/recorders/sqlite.py)."""
+
+    inherit_cache = True
+
+
+_SEQ = SeqType()
 
 events = Table(
     "ledger_events",
