@@ -191,28 +191,6 @@ class TestRecorderContract:
         assert ev.stream_seq == 4
         ledger_db.verify()
 
-    def test_a_taken_stream_position_is_a_conflict_not_a_driver_error(
-        self, ledger_db: ledger.Ledger, db_url: str
-    ) -> None:
-        """The database's unique constraint, should a builder race past the check, comes back
-        as StreamConflict (chained to the driver's error), on a recorder reading the head."""
-        ledger_db.append("s", E("a"))
-        head = ledger_db.head()
-
-        def taken(seq: int, hash_: str, spos: int, shash: str, active: str | None, tip: object,
-                  ) -> tuple[list[StoredEvent], list[Seal], list[KeyRecord]]:
-            ev = _make(seq + 1, "s", spos, "t", "2030-01-01T00:00:00.000000Z", "{}", "{}",
-                       True, hash_, shash)
-            return [ev], [], []
-
-        # A fresh recorder: no prediction (PostgreSQL), it reads the head.
-        with ledger.Ledger(db_url) as other, pytest.raises(ledger.StreamConflict) as ei:
-            other.recorder.append("s", None, taken)
-        assert (ei.value.stream, ei.value.expected, ei.value.actual) == ("s", 1, 2)
-        assert ei.value.__cause__ is not None
-        assert not isinstance(ei.value.__cause__, ledger.LedgerError)
-        assert ledger_db.head() == head
-
     def test_writers_that_overtake_each_other_keep_one_chain(
         self, db_url: str, signer: ledger.Signer
     ) -> None:
@@ -344,19 +322,38 @@ class TestRecorderContract:
         ledger_db.append("s", E("b"))
         assert ledger_db.verify().events == head.seq + 1
 
-    def test_driver_errors_are_operational_errors_chained(
+    def test_driver_errors_are_translated_and_chained(
         self, ledger_db: ledger.Ledger, db_url: str
     ) -> None:
+        """A taken stream position (the database's unique constraint, should a builder race
+        past the check) is a StreamConflict; anything else the driver says, an
+        OperationalError on one line. Both chained to the driver's error, never one."""
         ledger_db.append("s", E("a"))
-        with RawDB(db_url) as db:  # DROP is not an UPDATE or DELETE: no trigger stops it
-            db.execute("DROP TABLE ledger_keys")
-        with pytest.raises(ledger.OperationalError) as ei:
-            ledger_db.keys()
-        msg = str(ei.value)
-        assert msg.startswith(f"ledger {ledger_db.display_url}: ") and "\n" not in msg
-        assert "ledger_keys" in msg
+        head = ledger_db.head()
+
+        def taken(seq: int, hash_: str, spos: int, shash: str, active: str | None, tip: object,
+                  ) -> tuple[list[StoredEvent], list[Seal], list[KeyRecord]]:
+            ev = _make(seq + 1, "s", spos, "t", "2030-01-01T00:00:00.000000Z", "{}", "{}",
+                       True, hash_, shash)
+            return [ev], [], []
+
+        # A fresh recorder: no prediction (PostgreSQL), it reads the head.
+        with ledger.Ledger(db_url) as other, pytest.raises(ledger.StreamConflict) as ei:
+            other.recorder.append("s", None, taken)
+        assert (ei.value.stream, ei.value.expected, ei.value.actual) == ("s", 1, 2)
         assert ei.value.__cause__ is not None
         assert not isinstance(ei.value.__cause__, ledger.LedgerError)
+        assert ledger_db.head() == head
+
+        with RawDB(db_url) as db:  # DROP is not an UPDATE or DELETE: no trigger stops it
+            db.execute("DROP TABLE ledger_keys")
+        with pytest.raises(ledger.OperationalError) as eo:
+            ledger_db.keys()
+        msg = str(eo.value)
+        assert msg.startswith(f"ledger {ledger_db.display_url}: ") and "\n" not in msg
+        assert "ledger_keys" in msg
+        assert eo.value.__cause__ is not None
+        assert not isinstance(eo.value.__cause__, ledger.LedgerError)
 
     def test_an_unreachable_database_is_one_typed_error(self, backend: str, tmp_path: Path) -> None:
         """Raised where the recorder connects, on one line, the password never shown."""
