@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .exports import ExportResult, ExportVerifyResult, export, verify_export
     from .keys import PublicKey, Signer, generate_key_file, load_public_key, load_signer
     from .recorders import database_file, normalize_url
-    from .store import Ledger, NewEvent, VerifyResult, format_time, parse_time
+    from .store import Ledger, NewEvent, VerifyResult, format_time
     from .url import redact
 
 # Public name -> the submodule that defines it.
@@ -43,7 +43,6 @@ _EXPORTS = {
     "load_public_key": "keys", "load_signer": "keys",
     "database_file": "recorders", "normalize_url": "recorders",
     "Ledger": "store", "NewEvent": "store", "VerifyResult": "store", "format_time": "store",
-    "parse_time": "store",
     "redact": "url",
 }
 
@@ -76,7 +75,6 @@ __all__ = [
     "load_signer",
     "normalize_url",
     "parse_checkpoint",
-    "parse_time",
     "redact",
     "verify_export",
 ]

@@ -63,10 +63,6 @@ def format_time(t: datetime) -> str:
     )
 
 
-def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
 @dataclass(frozen=True)
 class NewEvent:
     type: str

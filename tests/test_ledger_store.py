@@ -7,7 +7,7 @@ import base64
 import hashlib
 import json
 import os
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -122,7 +122,6 @@ def test_timestamps_are_fixed_precision_utc(ledger_db: ledger.Ledger) -> None:
     ledger_db.clock = lambda: datetime(2024, 2, 29, 23, 30, 0, tzinfo=timezone(timedelta(hours=-2)))
     (ev,) = ledger_db.append("s", E("t"))
     assert ev.recorded_at == "2024-03-01T01:30:00.000000Z"
-    assert ledger.parse_time(ev.recorded_at) == datetime(2024, 3, 1, 1, 30, tzinfo=UTC)
 
 
 def test_actor_is_recorded(ledger_db: ledger.Ledger) -> None:
