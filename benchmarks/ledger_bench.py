@@ -51,8 +51,8 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import Engine, create_engine, event, select  # noqa: E402
 
 import ledger  # noqa: E402
-from ledger.recorder import events as events_table  # noqa: E402
-from ledger.recorder import metadata  # noqa: E402
+from ledger.recorders import events as events_table  # noqa: E402
+from ledger.recorders import metadata  # noqa: E402
 
 EVENT_TYPE = "bench.event"
 ZERO = "0" * 64

@@ -13,6 +13,10 @@ from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-
 from json.encoder import encode_basestring as _encode_basestring
 from typing import Any
 
+from .errors import CanonicalError
+
+__all__ = ["MAX_SAFE_INT", "CanonicalError", "dumps", "is_canonical", "loads"]
+
 MAX_SAFE_INT = 2**53 - 1
 
 _encoder = json.JSONEncoder(
@@ -25,10 +29,6 @@ _c_encode = (
         None, _encoder.default, _encode_basestring, None, ":", ",", True, False, False
     )
 )
-
-
-class CanonicalError(ValueError):
-    """A value that has no canonical form (float, non-str key, lone surrogate, ...)."""
 
 
 def _check(value: Any, path: str) -> bool:

@@ -213,13 +213,6 @@ def event_hash(
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def recompute(ev: StoredEvent) -> str:
-    return event_hash(
-        ev.seq, ev.stream, ev.stream_seq, ev.type, ev.recorded_at, ev.actor, ev.payload,
-        ev.closes, ev.prev_hash, ev.stream_prev_hash,
-    )
-
-
 def seal_message(first: int, seq: int, hash_: str) -> bytes:
     """What a seal signs: the extent of the append (its first and last seq) and the hash of its
     last event, domain-separated."""

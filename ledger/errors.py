@@ -3,8 +3,10 @@
 ::
 
     LedgerError
-     ├── ConfigurationError        bad URL, unreadable or unsafe key file, malformed file
+     ├── ConfigurationError         bad URL, unreadable or unsafe key file, malformed file
      │    └── KeyFileError
+     ├── CanonicalError             a value or text with no canonical JSON form
+     │                              (raised by ledger.canonical; also a ValueError)
      ├── StreamConflict             optimistic concurrency: the stream moved on
      ├── IntegrityViolation         verification failed; carries ``seq`` and ``reason``
      └── OperationalError           the database failed (driver errors, translated once)
@@ -12,7 +14,12 @@
                                     a SQLite file that cannot be opened or created
 
 Every error raised by the package is one of these; driver exceptions are chained with
-``raise ... from e`` so the cause is kept for debugging but never leaks as the message.
+``raise ... from e`` so the cause is kept for debugging but never leaks as the message. The
+drivers' errors (sqlite3, psycopg, SQLAlchemy's) are translated in one place per backend: the
+recorder's ``translate`` (ledger/recorders/sqlite.py, ledger/recorders/postgres.py).
+
+This module imports nothing, and ``import ledger.errors`` neither SQLAlchemy nor cryptography:
+a caller can recognise the ledger's errors without paying for the ledger.
 """
 
 from __future__ import annotations
@@ -28,6 +35,12 @@ class ConfigurationError(LedgerError):
 
 class KeyFileError(ConfigurationError):
     """A private or public key file that is missing, malformed or unsafely readable."""
+
+
+class CanonicalError(LedgerError, ValueError):
+    """A value that has no canonical form (float, non-str key, lone surrogate, ...), or text
+    that does not parse as the ledger's JSON (a float, a duplicate key). Also a ValueError:
+    code that parses JSON catches that for both (``ledger.canonical`` raises it)."""
 
 
 class StreamConflict(LedgerError):

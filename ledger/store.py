@@ -1,5 +1,5 @@
 """The ledger: append, read, verify, checkpoint. Pure chain logic from :mod:`ledger.chain`,
-storage from :mod:`ledger.recorder`."""
+storage from :mod:`ledger.recorders`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import canonical
+from .canonical import CanonicalError, dumps, loads
 from .chain import (
     BAD_SEAL,
     CHECKPOINT_MISMATCH,
@@ -40,8 +40,8 @@ from .chain import (
 from .checkpoint import Checkpoint, origin_for, sign_checkpoint
 from .errors import ConfigurationError, IntegrityViolation, LedgerError, StreamConflict
 from .keys import PublicKey, Signer
-from .recorder import Recorder, Tip, recorder_for
-from .url import normalize_url, redact, sqlite_path
+from .recorders import Recorder, Tip, database_file, normalize_url, recorder_for
+from .url import redact
 
 Clock = Callable[[], datetime]
 
@@ -61,10 +61,6 @@ def format_time(t: datetime) -> str:
         f"{t.year}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
         f".{t.microsecond:06d}Z"
     )
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -114,7 +110,7 @@ class Ledger:
         # A head this object wrote or verified: appends build on it without re-checking it.
         self._trusted: tuple[int, str] | None = None
         self._ledger_id: str | None = None
-        path = sqlite_path(self.url)
+        path = database_file(self.url)
         if not create and path is not None and not path.exists():
             raise ConfigurationError(
                 f"ledger {redact(self.url)}: no ledger there ({path} does not exist)"
@@ -142,7 +138,7 @@ class Ledger:
     def _actor_text(self) -> str:
         pid = os.getpid()
         if self._actor is None or self._actor[0] != pid:
-            self._actor = (pid, canonical.dumps(default_actor(self.tool)))
+            self._actor = (pid, dumps(default_actor(self.tool)))
         return self._actor[1]
 
     def _key_id(self, signer: Signer) -> str:
@@ -183,7 +179,6 @@ class Ledger:
                 f"stream {LEDGER_STREAM!r} is reserved for the ledger's own events"
             )
         payloads = []
-        dumps = canonical.dumps
         for it in items:
             if not it.type or len(it.type) > 200:
                 raise ConfigurationError("event type must be 1 to 200 characters")
@@ -198,7 +193,7 @@ class Ledger:
                 payload = dict(payload)
             try:
                 payloads.append((it.type, dumps(payload)))
-            except canonical.CanonicalError as e:
+            except CanonicalError as e:
                 raise ConfigurationError(f"payload of {it.type!r}: {e}") from e
         return self._commit(stream, expected_position, payloads)
 
@@ -224,7 +219,7 @@ class Ledger:
             if head_seq == 0:
                 # The first append to a ledger is preceded, in the same commit, by the genesis
                 # append that introduces the signing key; it is sealed on its own.
-                gp = canonical.dumps({
+                gp = dumps({
                     "format": FORMAT_VERSION,
                     "ledger_id": uuid.uuid4().hex,
                     "key_id": key_id,
@@ -270,7 +265,7 @@ class Ledger:
         want = active
         if rotation is not None:  # a rotation is sealed by the key it retires
             try:
-                p = canonical.loads(rotation)
+                p = loads(rotation)
                 want = p["previous_key_id"] if p["key_id"] == active else None
             except (ValueError, KeyError, TypeError):
                 want = None
@@ -315,7 +310,7 @@ class Ledger:
                 f"key {new.key_id[:16]}... was used by this ledger before; a retired key is "
                 "never brought back: generate a new one"
             )
-        payload = canonical.dumps({
+        payload = dumps({
             "key_id": new.key_id, "public_key": new.public.b64, "previous_key_id": old.key_id,
         })
         rows = self._commit(LEDGER_STREAM, None, [(ROTATION_TYPE, payload)], new_key=new)
@@ -347,7 +342,7 @@ class Ledger:
     def ledger_id(self) -> str | None:
         if self._ledger_id is None:  # the genesis never changes once written: read it once
             for ev in self.read(1, 1):
-                self._ledger_id = str(canonical.loads(ev.payload)["ledger_id"])
+                self._ledger_id = str(loads(ev.payload)["ledger_id"])
         return self._ledger_id
 
     # -- verification ------------------------------------------------------------------------
@@ -416,7 +411,7 @@ class Ledger:
         introduced: list[str] = []
         for kev, _ in self.recorder.iter_events(stream=LEDGER_STREAM, stop=base.seq):
             if kev.type in (GENESIS_TYPE, ROTATION_TYPE):
-                introduced.append(str(canonical.loads(kev.payload)["key_id"]))
+                introduced.append(str(loads(kev.payload)["key_id"]))
 
         def public(key_id: str) -> PublicKey | None:
             rec = by_id.get(key_id)
@@ -460,7 +455,7 @@ class Ledger:
         out: list[tuple[int, str]] = []
         for ev, _ in self.recorder.iter_events(stream=LEDGER_STREAM, stop=upto):
             if ev.type in (GENESIS_TYPE, ROTATION_TYPE):
-                key = str(canonical.loads(ev.payload)["key_id"])
+                key = str(loads(ev.payload)["key_id"])
                 out.append((1 if ev.type == GENESIS_TYPE else ev.seq + 1, key))
         return out
 

@@ -1,25 +1,18 @@
-"""Database URLs as operators write them, normalised for SQLAlchemy; passwords never shown."""
+"""Database URLs as operators write them, parsed for SQLAlchemy; passwords never shown."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigurationError
 
-_PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg3"}
 
-
-def normalize_url(
-    url: str, base_dir: Path | None = None, *, what: str = "URL", shown: str | None = None
-) -> URL:
-    """Accept ``sqlite:///path``, libpq ``postgresql://user@host:port/db`` and SQLAlchemy's
-    ``postgresql+psycopg://...``. A relative SQLite path is resolved against ``base_dir``.
-
-    Messages show ``shown`` (say, the URL as written, with its ``${VAR}`` references) or else
-    the URL without its password: a URL too broken to parse may hold a secret anywhere."""
+def parse_url(url: str, *, what: str = "URL", shown: str | None = None) -> tuple[URL, str]:
+    """Parse a database URL as an operator wrote it; return it and how messages show it:
+    ``shown`` (say, the URL as written, with its ``${VAR}`` references) or else the URL
+    without its password (a URL too broken to parse may hold a secret anywhere). What each
+    backend accepts is its recorder's to check (``ledger.recorders.normalize_url``)."""
     if not isinstance(url, str) or not url.strip():
         raise ConfigurationError(f"{what} is empty")
     disp = redact(url) if shown is None else shown
@@ -32,32 +25,7 @@ def normalize_url(
     if "\0" in url or any(p and "\0" in str(p) for p in parts):
         # libpq and SQLite end a string at a NUL: what follows it would silently vanish
         raise ConfigurationError(f"{what} {disp!r} contains a NUL byte")
-    scheme = u.drivername
-    if scheme in _PG_SCHEMES:
-        if not u.database:
-            raise ConfigurationError(f"{what} {disp!r} names no database")
-        repeated = sorted(k for k, v in u.query.items() if not isinstance(v, str))
-        if repeated:
-            # libpq would take one of them; which one must not be a guess.
-            raise ConfigurationError(
-                f"{what} {disp!r}: parameter {repeated[0]!r} is given more than once"
-            )
-        return u.set(drivername="postgresql+psycopg")
-    if scheme in {"sqlite", "sqlite+pysqlite"}:
-        db = u.database
-        if not db or db == ":memory:":
-            raise ConfigurationError(f"{what} {disp!r} needs a file path (sqlite:///path)")
-        try:
-            path = Path(db).expanduser()
-        except RuntimeError as e:  # ~user of a user that does not exist
-            raise ConfigurationError(f"{what} {disp!r}: {e}") from e
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        return u.set(drivername="sqlite", database=str(path))
-    raise ConfigurationError(
-        f"{what} {disp!r}: unsupported scheme {scheme!r} (use sqlite:///path or "
-        "postgresql://user@host:port/db)"
-    )
+    return u, disp
 
 
 def redact(url: str | URL) -> str:
@@ -76,7 +44,3 @@ def redact(url: str | URL) -> str:
 def _secret(param: str) -> bool:
     # password, sslpassword, scram_client_key, scram_server_key, oauth_client_secret
     return any(w in param.lower() for w in ("password", "secret", "scram"))
-
-
-def sqlite_path(u: URL) -> Path | None:
-    return Path(u.database) if u.get_backend_name() == "sqlite" and u.database else None

@@ -19,7 +19,7 @@ import pytest
 import ledger
 from ledger.chain import seal_message
 from ledger.checkpoint import sign_checkpoint
-from ledger.export import _event_line
+from ledger.exports import _event_line
 from tests.pgcluster import PgCluster
 from tests.test_cli_ledger import error, run
 from tests.test_ledger_support import RawDB, forge
@@ -169,17 +169,6 @@ def test_a_forgery_during_a_run_stops_the_next_append(
     assert ledger_db.stream_position("upgrade/a") == 2
 
 
-def test_seals_record_their_extent(ledger_db: ledger.Ledger, db_url: str) -> None:
-    ledger_db.append("s", [E("a"), E("b"), E("c")])
-    ledger_db.append("t", E("d"))
-    with RawDB(db_url) as db:
-        assert db.execute("SELECT seq, first_seq FROM ledger_seals ORDER BY seq") == [
-            (1, 1), (4, 2), (5, 5)
-        ]
-        genesis = ledger.canonical.loads(db.event(1).payload)
-    assert genesis["format"] == 2
-
-
 def test_format_1_ledger_is_refused_with_one_line(tmp_path: Path, signer: ledger.Signer) -> None:
     path = tmp_path / "old.db"
     url = f"sqlite:///{path}"
@@ -240,24 +229,3 @@ def test_an_insert_only_role_appends_and_cannot_rewrite(
         raw.execute("UPDATE ledger_events SET payload = '{}' WHERE seq = 2")
 
 
-def test_rows_inserted_into_the_key_and_seal_tables_do_not_steer_the_appender(
-    ledger_db: ledger.Ledger, db_url: str, signer: ledger.Signer, tmp_path: Path
-) -> None:
-    ledger_db.append("s", E("a"))
-    mallory = ledger.generate_key_file(tmp_path / "m.pem")
-    with RawDB(db_url) as db:  # a key row that would be "newest" in the key table
-        db.execute("INSERT INTO ledger_keys (key_id, public_key, added_seq) VALUES (?, ?, 99)",
-                   [mallory.key_id, mallory.public.b64])
-    with ledger.Ledger(db_url, signer=signer) as lg:
-        lg.append("s", E("b"))  # the chain, not the table, says which key is active
-        head = lg.head().seq
-        with RawDB(db_url) as db:  # a seal planted where the next append's seal goes
-            db.execute("INSERT INTO ledger_seals (seq, first_seq, key_id, signature) "
-                       "VALUES (?, ?, ?, 'AAAA')", [head + 1, head + 1, mallory.key_id])
-        with pytest.raises(ledger.IntegrityViolation) as e:
-            lg.append("s", E("c"))
-    assert (e.value.seq, e.value.reason) == (head + 1, "bad seal")
-    assert "already stored" in str(e.value)
-    with pytest.raises(ledger.IntegrityViolation) as v:
-        ledger_db.verify()
-    assert v.value.reason in ("unknown key", "bad seal")

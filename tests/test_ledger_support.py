@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+import pytest
 
 import ledger
 from ledger.chain import StoredEvent, event_hash
@@ -90,6 +91,28 @@ class RawDB:
         """Move rows with seq >= from_seq by ``shift`` (two steps: the key is checked per row)."""
         self.execute(f"UPDATE {table} SET seq = -(seq + ?) WHERE seq >= ?", [shift, from_seq])
         self.execute(f"UPDATE {table} SET seq = -seq WHERE seq < 0")
+
+
+# -- append-only: the database refuses changes -------------------------------------------
+def refused(db: RawDB, sql: str) -> str:
+    """Run ``sql`` and expect the database's append-only triggers to refuse it."""
+    with pytest.raises((sqlite3.IntegrityError, psycopg.Error)) as ei:
+        db.execute(sql)
+    assert "append-only" in str(ei.value), str(ei.value)
+    return str(ei.value)
+
+
+MUTATIONS = {
+    "ledger_events": ["UPDATE ledger_events SET payload = '{}' WHERE seq = 2",
+                      "DELETE FROM ledger_events WHERE seq = 3"],
+    "ledger_seals": ["UPDATE ledger_seals SET key_id = 'x' WHERE seq = 2",
+                     "DELETE FROM ledger_seals WHERE seq = 3"],
+    "ledger_keys": ["UPDATE ledger_keys SET public_key = 'x'", "DELETE FROM ledger_keys"],
+}
+
+
+def snapshot(db: RawDB) -> list[list[tuple[object, ...]]]:
+    return [db.execute(f"SELECT * FROM {t} ORDER BY 1") for t in TABLES]
 
 
 def forge(

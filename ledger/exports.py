@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from . import canonical
+from .canonical import dumps, loads
 from .chain import ChainVerifier, Head, KeyRecord, Seal, StoredEvent, check_extends
 from .checkpoint import Checkpoint, origin_for, parse_checkpoint, sign_checkpoint
 from .errors import ConfigurationError, IntegrityViolation
@@ -52,7 +52,7 @@ def export(ledger: Ledger, out: IO[str], stream: str | None = None) -> ExportRes
         "format": FORMAT, "version": VERSION, "ledger_id": ledger_id, "stream": stream,
         "keys": [{"key_id": k.key_id, "public_key": k.public_key} for k in keys],
     }
-    out.write(canonical.dumps(header) + "\n")
+    out.write(dumps(header) + "\n")
     v = ChainVerifier(keys, mode="stream" if stream else "ledger", stream=stream)
     it = ledger.recorder.iter_events(stream=stream, with_seals=True)
     for ev, seal in it:
@@ -65,7 +65,7 @@ def export(ledger: Ledger, out: IO[str], stream: str | None = None) -> ExportRes
         ledger.require_active(signer, v.active_key)
     count = head.seq if stream is None else v._streams[stream][0]
     cp = sign_checkpoint(signer, origin_for(ledger_id, stream), count, head.hash)
-    out.write(canonical.dumps({"checkpoint": cp}) + "\n")
+    out.write(dumps({"checkpoint": cp}) + "\n")
     return ExportResult(v.count, head, cp)
 
 
@@ -75,7 +75,7 @@ def _event_line(ev: StoredEvent, seal: Seal | None) -> str:
         "first": seal.first, "key_id": seal.key_id,
         "signature": base64.b64encode(seal.signature).decode("ascii"),
     }
-    head = canonical.dumps({
+    head = dumps({
         "seq": ev.seq, "stream": ev.stream, "stream_seq": ev.stream_seq, "type": ev.type,
         "recorded_at": ev.recorded_at, "closes": ev.closes, "prev_hash": ev.prev_hash,
         "stream_prev_hash": ev.stream_prev_hash, "hash": ev.hash, "seal": s,
@@ -114,7 +114,7 @@ def verify_export(
     if first is None:
         raise ConfigurationError(f"{path}: empty file, not a ledger export")
     try:
-        header = canonical.loads(first[1])
+        header = loads(first[1])
         if header.get("format") != FORMAT:
             raise ValueError
     except (ValueError, AttributeError, RecursionError) as e:
@@ -151,7 +151,7 @@ def verify_export(
                 None, "malformed event", f"{path}:{n}: data after the closing checkpoint"
             )
         try:
-            obj = canonical.loads(line)
+            obj = loads(line)
         except (ValueError, RecursionError) as e:  # RecursionError: nested absurdly deep
             # In a full export, a line's place says which event it should hold.
             at = (v.last.seq + 1 if v.last else 1) if stream is None else None
@@ -240,7 +240,7 @@ def _parse_event(obj: Any, path: Path, n: int) -> tuple[StoredEvent, Seal | None
     try:
         ev = StoredEvent(
             int(obj["seq"]), str(obj["stream"]), int(obj["stream_seq"]), str(obj["type"]),
-            str(obj["recorded_at"]), canonical.dumps(obj["actor"]), canonical.dumps(obj["payload"]),
+            str(obj["recorded_at"]), dumps(obj["actor"]), dumps(obj["payload"]),
             bool(obj["closes"]), str(obj["prev_hash"]), str(obj["stream_prev_hash"]),
             str(obj["hash"]),
         )
