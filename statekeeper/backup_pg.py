@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from .backup import Created, Hook, Manifest, disk_free
+from .dialects.pg_fingerprint import pg_fingerprint
 from .errors import BackupError, ConfigError, TargetError
 from .files import CHILD_UMASK, publish, touch_private
-from .fingerprint import pg_fingerprint
 from .targets import Target, first_line
 
 USER_SCHEMAS = (

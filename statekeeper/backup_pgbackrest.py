@@ -32,6 +32,7 @@ from typing import Any
 
 from .backup import Created, Hook, Manifest, disk_free
 from .backup_pg import _identity, database_size, stderr_line
+from .dialects.pg_fingerprint import pg_fingerprint
 from .errors import (
     BackupCorrupt,
     BackupError,
@@ -40,7 +41,7 @@ from .errors import (
     TargetError,
 )
 from .files import publish, write_private
-from .fingerprint import pg_fingerprint, quote_ident
+from .fingerprint import quote_ident
 from .targets import Target, first_line
 
 DEFAULT_REPO = "/var/lib/pgbackrest"

@@ -10,9 +10,9 @@ import tempfile
 from pathlib import Path
 
 from .backup import Created, Hook, Manifest, disk_free
+from .dialects.sqlite_fingerprint import sqlite_fingerprint
 from .errors import BackupError, ConfigError
 from .files import fsync_path, publish, touch_private
-from .fingerprint import sqlite_fingerprint
 from .targets import Target
 
 SIDE_FILES = ("-wal", "-shm", "-journal")

@@ -16,3 +16,11 @@ def monotonic_ms() -> float:
     return time.monotonic() * 1000.0
 
 
+
+
+def format_ts(t: datetime) -> str:
+    """UTC, microseconds, ``Z``: the timestamp text statekeeper stores (the ledger's form). A
+    naive time is taken as UTC."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
