@@ -113,11 +113,9 @@ class PostgresDialect(Dialect):
     def connect(self, target: Target, *, autocommit: bool = False) -> Any:
         import psycopg
 
-        try:
+        with self.errors(f"target {target.display}"):
             return psycopg.connect(self.conninfo(target), autocommit=autocommit,
                                    connect_timeout=10)
-        except psycopg.Error as e:
-            raise TargetError(f"target {target.display}: {first_line(e)}") from e
 
     def driver_error(self) -> tuple[type[BaseException], ...]:
         import psycopg
@@ -220,23 +218,21 @@ class PostgresDialect(Dialect):
         conn = self.connect(target, autocommit=True)
         k1, k2 = ADVISORY_LOCK_KEY
         try:
-            self.label_session(conn, label)
-            for _ in range(3):
-                if conn.execute(f"SELECT pg_try_advisory_lock({k1}, {k2})").fetchone()[0]:
-                    break
-                holder = self._holder(conn)
-                if holder:
-                    raise LockHeld(
-                        f"migrations on {target.display} are locked by another "
-                        f"process: {holder}"
-                    )
-                time.sleep(0.05)  # released between the two queries: try again
-            else:
-                raise LockHeld(f"migrations on {target.display} are locked by another "
-                               "process (holder not visible)")
-        except psycopg.Error as e:
-            conn.close()
-            raise TargetError(f"target {target.display}: {first_line(e)}") from e
+            with self.errors(f"target {target.display}"):
+                self.label_session(conn, label)
+                for _ in range(3):
+                    if conn.execute(f"SELECT pg_try_advisory_lock({k1}, {k2})").fetchone()[0]:
+                        break
+                    holder = self._holder(conn)
+                    if holder:
+                        raise LockHeld(
+                            f"migrations on {target.display} are locked by another "
+                            f"process: {holder}"
+                        )
+                    time.sleep(0.05)  # released between the two queries: try again
+                else:
+                    raise LockHeld(f"migrations on {target.display} are locked by another "
+                                   "process (holder not visible)")
         except BaseException:
             conn.close()
             raise

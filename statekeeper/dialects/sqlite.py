@@ -47,12 +47,10 @@ class SqliteDialect(Dialect):
         path = target.sqlite_path
         if not path.exists():
             raise ConfigError(f"target {target.display}: database file {path} does not exist")
-        try:
+        with self.errors(f"target {target.display}"):
             conn = sqlite3.connect(
                 path, timeout=30, isolation_level=None if autocommit else "DEFERRED"
             )
-        except sqlite3.Error as e:
-            raise TargetError(f"target {target.display}: {e}") from e
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
 
