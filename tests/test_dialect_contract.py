@@ -19,10 +19,19 @@ from statekeeper.clock import format_ts
 from statekeeper.dialects import dialect_for, dialect_for_url
 from statekeeper.errors import ConfigError, LockHeld, MigrationError, TargetError
 from statekeeper.fingerprint import diff, fingerprint
-from statekeeper.migrations import AppliedMigration, Migration, Tag, checksum_of
+from statekeeper.migrations import (
+    CHANGELOG_TABLE,
+    TAGS_TABLE,
+    AppliedMigration,
+    Migration,
+    Migrator,
+    Tag,
+    checksum_of,
+)
 from statekeeper.migrations.changelog import Changelog
 from statekeeper.targets import Target
 from tests.test_backup_support import execute, seed
+from tests.test_migrations import tables, write
 
 SINCE = "2026-01-02T03:04:05.678901Z"
 
@@ -37,6 +46,26 @@ def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         return
     cluster = request.getfixturevalue("pg_cluster")
     yield Target.from_url(cluster.url(cluster.createdb("contract")))
+
+
+@pytest.fixture
+def target(db: Target) -> Iterator[Target]:
+    """The module's database, for a test that migrates it: what it created is dropped after."""
+    yield db
+    execute(url_of(db), *(f"DROP TABLE IF EXISTS {t}" for t in ("a", "t", CHANGELOG_TABLE,
+                                                                 TAGS_TABLE)))
+
+
+@pytest.fixture
+def mdir(tmp_path: Path) -> Path:
+    d = tmp_path / "migrations"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def mig(target: Target, mdir: Path) -> Migrator:
+    return Migrator(target, mdir)
 
 
 def url_of(t: Target) -> str:
@@ -146,6 +175,22 @@ def test_driver_errors_are_translated_once_and_chained(db: Target) -> None:
         conn.close()
 
 
+def test_error_position_points_at_the_token_when_the_server_gives_one(
+    mig: Migrator, mdir: Path, target: Target
+) -> None:
+    text = "CREATE TABLE t (x integer);\nSELECT no_such_column FROM t;\n"
+    write(mdir, "1_t.sql", text)
+    with pytest.raises(MigrationError) as e:
+        mig.up()
+    if target.backend == "postgresql":
+        assert e.value.server_message == 'column "no_such_column" does not exist'
+        assert e.value.position == text.index("no_such_column") + 1
+    else:
+        assert e.value.server_message == "no such column: no_such_column"
+        assert e.value.position == text.index("SELECT") + 1
+    assert "t" not in tables(target)
+
+
 # -- the changelog ----------------------------------------------------------------------------
 def test_the_changelog_tables_are_created_once_and_read_back_what_was_written(
     db: Target
@@ -194,6 +239,28 @@ def test_the_lock_excludes_a_second_holder_and_names_it(db: Target) -> None:
     finally:
         release()
     d.lock(db, "a second holder", SINCE)()  # released: the next holder takes it
+
+
+def test_lock_excludes_a_second_migrator_and_names_the_holder(
+    target: Target, mdir: Path
+) -> None:
+    import os
+    import socket
+
+    write(mdir, "1_a.sql", "CREATE TABLE a (x integer);\n")
+    first = Migrator(target, mdir)
+    second = Migrator(target, mdir)
+    with first.lock(run_id="run-1"):
+        with first.lock():  # reentrant within one Migrator
+            pass
+        with pytest.raises(LockHeld) as e:
+            second.up()
+        msg = str(e.value)
+        assert msg.startswith(
+            f"migrations on {target.display} are locked by another process: "
+            f"statekeeper pid={os.getpid()} host={socket.gethostname()} run=run-1")
+        first.up()  # the holder itself proceeds
+    assert second.up() == [] and second.is_applied("1_a")  # released
 
 
 # -- the fingerprint reader -------------------------------------------------------------------
