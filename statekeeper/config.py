@@ -121,8 +121,14 @@ class Config:
         """The configured method, or the default for the target's backend."""
         if self.backup.method:
             return self.backup.method
+        from .dialects import dialect_for_url
+
         url = self.require_target()
-        return "sqlite" if url.startswith("sqlite") else "pg_dump"
+        dialect = dialect_for_url(url)
+        if dialect is None:  # not through load_config, which refuses it: the same one line
+            _check_url(url, url, f"{self.source}: [target] url", self.base_dir)
+            raise ConfigError(f"{self.source}: [target] url: no target dialect for it")
+        return dialect.default_backup_method
 
     def backup_dir(self) -> Path:
         return self.backup.dir or (self.base_dir / DEFAULT_BACKUP_DIR)
@@ -213,7 +219,7 @@ def interpolate_url(value: str, where: str, env: Mapping[str, str]) -> str:
                 raise ConfigError(f"{where}: ${{{t}}} is used as the URL scheme but is not one")
             out.append(v)
         elif pos < auth_end and pos > userinfo_end:
-            if skeleton.startswith("sqlite"):
+            if _names_a_file(skeleton):
                 # no host in a SQLite URL: "sqlite://${DB_PATH}" with DB_PATH=/abs/app.db
                 out.append(v)
                 continue
@@ -354,14 +360,22 @@ def _check_url(url: str, template: str, where: str, base: Path) -> str:
         u = normalize_url(url, base, what=where, shown=shown)
     except ConfigurationError as e:
         raise ConfigError(_one_line(e)) from e
-    if u.get_backend_name() == "postgresql" and u.query:
-        import psycopg
+    if u.query:
+        from .dialects import dialect_for
 
-        try:  # a parameter libpq does not know would only fail at the first connection
-            psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in u.query.items()})
-        except psycopg.ProgrammingError as e:
-            raise ConfigError(f"{where} {shown!r}: {_one_line(e)}") from e
+        # a parameter the driver does not know would only fail at the first connection
+        err = dialect_for(u.get_backend_name()).url_error(u)
+        if err is not None:
+            raise ConfigError(f"{where} {shown!r}: {_one_line(err)}") from err
     return url
+
+
+def _names_a_file(url: str) -> bool:
+    """Does the URL's scheme name a database kept in a file (no host: ``sqlite://${PATH}``)?"""
+    from .dialects import dialect_for_url
+
+    dialect = dialect_for_url(url)
+    return dialect is not None and dialect.in_a_file
 
 
 def _one_line(e: BaseException) -> str:

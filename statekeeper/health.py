@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, TargetError
+from .errors import ConfigError, StatekeeperError, TargetError
 
 if TYPE_CHECKING:  # validating [health] runs at every configuration load: keep it light
     from .targets import Target
@@ -193,48 +192,15 @@ def run_checks(
     return {"checks": results}
 
 
-class _TimedOut(Exception):
-    pass
-
-
 def _run_one(target: Target, sql: str, timeout_ms: int) -> str:
-    conn = target.connect(autocommit=True)
-    deadline = time.monotonic() + timeout_ms / 1000
     try:
-        if target.backend == "postgresql":
-            # server-side: covers lock waits as well as the query's own work
-            conn.execute(f"SET statement_timeout = {int(timeout_ms)}")
-        else:
-            # SQLite runs in this process: the progress handler aborts the statement once
-            # the deadline passes, and the busy timeout stops a wait on another writer's lock
-            # at the same deadline.
-            conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
-            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
-        try:
-            cur = conn.execute(sql)
-            row = cur.fetchone()
-        except Exception as e:  # driver errors of either backend
-            if _is_timeout(e, deadline):
-                raise _TimedOut() from e
-            raise
-        return _as_text(row[0]) if row else ""
-    except _TimedOut as e:
+        row = target.dialect.health_query(target, sql, timeout_ms)
+    except TimeoutError as e:
         raise TargetError(f"timed out after {format_ms(timeout_ms)}") from e
-    except TargetError:
+    except StatekeeperError:  # no connection (TargetError), no database file (ConfigError)
         raise
-    except Exception as e:
-        from .targets import first_line
+    except Exception as e:  # the driver's error, whichever the backend
+        from .dialects.base import first_line
 
         raise TargetError(first_line(e)) from e
-    finally:
-        conn.close()
-
-
-def _is_timeout(e: BaseException, deadline: float) -> bool:
-    if getattr(e, "sqlstate", None) == "57014":  # PostgreSQL query_canceled
-        return True
-    if isinstance(e, sqlite3.OperationalError):
-        # "interrupted" from the progress handler; "database is locked" once busy_timeout
-        # ran out (its sleeps may end a hair before our clock says so)
-        return time.monotonic() >= deadline - 0.05
-    return False
+    return _as_text(row[0]) if row else ""

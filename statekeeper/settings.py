@@ -51,8 +51,9 @@ class Settings:
         from ledger.errors import LedgerUnreachable
 
         u = ledger.normalize_url(self.ledger_url, self.config.base_dir)
-        if u.get_backend_name() == "sqlite" and u.database:
-            d = Path(u.database).parent
+        db = ledger.database_file(u)
+        if db is not None:
+            d = db.parent
             # Only the default location is created for the user (0700); a typo elsewhere is
             # an error, for reading commands as for writing ones.
             if create and d == self.config.base_dir / ".statekeeper":
@@ -104,7 +105,7 @@ def _flag_url(url: str) -> str:
     import ledger
 
     u = ledger.normalize_url(url, Path.cwd(), what="--ledger URL")
-    if u.get_backend_name() != "sqlite":
+    if ledger.database_file(u) is None:  # a server's URL: nothing relative in it
         return url
     return u.render_as_string(hide_password=False)
 

@@ -1,30 +1,27 @@
-"""The target database (the application's): URL handling, raw DBAPI connections, and the
+"""The target database (the application's): its URL, raw DBAPI connections, and the
 environment that client tools (pg_dump, pg_restore, psql, pgbackrest) need.
 
 Targets use psycopg 3 and sqlite3 directly: migrations hand whole SQL files to the server, which
-needs the simple query protocol, not an ORM. Dialect quirks are keyed by ``backend``.
+needs the simple query protocol, not an ORM. What differs between the backends is the target's
+:class:`~statekeeper.dialects.Dialect`; a Target only says which one.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from sqlalchemy.engine import URL
 
 from ledger import ConfigurationError, normalize_url, redact
 
 from .dialects import Dialect, dialect_for
+from .dialects.base import first_line
+from .dialects.postgres import SECRET_PARAMS
 from .errors import ConfigError, TargetError
 
-# Connection keywords that are secrets: never on a child's command line.
-SECRET_PARAMS = frozenset({
-    "password", "sslpassword", "scram_client_key", "scram_server_key", "oauth_client_secret",
-})
+__all__ = ["SECRET_PARAMS", "Target", "first_line"]
 
 
 @dataclass(frozen=True)
@@ -39,15 +36,13 @@ class Target:
         except ConfigurationError as e:
             raise ConfigError(str(e)) from e
         t = cls(u, redact(u))
-        if t.backend == "postgresql":
-            try:
-                t.conninfo()
-            except psycopg.ProgrammingError as e:  # a query parameter libpq does not know
-                raise ConfigError(f"target URL {t.display!r}: {first_line(e)}") from e
+        t.dialect.check_target(t)
         return t
 
     @property
     def backend(self) -> str:
+        """The SQLAlchemy backend name (``sqlite``, ``postgresql``): a name to record; what
+        differs between backends is asked of :attr:`dialect`."""
         return str(self.url.get_backend_name())
 
     @property
@@ -56,85 +51,45 @@ class Target:
 
     @property
     def sqlite_path(self) -> Path:
-        if self.backend != "sqlite" or not self.url.database:
+        path = self.dialect.file_path(self)
+        if path is None:
             raise TargetError(f"target {self.display} is not a SQLite database")
-        return Path(self.url.database)
+        return path
 
     @property
     def database(self) -> str:
         return str(self.url.database)
 
+    @property
+    def identity(self) -> str:
+        """What names this database (a SQLite file's resolved path, a PostgreSQL database's
+        name): a backup is restored only where it was taken."""
+        return self.dialect.identity(self)
+
     def conn_params(self) -> dict[str, str]:
-        """libpq keywords for what the URL says, and nothing it does not: a host, port or user
-        left out is left to libpq (PGHOST, PGPORT, PGUSER, PGSERVICE, the socket directory),
-        exactly as psql resolves it. Our own connection and the client programs both start
-        from this, so they reach the same server."""
-        u = self.url
-        params: dict[str, str] = {"dbname": str(u.database)}
-        if u.host:
-            params["host"] = u.host
-        if u.port:
-            params["port"] = str(u.port)
-        if u.username:
-            params["user"] = u.username
-        if u.password:
-            params["password"] = str(u.password)
-        params.update({k: str(v) for k, v in u.query.items()})
-        if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
-            params["connect_timeout"] = "10"
-        return params
+        """libpq keywords for what the URL says (PostgreSQL only)."""
+        return self.dialect.conn_params(self)
 
     def conninfo(self) -> str:
         """libpq keyword string for psycopg (password included: never log this)."""
-        return str(psycopg.conninfo.make_conninfo(**self.conn_params()))
+        return self.dialect.conninfo(self)
 
     def client_conninfo(self) -> str:
         """The same connection for pg_dump/psql ``--dbname``, with every secret left out: the
         password goes through the environment (:meth:`libpq_env`), never a command line."""
-        params = {k: v for k, v in self.conn_params().items() if k not in SECRET_PARAMS}
-        return str(psycopg.conninfo.make_conninfo(**params))
+        return self.dialect.client_conninfo(self)
 
     def libpq_env(self) -> dict[str, str]:
         """Environment for pg_dump/pg_restore/psql: ours (libpq reads the same PG* variables
         for our own connection), plus the password."""
-        env = dict(os.environ)
-        password = self.conn_params().get("password")
-        if password:
-            env["PGPASSWORD"] = password
-        return env
+        return self.dialect.libpq_env(self)
 
     def endpoint(self, conn: Any = None) -> tuple[str, int]:
         """(host, port) that libpq actually connected to (a socket directory for a Unix
         socket): what a URL without host or port resolved to. Opens a connection unless
         given one (a psycopg connection to this target)."""
-        if conn is not None:
-            return str(conn.info.host), int(conn.info.port)
-        c = self.connect(autocommit=True)
-        try:
-            return str(c.info.host), int(c.info.port)
-        finally:
-            c.close()
+        return self.dialect.endpoint(self, conn)
 
     def connect(self, *, autocommit: bool = False) -> Any:
         """A DBAPI connection: psycopg 3 for PostgreSQL, sqlite3 for SQLite."""
-        if self.backend == "postgresql":
-            try:
-                return psycopg.connect(self.conninfo(), autocommit=autocommit, connect_timeout=10)
-            except psycopg.Error as e:
-                raise TargetError(f"target {self.display}: {first_line(e)}") from e
-        path = self.sqlite_path
-        if not path.exists():
-            raise ConfigError(f"target {self.display}: database file {path} does not exist")
-        try:
-            conn = sqlite3.connect(
-                path, timeout=30, isolation_level=None if autocommit else "DEFERRED"
-            )
-        except sqlite3.Error as e:
-            raise TargetError(f"target {self.display}: {e}") from e
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        return self.dialect.connect(self, autocommit=autocommit)

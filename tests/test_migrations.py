@@ -1,5 +1,6 @@
 """Migrations against real databases: every test runs on a SQLite file and on a fresh
-PostgreSQL 15 database of the throwaway test cluster."""
+PostgreSQL 15 database of the throwaway test cluster. The error position of a failing text and
+the target lock are the dialect contract's (tests/test_dialect_contract.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import pytest
 from statekeeper.errors import (
     ConfigError,
     IrreversibleError,
-    LockHeld,
     MigrationError,
     ValidationError,
 )
@@ -204,22 +204,6 @@ def test_failing_third_migration_leaves_first_two(
     assert not mig.is_applied("0003_again")
     assert "audit" not in tables(target) and "never" not in tables(target)  # nothing half-done
     assert ids(mig.pending()) == ["0003_again", "0004_never"]
-
-
-def test_error_position_points_at_the_token_when_the_server_gives_one(
-    mig: Migrator, mdir: Path, target: Target
-) -> None:
-    text = "CREATE TABLE t (x integer);\nSELECT no_such_column FROM t;\n"
-    write(mdir, "1_t.sql", text)
-    with pytest.raises(MigrationError) as e:
-        mig.up()
-    if target.backend == "postgresql":
-        assert e.value.server_message == 'column "no_such_column" does not exist'
-        assert e.value.position == text.index("no_such_column") + 1
-    else:
-        assert e.value.server_message == "no such column: no_such_column"
-        assert e.value.position == text.index("SELECT") + 1
-    assert "t" not in tables(target)
 
 
 def test_transaction_control_in_a_migration_is_refused_before_it_runs(
@@ -429,29 +413,6 @@ def test_create_index_concurrently_runs_outside_a_transaction(
         "CREATE INDEX CONCURRENTLY cannot run inside a transaction block")
     mig.revert("2_idx")  # DROP INDEX CONCURRENTLY, outside a transaction too
     assert query(target, "SELECT to_regclass('t_x') IS NULL") == [(True,)]
-
-
-# -- the lock ---------------------------------------------------------------------------------
-def test_lock_excludes_a_second_migrator_and_names_the_holder(
-    target: Target, mdir: Path
-) -> None:
-    import os
-    import socket
-
-    write(mdir, "1_a.sql", "CREATE TABLE a (x integer);\n")
-    first = Migrator(target, mdir)
-    second = Migrator(target, mdir)
-    with first.lock(run_id="run-1"):
-        with first.lock():  # reentrant within one Migrator
-            pass
-        with pytest.raises(LockHeld) as e:
-            second.up()
-        msg = str(e.value)
-        assert msg.startswith(
-            f"migrations on {target.display} are locked by another process: "
-            f"statekeeper pid={os.getpid()} host={socket.gethostname()} run=run-1")
-        first.up()  # the holder itself proceeds
-    assert second.up() == [] and second.is_applied("1_a")  # released
 
 
 # -- crashes and sessions ---------------------------------------------------------------------

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from ..dialects.pg_fingerprint import pg_fingerprint
 from ..errors import BackupError, TargetError
 from ..files import CHILD_UMASK, publish, touch_private
-from ..fingerprint import pg_fingerprint
 from ..targets import Target, first_line
 from .model import Created, Hook, Manifest, MethodOptions, disk_free
 from .pgtools import (

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..dialects.pg_fingerprint import pg_fingerprint
 from ..errors import (
     BackupCorrupt,
     BackupError,
@@ -38,7 +39,7 @@ from ..errors import (
     TargetError,
 )
 from ..files import publish, write_private
-from ..fingerprint import pg_fingerprint, quote_ident
+from ..fingerprint import quote_ident
 from ..targets import Target, first_line
 from .model import Created, Hook, Manifest, MethodOptions, disk_free
 from .pgtools import check_same_database, database_size, identity, stderr_line

@@ -9,9 +9,9 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+from ..dialects.sqlite_fingerprint import sqlite_fingerprint
 from ..errors import BackupError, ConfigError, WrongDatabase
 from ..files import fsync_path, publish, touch_private
-from ..fingerprint import sqlite_fingerprint
 from ..targets import Target
 from .model import OTHER_DATABASE_HINT, Created, Hook, Manifest, MethodOptions, disk_free
 

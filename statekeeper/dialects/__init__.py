@@ -42,7 +42,7 @@ def dialect_for(backend: str) -> Dialect:
 
 
 def dialect_for_url(url: str) -> Dialect | None:
-    """The dialect a URL's scheme names (``postgresql+psycopg://`` is ``postgresql``), or None
-    for a scheme no dialect serves."""
+    """The dialect a URL's scheme names (``postgresql+psycopg://`` and ``postgres://`` are
+    ``postgresql``), or None for a scheme no dialect serves."""
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
-    return _registry().get(scheme)
+    return next((d for d in _registry().values() if scheme in d.schemes), None)

@@ -1,6 +1,34 @@
-"""The interface every target dialect implements."""
+"""The interface every target dialect implements.
+
+A dialect is everything that differs between the backends on the target side, and nothing
+else: the caller (the migrator, the changelog, health checks, fingerprints, targets) says
+what it wants done and the dialect says how, on a DBAPI connection it opened. Drivers are
+imported when first used, so that choosing a dialect (configuration checks do) stays cheap.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TargetError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+    from ..fingerprint import Fingerprint
+    from ..targets import Target
+
+#: Releases a target lock.
+Release = Callable[[], None]
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an error's text (a driver's message may run over several)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 class Dialect:
@@ -8,8 +36,14 @@ class Dialect:
 
     #: SQLAlchemy backend name, the registry key
     name: str = ""
+    #: URL schemes (the part before ``+driver``) that name this backend
+    schemes: tuple[str, ...] = ()
     #: backup methods that can back up and restore this kind of target; the first is the default
     backup_methods: tuple[str, ...] = ()
+    #: is the database a file (its URL has a path and no host: ``sqlite:///app.db``)?
+    in_a_file: bool = False
+    #: do block comments nest? (the lexing of migration texts: PostgreSQL yes, SQLite no)
+    nested_comments: bool = True
 
     @property
     def default_backup_method(self) -> str:
@@ -17,3 +51,136 @@ class Dialect:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
+
+    # -- the target URL ----------------------------------------------------------------------
+    def check_target(self, target: Target) -> None:
+        """Refuse (ConfigError) what the URL says that no connection could use."""
+
+    def file_path(self, target: Target) -> Path | None:
+        """The database file, for a backend that keeps the database in one."""
+        return None
+
+    def identity(self, target: Target) -> str:
+        """What names this database, recorded in a backup so that it is restored only there."""
+        return str(target.url.database)
+
+    def url_error(self, url: URL) -> Exception | None:
+        """The driver's error for a URL it will not connect with, found before it is used."""
+        return None
+
+    # libpq's view of the target (pg_dump, pg_restore, psql, pgbackrest): PostgreSQL only
+    def conn_params(self, target: Target) -> dict[str, str]:
+        raise TargetError(f"target {target.display} is not a PostgreSQL database")
+
+    def conninfo(self, target: Target) -> str:
+        raise TargetError(f"target {target.display} is not a PostgreSQL database")
+
+    def client_conninfo(self, target: Target) -> str:
+        raise TargetError(f"target {target.display} is not a PostgreSQL database")
+
+    def libpq_env(self, target: Target) -> dict[str, str]:
+        raise TargetError(f"target {target.display} is not a PostgreSQL database")
+
+    def endpoint(self, target: Target, conn: Any = None) -> tuple[str, int]:
+        raise TargetError(f"target {target.display} is not a PostgreSQL database")
+
+    # -- connections and transactions -----------------------------------------------------
+    def connect(self, target: Target, *, autocommit: bool = False) -> Any:
+        """A DBAPI connection to the target; TargetError (ConfigError for a database file that
+        is not there) when there is none."""
+        raise NotImplementedError
+
+    def driver_error(self) -> tuple[type[BaseException], ...]:
+        """The driver's error classes: what :meth:`errors` translates."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def errors(self, prefix: str) -> Iterator[None]:
+        """The one translation of a driver error: ``TargetError("<prefix>: <first line>")``,
+        chained to the driver's error."""
+        try:
+            yield
+        except self.driver_error() as e:
+            raise TargetError(f"{prefix}: {first_line(e)}") from e
+
+    def label_session(self, conn: Any, label: str) -> None:
+        """Name the session after the process that holds it, where the server shows it."""
+
+    def migration_autocommit(self, transactional: bool) -> bool:
+        """The connection mode a migration (and our own writes) runs in: ``transactional``
+        work then happens between :meth:`begin` and :meth:`commit`."""
+        raise NotImplementedError
+
+    def begin(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def commit(self, conn: Any, migration_id: str, what: str) -> None:
+        """End what :meth:`begin` opened; MigrationError if the server refuses the commit,
+        TargetError if the connection failed while committing (the outcome is unknown)."""
+        raise NotImplementedError
+
+    def end(self, conn: Any) -> None:
+        """Commit what :meth:`begin` opened (driver errors are the caller's to translate)."""
+        raise NotImplementedError
+
+    def rollback(self, conn: Any) -> None:
+        """Roll back whatever is open; never raises."""
+        raise NotImplementedError
+
+    def release(self, conn: Any) -> None:
+        """Before a connection of ours is closed: nothing left open."""
+
+    # -- migration texts --------------------------------------------------------------------
+    def statement_starts(self, text: str) -> list[tuple[int, bool]]:
+        """Where each statement of ``text`` starts, and whether the start is inside a body
+        (a trigger or ``BEGIN ATOMIC`` body, parentheses): for transaction-control checks."""
+        raise NotImplementedError
+
+    def has_sql(self, text: str) -> bool:
+        from ..sqltext import skip_space_and_comments
+
+        return skip_space_and_comments(text, 0, nested=self.nested_comments) < len(text)
+
+    def execute(self, conn: Any, migration_id: str, text: str, offset: int,
+                transactional: bool) -> None:
+        """Run a migration text on an open connection; MigrationError (with the position in
+        the file: ``offset`` is where ``text`` starts) on failure. The caller rolls back."""
+        raise NotImplementedError
+
+    # -- our own tables ---------------------------------------------------------------------
+    #: the integer type of our bookkeeping tables' columns
+    integer_type: str = "bigint"
+
+    def own_schema(self, conn: Any, table: str, display: str) -> str:
+        """The schema our tables live (or will live) in; ``""`` for a backend without."""
+        return ""
+
+    def tables_exist(self, conn: Any, schema: str, names: tuple[str, ...]) -> bool:
+        raise NotImplementedError
+
+    def run(self, conn: Any, schema: str, query: str, params: Any = None,
+            **tables: str) -> Any:
+        """Run one of our own statements: ``%s`` parameters, ``{name}`` fields naming our
+        tables (``tables``: field -> table name, qualified with ``schema`` where needed)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def created_concurrently(self) -> Iterator[None]:
+        """Around a ``CREATE TABLE IF NOT EXISTS``: another process creating the same table at
+        the same moment is fine."""
+        yield
+
+    # -- the target lock --------------------------------------------------------------------
+    def lock(self, target: Target, label: str, since: str) -> Release:
+        """Take the target's migration lock (``label`` names this process to a second holder,
+        ``since`` is now); LockHeld naming the holder if another has it."""
+        raise NotImplementedError
+
+    # -- reading ----------------------------------------------------------------------------
+    def fingerprint(self, target: Target) -> Fingerprint:
+        raise NotImplementedError
+
+    def health_query(self, target: Target, sql: str, timeout_ms: int) -> Any:
+        """The first row of a health check's query (None for no row), run within
+        ``timeout_ms``; ``TimeoutError`` when the limit stopped it, driver errors as they are."""
+        raise NotImplementedError

@@ -1,10 +1,299 @@
-"""PostgreSQL targets: psycopg 3, advisory locks, client tools."""
+"""PostgreSQL targets: psycopg 3, libpq connection parameters, a session advisory lock.
+
+psycopg is imported by the methods that use it, not here: configuration checks pick a dialect
+from a URL and must not pay for the driver.
+
+A migration runs in psycopg's own transaction (a connection that is not in autocommit mode
+opens one at the first statement); a migration that must run outside one
+(``CREATE INDEX CONCURRENTLY``) runs on an autocommit connection, and its changelog row is then
+a single statement of its own.
+"""
 
 from __future__ import annotations
 
-from .base import Dialect
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, LockHeld, MigrationError, TargetError
+from .base import Dialect, Release, first_line
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+    from ..fingerprint import Fingerprint
+    from ..targets import Target
+
+#: The advisory lock's key (two int4: ``pg_locks.classid``, ``objid``; ``objsubid`` 2).
+ADVISORY_LOCK_KEY = (int.from_bytes(b"stkp", "big"), 1)
+
+# Connection keywords that are secrets: never on a child's command line.
+SECRET_PARAMS = frozenset({
+    "password", "sslpassword", "scram_client_key", "scram_server_key", "oauth_client_secret",
+})
 
 
 class PostgresDialect(Dialect):
     name = "postgresql"
+    schemes = ("postgresql", "postgres")
     backup_methods = ("pg_dump", "pgbackrest")
+    nested_comments = True
+    integer_type = "bigint"
+
+    # -- the target URL ----------------------------------------------------------------------
+    def check_target(self, target: Target) -> None:
+        import psycopg
+
+        try:
+            self.conninfo(target)
+        except psycopg.ProgrammingError as e:  # a query parameter libpq does not know
+            raise ConfigError(f"target URL {target.display!r}: {first_line(e)}") from e
+
+    def url_error(self, url: URL) -> Exception | None:
+        """The error libpq would give for the URL's query parameters at the first
+        connection, found now."""
+        import psycopg
+
+        try:
+            psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in url.query.items()})
+        except psycopg.ProgrammingError as e:
+            return e
+        return None
+
+    def conn_params(self, target: Target) -> dict[str, str]:
+        """libpq keywords for what the URL says, and nothing it does not: a host, port or user
+        left out is left to libpq (PGHOST, PGPORT, PGUSER, PGSERVICE, the socket directory),
+        exactly as psql resolves it. Our own connection and the client programs both start
+        from this, so they reach the same server."""
+        u = target.url
+        params: dict[str, str] = {"dbname": str(u.database)}
+        if u.host:
+            params["host"] = u.host
+        if u.port:
+            params["port"] = str(u.port)
+        if u.username:
+            params["user"] = u.username
+        if u.password:
+            params["password"] = str(u.password)
+        params.update({k: str(v) for k, v in u.query.items()})
+        if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
+            params["connect_timeout"] = "10"
+        return params
+
+    def conninfo(self, target: Target) -> str:
+        import psycopg
+
+        return str(psycopg.conninfo.make_conninfo(**self.conn_params(target)))
+
+    def client_conninfo(self, target: Target) -> str:
+        import psycopg
+
+        params = {k: v for k, v in self.conn_params(target).items() if k not in SECRET_PARAMS}
+        return str(psycopg.conninfo.make_conninfo(**params))
+
+    def libpq_env(self, target: Target) -> dict[str, str]:
+        env = dict(os.environ)
+        password = self.conn_params(target).get("password")
+        if password:
+            env["PGPASSWORD"] = password
+        return env
+
+    def endpoint(self, target: Target, conn: Any = None) -> tuple[str, int]:
+        if conn is not None:
+            return str(conn.info.host), int(conn.info.port)
+        c = self.connect(target, autocommit=True)
+        try:
+            return str(c.info.host), int(c.info.port)
+        finally:
+            c.close()
+
+    # -- connections and transactions -----------------------------------------------------
+    def connect(self, target: Target, *, autocommit: bool = False) -> Any:
+        import psycopg
+
+        with self.errors(f"target {target.display}"):
+            return psycopg.connect(self.conninfo(target), autocommit=autocommit,
+                                   connect_timeout=10)
+
+    def driver_error(self) -> tuple[type[BaseException], ...]:
+        import psycopg
+
+        return (psycopg.Error,)
+
+    def label_session(self, conn: Any, label: str) -> None:
+        # application_name: what pg_stat_activity shows, and so what a second holder is told
+        conn.execute("SELECT set_config('application_name', %s, false)", [label])
+        if not conn.autocommit:
+            conn.commit()
+
+    def migration_autocommit(self, transactional: bool) -> bool:
+        return not transactional
+
+    def begin(self, conn: Any) -> None:
+        pass  # psycopg opens the transaction at the first statement
+
+    def end(self, conn: Any) -> None:
+        conn.commit()  # on an autocommit connection there is nothing to commit: a no-op
+
+    def commit(self, conn: Any, migration_id: str, what: str) -> None:
+        import psycopg
+
+        try:
+            self.end(conn)
+        except psycopg.Error as e:
+            if e.sqlstate:  # the server refused the commit (deferred constraint, ...)
+                raise MigrationError(migration_id, e.diag.message_primary or first_line(e)) from e
+            raise TargetError(
+                f"migration {migration_id}: the connection failed while committing its {what}; "
+                f"whether it took effect is unknown: check `statekeeper migrate status` "
+                f"({first_line(e)})"
+            ) from e
+
+    def rollback(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+
+    # -- migration texts --------------------------------------------------------------------
+    def statement_starts(self, text: str) -> list[tuple[int, bool]]:
+        from ..sqltext import pg_scan
+
+        spans, inner = pg_scan(text)
+        return [(s, False) for s, _e in spans] + inner
+
+    def execute(self, conn: Any, migration_id: str, text: str, offset: int,
+                transactional: bool) -> None:
+        from .pg_exec import execute
+
+        execute(conn, migration_id, text, offset, transactional)
+
+    # -- our own tables ---------------------------------------------------------------------
+    def own_schema(self, conn: Any, table: str, display: str) -> str:
+        """The first schema of the search path that has ``table``, else ``current_schema()``:
+        settled once, so that a migration changing the search path does not lose it."""
+        row = conn.execute(
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = to_regclass(%s)", [table]
+        ).fetchone()
+        if row is None:
+            row = conn.execute("SELECT current_schema()").fetchone()
+            if row[0] is None:
+                raise ConfigError(
+                    f"target {display}: no schema of the search_path exists to hold {table}"
+                )
+        return str(row[0])
+
+    def tables_exist(self, conn: Any, schema: str, names: tuple[str, ...]) -> bool:
+        from psycopg import sql as pgsql
+
+        row = conn.execute(
+            "SELECT " + " AND ".join("to_regclass(%s) IS NOT NULL" for _ in names),
+            [pgsql.Identifier(schema, t).as_string(conn) for t in names],
+        ).fetchone()
+        return bool(row[0])
+
+    def run(self, conn: Any, schema: str, query: str, params: Any = None,
+            **tables: str) -> Any:
+        from psycopg import sql as pgsql
+
+        composed = pgsql.SQL(query).format(
+            **{k: pgsql.Identifier(schema, v) for k, v in tables.items()}
+        )
+        return conn.execute(composed, params)
+
+    @contextlib.contextmanager
+    def created_concurrently(self) -> Iterator[None]:
+        import psycopg
+
+        with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+            yield
+
+    # -- the target lock --------------------------------------------------------------------
+    def lock(self, target: Target, label: str, since: str) -> Release:
+        """A session advisory lock (``pg_try_advisory_lock``, key :data:`ADVISORY_LOCK_KEY`) on
+        a connection of its own, released when the block ends or the process dies."""
+        import psycopg
+
+        conn = self.connect(target, autocommit=True)
+        k1, k2 = ADVISORY_LOCK_KEY
+        try:
+            with self.errors(f"target {target.display}"):
+                self.label_session(conn, label)
+                for _ in range(3):
+                    if conn.execute(f"SELECT pg_try_advisory_lock({k1}, {k2})").fetchone()[0]:
+                        break
+                    holder = self._holder(conn)
+                    if holder:
+                        raise LockHeld(
+                            f"migrations on {target.display} are locked by another "
+                            f"process: {holder}"
+                        )
+                    time.sleep(0.05)  # released between the two queries: try again
+                else:
+                    raise LockHeld(f"migrations on {target.display} are locked by another "
+                                   "process (holder not visible)")
+        except BaseException:
+            conn.close()
+            raise
+
+        def release() -> None:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(f"SELECT pg_advisory_unlock({k1}, {k2})")
+            conn.close()
+
+        return release
+
+    @staticmethod
+    def _holder(conn: Any) -> str | None:
+        from ..clock import stamp
+
+        k1, k2 = ADVISORY_LOCK_KEY
+        row = conn.execute(
+            "SELECT l.pid, a.application_name, host(a.client_addr), a.client_hostname, "
+            "a.backend_start, a.usename FROM pg_locks l "
+            "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+            f"WHERE l.locktype = 'advisory' AND l.classid::bigint = {k1} "
+            f"AND l.objid::bigint = {k2} AND l.objsubid = 2 AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
+        if not row:
+            return None
+        pid, app, addr, hostname, since, user = row
+        where = [f"PostgreSQL backend pid {pid}"]
+        if user:
+            where.append(f"user {user}")
+        if hostname or addr:
+            where.append(f"client {hostname or addr}")
+        if since:
+            where.append(f"connected since {stamp(since)}")
+        who = app or "an unnamed session"
+        return f"{who} ({', '.join(where)})"
+
+    # -- reading ----------------------------------------------------------------------------
+    def fingerprint(self, target: Target) -> Fingerprint:
+        """A consistent snapshot: one REPEATABLE READ transaction."""
+        from .pg_fingerprint import pg_fingerprint
+
+        conn = self.connect(target)
+        try:
+            with self.errors(f"fingerprint of {target.display}"), conn.transaction():
+                return pg_fingerprint(conn)
+        finally:
+            conn.close()
+
+    def health_query(self, target: Target, sql: str, timeout_ms: int) -> Any:
+        import psycopg
+
+        conn = self.connect(target, autocommit=True)
+        try:
+            # server-side: covers lock waits as well as the query's own work
+            conn.execute(f"SET statement_timeout = {int(timeout_ms)}")
+            try:
+                return conn.execute(sql).fetchone()
+            except psycopg.Error as e:
+                if e.sqlstate == "57014":  # query_canceled
+                    raise TimeoutError() from e
+                raise
+        finally:
+            conn.close()

@@ -1,0 +1,273 @@
+"""The fingerprint reader of PostgreSQL targets: rows through ``COPY ... TO STDOUT`` under
+fixed session settings, the schema from ``pg_catalog`` (see :mod:`statekeeper.fingerprint`
+for what a fingerprint covers)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from ..fingerprint import LARGE_OBJECTS, Fingerprint, TableFingerprint, definition, quote_ident
+
+_USER_NS = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
+    "AND n.nspname !~ '^pg_(toast_)?temp_'"
+)
+_NOT_BOOKKEEPING = "c.relname NOT LIKE 'statekeeper\\_%'"
+_NOT_EXTENSION = (
+    "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {cat}::regclass "
+    "AND d.objid = {oid} AND d.deptype = 'e')"
+)
+
+_PG_CLASS = "'pg_class'"
+
+_SESSION = (
+    ("search_path", ""),
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
+)
+
+
+def pg_fingerprint(conn: Any, *, begin: bool = True) -> Fingerprint:
+    """Fingerprint through an open psycopg connection, inside the caller's transaction.
+
+    With ``begin`` it must be the first thing in the transaction: it sets REPEATABLE READ so
+    that every table is read from one snapshot. Without it, the caller has set the isolation
+    level (and may have exported the snapshot for pg_dump or locked tables). The session
+    settings it makes are local to the transaction."""
+    if begin:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    for name, value in _SESSION:
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    tables: dict[str, TableFingerprint] = {}
+    for schema, table, pk in _pg_tables(conn):
+        tables[_pg_name(schema, table)] = _pg_table_fp(conn, schema, table, pk)
+    if conn.execute("SELECT EXISTS (SELECT 1 FROM pg_largeobject_metadata)").fetchone()[0]:
+        tables[LARGE_OBJECTS] = _pg_copy_fp(
+            conn, "COPY (SELECT oid, encode(sha256(lo_get(oid)), 'hex') "
+                  "FROM pg_largeobject_metadata ORDER BY oid) TO STDOUT")
+    return Fingerprint("postgresql", tables, _pg_schema_objects(conn))
+
+
+def _pg_name(schema: str, table: str) -> str:
+    return table if schema == "public" else f"{schema}.{table}"
+
+
+def _pg_tables(conn: Any) -> list[tuple[str, str, list[str]]]:
+    rows = conn.execute(
+        f"""
+        SELECT n.nspname, c.relname,
+               coalesce((SELECT array_agg(a.attname ORDER BY k.ord)
+                           FROM pg_index i
+                           CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                          WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r' AND {_USER_NS} AND {_NOT_BOOKKEEPING}
+           AND {_NOT_EXTENSION.format(cat="'pg_class'", oid="c.oid")}
+         ORDER BY 1, 2
+        """
+    ).fetchall()
+    return [(r[0], r[1], list(r[2])) for r in rows]
+
+
+def _pg_table_fp(conn: Any, schema: str, table: str, pk: list[str]) -> TableFingerprint:
+    rel = f"{quote_ident(schema)}.{quote_ident(table)}"
+    if pk:
+        order = ", ".join(f"_sk_row.{quote_ident(c)}" for c in pk)
+    else:
+        order = '(ROW(_sk_row.*)::text) COLLATE "C"'
+    sql = f"COPY (SELECT * FROM ONLY {rel} AS _sk_row ORDER BY {order}) TO STDOUT"
+    return _pg_copy_fp(conn, sql)
+
+
+def _pg_copy_fp(conn: Any, sql: str) -> TableFingerprint:
+    h = hashlib.sha256()
+    rows = 0
+    with conn.cursor() as cur, cur.copy(sql) as copy:
+        for chunk in copy:
+            data = bytes(chunk)
+            h.update(data)
+            rows += data.count(b"\n")  # COPY text escapes newlines inside values
+    return TableFingerprint(rows, h.hexdigest())
+
+
+def _pg_schema_objects(conn: Any) -> dict[str, str]:
+    objs: dict[str, str] = {}
+
+    def add(rows: Iterable[tuple[Any, ...]]) -> None:
+        for key, value in rows:
+            objs[str(key)] = definition(value)
+
+    add(conn.execute(
+        f"""SELECT 'schema ' || n.nspname, 'schema' FROM pg_namespace n
+             WHERE {_USER_NS} AND {_NOT_EXTENSION.format(cat="'pg_namespace'", oid="n.oid")}"""
+    ).fetchall())
+    add(conn.execute(
+        "SELECT 'extension ' || extname, 'version ' || extversion || ' in ' || "
+        "extnamespace::regnamespace::text FROM pg_extension WHERE extname <> 'plpgsql'"
+    ).fetchall())
+    rel_filter = (
+        f"{_USER_NS} AND {_NOT_BOOKKEEPING} "
+        f"AND {_NOT_EXTENSION.format(cat=_PG_CLASS, oid='c.oid')}"
+    )
+    # Tables, partitioned tables, views, materialized views, foreign tables.
+    add(conn.execute(
+        f"""
+        SELECT CASE c.relkind WHEN 'v' THEN 'view ' WHEN 'm' THEN 'materialized view '
+                              WHEN 'f' THEN 'foreign table ' ELSE 'table ' END
+               || n.nspname || '.' || c.relname,
+               CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid, true)
+                    ELSE concat_ws(' ',
+                        CASE c.relkind WHEN 'p' THEN 'partitioned by '
+                             || pg_get_partkeydef(c.oid) END,
+                        CASE WHEN c.relispartition THEN 'partition of '
+                             || (SELECT string_agg(inhparent::regclass::text, ', ')
+                                   FROM pg_inherits WHERE inhrelid = c.oid)
+                             || ' ' || pg_get_expr(c.relpartbound, c.oid) END,
+                        CASE WHEN NOT c.relispartition AND EXISTS (
+                               SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid)
+                             THEN 'inherits ' || (SELECT string_agg(inhparent::regclass::text,
+                                   ', ' ORDER BY inhseqno) FROM pg_inherits
+                                   WHERE inhrelid = c.oid) END,
+                        CASE c.relpersistence WHEN 'u' THEN 'unlogged' END,
+                        CASE WHEN c.relrowsecurity THEN 'row level security' END)
+               END
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {rel_filter}
+        """
+    ).fetchall())
+    # Columns: position among live columns (dropped-column slots vanish in a dump/restore).
+    add(conn.execute(
+        f"""
+        SELECT 'column ' || n.nspname || '.' || c.relname || '.' || a.attname,
+               concat_ws(' ',
+                 '#' || row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum),
+                 format_type(a.atttypid, a.atttypmod),
+                 CASE WHEN a.attnotnull THEN 'not null' END,
+                 CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
+                      THEN 'collate ' || a.attcollation::regcollation::text END,
+                 CASE a.attidentity WHEN 'a' THEN 'generated always as identity'
+                                    WHEN 'd' THEN 'generated by default as identity' END,
+                 CASE WHEN a.attgenerated = 's'
+                      THEN 'generated always as (' || pg_get_expr(ad.adbin, ad.adrelid) || ')'
+                      WHEN ad.adbin IS NOT NULL
+                      THEN 'default ' || pg_get_expr(ad.adbin, ad.adrelid) END)
+          FROM pg_attribute a
+          JOIN pg_class c ON c.oid = a.attrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_type t ON t.oid = a.atttypid
+          LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+         WHERE a.attnum > 0 AND NOT a.attisdropped
+           AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {rel_filter}
+        """
+    ).fetchall())
+    add(conn.execute(
+        f"""
+        SELECT 'constraint ' || n.nspname || '.' || c.relname || '.' || k.conname,
+               pg_get_constraintdef(k.oid, true)
+          FROM pg_constraint k
+          JOIN pg_class c ON c.oid = k.conrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE k.conrelid <> 0 AND k.conislocal AND {rel_filter}
+        """
+    ).fetchall())
+    add(conn.execute(
+        f"""
+        SELECT 'constraint ' || n.nspname || '.' || t.typname || '.' || k.conname,
+               pg_get_constraintdef(k.oid, true)
+          FROM pg_constraint k
+          JOIN pg_type t ON t.oid = k.contypid
+          JOIN pg_namespace n ON n.oid = t.typnamespace
+         WHERE k.contypid <> 0 AND {_USER_NS}
+        """
+    ).fetchall())
+    add(conn.execute(
+        f"""
+        SELECT 'index ' || n.nspname || '.' || ic.relname, pg_get_indexdef(i.indexrelid)
+          FROM pg_index i
+          JOIN pg_class ic ON ic.oid = i.indexrelid
+          JOIN pg_class c ON c.oid = i.indrelid
+          JOIN pg_namespace n ON n.oid = ic.relnamespace
+         WHERE {rel_filter}
+        """
+    ).fetchall())
+    add(conn.execute(
+        f"""
+        SELECT 'sequence ' || n.nspname || '.' || c.relname,
+               format_type(s.seqtypid, NULL) || ' start ' || s.seqstart || ' increment '
+               || s.seqincrement || ' min ' || s.seqmin || ' max ' || s.seqmax || ' cache '
+               || s.seqcache || CASE WHEN s.seqcycle THEN ' cycle' ELSE '' END
+          FROM pg_sequence s
+          JOIN pg_class c ON c.oid = s.seqrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE {rel_filter}
+        """
+    ).fetchall())
+    add(conn.execute(
+        f"""
+        SELECT CASE p.prokind WHEN 'p' THEN 'procedure ' WHEN 'a' THEN 'aggregate '
+                              WHEN 'w' THEN 'window function ' ELSE 'function ' END
+               || n.nspname || '.' || p.proname
+               || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+               CASE WHEN p.prokind = 'a'
+                    THEN 'returns ' || format_type(p.prorettype, NULL)
+                    ELSE pg_get_functiondef(p.oid) END
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE {_USER_NS} AND {_NOT_EXTENSION.format(cat="'pg_proc'", oid="p.oid")}
+        """
+    ).fetchall())
+    add(conn.execute(
+        f"""
+        SELECT 'trigger ' || n.nspname || '.' || c.relname || '.' || tg.tgname,
+               pg_get_triggerdef(tg.oid, true)
+               || CASE tg.tgenabled WHEN 'D' THEN ' (disabled)' WHEN 'A' THEN ' (always)'
+                                    WHEN 'R' THEN ' (replica)' ELSE '' END
+          FROM pg_trigger tg
+          JOIN pg_class c ON c.oid = tg.tgrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE NOT tg.tgisinternal AND {rel_filter}
+        """
+    ).fetchall())
+    add(conn.execute(
+        f"""
+        SELECT 'policy ' || n.nspname || '.' || c.relname || '.' || po.polname,
+               CASE WHEN po.polpermissive THEN 'permissive ' ELSE 'restrictive ' END
+               || po.polcmd::text || ' ' || coalesce(pg_get_expr(po.polqual, po.polrelid), '')
+               || ' / ' || coalesce(pg_get_expr(po.polwithcheck, po.polrelid), '')
+          FROM pg_policy po
+          JOIN pg_class c ON c.oid = po.polrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE {rel_filter}
+        """
+    ).fetchall())
+    # Enums, domains, composite and range types (not the row types of tables).
+    add(conn.execute(
+        f"""
+        SELECT 'type ' || n.nspname || '.' || t.typname,
+               CASE t.typtype
+                 WHEN 'e' THEN 'enum (' || (SELECT string_agg(quote_literal(e.enumlabel), ', '
+                                             ORDER BY e.enumsortorder)
+                                              FROM pg_enum e WHERE e.enumtypid = t.oid) || ')'
+                 WHEN 'd' THEN 'domain ' || format_type(t.typbasetype, t.typtypmod)
+                      || CASE WHEN t.typnotnull THEN ' not null' ELSE '' END
+                      || coalesce(' default ' || t.typdefault, '')
+                 WHEN 'c' THEN 'composite (' || (SELECT string_agg(a.attname || ' '
+                                   || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+                                   FROM pg_attribute a WHERE a.attrelid = t.typrelid
+                                   AND a.attnum > 0 AND NOT a.attisdropped) || ')'
+                 WHEN 'r' THEN 'range of ' || (SELECT format_type(r.rngsubtype, NULL)
+                                                 FROM pg_range r WHERE r.rngtypid = t.oid)
+                 ELSE 'type ' || t.typtype::text END
+          FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+         WHERE {_USER_NS} AND t.typtype IN ('e', 'd', 'c', 'r')
+           AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+           AND {_NOT_EXTENSION.format(cat="'pg_type'", oid="t.oid")}
+        """
+    ).fetchall())
+    return objs

@@ -1,0 +1,57 @@
+"""The fingerprint reader of SQLite targets: rows as JSON arrays of typed values, the schema
+from ``sqlite_master`` (see :mod:`statekeeper.fingerprint` for what a fingerprint covers)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ..fingerprint import Fingerprint, TableFingerprint, canonical, definition, quote_ident
+
+
+def sqlite_fingerprint(conn: Any) -> Fingerprint:
+    """Fingerprint through an open sqlite3 connection, inside one read transaction."""
+    conn.execute("BEGIN")
+    try:
+        master = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master "
+            "WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+            "AND tbl_name NOT LIKE 'statekeeper\\_%' ESCAPE '\\' ORDER BY type, name"
+        ).fetchall()
+        objs = {f"{typ} {name}": definition(sql or f"(automatic {typ} on {tbl})")
+                for typ, name, tbl, sql in master}
+        tables: dict[str, TableFingerprint] = {}
+        for typ, name, _tbl, sql in master:
+            if typ != "table" or (sql or "").upper().startswith("CREATE VIRTUAL TABLE"):
+                continue
+            tables[name] = _sqlite_table_fp(conn, name)
+    finally:
+        conn.execute("COMMIT")
+    return Fingerprint("sqlite", tables, objs)
+
+
+def _sqlite_table_fp(conn: Any, name: str) -> TableFingerprint:
+    cols = conn.execute(f"PRAGMA table_info({quote_ident(name)})").fetchall()
+    pk = [c[1] for c in sorted((c for c in cols if c[5]), key=lambda c: c[5])]
+    order = ", ".join(quote_ident(c) for c in (pk or [c[1] for c in cols]))
+    h = hashlib.sha256()
+    rows = 0
+    cur = conn.execute(f"SELECT * FROM {quote_ident(name)} ORDER BY {order}")
+    while True:
+        batch = cur.fetchmany(5000)
+        if not batch:
+            break
+        for row in batch:
+            h.update(canonical([_sqlite_value(v) for v in row]).encode("utf-8") + b"\n")
+        rows += len(batch)
+    return TableFingerprint(rows, h.hexdigest())
+
+
+def _sqlite_value(v: Any) -> Any:
+    if v is None or isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return {"f": v.hex()}
+    if isinstance(v, bytes):
+        return {"b": v.hex()}
+    return str(v)

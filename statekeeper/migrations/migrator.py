@@ -1,0 +1,467 @@
+"""The migrator: load, validate, apply, tag, roll back, under the target lock.
+
+The applied migrations are always a prefix of the directory in file order: ``validate``
+refuses an applied file that changed or disappeared, and a pending file that sorts before an
+applied one. A migration and its changelog row commit in one transaction (on SQLite too: its
+DDL is transactional), unless the file says ``-- statekeeper:no-transaction``.
+
+This module orchestrates; what differs between the backends (connections, transactions,
+running a text, the lock) is the target's dialect, the tables are :mod:`.changelog`'s.
+Library only: nothing here prints or exits; errors are :mod:`statekeeper.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .. import clock as _clock
+from ..errors import ConfigError, IrreversibleError, ValidationError
+from ..targets import Target
+from .changelog import CHANGELOG_TABLE, AppliedMigration, Changelog, MigrationStatus, Tag
+from .fileformat import DOWN_MARKER, Migration, check_tag_name, load_migrations, natural_key
+from .lock import TargetLock
+
+Clock = Callable[[], datetime]
+Hook = Callable[[], None]
+
+
+class Migrator:
+    """Migrations of one directory on one target database. The target lock (a PostgreSQL
+    advisory lock, a SQLite lock file) is held by :meth:`lock`, which the writing methods take
+    themselves (reentrant per instance). Outside a lock every method opens and closes its own
+    connections; inside one, reads share one connection for the lock's whole duration (an
+    upgrade run holds the lock throughout and reads the changelog at every step)."""
+
+    def __init__(self, target: Target, migrations_dir: Path, *,
+                 clock: Clock = _clock.now) -> None:
+        self.target = target
+        self.migrations_dir = migrations_dir
+        self.clock = clock
+        self._dialect = target.dialect
+        self._changelog = Changelog(target)
+        self._lock = TargetLock(target, clock)
+        self._session: Any = None  # the shared read connection while the lock is held
+
+    # -- files ---------------------------------------------------------------------------
+    def migrations(self) -> list[Migration]:
+        return load_migrations(self.migrations_dir, self.target.backend)
+
+    # -- connections ---------------------------------------------------------------------
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        """A driver error on this target, as TargetError naming it."""
+        return self._dialect.errors(f"target {self.target.display}")
+
+    @contextlib.contextmanager
+    def _connect(self, *, autocommit: bool) -> Iterator[Any]:
+        if autocommit and self._lock.held:
+            yield self._shared()
+            return
+        conn = self.target.connect(autocommit=autocommit)
+        try:
+            with self._errors():
+                self._dialect.label_session(conn, self._lock.label)
+            yield conn
+        finally:
+            self._dialect.release(conn)
+            conn.close()
+
+    def _shared(self) -> Any:
+        conn = self._session
+        if conn is not None and (getattr(conn, "broken", False) or getattr(conn, "closed", False)):
+            self.forget_connections()
+            conn = None
+        if conn is None:
+            conn = self.target.connect(autocommit=True)
+            try:
+                with self._errors():
+                    self._dialect.label_session(conn, self._lock.label)
+            except BaseException:
+                conn.close()
+                raise
+            self._session = conn
+        return conn
+
+    def forget_connections(self) -> None:
+        """Drop the shared read connection (after the server restarted, e.g. a pgBackRest
+        restore); the next read opens a new one."""
+        conn, self._session = self._session, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _ensure_tables(self) -> None:
+        with self._connect(autocommit=True) as conn, self._errors():
+            self._changelog.create(conn)
+
+    # -- reading the changelog -----------------------------------------------------------
+    def _read(self) -> tuple[list[AppliedMigration], list[Tag]]:
+        """Changelog rows (in the order applied) and tags (in the order created); empty when
+        the tables do not exist yet. Creates nothing."""
+        with self._connect(autocommit=True) as conn, self._errors():
+            return self._changelog.read(conn)
+
+    def applied(self) -> list[AppliedMigration]:
+        """The changelog, in the order applied (creates the tables if missing)."""
+        self._ensure_tables()
+        return self._read()[0]
+
+    def is_applied(self, migration_id: str) -> bool:
+        """The probe after a crash: is this migration recorded as applied? (Read-only.)"""
+        return any(r.id == migration_id for r in self._read()[0])
+
+    def pending(self) -> list[Migration]:
+        done = {r.id for r in self._read()[0]}
+        return [m for m in self.migrations() if m.id not in done]
+
+    def tags(self) -> list[Tag]:
+        return self._read()[1]
+
+    def last_tag(self) -> str | None:
+        tags = self.tags()
+        return tags[-1].name if tags else None
+
+    def status(self) -> list[MigrationStatus]:
+        """One row per migration file and per applied migration whose file is gone."""
+        files = {m.id: m for m in self.migrations()}
+        rows = {r.id: r for r in self._read()[0]}
+        out: list[MigrationStatus] = []
+        for mid in sorted(set(files) | set(rows), key=natural_key):
+            m, r = files.get(mid), rows.get(mid)
+            if r is None:
+                assert m is not None
+                out.append(MigrationStatus(mid, "pending", False, m.checksum, None, None, None,
+                                           None, m.reversible, m.no_transaction, m.path))
+                continue
+            state = "missing" if m is None else ("edited" if m.checksum != r.checksum
+                                                 else "applied")
+            out.append(MigrationStatus(
+                mid, state, True, r.checksum, r.applied_at, r.execution_ms, r.run_id, r.tag,
+                m.reversible if m else False, m.no_transaction if m else False,
+                m.path if m else None,
+            ))
+        return out
+
+    def _check(
+        self, migrations: list[Migration], applied: list[AppliedMigration], *, order: bool
+    ) -> None:
+        files = {m.id: m for m in migrations}
+        for r in applied:
+            m = files.get(r.id)
+            if m is None:
+                path = self.migrations_dir / f"{r.id}.sql"
+                raise ValidationError(
+                    f"migration {r.id} is applied but its file {path} is missing "
+                    f"(restore the file; applied migrations must stay in the directory)"
+                )
+            if m.checksum != r.checksum:
+                raise ValidationError(
+                    f"migration {r.id} was edited after it was applied: the up part of "
+                    f"{m.path} has sha256 {m.checksum[:12]}, the changelog recorded "
+                    f"{r.checksum[:12]} (restore the file and put the change in a new migration)"
+                )
+        if not order or not applied:
+            return
+        done = {r.id for r in applied}
+        last = max((i for i, m in enumerate(migrations) if m.id in done), default=-1)
+        for m in migrations[:last]:
+            if m.id not in done:
+                raise ValidationError(
+                    f"migration {m.id} ({m.path}) is not applied but sorts before applied "
+                    f"migration {migrations[last].id}; rename it to sort after "
+                    f"{migrations[last].id}"
+                )
+
+    def validate(self) -> list[AppliedMigration]:
+        """Refuse (:class:`ValidationError`, naming the file) an applied migration whose file
+        changed or disappeared, and a pending one that sorts before an applied one. Returns
+        the applied migrations. Read-only."""
+        applied = self._read()[0]
+        self._check(self.migrations(), applied, order=True)
+        return applied
+
+    # -- lock ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, *, run_id: str | None = None) -> Iterator[None]:
+        """Exclusive right to change this target's migrations, across processes and hosts.
+
+        PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a connection of its
+        own, released when the block ends or the process dies. SQLite: ``flock`` on
+        ``<database>.statekeeper-lock`` beside the database file (released by the kernel when
+        the process dies). Another holder: :class:`LockHeld` naming it. Reentrant within one
+        Migrator."""
+        with self._lock.hold(run_id, on_release=self.forget_connections):
+            yield
+
+    # -- running a migration's text ------------------------------------------------------
+    def _run(self, m: Migration, text: str, offset: int, write: Callable[[Any], None],
+             what: str, hook: Hook | None, ran: Callable[[int], None] | None = None) -> None:
+        """Run one part of a migration and ``write`` its changelog change: in one transaction,
+        or, for a no-transaction migration, the text first and the change after it.
+        ``ran`` is told how long the text took, as soon as it did; ``hook`` is called in the
+        middle (before the commit; no-transaction: between the two). MigrationError for the
+        text (the transaction is rolled back)."""
+        d = self._dialect
+        transactional = not m.no_transaction
+        with self._connect(autocommit=d.migration_autocommit(transactional)) as conn:
+            try:
+                if transactional:
+                    d.begin(conn)
+                t0 = time.monotonic()
+                d.execute(conn, m.id, text, offset, transactional)
+                if ran is not None:
+                    ran(round((time.monotonic() - t0) * 1000))
+                if not transactional:
+                    if hook is not None:
+                        hook()
+                    d.begin(conn)  # the changelog change: a transaction of its own
+                write(conn)
+                if transactional and hook is not None:
+                    hook()
+                d.commit(conn, m.id, what)
+            except BaseException:
+                d.rollback(conn)
+                raise
+
+    # -- applying --------------------------------------------------------------------------
+    def apply(
+        self, migration: Migration, run_id: str | None = None, *, hook: Hook | None = None
+    ) -> AppliedMigration:
+        """Apply one migration, which must be the next pending one. Already applied with the
+        same checksum: the existing record is returned and nothing runs (safe to repeat).
+        ``hook`` is called in the middle: after the SQL and the changelog row, before the
+        commit (no-transaction migrations: after the SQL, before the row is written)."""
+        with self.lock(run_id=run_id):
+            migrations = self.migrations()
+            self._ensure_tables()
+            applied = self._read()[0]
+            for r in applied:
+                if r.id == migration.id and r.checksum == migration.checksum:
+                    return r
+            self._check(migrations, applied, order=True)
+            done = {r.id for r in applied}
+            pending = [m for m in migrations if m.id not in done]
+            current = next((m for m in migrations if m.id == migration.id), None)
+            if current is None:
+                raise ConfigError(f"migration {migration.id} is not in {self.migrations_dir}")
+            if current.checksum != migration.checksum:
+                raise ValidationError(f"{current.path} changed since it was loaded")
+            if pending[0].id != migration.id:
+                raise ConfigError(
+                    f"cannot apply {migration.id} before {pending[0].id} (file order)"
+                )
+            return self._apply(current, run_id, hook)
+
+    def _apply(self, m: Migration, run_id: str | None, hook: Hook | None = None
+               ) -> AppliedMigration:
+        done: list[AppliedMigration] = []
+
+        def ran(ms: int) -> None:
+            at = _clock.stamp(self.clock())
+            done.append(AppliedMigration(m.id, m.checksum, at, ms, run_id, None))
+
+        def write(conn: Any) -> None:
+            rec = done[0]
+            how = "" if not m.no_transaction else " (it ran: it is not transactional)"
+            with self._dialect.errors(f"migration {m.id}: could not record it in "
+                                      f"{CHANGELOG_TABLE}{how}"):
+                self._changelog.record(conn, m, rec.applied_at, rec.execution_ms, run_id)
+
+        self._run(m, m.up, 0, write, "up part", hook, ran)
+        return done[0]
+
+    def up(
+        self,
+        run_id: str | None = None,
+        target_id: str | None = None,
+        on_applied: Callable[[AppliedMigration], None] | None = None,
+    ) -> list[AppliedMigration]:
+        """Validate, lock, and apply the pending migrations in order (up to and including
+        ``target_id``). A failure raises :class:`MigrationError`; the migrations before it stay
+        applied and recorded. ``on_applied`` is called after each one commits."""
+        with self.lock(run_id=run_id):
+            todo = self._plan_up(target_id, create=True)
+            done: list[AppliedMigration] = []
+            for m in todo:
+                rec = self._apply(m, run_id)
+                done.append(rec)
+                if on_applied is not None:
+                    on_applied(rec)
+            return done
+
+    def _plan_up(self, target_id: str | None, *, create: bool) -> list[Migration]:
+        migrations = self.migrations()  # a bad file is refused before anything is written
+        if create:
+            self._ensure_tables()
+        applied = self._read()[0]
+        self._check(migrations, applied, order=True)
+        done = {r.id for r in applied}
+        todo = [m for m in migrations if m.id not in done]
+        if target_id is not None:
+            ids = [m.id for m in migrations]
+            if target_id not in ids:
+                raise ConfigError(f"unknown migration {target_id!r} (not in "
+                                  f"{self.migrations_dir})")
+            if target_id in done:
+                return []
+            todo = todo[: [m.id for m in todo].index(target_id) + 1]
+        return todo
+
+    # -- reverting ---------------------------------------------------------------------------
+    def revert(
+        self, id: str, run_id: str | None = None, *, hook: Hook | None = None
+    ) -> AppliedMigration | None:
+        """Run the down part of the last applied migration and delete its changelog row, in one
+        transaction. Returns the removed record, or None when it was not applied (safe to
+        repeat). ``hook`` is called in the middle, before the commit."""
+        with self.lock(run_id=run_id):
+            migrations = self.migrations()
+            applied = self._read()[0]
+            self._check(migrations, applied, order=False)
+            rec = next((r for r in applied if r.id == id), None)
+            if rec is None:
+                if not any(m.id == id for m in migrations):
+                    raise ConfigError(f"unknown migration {id!r}")
+                return None
+            last = max(applied, key=lambda r: natural_key(r.id))
+            if last.id != id:
+                raise ConfigError(
+                    f"cannot revert {id}: {last.id} was applied after it; revert that first"
+                )
+            m = next(m for m in migrations if m.id == id)
+            if not m.reversible:
+                raise IrreversibleError(self._irreversible(m))
+            self._revert(m, hook)
+            return rec
+
+    @staticmethod
+    def _irreversible(m: Migration) -> str:
+        return (f"migration {m.id} has no down part (no {DOWN_MARKER!r} line in {m.path}); "
+                f"only restoring a backup can undo it")
+
+    def _revert(self, m: Migration, hook: Hook | None = None) -> None:
+        assert m.down is not None
+
+        def write(conn: Any) -> None:
+            with self._dialect.errors(f"migration {m.id}: could not remove it from "
+                                      f"{CHANGELOG_TABLE}"):
+                self._changelog.remove(conn, m.id)
+
+        self._run(m, m.down, m.down_offset, write, "down part", hook)
+
+    # -- tags ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A connection in a transaction of our own, committed when the block ends."""
+        d = self._dialect
+        with self._connect(autocommit=d.migration_autocommit(True)) as conn:
+            try:
+                with self._errors():
+                    d.begin(conn)
+                    yield conn
+                    d.end(conn)
+            except BaseException:
+                d.rollback(conn)
+                raise
+
+    def tag(self, name: str, run_id: str | None = None) -> Tag:
+        """Name the current schema state (works with nothing applied). A name already used is
+        refused, unless it is the same run tagging the same state again (a repeat)."""
+        check_tag_name(name)
+        with self.lock(run_id=run_id):
+            self._ensure_tables()
+            applied, tags = self._read()
+            last = max((r.id for r in applied), key=natural_key, default=None)
+            for t in tags:
+                if t.name == name:
+                    if run_id is not None and t.run_id == run_id and t.migration_id == last:
+                        return t
+                    at = t.migration_id or "no migrations applied"
+                    raise ConfigError(
+                        f"tag {name} already exists (created {t.created_at} at {at}); "
+                        f"choose another name"
+                    )
+            new = Tag(name, last, _clock.stamp(self.clock()), run_id)
+            with self._transaction() as conn:
+                self._changelog.add_tag(conn, new)
+            return new
+
+    def untag(self, name: str, run_id: str) -> bool:
+        """Remove tag ``name`` if run ``run_id`` created it: a rolled-back run takes back the
+        names it gave. True if removed; False if there is none (safe to repeat). A tag of that
+        name made by someone else is left alone (False)."""
+        with self.lock(run_id=run_id):
+            if not self._read()[1]:
+                return False
+            with self._transaction() as conn:
+                return self._changelog.remove_tag(conn, name, run_id)
+
+    def plan_down_to_tag(self, tag: str) -> list[Migration]:
+        """The migrations that rolling back to ``tag`` reverts, in the order it would revert
+        them. Unknown tag: ConfigError; an edited or missing file: ValidationError; one without
+        a down part on the way: IrreversibleError naming the first. Read-only."""
+        migrations = self.migrations()
+        applied, tags = self._read()
+        t = next((t for t in tags if t.name == tag), None)
+        if t is None:
+            known = ", ".join(x.name for x in tags) or "none"
+            raise ConfigError(f"unknown tag {tag!r} (known tags: {known})")
+        self._check(migrations, applied, order=False)
+        done = {r.id for r in applied}
+        if t.migration_id is not None and t.migration_id not in done:
+            raise ConfigError(
+                f"the schema is behind tag {tag}: its last migration {t.migration_id} is not "
+                f"applied (nothing to roll back; `migrate up` applies forward)"
+            )
+        floor = natural_key(t.migration_id) if t.migration_id is not None else None
+        by_id = {m.id: m for m in migrations}
+        plan = sorted(
+            (by_id[r.id] for r in applied if floor is None or natural_key(r.id) > floor),
+            key=lambda m: natural_key(m.id), reverse=True,
+        )
+        for m in plan:
+            if not m.reversible:
+                raise IrreversibleError(f"cannot roll back to tag {tag}: {self._irreversible(m)}")
+        return plan
+
+    def down_to_tag(
+        self,
+        tag: str,
+        run_id: str | None = None,
+        on_reverted: Callable[[Migration], None] | None = None,
+    ) -> list[str]:
+        """Revert, newest first, every migration applied after ``tag``; returns their ids.
+        Nothing runs unless the whole way down is reversible. A failure raises
+        :class:`MigrationError`; the migrations reverted before it stay reverted."""
+        with self.lock(run_id=run_id):
+            plan = self.plan_down_to_tag(tag)
+            out: list[str] = []
+            for m in plan:
+                self._revert(m)
+                out.append(m.id)
+                if on_reverted is not None:
+                    on_reverted(m)
+            return out
+
+    # -- dry run -----------------------------------------------------------------------------
+    def sql(self, to_tag: str | None = None, *, target_id: str | None = None) -> str:
+        """The SQL that ``up`` (or, with ``to_tag``, ``down_to_tag``) would run, in order, with
+        nothing changed (not even the changelog table created)."""
+        if to_tag is not None:
+            plan, part = self.plan_down_to_tag(to_tag), "down"
+        else:
+            plan, part = self._plan_up(target_id, create=False), "up"
+        chunks = []
+        for m in plan:
+            how = "outside a transaction" if m.no_transaction else "in one transaction"
+            text = m.up if part == "up" else (m.down or "")
+            record = ("recorded in" if part == "up" else "removed from") + f" {CHANGELOG_TABLE}"
+            chunks.append(
+                f"-- statekeeper: {m.id} ({part}, {how}; {record})\n"
+                f"{text.rstrip()}\n"
+            )
+        return "\n".join(chunks)
