@@ -470,7 +470,8 @@ imp("statekeeper upgrade modules", "statekeeper.command", "statekeeper.upgrade",
 T1 = time.perf_counter()
 
 import ledger, statekeeper.upgrade as up, statekeeper.runner as rn
-from statekeeper import failpoints, fingerprint, lease, migrations, targets
+from statekeeper import failpoints, fingerprint, lease, migrations, session, targets
+from statekeeper.migrations import lock as target_lock
 stats = {}
 def wrap(owner, name, label):
     f = getattr(owner, name)
@@ -492,14 +493,14 @@ wrap(ledger.Ledger, "checkpoint", "ledger: signed checkpoint")
 wrap(rn.Runner, "emit", "runner: emit (append + apply + narrate)")
 wrap(up, "unfinished_for", "replay: all runs of the ledger (busy check)")
 wrap(up, "load_run", "replay: load one run")
-wrap(up, "build_env", "build_env (config, Migrator, BackupManager)")
+wrap(session.Session, "open", "session: open (config, Migrator, backups, ledger)")
 wrap(up, "build_plan", "build_plan (validate, pending, tags)")
-wrap(up, "settle", "settle the in-doubt step (probe + event)")
+wrap(rn.Runner, "settle", "settle the in-doubt step (probe + event)")
 wrap(up, "_checkpoint", "write the terminal checkpoint")
 wrap(lease.LeaseStore, "__init__", "lease: open store (engine, create_all)")
 wrap(lease.LeaseStore, "acquire", "lease: acquire")
 wrap(lease.Lease, "release", "lease: release")
-wrap(migrations.Migrator, "_pg_lock", "target: advisory lock (own connection)")
+wrap(target_lock.TargetLock, "hold", "target: lock (own connection)")
 wrap(migrations.Migrator, "_read", "changelog: read (own connection)")
 wrap(migrations.Migrator, "_ensure_tables", "changelog: ensure tables (own connection)")
 wrap(migrations.Migrator, "validate", "changelog: validate")
