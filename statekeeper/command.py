@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import ledger
     from ledger import Checkpoint, PublicKey
 
+    from .backups import BackupManager, Manifest, RestoreResult
     from .migrations import AppliedMigration, Migration, MigrationStatus, Migrator, Tag
     from .plan import Plan
     from .replay import Run
@@ -269,7 +270,7 @@ def migrate_sql(
 
 # --- backup verbs (statekeeper.backups) ---
 @boundary
-def backup_manager(settings: Settings, target_url: str | None = None) -> Any:
+def backup_manager(settings: Settings, target_url: str | None = None) -> BackupManager:
     """A :class:`statekeeper.backups.BackupManager` from ``[target]``/``[backup]``; a
     ``target_url`` (the ``--target`` flag) overrides ``[target] url`` (relative SQLite paths
     then resolve against the working directory)."""
@@ -289,17 +290,19 @@ def backup_manager(settings: Settings, target_url: str | None = None) -> Any:
 @boundary
 def backup_create(
     settings: Settings, target_url: str | None = None, backup_id: str | None = None
-) -> Any:
+) -> Manifest:
     return backup_manager(settings, target_url).create(backup_id)
 
 
 @boundary
-def backup_list(settings: Settings, target_url: str | None = None) -> list[Any]:
+def backup_list(settings: Settings, target_url: str | None = None) -> list[Manifest]:
     return list(backup_manager(settings, target_url).list())
 
 
 @boundary
-def backup_verify(settings: Settings, backup_id: str, target_url: str | None = None) -> Any:
+def backup_verify(
+    settings: Settings, backup_id: str, target_url: str | None = None
+) -> Manifest:
     return backup_manager(settings, target_url).verify(backup_id)
 
 
@@ -309,7 +312,7 @@ def backup_restore(
     backup_id: str,
     target_url: str | None = None,
     allow_other_database: bool = False,
-) -> Any:
+) -> RestoreResult:
     return backup_manager(settings, target_url).restore(
         backup_id, allow_other_database=allow_other_database
     )
