@@ -126,15 +126,26 @@ class Plan:
         )
 
 
-def _get(p: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
-         optional: bool = False) -> Any:
+def field_problem(p: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
+                  optional: bool = False) -> str | None:
+    """The one rule for a recorded field (plans, step arguments and results): None when it is
+    there with its type, else "field 'x' is missing" / "... is not a str". A bool is not an
+    int here."""
     if optional and key not in p:
         return None
     v = p.get(key)
     if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
         what = "missing" if key not in p else f"not a {getattr(kind, '__name__', kind)}"
-        raise PlanError(f"field {key!r} is {what}")
-    return v
+        return f"field {key!r} is {what}"
+    return None
+
+
+def _get(p: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
+         optional: bool = False) -> Any:
+    problem = field_problem(p, key, kind, optional)
+    if problem:
+        raise PlanError(problem)
+    return p.get(key)
 
 
 def _text(p: Mapping[str, Any], key: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from . import steps
 from .errors import HistoryError, IllegalTransition
 from .machine import TRANSITIONS, UpgradeMachine
-from .plan import Plan, PlanError
+from .plan import Plan, PlanError, field_problem
 
 RUN_CREATED = "run.created"
 STATE_CHANGED = "state.changed"
@@ -166,13 +166,10 @@ class Run:
 
 def _field(p: Mapping[str, Any], key: str, kind: type | tuple[type, ...], ev: RunEvent,
            optional: bool = False) -> Any:
-    if optional and key not in p:
-        return None
-    v = p.get(key)
-    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
-        what = "missing" if key not in p else f"not a {getattr(kind, '__name__', kind)}"
-        raise HistoryError(ev.position, f"{ev.type}: field {key!r} is {what}", ev.seq)
-    return v
+    problem = field_problem(p, key, kind, optional)
+    if problem:
+        raise HistoryError(ev.position, f"{ev.type}: {problem}", ev.seq)
+    return p.get(key)
 
 
 def _check_result(kind: str, r: Mapping[str, Any], ev: RunEvent) -> None:

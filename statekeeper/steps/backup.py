@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackupError
-from .base import Context, Result, Settled, Step, StepKind, field_error
+from ..plan import field_problem as field_error
+from .base import Context, Result, Settled, Step, StepKind
 
 if TYPE_CHECKING:
     from ..plan import Plan

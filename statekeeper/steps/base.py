@@ -117,14 +117,3 @@ class StepKind:
 
     def __repr__(self) -> str:
         return f"<step kind {self.name}>"
-
-
-def field_error(r: Mapping[str, Any], key: str, kind: type, optional: bool = False) -> str | None:
-    """replay's rule for one field, as text: None when it is fine."""
-    if optional and key not in r:
-        return None
-    v = r.get(key)
-    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
-        what = "missing" if key not in r else f"not a {kind.__name__}"
-        return f"field {key!r} is {what}"
-    return None

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import NeedsAttention
-from .base import Context, Result, Step, StepKind, field_error
+from ..plan import field_problem as field_error
+from .base import Context, Result, Step, StepKind
 
 
 class Compare(StepKind):
