@@ -52,6 +52,8 @@ def run_summary(run: Run) -> dict[str, Any]:
             "ended": last.ended_at,
         },
         "migrations_applied": run.migrations_applied(),
+        "release": None if (rel := run.plan.release) is None else {
+            "from": rel.from_release, "to": rel.to_release, "link": rel.link},
     }
 
 
@@ -61,7 +63,7 @@ def unreadable_summary(u: Unreadable) -> dict[str, Any]:
         "run_id": u.run_id, "state": "unreadable", "from": None, "to": None,
         "target": u.target, "started": u.created_at, "ended": None, "failure": None,
         "resumes": None, "takeovers": None, "last_step": None, "migrations_applied": None,
-        "error": f"cannot be replayed: {u.reason}", "seq": u.seq,
+        "release": None, "error": f"cannot be replayed: {u.reason}", "seq": u.seq,
     }
 
 
@@ -109,6 +111,10 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool) -> 
     for m in p["migrations"]:
         rev = "reversible" if m["reversible"] else "IRREVERSIBLE (rollback restores the backup)"
         click.echo(f"  {m['id']}  sha256 {m['checksum'][:16]}  {rev}")
+    rel = p["release"]
+    if rel:
+        click.echo(f"release: {rel['link']} -> {rel['to_target']} (now "
+                   f"{rel['from_target'] or 'absent'})")
     click.echo("steps: " + " -> ".join(p["steps"]))
 
 
@@ -165,6 +171,9 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
         emit_json(s)
         return
     click.echo(f"run {s['run_id']}: {s['state']}  ({s['from']} -> {s['to']}, {s['target']})")
+    if s["release"]:
+        click.echo(f"release {s['release']['from'] or '(none)'} -> {s['release']['to']} "
+                   f"({s['release']['link']})")
     if s["failure"]:
         click.echo(f"reason: {s['failure']}")
     if s["last_step"]:
@@ -198,11 +207,14 @@ def history(obj: Obj, as_json: bool) -> None:
     if not runs:
         click.echo("no runs yet")
         return
-    click.echo(f"{'run':<24} {'from':<8} {'to':<8} {'state':<12} {'started':<27} ended")
+    click.echo(f"{'run':<24} {'from':<8} {'to':<8} {'state':<12} {'started':<27} "
+               f"{'ended':<27} release")
     for r in runs:
+        rel = r["release"]
+        shown = f"{rel['from'] or '(none)'} -> {rel['to']}" if rel else "-"
         click.echo(
             f"{r['run_id']:<24} {r['from'] or '?':<8} {r['to'] or '?':<8} {r['state']:<12} "
-            f"{r['started']:<27} {r['ended'] or '-'}"
+            f"{r['started']:<27} {r['ended'] or '-':<27} {shown}"
         )
         if r["state"] == "unreadable":
             click.echo(f"  {r['error']}")
@@ -218,7 +230,8 @@ def debug() -> None:
 def debug_failpoints(as_json: bool) -> None:
     """List the named failpoints (STATEKEEPER_FAILPOINT=name[:N] kills the process there)."""
     if as_json:
-        emit_json([{"name": k, "path": v} for k, v in failpoints.FAILPOINTS.items()])
+        emit_json([{"name": k, "path": v, "side": failpoints.SIDES[k]}
+                   for k, v in failpoints.FAILPOINTS.items()])
         return
     for k, v in failpoints.FAILPOINTS.items():
         click.echo(f"{k:<24} {v}")

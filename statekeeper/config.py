@@ -14,10 +14,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .release import ReleaseConfig
 
 CONFIG_NAME = "statekeeper.toml"
 DEFAULT_LEDGER_URL = "sqlite:///.statekeeper/ledger.db"
@@ -47,10 +50,14 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     # Durations are numbers of seconds or text such as "500ms" (health.py decides).
     "health": {"checks": list, "retries": int, "interval": (int, float, str),
                "timeout": (int, float, str)},
+    # Read and checked by statekeeper/release.py.
+    "deploy": {"releases_dir": str, "current_link": str, "config_files": list,
+               "config_from": str, "stop": str, "start": str, "timeout": (int, float, str),
+               "command": list},
 }
 
 # Sections the design names but nothing implements yet: refused, not silently ignored.
-UNSUPPORTED = {"deploy": "release deployment is not supported yet"}
+UNSUPPORTED: dict[str, str] = {}
 
 _TYPE_NAMES = {str: "string", bool: "boolean", int: "integer", float: "float", list: "array",
                dict: "table"}
@@ -95,6 +102,7 @@ class Config:
     migrations_dir: Path | None = None
     backup: BackupConfig = field(default_factory=BackupConfig)
     raw: dict[str, dict[str, Any]] = field(default_factory=dict)
+    release: ReleaseConfig | None = None
 
     @property
     def source(self) -> str:
@@ -329,7 +337,11 @@ def load_config(
     # Checked here, so that every command refuses a bad [health] as the docs say, not only
     # the ones that run checks.
     validate_health(raw.get("health", {}), str(path))
+    from .release import validate_deploy
+
     cfg = Config(path=path, base_dir=base, raw=raw)
+    # the section as written as well: commands are recorded with ${VAR}, never its value
+    cfg.release = validate_deploy(raw.get("deploy"), data.get("deploy", {}), str(path), base)
     cfg.ledger = LedgerConfig(url=raw.get("ledger", {}).get("url", DEFAULT_LEDGER_URL),
                               key=p("ledger", "key"))
     cfg.target_url = raw.get("target", {}).get("url")

@@ -26,6 +26,9 @@ FAILPOINTS.update({
     "transition.before": "both",  # a step succeeded, its state change not yet appended
     "transition.after": "both",  # a state change appended, the next step not yet started
 })
+#: what each failpoint's step acts on ("database", "release"; "any" for the transitions)
+SIDES: dict[str, str] = {name: k.side for k in KINDS.values() for name in k.failpoints}
+SIDES.update({"transition.before": "any", "transition.after": "any"})
 
 
 def _parse(value: str | None) -> tuple[str, int] | None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 #: The plan's schema. A payload without ``plan_version`` was written before the field existed
-#: and has exactly the shape of version 1.
-PLAN_VERSION = 1
+#: and has exactly the shape of version 1; version 1 has no release side.
+PLAN_VERSION = 2  # 2: the release side (``release``)
 
 
 class PlanError(ValueError):
@@ -42,6 +42,70 @@ class BackupPlan:
 
 
 @dataclass(frozen=True)
+class PlannedCommand:
+    name: str
+    run: str  # as written in statekeeper.toml: ${VAR} references, never their values
+    undo: str
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"name": self.name, "run": self.run, "undo": self.undo}
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """The release side: where ``current`` pointed when the run was planned and where it will
+    point, the configuration files, and the commands as written."""
+
+    link: str
+    from_target: str | None  # the link's target at planning time (None: no link yet)
+    to_target: str
+    to_dir: str
+    config_files: tuple[str, ...] = ()
+    config_from: str | None = None  # the directory the new files come from
+    stop: str | None = None
+    start: str | None = None
+    commands: tuple[PlannedCommand, ...] = ()
+
+    @property
+    def from_release(self) -> str | None:
+        return None if self.from_target is None else self.from_target.rstrip("/").rsplit(
+            "/", 1)[-1]
+
+    @property
+    def to_release(self) -> str:
+        return self.to_target.rstrip("/").rsplit("/", 1)[-1]
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"link": self.link, "from_target": self.from_target, "to_target": self.to_target,
+                "to_dir": self.to_dir, "config_files": list(self.config_files),
+                "config_from": self.config_from, "stop": self.stop, "start": self.start,
+                "commands": [c.to_payload() for c in self.commands]}
+
+    @classmethod
+    def from_payload(cls, p: Mapping[str, Any]) -> ReleasePlan:
+        cmds = []
+        for c in _get(p, "commands", list):
+            if not isinstance(c, Mapping):
+                raise PlanError("a planned deploy command is not an object")
+            cmds.append(PlannedCommand(_get(c, "name", str), _get(c, "run", str),
+                                       _get(c, "undo", str)))
+        files = _get(p, "config_files", list)
+        if not all(isinstance(f, str) for f in files):
+            raise PlanError("field 'config_files' is not a list of text")
+        return cls(
+            link=_get(p, "link", str),
+            from_target=_get(p, "from_target", (str, type(None))),
+            to_target=_get(p, "to_target", str),
+            to_dir=_get(p, "to_dir", str),
+            config_files=tuple(files),
+            config_from=_get(p, "config_from", (str, type(None))),
+            stop=_get(p, "stop", (str, type(None))),
+            start=_get(p, "start", (str, type(None))),
+            commands=tuple(cmds),
+        )
+
+
+@dataclass(frozen=True)
 class Plan:
     from_version: str
     to_version: str
@@ -56,6 +120,7 @@ class Plan:
     config: str = ""
     #: human-readable outline of the steps, in order (``statekeeper plan`` prints it)
     outline: tuple[str, ...] = ()
+    release: ReleasePlan | None = None
     version: int = PLAN_VERSION
 
     @property
@@ -83,6 +148,7 @@ class Plan:
             "steps": list(self.outline),
             "tool": self.tool,
             "config": self.config,
+            "release": None if self.release is None else self.release.to_payload(),
         }
 
     @classmethod
@@ -108,6 +174,7 @@ class Plan:
         enabled = _get(backup, "enabled", bool, optional=True) is not False
         method = _get(backup, "method", str) if enabled else None
         checks = _get(p, "health_checks", list, optional=True) or []
+        rel = _get(p, "release", (Mapping, type(None)), optional=True)
         return cls(
             from_version=from_v,
             to_version=to_v,
@@ -122,6 +189,7 @@ class Plan:
             config=_text(p, "config"),
             outline=tuple(str(s) for s in steps) if isinstance(steps := p.get("steps"), list)
             else (),
+            release=None if rel is None else ReleasePlan.from_payload(rel),
             version=version,
         )
 

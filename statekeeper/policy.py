@@ -12,7 +12,25 @@ from typing import Any
 
 from .machine import NEXT_TRIGGER
 from .replay import Run
-from .steps import COMPARE, RESTORE, REVERT, UNTAG, Step, forward_steps
+from .steps import (
+    COMMAND,
+    COMPARE,
+    CONFIG,
+    RECHECK,
+    RESTORE,
+    REVERT,
+    START,
+    STOP,
+    SWITCH,
+    UNCONFIG,
+    UNDO,
+    UNSTART,
+    UNSTOP,
+    UNSWITCH,
+    UNTAG,
+    Step,
+    forward_steps,
+)
 
 
 @dataclass(frozen=True)
@@ -29,12 +47,71 @@ class Done:
 Action = Step | Transition | Done
 
 
+def _ran(s: Any) -> bool:
+    """The step may have taken effect: it succeeded, or failed in a way that says nothing
+    about how far it got (an interrupted step that was simply redone does not count)."""
+    return bool(s.status == "succeeded" or _really_failed(s))
+
+
+def _release_undo(run: Run) -> Action | None:
+    """The release side goes back first, in reverse: stop the new release, undo the deploy
+    commands (last first), switch the link back, restore the configuration files."""
+    rel = run.plan.release
+    if rel is None:
+        return None
+    steps = run.steps
+
+    def done(kind: str) -> bool:
+        return any(s.kind == kind and s.status == "succeeded" for s in steps)
+
+    if rel.stop and any(s.kind == START.name and _ran(s) for s in steps) and not done(
+            UNSTART.name):
+        return UNSTART.make()
+    undone = {int(s.args.get("index", 0)) for s in steps
+              if s.kind == UNDO.name and s.status == "succeeded"}
+    ran = sorted({int(s.args.get("index", 0)) for s in steps if s.kind == COMMAND.name
+                  and _ran(s)}, reverse=True)
+    for i in ran:
+        if i not in undone:
+            return UNDO.make(i, rel.commands[i - 1].name if 0 < i <= len(rel.commands) else "")
+    snap = run.succeeded("snapshot")
+    if any(s.kind == SWITCH.name and _ran(s) for s in steps) and not done(UNSWITCH.name):
+        previous = (snap.result or {}).get("link_target") if snap else rel.from_target
+        return UNSWITCH.make(previous)
+    touched = any(s.kind in (CONFIG.name, COMMAND.name, SWITCH.name, START.name) and _ran(s)
+                  for s in steps)
+    if snap is not None and rel.config_files and touched and not done(UNCONFIG.name):
+        return UNCONFIG.make()
+    return None
+
+
+def _release_back(run: Run) -> Action | None:
+    """Once the schema and data are back: start the old release and check its health (in
+    each rollback attempt: a human may have fixed the old release since the last)."""
+    rel = run.plan.release
+    if rel is None:
+        return None
+    steps = run.phase_steps()
+    if rel.start and any(s.kind == STOP.name and _ran(s) for s in run.steps) and not any(
+            s.kind == UNSTOP.name and s.status == "succeeded" for s in steps):
+        return UNSTOP.make()
+    if not any(s.kind == RECHECK.name and s.status == "succeeded" for s in steps):
+        return RECHECK.make(len(run.plan.health_checks))
+    return None
+
+
 def _rollback_action(run: Run) -> Action:
     steps = run.phase_steps()
     last = steps[-1] if steps else None
     if last is not None and _really_failed(last) and last.kind not in (REVERT.name,
                                                                       RESTORE.name):
+        if last.kind == RECHECK.name:
+            return Transition("rollback_failed", f"the old release is unhealthy after the "
+                              f"rollback: {last.error}")
         return Transition("rollback_failed", f"{last.name} failed: {last.error}")
+    undo = _release_undo(run)
+    if undo is not None:
+        return undo
     applied = run.migrations_applied()
     backup = run.backup
     may_restore = backup is not None and run.allow_restore
@@ -78,7 +155,14 @@ def _rollback_action(run: Run) -> Action:
     result = last_cmp.result or {}
     what = "schema" if last_cmp.args.get("scope") == "schema" else "database"
     if result.get("equal"):
-        return Transition("rollback_done", f"{what} equals its fingerprint before the upgrade")
+        back = _release_back(run)
+        if back is not None:
+            return back
+        rel = run.plan.release
+        healthy = (f"; release {rel.from_release} is back and healthy"
+                   if rel is not None and rel.from_release else "")
+        return Transition("rollback_done",
+                          f"{what} equals its fingerprint before the upgrade{healthy}")
     if may_restore and not restored:
         assert backup is not None
         return RESTORE.make(backup["backup_id"])

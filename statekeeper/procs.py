@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import files
 from .errors import ConfigError
+from .files import create_private, private_dir, write_atomic
 
 # After the timeout: SIGTERM to the command's process group, then SIGKILL after this long.
 KILL_GRACE_S = 2.0
@@ -126,13 +126,13 @@ def run(
 ) -> Outcome:
     """Run ``argv`` to its end or its timeout; output to ``out_dir/name.out`` and ``.err``
     (replacing those of an earlier attempt). OSError if it cannot be started."""
-    files.private_dir(out_dir)
+    private_dir(out_dir)
     out, err, exit_file = _paths(out_dir, name)
     for p in (out, err, exit_file):
         p.unlink(missing_ok=True)
-    fd_out = files.create_private(out)
+    fd_out = create_private(out)
     try:
-        fd_err = files.create_private(err)
+        fd_err = create_private(err)
     except BaseException:
         os.close(fd_out)
         raise
@@ -153,7 +153,7 @@ def run(
         _kill_group(proc)
         code = None
     outcome = Outcome(code, timed_out, int((time.monotonic() - t0) * 1000), out, err)
-    files.write_atomic(exit_file, json.dumps({"exit_code": code, "timed_out": timed_out,
+    write_atomic(exit_file, json.dumps({"exit_code": code, "timed_out": timed_out,
                                               "duration_ms": outcome.duration_ms}))
     return outcome
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import clock
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .backups import BackupManager
     from .lease import LeaseStore
     from .migrations import Migrator
+    from .release import ReleaseConfig
     from .settings import Settings
     from .targets import Target
 
@@ -31,7 +33,9 @@ class Session:
     migrator: Migrator
     backups: BackupManager | None  # None when [backup] enabled = false
     health_checks: list[dict[str, Any]]
+    release: ReleaseConfig | None = None  # None without [deploy]
     _ledger: Ledger | None = None
+    _secret: bytes | None = field(default=None, repr=False)
     _leases: LeaseStore | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -49,7 +53,7 @@ class Session:
         migrator = Migrator(target, cfg.require_migrations_dir(), clock=clock.now)
         backups = manager_for(cfg, target, clock=clock.now) if cfg.backup.enabled else None
         checks = validate_health(cfg.raw.get("health", {}), cfg.source)
-        session = cls(settings, target, migrator, backups, checks)
+        session = cls(settings, target, migrator, backups, checks, cfg.release)
         if ledger:
             session._ledger = settings.open_ledger(signing=True)
         return session
@@ -59,6 +63,20 @@ class Session:
         if self._ledger is None:
             raise RuntimeError("this session was opened without the ledger")
         return self._ledger
+
+    @property
+    def secret(self) -> bytes:
+        """The keyed-fingerprint secret (created beside the signing key on first use)."""
+        if self._secret is None:
+            from .keyed import load_or_create
+
+            self._secret = load_or_create(self.settings.fingerprint_secret_path())
+        return self._secret
+
+    def artifacts(self, run_id: str, *parts: str) -> Path:
+        from . import files
+
+        return files.private_dir(self.settings.artifacts_dir(run_id).joinpath(*parts))
 
     @property
     def leases(self) -> LeaseStore:

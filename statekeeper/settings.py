@@ -46,6 +46,17 @@ class Settings:
         created 0700 (with ``.statekeeper``) when missing."""
         return files.private_dir(self.config.base_dir / ".statekeeper" / "checkpoints")
 
+    def artifacts_dir(self, run_id: str) -> Path:
+        """The run's private files (configuration snapshots, commands' output): created 0700
+        when first needed, never read back without checking them against the ledger."""
+        return files.private_dir(self.config.base_dir / ".statekeeper" / "runs" / run_id)
+
+    def fingerprint_secret_path(self) -> Path:
+        """The per-ledger secret of keyed fingerprints, beside the signing key."""
+        from .keyed import secret_path
+
+        return secret_path(self.key_path)
+
     def _ensure_sqlite_dir(self, create: bool) -> None:
         import ledger
         from ledger.errors import LedgerUnreachable

@@ -23,7 +23,7 @@ from ._version import __version__
 from .errors import ConfigError, HistoryError, IntegrityError, LockHeld, NeedsAttention
 from .lease import Holder
 from .machine import FORWARD, IN_FLIGHT, TERMINAL
-from .plan import BackupPlan, Plan, PlannedMigration
+from .plan import BackupPlan, Plan, PlannedCommand, PlannedMigration, ReleasePlan
 from .replay import OPERATOR_ROLLBACK, Run
 from .runner import STREAM_PREFIX, Observer, Runner, stream_of, to_run_event
 from .session import Session
@@ -119,11 +119,34 @@ def build_plan(session: Session, to_version: str, from_version: str | None) -> P
         migrations_dir=str(session.migrator.migrations_dir),
         tool=f"statekeeper/{__version__}",
         config=cfg.source,
+        release=release_plan(session, to_version),
     )
     # the outline each step kind gives of its part, state by state: what `plan` shows
     outline = [line for state in FORWARD for k in KINDS.values() if state in k.runs_in
                for line in k.outline(plan, state)]
     return dataclasses.replace(plan, outline=tuple(outline))
+
+
+def release_plan(session: Session, to_version: str) -> ReleasePlan | None:
+    """The release side of the plan: the link as it is now and where it will point, the
+    configuration files, the commands as written (no secret value)."""
+    rc = session.release
+    if rc is None:
+        return None
+    from .release import read_link
+
+    src = rc.config_dir(to_version)
+    return ReleasePlan(
+        link=str(rc.current_link),
+        from_target=read_link(rc.current_link),
+        to_target=rc.link_target(to_version),
+        to_dir=str(rc.release_dir(to_version)),
+        config_files=tuple(str(f) for f in rc.config_files),
+        config_from=None if src is None else str(src),
+        stop=rc.stop.text if rc.stop else None,
+        start=rc.start.text if rc.start else None,
+        commands=tuple(PlannedCommand(c.name, c.run.text, c.undo.text) for c in rc.commands),
+    )
 
 
 @dataclass(frozen=True)

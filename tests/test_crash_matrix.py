@@ -3,7 +3,12 @@ against a SQLite target and a real PostgreSQL one. A real `statekeeper start` pr
 there (os._exit(137), as kill -9 would), then a real `statekeeper resume` finishes the run.
 
 The failpoints are enumerated from `statekeeper debug failpoints --json`, so a new failpoint
-is covered without editing this file (it must name a path: forward, rollback or both).
+is covered without editing this file (it must name a path: forward, rollback or both, and a
+side). A failpoint of the release side (stop, snapshot, config, switch, deploy commands,
+start and their compensations) runs in a project that deploys the test application
+(tests/release_app.py): forward in an upgrade that completes, rollback in one whose new release
+fails its HTTP health check, so every compensation runs; the release is checked afterwards
+(where `current` points, the configuration byte for byte, which version answers).
 """
 
 from __future__ import annotations
@@ -16,10 +21,24 @@ from typing import Any
 
 import pytest
 
-from tests.upgrade_support import ROOT, SCENARIOS, Project, make_project, seed, seeded_db
+from tests.release_app import SECRET, ask
+from tests.upgrade_support import (
+    ROOT,
+    SCENARIOS,
+    Project,
+    make_project,
+    make_release_project,
+    seed,
+    seeded_db,
+)
+
+UNDO_MARK = "undo-ran"
+# one deploy command with its undo, so that `command` and `undo` have steps to crash in
+COMMANDS = ('[[deploy.command]]\nname = "warm cache"\nrun = "sh -c \'echo warmed > warm\'"\n'
+            f'undo = "sh -c \'rm -f warm; echo x >> ../../{UNDO_MARK}\'"\n')
 
 
-def _failpoints() -> list[tuple[str, str]]:
+def _failpoints() -> list[tuple[str, str, str]]:
     out = subprocess.run(
         [sys.executable, "-m", "cli", "debug", "failpoints", "--json"],
         capture_output=True,
@@ -27,7 +46,7 @@ def _failpoints() -> list[tuple[str, str]]:
         check=True,
         cwd=ROOT,
     )
-    return [(f["name"], f["path"]) for f in json.loads(out.stdout)]
+    return [(f["name"], f["path"], f["side"]) for f in json.loads(out.stdout)]
 
 
 # Transitions (state changes) in each scenario, in order.
@@ -37,8 +56,15 @@ REVERT_TRANSITIONS = 6  # begin, preflight_passed, backed_up, tagged, fail, roll
 
 def _cases() -> list[Any]:
     cases = []
-    for name, path in _failpoints():
+    for name, path, side in _failpoints():
         kind = name.split(".")[0]
+        if side == "release":
+            if path in ("forward", "both"):
+                cases.append(pytest.param(name, "release", "completed", id=f"{name}-forward"))
+            if path in ("rollback", "both"):
+                cases.append(pytest.param(name, "unhealthy", "rolled_back",
+                                          id=f"{name}-rollback"))
+            continue
         if kind == "transition":
             # every state change of both scenarios, on the forward and the rollback path
             for n in range(1, FORWARD_TRANSITIONS + 1):
@@ -70,7 +96,17 @@ def _project(
     tmp_path: Path, backend: str, scenario: str, request: pytest.FixtureRequest
 ) -> Project:
     url = seeded_db(tmp_path, backend, "app", request)
+    if scenario in ("release", "unhealthy"):
+        return make_release_project(tmp_path / "proj", backend, url, SCENARIOS["forward"],
+                                    request, healthy=scenario == "release", commands=COMMANDS)
     return make_project(tmp_path / "proj", backend, url, SCENARIOS[scenario])
+
+
+def _release_state(proj: Project) -> tuple[str, bytes, int]:
+    import os
+
+    live = proj.dir / "config" / "app.env"
+    return (os.readlink(proj.dir / "current"), live.read_bytes(), live.stat().st_mode)
 
 
 def _reference(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Any:
@@ -92,6 +128,8 @@ def test_crash_then_resume(
 ) -> None:
     proj = _project(tmp_path, target_backend, scenario, request)
     before = proj.fingerprint()
+    release = scenario in ("release", "unhealthy")
+    release_before = _release_state(proj) if release else None
 
     crashed = proj.cli("start", "--to", "v2.6", failpoint=failpoint)
     assert crashed.returncode == 137, (
@@ -131,6 +169,23 @@ def test_crash_then_resume(
 
     assert command.ledger_verify(settings).events > 0  # raises IntegrityViolation otherwise
     assert [r.state for r in command.history(settings)] == [outcome]
+
+    if release:
+        link, config, mode = _release_state(proj)
+        status, body = ask(proj.port)
+        if outcome == "completed":
+            assert link == "releases/v2.6"
+            assert config == (proj.dir / "releases/v2.6/config/app.env").read_bytes()
+            assert (status, body["version"]) == (200, "v2.6"), body
+            assert (proj.dir / "releases/v2.6/warm").exists()
+        else:
+            assert (link, config, mode) == release_before
+            assert (status, body["version"]) == (200, "v2.5"), body
+            assert not (proj.dir / "releases/v2.6/warm").exists()
+            # the undo ran once (a crash inside it is settled by its exit file, never rerun)
+            assert (proj.dir / UNDO_MARK).read_text() == "x\n"
+        assert SECRET not in (proj.dir / ".statekeeper" / "ledger.db").read_bytes().decode(
+            "latin-1")
 
 
 @pytest.mark.slow

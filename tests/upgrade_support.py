@@ -73,6 +73,7 @@ class Project:
     dir: Path
     target_url: str
     backend: str
+    port: int = 0  # the test application's, in a project with a release
 
     @property
     def config(self) -> Path:
@@ -80,10 +81,10 @@ class Project:
 
     def cli(
         self, *args: str, failpoint: str | None = None, timeout: float = 120, check: bool = False,
-        prefix: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (), env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """The real CLI in a child process; ``prefix`` runs it under a wrapper (setpriv)."""
-        env = dict(os.environ)
+        env = dict(os.environ, **(env or {}))
         env.pop("STATEKEEPER_FAILPOINT", None)
         if failpoint:
             env["STATEKEEPER_FAILPOINT"] = failpoint
@@ -181,6 +182,7 @@ def make_project(
     extra: str = "",
     ledger_url: str = "sqlite:///.statekeeper/ledger.db",
     key: str = ".statekeeper/key.pem",
+    health: str = HEALTH,
 ) -> Project:
     """A project on ``target_url``; ``ledger_url``/``key`` let several projects (targets)
     share one ledger."""
@@ -194,7 +196,7 @@ def make_project(
         f'[ledger]\nurl = "{ledger_url}"\nkey = "{key}"\n\n'
         f'[target]\nurl = "{target_url}"\n\n[migrations]\ndir = "migrations"\n\n'
         f'[backup]\nmethod = "{method}"\ndir = "backups"\nenabled = {str(backup).lower()}\n'
-        + HEALTH
+        + health
         + extra
     )
     p = Project(base, target_url, backend)
@@ -202,4 +204,23 @@ def make_project(
 
     command.init(str(p.config), None, None, None, "migrations")
     command.migrate_tag(p.settings(), "v2.5")
+    return p
+
+
+def make_release_project(base: Path, backend: str, target_url: str, migrations: dict[str, str],
+                         request: Any, *, healthy: bool = True, commands: str = "",
+                         backup: bool = True) -> Project:
+    """A project with the release side: the test application (tests/release_app.py) at v2.5,
+    running, and v2.6 beside it; [deploy] with stop/start, the configuration file and
+    ``commands``; an HTTP health check on the application. The server is stopped at the end
+    of the test, whatever happened."""
+    from tests.release_app import deploy_toml, health_toml, start_app, stop_app, write_app
+
+    base.mkdir(parents=True, exist_ok=True)
+    port = write_app(base, target_url, v26_healthy=healthy)
+    request.addfinalizer(lambda: stop_app(base))
+    p = make_project(base, backend, target_url, migrations, backup=backup,
+                     health=health_toml(port), extra=deploy_toml(commands=commands))
+    p.port = port
+    start_app(base)
     return p

@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING
 
 from .backup import Backup, manifest_result
 from .base import PHASES, Context, Settled, Step, StepKind
+from .commanded import DeployCommand, Start, Stop, Undo, Unstart, Unstop
 from .compare import Compare
-from .health import Health
+from .configfiles import Config, Snapshot, Unconfig
+from .health import Health, Recheck
+from .link import Switch, Unswitch
 from .migrate import Migrate
 from .preflight import Preflight
 from .restore import Restore
@@ -28,14 +31,18 @@ from .untag import Untag
 if TYPE_CHECKING:
     from ..replay import Run
 
-if TYPE_CHECKING:
-    from ..replay import Run
-
 PREFLIGHT, BACKUP, MIGRATE, HEALTH, TAG = Preflight(), Backup(), Migrate(), Health(), Tag()
 REVERT, RESTORE, COMPARE, UNTAG = Revert(), Restore(), Compare(), Untag()
+# the release side
+STOP, SNAPSHOT, CONFIG, SWITCH, COMMAND, START = (Stop(), Snapshot(), Config(), Switch(),
+                                                  DeployCommand(), Start())
+UNSTART, UNDO, UNSWITCH, UNCONFIG, UNSTOP, RECHECK = (Unstart(), Undo(), Unswitch(), Unconfig(),
+                                                      Unstop(), Recheck())
 
 KINDS: dict[str, StepKind] = {
-    k.name: k for k in (PREFLIGHT, BACKUP, MIGRATE, HEALTH, TAG, REVERT, RESTORE, COMPARE, UNTAG)
+    k.name: k for k in (
+        PREFLIGHT, STOP, BACKUP, SNAPSHOT, MIGRATE, CONFIG, SWITCH, COMMAND, START, HEALTH, TAG,
+        UNSTART, UNDO, UNSWITCH, UNCONFIG, REVERT, RESTORE, COMPARE, UNTAG, UNSTOP, RECHECK)
 }
 
 
@@ -49,7 +56,8 @@ def forward_steps(run: Run) -> list[Step]:
 
 
 __all__ = [
-    "BACKUP", "COMPARE", "HEALTH", "KINDS", "MIGRATE", "PHASES", "PREFLIGHT", "RESTORE", "REVERT",
-    "TAG", "UNTAG", "Context", "Settled", "Step", "StepKind", "forward_steps", "kind",
-    "manifest_result", "tag_step",
+    "BACKUP", "COMMAND", "COMPARE", "CONFIG", "HEALTH", "KINDS", "MIGRATE", "PHASES", "PREFLIGHT",
+    "RECHECK", "RESTORE", "REVERT", "SNAPSHOT", "START", "STOP", "SWITCH", "TAG", "UNCONFIG",
+    "UNDO", "UNSTART", "UNSTOP", "UNSWITCH", "UNTAG", "Context", "Settled", "Step", "StepKind",
+    "forward_steps", "kind", "manifest_result", "tag_step",
 ]

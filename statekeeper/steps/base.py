@@ -79,6 +79,9 @@ class StepKind:
     args: ClassVar[tuple[str, ...]] = ()
     #: the kind that undoes this one on rollback (None: nothing to undo)
     compensation: ClassVar[str | None] = None
+    #: what it acts on: "database" (the target) or "release" (code, configuration, commands:
+    #: only a run with [deploy] has these steps, so the crash matrix runs them in such a run)
+    side: ClassVar[str] = "database"
 
     # -- planning (pure) ---------------------------------------------------------------------
     def forward(self, run: Run) -> list[Step]:

@@ -4,7 +4,7 @@ tag (a failure rolls the upgrade back)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .base import Context, Result, Step, StepKind
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class Health(StepKind):
     name = "health"
     path = "forward"
-    runs_in = ("verifying",)
+    runs_in: ClassVar[tuple[str, ...]] = ("verifying",)
 
     def forward(self, run: Run) -> list[Step]:
         return [Step("health", self.name, {"checks": len(run.plan.health_checks)})]
@@ -31,4 +31,28 @@ class Health(StepKind):
     def effect(self, ctx: Context, step: Step) -> Result:
         from ..health import run_checks
 
-        return run_checks(ctx.session.target, ctx.session.health_checks, hook=ctx.hook)
+        s, run = ctx.session, ctx.run
+        # a command check's output may hold a secret: the run's artifacts, never the ledger
+        out = s.artifacts(run.run_id, "health", f"{step.name}.{run.attempts(step.name)}")
+        return run_checks(s.target, s.health_checks, hook=ctx.hook, out_dir=out,
+                          base_dir=s.settings.config.base_dir)
+
+
+class Recheck(Health):
+    """Rollback: the health checks again, on the old release once it is back and started. A
+    rollback whose old release is unhealthy ends failed: a human must look."""
+
+    name = "recheck"
+    side = "release"
+    path = "rollback"
+    runs_in = ()
+    has_middle = False
+
+    def make(self, checks: int) -> Step:
+        return Step("recheck", self.name, {"checks": checks})
+
+    def forward(self, run: Run) -> list[Step]:
+        return []
+
+    def outline(self, plan: Plan, state: str) -> list[str]:
+        return []

@@ -34,6 +34,8 @@ class Preflight(StepKind):
 
         s = ctx.session
         s.migrator.validate()
+        if ctx.run.plan.release is not None:
+            _release_ready(ctx)
         ctx.hook()
         planned = {m.id: m.checksum for m in ctx.run.plan.migrations}
         pending = {m.id: m.checksum for m in s.migrator.pending()}
@@ -55,3 +57,17 @@ class Preflight(StepKind):
         result["fingerprint"] = fp.to_dict()
         result["fingerprint_digest"] = fp.digest
         return result
+
+
+def _release_ready(ctx: Context) -> None:
+    """The release side can be deployed: its directory, the link, the configuration files and
+    their sources, the commands, the fingerprint secret. All before any backup."""
+    from ..release import problems
+    from .commanded import _release
+
+    rc = _release(ctx)
+    found = problems(rc, ctx.run.to_version)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise TargetError(f"release {ctx.run.to_version} cannot be deployed: {found[0]}{more}")
+    ctx.session.secret  # noqa: B018 - loaded (or created) now: a bad one fails preflight

@@ -1,0 +1,78 @@
+"""The code switch: ``switch`` points the ``current`` symlink at the new release, ``unswitch``
+back where the snapshot found it. Each is one atomic rename (a new link beside the old, renamed
+over it): there is never a moment without ``current``. The probe reads the link."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .base import Context, Result, Settled, Step, StepKind
+from .commanded import _release
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from ..replay import Run
+
+
+class Switch(StepKind):
+    name = "switch"
+    side = "release"
+    path = "forward"
+    runs_in = ("deploying",)
+    args = ("to",)
+    compensation = "unswitch"
+
+    def forward(self, run: Run) -> list[Step]:
+        rel = run.plan.release
+        return [] if rel is None else [Step("switch", self.name, {"to": rel.to_target})]
+
+    def outline(self, plan: Plan, state: str) -> list[str]:
+        rel = plan.release
+        return [] if rel is None else [
+            f"switch {rel.link} -> {rel.to_target} (was {rel.from_target or 'absent'})"]
+
+    def describe(self, result: Mapping[str, Any]) -> str:
+        return f": current -> {result.get('to')} (was {result.get('from')})"
+
+    def effect(self, ctx: Context, step: Step) -> Result:
+        from ..release import read_link, switch_link
+
+        link = _release(ctx).current_link
+        before = read_link(link)
+        switch_link(link, step.args["to"], ctx.hook)
+        return {"from": before, "to": step.args["to"]}
+
+    def probe(self, ctx: Context, step: Step) -> Settled:
+        from ..release import read_link
+
+        now = read_link(_release(ctx).current_link)
+        if now == step.args["to"]:
+            return Settled(True, {"to": now, "recovered_from_link": True})
+        return Settled(False)
+
+
+class Unswitch(StepKind):
+    name = "unswitch"
+    side = "release"
+    path = "rollback"
+
+    def make(self, to: str | None) -> Step:
+        return Step("unswitch", self.name, {"to": to})
+
+    def describe(self, result: Mapping[str, Any]) -> str:
+        to = result.get("to")
+        return f": current -> {to}" if to else ": current removed (there was none before)"
+
+    def effect(self, ctx: Context, step: Step) -> Result:
+        from ..release import switch_link
+
+        to = step.args.get("to")
+        switch_link(_release(ctx).current_link, to if isinstance(to, str) else None, ctx.hook)
+        return {"to": to}
+
+    def probe(self, ctx: Context, step: Step) -> Settled:
+        from ..release import read_link
+
+        to = step.args.get("to")
+        return Settled(read_link(_release(ctx).current_link) == to, {"to": to})

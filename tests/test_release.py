@@ -1,0 +1,197 @@
+"""The release side of an upgrade, end to end: a real application (tests/release_app.py, an
+HTTP server started from the release `current` points to, reading its configuration file and
+the database), real stop/start commands, a real ledger, SQLite and PostgreSQL targets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from statekeeper import command
+from statekeeper.fingerprint import diff
+from tests.release_app import SECRET, ask
+from tests.upgrade_support import ROOT, SCENARIOS, Project, make_release_project, seeded_db
+
+MARK = "undo-ran"
+COMMANDS = (
+    '[[deploy.command]]\nname = "collect static"\nrun = "sh -c \'echo collected > static\'"\n'
+    f'undo = "sh -c \'rm -f static; echo undone >> ../../{MARK}\'"\n'
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _project(tmp_path: Path, backend: str, request: pytest.FixtureRequest, **kw: Any) -> Project:
+    url = seeded_db(tmp_path, backend, "app", request)
+    return make_release_project(tmp_path / "proj", backend, url, SCENARIOS["forward"], request,
+                                **kw)
+
+
+def _live(p: Project) -> tuple[str, bytes, int]:
+    f = p.dir / "config" / "app.env"
+    return os.readlink(p.dir / "current"), f.read_bytes(), f.stat().st_mode
+
+
+def test_a_good_upgrade_switches_code_and_configuration(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    p = _project(tmp_path, backend, request, commands=COMMANDS)
+    assert ask(p.port)[1]["version"] == "v2.5"
+    r = p.cli("start", "--to", "v2.6")
+    assert r.returncode == 0, r.stdout + r.stderr
+    link, config, mode = _live(p)
+    assert link == "releases/v2.6"
+    assert config == (p.dir / "releases/v2.6/config/app.env").read_bytes()
+    assert mode & 0o777 == 0o640  # the mode of the file it replaced
+    status, body = ask(p.port)
+    assert (status, body["version"], body["release_config"]) == (200, "v2.6", "v2.6")
+    assert (p.dir / "releases/v2.6/static").read_text() == "collected\n"
+    run = command.status(p.settings())
+    kinds = [s.kind for s in run.steps]
+    assert kinds == ["preflight", "stop", "backup", "snapshot", "tag", "migrate", "migrate",
+                     "migrate", "config", "switch", "command", "start", "health", "tag"]
+    assert run.plan.release is not None
+    assert (run.plan.release.from_release, run.plan.release.to_release) == ("v2.5", "v2.6")
+    st = p.cli("status")
+    assert "release v2.5 -> v2.6" in st.stdout, st.stdout
+
+
+def test_an_unhealthy_release_is_rolled_back_whole(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    p = _project(tmp_path, backend, request, healthy=False, commands=COMMANDS)
+    before, live = p.fingerprint(), _live(p)
+    r = p.cli("start", "--to", "v2.6")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "api" in r.stdout + r.stderr
+    assert _live(p) == live  # link, configuration byte for byte, mode
+    assert p.fingerprint() == before, diff(before, p.fingerprint())
+    status, body = ask(p.port)
+    assert (status, body["version"]) == (200, "v2.5")
+    assert not (p.dir / "releases/v2.6/static").exists()
+    assert (p.dir / MARK).read_text() == "undone\n"
+    run = command.status(p.settings())
+    assert run.state == "rolled_back"
+    rollback = [s.kind for s in run.phase_steps()]
+    assert rollback == ["unstart", "undo", "unswitch", "unconfig", "revert", "revert", "revert",
+                        "untag", "compare", "unstop", "recheck"]
+    assert "release v2.5 is back and healthy" in (run.transitions[-1]["reason"] or "")
+
+
+def test_an_old_release_that_stays_unhealthy_ends_failed(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    p = _project(tmp_path, "sqlite", request, healthy=False)
+    # the old release's code breaks while the upgrade runs: the rollback cannot make it healthy
+    old = p.dir / "releases/v2.5/app.py"
+    old.write_text(old.read_text().replace("HEALTHY = True", "HEALTHY = False"))
+    r = p.cli("start", "--to", "v2.6")
+    assert r.returncode == 3, r.stdout + r.stderr
+    run = command.status(p.settings())
+    assert run.state == "failed"
+    assert run.failure is not None and "old release is unhealthy" in run.failure
+    # a human fixes it; resume retries the rollback and checks again
+    old.write_text(old.read_text().replace("HEALTHY = False", "HEALTHY = True"))
+    subprocess.run([str(p.dir / "bin/appctl"), "stop"], cwd=p.dir, check=True,
+                   capture_output=True)
+    r = p.cli("resume")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert command.status(p.settings()).state == "rolled_back"
+    assert ask(p.port)[1]["version"] == "v2.5"
+
+
+def test_preflight_refuses_a_missing_release_before_any_backup(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    p = _project(tmp_path, "sqlite", request)
+    r = p.cli("start", "--to", "v2.7")
+    assert r.returncode == 1, r.stdout + r.stderr
+    run = command.status(p.settings())
+    assert run.state == "rolled_back"
+    assert run.failure is not None
+    assert f"release directory {p.dir / 'releases' / 'v2.7'} does not exist" in run.failure
+    assert [s.kind for s in run.steps] == ["preflight"]
+    assert not list((p.dir / "backups").glob("*")) if (p.dir / "backups").exists() else True
+    assert ask(p.port)[1]["version"] == "v2.5"  # never stopped
+
+
+def test_a_failing_deploy_command_is_undone_with_the_rest(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    cmds = COMMANDS + ('[[deploy.command]]\nname = "migrate search index"\n'
+                       'run = "sh -c \'echo $BROKER_TOKEN; exit 3\'"\nundo = "true"\n')
+    p = _project(tmp_path, "sqlite", request, commands=cmds)
+    live = _live(p)
+    env = {"BROKER_TOKEN": SECRET}
+    r = p.cli("start", "--to", "v2.6", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    run = command.status(p.settings())
+    failed = next(s for s in run.steps if s.status == "failed")
+    assert failed.name == "command:2"
+    assert "exited with status 3" in (failed.error or "")
+    assert [s.name for s in run.phase_steps()][:4] == ["undo:2", "undo:1", "unswitch",
+                                                      "unconfig"]
+    assert _live(p) == live
+    # its output (which printed the secret) is in the run's artifacts, private; nowhere else
+    out = next((p.dir / ".statekeeper" / "runs").rglob("command-2.1.out"))
+    assert SECRET in out.read_text()
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert ask(p.port)[1]["version"] == "v2.5"
+
+
+def test_a_deploy_command_killed_while_it_runs_is_not_run_again(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    cmds = ('[[deploy.command]]\nname = "slow"\n'
+            'run = "sh -c \'echo x >> ../../ran; sleep 2\'"\nundo = "sh -c \'echo u >> ../../undone\'"\n')
+    p = _project(tmp_path, "sqlite", request, commands=cmds)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("STATEKEEPER_FAILPOINT", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "--config", str(p.config), "start",
+                             "--to", "v2.6"], cwd=p.dir, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (p.dir / "ran").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -9
+    time.sleep(2.2)  # the orphaned command ends on its own
+    r = p.cli("resume")
+    assert r.returncode == 1, r.stdout + r.stderr
+    run = command.status(p.settings())
+    assert run.state == "rolled_back"
+    slow = next(s for s in run.steps if s.name == "command:1")
+    assert slow.status == "failed" and "unknown" in (slow.error or "")
+    assert (p.dir / "ran").read_text() == "x\n"  # never run twice
+    assert (p.dir / "undone").read_text() == "u\n"
+    assert ask(p.port)[1]["version"] == "v2.5"
+
+
+def test_operator_rollback_of_a_completed_upgrade_takes_the_release_back(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    p = _project(tmp_path, "sqlite", request)
+    live = _live(p)
+    assert p.cli("start", "--to", "v2.6").returncode == 0
+    run_id = command.status(p.settings()).run_id
+    r = p.cli("rollback", run_id)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _live(p) == live
+    assert ask(p.port)[1]["version"] == "v2.5"
+
+
+def test_a_swapped_snapshot_is_refused(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    p = _project(tmp_path, "sqlite", request, healthy=False)
+    r = p.cli("start", "--to", "v2.6", failpoint="unconfig.before")
+    assert r.returncode == 137
+    [copy] = (p.dir / ".statekeeper" / "runs").rglob("00-app.env")
+    copy.write_text(copy.read_text().replace(SECRET, "sk-attacker"))
+    r = p.cli("resume")
+    assert r.returncode == 3, r.stdout + r.stderr
+    run = command.status(p.settings())
+    assert run.state == "failed"
+    assert "not the file the ledger recorded" in (run.failure or "")
+    assert "sk-attacker" not in (p.dir / "config/app.env").read_text()
