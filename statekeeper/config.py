@@ -46,7 +46,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     # Read and range-checked by statekeeper/health.py.
     # Durations are numbers of seconds or text such as "500ms" (health.py decides).
     "health": {"checks": list, "retries": int, "interval": (int, float, str),
-               "timeout": (int, float, str)},
+               "timeout": (int, float, str), "deadline": (int, float, str)},
 }
 
 # Sections the design names but nothing implements yet: refused, not silently ignored.
