@@ -251,6 +251,23 @@ class _Attempt:
     reason: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
     final: bool = False  # no use trying again (a command that cannot be started)
+    cut: bool = False  # stopped at the deadline, and its reason says so
+
+
+@dataclass(frozen=True)
+class _Limit:
+    """An attempt's time limit: the check's timeout, or what is left before the deadline
+    (``by_deadline``), and how a message says it was reached."""
+
+    ms: int
+    by_deadline: bool = False
+    deadline_ms: int = 0
+
+    def reached(self) -> str:
+        """``after 2s``, or ``at the 1m deadline``."""
+        if self.by_deadline:
+            return f"at the {format_ms(self.deadline_ms)} deadline"
+        return f"after {format_ms(self.ms)}"
 
 
 def run_checks(
@@ -334,12 +351,13 @@ def _check_one(runner: _Runner, n: int, check: dict[str, Any], tries: int, pause
     last = _Attempt(False)
     attempt = 0
     while attempt < tries:
-        this_limit = limit
+        this_limit = _Limit(limit)
         if ends is not None:
             left = int((ends - time.monotonic()) * 1000)
             if left <= 0:
                 break
-            this_limit = min(limit, left)
+            if left < limit:
+                this_limit = _Limit(left, True, deadline_ms or 0)
         attempt += 1
         last = runner.attempt(n, kind, check, this_limit)
         if last.ok:
@@ -350,7 +368,8 @@ def _check_one(runner: _Runner, n: int, check: dict[str, Any], tries: int, pause
             break
         time.sleep(pause)
     reason = last.reason
-    if attempt < tries and not last.final:  # the deadline, not the retries, ended it
+    if attempt < tries and not last.final and not last.cut:
+        # the deadline, not the retries, ended it (a message that says so already: as is)
         reached = f"the {format_ms(deadline_ms or 0)} deadline was reached"
         reason = f"{reason} ({reached})" if attempt else reached
     return CheckResult(name, kind, False, attempt, reason, last.detail)
@@ -364,19 +383,21 @@ class _Runner:
         self.keep = keep
         self.cwd = cwd
 
-    def attempt(self, n: int, kind: str, check: dict[str, Any], timeout_ms: int) -> _Attempt:
+    def attempt(self, n: int, kind: str, check: dict[str, Any], limit: _Limit) -> _Attempt:
         if kind == "http":
             return _http_attempt(check["http"], int(check.get("status", DEFAULT_STATUS)),
-                                 timeout_ms)
+                                 limit)
         if kind == "command":
             assert self.out_dir is not None
             return _command_attempt(check["argv"], _output_name(n, str(check["name"])),
-                                    timeout_ms, self.out_dir, self.keep, self.cwd)
+                                    limit, self.out_dir, self.keep, self.cwd)
         if self.target is None:
             raise ConfigError(f"health check {check['name']!r} is a sql check: it needs a "
                               "target ([target] url)")
         try:
-            got = _run_sql(self.target, check["sql"], timeout_ms)
+            got = _run_sql(self.target, check["sql"], limit.ms)
+        except TimeoutError:
+            return _Attempt(False, f"timed out {limit.reached()}", cut=limit.by_deadline)
         except TargetError as e:
             return _Attempt(False, str(e))
         if check.get("expect") is None or got == check["expect"]:
@@ -386,11 +407,10 @@ class _Runner:
 
 
 def _run_sql(target: Target, sql: str, timeout_ms: int) -> str:
+    """The first column of the first row as text; TimeoutError at the timeout."""
     try:
         row = target.dialect.health_query(target, sql, timeout_ms)
-    except TimeoutError as e:
-        raise TargetError(f"timed out after {format_ms(timeout_ms)}") from e
-    except StatekeeperError:  # no connection (TargetError), no database file (ConfigError)
+    except (TimeoutError, StatekeeperError):  # no connection, no database file: as they are
         raise
     except Exception as e:  # the driver's error, whichever the backend
         from .dialects.base import first_line
@@ -415,7 +435,7 @@ def shown_url(url: str) -> str:
     return redact(bare)
 
 
-def _http_attempt(url: str, expected: int, timeout_ms: int) -> _Attempt:
+def _http_attempt(url: str, expected: int, limit: _Limit) -> _Attempt:
     import base64
     import http.client
     import urllib.error
@@ -433,10 +453,10 @@ def _http_attempt(url: str, expected: int, timeout_ms: int) -> _Attempt:
         headers["Authorization"] = f"Basic {token}"
         url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     opener = _opener()
-    timed_out = _Attempt(False, f"{what} timed out after {format_ms(timeout_ms)}")
+    timed_out = _Attempt(False, f"{what} timed out {limit.reached()}", cut=limit.by_deadline)
     try:
         with opener.open(urllib.request.Request(url, headers=headers, method="GET"),
-                         timeout=timeout_ms / 1000) as resp:
+                         timeout=limit.ms / 1000) as resp:
             status = int(resp.status)
     except urllib.error.HTTPError as e:  # an answer, with a status urllib calls an error
         status = int(e.code)
@@ -483,7 +503,7 @@ def _output_name(n: int, name: str) -> str:
     return f"health-{n + 1}-{slug}" if slug else f"health-{n + 1}"
 
 
-def _command_attempt(argv: list[str], name: str, timeout_ms: int, out_dir: Path, keep: bool,
+def _command_attempt(argv: list[str], name: str, limit: _Limit, out_dir: Path, keep: bool,
                      cwd: Path) -> _Attempt:
     # Only the program is named: the arguments may carry a secret (from ${ENV}).
     what = f"command {argv[0]}"
@@ -491,19 +511,21 @@ def _command_attempt(argv: list[str], name: str, timeout_ms: int, out_dir: Path,
     if why is not None:
         return _Attempt(False, why, final=True)
     try:
-        outcome = procs.run(argv, cwd=cwd, timeout_ms=timeout_ms, out_dir=out_dir, name=name)
+        outcome = procs.run(argv, cwd=cwd, timeout_ms=limit.ms, out_dir=out_dir, name=name)
     except OSError as e:
         return _Attempt(False, f"{what} cannot be started: {e.strerror or e}", final=True)
     detail = outcome.result()
     if outcome.ok:
         return _Attempt(True, detail=detail)
-    if keep:
-        return _Attempt(False, outcome.failure(what, timeout_ms), detail)
-    # no output directory: the files are gone when the checks end, so none is named
     if outcome.timed_out:
-        how = f"did not finish within {format_ms(timeout_ms)} (killed)"
+        how = f"timed out {limit.reached()} (killed)"
     elif outcome.exit_code is not None and outcome.exit_code < 0:
         how = f"was killed by signal {-outcome.exit_code}"
     else:
         how = f"exited with status {outcome.exit_code}"
-    return _Attempt(False, f"{what} {how} (its output was not kept)", detail)
+    # where the output is, never what it says; without an output directory the files are
+    # gone when the checks end, so none is named
+    where = (f"; its output is in {outcome.stderr} and {outcome.stdout}" if keep
+             else " (its output was not kept)")
+    return _Attempt(False, f"{what} {how}{where}", detail,
+                    cut=outcome.timed_out and limit.by_deadline)
