@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ledger import Checkpoint, PublicKey
 
     from .backups import BackupManager, Manifest, RestoreResult
+    from .health import HealthReport
     from .migrations import AppliedMigration, Migration, MigrationStatus, Migrator, Tag
     from .plan import Plan
     from .replay import Run
@@ -316,6 +317,29 @@ def backup_restore(
     return backup_manager(settings, target_url).restore(
         backup_id, allow_other_database=allow_other_database
     )
+
+
+# --- health (statekeeper.health) ---
+@boundary
+def health(settings: Settings, out_dir: Path | None = None) -> HealthReport:
+    """Run the configured ``[health]`` checks now, outside any upgrade: every check, each
+    with its retries, within the deadline; no ledger, no lease. The target is opened only
+    for sql checks. A command check writes its output to ``out_dir`` (default
+    ``.statekeeper/health/`` beside statekeeper.toml, 0700; files 0600), replacing the last
+    run's. A failing check is a result (``report.ok`` false), not an error; a bad
+    configuration raises ConfigError."""
+    from .health import HealthReport, check_all, validate_health
+
+    cfg = settings.config
+    checks = validate_health(cfg.raw.get("health", {}), cfg.source)
+    target = None
+    if any(c["kind"] == "sql" for c in checks):
+        from .targets import Target
+
+        target = Target.from_url(cfg.require_target(), cfg.base_dir)
+    if out_dir is None and any(c["kind"] == "command" for c in checks):
+        out_dir = files.private_dir(cfg.base_dir / ".statekeeper" / "health")
+    return HealthReport(check_all(target, checks, out_dir=out_dir, base_dir=cfg.base_dir))
 
 
 # --- upgrade verbs (statekeeper.upgrade) ---

@@ -49,7 +49,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     # Read and range-checked by statekeeper/health.py.
     # Durations are numbers of seconds or text such as "500ms" (health.py decides).
     "health": {"checks": list, "retries": int, "interval": (int, float, str),
-               "timeout": (int, float, str)},
+               "timeout": (int, float, str), "deadline": (int, float, str)},
     # Read and checked by statekeeper/release.py.
     "deploy": {"releases_dir": str, "current_link": str, "config_files": list,
                "config_from": str, "stop": str, "start": str, "timeout": (int, float, str),

@@ -87,7 +87,7 @@ class Outcome:
 
     def failure(self, what: str, timeout_ms: int) -> str:
         """One line for a failed command, pointing at its output (not quoting it)."""
-        from .health import format_ms
+        from .durations import format_ms
 
         if self.timed_out:
             how = f"did not finish within {format_ms(timeout_ms)} (killed)"

@@ -84,7 +84,7 @@ def validate_deploy(section: Mapping[str, Any] | None, written: Mapping[str, Any
     file); None when the section is absent."""
     if section is None:
         return None
-    from .health import parse_duration
+    from .durations import parse_duration
 
     where = f"{source}: [deploy]"
 

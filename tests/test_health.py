@@ -79,7 +79,7 @@ def test_out_of_range_or_malformed_values_are_one_line_naming_file_and_key(
 
 
 @pytest.mark.parametrize(("check", "message"), [
-    ({"name": "x"}, '[health] checks[0] needs a sql = "..." string'),
+    ({"name": "x"}, "[health] checks[0] needs exactly one of sql, http, command"),
     ({"sql": "  "}, "[health] checks[0] sql is empty"),
     ({"sql": "SELECT 1", "name": 3}, "[health] checks[0] name must be a string"),
     ({"sql": "SELECT 1", "expect": [1]},
@@ -199,7 +199,8 @@ def test_a_check_that_fails_twice_passes_on_its_third_attempt_with_retries_3(
     t0 = time.monotonic()
     result = run_checks(target, third_time_check(target, retries=3, interval="300ms"))
     elapsed = time.monotonic() - t0
-    assert result == {"checks": [{"name": "ready", "ok": True, "attempts": 3}]}
+    assert result == {"checks": [{"name": "ready", "ok": True, "attempts": 3,
+                                   "kind": "sql"}]}
     at = attempt_times(target)
     assert len(at) == 3  # it stopped at the first success
     gaps = [b - a for a, b in itertools.pairwise(at)]
@@ -327,7 +328,8 @@ def test_start_honours_retries_and_interval(proj: Project) -> None:
     assert "    ok    health: ready passed" in r.stdout
     run = command.status(proj.settings())
     [step] = [s for s in run.steps if s.kind == "health"]
-    assert step.result == {"checks": [{"name": "ready", "ok": True, "attempts": 5}]}
+    assert step.result == {"checks": [{"name": "ready", "ok": True, "attempts": 5,
+                                   "kind": "sql"}]}
     at = attempt_times(proj.target())
     assert len(at) == 5
     assert all(b - a < 0.9 for a, b in itertools.pairwise(at)), at

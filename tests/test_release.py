@@ -147,7 +147,8 @@ def test_a_failing_deploy_command_is_undone_with_the_rest(
 def test_a_deploy_command_killed_while_it_runs_is_not_run_again(
         tmp_path: Path, request: pytest.FixtureRequest) -> None:
     cmds = ('[[deploy.command]]\nname = "slow"\n'
-            'run = "sh -c \'echo x >> ../../ran; sleep 2\'"\nundo = "sh -c \'echo u >> ../../undone\'"\n')
+            'run = "sh -c \'echo x >> ../../ran; sleep 2\'"\n'
+            'undo = "sh -c \'echo u >> ../../undone\'"\n')
     p = _project(tmp_path, "sqlite", request, commands=cmds)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("STATEKEEPER_FAILPOINT", None)
