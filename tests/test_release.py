@@ -82,7 +82,7 @@ def test_an_unhealthy_release_is_rolled_back_whole(
     assert run.state == "rolled_back"
     rollback = [s.kind for s in run.phase_steps()]
     assert rollback == ["unstart", "undo", "unswitch", "unconfig", "revert", "revert", "revert",
-                        "untag", "compare", "unstop", "recheck"]
+                        "compare", "unstop", "recheck"]
     assert "release v2.5 is back and healthy" in (run.transitions[-1]["reason"] or "")
 
 
