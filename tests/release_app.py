@@ -77,9 +77,11 @@ port = int(dict(l.strip().split("=", 1) for l in open(os.path.join(base, "config
 def alive():
     try:
         pid = int(open(pidfile).read())
-        os.kill(pid, 0)
+        # a killed server nobody has reaped yet is a zombie: dead, though kill(pid, 0) works
+        if open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
         return pid
-    except (OSError, ValueError):
+    except (OSError, ValueError, IndexError):
         return None
 def listening():
     with socket.socket() as s:
@@ -90,12 +92,10 @@ if cmd == "stop":
     pid = alive()
     if pid:
         os.kill(pid, signal.SIGTERM)
-        for _ in range(200):
-            try:
-                os.kill(pid, 0)
-            except OSError:
+        for _ in range(400):
+            if not alive():
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
     for _ in range(200):
         if not listening():
             break
