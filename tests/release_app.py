@@ -168,11 +168,11 @@ def deploy_toml(*, commands: str = "") -> str:
             'stop = "bin/appctl stop"\nstart = "bin/appctl start"\ntimeout = "20s"\n' + commands)
 
 
-def health_toml(port: int) -> str:
+def health_toml(port: int, extra_checks: str = "") -> str:
     return ('\n[health]\nretries = 2\ninterval = "100ms"\nchecks = [\n'
             '  { name = "users readable", sql = "SELECT count(*) FROM users", expect = "3" },\n'
             f'  {{ name = "api", http = "http://127.0.0.1:{port}/health", status = 200, '
-            'timeout = "2s" },\n]\n')
+            'timeout = "2s" },\n' + extra_checks + ']\n')
 
 
 def start_app(base: Path) -> None:

@@ -196,3 +196,52 @@ def test_a_swapped_snapshot_is_refused(tmp_path: Path, request: pytest.FixtureRe
     assert run.state == "failed"
     assert "not the file the ledger recorded" in (run.failure or "")
     assert "sk-attacker" not in (p.dir / "config/app.env").read_text()
+
+
+def test_planted_secrets_reach_no_file_statekeeper_writes(
+        tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker API key sits in the configuration file that is snapshotted and restored; a
+    deploy command and a health check print a token. Neither reaches the ledger, an export, a
+    checkpoint, the CLI's output or any file statekeeper writes outside the run's artifacts
+    (where the copies and the output are, private) and the backups."""
+    token = "tok-7c1d9e2f4a6b8c0d"
+    cmds = ('[[deploy.command]]\nname = "announce"\n'
+            'run = "sh -c \'echo deploying with ${BROKER_TOKEN}; echo $BROKER_TOKEN >&2\'"\n'
+            'undo = "sh -c \'echo undo ${BROKER_TOKEN}\'"\n')
+    smoke = '  { name = "smoke", command = "sh -c \'echo smoke $BROKER_TOKEN\'" },\n'
+    monkeypatch.setenv("BROKER_TOKEN", token)
+    p = _project(tmp_path, "sqlite", request, commands=cmds, extra_checks=smoke)
+    env = {"BROKER_TOKEN": token}
+    outputs = []
+    for args in (("plan", "--to", "v2.6"), ("start", "--to", "v2.6"), ("status", "--json"),
+                 ("history", "--json")):
+        r = p.cli(*args, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        outputs.append(r.stdout + r.stderr)
+    run_id = command.status(p.settings()).run_id
+    for args in (("rollback", run_id), ("ledger", "export", "--out", "export.jsonl"),
+                 ("ledger", "verify"), ("ledger", "checkpoint", "--out", "head.checkpoint")):
+        r = p.cli(*args, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        outputs.append(r.stdout + r.stderr)
+    assert ask(p.port)[1]["version"] == "v2.5"
+    secrets = (SECRET, token)
+    state = p.dir / ".statekeeper"
+    artifacts = state / "runs"
+    written = [f for f in state.rglob("*") if f.is_file() and artifacts not in f.parents]
+    written += [p.dir / "export.jsonl", p.dir / "head.checkpoint"]
+    assert any(f.name == "ledger.db" for f in written)
+    for f in written:
+        data = f.read_bytes()
+        for s in secrets:
+            assert s.encode() not in data, f"{s} found in {f}"
+    for out in outputs:
+        for s in secrets:
+            assert s not in out
+    # the planted secrets did go through: the snapshot, the commands' and the check's output
+    found = {s: [f for f in artifacts.rglob("*") if f.is_file() and s.encode() in f.read_bytes()]
+             for s in secrets}
+    assert any(f.name == "00-app.env" for f in found[SECRET])
+    assert {f.suffix for f in found[token]} >= {".out", ".err"}
+    for f in artifacts.rglob("*"):
+        assert f.stat().st_mode & 0o077 == 0, f
