@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import procs
 from .durations import format_ms, parse_duration
 from .durations import shown_value as _shown
 from .errors import ConfigError, StatekeeperError, TargetError
@@ -143,7 +142,9 @@ def validate_checks(checks: list[Any], source: str) -> list[dict[str, Any]]:
             check.update(_http_check(c, where))
         else:
             check["command"] = c["command"]
-            check["argv"] = procs.split(c["command"], f"{where} command")
+            from .procs import split
+
+            check["argv"] = split(c["command"], f"{where} command")
         if "timeout" in c:
             check["timeout_ms"] = parse_duration(c["timeout"], f"{where} timeout", TIMEOUT_MS)
         out.append(check)
@@ -506,12 +507,14 @@ def _output_name(n: int, name: str) -> str:
 def _command_attempt(argv: list[str], name: str, limit: _Limit, out_dir: Path, keep: bool,
                      cwd: Path) -> _Attempt:
     # Only the program is named: the arguments may carry a secret (from ${ENV}).
+    from .procs import not_executable, run
+
     what = f"command {argv[0]}"
-    why = procs.not_executable(argv, cwd)
+    why = not_executable(argv, cwd)
     if why is not None:
         return _Attempt(False, why, final=True)
     try:
-        outcome = procs.run(argv, cwd=cwd, timeout_ms=limit.ms, out_dir=out_dir, name=name)
+        outcome = run(argv, cwd=cwd, timeout_ms=limit.ms, out_dir=out_dir, name=name)
     except OSError as e:
         return _Attempt(False, f"{what} cannot be started: {e.strerror or e}", final=True)
     detail = outcome.result()

@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+
+# Not ``from . import files``: health.py (which config.py imports, as the package's __init__
+# does) uses this module, and that form would import the package back (tests/test_layering.py).
 from .files import create_private, private_dir, write_atomic
 
 # After the timeout: SIGTERM to the command's process group, then SIGKILL after this long.

@@ -255,6 +255,15 @@ def _timeout(d: Path, present: bool, request: pytest.FixtureRequest) -> Any:
     return state  # completed by default (10 s), rolled back with a 1 s timeout
 
 
+@probe("health", "deadline")
+def _deadline(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    # statekeeper health (no upgrade): six attempts 50 ms apart, or one, when the next would
+    # start after a 10 ms deadline
+    s = project(d, section("health", FAILING + '\nretries = 5\ninterval = "50ms"'
+                           + ('\ndeadline = "10ms"' if present else ""), True))
+    return [(c.name, c.ok, c.attempts) for c in command.health(s).checks]
+
+
 # -- the walk ---------------------------------------------------------------------------------
 ALL_KEYS = sorted((s, k) for s, keys in SCHEMA.items() for k in keys)
 
