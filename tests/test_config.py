@@ -87,21 +87,21 @@ def test_a_key_with_a_newline_in_its_name_is_named_on_one_line(tmp_path: Path) -
     assert 'unknown key [backup] "evil\\nkey"' in msg
 
 
-@pytest.mark.parametrize("body", [
-    '[deploy]\nreleases_dir = "releases"\n',
-    "[deploy]\n",
-    '[deploy.hooks]\nx = 1\n',
+@pytest.mark.parametrize(("body", "words"), [
+    ("[deploy]\n", "[deploy] releases_dir is not set"),
+    ('[deploy.hooks]\nx = 1\n', "unknown key [deploy] hooks"),
+    ('[deploy]\nreleases_dir = "r"\nconfig_files = "a.env"\n',
+     "[deploy] config_files must be an array, not string"),
 ])
-def test_deploy_is_refused_until_it_is_built(tmp_path: Path, body: str) -> None:
-    msg = refused(tmp_path, body)
-    assert "[deploy]" in msg and "not supported yet" in msg
+def test_bad_deploy_is_refused(tmp_path: Path, body: str, words: str) -> None:
+    assert words in refused(tmp_path, body)
 
 
-def test_deploy_is_exit_2_from_the_cli(tmp_path: Path) -> None:
-    write(tmp_path, '[deploy]\nreleases_dir = "releases"\n')
+def test_bad_deploy_is_exit_2_from_the_cli(tmp_path: Path) -> None:
+    write(tmp_path, '[deploy]\nreleases = "releases"\n')
     p = cli(tmp_path, "--config", "statekeeper.toml", "history")
     assert p.returncode == 2, p.stderr
-    assert p.stderr.count("\n") == 1 and "not supported yet" in p.stderr
+    assert p.stderr.count("\n") == 1 and "unknown key [deploy] releases" in p.stderr
     assert "Traceback" not in p.stderr
 
 

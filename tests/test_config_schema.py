@@ -264,6 +264,70 @@ def _deadline(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     return [(c.name, c.ok, c.attempts) for c in command.health(s).checks]
 
 
+# -- [deploy] ---------------------------------------------------------------------------------
+def _deploy_plan(d: Path, body: str) -> Any:
+    """What `plan` says of the release side (or the configuration error)."""
+    (d / "releases" / "v2.6" / "config").mkdir(parents=True)
+    (d / "releases" / "v2.6" / "config" / "app.env").write_text("A=1\n")
+    s = outcome(lambda: project(d, f"[backup]\nenabled = false\n\n[deploy]\n{body}\n"))
+    if not isinstance(s, Settings):
+        return s
+    return outcome(lambda: (lambda p: (p["release"], p["steps"]))(
+        command.plan(s, "v2.6").to_payload()))
+
+
+@probe("deploy", "releases_dir")
+def _releases_dir(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    return _deploy_plan(d, 'releases_dir = "releases"' if present else "")
+
+
+@probe("deploy", "current_link")
+def _current_link(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    return _deploy_plan(d, 'releases_dir = "releases"'
+                        + ('\ncurrent_link = "live"' if present else ""))
+
+
+@probe("deploy", "config_files")
+def _config_files(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    return _deploy_plan(d, 'releases_dir = "releases"'
+                        + ('\nconfig_files = ["app.env"]' if present else ""))
+
+
+@probe("deploy", "config_from")
+def _config_from(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    return _deploy_plan(d, 'releases_dir = "releases"\nconfig_files = ["app.env"]'
+                        + ('\nconfig_from = "releases/{version}/config"' if present else ""))
+
+
+@probe("deploy", "stop")
+def _deploy_stop(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    return _deploy_plan(d, 'releases_dir = "releases"\nstart = "true"'
+                        + ('\nstop = "true"' if present else ""))
+
+
+@probe("deploy", "start")
+def _deploy_start(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    return _deploy_plan(d, 'releases_dir = "releases"\nstop = "true"'
+                        + ('\nstart = "true"' if present else ""))
+
+
+@probe("deploy", "command")
+def _deploy_command(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    return _deploy_plan(d, 'releases_dir = "releases"' + (
+        '\n[[deploy.command]]\nrun = "true"\nundo = "true"' if present else ""))
+
+
+@probe("deploy", "timeout")
+def _deploy_timeout(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    # a real upgrade whose stop command takes 0.3 s: completed by default (60 s), rolled back
+    # with a 100 ms timeout
+    (d / "releases" / "v2.6").mkdir(parents=True)
+    s = project(d, '[backup]\nenabled = false\n\n[deploy]\nreleases_dir = "releases"\n'
+                'stop = "sleep 0.3"\nstart = "true"\n' + ('timeout = "100ms"\n' if present else ""))
+    outcome(lambda: command.start(s, "v2.6"))
+    return command.status(s).state
+
+
 # -- the walk ---------------------------------------------------------------------------------
 ALL_KEYS = sorted((s, k) for s, keys in SCHEMA.items() for k in keys)
 
