@@ -247,7 +247,8 @@ def debug_failpoints(as_json: bool) -> None:
     help="Where to build the demo (left there to inspect).",
 )
 def demo(directory: Path) -> None:
-    """A failed upgrade rolled back, a crashed one resumed, all on SQLite, then verified."""
+    """Two failed upgrades rolled back (a migration; a deploy command, the release and its
+    configuration put back), a crashed one resumed, all on SQLite, then verified."""
     from statekeeper.demo import run_demo
 
     code = run_demo(directory, click.echo)

@@ -1,9 +1,14 @@
 """``statekeeper demo``: the main job on the embedded defaults, with no server.
 
-A SQLite trading database (users, positions, settings) is upgraded v2.5 -> v2.6 three ways:
-a third migration fails and the run rolls back (fingerprints shown equal); the corrected
-upgrade is killed half-way by a failpoint in a child process and finished by ``resume``; then
-the ledger is verified and exported. Everything is left in the directory to inspect.
+A SQLite trading database (users, positions, settings) and its application's release side
+(``releases/v2.5``, ``releases/v2.6``, ``current -> releases/v2.5``, a live ``config/app.env``
+holding a FAKE broker API key) are upgraded v2.5 -> v2.6: a third migration fails and the run
+rolls back (fingerprints shown equal; the release side is not reached yet); with the typo fixed,
+v2.6's deploy command fails after the switch and the run rolls back the release too (the
+configuration file restored byte for byte, ``current`` back to v2.5); the corrected upgrade is
+killed half-way by a failpoint in a child process and finished by ``resume`` (``current ->
+releases/v2.6``, v2.6's configuration live); then the ledger is verified and exported, and
+neither is shown to hold the key. Everything is left in the directory to inspect.
 The narration goes through ``say``; this module never prints (the crashing child writes its
 narration to its standard output, which is the parent's pipe). It calls the library's verbs
 with explicit paths: it neither launches the CLI nor changes the working directory.
@@ -11,10 +16,12 @@ with explicit paths: it neither launches the CLI nor changes the working directo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -54,7 +61,71 @@ checks = [
       SELECT count(*) FROM positions p LEFT JOIN users u ON u.id = p.user_id
       WHERE u.id IS NULL""" },
 ]
+
+# The release side: no stop/start (the demo starts no server). The deploy command runs in
+# releases/<to>; its undo removes what it made there, nothing else.
+[deploy]
+releases_dir = "releases"
+current_link = "current"
+config_files = ["config/app.env"]
+config_from = "releases/{version}/config"
+timeout = "20s"
+
+[[deploy.command]]
+name = "warm quote cache"
+run = "sh warm-cache.sh"
+undo = "rm -f quote-cache.txt"
 '''
+
+#: Obviously fake: the demo shows it never reaches the ledger or the export.
+FAKE_KEY = "demo-fake-key-0000-not-a-real-secret"
+LIVE_CONFIG = "config/app.env"
+
+APP_PY = '''\
+"""trading-app {version}: the demo's stand-in for the application (it is never started)."""
+VERSION = "{version}"
+'''
+
+WARM_CACHE = """\
+# warm the quote cache for the symbols this release trades
+cp symbols.txt quote-cache.txt
+"""
+
+SYMBOLS = "AAPL\nMSFT\nSAP.DE\nBMW.DE\nNVDA\nSIE.DE\nTSLA\n"
+
+
+def _app_env(version: str) -> str:
+    orders = "true" if version == "v2.6" else "false"
+    return (f"# trading-app configuration (demo; the key is FAKE)\nRELEASE={version}\n"
+            f"DATABASE=sqlite:///app.db\nFEATURE_ORDERS={orders}\n"
+            f"BROKER_API_KEY={FAKE_KEY}\n")
+
+
+def _write_releases(directory: Path) -> None:
+    """releases/v2.5 (live) and releases/v2.6, which ships without its symbols.txt (the
+    second upgrade's deploy command fails on it; part 3 adds it)."""
+    for version in ("v2.5", "v2.6"):
+        rel = directory / "releases" / version
+        (rel / "config").mkdir(parents=True)
+        (rel / "app.py").write_text(APP_PY.format(version=version))
+        (rel / "VERSION").write_text(version + "\n")
+        (rel / "warm-cache.sh").write_text(WARM_CACHE)
+        (rel / "config" / "app.env").write_text(_app_env(version))
+        if version == "v2.5":
+            (rel / "symbols.txt").write_text(SYMBOLS)
+    (directory / "config").mkdir()
+    live = directory / LIVE_CONFIG
+    live.write_text(_app_env("v2.5"))
+    os.chmod(live, 0o640)
+    os.symlink("releases/v2.5", directory / "current")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _holds_key(path: Path) -> bool:
+    return FAKE_KEY.encode() in path.read_bytes()
 
 MIGRATIONS = {
     "001_user_status.sql": """\
@@ -173,6 +244,36 @@ def crashing_start(config: str) -> None:
     command.start(command.Settings.load(config), "v2.6", observer=_narrator(send))
 
 
+def _fingerprints(run: Any, say: Say) -> bool:
+    """Say the fingerprint before the upgrade and after its rollback; are they equal?"""
+    pre = run.succeeded("preflight")
+    cmp_ = [x for x in run.steps if x.kind == "compare" and x.status == "succeeded"]
+    if not (pre and pre.result and cmp_ and cmp_[-1].result):
+        return False
+    after = cmp_[-1].result
+    say(f"   fingerprint before: {pre.result['fingerprint_digest'][:32]}")
+    say(
+        f"   fingerprint after:  {after['digest'][:32]}  "
+        f"({'equal' if after['equal'] else 'DIFFERENT'})"
+    )
+    return bool(after["equal"])
+
+
+def _release_back(directory: Path, config_sha: str, say: Say, *, touched: bool) -> bool:
+    """Say (with evidence) that ``current`` and the configuration file are as before."""
+    link = os.readlink(directory / "current")
+    sha = _sha256(directory / LIVE_CONFIG)
+    same = sha == config_sha
+    if touched:
+        say(f"   {LIVE_CONFIG} restored byte for byte (sha256 {sha[:16]}, "
+            f"{'equal to' if same else 'DIFFERENT from'} before)")
+        say(f"   current -> {link} again")
+    else:
+        say(f"   the release side was never reached: current -> {link}, {LIVE_CONFIG} "
+            f"untouched (sha256 {sha[:16]}, {'equal to' if same else 'DIFFERENT from'} before)")
+    return same and link == "releases/v2.5"
+
+
 def run_demo(directory: Path, say: Say) -> int:
     from .runner import STREAM_PREFIX
 
@@ -190,6 +291,8 @@ def run_demo(directory: Path, say: Say) -> int:
         (mig / name).write_text(text)
     (mig / "003_position_currency.sql").write_text(BROKEN_003)
     users, positions, settings_n = _seed(directory / "app.db")
+    _write_releases(directory)
+    config_sha = _sha256(directory / LIVE_CONFIG)
 
     # Every path is absolute (the configuration's own relative paths resolve against its
     # directory), so nothing depends on the working directory.
@@ -199,6 +302,8 @@ def run_demo(directory: Path, say: Say) -> int:
         say(f"   {line}")
     s = command.Settings.load(cfg)
     say(f"   app.db: {users} users, {positions} positions, {settings_n} settings")
+    say(f"   release: current -> {os.readlink(directory / 'current')}; {LIVE_CONFIG} "
+        f"sha256 {config_sha[:16]} (holds a FAKE broker API key)")
     command.migrate_tag(s, "v2.5")
     say("   tagged the current schema v2.5")
     progress = _narrator(say)
@@ -207,19 +312,22 @@ def run_demo(directory: Path, say: Say) -> int:
     say("== 1. upgrade v2.5 -> v2.6; its third migration has a typo (column symbl)")
     run1 = command.start(s, "v2.6", observer=progress)
     say(f"   result: {run1.state}")
-    pre = run1.succeeded("preflight")
-    cmp_ = [x for x in run1.steps if x.kind == "compare" and x.status == "succeeded"]
-    if pre and pre.result and cmp_ and cmp_[-1].result:
-        after = cmp_[-1].result
-        say(f"   fingerprint before: {pre.result['fingerprint_digest'][:32]}")
-        say(
-            f"   fingerprint after:  {after['digest'][:32]}  "
-            f"({'equal' if after['equal'] else 'DIFFERENT'})"
-        )
+    ok = _fingerprints(run1, say) and run1.state == "rolled_back"
+    ok = _release_back(directory, config_sha, say, touched=False) and ok
 
     say("")
-    say("== 2. fix the typo; upgrade again, killed (os._exit 137) after the 2nd migration")
+    say("== 2. fix the typo; upgrade again: release v2.6 ships without its symbols.txt, so")
+    say("      its deploy command fails after the configuration and the link were switched")
     (mig / "003_position_currency.sql").write_text(FIXED_003)
+    run2 = command.start(s, "v2.6", observer=progress)
+    say(f"   result: {run2.state}")
+    ok = _fingerprints(run2, say) and run2.state == "rolled_back" and ok
+    ok = _release_back(directory, config_sha, say, touched=True) and ok
+
+    say("")
+    say("== 3. add releases/v2.6/symbols.txt; upgrade again, killed (os._exit 137) after the "
+        "2nd migration")
+    (directory / "releases" / "v2.6" / "symbols.txt").write_text(SYMBOLS)
     env = _child_env()
     env[failpoints.ENV] = "migrate.done:2"
     child = subprocess.run(
@@ -240,23 +348,45 @@ def run_demo(directory: Path, say: Say) -> int:
     )
 
     say("")
-    say("== 3. statekeeper resume")
-    run2 = command.resume(s, observer=progress)
-    say(f"   result: {run2.state}")
+    say("== 4. statekeeper resume")
+    run3 = command.resume(s, observer=progress)
+    say(f"   result: {run3.state}")
+    link = os.readlink(directory / "current")
+    live_v26 = _sha256(directory / LIVE_CONFIG) == _sha256(
+        directory / "releases" / "v2.6" / "config" / "app.env")
+    say(f"   current -> {link}; {LIVE_CONFIG} is "
+        + ("v2.6's (sha256 equal to releases/v2.6/config/app.env)" if live_v26
+           else "NOT v2.6's"))
+    ok = ok and link == "releases/v2.6" and live_v26
 
     say("")
-    say("== 4. statekeeper ledger verify, then export the run for the compliance officer")
+    say("== 5. statekeeper ledger verify, then export the run for the compliance officer")
     v = command.ledger_verify(s)
     say(f"   ok: {v.events} events verified, head seq {v.head.seq}")
-    exp = command.ledger_export(
-        s, directory / f"{run2.run_id}.jsonl", stream=STREAM_PREFIX + run2.run_id
-    )
-    say(f"   exported {exp.events} events of run {run2.run_id} to {run2.run_id}.jsonl")
-    ok = (run1.state == "rolled_back" and child.returncode == failpoints.EXIT_CODE
-          and run2.state == "completed")
+    export = directory / f"{run3.run_id}.jsonl"
+    exp = command.ledger_export(s, export, stream=STREAM_PREFIX + run3.run_id)
+    say(f"   exported {exp.events} events of run {run3.run_id} to {export.name}")
+    # The ledger records keyed fingerprints of the configuration, never its content: read
+    # the bytes of the ledger's database (with any journal beside it) and of the export.
+    ledger_files = sorted((directory / ".statekeeper").glob("ledger.db*"))
+    leaked = [f.name for f in [*ledger_files, export] if _holds_key(f)]
+    if leaked:
+        say(f"   the API key WAS FOUND in {', '.join(leaked)}")
+    else:
+        say("   the API key appears in neither the ledger nor the export: checked "
+            f"({', '.join(f.name for f in ledger_files)}, {export.name})")
+    copies = sorted((directory / ".statekeeper" / "runs").glob("*/snapshot/*"))
+    private = all(stat.S_IMODE(c.stat().st_mode) == 0o600 for c in copies)
+    say(f"   it is in {LIVE_CONFIG}, releases/*/{LIVE_CONFIG} and each run's snapshot copy "
+        f"(.statekeeper/runs/*/snapshot/, {len(copies)} files"
+        f"{', mode 0600' if private else ', NOT all mode 0600'}), which rollback restores from")
+    ok = ok and private
+    ok = (ok and not leaked and child.returncode == failpoints.EXIT_CODE
+          and run3.state == "completed")
     say("")
     say(
         f"Everything is left in {directory} (statekeeper.toml, app.db, migrations/, "
-        ".statekeeper/). Try: cd " + str(directory) + " && statekeeper history"
+        "releases/, current, config/, .statekeeper/). Try: cd " + str(directory)
+        + " && statekeeper history"
     )
     return 0 if ok else 3
