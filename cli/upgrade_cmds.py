@@ -115,7 +115,9 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool) -> 
     if rel:
         click.echo(f"release: {rel['link']} -> {rel['to_target']} (now "
                    f"{rel['from_target'] or 'absent'})")
-    click.echo("steps: " + " -> ".join(p["steps"]))
+    click.echo("steps:")
+    for n, line in enumerate(p["steps"], 1):
+        click.echo(f"  {n:>2}. {line}")
 
 
 @click.command("start")

@@ -127,6 +127,17 @@ class Plan:
     def irreversible(self) -> tuple[str, ...]:
         return tuple(m.id for m in self.migrations if not m.reversible)
 
+    def shown(self, path: str) -> str:
+        """A path as ``plan`` shows it: relative to the directory of statekeeper.toml when it
+        is inside it."""
+        import posixpath
+
+        if not self.config.startswith("/"):
+            return path
+        base = posixpath.dirname(self.config)
+        rel = posixpath.relpath(path, base) if path.startswith(base + "/") else path
+        return rel
+
     def migration(self, migration_id: str) -> PlannedMigration | None:
         return next((m for m in self.migrations if m.id == migration_id), None)
 

@@ -46,6 +46,19 @@ def test_a_good_upgrade_switches_code_and_configuration(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     p = _project(tmp_path, backend, request, commands=COMMANDS)
     assert ask(p.port)[1]["version"] == "v2.5"
+    shown = p.cli("plan", "--to", "v2.6").stdout.splitlines()
+    steps = shown[shown.index("steps:") + 1:]
+    assert [ln.split(". ", 1)[1] for ln in steps] == [
+        "preflight", "stop the application (bin/appctl stop)",
+        f"backup ({'sqlite' if backend == 'sqlite' else 'pg_dump'})",
+        "snapshot config/app.env and where current points (releases/v2.5)", "tag v2.5",
+        "migrate 001_bump_qty", "migrate 002_orders", "migrate 003_user_status",
+        "install config/app.env from releases/v2.6/config/app.env",
+        "switch current -> releases/v2.6 (was releases/v2.5)",
+        "run 'collect static': sh -c 'echo collected > static' (undo: sh -c 'rm -f static; "
+        "echo undone >> ../../undo-ran')",
+        "start release v2.6 (bin/appctl start)", "health checks", "tag v2.6"]
+    assert ask(p.port)[1]["version"] == "v2.5"  # plan changed nothing
     r = p.cli("start", "--to", "v2.6")
     assert r.returncode == 0, r.stdout + r.stderr
     link, config, mode = _live(p)
@@ -56,7 +69,7 @@ def test_a_good_upgrade_switches_code_and_configuration(
     assert (status, body["version"], body["release_config"]) == (200, "v2.6", "v2.6")
     assert (p.dir / "releases/v2.6/static").read_text() == "collected\n"
     run = command.status(p.settings())
-    kinds = [s.kind for s in run.steps]
+    kinds = [st.kind for st in run.steps]
     assert kinds == ["preflight", "stop", "backup", "snapshot", "tag", "migrate", "migrate",
                      "migrate", "config", "switch", "command", "start", "health", "tag"]
     assert run.plan.release is not None

@@ -47,8 +47,10 @@ class Snapshot(StepKind):
         rel = plan.release
         if rel is None:
             return []
-        what = ", ".join(rel.config_files) if rel.config_files else "no configuration files"
-        return [f"snapshot {what} and where {rel.link} points ({rel.from_target or 'nowhere'})"]
+        what = (", ".join(plan.shown(f) for f in rel.config_files) if rel.config_files
+                else "no configuration files")
+        return [f"snapshot {what} and where {plan.shown(rel.link)} points "
+                f"({rel.from_target or 'nowhere'})"]
 
     def check_result(self, result: Mapping[str, Any]) -> str | None:
         return (_files_problem(result) or field_problem(result, "secret_id", str)
@@ -86,7 +88,8 @@ class Config(StepKind):
         rel = plan.release
         if rel is None or rel.config_from is None:
             return []
-        return [f"install {f} from {rel.config_from}/{Path(f).name}" for f in rel.config_files]
+        return [f"install {plan.shown(f)} from {plan.shown(rel.config_from)}/{Path(f).name}"
+                for f in rel.config_files]
 
     def describe(self, result: Mapping[str, Any]) -> str:
         return f": {len(result.get('files') or [])} configuration file(s) installed"

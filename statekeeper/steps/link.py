@@ -30,7 +30,8 @@ class Switch(StepKind):
     def outline(self, plan: Plan, state: str) -> list[str]:
         rel = plan.release
         return [] if rel is None else [
-            f"switch {rel.link} -> {rel.to_target} (was {rel.from_target or 'absent'})"]
+            f"switch {plan.shown(rel.link)} -> {rel.to_target} "
+            f"(was {rel.from_target or 'absent'})"]
 
     def describe(self, result: Mapping[str, Any]) -> str:
         return f": current -> {result.get('to')} (was {result.get('from')})"
