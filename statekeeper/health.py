@@ -200,7 +200,7 @@ def _as_text(v: Any) -> str:
 class CheckResult:
     """One check's outcome: how many attempts it took, why the last one failed (None when it
     passed), and what its last attempt recorded (``status`` of an http check; exit code,
-    output sizes and sha256 of a command). Nothing in it is secret."""
+    output sizes and keyed fingerprints of a command). Nothing in it is secret."""
 
     name: str
     kind: str
@@ -282,6 +282,7 @@ def run_checks(
     hook: Callable[[], None] | None = None,
     out_dir: Path | None = None,
     base_dir: Path | None = None,
+    secret: bytes | None = None,
 ) -> dict[str, Any]:
     """The health step: every check in order; the first that fails all its attempts raises
     TargetError with its one line (:meth:`CheckResult.error`). The result is what the ledger
@@ -289,7 +290,8 @@ def run_checks(
     for the keywords."""
     results = check_all(target, checks, retries=retries, interval_ms=interval_ms,
                         timeout_ms=timeout_ms, deadline_ms=deadline_ms, hook=hook,
-                        out_dir=out_dir, base_dir=base_dir, stop_at_failure=True)
+                        out_dir=out_dir, base_dir=base_dir, secret=secret,
+                        stop_at_failure=True)
     for r in results:
         if not r.ok:
             raise TargetError(r.error())
@@ -307,6 +309,7 @@ def check_all(
     hook: Callable[[], None] | None = None,
     out_dir: Path | None = None,
     base_dir: Path | None = None,
+    secret: bytes | None = None,
     stop_at_failure: bool = False,
 ) -> list[CheckResult]:
     """Run the checks in order, each until it passes or its attempts (or the deadline) run
@@ -316,7 +319,9 @@ def check_all(
 
     A command runs in ``base_dir`` (default: the working directory) and writes its output to
     ``out_dir`` (``health-N-NAME.out`` and ``.err``, 0600, the last attempt's); without
-    ``out_dir``, to a private temporary directory removed afterwards. ``hook`` is called once,
+    ``out_dir``, to a private temporary directory removed afterwards; the result records the
+    output's sizes and, given the fingerprint ``secret``, its keyed fingerprints (never a plain
+    digest: a short token could be found from one). ``hook`` is called once,
     after the first check (the failure-injection point of the upgrade's step)."""
     if deadline_ms is None and checks:
         deadline_ms = checks[0].get("deadline_ms")
@@ -325,7 +330,8 @@ def check_all(
     temp: Path | None = None
     if out_dir is None and any(c.get("kind") == "command" for c in checks):
         temp = Path(tempfile.mkdtemp(prefix="statekeeper-health-"))  # 0700
-    runner = _Runner(target, out_dir or temp, out_dir is not None, base_dir or Path.cwd())
+    runner = _Runner(target, out_dir or temp, out_dir is not None, base_dir or Path.cwd(),
+                     secret)
     results: list[CheckResult] = []
     try:
         for n, check in enumerate(checks):
@@ -378,7 +384,8 @@ def _check_one(runner: _Runner, n: int, check: dict[str, Any], tries: int, pause
 
 class _Runner:
     def __init__(self, target: Target | None, out_dir: Path | None, keep: bool,
-                 cwd: Path) -> None:
+                 cwd: Path, secret: bytes | None = None) -> None:
+        self.secret = secret
         self.target = target
         self.out_dir = out_dir
         self.keep = keep
@@ -391,7 +398,7 @@ class _Runner:
         if kind == "command":
             assert self.out_dir is not None
             return _command_attempt(check["argv"], _output_name(n, str(check["name"])),
-                                    limit, self.out_dir, self.keep, self.cwd)
+                                    limit, self.out_dir, self.keep, self.cwd, self.secret)
         if self.target is None:
             raise ConfigError(f"health check {check['name']!r} is a sql check: it needs a "
                               "target ([target] url)")
@@ -505,7 +512,7 @@ def _output_name(n: int, name: str) -> str:
 
 
 def _command_attempt(argv: list[str], name: str, limit: _Limit, out_dir: Path, keep: bool,
-                     cwd: Path) -> _Attempt:
+                     cwd: Path, secret: bytes | None = None) -> _Attempt:
     # Only the program is named: the arguments may carry a secret (from ${ENV}).
     from .procs import not_executable, run
 
@@ -517,7 +524,7 @@ def _command_attempt(argv: list[str], name: str, limit: _Limit, out_dir: Path, k
         outcome = run(argv, cwd=cwd, timeout_ms=limit.ms, out_dir=out_dir, name=name)
     except OSError as e:
         return _Attempt(False, f"{what} cannot be started: {e.strerror or e}", final=True)
-    detail = outcome.result()
+    detail = outcome.result(secret)
     if outcome.ok:
         return _Attempt(True, detail=detail)
     if outcome.timed_out:

@@ -64,8 +64,13 @@ def _release_undo(run: Run) -> Action | None:
     def done(kind: str) -> bool:
         return any(s.kind == kind and s.status == "succeeded" for s in steps)
 
-    if rel.stop and any(s.kind == START.name and _ran(s) for s in steps) and not done(
-            UNSTART.name):
+    def started(kind: str) -> bool:
+        # Even one settled as "interrupted before it took effect": its compensation is
+        # idempotent, and a crash in the middle of a start, a switch or the configuration
+        # files may have done part of it.
+        return any(s.kind == kind for s in steps)
+
+    if rel.stop and started(START.name) and not done(UNSTART.name):
         return UNSTART.make()
     undone = {int(s.args.get("index", 0)) for s in steps
               if s.kind == UNDO.name and s.status == "succeeded"}
@@ -75,11 +80,12 @@ def _release_undo(run: Run) -> Action | None:
         if i not in undone:
             return UNDO.make(i, rel.commands[i - 1].name if 0 < i <= len(rel.commands) else "")
     snap = run.succeeded("snapshot")
-    if any(s.kind == SWITCH.name and _ran(s) for s in steps) and not done(UNSWITCH.name):
+    if started(SWITCH.name) and not done(UNSWITCH.name):
         previous = (snap.result or {}).get("link_target") if snap else rel.from_target
         return UNSWITCH.make(previous)
-    touched = any(s.kind in (CONFIG.name, COMMAND.name, SWITCH.name, START.name) and _ran(s)
-                  for s in steps)
+    # a deploy command settled as never started (no output file) touched nothing
+    touched = any(s.kind in (CONFIG.name, SWITCH.name, START.name) or (
+        s.kind == COMMAND.name and _ran(s)) for s in steps)
     if snap is not None and rel.config_files and touched and not done(UNCONFIG.name):
         return UNCONFIG.make()
     return None
@@ -92,7 +98,7 @@ def _release_back(run: Run) -> Action | None:
     if rel is None:
         return None
     steps = run.phase_steps()
-    if rel.start and any(s.kind == STOP.name and _ran(s) for s in run.steps) and not any(
+    if rel.start and any(s.kind == STOP.name for s in run.steps) and not any(
             s.kind == UNSTOP.name and s.status == "succeeded" for s in steps):
         return UNSTOP.make()
     if not any(s.kind == RECHECK.name and s.status == "succeeded" for s in steps):

@@ -6,14 +6,18 @@ shell runs it: ``run = "python manage.py collectstatic"`` is an argument vector,
 is written ``sh -c '...'``. Each runs in its own session (its process group is killed on
 timeout), with standard input closed. Its standard output and error go to files in the run's
 artifacts directory (0600: a command may print a secret), never to the ledger or a log: the
-ledger records their sizes, sha256 and the exit code. An exit file, written atomically when
-the command has ended, lets a resumed run tell a command that never started, one that ended
-(and how) and one whose end nobody saw (see :func:`probe`).
+ledger records their sizes, keyed fingerprints (HMAC-SHA256 under the ledger's fingerprint
+secret: a plain sha256 of a short token printed by a command could be found by hashing
+guesses) and the exit code. A pid file written when it starts and an exit file written when it
+has ended let a resumed run tell a command that never started, one that ended (and how) and
+one whose end nobody saw, which is stopped first if it still runs (see :func:`probe`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import json
 import os
 import shlex
@@ -21,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,14 +81,16 @@ class Outcome:
     def ok(self) -> bool:
         return self.exit_code == 0
 
-    def result(self) -> dict[str, Any]:
-        """What the ledger records: sizes and digests of the output, never its content."""
+    def result(self, secret: bytes | None = None) -> dict[str, Any]:
+        """What the ledger records: sizes and, given the fingerprint secret, keyed
+        fingerprints of the output; never its content, never a plain digest of it."""
         out: dict[str, Any] = {"exit_code": self.exit_code, "timed_out": self.timed_out,
                                "duration_ms": self.duration_ms}
         for label, path in (("stdout", self.stdout), ("stderr", self.stderr)):
-            size, digest = _digest(path)
+            size, digest = _digest(path, secret)
             out[f"{label}_bytes"] = size
-            out[f"{label}_sha256"] = digest
+            if digest is not None:
+                out[f"{label}_hmac"] = digest
             out[f"{label}_file"] = path.name
         return out
 
@@ -101,8 +107,8 @@ class Outcome:
         return f"{what} {how}; its output is in {self.stderr} and {self.stdout}"
 
 
-def _digest(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
+def _digest(path: Path, secret: bytes | None) -> tuple[int, str | None]:
+    h = hmac.new(secret or b"", digestmod=hashlib.sha256)
     size = 0
     try:
         with open(path, "rb") as f:
@@ -111,11 +117,20 @@ def _digest(path: Path) -> tuple[int, str]:
                 size += len(chunk)
     except FileNotFoundError:
         pass
-    return size, h.hexdigest()
+    return size, h.hexdigest() if secret is not None else None
 
 
 def _paths(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
     return out_dir / f"{name}.out", out_dir / f"{name}.err", out_dir / f"{name}.exit"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (its identity with its pid)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def run(
@@ -131,7 +146,8 @@ def run(
     (replacing those of an earlier attempt). OSError if it cannot be started."""
     private_dir(out_dir)
     out, err, exit_file = _paths(out_dir, name)
-    for p in (out, err, exit_file):
+    pid_file = out_dir / f"{name}.pid"
+    for p in (out, err, exit_file, pid_file):
         p.unlink(missing_ok=True)
     fd_out = create_private(out)
     try:
@@ -148,6 +164,11 @@ def run(
     finally:
         os.close(fd_out)
         os.close(fd_err)
+    import socket
+
+    # the command's process group (its own session): a resumed run stops it if it still runs
+    write_atomic(pid_file, json.dumps({"pgid": proc.pid, "host": socket.gethostname(),
+                                       "start_time": _start_time(proc.pid)}))
     timed_out = False
     try:
         code: int | None = proc.wait(timeout=timeout_ms / 1000)
@@ -162,28 +183,78 @@ def run(
 
 
 def _kill_group(proc: subprocess.Popen[Any]) -> None:
-    for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except TypeError:  # pragma: no cover
-            return
+    """SIGTERM to the whole group, a grace period, then SIGKILL to whatever of it is left
+    (a child that ignores SIGTERM outlives its leader)."""
+    _stop_group(proc.pid, lambda: _waited(proc))
     proc.wait()
+
+
+def _waited(proc: subprocess.Popen[Any]) -> bool:
+    try:
+        proc.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_group(pgid: int, leader_gone: Callable[[], bool]) -> None:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    leader_gone()
+    deadline = time.monotonic() + KILL_GRACE_S
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def probe(out_dir: Path, name: str) -> Outcome | bool:
     """After a crash: the command's outcome if it ended (its exit file is there); False if it
-    never started (no output file); True if it started and nobody saw it end."""
+    never started (no output file); True if it started and nobody saw it end. A command of
+    this host still running (its process group, identified by the leader's start time) is
+    stopped first: nothing may run beside it, neither a second copy nor its undo."""
     out, err, exit_file = _paths(out_dir, name)
     try:
         data = json.loads(exit_file.read_text())
     except (OSError, ValueError):
-        return out.exists()
+        if not out.exists():
+            return False
+        _stop_orphan(out_dir / f"{name}.pid")
+        return True
     return Outcome(data.get("exit_code"), bool(data.get("timed_out")),
                    int(data.get("duration_ms") or 0), out, err)
+
+
+def _stop_orphan(pid_file: Path) -> None:
+    import socket
+
+    try:
+        info = json.loads(pid_file.read_text())
+        pgid = int(info["pgid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if info.get("host") != socket.gethostname() or pgid <= 1:
+        return
+    now = _start_time(pgid)
+    # the leader alive with another start time: the pid was reused, not ours to stop; the
+    # leader gone with its group alive: ours (a group id is not reused while the group lives)
+    if now is not None and now != info.get("start_time"):
+        return
+    if not _group_alive(pgid):
+        return
+    _stop_group(pgid, lambda: False)
+    deadline = time.monotonic() + KILL_GRACE_S
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)

@@ -93,7 +93,10 @@ def validate_deploy(section: Mapping[str, Any] | None, written: Mapping[str, Any
             raise ConfigError(f"{where} {key} must be a non-empty string")
         if "\0" in value:
             raise ConfigError(f"{where} {key} contains a NUL byte")
-        p = Path(value).expanduser()
+        try:
+            p = Path(value).expanduser()
+        except RuntimeError as e:  # ~user of a user that does not exist
+            raise ConfigError(f"{where} {key}: {e}") from e
         return p if p.is_absolute() else base / p
 
     if "releases_dir" not in section:
@@ -294,7 +297,10 @@ def _write_like(path: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            if uid >= 0 and (uid, gid) != (os.geteuid(), os.getegid()):
+            st = os.fstat(fh.fileno())
+            # compared with the new file, not with who runs statekeeper: a setgid directory
+            # gives it the directory's group
+            if uid >= 0 and (st.st_uid, st.st_gid) != (uid, gid):
                 os.fchown(fh.fileno(), uid, gid)
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
@@ -319,9 +325,17 @@ def install_config(rc: ReleaseConfig, version: str, secret: bytes,
         data = src.read_bytes()
         try:
             st = f.lstat()
-            mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
         except FileNotFoundError:
-            mode, uid, gid = stat.S_IMODE(src.stat().st_mode), -1, -1
+            # a new file holds what a configuration holds (keys): private, like every file
+            # statekeeper writes
+            mode, uid, gid = 0o600, -1, -1
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                # replaced since the snapshot (a symlink planted meanwhile): its mode and owner
+                # must not become the new file's
+                raise TargetError(f"configuration file {f} is no longer a regular file: "
+                                  "refusing to replace it")
+            mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
         _write_like(f, data, mode, uid, gid)
         out.append(file_state(f, secret)[0])
     if len(rc.config_files) < 2:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
 import stat
@@ -256,11 +257,13 @@ def test_a_command_that_exits_0_passes_run_in_the_config_directory(tmp_path: Pat
     script(base / "bin" / "smoke-test", 'test -f marker && echo "all good"\n')
     (base / "marker").touch()
     result = run_checks(None, checks({"name": "smoke", "command": "./bin/smoke-test"}),
-                        out_dir=out, base_dir=base)
+                        out_dir=out, base_dir=base, secret=b"k" * 32)
     [c] = result["checks"]
     assert (c["name"], c["ok"], c["attempts"], c["kind"]) == ("smoke", True, 1, "command")
     assert c["exit_code"] == 0 and c["stdout_file"] == "health-1-smoke.out"
-    assert c["stdout_sha256"] == hashlib.sha256(b"all good\n").hexdigest()
+    # keyed: a plain sha256 of a short output could be found by hashing guesses
+    assert c["stdout_hmac"] == hmac.new(b"k" * 32, b"all good\n", hashlib.sha256).hexdigest()
+    assert "stdout_sha256" not in c
     assert (out / "health-1-smoke.out").read_text() == "all good\n"
 
 

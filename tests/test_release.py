@@ -157,10 +157,12 @@ def test_a_failing_deploy_command_is_undone_with_the_rest(
     assert ask(p.port)[1]["version"] == "v2.5"
 
 
-def test_a_deploy_command_killed_while_it_runs_is_not_run_again(
+def test_a_deploy_command_killed_while_it_runs_is_stopped_and_not_run_again(
         tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # the command outlives the killed statekeeper (its own session): resume must stop it
+    # before it runs the undo, and never run it again
     cmds = ('[[deploy.command]]\nname = "slow"\n'
-            'run = "sh -c \'echo x >> ../../ran; sleep 2\'"\n'
+            'run = "sh -c \'echo x >> ../../ran; sleep 30; echo done >> ../../finished\'"\n'
             'undo = "sh -c \'echo u >> ../../undone\'"\n')
     p = _project(tmp_path, "sqlite", request, commands=cmds)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -173,8 +175,7 @@ def test_a_deploy_command_killed_while_it_runs_is_not_run_again(
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -9
-    time.sleep(2.2)  # the orphaned command ends on its own
-    r = p.cli("resume")
+    r = p.cli("resume", timeout=25)  # well before the orphan's 30 s sleep ends
     assert r.returncode == 1, r.stdout + r.stderr
     run = command.status(p.settings())
     assert run.state == "rolled_back"
@@ -183,6 +184,69 @@ def test_a_deploy_command_killed_while_it_runs_is_not_run_again(
     assert (p.dir / "ran").read_text() == "x\n"  # never run twice
     assert (p.dir / "undone").read_text() == "u\n"
     assert ask(p.port)[1]["version"] == "v2.5"
+    time.sleep(0.5)
+    assert not (p.dir / "finished").exists()  # the orphan was stopped, not left to finish
+
+
+def test_a_crash_between_configuration_files_then_rollback_restores_both(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    p = _project(tmp_path, "sqlite", request)
+    (p.dir / "config" / "broker.toml").write_text(f'key = "{SECRET}"\n')
+    os.chmod(p.dir / "config" / "broker.toml", 0o600)
+    for v in ("v2.5", "v2.6"):
+        (p.dir / "releases" / v / "config" / "broker.toml").write_text(f'key = "{v}"\n')
+    toml = p.config.read_text().replace('config_files = ["config/app.env"]',
+                                        'config_files = ["config/app.env", "config/broker.toml"]')
+    p.config.write_text(toml)
+    before = {f: (f.read_bytes(), f.stat().st_mode) for f in (p.dir / "config").iterdir()}
+    r = p.cli("start", "--to", "v2.6", failpoint="config.middle")
+    assert r.returncode == 137
+    # app.env is v2.6's, broker.toml still the old one: the step left half done
+    assert b"RELEASE=v2.6" in (p.dir / "config" / "app.env").read_bytes()
+    r = p.cli("resume", "--rollback")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = command.status(p.settings())
+    assert run.state == "rolled_back"
+    assert "unconfig" in [s.kind for s in run.steps]
+    assert {f: (f.read_bytes(), f.stat().st_mode) for f in (p.dir / "config").iterdir()} == before
+
+
+def test_a_symlink_planted_in_place_of_a_configuration_file_is_not_followed(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    p = _project(tmp_path, "sqlite", request)
+    live = p.dir / "config" / "app.env"
+    before = (live.read_bytes(), live.stat().st_mode)
+    r = p.cli("start", "--to", "v2.6", failpoint="config.before")
+    assert r.returncode == 137
+    elsewhere = tmp_path / "attacker.env"
+    elsewhere.write_text("mine\n")
+    elsewhere.chmod(0o666)
+    live.unlink()
+    live.symlink_to(elsewhere)
+    r = p.cli("resume")
+    assert r.returncode == 1, r.stdout + r.stderr
+    run = command.status(p.settings())
+    failed = next(s for s in run.steps if s.kind == "config" and s.status == "failed")
+    assert "is no longer a regular file" in (failed.error or "")
+    assert not live.is_symlink()
+    assert (live.read_bytes(), live.stat().st_mode) == before  # the snapshot, not the link
+    assert elsewhere.read_text() == "mine\n"
+
+
+def test_a_command_whose_variable_changed_since_the_run_began_is_refused(
+        tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHE_DIR", "cache-a")
+    cmds = ('[[deploy.command]]\nname = "warm"\nrun = "sh -c \'echo ${CACHE_DIR} >> ../../ran\'"\n'
+            'undo = "true"\n')
+    p = _project(tmp_path, "sqlite", request, commands=cmds)
+    r = p.cli("start", "--to", "v2.6", failpoint="command.before", env={"CACHE_DIR": "cache-a"})
+    assert r.returncode == 137
+    r = p.cli("resume", env={"CACHE_DIR": "cache-b"})
+    assert r.returncode == 1, r.stdout + r.stderr  # refused, then rolled back
+    run = command.status(p.settings())
+    assert run.state == "rolled_back"
+    assert "resolves to another command than when run" in (run.failure or "")
+    assert not (p.dir / "ran").exists()  # neither value ran
 
 
 def test_operator_rollback_of_a_completed_upgrade_takes_the_release_back(
@@ -258,3 +322,26 @@ def test_planted_secrets_reach_no_file_statekeeper_writes(
     assert {f.suffix for f in found[token]} >= {".out", ".err"}
     for f in artifacts.rglob("*"):
         assert f.stat().st_mode & 0o077 == 0, f
+
+
+def test_a_timed_out_command_is_killed_with_its_children(tmp_path: Path) -> None:
+    """SIGTERM, a grace period, then SIGKILL to the whole group: a child that ignores SIGTERM
+    does not outlive its leader."""
+    from statekeeper import procs
+
+    script = "(trap '' TERM; sleep 30) & echo $! > child.pid; sleep 30"
+    out = procs.run(["sh", "-c", script], cwd=tmp_path, timeout_ms=300, out_dir=tmp_path / "o",
+                    name="slow")
+    assert out.timed_out and out.exit_code is None
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"child {child} still runs after the timeout")

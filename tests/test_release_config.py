@@ -26,6 +26,8 @@ def _load(tmp_path: Path, body: str) -> object:
                    'version, e.g. releases_dir = "releases")'),
     ('[deploy]\nreleases_dir = ""\n', "[deploy] releases_dir must be a non-empty string"),
     ("[deploy]\nreleases_dir = 3\n", "[deploy] releases_dir must be a string, not integer"),
+    ('[deploy]\nreleases_dir = "~nosuchuser9/rel"\n', "[deploy] releases_dir: Could not "
+     "determine home directory."),
     (GOOD + "release_dir = 'x'\n", "unknown key [deploy] release_dir (known: releases_dir, "
      "current_link, config_files, config_from, stop, start, timeout, command)"),
     (GOOD + 'config_files = ["a.env", "a.env"]\n', "[deploy] config_files[1] 'a.env' is "

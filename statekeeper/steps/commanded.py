@@ -34,6 +34,40 @@ def _release(ctx: Context) -> Any:
     return rc
 
 
+def command_fingerprints(ctx: Context) -> dict[str, str]:
+    """Keyed fingerprints of every command as it resolves now (``${VAR}`` filled in), recorded
+    by the snapshot: a later resume or rollback refuses a command that resolves otherwise."""
+    rc = _release(ctx)
+    out = {}
+    for key in ("stop", "start"):
+        if getattr(rc, key) is not None:
+            out[key] = _fingerprint(ctx, getattr(rc, key))
+    for i, c in enumerate(rc.commands, 1):
+        out[f"command:{i}"] = _fingerprint(ctx, c.run)
+        out[f"undo:{i}"] = _fingerprint(ctx, c.undo)
+    return out
+
+
+def _fingerprint(ctx: Context, cmd: Command) -> str:
+    import json
+
+    from ..keyed import fingerprint
+
+    return fingerprint(ctx.session.secret, json.dumps(list(cmd.argv)).encode())
+
+
+def _as_recorded(ctx: Context, key: str, cmd: Command, what: str) -> None:
+    from ..keyed import same
+
+    snap = ctx.run.succeeded("snapshot")
+    recorded = (snap.result or {}).get("commands") if snap is not None else None
+    if isinstance(recorded, dict) and key in recorded and not same(
+            str(recorded[key]), _fingerprint(ctx, cmd)):
+        raise ConfigError(f"{what} resolves to another command than when run "
+                          f"{ctx.run.run_id} began (a ${{VAR}} in it has another value now): "
+                          "refusing to run it")
+
+
 def env_for(ctx: Context) -> dict[str, str]:
     """The environment of an operator's command: statekeeper's, and what the run is doing."""
     run = ctx.run
@@ -59,6 +93,15 @@ class Commanded(StepKind):
         """The command, its working directory and its timeout."""
         raise NotImplementedError
 
+    def key(self, step: Step) -> str:
+        """Its name among the snapshot's command fingerprints."""
+        raise NotImplementedError
+
+    def _checked(self, ctx: Context, step: Step) -> tuple[Command, Path, int]:
+        cmd, cwd, timeout = self.command(ctx, step)
+        _as_recorded(ctx, self.key(step), cmd, self._what(step))
+        return cmd, cwd, timeout
+
     def describe(self, result: Mapping[str, Any]) -> str:
         code = result.get("exit_code")
         return f": exit {code}" if code is not None else ""
@@ -74,13 +117,13 @@ class Commanded(StepKind):
     def effect(self, ctx: Context, step: Step) -> Result:
         from .. import procs
 
-        cmd, cwd, timeout = self.command(ctx, step)
+        cmd, cwd, timeout = self._checked(ctx, step)
         out_dir, name = self._name(ctx, step)
         outcome = procs.run(list(cmd.argv), cwd=cwd, timeout_ms=timeout, out_dir=out_dir,
                             name=name, env=env_for(ctx))
         if not outcome.ok:
             raise TargetError(outcome.failure(self._what(step), timeout))
-        return {"command": cmd.text, **outcome.result()}
+        return {"command": cmd.text, **outcome.result(ctx.session.secret)}
 
     def probe(self, ctx: Context, step: Step) -> Settled:
         from .. import procs
@@ -98,21 +141,24 @@ class Commanded(StepKind):
                            "took effect is unknown, so it is not run again", recovered=False)
         assert isinstance(got, procs.Outcome)
         if got.ok:
-            return Settled(True, {"command": cmd.text, **got.result()})
+            return Settled(True, {"command": cmd.text, **got.result(ctx.session.secret)})
         return Settled(False, error=got.failure(self._what(step), timeout), recovered=False)
 
 
 class _Service(Commanded):
     """The release's stop or start command, run in the application's directory."""
 
-    key: ClassVar[str]  # "stop" | "start": the [deploy] key whose command runs
+    runs: ClassVar[str]  # "stop" | "start": the [deploy] key whose command runs
+
+    def key(self, step: Step) -> str:
+        return self.runs
 
     def command(self, ctx: Context, step: Step) -> tuple[Command, Path, int]:
         rc = _release(ctx)
-        cmd = getattr(rc, self.key)
-        planned = getattr(ctx.run.plan.release, self.key)
+        cmd = getattr(rc, self.runs)
+        planned = getattr(ctx.run.plan.release, self.runs)
         if cmd is None or cmd.text != planned:
-            raise ConfigError(f"{ctx.session.settings.config.source}: [deploy] {self.key} "
+            raise ConfigError(f"{ctx.session.settings.config.source}: [deploy] {self.runs} "
                               f"changed since run {ctx.run.run_id} was planned")
         return cmd, rc.base_dir, rc.timeout_ms
 
@@ -123,7 +169,7 @@ class Stop(_Service):
     path = "forward"
     runs_in = ("backing_up",)
     compensation = "unstop"
-    key = "stop"
+    runs = "stop"
     what = "the stop command"
 
     def forward(self, run: Run) -> list[Step]:
@@ -141,7 +187,7 @@ class Start(_Service):
     path = "forward"
     runs_in = ("deploying",)
     compensation = "unstart"
-    key = "start"
+    runs = "start"
     what = "the start command"
 
     def forward(self, run: Run) -> list[Step]:
@@ -161,7 +207,7 @@ class Unstart(_Service):
     name = "unstart"
     side = "release"
     path = "rollback"
-    key = "stop"
+    runs = "stop"
     what = "the stop command"
 
     def make(self) -> Step:
@@ -175,7 +221,7 @@ class Unstop(_Service):
     name = "unstop"
     side = "release"
     path = "rollback"
-    key = "start"
+    runs = "start"
     what = "the start command"
 
     def make(self) -> Step:
@@ -185,6 +231,9 @@ class Unstop(_Service):
 class _Deploy(Commanded):
     idempotent = False
     args = ("command",)
+
+    def key(self, step: Step) -> str:
+        return f"{self.name}:{step.args.get('index')}"
 
     def command(self, ctx: Context, step: Step) -> tuple[Command, Path, int]:
         rc = _release(ctx)

@@ -62,12 +62,14 @@ class Snapshot(StepKind):
 
     def effect(self, ctx: Context, step: Step) -> Result:
         from ..release import read_link, snapshot_files
+        from .commanded import command_fingerprints
 
         rc = _release(ctx)
         states = snapshot_files(rc, ctx.session.secret,
                                 ctx.session.artifacts(ctx.run.run_id, "snapshot"), ctx.hook)
         return {"files": [s.to_dict() for s in states], "secret_id": _secret_id(ctx),
-                "link": str(rc.current_link), "link_target": read_link(rc.current_link)}
+                "link": str(rc.current_link), "link_target": read_link(rc.current_link),
+                "commands": command_fingerprints(ctx)}
 
 
 class Config(StepKind):

@@ -35,7 +35,7 @@ class Health(StepKind):
         # a command check's output may hold a secret: the run's artifacts, never the ledger
         out = s.artifacts(run.run_id, "health", f"{step.name}.{run.attempts(step.name)}")
         return run_checks(s.target, s.health_checks, hook=ctx.hook, out_dir=out,
-                          base_dir=s.settings.config.base_dir)
+                          base_dir=s.settings.config.base_dir, secret=s.secret)
 
 
 class Recheck(Health):

@@ -5,10 +5,26 @@ over it): there is never a moment without ``current``. The probe reads the link.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError
 from .base import Context, Result, Settled, Step, StepKind
 from .commanded import _release
+
+
+def _link(ctx: Context) -> Path:
+    """The link the run recorded in its plan: the ledger's, not today's configuration (a
+    rollback long after must switch back the link that was switched). The configuration must
+    still name it."""
+    rel = ctx.run.plan.release
+    assert rel is not None
+    rc = _release(ctx)
+    if str(rc.current_link) != rel.link:
+        raise ConfigError(f"{ctx.session.settings.config.source}: [deploy] current_link is "
+                          f"{rc.current_link} now; run {ctx.run.run_id} switched {rel.link}: "
+                          "put it back to act on this run")
+    return Path(rel.link)
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -39,7 +55,7 @@ class Switch(StepKind):
     def effect(self, ctx: Context, step: Step) -> Result:
         from ..release import read_link, switch_link
 
-        link = _release(ctx).current_link
+        link = _link(ctx)
         before = read_link(link)
         switch_link(link, step.args["to"], ctx.hook)
         return {"from": before, "to": step.args["to"]}
@@ -47,7 +63,7 @@ class Switch(StepKind):
     def probe(self, ctx: Context, step: Step) -> Settled:
         from ..release import read_link
 
-        now = read_link(_release(ctx).current_link)
+        now = read_link(_link(ctx))
         if now == step.args["to"]:
             return Settled(True, {"to": now, "recovered_from_link": True})
         return Settled(False)
@@ -69,11 +85,11 @@ class Unswitch(StepKind):
         from ..release import switch_link
 
         to = step.args.get("to")
-        switch_link(_release(ctx).current_link, to if isinstance(to, str) else None, ctx.hook)
+        switch_link(_link(ctx), to if isinstance(to, str) else None, ctx.hook)
         return {"to": to}
 
     def probe(self, ctx: Context, step: Step) -> Settled:
         from ..release import read_link
 
         to = step.args.get("to")
-        return Settled(read_link(_release(ctx).current_link) == to, {"to": to})
+        return Settled(read_link(_link(ctx)) == to, {"to": to})
