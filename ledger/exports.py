@@ -121,6 +121,10 @@ def verify_export(
         raise ConfigurationError(f"{path}: line 1 is not a statekeeper ledger export header") from e
     if header.get("version") != VERSION:
         raise ConfigurationError(f"{path}: export version {header.get('version')} is not supported")
+    if dumps(header) != first[1]:
+        # the header's keys decide what verifies: no other spelling of it is the export's
+        raise IntegrityViolation(None, "malformed event",
+                                 f"{path}:1: not the canonical text of the export header")
     stream = header.get("stream")
     try:
         listed = [KeyRecord(k["key_id"], k["public_key"]) for k in header["keys"]]
@@ -157,6 +161,11 @@ def verify_export(
             at = (v.last.seq + 1 if v.last else 1) if stream is None else None
             raise IntegrityViolation(at, "malformed event", f"{path}:{n}: not a JSON object") from e
         if isinstance(obj, dict) and set(obj) == {"checkpoint"}:
+            if respelled is None and dumps(obj) != line:
+                # after the checkpoint's own checks, which name the sharper reason
+                respelled = IntegrityViolation(
+                    None, "malformed event", f"{path}:{n}: not the canonical text of the "
+                    "checkpoint")
             closing = obj["checkpoint"]
             continue
         ev, seal = _parse_event(obj, path, n)

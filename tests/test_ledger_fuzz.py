@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -118,6 +119,19 @@ def test_verify_export_mutated(world: World, data: st.DataObject) -> None:
     one_error_line(r, {0, 2, 4})
     if r.exit_code == 0:  # only a change that leaves the very same export may pass
         assert text.rstrip("\n") == world.export.rstrip("\n")
+
+
+@pytest.mark.parametrize("respell", [
+    lambda lines: [" " + lines[0], *lines[1:]],  # found by the fuzzer above
+    lambda lines: [lines[0].replace('":', '": ', 1), *lines[1:]],
+    lambda lines: [*lines[:-1], lines[-1].replace('{"checkpoint":', '{ "checkpoint":')],
+], ids=["header-leading-space", "header-spaced", "checkpoint-spaced"])
+def test_a_respelled_header_or_checkpoint_line_is_refused(world: World, respell: Any) -> None:
+    """The same JSON spelled otherwise is not the export: every line must be canonical."""
+    lines = world.export.rstrip("\n").split("\n")
+    r = world.run("ledger", "verify-export", str(world.file("\n".join(respell(lines)) + "\n")))
+    assert r.exit_code == 4, r.output
+    assert "not the canonical text of the" in r.stderr
 
 
 @FUZZ
