@@ -37,14 +37,16 @@ def _project(tmp_path: Path, backend: str, request: pytest.FixtureRequest, **kw:
                                 **kw)
 
 
-def _live(p: Project) -> tuple[str, bytes, int]:
+def _live(p: Project) -> tuple[str, bytes, int, int, int]:
     f = p.dir / "config" / "app.env"
-    return os.readlink(p.dir / "current"), f.read_bytes(), f.stat().st_mode
+    st = f.stat()
+    return os.readlink(p.dir / "current"), f.read_bytes(), st.st_mode, st.st_uid, st.st_gid
 
 
 def test_a_good_upgrade_switches_code_and_configuration(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     p = _project(tmp_path, backend, request, commands=COMMANDS)
+    os.chown(p.dir / "config" / "app.env", 4321, 4322)  # the application's user, not ours
     assert ask(p.port)[1]["version"] == "v2.5"
     shown = p.cli("plan", "--to", "v2.6").stdout.splitlines()
     steps = shown[shown.index("steps:") + 1:]
@@ -61,10 +63,11 @@ def test_a_good_upgrade_switches_code_and_configuration(
     assert ask(p.port)[1]["version"] == "v2.5"  # plan changed nothing
     r = p.cli("start", "--to", "v2.6")
     assert r.returncode == 0, r.stdout + r.stderr
-    link, config, mode = _live(p)
+    link, config, mode, uid, gid = _live(p)
     assert link == "releases/v2.6"
     assert config == (p.dir / "releases/v2.6/config/app.env").read_bytes()
-    assert mode & 0o777 == 0o640  # the mode of the file it replaced
+    # the mode and owner of the file it replaced
+    assert (mode & 0o777, uid, gid) == (0o640, 4321, 4322)
     status, body = ask(p.port)
     assert (status, body["version"], body["release_config"]) == (200, "v2.6", "v2.6")
     assert (p.dir / "releases/v2.6/static").read_text() == "collected\n"
@@ -81,11 +84,12 @@ def test_a_good_upgrade_switches_code_and_configuration(
 def test_an_unhealthy_release_is_rolled_back_whole(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     p = _project(tmp_path, backend, request, healthy=False, commands=COMMANDS)
+    os.chown(p.dir / "config" / "app.env", 4321, 4322)
     before, live = p.fingerprint(), _live(p)
     r = p.cli("start", "--to", "v2.6")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "api" in r.stdout + r.stderr
-    assert _live(p) == live  # link, configuration byte for byte, mode
+    assert _live(p) == live  # link, configuration byte for byte, mode, owner
     assert p.fingerprint() == before, diff(before, p.fingerprint())
     status, body = ask(p.port)
     assert (status, body["version"]) == (200, "v2.5")
@@ -345,3 +349,15 @@ def test_a_timed_out_command_is_killed_with_its_children(tmp_path: Path) -> None
         time.sleep(0.05)
     else:
         raise AssertionError(f"child {child} still runs after the timeout")
+
+
+def test_preflight_refuses_a_health_command_that_cannot_run(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    smoke = '  { name = "smoke", command = "./bin/smoke-test" },\n'
+    p = _project(tmp_path, "sqlite", request, extra_checks=smoke)
+    r = p.cli("start", "--to", "v2.6")
+    assert r.returncode == 1, r.stdout + r.stderr
+    run = command.status(p.settings())
+    assert [s.kind for s in run.steps] == ["preflight"]
+    assert run.failure == (f"preflight failed: health check 'smoke' cannot run: "
+                           f"{p.dir / 'bin' / 'smoke-test'} does not exist")

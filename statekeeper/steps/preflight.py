@@ -34,6 +34,7 @@ class Preflight(StepKind):
 
         s = ctx.session
         s.migrator.validate()
+        _commands_ready(ctx)
         if ctx.run.plan.release is not None:
             _release_ready(ctx)
         ctx.hook()
@@ -57,6 +58,18 @@ class Preflight(StepKind):
         result["fingerprint"] = fp.to_dict()
         result["fingerprint_digest"] = fp.digest
         return result
+
+
+def _commands_ready(ctx: Context) -> None:
+    """Every health check by command can run (before any backup, not after the migrations)."""
+    from ..procs import not_executable
+
+    base = ctx.session.settings.config.base_dir
+    for c in ctx.session.health_checks:
+        if c.get("kind") == "command":
+            why = not_executable(list(c["argv"]), base)
+            if why:
+                raise TargetError(f"health check {c['name']!r} cannot run: {why}")
 
 
 def _release_ready(ctx: Context) -> None:
