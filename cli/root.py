@@ -8,6 +8,7 @@ them on :data:`cli`, so no module of the package imports back into one that impo
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +26,21 @@ if TYPE_CHECKING:
 # benchmarks/upgrade_bench.py measures the cold start; tests/test_cli_startup.py keeps it so.
 
 
+# Everything str.splitlines() breaks at, and the other control characters: a message may quote
+# hostile input (a key id from an export file), and a form feed or an escape sequence from it
+# must neither split the error line nor reach the terminal.
+_BREAKS = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]")
+
+
 def one_line(text: str) -> str:
     """An error message as one line: a message that arrives with line breaks (a driver's
-    hint, a server's DETAIL) is joined, so stderr always carries exactly one error line."""
-    if "\n" not in text and "\r" not in text:
-        return text
-    return " ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+    hint, a server's DETAIL) is joined, so stderr always carries exactly one error line;
+    other control characters are shown escaped (``\\x1b``)."""
+    if _BREAKS.search(text):
+        text = " ".join(p.strip() for p in _BREAKS.split(text) if p.strip())
+    text = text.replace("\t", " ")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class Group(click.Group):

@@ -134,6 +134,20 @@ def test_a_respelled_header_or_checkpoint_line_is_refused(world: World, respell:
     assert "not the canonical text of the" in r.stderr
 
 
+@pytest.mark.parametrize("escape", ["\\f", "\\u001b[31m", "\\u2028", "\\u0085"])
+def test_a_control_character_from_the_export_never_splits_the_error_line(
+        world: World, escape: str) -> None:
+    """Found by the fuzzer above: a key id that decodes to a form feed ended up in the message
+    and split it in two lines. Control characters from the file are escaped or joined."""
+    lines = world.export.rstrip("\n").split("\n")
+    at = lines[1].index('"key_id":"') + len('"key_id":"') + 6
+    lines[1] = lines[1][:at] + escape + lines[1][at:]
+    r = world.run("ledger", "verify-export", str(world.file("\n".join(lines) + "\n")))
+    assert r.exit_code == 4, r.output
+    assert len(r.stderr.splitlines()) == 1, repr(r.stderr)
+    assert "\x1b" not in r.stderr
+
+
 @FUZZ
 @given(data=st.data())
 def test_checkpoint_files(world: World, data: st.DataObject) -> None:
