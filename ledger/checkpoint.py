@@ -34,6 +34,9 @@ class Checkpoint:
     head_hash: str  # hex
     key_id: str
     signature: bytes
+    #: the signed note's 4-byte key hash (C2SP): checked too, so that no byte of the note's
+    #: signature line can change without the verification failing
+    key_hash: bytes | None = None
 
     @property
     def ledger_id(self) -> str:
@@ -49,6 +52,9 @@ class Checkpoint:
 
     def verify(self, public: PublicKey) -> bool:
         if public.key_id != self.key_id:
+            return False
+        if self.key_hash is not None and self.key_hash != _key_hash(key_name(self.key_id),
+                                                                     public.raw):
             return False
         return public.verify(self.signature, self.body().encode("utf-8"))
 
@@ -99,11 +105,17 @@ def parse_checkpoint(text: str, source: str = "checkpoint") -> Checkpoint:
         raise bad(f"{source}: root hash is not base64") from e
     if len(raw_root) != 32:
         raise bad(f"{source}: root hash is not 32 bytes")
-    for line in sigs.splitlines():
+    if base64.b64encode(raw_root).decode("ascii") != root:
+        raise bad(f"{source}: root hash is not canonical base64")
+    found: Checkpoint | None = None
+    # only signature lines follow the blank line (trailing newlines of a file aside)
+    for line in sigs.rstrip("\n").split("\n"):
         if not line.startswith(_DASH + " "):
-            continue
+            # a signed note holds nothing after its text but signature lines: text there
+            # would be taken for part of a checkpoint that no signature covers
+            raise bad(f"{source}: line {line[:20]!r} after the note is not a signature line")
         parts = line[2:].split(" ")
-        if len(parts) != 2 or not parts[0].startswith("statekeeper:"):
+        if len(parts) != 2 or not parts[0].startswith("statekeeper:") or found is not None:
             continue
         try:
             blob = base64.b64decode(parts[1], validate=True)
@@ -111,8 +123,13 @@ def parse_checkpoint(text: str, source: str = "checkpoint") -> Checkpoint:
             raise bad(f"{source}: signature line is not base64") from e
         if len(blob) != 68:
             raise bad(f"{source}: signature line has the wrong length")
-        cp = Checkpoint(origin, int(size), raw_root.hex(), parts[0][len("statekeeper:"):], blob[4:])
-        if cp.body() != body + "\n":
+        if base64.b64encode(blob).decode("ascii") != parts[1]:
+            # the unused bits of the last character: another spelling of the same bytes
+            raise bad(f"{source}: signature line is not canonical base64")
+        found = Checkpoint(origin, int(size), raw_root.hex(), parts[0][len("statekeeper:"):],
+                           blob[4:], blob[:4])
+        if found.body() != body + "\n":
             raise bad(f"{source}: checkpoint has extension lines this version does not know")
-        return cp
-    raise bad(f"{source}: no statekeeper signature line")
+    if found is None:
+        raise bad(f"{source}: no statekeeper signature line")
+    return found

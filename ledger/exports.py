@@ -105,6 +105,9 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise ConfigurationError(f"{path}: cannot read: {e.strerror}") from e
 
 
+_HEADER_KEYS = {"format", "version", "ledger_id", "stream", "keys"}
+
+
 def verify_export(
     path: Path, against: Checkpoint | None = None, trusted: Sequence[PublicKey] = ()
 ) -> ExportVerifyResult:
@@ -121,6 +124,12 @@ def verify_export(
         raise ConfigurationError(f"{path}: line 1 is not a statekeeper ledger export header") from e
     if header.get("version") != VERSION:
         raise ConfigurationError(f"{path}: export version {header.get('version')} is not supported")
+    if set(header) != _HEADER_KEYS:
+        # a header field misspelled is a field missing (a "stream" renamed would turn a
+        # one-stream export into a whole-ledger one)
+        raise IntegrityViolation(None, "malformed event",
+                                 f"{path}:1: the export header must have exactly the fields "
+                                 f"{', '.join(sorted(_HEADER_KEYS))}")
     if dumps(header) != first[1]:
         # the header's keys decide what verifies: no other spelling of it is the export's
         raise IntegrityViolation(None, "malformed event",

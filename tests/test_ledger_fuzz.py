@@ -134,6 +134,47 @@ def test_a_respelled_header_or_checkpoint_line_is_refused(world: World, respell:
     assert "not the canonical text of the" in r.stderr
 
 
+def _sibling(b64: str) -> str:
+    """The same bytes spelled otherwise: the last character before the padding, with other
+    unused bits."""
+    import base64
+    import string
+
+    alphabet = string.ascii_letters + string.digits + "+/"
+    body = b64.rstrip("=")
+    pad = b64[len(body):]
+    for c in alphabet:
+        other = body[:-1] + c + pad
+        if c != body[-1] and base64.b64decode(other) == base64.b64decode(b64):
+            return other
+    raise AssertionError("no sibling spelling")
+
+
+def _sig(line: str) -> str:
+    return line.rsplit(" ", 1)[1].split("\\n", 1)[0]
+
+
+@pytest.mark.parametrize("edit", [
+    # the 4-byte key hash that starts the signature blob (was not checked)
+    lambda last: last.replace(" " + _sig(last), " " + ("B" if _sig(last)[0] != "B" else "C")
+                              + _sig(last)[1:]),
+    # the same signature bytes, another base64 spelling
+    lambda last: last.replace(_sig(last), _sibling(_sig(last))),
+    # text after the signature line, inside the note
+    lambda last: last.replace('\\n"}', '\\nextra\\n"}'),
+    # a blank line between the note's blank line and its signature
+    lambda last: last.replace("\\n\\n\u2014", "\\n\\n\\n\u2014"),
+], ids=["key-hash", "base64-spelling", "text-after-signature", "extra-blank-line"])
+def test_every_byte_of_the_closing_checkpoint_counts(world: World, edit: Any) -> None:
+    lines = world.export.rstrip("\n").split("\n")
+    changed = edit(lines[-1])
+    assert changed != lines[-1]
+    r = world.run("ledger", "verify-export", str(world.file("\n".join([*lines[:-1], changed])
+                                                          + "\n")))
+    assert r.exit_code in (2, 4), r.output
+    assert len(r.stderr.splitlines()) == 1
+
+
 @pytest.mark.parametrize("escape", ["\\f", "\\u001b[31m", "\\u2028", "\\u0085"])
 def test_a_control_character_from_the_export_never_splits_the_error_line(
         world: World, escape: str) -> None:
