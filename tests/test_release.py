@@ -279,8 +279,10 @@ def test_a_swapped_snapshot_is_refused(tmp_path: Path, request: pytest.FixtureRe
     assert "sk-attacker" not in (p.dir / "config/app.env").read_text()
 
 
+@pytest.mark.parametrize("ledger_backend", ["sqlite", "postgresql"])
 def test_planted_secrets_reach_no_file_statekeeper_writes(
-        tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+        ledger_backend: str) -> None:
     """The broker API key sits in the configuration file that is snapshotted and restored; a
     deploy command and a health check print a token. Neither reaches the ledger, an export, a
     checkpoint, the CLI's output or any file statekeeper writes outside the run's artifacts
@@ -291,7 +293,15 @@ def test_planted_secrets_reach_no_file_statekeeper_writes(
             'undo = "sh -c \'echo undo ${BROKER_TOKEN}\'"\n')
     smoke = '  { name = "smoke", command = "sh -c \'echo smoke $BROKER_TOKEN\'" },\n'
     monkeypatch.setenv("BROKER_TOKEN", token)
-    p = _project(tmp_path, "sqlite", request, commands=cmds, extra_checks=smoke)
+    ledger_db = None
+    if ledger_backend == "sqlite":
+        ledger_url = "sqlite:///.statekeeper/ledger.db"
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        ledger_db = cluster.createdb("ledger")
+        ledger_url = cluster.sqlalchemy_url(ledger_db)
+    p = _project(tmp_path, "sqlite", request, commands=cmds, extra_checks=smoke,
+                 ledger_url=ledger_url)
     env = {"BROKER_TOKEN": token}
     outputs = []
     for args in (("plan", "--to", "v2.6"), ("start", "--to", "v2.6"), ("status", "--json"),
@@ -311,7 +321,17 @@ def test_planted_secrets_reach_no_file_statekeeper_writes(
     artifacts = state / "runs"
     written = [f for f in state.rglob("*") if f.is_file() and artifacts not in f.parents]
     written += [p.dir / "export.jsonl", p.dir / "head.checkpoint"]
-    assert any(f.name == "ledger.db" for f in written)
+    if ledger_db is None:
+        assert any(f.name == "ledger.db" for f in written)
+    else:  # every row of the PostgreSQL ledger, as pg_dump writes them
+        from tests.pgcluster import PG_BIN
+
+        dump = tmp_path / "ledger.sql"
+        subprocess.run([str(PG_BIN / "pg_dump"), "--data-only", "-h", "127.0.0.1", "-p",
+                        str(cluster.port), "-U", cluster.user, "-f", str(dump), ledger_db],
+                       check=True, capture_output=True)
+        assert b"run.created" in dump.read_bytes()
+        written.append(dump)
     for f in written:
         data = f.read_bytes()
         for s in secrets:

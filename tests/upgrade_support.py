@@ -209,7 +209,8 @@ def make_project(
 
 def make_release_project(base: Path, backend: str, target_url: str, migrations: dict[str, str],
                          request: Any, *, healthy: bool = True, commands: str = "",
-                         backup: bool = True, extra_checks: str = "") -> Project:
+                         backup: bool = True, extra_checks: str = "",
+                         ledger_url: str = "sqlite:///.statekeeper/ledger.db") -> Project:
     """A project with the release side: the test application (tests/release_app.py) at v2.5,
     running, and v2.6 beside it; [deploy] with stop/start, the configuration file and
     ``commands``; an HTTP health check on the application. The server is stopped at the end
@@ -220,7 +221,8 @@ def make_release_project(base: Path, backend: str, target_url: str, migrations: 
     port = write_app(base, target_url, v26_healthy=healthy)
     request.addfinalizer(lambda: stop_app(base))
     p = make_project(base, backend, target_url, migrations, backup=backup,
-                     health=health_toml(port, extra_checks), extra=deploy_toml(commands=commands))
+                     health=health_toml(port, extra_checks), extra=deploy_toml(commands=commands),
+                     ledger_url=ledger_url)
     p.port = port
     start_app(base)
     return p
