@@ -132,7 +132,11 @@ def test_preflight_refuses_a_missing_release_before_any_backup(
     run = command.status(p.settings())
     assert run.state == "rolled_back"
     assert run.failure is not None
-    assert f"release directory {p.dir / 'releases' / 'v2.7'} does not exist" in run.failure
+    assert run.failure == (
+        f"preflight failed: release v2.7 cannot be deployed: release directory "
+        f"{p.dir / 'releases' / 'v2.7'} does not exist; the new configuration "
+        f"{p.dir / 'releases' / 'v2.7' / 'config' / 'app.env'} for "
+        f"{p.dir / 'config' / 'app.env'} does not exist")
     assert [s.kind for s in run.steps] == ["preflight"]
     assert not list((p.dir / "backups").glob("*")) if (p.dir / "backups").exists() else True
     assert ask(p.port)[1]["version"] == "v2.5"  # never stopped

@@ -81,6 +81,7 @@ def _release_ready(ctx: Context) -> None:
     rc = _release(ctx)
     found = problems(rc, ctx.run.to_version)
     if found:
-        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        raise TargetError(f"release {ctx.run.to_version} cannot be deployed: {found[0]}{more}")
+        # all of them: one fix-and-retry round for the operator, not one per problem
+        raise TargetError(f"release {ctx.run.to_version} cannot be deployed: "
+                          + "; ".join(found))
     ctx.session.secret  # noqa: B018 - loaded (or created) now: a bad one fails preflight
