@@ -166,7 +166,8 @@ def rollback(obj: Obj, run_id: str, restore: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_obj
 def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
-    """Current state and last step of a run (default: the latest)."""
+    """Current state and last step of a run (default: the latest), and the release it
+    went from and to."""
     run = command.status(obj.settings, run_id)
     s = run_summary(run)
     if as_json:
@@ -189,7 +190,7 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_obj
 def history(obj: Obj, as_json: bool) -> None:
-    """Every run: id, from, to, state, started, ended.
+    """Every run: id, from, to, state, started, ended, release (from -> to).
 
     A run whose events cannot be replayed is listed as unreadable, with the event and why
     (its 'status' exits 4); the others are listed as usual and the exit code stays 0."""
