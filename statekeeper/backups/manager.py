@@ -267,6 +267,17 @@ class BackupManager:
             return None
         return m
 
+    def settle(self, backup_id: str, *, restoring: bool = False) -> list[str]:
+        """After a crash left the backup (``restoring``: its restore) ``backup_id`` in doubt,
+        before it is redone: the method stops its tools that survived (a pgBackRest one
+        holding the stanza's lock, say) and removes its partial files. One line per thing
+        done, for the step's record; nothing without a target."""
+        if self.target is None:
+            return []
+        m = self.probe(backup_id) if restoring else None
+        method = m.method if m is not None and m.method in METHODS else self.method
+        return self._driver(method).settle(self._dir(backup_id), backup_id, restoring)
+
     def list(self) -> list[Manifest]:
         """Complete backups (a valid manifest), oldest first. Incomplete ones are not listed."""
         out: list[Manifest] = []

@@ -5,6 +5,11 @@ extension, event trigger, publication) of the target database and replays the du
 of it commits, and the database is exactly the backup (objects created after the backup are
 gone), or none of it does and the database is as it was before the restore. The password
 reaches the client tools through the environment, never their command line.
+
+The tools die with statekeeper (statekeeper/children.py) and leave a pid file in the backup's
+directory while they run (``pg_dump.pid``; ``restore-pg_restore.pid``, ``restore-psql.pid``):
+after a crash, :meth:`PgDumpMethod.settle` stops one that survived anyway and removes the
+backup's partial dump.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from .. import children
 from ..dialects.pg_fingerprint import pg_fingerprint
 from ..errors import BackupError, TargetError
 from ..files import CHILD_UMASK, publish, touch_private
@@ -72,19 +78,19 @@ class PgDumpMethod:
             # umask 077: a dump is the whole database, never readable by others.
             touch_private(tmp)
             with tempfile.TemporaryFile() as err:
-                proc = subprocess.Popen(
+                proc = children.popen(
                     [pg_dump, "--format=custom", "--no-password", f"--snapshot={snapshot}",
                      f"--file={tmp}", f"--dbname={self.target.client_conninfo()}"],
                     env=client_env(self.target), stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=err, umask=CHILD_UMASK,
+                    pid_file=workdir / "pg_dump.pid",
                 )
                 try:
-                    fp = pg_fingerprint(conn, begin=False)  # in parallel with pg_dump
-                    rc = proc.wait(timeout=self.timeout)
-                except BaseException:
-                    proc.kill()
-                    proc.wait()
-                    raise
+                    with children.supervised(proc):
+                        fp = pg_fingerprint(conn, begin=False)  # in parallel with pg_dump
+                        rc = proc.wait(timeout=self.timeout)
+                finally:
+                    (workdir / "pg_dump.pid").unlink(missing_ok=True)
                 if rc != 0:
                     raise BackupError(f"pg_dump failed: {_read(err)}")
             conn.rollback()
@@ -156,31 +162,35 @@ class PgDumpMethod:
         prelude = self._prelude(had_public, server_num).encode("utf-8")
         env = client_env(self.target)
         with tempfile.TemporaryFile() as err1, tempfile.TemporaryFile() as err2:
-            src = subprocess.Popen(
+            here = manifest.artifact_path.parent
+            pids = [here / f"restore-{n}.pid" for n in ("pg_restore", "psql")]
+            src = children.popen(
                 [pg_restore, "--single-transaction", "--file=-", str(manifest.artifact_path)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err1,
+                pid_file=pids[0],
             )
-            dst = subprocess.Popen(
-                [psql, "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
-                 "-v", "VERBOSITY=terse", "-f", "-", f"--dbname={self.target.client_conninfo()}"],
-                env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err2,
-            )
+            with children.supervised(src):
+                dst = children.popen(
+                    [psql, "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-v",
+                     "VERBOSITY=terse", "-f", "-", f"--dbname={self.target.client_conninfo()}"],
+                    env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err2,
+                    pid_file=pids[1],
+                )
             assert src.stdout is not None and dst.stdin is not None
             try:
-                commit = _relay(src.stdout, dst.stdin, prelude)
-                src.stdout.close()  # psql may have stopped early: do not leave pg_restore stuck
-                rc_src = src.wait(timeout=self.timeout)
-                if rc_src == 0 and commit:
-                    hook()
-                    # Only now, with the whole script delivered, may the transaction commit.
-                    _write(dst.stdin, b"COMMIT;\n")
-                dst.stdin.close()
-                rc_dst = dst.wait(timeout=self.timeout)
-            except BaseException:
-                for p in (src, dst):
-                    p.kill()
-                    p.wait()
-                raise
+                with children.supervised(src, dst):
+                    commit = _relay(src.stdout, dst.stdin, prelude)
+                    src.stdout.close()  # psql may have stopped early: do not leave it stuck
+                    rc_src = src.wait(timeout=self.timeout)
+                    if rc_src == 0 and commit:
+                        hook()
+                        # Only now, with the whole script delivered, may it commit.
+                        _write(dst.stdin, b"COMMIT;\n")
+                    dst.stdin.close()
+                    rc_dst = dst.wait(timeout=self.timeout)
+            finally:
+                for pid_file in pids:
+                    pid_file.unlink(missing_ok=True)
             if rc_dst != 0:
                 raise BackupError(
                     f"restore of backup {manifest.id} failed, database left as it was: "
@@ -191,6 +201,18 @@ class PgDumpMethod:
                     f"restore of backup {manifest.id} failed, database left as it was: "
                     f"pg_restore: {_read(err1) if rc_src else 'script ended early'}"
                 )
+
+    def settle(self, workdir: Path, backup_id: str, restoring: bool) -> list[str]:
+        """After a crash, before the step in doubt is redone: stop this backup's pg_dump (or
+        its restore's pg_restore and psql) if it still runs, remove its partial dump."""
+        names = ("restore-pg_restore", "restore-psql") if restoring else ("pg_dump",)
+        notes = [f"stopped the orphaned {what}" for n in names
+                 if (what := children.stop_recorded(workdir / f"{n}.pid"))]
+        tmp = workdir / f".{self.artifact_name}.partial"
+        if not restoring and tmp.exists():
+            tmp.unlink()
+            notes.append(f"removed the partial {tmp.name}")
+        return notes
 
     def estimate_size(self) -> int:
         return database_size(self.target)

@@ -13,13 +13,22 @@ restore: ``stop_command`` (when the server runs), ``pgbackrest restore --delta -
          then wait until the server accepts connections and has left recovery.
 
 pgBackRest runs as the operating-system user that owns the cluster's data directory
-(``pg1-path``), through ``runuser`` when statekeeper runs as root.
+(``pg1-path``): when statekeeper runs as root, its child switches to that user (uid, gid and
+groups) before it executes pgbackrest, so that pgbackrest is statekeeper's own child and dies
+with it (statekeeper/children.py; ``runuser`` would stay between them and leave pgbackrest
+behind when it is killed).
+
+A run killed anyway may leave a ``pgbackrest backup`` or ``restore`` behind (one started by an
+older statekeeper, say), holding the stanza's lock: the probe of the step in doubt
+(:meth:`PgBackRestMethod.settle`) stops the pgbackrest processes of that backup id (a backup
+carries ``--annotation=statekeeper-backup-id=<id>``, a restore ``--target=statekeeper-<id>``)
+and says so; a ``pgbackrest backup`` of someone else holding the lock is waited for, a bounded
+time (``lock_wait``), before ``create`` runs its own.
 """
 
 from __future__ import annotations
 
 import configparser
-import contextlib
 import json
 import os
 import pwd
@@ -30,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import children
 from ..dialects.pg_fingerprint import pg_fingerprint
 from ..errors import (
     BackupCorrupt,
@@ -46,6 +56,8 @@ from .pgtools import check_same_database, database_size, identity, stderr_line
 
 DEFAULT_REPO = "/var/lib/pgbackrest"
 DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
+DEFAULT_LOCK_PATH = "/tmp/pgbackrest"
+ANNOTATION = "statekeeper-backup-id"
 
 
 class PgBackRestMethod:
@@ -65,6 +77,7 @@ class PgBackRestMethod:
         start_timeout: float = 300,
         archive_timeout: float = 120,
         pg_bin: Path | None = None,
+        lock_wait: float = 600,
     ) -> None:
         if not stanza:
             raise ConfigError("[backup] stanza is not set (the pgbackrest method needs it)")
@@ -77,6 +90,7 @@ class PgBackRestMethod:
         self.start_timeout = start_timeout
         self.archive_timeout = archive_timeout
         self.pg_bin = pg_bin
+        self.lock_wait = lock_wait  # for another pgbackrest backup holding the stanza's lock
         self._conf: configparser.RawConfigParser | None = None
 
     @classmethod
@@ -129,30 +143,111 @@ class PgBackRestMethod:
         argv = [exe]
         if self.config is not None:
             argv.append(f"--config={self.config}")
-        argv += [f"--stanza={self.stanza}", "--log-level-console=error",
-                 "--log-level-stderr=error", *args]
-        if os.geteuid() == 0:
-            user = self.os_user()
-            if user != "root":
-                argv = ["runuser", "-u", user, "--", *argv]
-        return argv
+        return [*argv, f"--stanza={self.stanza}", "--log-level-console=error",
+                "--log-level-stderr=error", *args]
+
+    def _as_owner(self) -> dict[str, Any]:
+        """Popen keywords: as root, pgbackrest runs as the owner of the data directory
+        (its uid, gid, groups and HOME), switched to in the child itself."""
+        env = dict(os.environ)
+        if os.geteuid() != 0:
+            return {"env": env}
+        user = self.os_user()
+        if user == "root":
+            return {"env": env}
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError as e:
+            raise ConfigError(f"pgbackrest should run as {user}, who does not exist") from e
+        env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
+        groups = sorted(set(os.getgrouplist(user, pw.pw_gid)))
+        return {"env": env, "user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}
 
     def _run(self, *args: str, what: str, timeout: float | None = None) -> str:
         argv = self._argv(*args)
-        env = dict(os.environ)
-        if os.geteuid() == 0:
-            with contextlib.suppress(KeyError):
-                env["HOME"] = pwd.getpwnam(self.os_user()).pw_dir
         try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
-                timeout=timeout or self.timeout, cwd="/",
-            )
+            proc = children.run(argv, timeout=timeout or self.timeout, text=True,
+                                stdin=subprocess.DEVNULL, cwd="/", **self._as_owner())
         except subprocess.TimeoutExpired as e:
             raise BackupError(f"{what} did not finish within {e.timeout:.0f} s") from e
         if proc.returncode != 0:
             raise BackupError(f"{what} failed: {_pgbr_error(proc.stderr or proc.stdout)}")
-        return proc.stdout
+        return str(proc.stdout)
+
+    # -- orphans -----------------------------------------------------------------------------
+    def _lock_path(self) -> Path:
+        return Path(self._option("lock-path") or DEFAULT_LOCK_PATH)
+
+    def _lock_holder(self) -> tuple[int, list[str]] | None:
+        """The live pgbackrest process whose pid the stanza's backup lock file names (pgBackRest
+        2.4x writes ``{"execId": ..., "pid": N}`` into ``<lock-path>/<stanza>-backup.lock``)."""
+        path = self._lock_path() / f"{self.stanza}-backup.lock"
+        try:
+            pid = int(json.loads(path.read_text(encoding="utf-8"))["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        argv = children.cmdline(pid) if pid > 1 else None
+        if not argv or not any(os.path.basename(a) == "pgbackrest" for a in argv[:4]):
+            return None  # gone, or the pid now belongs to another program
+        return pid, argv
+
+    def _orphans(self, marker: str, command: str) -> list[int]:
+        """pgbackrest processes of this host whose arguments carry ``marker`` and
+        ``command`` (a backup or restore of one backup id), oldest first."""
+        found: list[int] = []
+        me = os.getpid()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
+            argv = children.cmdline(int(entry))
+            if (argv and any(os.path.basename(a) == "pgbackrest" for a in argv[:4])
+                    and marker in argv and any(a.startswith(command) for a in argv[1:])):
+                found.append(int(entry))
+        return sorted(found)
+
+    def settle(self, workdir: Path, backup_id: str, restoring: bool) -> list[str]:
+        """After a crash, before the step in doubt is redone: stop the pgbackrest processes
+        of this backup id that still run, remove this backup's partial copy; what was done."""
+        notes: list[str] = []
+        if restoring:
+            pids = self._orphans(f"--target=statekeeper-{backup_id}", "restore")
+            what = "pgbackrest restore"
+        else:
+            pids = self._orphans(f"--annotation={ANNOTATION}={backup_id}", "backup")
+            what = "pgbackrest backup"
+        holder = self._lock_holder()
+        for pid in pids:
+            children.stop_pid(pid)
+        if pids:
+            lock = (f", which held stanza {self.stanza}'s backup lock"
+                    if holder and holder[0] in pids else "")
+            notes.append(f"stopped the orphaned {what} of backup {backup_id} "
+                         f"(pid {', '.join(map(str, pids))}){lock}")
+        if not restoring:
+            tmp = workdir / f".{self.artifact_name}.partial"
+            if tmp.exists():
+                tmp.unlink()
+                notes.append(f"removed the partial {tmp.name}")
+        return notes
+
+    def _await_lock(self, backup_id: str) -> None:
+        """Before ``pgbackrest backup``: a backup of this id still running (an orphan) is
+        stopped; another one holding the stanza's lock is waited for, ``lock_wait`` at most."""
+        holder = self._lock_holder()
+        if holder is None:
+            return
+        if f"--annotation={ANNOTATION}={backup_id}" in holder[1]:
+            children.stop_pid(holder[0])
+            return
+        deadline = time.monotonic() + self.lock_wait
+        while holder is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            holder = self._lock_holder()
+        if holder is not None:
+            raise BackupError(
+                f"stanza {self.stanza}'s backup lock is held by pgbackrest (pid {holder[0]}: "
+                f"{' '.join(holder[1][1:])[:200]}); waited {self.lock_wait:.0f} s for it"
+            )
 
     def _info(self) -> dict[str, Any]:
         out = self._run("info", "--output=json", what="pgbackrest info", timeout=300)
@@ -174,8 +269,8 @@ class PgBackRestMethod:
         path = self.repo_path() / "backup" / self.stanza / label / "backup.manifest"
         argv = self._argv("repo-get", str(path))
         try:
-            proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL,
-                                  timeout=300, cwd="/")
+            proc = children.run(argv, stdin=subprocess.DEVNULL, timeout=300, cwd="/",
+                                **self._as_owner())
         except subprocess.TimeoutExpired as e:
             raise BackupError("pgbackrest repo-get did not finish within 300 s") from e
         if proc.returncode != 0:
@@ -190,11 +285,12 @@ class PgBackRestMethod:
         import psycopg
 
         restore_point = f"statekeeper-{backup_id}"
-        self._run("backup", f"--annotation=statekeeper-backup-id={backup_id}",
+        self._await_lock(backup_id)
+        self._run("backup", f"--annotation={ANNOTATION}={backup_id}",
                   what="pgbackrest backup")
         backups = self._info().get("backup", [])
         mine = [b for b in backups
-                if (b.get("annotation") or {}).get("statekeeper-backup-id") == backup_id]
+                if (b.get("annotation") or {}).get(ANNOTATION) == backup_id]
         if not mine:
             raise BackupError(f"pgbackrest info does not list the backup annotated {backup_id}")
         label = str(mine[-1]["label"])
@@ -323,6 +419,8 @@ class PgBackRestMethod:
 
     def _shell(self, command: str, what: str) -> None:
         try:
+            # the server's own stop/start (not a backup tool: a server it starts must not be
+            # in a process group statekeeper kills)
             proc = subprocess.run(command, shell=True, capture_output=True, text=True,
                                   stdin=subprocess.DEVNULL, timeout=self.start_timeout)
         except subprocess.TimeoutExpired as e:

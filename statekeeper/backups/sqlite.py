@@ -79,7 +79,9 @@ class SqliteMethod:
         if not path.parent.is_dir():
             raise ConfigError(f"target {self.target.display}: directory {path.parent} "
                               "does not exist")
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.restore-", dir=path.parent)
+        # named after the backup, so that the probe of a restore in doubt finds its own copy
+        fd, tmp_name = tempfile.mkstemp(prefix=self._restore_prefix(manifest.id),
+                                        dir=path.parent)
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out, manifest.artifact_path.open("rb") as inp:
@@ -102,6 +104,28 @@ class SqliteMethod:
         for suffix in SIDE_FILES:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         fsync_path(path.parent)
+
+    def _restore_prefix(self, backup_id: str) -> str:
+        return f".{self.target.sqlite_path.name}.restore-{backup_id}-"
+
+    def settle(self, workdir: Path, backup_id: str, restoring: bool) -> list[str]:
+        """After a crash, before the step in doubt is redone: remove the partial copy it left
+        (the backup's ``.database.sqlite.partial``, or the restore's copy of this backup
+        beside the target); what was removed."""
+        if restoring:
+            path = self.target.sqlite_path
+            prefix = self._restore_prefix(backup_id)
+            try:
+                found = sorted(p for p in path.parent.iterdir() if p.name.startswith(prefix)
+                               and p.name[len(prefix):].isalnum() and p.is_file())
+            except OSError:
+                found = []
+        else:
+            tmp = workdir / f".{self.artifact_name}.partial"
+            found = [p for p in (tmp, *(Path(f"{tmp}{x}") for x in SIDE_FILES)) if p.exists()]
+        for p in found:
+            p.unlink(missing_ok=True)
+        return [f"removed the partial {', '.join(p.name for p in found)}"] if found else []
 
     @staticmethod
     def _checkpoint(path: Path) -> None:

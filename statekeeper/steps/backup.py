@@ -56,4 +56,15 @@ class Backup(StepKind):
     def probe(self, ctx: Context, step: Step) -> Settled:
         backups = ctx.session.backups
         m = backups.probe(step.args["backup_id"]) if backups is not None else None
-        return Settled(True, manifest_result(m)) if m is not None else Settled(False)
+        if m is not None:
+            return Settled(True, manifest_result(m))
+        # its tools still running (an orphan holding pgBackRest's lock) and its partial copy
+        # would stand in the way of the redo: settled first, and said
+        notes = backups.settle(step.args["backup_id"]) if backups is not None else []
+        return Settled(False, error=interrupted(notes))
+
+
+def interrupted(notes: list[str]) -> str:
+    """The error of a step in doubt that is redone, with what its probe cleaned up."""
+    return ("interrupted before it took effect; " + "; ".join(notes)
+            + ("; " if notes else "") + "redoing it")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..errors import BackupCorrupt, BackupError, IntegrityError
 from ..files import describe_os_error
-from .base import Context, Result, Step, StepKind
+from .backup import interrupted
+from .base import Context, Result, Settled, Step, StepKind
 
 
 class Restore(StepKind):
@@ -34,6 +35,13 @@ class Restore(StepKind):
         finally:
             s.migrator.forget_connections()
         return {"backup_id": backup_id}
+
+    def probe(self, ctx: Context, step: Step) -> Settled:
+        """A restore in doubt is redone (each method's restore may run again); first its
+        tools that survived the crash are stopped and its partial copy removed."""
+        backups = ctx.session.backups
+        notes = backups.settle(step.args["backup_id"], restoring=True) if backups else []
+        return Settled(False, error=interrupted(notes))
 
 
 def _check_backup(ctx: Context, backup_id: str) -> None:
