@@ -35,12 +35,24 @@ from .procs import KILL_GRACE_S, _group_alive, _start_time, _stop_group
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the forked child
-    if sys.platform.startswith("linux"):
+_PRCTL: Any = None
+
+
+def _prctl() -> Any:
+    """libc's prctl, resolved in the parent: the child between fork and exec only calls it
+    (statekeeper has a lease heartbeat thread; nothing that takes a lock, an import above all,
+    may run in a child forked beside a thread)."""
+    global _PRCTL
+    if _PRCTL is None and sys.platform.startswith("linux"):
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+    return _PRCTL
+
+
+def _die_with_parent(prctl: Any, parent: int) -> None:  # pragma: no cover - in the child
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before the death signal was armed
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -49,9 +61,9 @@ def popen(argv: Sequence[str], *, pid_file: Path | None = None, **kwargs: Any,
           ) -> subprocess.Popen[Any]:
     """``subprocess.Popen`` in a session of its own, killed when statekeeper dies. Given
     ``pid_file``, its process group and start time are written there (0600, atomically)."""
-    parent = os.getpid()
+    parent, prctl = os.getpid(), _prctl()
     proc = subprocess.Popen(list(argv), start_new_session=True,
-                            preexec_fn=lambda: _die_with_parent(parent), **kwargs)
+                            preexec_fn=lambda: _die_with_parent(prctl, parent), **kwargs)
     if pid_file is not None:
         write_atomic(pid_file, json.dumps({"pgid": proc.pid, "host": socket.gethostname(),
                                            "start_time": _start_time(proc.pid),
