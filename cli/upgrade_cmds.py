@@ -107,6 +107,9 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool) -> 
     )
     b = p["backup"]
     click.echo(f"backup: {b['method'] if b['enabled'] else 'off'}")
+    if (c := p.get("cluster")) is not None:
+        click.echo(f"  this rollback restores the whole cluster {c['system_identifier']}: "
+                   f"databases {', '.join(c['databases'])}")
     click.echo(f"pending migrations: {len(p['migrations'])}")
     for m in p["migrations"]:
         rev = "reversible" if m["reversible"] else "IRREVERSIBLE (rollback restores the backup)"

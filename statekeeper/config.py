@@ -43,7 +43,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "migrations": {"dir": str},
     "backup": {
         "method": str, "dir": str, "stanza": str, "stop_command": str, "start_command": str,
-        "pgbackrest_config": str, "enabled": bool,
+        "pgbackrest_config": str, "enabled": bool, "cluster_databases": list,
     },
     "upgrade": {"application": str},
     # Read and range-checked by statekeeper/health.py.
@@ -91,6 +91,9 @@ class BackupConfig:
     start_command: str | None = None
     pgbackrest_config: Path | None = None
     enabled: bool = True
+    #: the other databases of the target's cluster that the operator accepts a whole-cluster
+    #: restore rewinds with it (pgbackrest): any other one makes preflight refuse
+    cluster_databases: tuple[str, ...] = ()
 
 
 @dataclass
@@ -357,8 +360,19 @@ def load_config(
         method=method, dir=p("backup", "dir"), stanza=b.get("stanza"),
         stop_command=b.get("stop_command"), start_command=b.get("start_command"),
         pgbackrest_config=p("backup", "pgbackrest_config"), enabled=b.get("enabled", True),
+        cluster_databases=_names(b.get("cluster_databases", []), f"{path}: [backup] "
+                                 "cluster_databases"),
     )
     return cfg
+
+
+def _names(value: list[Any], where: str) -> tuple[str, ...]:
+    """A list of database names: non-empty text, each once."""
+    if not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{where} must be a list of database names (non-empty strings)")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where} names a database twice")
+    return tuple(value)
 
 
 def _check_url(url: str, template: str, where: str, base: Path) -> str:

@@ -278,10 +278,12 @@ class LeaseStore:
         *,
         takeover: bool,
         abandoned: Callable[[Holder], bool] | None = None,
+        what: str = "target",
     ) -> tuple[Lease, Holder | None]:
         """Take the lease. Returns it and the dead holder it replaced: with ``takeover`` the
         dead holder must be this same run; ``abandoned`` may declare a dead holder's run void
-        (it died before its run was recorded), which any run may then replace."""
+        (it died before its run was recorded), which any run may then replace. ``what`` names
+        the thing leased in a refusal (the target; a cluster, for the cluster-wide lease)."""
         now = clock.stamp()
         me = (socket.gethostname(), str(os.getpid()))
         ident = proc_identity(os.getpid())
@@ -302,17 +304,17 @@ class LeaseStore:
                 h = _holder(r)
                 alive, why = self.judge(h)
                 if alive:
-                    raise LockHeld(f"target is locked by {h.describe()}")
+                    raise LockHeld(f"{what} is locked by {h.describe()}")
                 void = abandoned is not None and abandoned(h)
                 if not takeover and not void:
                     raise LockHeld(
-                        f"target is locked by {h.describe()}, whose process is gone: "
+                        f"{what} is locked by {h.describe()}, whose process is gone: "
                         f"finish it with 'statekeeper resume {h.run_id}' "
                         f"(or 'statekeeper resume {h.run_id} --rollback')"
                     )
                 if h.run_id != run_id and not void:
                     raise LockHeld(
-                        f"target is held by the unfinished {h.describe()}; "
+                        f"{what} is held by the unfinished {h.describe()}; "
                         "resume that run first"
                     )
                 previous = replace(h, dead_because=why)

@@ -13,7 +13,7 @@ from typing import Any
 
 #: The plan's schema. A payload without ``plan_version`` was written before the field existed
 #: and has exactly the shape of version 1; version 1 has no release side.
-PLAN_VERSION = 2  # 2: the release side (``release``)
+PLAN_VERSION = 3  # 2: the release side (``release``); 3: the cluster a restore rewinds
 
 
 class PlanError(ValueError):
@@ -39,6 +39,34 @@ class BackupPlan:
 
     def to_payload(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "method": self.method}
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """What a whole-cluster backup method's restore rewinds: the target's cluster (system
+    identifier) and every database of it at planning time."""
+
+    system_identifier: str
+    databases: tuple[str, ...]
+
+    @property
+    def lease_key(self) -> str:
+        """The key of the cluster-wide lease (a row of the lease table beside the target's)."""
+        return f"cluster:{self.system_identifier}"
+
+    def describe(self) -> str:
+        return (f"this rollback restores the whole cluster {self.system_identifier}: "
+                f"databases {', '.join(self.databases)}")
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"system_identifier": self.system_identifier, "databases": list(self.databases)}
+
+    @classmethod
+    def from_payload(cls, p: Mapping[str, Any]) -> ClusterPlan:
+        dbs = _get(p, "databases", list)
+        if not all(isinstance(d, str) for d in dbs):
+            raise PlanError("field 'databases' is not a list of text")
+        return cls(_get(p, "system_identifier", str), tuple(dbs))
 
 
 @dataclass(frozen=True)
@@ -121,6 +149,9 @@ class Plan:
     #: human-readable outline of the steps, in order (``statekeeper plan`` prints it)
     outline: tuple[str, ...] = ()
     release: ReleasePlan | None = None
+    #: the cluster a restore rewinds, for a whole-cluster backup method (None: the target only;
+    #: absent from plans before version 3)
+    cluster: ClusterPlan | None = None
     version: int = PLAN_VERSION
 
     @property
@@ -160,6 +191,7 @@ class Plan:
             "tool": self.tool,
             "config": self.config,
             "release": None if self.release is None else self.release.to_payload(),
+            "cluster": None if self.cluster is None else self.cluster.to_payload(),
         }
 
     @classmethod
@@ -186,6 +218,7 @@ class Plan:
         method = _get(backup, "method", str) if enabled else None
         checks = _get(p, "health_checks", list, optional=True) or []
         rel = _get(p, "release", (Mapping, type(None)), optional=True)
+        cluster = _get(p, "cluster", (Mapping, type(None)), optional=True)
         return cls(
             from_version=from_v,
             to_version=to_v,
@@ -201,6 +234,7 @@ class Plan:
             outline=tuple(str(s) for s in steps) if isinstance(steps := p.get("steps"), list)
             else (),
             release=None if rel is None else ReleasePlan.from_payload(rel),
+            cluster=None if cluster is None else ClusterPlan.from_payload(cluster),
             version=version,
         )
 

@@ -20,10 +20,11 @@ from ledger import Ledger, VerifyResult
 
 from . import clock, files
 from ._version import __version__
+from .cluster import cluster_plan
 from .errors import ConfigError, HistoryError, IntegrityError, LockHeld, NeedsAttention
 from .lease import Holder
 from .machine import FORWARD, IN_FLIGHT, TERMINAL
-from .plan import BackupPlan, Plan, PlannedCommand, PlannedMigration, ReleasePlan
+from .plan import BackupPlan, ClusterPlan, Plan, PlannedCommand, PlannedMigration, ReleasePlan
 from .replay import OPERATOR_ROLLBACK, Run
 from .runner import STREAM_PREFIX, Observer, Runner, stream_of, to_run_event
 from .session import Session
@@ -120,6 +121,7 @@ def build_plan(session: Session, to_version: str, from_version: str | None) -> P
         tool=f"statekeeper/{__version__}",
         config=cfg.source,
         release=release_plan(session, to_version),
+        cluster=cluster_plan(session),
     )
     # the outline each step kind gives of its part, state by state: what `plan` shows
     outline = [line for state in FORWARD for k in KINDS.values() if state in k.runs_in
@@ -257,14 +259,27 @@ def holding(
     *,
     takeover: bool,
     abandoned: Callable[[Holder], bool] | None = None,
+    cluster: ClusterPlan | None = None,
 ) -> Iterator[Holder | None]:
-    """Hold the lease (ledger database) and the target lock for the whole run."""
+    """Hold the lease (ledger database) and the target lock for the whole run; with
+    ``cluster`` (a whole-cluster backup method) the cluster-wide lease too, so that no other
+    run on a database of that cluster acts while this one may restore it."""
     lease, previous = session.leases.acquire(
         session.target.display, run_id, takeover=takeover, abandoned=abandoned
     )
     try:
-        with session.migrator.lock(run_id=run_id):
-            yield previous
+        whole = None
+        if cluster is not None:
+            whole, _ = session.leases.acquire(
+                cluster.lease_key, run_id, takeover=takeover, abandoned=abandoned,
+                what=f"cluster {cluster.system_identifier}",
+            )
+        try:
+            with session.migrator.lock(run_id=run_id):
+                yield previous
+        finally:
+            if whole is not None:
+                whole.release()
     finally:
         lease.release()
 
@@ -323,7 +338,8 @@ def start(
         def void(h: Holder) -> bool:  # died before its run was recorded: nothing to resume
             return lg.stream_position(stream_of(h.run_id)) == 0
 
-        with holding(session, run_id, takeover=False, abandoned=void) as previous:
+        with holding(session, run_id, takeover=False, abandoned=void,
+                     cluster=plan.cluster) as previous:
             runner.create(run_id, plan)
             with _closing(session, runner):
                 runner.lease_events(previous, resumed=False, mode="start")
@@ -355,7 +371,8 @@ def resume(
             _checkpoint(settings, lg, run, only_if_missing=True)
             return run
         runner = Runner(session, observer, run)
-        with holding(session, run_id, takeover=True) as previous, _closing(session, runner):
+        with (holding(session, run_id, takeover=True, cluster=run.plan.cluster) as previous,
+              _closing(session, runner)):
             mode = "rollback" if rollback else "forward"
             runner.lease_events(previous, resumed=True, mode=mode)
             runner.settle()
@@ -401,11 +418,15 @@ def rollback(
         display = session.target.display
         verify_before_acting(settings, lg, run_id)
         run = load_run(lg, run_id)
+        if run.plan.target != display:
+            raise ConfigError(f"run {run_id} upgraded {run.plan.target}, not {display}")
         if run.state != "completed":
             raise ConfigError(
                 f"run {run_id} is {run.state}: only a completed run can be rolled back "
                 "(an unfinished one: 'statekeeper resume RUN_ID --rollback')"
             )
+        # a whole-cluster restore rewinds the other databases of the cluster too
+        cluster = run.plan.cluster if restore else None
         later: list[Run] = []
         for r in scan_runs(lg):
             if isinstance(r, Unreadable):
@@ -417,6 +438,15 @@ def rollback(
             elif (r.plan.target == display
                   and r.created_at > run.created_at and r.state == "completed"):
                 later.append(r)
+            elif (cluster is not None and r.plan.cluster is not None
+                  and r.plan.cluster.system_identifier == cluster.system_identifier
+                  and r.created_at > run.created_at and r.state == "completed"):
+                raise ConfigError(
+                    f"run {r.run_id} on {r.plan.target}, a database of the same cluster "
+                    f"{cluster.system_identifier}, completed after {run_id}: restoring the "
+                    "whole cluster would rewind it while its ledger says completed; roll that "
+                    "back first"
+                )
         if later:
             raise ConfigError(
                 f"run {later[-1].run_id} completed after {run_id}: roll that back first"
@@ -429,8 +459,13 @@ def rollback(
                 "means restoring the backup, which discards every change made since it was "
                 "taken; pass --restore to accept that"
             )
+        if cluster is not None:
+            from . import cluster as clusters
+
+            clusters.check(session, clusters.cluster_plan(session) or cluster)
         runner = Runner(session, observer, run)
-        with holding(session, run_id, takeover=True) as previous, _closing(session, runner):
+        with (holding(session, run_id, takeover=True, cluster=run.plan.cluster) as previous,
+              _closing(session, runner)):
             runner.lease_events(previous, resumed=True, mode="rollback")
             runner.transition("rollback", "operator rolled back a completed upgrade",
                               restore=restore)

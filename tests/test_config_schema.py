@@ -202,6 +202,26 @@ def _start_command(d: Path, present: bool, request: pytest.FixtureRequest) -> An
     return _pgbackrest_restore(d, request, body)
 
 
+@probe("backup", "cluster_databases")
+def _cluster_databases(d: Path, present: bool, request: pytest.FixtureRequest) -> Any:
+    """A pgBackRest run's preflight refuses while another database of the cluster is not
+    acknowledged; with every other one listed it passes (and the backup fails: no stanza)."""
+    from tests.upgrade_support import seed
+
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    name = cluster.createdb("scope")
+    seed("postgresql", cluster.url(name))
+    others = [db for db in cluster.psql(
+        "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+    ).split() if db != name]
+    listed = ", ".join(f'"{db}"' for db in others)
+    s = project(d, '[backup]\nmethod = "pgbackrest"\nstanza = "main"\n'
+                + (f"cluster_databases = [{listed}]\n" if present else ""),
+                target=cluster.url(name))
+    run = command.start(s, "v2.6")
+    return run.state, "not in [backup] cluster_databases" in (run.failure or "")
+
+
 # -- [health] ---------------------------------------------------------------------------------
 def _health_run(d: Path, health: str, target: str | None = None) -> tuple[str, int]:
     """A real upgrade whose health step runs; (final state, health step duration in ms)."""

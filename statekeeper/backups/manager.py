@@ -45,6 +45,7 @@ from .model import (
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..dialects.base import ClusterScope
     from ..targets import Target
 
 
@@ -397,6 +398,20 @@ class BackupManager:
             )
         return RestoreResult(m, after, int(_clock.monotonic_ms() - t0), damage,
                              target.display)
+
+    @property
+    def whole_cluster(self) -> bool:
+        """Does a restore by this method put back the whole cluster, every database of it?"""
+        return method_class(self.method).whole_cluster
+
+    def cluster_scope(self) -> ClusterScope | None:
+        """What a restore by this method rewinds beyond the target: the target's cluster
+        (system identifier and every database of it), or None for a method that restores the
+        target alone."""
+        if not self.whole_cluster:
+            return None
+        target = self._require_target()
+        return target.dialect.cluster_of(target)
 
     def estimate_size(self) -> int:
         """Bytes the next backup may need (an upper bound), for a free-disk preflight."""

@@ -178,6 +178,8 @@ class Method(Protocol):
     name: str
     #: the artifact is only a record of data kept elsewhere, which ``check`` verifies
     checks_repository: bool
+    #: a restore puts back the whole cluster (every database of it), not only the target
+    whole_cluster: bool
 
     @classmethod
     def configured(cls, target: Target, options: MethodOptions) -> Method:

@@ -44,6 +44,7 @@ USER_SCHEMAS = (
 class PgDumpMethod:
     name = "pg_dump"
     checks_repository = False
+    whole_cluster = False
     artifact_name = "database.dump"
 
     def __init__(self, target: Target, *, pg_bin: Path | None = None,

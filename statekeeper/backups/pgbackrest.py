@@ -63,6 +63,7 @@ ANNOTATION = "statekeeper-backup-id"
 class PgBackRestMethod:
     name = "pgbackrest"
     checks_repository = True  # the backup is in pgBackRest's repository
+    whole_cluster = True  # a restore rewinds every database of the cluster
     artifact_name = "backup.manifest"
 
     def __init__(

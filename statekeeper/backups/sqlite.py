@@ -21,6 +21,7 @@ SIDE_FILES = ("-wal", "-shm", "-journal")
 class SqliteMethod:
     name = "sqlite"
     checks_repository = False
+    whole_cluster = False
     artifact_name = "database.sqlite"
 
     def __init__(self, target: Target) -> None:

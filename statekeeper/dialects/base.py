@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,19 @@ def first_line(e: BaseException) -> str:
     """The first line of an error's text (a driver's message may run over several)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+@dataclass(frozen=True)
+class ClusterScope:
+    """The server cluster a database lives in: its system identifier (None when the server
+    does not tell this user) and every database of it that accepts connections."""
+
+    system_identifier: str | None
+    databases: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.system_identifier or '(system identifier not readable)'}: databases " \
+            + ", ".join(self.databases)
 
 
 class Dialect:
@@ -102,6 +116,11 @@ class Dialect:
             yield
         except self.driver_error() as e:
             raise TargetError(f"{prefix}: {first_line(e)}") from e
+
+    def cluster_of(self, target: Target) -> ClusterScope | None:
+        """The cluster the target's database lives in; None where a database is its own
+        scope (a file)."""
+        return None
 
     def label_session(self, conn: Any, label: str) -> None:
         """Name the session after the process that holds it, where the server shows it."""

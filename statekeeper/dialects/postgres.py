@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, LockHeld, MigrationError, TargetError
-from .base import Dialect, Release, first_line
+from .base import ClusterScope, Dialect, Release, first_line
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -271,6 +271,23 @@ class PostgresDialect(Dialect):
         return f"{who} ({', '.join(where)})"
 
     # -- reading ----------------------------------------------------------------------------
+    def cluster_of(self, target: Target) -> ClusterScope:
+        import psycopg
+
+        conn = self.connect(target, autocommit=True)
+        try:
+            with self.errors(f"cluster of {target.display}"):
+                rows = conn.execute("SELECT datname FROM pg_database WHERE datallowconn "
+                                    "AND NOT datistemplate ORDER BY datname").fetchall()
+                try:
+                    sysid: str | None = str(conn.execute(
+                        "SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+                except psycopg.errors.InsufficientPrivilege:
+                    sysid = None
+        finally:
+            conn.close()
+        return ClusterScope(sysid, tuple(str(r[0]) for r in rows))
+
     def fingerprint(self, target: Target) -> Fingerprint:
         """A consistent snapshot: one REPEATABLE READ transaction."""
         from .pg_fingerprint import pg_fingerprint

@@ -1,12 +1,15 @@
 """preflight: validate the migrations against the changelog, check they are the ones planned,
-that the backup has room, and fingerprint the database as it is before anything changes."""
+that the backup has room, that a whole-cluster restore rewinds nothing unacknowledged (and not
+the ledger), and fingerprint the database as it is before anything changes."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TargetError
+from ..plan import ClusterPlan
 from .base import Context, Result, Step, StepKind
 
 if TYPE_CHECKING:
@@ -27,7 +30,12 @@ class Preflight(StepKind):
 
     def describe(self, result: Mapping[str, Any]) -> str:
         digest = result.get("fingerprint_digest")
-        return f": fingerprint {str(digest)[:16]}" if digest else ""
+        out = f": fingerprint {str(digest)[:16]}" if digest else ""
+        cluster = result.get("cluster")
+        if isinstance(cluster, Mapping):
+            with contextlib.suppress(ValueError):
+                out += f"; {ClusterPlan.from_payload(cluster).describe()}"
+        return out
 
     def effect(self, ctx: Context, step: Step) -> Result:
         from ..fingerprint import fingerprint
@@ -45,6 +53,9 @@ class Preflight(StepKind):
         ):
             raise TargetError("pending migrations differ from the plan this run recorded")
         result: dict[str, Any] = {"pending": len(pending)}
+        cluster = _cluster_ready(ctx)
+        if cluster is not None:
+            result["cluster"] = cluster.to_payload()
         if s.backups is not None:
             # where the backup really goes: the backup directory, or pgBackRest's repository
             need = int(s.backups.estimate_size() * 1.2)
@@ -58,6 +69,25 @@ class Preflight(StepKind):
         result["fingerprint"] = fp.to_dict()
         result["fingerprint_digest"] = fp.digest
         return result
+
+
+def _cluster_ready(ctx: Context) -> ClusterPlan | None:
+    """A whole-cluster backup method (pgBackRest): the cluster as it is now must be the one
+    planned (its lease is held), its other databases acknowledged and the ledger elsewhere."""
+    from .. import cluster
+
+    now = cluster.cluster_plan(ctx.session)
+    planned = ctx.run.plan.cluster
+    if (planned is None) != (now is None) or (
+            planned is not None and now is not None
+            and now.system_identifier != planned.system_identifier):
+        raise TargetError(
+            f"the target's cluster is {now.system_identifier if now else '(none)'}, not "
+            f"{planned.system_identifier if planned else '(none)'} as this run planned (its "
+            "cluster-wide lease is the planned one's): abort it and start again"
+        )
+    cluster.check(ctx.session, now)
+    return now
 
 
 def _commands_ready(ctx: Context) -> None:
