@@ -96,14 +96,20 @@ def test_orphaned_pgbackrest_backup_is_stopped_and_resume_finishes_forward(
     from statekeeper import command
 
     cluster, kw = pgbackrest_archiving
-    url = cluster.url(cluster.createdb("orphanpb"))
+    db = cluster.createdb("orphanpb")
+    url = cluster.url(db)
     seed("postgresql", url)
     proj = make_project(tmp_path / "p", "postgresql", url, dict(SCENARIOS["forward"]))
+    # the cluster's other databases (other tests'), acknowledged: a restore rewinds them too
+    others = [d for d in cluster.psql("SELECT datname FROM pg_database WHERE datallowconn "
+                                      "AND NOT datistemplate").split() if d != db]
+    listed = ", ".join(f'"{d}"' for d in others)
     cfg = proj.config.read_text().replace(
         'method = "pg_dump"',
         f'method = "pgbackrest"\nstanza = "{kw["stanza"]}"\n'
         f'pgbackrest_config = "{kw["pgbackrest_config"]}"\n'
-        f'stop_command = "{kw["stop_command"]}"\nstart_command = "{kw["start_command"]}"',
+        f'stop_command = "{kw["stop_command"]}"\nstart_command = "{kw["start_command"]}"\n'
+        f'cluster_databases = [{listed}]',
     )
     proj.config.write_text(cfg)
     # a run killed as its backup started ...
