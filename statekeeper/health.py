@@ -527,12 +527,7 @@ def _command_attempt(argv: list[str], name: str, limit: _Limit, out_dir: Path, k
     detail = outcome.result(secret)
     if outcome.ok:
         return _Attempt(True, detail=detail)
-    if outcome.timed_out:
-        how = f"timed out {limit.reached()} (killed)"
-    elif outcome.exit_code is not None and outcome.exit_code < 0:
-        how = f"was killed by signal {-outcome.exit_code}"
-    else:
-        how = f"exited with status {outcome.exit_code}"
+    how = outcome.how(limit.reached())
     # where the output is, never what it says; without an output directory the files are
     # gone when the checks end, so none is named
     where = (f"; its output is in {outcome.stderr} and {outcome.stdout}" if keep

@@ -94,16 +94,20 @@ class Outcome:
             out[f"{label}_file"] = path.name
         return out
 
+    def how(self, timeout: str) -> str:
+        """How it ended, for a message: ``timeout`` says when a timed-out one was stopped
+        ("after 20s", "at the 60s deadline")."""
+        if self.timed_out:
+            return f"timed out {timeout} (killed)"
+        if self.exit_code is not None and self.exit_code < 0:
+            return f"was killed by signal {-self.exit_code}"
+        return f"exited with status {self.exit_code}"
+
     def failure(self, what: str, timeout_ms: int) -> str:
         """One line for a failed command, pointing at its output (not quoting it)."""
         from .durations import format_ms
 
-        if self.timed_out:
-            how = f"did not finish within {format_ms(timeout_ms)} (killed)"
-        elif self.exit_code is not None and self.exit_code < 0:
-            how = f"was killed by signal {-self.exit_code}"
-        else:
-            how = f"exited with status {self.exit_code}"
+        how = self.how(f"after {format_ms(timeout_ms)}")
         return f"{what} {how}; its output is in {self.stderr} and {self.stdout}"
 
 
