@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from statekeeper._version import __version__
-from statekeeper.errors import EXIT_ATTENTION, StatekeeperError, exit_code_for
+from statekeeper.errors import (
+    EXIT_ATTENTION,
+    EXIT_INTERRUPTED,
+    StatekeeperError,
+    exit_code_for,
+)
 
 if TYPE_CHECKING:
     from statekeeper.command import Settings
@@ -56,7 +61,7 @@ class Group(click.Group):
             ctx.exit(exit_code_for(e))
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:  # a bug or an untranslated failure: one line, never a traceback

@@ -53,6 +53,11 @@ EXIT_USAGE = 2
 EXIT_ATTENTION = 3
 EXIT_INTEGRITY = 4
 EXIT_LOCKED = 5
+# Ended by a signal (as a shell reports it, 128 + the signal's number): no error class, a run
+# left in flight is for ``resume``.
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): "error: interrupted"
+EXIT_KILLED = 137  # SIGKILL, or a failpoint
+EXIT_TERMINATED = 143  # SIGTERM: statekeeper dies of it, after stopping the tool it ran
 
 
 class StatekeeperError(Exception):

@@ -15,7 +15,7 @@ import sys
 from .steps import KINDS
 
 ENV = "STATEKEEPER_FAILPOINT"
-EXIT_CODE = 137
+EXIT_CODE = 137  # errors.EXIT_KILLED: what a kill -9 would give
 
 # Each step kind declares its own (statekeeper.steps): a new kind is covered without editing
 # this file or the crash matrix.
