@@ -167,6 +167,13 @@ def _rollback_action(run: Run) -> Action:
         rel = run.plan.release
         healthy = (f"; release {rel.from_release} is back and healthy"
                    if rel is not None and rel.from_release else "")
+        window = result.get("written_before_backup") or []
+        if window:
+            # the backup was restored and holds writes that landed after preflight: the run
+            # is done, and the record says what those writes were
+            return Transition("rollback_done", f"{what} equals what the backup holds; written "
+                              f"between preflight and the backup, and kept: "
+                              f"{'; '.join(window)}{healthy}")
         return Transition("rollback_done",
                           f"{what} equals its fingerprint before the upgrade{healthy}")
     if may_restore and not restored:

@@ -385,3 +385,41 @@ def test_preflight_refuses_a_health_command_that_cannot_run(
     assert [s.kind for s in run.steps] == ["preflight"]
     assert run.failure == (f"preflight failed: health check 'smoke' cannot run: "
                            f"{p.dir / 'bin' / 'smoke-test'} does not exist")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_write_between_preflight_and_the_backup_is_named_and_never_blocks_the_rollback(
+        tmp_path: Path, request: pytest.FixtureRequest, backend: str) -> None:
+    """Writers were not stopped before preflight: a row lands after its fingerprint and before
+    the backup (here from the stop command, a real process writing to the database). The
+    rollback restores the backup, proves the database equals what the backup holds, and
+    names the window's write instead of failing forever against preflight's fingerprint."""
+    url = seeded_db(tmp_path, backend, "app", request)
+    p = make_release_project(tmp_path / "proj", backend, url, SCENARIOS["revert"], request)
+    writer = p.dir / "bin" / "late-writer"
+    if backend == "sqlite":
+        insert = (f"import sqlite3; c = sqlite3.connect({str(p.target().sqlite_path)!r}); "
+                  "c.execute(\"INSERT INTO settings VALUES ('late', 'x')\"); c.commit()")
+    else:
+        insert = (f"import psycopg; c = psycopg.connect({url!r}, autocommit=True); "
+                  "c.execute(\"INSERT INTO settings VALUES ('late', 'x')\")")
+    writer.write_text(f"#!{sys.executable}\n{insert}\nimport os\n"
+                      f"os.execv({str(p.dir / 'bin' / 'appctl')!r}, ['appctl', 'stop'])\n")
+    writer.chmod(0o755)
+    p.config.write_text(p.config.read_text().replace('stop = "bin/appctl stop"',
+                                                     'stop = "bin/late-writer"'))
+    r = p.cli("start", "--to", "v2.6")
+    assert r.returncode == 1, r.stdout + r.stderr
+    run = command.status(p.settings())
+    assert run.state == "rolled_back", run.failure
+    reason = run.transitions[-1]["reason"] or ""
+    assert ("database equals what the backup holds; written between preflight and the backup, "
+            "and kept: settings: 2 rows -> 3 rows") in reason, reason
+    assert [s.kind for s in run.phase_steps()].count("restore") == 1
+    conn = p.target().connect(autocommit=True)
+    try:
+        rows = conn.execute("SELECT value FROM settings WHERE key = 'late'").fetchall()
+    finally:
+        conn.close()
+    assert [tuple(x) for x in rows] == [("x",)]  # what the backup holds: the write is kept
+    assert ask(p.port)[1]["version"] == "v2.5"

@@ -16,8 +16,11 @@ if TYPE_CHECKING:
 
 
 def manifest_result(m: Any) -> Result:
-    """What the ledger records of a backup: the restore is checked against exactly this."""
-    return {"backup_id": m.id, "method": m.method, "size": m.size, "sha256": m.sha256}
+    """What the ledger records of a backup: the restore is checked against exactly this, and
+    the rollback's proof after a restore is the fingerprint of what the backup holds (taken
+    with it), not preflight's: a write that landed in between is in the backup."""
+    return {"backup_id": m.id, "method": m.method, "size": m.size, "sha256": m.sha256,
+            "fingerprint": m.fingerprint}
 
 
 class Backup(StepKind):
