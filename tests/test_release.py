@@ -138,7 +138,7 @@ def test_preflight_refuses_a_missing_release_before_any_backup(
         f"{p.dir / 'releases' / 'v2.7' / 'config' / 'app.env'} for "
         f"{p.dir / 'config' / 'app.env'} does not exist")
     assert [s.kind for s in run.steps] == ["preflight"]
-    assert not list((p.dir / "backups").glob("*")) if (p.dir / "backups").exists() else True
+    assert not (p.dir / "backups").exists() or not list((p.dir / "backups").glob("*"))
     assert ask(p.port)[1]["version"] == "v2.5"  # never stopped
 
 
@@ -423,3 +423,13 @@ def test_a_write_between_preflight_and_the_backup_is_named_and_never_blocks_the_
         conn.close()
     assert [tuple(x) for x in rows] == [("x",)]  # what the backup holds: the write is kept
     assert ask(p.port)[1]["version"] == "v2.5"
+
+
+def test_a_run_without_release_or_command_checks_never_creates_the_fingerprint_secret(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from tests.upgrade_support import make_project
+
+    url = seeded_db(tmp_path, "sqlite", "app", request)
+    p = make_project(tmp_path / "proj", "sqlite", url, SCENARIOS["forward"])
+    assert p.cli("start", "--to", "v2.6").returncode == 0
+    assert not (p.dir / ".statekeeper" / "key.hmac").exists()

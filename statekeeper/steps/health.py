@@ -34,8 +34,12 @@ class Health(StepKind):
         s, run = ctx.session, ctx.run
         # a command check's output may hold a secret: the run's artifacts, never the ledger
         out = s.artifacts(run.run_id, "health", f"{step.name}.{run.attempts(step.name)}")
+        # only a command check has output to fingerprint: a run without one never needs (nor
+        # creates) the fingerprint secret
+        commands = any(c.get("kind") == "command" for c in s.health_checks)
         return run_checks(s.target, s.health_checks, hook=ctx.hook, out_dir=out,
-                          base_dir=s.settings.config.base_dir, secret=s.secret)
+                          base_dir=s.settings.config.base_dir,
+                          secret=s.secret if commands else None)
 
 
 class Recheck(Health):
