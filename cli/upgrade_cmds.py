@@ -170,11 +170,13 @@ def rollback(obj: Obj, run_id: str, restore: bool) -> None:
 @pass_obj
 def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
     """Current state and last step of a run (default: the latest), and the release it
-    went from and to."""
+    went from and to. For an unfinished run on a PostgreSQL server: whether the server is
+    down, and what 'resume' will do about it."""
     run = command.status(obj.settings, run_id)
     s = run_summary(run)
+    server = command.server_state(obj.settings, run)
     if as_json:
-        emit_json(s)
+        emit_json({**s, "server": None if server is None else server.to_dict()})
         return
     click.echo(f"run {s['run_id']}: {s['state']}  ({s['from']} -> {s['to']}, {s['target']})")
     if s["release"]:
@@ -187,6 +189,8 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
         click.echo(
             f"last step: {ls['name']} {ls['status']}" + (f": {ls['error']}" if ls["error"] else "")
         )
+    if server is not None and not server.up:
+        click.echo(f"target server is down ({server.error}): {server.resume}")
 
 
 @click.command("history")

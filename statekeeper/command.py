@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .plan import Plan
     from .replay import Run
     from .runner import Observer
-    from .upgrade import Unreadable
+    from .upgrade import ServerState, Unreadable
 
 _FROM_MIGRATIONS = ("AppliedMigration", "Migration", "MigrationStatus", "Migrator", "Tag")
 
@@ -442,6 +442,16 @@ def status(settings: Settings, run_id: str | None = None) -> Run:
     from . import upgrade
 
     return upgrade.status(settings, run_id)
+
+
+@boundary
+def server_state(settings: Settings, run: Run) -> ServerState | None:
+    """For an unfinished run on a PostgreSQL target: does its server accept connections, and
+    if not, what ``resume`` will do about it (redo an interrupted restore and start the
+    server, or wait for an operator to start it). None for a finished run or a file."""
+    from . import upgrade
+
+    return upgrade.server_state(settings, run)
 
 
 @boundary

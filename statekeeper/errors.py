@@ -7,6 +7,8 @@ where the errors of the packages below become statekeeper's.
      ├── ConfigError                exit 2  bad statekeeper.toml, flag, path, URL, key file or
      │                                      checkpoint/export file (ledger ConfigurationError)
      ├── TargetError                exit 1  the target database refused or failed an operation
+     │    ├── TargetUnreachable     exit 3  the target's server does not accept connections
+     │    │                                 (down, starting, shutting down, no such host)
      │    ├── MigrationError        exit 1  a migration failed (id, position, server message)
      │    ├── ValidationError       exit 2  an applied migration was edited or removed
      │    └── IrreversibleError     exit 2  rollback to a tag crosses a migration with no down part
@@ -72,6 +74,11 @@ class ConfigError(StatekeeperError):
 
 class TargetError(StatekeeperError):
     pass
+
+
+class TargetUnreachable(TargetError):
+    """No connection to the target's server: it is down, starting up or shutting down, or
+    its host does not resolve. Nothing was done on the target."""
 
 
 class MigrationError(TargetError):
@@ -186,6 +193,7 @@ EXIT_CODES: dict[type[StatekeeperError], int] = {
     StatekeeperError: EXIT_FAILED,
     ConfigError: EXIT_USAGE,
     TargetError: EXIT_FAILED,
+    TargetUnreachable: EXIT_ATTENTION,
     MigrationError: EXIT_FAILED,
     ValidationError: EXIT_USAGE,
     IrreversibleError: EXIT_USAGE,

@@ -22,6 +22,7 @@ from .errors import (
     IntegrityError,
     NeedsAttention,
     StatekeeperError,
+    TargetUnreachable,
 )
 from .files import describe_os_error
 from .policy import Done, Transition, next_action
@@ -153,6 +154,7 @@ class Runner:
     # -- steps -------------------------------------------------------------------------------
     def step(self, step: Step) -> dict[str, Any]:
         kind = step.kind
+        self.ready(step)
         failpoints.hit(f"{kind}.before")
         self.emit(STEP_STARTED, {"step": step.name, "kind": kind, **step.args})
         failpoints.hit(f"{kind}.started")
@@ -186,6 +188,23 @@ class Runner:
         )
         return result
 
+    def ready(self, step: Step) -> None:
+        """Before a step that needs the target starts (or its probe runs): the target lock
+        is really held, taken now if the run was resumed with the server down or the server
+        restarted since. A server still down ends the session here, with nothing recorded:
+        the run stays where it is for ``resume``."""
+        assert self.run is not None
+        kind = steps.kind(step.kind)
+        if kind is None or not kind.needs_target(Context(self.run, self.session), step):
+            return
+        try:
+            self.session.migrator.ensure_lock()
+        except TargetUnreachable as e:
+            raise TargetUnreachable(
+                f"{e}: the {step.name} step of run {self.run.run_id} needs the target's "
+                f"server; start it, then 'statekeeper resume {self.run.run_id}'"
+            ) from e
+
     def effect(self, step: Step) -> dict[str, Any]:
         assert self.run is not None
         kind = steps.kind(step.kind)
@@ -204,6 +223,7 @@ class Runner:
             return
         kind = steps.kind(step.kind)
         s = Step(step.name, step.kind, step.args)
+        self.ready(s)
         verdict = kind.probe(Context(run, self.session), s) if kind else steps.Settled(False)
         base = {"step": step.name, "kind": step.kind}
         if verdict.happened:

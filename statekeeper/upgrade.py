@@ -260,10 +260,16 @@ def holding(
     takeover: bool,
     abandoned: Callable[[Holder], bool] | None = None,
     cluster: ClusterPlan | None = None,
+    server_may_be_down: bool = False,
 ) -> Iterator[Holder | None]:
     """Hold the lease (ledger database) and the target lock for the whole run; with
     ``cluster`` (a whole-cluster backup method) the cluster-wide lease too, so that no other
-    run on a database of that cluster acts while this one may restore it."""
+    run on a database of that cluster acts while this one may restore it.
+
+    ``server_may_be_down`` (``resume``: a restore may have been interrupted with the server
+    stopped): the ledger lease alone guards the run until the target's server accepts
+    connections; the runner takes the target lock before the first step that reads or writes
+    the target (:meth:`Migrator.ensure_lock`)."""
     lease, previous = session.leases.acquire(
         session.target.display, run_id, takeover=takeover, abandoned=abandoned
     )
@@ -275,7 +281,7 @@ def holding(
                 what=f"cluster {cluster.system_identifier}",
             )
         try:
-            with session.migrator.lock(run_id=run_id):
+            with session.migrator.lock(run_id=run_id, defer_unreachable=server_may_be_down):
                 yield previous
         finally:
             if whole is not None:
@@ -371,7 +377,8 @@ def resume(
             _checkpoint(settings, lg, run, only_if_missing=True)
             return run
         runner = Runner(session, observer, run)
-        with (holding(session, run_id, takeover=True, cluster=run.plan.cluster) as previous,
+        with (holding(session, run_id, takeover=True, cluster=run.plan.cluster,
+                      server_may_be_down=True) as previous,
               _closing(session, runner)):
             mode = "rollback" if rollback else "forward"
             runner.lease_events(previous, resumed=True, mode=mode)
@@ -506,6 +513,57 @@ def status(settings: Settings, run_id: str | None = None) -> Run:
             run_id = names[-1][0][len(STREAM_PREFIX) :]
             lg.verify_stream(stream_of(run_id), upto=verified.head.seq)
         return load_run(lg, run_id)
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """Whether an unfinished run's target server accepts connections, and what ``resume``
+    does about it when it does not (``status``)."""
+
+    up: bool
+    error: str | None = None
+    resume: str | None = None  # what 'statekeeper resume' will do, when the server is down
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"up": self.up, "error": self.error, "resume": self.resume}
+
+
+def server_state(settings: Settings, run: Run) -> ServerState | None:
+    """For an unfinished run on a server (not a database file), one connection attempt; None
+    when there is nothing to say (a finished run, a file, another target configured)."""
+    from .backups.manager import method_class
+    from .errors import TargetError, TargetUnreachable
+    from .policy import next_action
+    from .steps import Step
+    from .targets import Target
+
+    cfg = settings.config
+    if run.state in SETTLED or cfg.target_url is None:
+        return None
+    target = Target.from_url(cfg.require_target(), cfg.base_dir)
+    if target.dialect.in_a_file or target.display != run.plan.target:
+        return None
+    try:
+        target.connect(autocommit=True).close()
+    except TargetUnreachable as e:
+        error = str(e)
+    except TargetError:
+        return ServerState(True)  # it answers (a refused login is not this question)
+    else:
+        return ServerState(True)
+    kind = run.open_step.kind if run.open_step is not None else None
+    if kind is None and run.state != "failed":
+        with contextlib.suppress(Exception):
+            action = next_action(run)
+            kind = action.kind if isinstance(action, Step) else None
+    restarts = cfg.backup.enabled and method_class(cfg.backup_method()).restarts_server
+    if kind == "restore" and restarts:
+        what = (f"'statekeeper resume {run.run_id}' redoes the interrupted restore and starts "
+                "the server (the ledger lease guards the run meanwhile)")
+    else:
+        what = (f"start the server, then 'statekeeper resume {run.run_id}' (its next step "
+                f"{'' if kind is None else kind + ' '}needs the server)")
+    return ServerState(False, error, what)
 
 
 def history(settings: Settings) -> list[Run | Unreadable]:

@@ -17,7 +17,13 @@ import pytest
 
 from statekeeper.clock import stamp
 from statekeeper.dialects import dialect_for, dialect_for_url
-from statekeeper.errors import ConfigError, LockHeld, MigrationError, TargetError
+from statekeeper.errors import (
+    ConfigError,
+    LockHeld,
+    MigrationError,
+    TargetError,
+    TargetUnreachable,
+)
 from statekeeper.fingerprint import diff, fingerprint
 from statekeeper.migrations import (
     CHANGELOG_TABLE,
@@ -229,16 +235,17 @@ def test_the_changelog_tables_are_created_once_and_read_back_what_was_written(
 # -- the target lock --------------------------------------------------------------------------
 def test_the_lock_excludes_a_second_holder_and_names_it(db: Target) -> None:
     d = db.dialect
-    release = d.lock(db, "statekeeper contract holder", SINCE)
+    held = d.lock(db, "statekeeper contract holder", SINCE)
     try:
+        assert held.alive()
         with pytest.raises(LockHeld) as e:
             d.lock(db, "a second holder", SINCE)
         assert str(e.value).startswith(
             f"migrations on {db.display} are locked by another process: "
             f"statekeeper contract holder")
     finally:
-        release()
-    d.lock(db, "a second holder", SINCE)()  # released: the next holder takes it
+        held.release()
+    d.lock(db, "a second holder", SINCE).release()  # released: the next holder takes it
 
 
 def test_lock_excludes_a_second_migrator_and_names_the_holder(
@@ -261,6 +268,40 @@ def test_lock_excludes_a_second_migrator_and_names_the_holder(
             f"statekeeper pid={os.getpid()} host={socket.gethostname()} run=run-1")
         first.up()  # the holder itself proceeds
     assert second.up() == [] and second.is_applied("1_a")  # released
+
+
+def test_a_lock_lost_with_its_session_is_taken_again_before_the_target_is_touched(
+    target: Target, mdir: Path
+) -> None:
+    """A server restart (a pgBackRest restore) ends the session of a PostgreSQL lock:
+    ensure_lock finds that and takes the lock again, so that another migrator is refused."""
+    from statekeeper.migrations.lock import process_label
+
+    write(mdir, "1_a.sql", "CREATE TABLE a (x integer);\n")
+    holder, other = Migrator(target, mdir), Migrator(target, mdir)
+    with holder.lock(run_id="run-restart"):
+        if target.backend == "postgresql":
+            execute(url_of(target), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE application_name = '{process_label('run-restart')}'")
+        holder.ensure_lock()
+        with pytest.raises(LockHeld, match="run=run-restart"):
+            other.up()
+        assert [a.id for a in holder.up()] == ["1_a"]
+    assert other.status()[0].applied
+
+
+def test_a_server_that_is_down_defers_the_lock_only_when_asked(mdir: Path) -> None:
+    from tests.pgcluster import free_port
+
+    down = Target.from_url(f"postgresql://postgres@127.0.0.1:{free_port()}/app")
+    m = Migrator(down, mdir)
+    with pytest.raises(TargetUnreachable, match="Connection refused"), m.lock():
+        pass
+    with m.lock(run_id="run-down", defer_unreachable=True):
+        assert m.lock_deferred
+        with pytest.raises(TargetUnreachable, match="Connection refused"):
+            m.ensure_lock()
+        assert m.lock_deferred
 
 
 # -- the fingerprint reader -------------------------------------------------------------------

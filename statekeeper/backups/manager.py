@@ -350,6 +350,7 @@ class BackupManager:
         check: bool = True,
         report_damage: bool = True,
         hook: Hook | None = None,
+        reconnected: Hook | None = None,
     ) -> RestoreResult:
         """Verify the backup, put the target back exactly as it was, and prove it: the restored
         fingerprint must equal the manifest's (RestoreMismatch otherwise).
@@ -359,7 +360,9 @@ class BackupManager:
         that the result says what the restore undid (one more read of the database). ``hook``
         is called in the middle of the restore, before it is committed or switched in (pg_dump:
         inside the open transaction; SQLite: before the file replacement; pgBackRest: with the
-        server stopped, before ``pgbackrest restore``)."""
+        server stopped, before ``pgbackrest restore``). ``reconnected`` is called by a method
+        that restarts the server as soon as it accepts connections again (pgBackRest), before
+        anything else can write: the caller takes its target lock again there."""
         from ..fingerprint import diff, fingerprint  # loads the database drivers
 
         target = self._require_target()
@@ -379,7 +382,7 @@ class BackupManager:
             except StatekeeperError as e:
                 damage = [f"(the target could not be fingerprinted before the restore: {e})"]
         try:
-            driver.restore(m, hook or noop)
+            driver.restore(m, hook or noop, reconnected or noop)
         except OSError as e:
             raise BackupError(
                 f"restore of backup {m.id} failed: {e.strerror or e}"
@@ -398,6 +401,12 @@ class BackupManager:
             )
         return RestoreResult(m, after, int(_clock.monotonic_ms() - t0), damage,
                              target.display)
+
+    @property
+    def restarts_server(self) -> bool:
+        """Does a restore by this method stop and start the server (so that it can run with
+        the server down, and ends every session)?"""
+        return method_class(self.method).restarts_server
 
     @property
     def whole_cluster(self) -> bool:

@@ -180,6 +180,9 @@ class Method(Protocol):
     checks_repository: bool
     #: a restore puts back the whole cluster (every database of it), not only the target
     whole_cluster: bool
+    #: a restore stops and starts the server: it can run (and be resumed) with the server down,
+    #: and it ends every session, the target lock's too
+    restarts_server: bool
 
     @classmethod
     def configured(cls, target: Target, options: MethodOptions) -> Method:
@@ -190,7 +193,11 @@ class Method(Protocol):
 
     def check(self, manifest: Manifest) -> None: ...
 
-    def restore(self, manifest: Manifest, hook: Hook) -> None: ...
+    def restore(self, manifest: Manifest, hook: Hook, reconnected: Hook = noop) -> None:
+        """Put the backup back. ``hook`` runs in the middle (a crash test's failpoint); a
+        method that restarts the server calls ``reconnected`` as soon as the server accepts
+        connections again, before anything else can write (the caller retakes its lock)."""
+        ...
 
     def settle(self, workdir: Path, backup_id: str, restoring: bool) -> list[str]:
         """After a crash left the backup (``restoring``: the restore) of ``backup_id`` in

@@ -24,7 +24,7 @@ from ..dialects.pg_fingerprint import pg_fingerprint
 from ..errors import BackupError, TargetError
 from ..files import CHILD_UMASK, publish, touch_private
 from ..targets import Target, first_line
-from .model import Created, Hook, Manifest, MethodOptions, disk_free
+from .model import Created, Hook, Manifest, MethodOptions, disk_free, noop
 from .pgtools import (
     check_same_database,
     client_env,
@@ -45,6 +45,7 @@ class PgDumpMethod:
     name = "pg_dump"
     checks_repository = False
     whole_cluster = False
+    restarts_server = False
     artifact_name = "database.dump"
 
     def __init__(self, target: Target, *, pg_bin: Path | None = None,
@@ -147,7 +148,7 @@ class PgDumpMethod:
             lines.append("COMMENT ON SCHEMA public IS 'standard public schema';")
         return "\n".join(lines) + "\n"
 
-    def restore(self, manifest: Manifest, hook: Hook) -> None:
+    def restore(self, manifest: Manifest, hook: Hook, reconnected: Hook = noop) -> None:
         """Drop everything and replay the dump, in one transaction (see the module doc)."""
         pg_restore = pg_tool("pg_restore", self.pg_bin)
         psql = pg_tool("psql", self.pg_bin)

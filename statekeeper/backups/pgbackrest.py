@@ -9,8 +9,12 @@ create:  ``pgbackrest backup`` (incremental, or full when the stanza has none), 
          artifact; ``verify`` also compares it with the repository's and runs
          ``pgbackrest verify``.
 restore: ``stop_command`` (when the server runs), ``pgbackrest restore --delta --type=name
-         --target=<restore point> --target-action=promote --set=<label>``, ``start_command``,
-         then wait until the server accepts connections and has left recovery.
+         --target=<restore point> --target-action=pause|promote --set=<label>``,
+         ``start_command``; as soon as the server accepts connections the caller's target
+         lock is taken again, then (paused at the restore point) replay is resumed, and the
+         restore ends when the server has left recovery. It can run, and be redone, with the
+         server down: the server's state is read from ``postmaster.pid`` when it does not
+         answer.
 
 pgBackRest runs as the operating-system user that owns the cluster's data directory
 (``pg1-path``): when statekeeper runs as root, its child switches to that user (uid, gid and
@@ -51,7 +55,7 @@ from ..errors import (
 from ..files import publish, write_private
 from ..fingerprint import quote_ident
 from ..targets import Target, first_line
-from .model import Created, Hook, Manifest, MethodOptions, disk_free
+from .model import Created, Hook, Manifest, MethodOptions, disk_free, noop
 from .pgtools import check_same_database, database_size, identity, stderr_line
 
 DEFAULT_REPO = "/var/lib/pgbackrest"
@@ -64,6 +68,7 @@ class PgBackRestMethod:
     name = "pgbackrest"
     checks_repository = True  # the backup is in pgBackRest's repository
     whole_cluster = True  # a restore rewinds every database of the cluster
+    restarts_server = True  # stop_command, pgbackrest restore, start_command
     artifact_name = "backup.manifest"
 
     def __init__(
@@ -410,13 +415,65 @@ class PgBackRestMethod:
             )
 
     # -- restore -----------------------------------------------------------------------------
+    def _data_dir(self) -> Path | None:
+        data = self._option("pg1-path")
+        return Path(data) if data else None
+
+    def _postmaster(self) -> tuple[Path, int | None] | None:
+        """``<pg1-path>/postmaster.pid`` and the live postgres process it names (None when
+        that process is gone, or the pid now belongs to another program); None without the
+        file. This is how the server's state is read when it does not answer."""
+        data = self._data_dir()
+        if data is None:
+            return None
+        path = data / "postmaster.pid"
+        try:
+            first = path.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RestoreIncomplete(f"cannot read {path}: {e.strerror or e}") from e
+        try:
+            pid: int | None = int(first.strip())
+        except ValueError:
+            return path, None
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip()
+        except OSError:
+            return path, None
+        return path, (pid if comm in ("postgres", "postmaster") else None)
+
     def _running(self) -> bool:
+        """Is the server up? It answers, or its ``postmaster.pid`` names a live postgres (a
+        server starting, stopping or in recovery may not accept connections yet)."""
+        try:
+            conn = self.target.connect(autocommit=True)
+        except TargetError:
+            pm = self._postmaster()
+            return pm is not None and pm[1] is not None
+        conn.close()
+        return True
+
+    def _pause_at_target(self) -> bool:
+        """Pause recovery at the restore point (rather than promote at once) when the server
+        is up now, so that its settings can be read: it runs with ``hot_standby`` (paused, it
+        then accepts read-only connections, where the target lock is taken before it is
+        promoted and can be written) and this role may resume replay. With the server already
+        down (a restore resumed) the settings are unknown and it is promoted at once; the lock
+        is then taken as soon as it accepts connections."""
         try:
             conn = self.target.connect(autocommit=True)
         except TargetError:
             return False
-        conn.close()
-        return True
+        try:
+            row = conn.execute(
+                "SELECT current_setting('hot_standby') = 'on' AND has_function_privilege("
+                "'pg_catalog.pg_wal_replay_resume()', 'EXECUTE')").fetchone()
+            return bool(row[0])
+        except Exception:
+            return False
+        finally:
+            conn.close()
 
     def _shell(self, command: str, what: str) -> None:
         try:
@@ -432,7 +489,13 @@ class PgBackRestMethod:
                 f"{what} failed (exit {proc.returncode}): {msg[-1] if msg else 'no output'}"
             )
 
-    def restore(self, manifest: Manifest, hook: Hook) -> None:
+    def restore(self, manifest: Manifest, hook: Hook, reconnected: Hook = noop) -> None:
+        """Stop the server (when it runs), ``pgbackrest restore`` the set to the restore
+        point, start the server, and take the caller's lock again (``reconnected``) as soon
+        as it accepts connections, before it is promoted where it can pause first. Each part
+        may be redone after a crash at any moment: the server's state is read from the data
+        directory when it does not answer, and a stale ``postmaster.pid`` (its process gone,
+        which keeps both pgbackrest and the server from starting) is removed."""
         if manifest.stanza and manifest.stanza != self.stanza:
             raise BackupError(
                 f"backup {manifest.id} is in stanza {manifest.stanza}, not {self.stanza}"
@@ -443,34 +506,60 @@ class PgBackRestMethod:
             )
         if not manifest.restore_point or not manifest.pgbackrest_label:
             raise BackupCorrupt(f"backup {manifest.id}: manifest has no restore point or label")
+        pause = self._pause_at_target()
         if self._running():
             self._shell(self.stop_command, "stop_command")
+        pm = self._postmaster()
+        if pm is not None and pm[1] is not None:
+            raise RestoreIncomplete(
+                f"the server (pid {pm[1]}) still runs after stop_command; nothing was restored"
+            )
+        if pm is not None:
+            pm[0].unlink(missing_ok=True)  # the server died without removing it
         hook()
         try:
             self._run(
                 "restore", "--delta", "--type=name", f"--target={manifest.restore_point}",
-                "--target-action=promote", f"--set={manifest.pgbackrest_label}",
+                f"--target-action={'pause' if pause else 'promote'}",
+                f"--set={manifest.pgbackrest_label}",
                 what="pgbackrest restore",
             )
         except BackupError as e:
             raise RestoreIncomplete(f"{e}; the server is stopped") from e
         self._shell(self.start_command, "start_command")
-        self._wait_ready()
+        self._wait_ready(reconnected, pause)
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, reconnected: Hook, pause: bool) -> None:
+        """Until the server is out of recovery: as soon as it accepts a connection, the
+        caller's lock (``reconnected``; another holder is waited for, the same bound); then,
+        paused at the restore point, replay is resumed, which promotes it."""
+        from ..errors import LockHeld
+
         deadline = time.monotonic() + self.start_timeout
         last = "no connection"
+        locked = False
         while time.monotonic() < deadline:
             try:
                 conn = self.target.connect(autocommit=True)
             except TargetError as e:
                 last = str(e)
+                if self._postmaster() is None:
+                    last += " (and no postmaster.pid: the server is not running)"
                 time.sleep(0.3)
                 continue
             try:
+                if not locked:
+                    reconnected()
+                    locked = True
                 if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                     return
                 last = "still in recovery"
+                if pause and conn.execute(
+                        "SELECT pg_get_wal_replay_pause_state() = 'paused'").fetchone()[0]:
+                    conn.execute("SELECT pg_wal_replay_resume()")
+                    last = "promoting after the restore point"
+            except LockHeld as e:
+                last = str(e)
             except Exception as e:  # the server may go away while starting
                 last = first_line(e)
             finally:

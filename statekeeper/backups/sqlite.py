@@ -13,7 +13,15 @@ from ..dialects.sqlite_fingerprint import sqlite_fingerprint
 from ..errors import BackupError, ConfigError, WrongDatabase
 from ..files import fsync_path, publish, touch_private
 from ..targets import Target
-from .model import OTHER_DATABASE_HINT, Created, Hook, Manifest, MethodOptions, disk_free
+from .model import (
+    OTHER_DATABASE_HINT,
+    Created,
+    Hook,
+    Manifest,
+    MethodOptions,
+    disk_free,
+    noop,
+)
 
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -22,6 +30,7 @@ class SqliteMethod:
     name = "sqlite"
     checks_repository = False
     whole_cluster = False
+    restarts_server = False
     artifact_name = "database.sqlite"
 
     def __init__(self, target: Target) -> None:
@@ -72,7 +81,7 @@ class SqliteMethod:
     def check(self, manifest: Manifest) -> None:
         return None
 
-    def restore(self, manifest: Manifest, hook: Hook) -> None:
+    def restore(self, manifest: Manifest, hook: Hook, reconnected: Hook = noop) -> None:
         """Copy the artifact next to the target, fsync, and ``os.replace`` it over the target;
         the old file's journal/WAL are checkpointed and removed so they cannot replay onto
         the restored file. Other connections to the file must be closed first."""

@@ -22,8 +22,13 @@ if TYPE_CHECKING:
     from ..fingerprint import Fingerprint
     from ..targets import Target
 
-#: Releases a target lock.
-Release = Callable[[], None]
+@dataclass(frozen=True)
+class Held:
+    """A target lock this process holds. ``alive`` says whether it still is: a PostgreSQL
+    session lock ends with its connection, when the server restarts under it."""
+
+    release: Callable[[], None]
+    alive: Callable[[], bool] = lambda: True
 
 
 def first_line(e: BaseException) -> str:
@@ -190,7 +195,7 @@ class Dialect:
         yield
 
     # -- the target lock --------------------------------------------------------------------
-    def lock(self, target: Target, label: str, since: str) -> Release:
+    def lock(self, target: Target, label: str, since: str) -> Held:
         """Take the target's migration lock (``label`` names this process to a second holder,
         ``since`` is now); LockHeld naming the holder if another has it."""
         raise NotImplementedError

@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, LockHeld, MigrationError, TargetError
-from .base import ClusterScope, Dialect, Release, first_line
+from ..errors import ConfigError, LockHeld, MigrationError, TargetError, TargetUnreachable
+from .base import ClusterScope, Dialect, Held, first_line
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -113,9 +113,12 @@ class PostgresDialect(Dialect):
     def connect(self, target: Target, *, autocommit: bool = False) -> Any:
         import psycopg
 
-        with self.errors(f"target {target.display}"):
+        try:
             return psycopg.connect(self.conninfo(target), autocommit=autocommit,
                                    connect_timeout=10)
+        except psycopg.Error as e:
+            cls = TargetUnreachable if _unreachable(e) else TargetError
+            raise cls(f"target {target.display}: {first_line(e)}") from e
 
     def driver_error(self) -> tuple[type[BaseException], ...]:
         import psycopg
@@ -210,7 +213,7 @@ class PostgresDialect(Dialect):
             yield
 
     # -- the target lock --------------------------------------------------------------------
-    def lock(self, target: Target, label: str, since: str) -> Release:
+    def lock(self, target: Target, label: str, since: str) -> Held:
         """A session advisory lock (``pg_try_advisory_lock``, key :data:`ADVISORY_LOCK_KEY`) on
         a connection of its own, released when the block ends or the process dies."""
         import psycopg
@@ -242,7 +245,14 @@ class PostgresDialect(Dialect):
                 conn.execute(f"SELECT pg_advisory_unlock({k1}, {k2})")
             conn.close()
 
-        return release
+        def alive() -> bool:
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error:
+                return False
+            return True
+
+        return Held(release, alive)
 
     @staticmethod
     def _holder(conn: Any) -> str | None:
@@ -314,3 +324,20 @@ class PostgresDialect(Dialect):
                 raise
         finally:
             conn.close()
+
+
+#: libpq's words for "no server there to talk to" (its socket errors carry no SQLSTATE)
+_NO_SERVER = (
+    "connection refused", "no such file or directory", "timeout expired",
+    "could not translate host name", "server closed the connection unexpectedly",
+    "no route to host", "network is unreachable", "failed to resolve host",
+)
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Is a connection error the server's absence (down, starting, stopping, no such host)
+    rather than a refusal (a bad password, a missing database)?"""
+    if getattr(e, "sqlstate", None) == "57P03":  # cannot_connect_now: starting, stopping
+        return True
+    text = str(e).lower()
+    return getattr(e, "sqlstate", None) is None and any(w in text for w in _NO_SERVER)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, LockHeld, MigrationError, TargetError
-from .base import Dialect, Release
+from .base import Dialect, Held
 
 if TYPE_CHECKING:
     from ..fingerprint import Fingerprint
@@ -121,7 +121,7 @@ class SqliteDialect(Dialect):
         return conn.execute(query.replace("%s", "?").format(**tables), params or ())
 
     # -- the target lock --------------------------------------------------------------------
-    def lock(self, target: Target, label: str, since: str) -> Release:
+    def lock(self, target: Target, label: str, since: str) -> Held:
         """``flock`` on ``<database>.statekeeper-lock`` beside the database file, released by
         the kernel when the process dies; the holder writes who it is into the file."""
         db = target.sqlite_path
@@ -166,7 +166,7 @@ class SqliteDialect(Dialect):
             finally:
                 os.close(fd)
 
-        return release
+        return Held(release)  # a flock lasts as long as the process
 
     # -- reading ----------------------------------------------------------------------------
     def fingerprint(self, target: Target) -> Fingerprint:

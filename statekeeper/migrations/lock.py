@@ -1,7 +1,12 @@
 """The target lock: the exclusive right to change one target's migrations, across processes
 and hosts. How it is taken is the dialect's (PostgreSQL: a session advisory lock; SQLite:
 ``flock`` on a file beside the database); this is the part both share: one holder per
-:class:`TargetLock`, reentrant, named after the process (and run) that holds it."""
+:class:`TargetLock`, reentrant, named after the process (and run) that holds it.
+
+A run resumed while the target's server is down (a pgBackRest restore interrupted with the
+server stopped) holds the lock *deferred*: the ledger lease is its guard until the server
+accepts connections, and :meth:`TargetLock.ensure` takes the lock before anything reads or
+writes the target, and again whenever the server restarted under it."""
 
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ..clock import stamp
-from ..dialects.base import Release
+from ..dialects.base import Held
+from ..errors import TargetUnreachable
 
 if TYPE_CHECKING:
     from ..targets import Target
@@ -36,7 +42,7 @@ class TargetLock:
         self.clock = clock
         self.depth = 0
         self.label = process_label(None)
-        self._release: Release | None = None
+        self._held: Held | None = None
 
     @property
     def held(self) -> bool:
@@ -44,10 +50,13 @@ class TargetLock:
 
     @contextlib.contextmanager
     def hold(self, run_id: str | None = None, *,
-             on_release: Callable[[], None] | None = None) -> Iterator[None]:
+             on_release: Callable[[], None] | None = None,
+             defer_unreachable: bool = False) -> Iterator[None]:
         """Hold the lock for the block; LockHeld naming the other holder. Inside a block that
         already holds it, a no-op. ``on_release`` runs when the outermost block ends, before
-        the lock is released."""
+        the lock is released. ``defer_unreachable``: a server that does not accept
+        connections (TargetUnreachable) does not stop the block; the lock is then taken by
+        :meth:`ensure`."""
         if self.depth:
             self.depth += 1
             try:
@@ -57,14 +66,42 @@ class TargetLock:
             return
         if run_id:
             self.label = process_label(run_id)
-        release = self.target.dialect.lock(self.target, self.label, stamp(self.clock()))
-        self.depth, self._release = 1, release
+        held: Held | None = None
+        try:
+            held = self._take()
+        except TargetUnreachable:
+            if not defer_unreachable:
+                raise
+        self.depth, self._held = 1, held
         try:
             yield
         finally:
-            self.depth, self._release = 0, None
+            held, self.depth, self._held = self._held, 0, None
             try:
                 if on_release is not None:
                     on_release()
             finally:
-                release()
+                if held is not None:
+                    held.release()
+
+    @property
+    def deferred(self) -> bool:
+        """Held in name only: the block runs, the lock itself is not (yet) taken."""
+        return self.depth > 0 and self._held is None
+
+    def ensure(self) -> bool:
+        """Inside :meth:`hold`: really hold the lock, taking it if it was deferred or its
+        session died with a server restart (TargetUnreachable while the server is still down,
+        LockHeld when another process took it in between). True if it was (re)taken."""
+        assert self.depth, "ensure() outside hold()"
+        if self._held is not None and self._held.alive():
+            return False
+        old, self._held = self._held, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.release()
+        self._held = self._take()
+        return True
+
+    def _take(self) -> Held:
+        return self.target.dialect.lock(self.target, self.label, stamp(self.clock()))

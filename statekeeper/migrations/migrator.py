@@ -186,16 +186,29 @@ class Migrator:
 
     # -- lock ----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self, *, run_id: str | None = None) -> Iterator[None]:
+    def lock(self, *, run_id: str | None = None,
+             defer_unreachable: bool = False) -> Iterator[None]:
         """Exclusive right to change this target's migrations, across processes and hosts.
 
         PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a connection of its
         own, released when the block ends or the process dies. SQLite: ``flock`` on
         ``<database>.statekeeper-lock`` beside the database file (released by the kernel when
         the process dies). Another holder: :class:`LockHeld` naming it. Reentrant within one
-        Migrator."""
-        with self._lock.hold(run_id, on_release=self.forget_connections):
+        Migrator. ``defer_unreachable``: a server that is down defers taking the lock to
+        :meth:`ensure_lock` (a run resumed while a restore has the server stopped)."""
+        with self._lock.hold(run_id, on_release=self.forget_connections,
+                             defer_unreachable=defer_unreachable):
             yield
+
+    def ensure_lock(self) -> None:
+        """Inside :meth:`lock`: the lock is really held (taken now if it was deferred, or
+        again if a server restart ended its session) before the target is read or written."""
+        if self._lock.ensure():
+            self.forget_connections()  # opened before the restart, or never
+
+    @property
+    def lock_deferred(self) -> bool:
+        return self._lock.deferred
 
     # -- running a migration's text ------------------------------------------------------
     def _run(self, m: Migration, text: str, offset: int, write: Callable[[Any], None],

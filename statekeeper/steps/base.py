@@ -103,6 +103,13 @@ class StepKind:
         return ""
 
     # -- the world ---------------------------------------------------------------------------
+    def needs_target(self, ctx: Context, step: Step) -> bool:
+        """Must the target's server be up, and the target lock really held, before this
+        step starts (or its probe runs)? The runner takes the lock first
+        (:meth:`Migrator.ensure_lock`); a server that is down stops the run there, before
+        anything is recorded. Default: the database side's steps."""
+        return self.side == "database"
+
     def effect(self, ctx: Context, step: Step) -> Result:
         raise NotImplementedError(f"step kind {self.name} has no effect")
 

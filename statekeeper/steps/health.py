@@ -42,6 +42,10 @@ class Health(StepKind):
                           secret=s.secret if commands else None)
 
 
+    def needs_target(self, ctx: Context, step: Step) -> bool:
+        return True  # SQL checks read the target; the old release needs its database too
+
+
 class Recheck(Health):
     """Rollback: the health checks again, on the old release once it is back and started. A
     rollback whose old release is unhealthy ends failed: a human must look."""

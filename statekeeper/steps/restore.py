@@ -21,6 +21,13 @@ class Restore(StepKind):
     def make(self, backup_id: str) -> Step:
         return Step("restore", self.name, {"backup_id": backup_id})
 
+    def needs_target(self, ctx: Context, step: Step) -> bool:
+        """A restore that stops and starts the server (pgBackRest) runs with the server down:
+        the ledger lease guards it, and it takes the target lock again itself once the server
+        is back. The others need the server up, under the lock."""
+        backups = ctx.session.backups
+        return not (backups is not None and backups.restarts_server)
+
     def effect(self, ctx: Context, step: Step) -> Result:
         s = ctx.session
         if s.backups is None:
@@ -31,14 +38,17 @@ class Restore(StepKind):
         # connection: the migrator's shared one must not outlive it.
         s.migrator.forget_connections()
         try:
-            s.backups.restore(backup_id, hook=ctx.hook, check=False)
+            s.backups.restore(backup_id, hook=ctx.hook, check=False,
+                              reconnected=s.migrator.ensure_lock)
         finally:
             s.migrator.forget_connections()
         return {"backup_id": backup_id}
 
     def probe(self, ctx: Context, step: Step) -> Settled:
         """A restore in doubt is redone (each method's restore may run again); first its
-        tools that survived the crash are stopped and its partial copy removed."""
+        tools that survived the crash are stopped and its partial copy removed. This reads
+        only files and processes (pgBackRest: its processes and lock file; the redo reads
+        ``postmaster.pid``), so it works with the server down."""
         backups = ctx.session.backups
         notes = backups.settle(step.args["backup_id"], restoring=True) if backups else []
         return Settled(False, error=interrupted(notes))
