@@ -201,7 +201,7 @@ class Runner:
             self.session.migrator.ensure_lock()
         except TargetUnreachable as e:
             raise TargetUnreachable(
-                f"{e}: the {step.name} step of run {self.run.run_id} needs the target's "
+                f"{e}: step {step.name} of run {self.run.run_id} needs the target's "
                 f"server; start it, then 'statekeeper resume {self.run.run_id}'"
             ) from e
 

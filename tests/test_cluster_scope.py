@@ -114,8 +114,17 @@ def test_a_second_run_on_the_cluster_is_refused_while_a_rollback_may_restore_it(
     assert f"statekeeper resume {run_a}" in refused.stderr
     assert [r.run_id for r in command.history(b.settings())] == [run_a]  # b recorded no run
     assert b.applied_ids() == []
+    log = cluster.root / "server.log"
+    seen = log.stat().st_size
     resumed = a.cli("resume", run_a)
     assert "rolled_back" in resumed.stdout, resumed.stdout + resumed.stderr
+    # restored with the server up (hot_standby, a superuser): recovery paused at the restore
+    # point, where the run took its lock again before it resumed replay and so promoted
+    with log.open("rb") as f:
+        f.seek(seen)
+        said = f.read().decode("utf-8", "replace")
+    assert "pausing at the end of recovery" in said, said[-2000:]
+    assert said.index("pausing at the end of recovery") < said.index("archive recovery complete")
     done = b.cli("start", "--to", "v2.6")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "this rollback restores the whole cluster" in done.stdout
