@@ -314,9 +314,23 @@ def backup_restore(
     target_url: str | None = None,
     allow_other_database: bool = False,
 ) -> RestoreResult:
-    return backup_manager(settings, target_url).restore(
-        backup_id, allow_other_database=allow_other_database
-    )
+    """Restore a backup outside a run, under the target lock (LockHeld while a run or a
+    migrate holds it). With the server down (a pgBackRest restore interrupted, the ledger
+    lost) it goes on and takes the lock as soon as the restarted server accepts connections."""
+    from . import clock
+    from .migrations.lock import TargetLock
+
+    manager = backup_manager(settings, target_url)
+    if manager.target is None:
+        return manager.restore(backup_id, allow_other_database=allow_other_database)
+    lock = TargetLock(manager.target, clock.now)
+
+    def retake() -> None:
+        lock.ensure()
+
+    with lock.hold(defer_unreachable=manager.restarts_server):
+        return manager.restore(backup_id, allow_other_database=allow_other_database,
+                               reconnected=retake)
 
 
 # --- health (statekeeper.health) ---

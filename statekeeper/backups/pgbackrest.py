@@ -538,6 +538,7 @@ class PgBackRestMethod:
         deadline = time.monotonic() + self.start_timeout
         last = "no connection"
         locked = False
+        taken: LockHeld | None = None
         while time.monotonic() < deadline:
             try:
                 conn = self.target.connect(autocommit=True)
@@ -550,7 +551,7 @@ class PgBackRestMethod:
             try:
                 if not locked:
                     reconnected()
-                    locked = True
+                    locked, taken = True, None
                 if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                     return
                 last = "still in recovery"
@@ -559,12 +560,17 @@ class PgBackRestMethod:
                     conn.execute("SELECT pg_wal_replay_resume()")
                     last = "promoting after the restore point"
             except LockHeld as e:
-                last = str(e)
+                last, taken = str(e), e
             except Exception as e:  # the server may go away while starting
                 last = first_line(e)
             finally:
                 conn.close()
             time.sleep(0.3)
+        if taken is not None:
+            raise RestoreIncomplete(
+                f"the server is back but another process holds the target lock: {taken}; "
+                "stop it, then resume"
+            ) from taken
         raise RestoreIncomplete(
             f"the server did not come back out of recovery within {self.start_timeout:.0f} s "
             f"({last}); see the server log"

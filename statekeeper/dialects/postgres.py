@@ -331,6 +331,10 @@ _NO_SERVER = (
     "connection refused", "no such file or directory", "timeout expired",
     "could not translate host name", "server closed the connection unexpectedly",
     "no route to host", "network is unreachable", "failed to resolve host",
+    # the server's own FATAL at connect (57P03), which libpq may report without its SQLSTATE
+    "the database system is starting up", "the database system is shutting down",
+    "the database system is not yet accepting connections",
+    "the database system is not accepting connections", "the database system is in recovery",
 )
 
 
