@@ -392,7 +392,12 @@ def _check_url(url: str, template: str, where: str, base: Path) -> str:
         # a parameter the driver does not know would only fail at the first connection
         err = dialect_for(u.get_backend_name()).url_error(u)
         if err is not None:
-            raise ConfigError(f"{where} {shown!r}: {_one_line(err)}") from err
+            said = _one_line(err)
+            # the driver quotes the parameter: one made from an environment value (a password
+            # in the wrong place) is not shown
+            said = re.sub(r'"([^"]*)"', lambda m: m.group(0) if m.group(1) in template
+                          else "(a name taken from the environment, not shown)", said)
+            raise ConfigError(f"{where} {shown!r}: {said}") from err
     return url
 
 

@@ -62,6 +62,7 @@ DEFAULT_REPO = "/var/lib/pgbackrest"
 DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 DEFAULT_LOCK_PATH = "/tmp/pgbackrest"
 ANNOTATION = "statekeeper-backup-id"
+POSTMASTER_COMMANDS = frozenset({"postgres", "postmaster"})  # /proc/<pid>/comm of a server
 
 
 class PgBackRestMethod:
@@ -441,7 +442,7 @@ class PgBackRestMethod:
             comm = Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip()
         except OSError:
             return path, None
-        return path, (pid if comm in ("postgres", "postmaster") else None)
+        return path, (pid if comm in POSTMASTER_COMMANDS else None)
 
     def _running(self) -> bool:
         """Is the server up? It answers, or its ``postmaster.pid`` names a live postgres (a
