@@ -1,7 +1,7 @@
 """What only the pgBackRest method does, on a throwaway cluster with WAL archiving: the stanza,
-server stop/start commands, and ``pgbackrest verify`` of the repository. Its round trip (a
-point-in-time restore to the backup's restore point) and refusals are the backup contract's:
-tests/test_backup_contract.py."""
+server stop/start commands, and the check of one backup set and its WAL in the repository. Its
+round trip (a point-in-time restore to the backup's restore point) and refusals are the backup
+contract's: tests/test_backup_contract.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from statekeeper.backups import BackupManager, Manifest
+from statekeeper.backups import BackupManager, Manifest, pgbackrest
+from statekeeper.backups import pgbackrest_verify as pgv
 from statekeeper.backups.pgbackrest import PgBackRestMethod
-from statekeeper.backups.pgbackrest_verify import parse_manifest
 from statekeeper.errors import BackupCorrupt, ConfigError
 from statekeeper.targets import Target
 from tests.test_backup_support import PGBACKREST_MARKS, execute, flip_byte, scalar, seed
@@ -91,7 +91,7 @@ def test_verify_reads_only_the_restored_set(
         victim.write_bytes(original)  # later tests in the session share the repository
 
     # A file of the first set that the second references: both fail, the second says where.
-    files = parse_manifest(second.artifact_path.read_bytes(), second.id).files
+    files = pgv.parse_manifest(second.artifact_path.read_bytes()).files
     ref = next(f for f in files if f.reference == l1 and f.repo_size > 1000)
     held = sets / l1 / f"{ref.name}.lz4"
     original = held.read_bytes()
@@ -109,10 +109,11 @@ def test_verify_reads_only_the_restored_set(
 
 def test_verify_finds_a_missing_wal_segment(
     pgbackrest_archiving: tuple[Any, dict[str, Any]],
-    two_sets: tuple[BackupManager, Manifest, Manifest],
+    two_sets: tuple[BackupManager, Manifest, Manifest], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The WAL from the backup's start through its restore point must be in the archive, and
-    only that: pgbackrest verify 2.45 says such a backup is valid."""
+    only that: pgbackrest verify 2.45 says such a backup is valid. Also with a pgBackRest that
+    verifies one set itself (2.45 taken for one: it accepts --set and verifies everything)."""
     cluster, _ = pgbackrest_archiving
     manager, first, _second = two_sets
     segments = _check(manager, first).rsplit(" and WAL ", 1)[1].split(" ")[0].split("..")
@@ -128,5 +129,11 @@ def test_verify_finds_a_missing_wal_segment(
                                                 f"{archive}$"):
             manager.verify("pb-first")
         assert manager.verify("pb-second").id == "pb-second"  # its WAL is elsewhere
+        monkeypatch.setattr(pgbackrest, "VERIFY_SET_SINCE", (2, 45))
+        with pytest.raises(BackupCorrupt, match=f"WAL segment {last}, which the restore needs"):
+            manager.verify("pb-first")
     finally:
         aside.rename(gone)
+    assert _check(manager, first) == (
+        f"set: pgbackrest verify --set={first.pgbackrest_label} and WAL "
+        f"{segments[0]}..{last} (content)")

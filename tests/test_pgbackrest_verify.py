@@ -126,7 +126,7 @@ def test_verify_set_from_the_files_it_needs(tmp_path: Path,
         verify()
 
     # the segment size from the backup's LSNs and segment names; pg_walfile_name's boundary
-    m = pgv.parse_manifest(manifest, "b1")
+    m = pgv.parse_manifest(manifest)
     assert pgv.wal_needed(m, "0/3000000") == (["000000010000000000000002"], SEG)
     small = pgv.SetManifest(**{**m.__dict__, "archive_start": "000000010000000000000040",
                                "archive_stop": "000000010000000000000041",

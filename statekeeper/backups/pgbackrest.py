@@ -51,8 +51,16 @@ from ..errors import (
 from ..files import publish, write_private
 from ..fingerprint import quote_ident
 from ..targets import Target, first_line
-from . import pgbackrest_verify as pgv
 from .model import Created, Hook, Manifest, MethodOptions, disk_free
+from .pgbackrest_verify import (
+    VERIFY_SET_SINCE,
+    NotVerifiable,
+    Verified,
+    parse_version,
+    read_verify_report,
+    verify_restore_wal,
+    verify_set,
+)
 from .pgtools import check_same_database, database_size, identity, stderr_line
 
 DEFAULT_REPO = "/var/lib/pgbackrest"
@@ -70,7 +78,7 @@ class PgBackRestMethod:
     #: (benchmarks/restore_bench.py compares the two)
     whole_repository = False
     #: what the last :meth:`check` verified, and how
-    last_check: pgv.Verified | None = None
+    last_check: Verified | None = None
 
     def __init__(
         self,
@@ -402,43 +410,37 @@ class PgBackRestMethod:
                 f"backup {manifest.id}: pgBackRest's backup.manifest for {label} in the "
                 "repository differs from the copy taken at backup time"
             )
-        version = pgv.parse_version(self._run("version", what="pgbackrest version", timeout=60))
-        whole = "pgbackrest verify of the whole repository"
-        if self.whole_repository:
-            reason = "asked for"
-        elif version >= pgv.VERIFY_SET_SINCE:
-            out = self._run("verify", f"--set={label}", "--output=text", "--verbose",
-                            what="pgbackrest verify")
-            pgv.read_verify_report(out, manifest.id, label)
-            m = pgv.parse_manifest(repo_copy, manifest.id)
-            archive = self.repo_path() / "archive" / self.stanza
-            try:  # verify --set checks the WAL through the backup's end, not the restore point
-                wal = pgv.verify_wal(manifest.id, m, archive, manifest.restore_point_lsn)
-                how = "content"
-            except pgv.NotVerifiable:
-                wal = pgv.verify_wal(manifest.id, m, archive, manifest.restore_point_lsn,
-                                     content=False)
-                how = "presence"
-            self.last_check = pgv.Verified(
-                "set", f"pgbackrest verify --set={label}, and WAL {wal[0]}..{wal[-1]} "
-                       f"({how})", wal=tuple(wal))
-            return
-        else:
-            try:
-                self.last_check = pgv.verify_set(
-                    manifest.id, repo_copy, self.repo_path(), self.stanza,
-                    manifest.restore_point_lsn, repo_type=self._option("repo1-type"),
-                    repo_host=self._option("repo1-host"),
-                    cipher_type=self._option("repo1-cipher-type"))
-                return
-            except pgv.NotVerifiable as e:
-                reason = str(e)
+        version = parse_version(self._run("version", what="pgbackrest version", timeout=60))
+        local = {"repo_type": self._option("repo1-type"), "repo_host": self._option("repo1-host")}
         try:
-            out = self._run("verify", "--output=text", "--verbose", what="pgbackrest verify")
+            if self.whole_repository:
+                raise NotVerifiable("asked for")
+            if version < VERIFY_SET_SINCE:
+                self.last_check = verify_set(
+                    manifest.id, repo_copy, self.repo_path(), self.stanza,
+                    manifest.restore_point_lsn, cipher_type=self._option("repo1-cipher-type"),
+                    **local)
+                return
+            args: tuple[str, ...] = (f"--set={label}",)
+        except NotVerifiable as e:
+            args, reason = (), str(e)
+        try:
+            out = self._run("verify", *args, "--output=text", "--verbose",
+                            what="pgbackrest verify")
         except BackupError as e:
             raise BackupCorrupt(f"backup {manifest.id}: {e}") from e
-        pgv.read_verify_report(out, manifest.id, label)
-        self.last_check = pgv.Verified("repository", f"{whole} ({reason})")
+        read_verify_report(out, manifest.id, label)
+        if not args:
+            self.last_check = Verified(
+                "repository", f"pgbackrest verify of the whole repository ({reason})")
+            return
+        how = f"pgbackrest verify --set={label}"
+        try:  # --set verifies the WAL through the backup's end, not through the restore point
+            wal = verify_restore_wal(manifest.id, repo_copy, self.repo_path(), self.stanza,
+                                     manifest.restore_point_lsn, **local)
+            self.last_check = Verified("set", f"{how} {wal.how}", wal=wal.wal)
+        except NotVerifiable as e:
+            self.last_check = Verified("set", f"{how} (the WAL after it not read: {e})")
 
     # -- restore -----------------------------------------------------------------------------
     def _running(self) -> bool:

@@ -78,6 +78,7 @@ class SetManifest:
     label: str
     compress_type: str
     bundle: bool
+    bundle_raw: bool  # bundled files compressed without headers (pgBackRest 2.46 on)
     encrypted: bool
     archive_start: str
     archive_stop: str
@@ -117,9 +118,11 @@ def read_ini(data: bytes) -> dict[str, dict[str, str]]:
     return sections
 
 
-def parse_manifest(data: bytes, backup_id: str) -> SetManifest:
+def parse_manifest(data: bytes) -> SetManifest:
     """The parts of a ``backup.manifest`` that say where the set's files are and what they
-    hold; BackupCorrupt when it is not one."""
+    hold. NotVerifiable when this module cannot read it: the bytes are pgBackRest's own (the
+    copy kept has its recorded sha256 and equals the repository's), so what fails is the
+    reading, not the backup."""
     try:
         ini = read_ini(data)
 
@@ -146,6 +149,7 @@ def parse_manifest(data: bytes, backup_id: str) -> SetManifest:
         return SetManifest(
             label=label, compress_type=str(compress),
             bundle=bool(value("backup", "backup-bundle", False)),
+            bundle_raw=bool(value("backup", "backup-bundle-raw", False)),
             encrypted="cipher" in ini,
             archive_start=str(value("backup", "backup-archive-start")),
             archive_stop=str(value("backup", "backup-archive-stop")),
@@ -154,9 +158,8 @@ def parse_manifest(data: bytes, backup_id: str) -> SetManifest:
             archive_id=f"{value('backup:db', 'db-version')}-{value('backup:db', 'db-id')}",
             files=tuple(files),
         )
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise BackupCorrupt(
-            f"backup {backup_id}: its pgBackRest backup.manifest cannot be read: {e}") from e
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise NotVerifiable(f"statekeeper cannot read this backup.manifest ({e!r})") from e
 
 
 # -- reading the repository -------------------------------------------------------------------
@@ -240,9 +243,9 @@ def verify_files(backup_id: str, m: SetManifest, backup_dir: Path) -> tuple[int,
     if ext is None:
         raise NotVerifiable(f"unknown compress type {m.compress_type}")
     if any(f.repo_checksum is None for f in m.files) and (
-            m.encrypted or m.compress_type in PROGRAMS):
-        raise NotVerifiable("files without a repository checksum in an encrypted or "
-                            f"{m.compress_type}-compressed set")
+            m.encrypted or m.bundle_raw or m.compress_type in PROGRAMS):
+        raise NotVerifiable("files without a repository checksum in an encrypted, raw-bundled "
+                            f"or {m.compress_type}-compressed set")
 
     def where(f: SetFile) -> tuple[Path, int | None]:
         holder = backup_dir / (f.reference or m.label)
@@ -395,23 +398,30 @@ def _check_segment(head: str, path: Path, sha1: str, ext: str, size: int,
 
 
 # -- the whole check --------------------------------------------------------------------------
+def _local(repo_type: str | None, repo_host: str | None) -> None:
+    if (repo_type or "posix") not in ("posix", "cifs"):
+        raise NotVerifiable(f"the repository is not a file system here (repo1-type={repo_type})")
+    if repo_host:
+        raise NotVerifiable(f"the repository is on another host (repo1-host={repo_host})")
+
+
 def verify_set(backup_id: str, manifest: bytes, repo: Path, stanza: str,
                restore_point_lsn: str | None, *, repo_type: str | None = None,
                repo_host: str | None = None, cipher_type: str | None = None) -> Verified:
     """The set of ``manifest`` and the WAL through its restore point, in the repository at
     ``repo`` (``repo1-path``; ``repo1-type`` posix or cifs, on this host, not encrypted), whose
     own copy of the manifest must be the same bytes."""
-    if (repo_type or "posix") not in ("posix", "cifs"):
-        raise NotVerifiable(f"the repository is not a file system here (repo1-type={repo_type})")
-    if repo_host:
-        raise NotVerifiable(f"the repository is on another host (repo1-host={repo_host})")
-    m = parse_manifest(manifest, backup_id)
+    _local(repo_type, repo_host)
+    m = parse_manifest(manifest)
     if m.encrypted or (cipher_type or "none") != "none":
         raise NotVerifiable("the repository is encrypted")
     here = repo / "backup" / stanza / m.label / "backup.manifest"
-    fh = _open(here, backup_id)
-    if fh is None:
-        raise NotVerifiable(f"{here} does not exist (is repo1-path set elsewhere?)")
+    try:
+        fh = here.open("rb")
+    except FileNotFoundError as e:
+        raise NotVerifiable(f"{here} does not exist (is repo1-path set elsewhere?)") from e
+    except OSError as e:  # say a repository on NFS that maps root to nobody
+        raise NotVerifiable(f"cannot read {here} ({e.strerror}) as uid {os.geteuid()}") from e
     with fh:
         if fh.read() != manifest:
             raise NotVerifiable(f"{here} is not the manifest pgbackrest repo-get returns")
@@ -423,6 +433,23 @@ def verify_set(backup_id: str, manifest: bytes, repo: Path, stanza: str,
              f"{m.compress_type}) and WAL {wal[0]}..{wal[-1]} ({len(wal)} segments)"),
         files=files, stored_bytes=stored, wal=tuple(wal),
     )
+
+
+def verify_restore_wal(backup_id: str, manifest: bytes, repo: Path, stanza: str,
+                       restore_point_lsn: str | None, *, repo_type: str | None = None,
+                       repo_host: str | None = None) -> Verified:
+    """After ``pgbackrest verify --set`` (which checks the WAL through the backup's end): the
+    WAL through the restore point, its content where it can be read here, else its presence."""
+    _local(repo_type, repo_host)
+    m = parse_manifest(manifest)
+    archive = repo / "archive" / stanza
+    if not archive.is_dir():
+        raise NotVerifiable(f"{archive} does not exist (is repo1-path set elsewhere?)")
+    try:
+        wal, how = verify_wal(backup_id, m, archive, restore_point_lsn), "content"
+    except NotVerifiable:
+        wal, how = verify_wal(backup_id, m, archive, restore_point_lsn, content=False), "presence"
+    return Verified("set", f"and WAL {wal[0]}..{wal[-1]} ({how})", wal=tuple(wal))
 
 
 def parse_version(text: str) -> tuple[int, ...]:
