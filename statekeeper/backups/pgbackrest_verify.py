@@ -327,11 +327,17 @@ def segment_size(m: SetManifest) -> int:
 
 def wal_needed(m: SetManifest, restore_point_lsn: str | None) -> tuple[list[str], int]:
     """The segments a restore to the restore point replays, oldest first, and their size."""
-    size = segment_size(m)
-    first = segment_number(m.archive_start, size)
-    last = segment_number(m.archive_stop, size)
-    if restore_point_lsn:
-        last = max(last, (lsn_value(restore_point_lsn) - 1) // size)  # as pg_walfile_name
+    if not all(re.fullmatch(r"[0-9A-F]{24}", x) for x in (m.archive_start, m.archive_stop)):
+        raise NotVerifiable(f"the backup records no WAL range ({m.archive_start!r}, "
+                            f"{m.archive_stop!r})")
+    try:
+        size = segment_size(m)
+        first = segment_number(m.archive_start, size)
+        last = segment_number(m.archive_stop, size)
+        if restore_point_lsn:  # the segment that holds the record ending there
+            last = max(last, (lsn_value(restore_point_lsn) - 1) // size)
+    except ValueError as e:
+        raise NotVerifiable(f"an LSN that cannot be read ({e})") from e
     timeline = m.archive_start[:8]
     return [segment_name(timeline, n, size) for n in range(first, last + 1)], size
 
