@@ -9,12 +9,13 @@ touches every page of ``pgbench_accounts``, so that each incremental holds it ag
 WAL that goes with it), it times, for backup 1 and each way of checking:
 
 * check: ``PgBackRestMethod.check`` alone (median of ``--reps``);
-* restore: ``BackupManager.restore`` (``report_damage=False``): the check, the server's stop,
-  ``pgbackrest restore --delta`` to the restore point, the start, the fingerprint comparison.
+* restore: ``BackupManager.restore`` (``report_damage=False``; median of ``--restores``): the
+  check, the server's stop, ``pgbackrest restore --delta`` to the restore point, the start,
+  the fingerprint comparison.
 
 Prints one table and the ratios (10 backups / 1 backup; per set / whole repository).
 
-    python benchmarks/restore_bench.py [--scale 5] [--reps 3] [--quick]
+    python benchmarks/restore_bench.py [--scale 5] [--reps 5] [--restores 3] [--quick]
 
 Run as root (the cluster and pgBackRest run as the postgres OS user) on a machine with
 PostgreSQL 15 server binaries and pgbackrest installed. The cluster runs with fsync=off, like
@@ -68,7 +69,8 @@ def backups(config: Path) -> int:
     return len(json.loads(out)[0]["backup"])
 
 
-def measure(manager: BackupManager, first: Manifest, reps: int) -> dict[str, tuple[float, float]]:
+def measure(manager: BackupManager, first: Manifest, reps: int,
+            restores: int) -> dict[str, tuple[float, float]]:
     """For each way of checking: (check, restore) seconds for backup ``first``; and under
     "info", the ``pgbackrest info`` that both checks start with."""
     info = PgBackRestMethod(manager.target, stanza=STANZA, config=manager.pgbackrest_config)
@@ -80,7 +82,9 @@ def measure(manager: BackupManager, first: Manifest, reps: int) -> dict[str, tup
         check = statistics.median(timed(lambda m=method: m.check(first)) for _ in range(reps))
         assert method.last_check is not None
         print(f"  {name}: {method.last_check.how}", file=sys.stderr)
-        restore = timed(lambda: manager.restore(first.id, report_damage=False))
+        restore = statistics.median(
+            timed(lambda: manager.restore(first.id, report_damage=False))
+            for _ in range(restores))
         out[name] = (check, restore)
     PgBackRestMethod.whole_repository = False
     return out
@@ -89,12 +93,14 @@ def measure(manager: BackupManager, first: Manifest, reps: int) -> dict[str, tup
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=int, default=5, help="pgbench -i scale (~15 MB each)")
-    ap.add_argument("--reps", type=int, default=3, help="checks timed per point (median)")
+    ap.add_argument("--reps", type=int, default=5, help="checks timed per point (median)")
+    ap.add_argument("--restores", type=int, default=3, help="restores timed per point")
     ap.add_argument("--more", type=int, default=9, help="backups added after the first")
-    ap.add_argument("--quick", action="store_true", help="scale 1, one check per point")
+    ap.add_argument("--quick", action="store_true",
+                    help="scale 1, one check and one restore per point")
     args = ap.parse_args()
     if args.quick:
-        args.scale, args.reps = 1, 1
+        args.scale, args.reps, args.restores = 1, 1, 1
     if shutil.which("pgbackrest") is None:
         sys.exit("pgbackrest is not installed")
 
@@ -120,7 +126,7 @@ def main() -> None:
                 count = backups(config)
                 print(f"{count} backup(s) in the repository:", file=sys.stderr)
                 mib, wal = repository(cluster.root)
-                rows.append((count, mib, wal, measure(manager, first, args.reps)))
+                rows.append((count, mib, wal, measure(manager, first, args.reps, args.restores)))
     finally:
         cluster.destroy()
         shutil.rmtree(work, ignore_errors=True)
@@ -145,7 +151,8 @@ def main() -> None:
 
     load = "/".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"database: {size / 1024 / 1024:.0f} MiB (pgbench -s {args.scale}); backup 1 checked "
-          f"and restored, check median of {args.reps}; load average {load}")
+          f"and restored, medians of {args.reps} checks and {args.restores} restores; "
+          f"load average {load}")
     print(line(head))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in table:
