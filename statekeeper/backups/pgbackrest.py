@@ -6,8 +6,9 @@ create:  ``pgbackrest backup`` (incremental, or full when the stanza has none), 
          ``pg_create_restore_point('statekeeper-<id>')``, then a WAL switch, waiting until that
          WAL segment is archived. The artifact kept in the backup directory is a copy of
          pgBackRest's own ``backup.manifest`` for the backup (``repo-get``), hashed like any
-         artifact; ``verify`` also compares it with the repository's and runs
-         ``pgbackrest verify``.
+         artifact; ``verify`` also compares it with the repository's and verifies that one
+         backup set and the WAL through its restore point (:mod:`.pgbackrest_verify`), not
+         the whole repository.
 restore: ``stop_command`` (when the server runs), ``pgbackrest restore --delta --type=name
          --target=<restore point> --target-action=pause|promote --set=<label>``,
          ``start_command``; as soon as the server accepts connections the caller's target
@@ -36,7 +37,6 @@ import configparser
 import json
 import os
 import pwd
-import re
 import shutil
 import subprocess
 import time
@@ -56,6 +56,15 @@ from ..files import publish, write_private
 from ..fingerprint import quote_ident
 from ..targets import Target, first_line
 from .model import Created, Hook, Manifest, MethodOptions, disk_free, noop
+from .pgbackrest_verify import (
+    VERIFY_SET_SINCE,
+    NotVerifiable,
+    Verified,
+    parse_version,
+    read_verify_report,
+    verify_restore_wal,
+    verify_set,
+)
 from .pgtools import check_same_database, database_size, identity, stderr_line
 
 DEFAULT_REPO = "/var/lib/pgbackrest"
@@ -71,6 +80,11 @@ class PgBackRestMethod:
     whole_cluster = True  # a restore rewinds every database of the cluster
     restarts_server = True  # stop_command, pgbackrest restore, start_command
     artifact_name = "backup.manifest"
+    #: check with ``pgbackrest verify`` of the whole repository, as before per-set checks
+    #: (benchmarks/restore_bench.py compares the two)
+    whole_repository = False
+    #: what the last :meth:`check` verified, and how
+    last_check: Verified | None = None
 
     def __init__(
         self,
@@ -378,7 +392,12 @@ class PgBackRestMethod:
     # -- verify ------------------------------------------------------------------------------
     def check(self, manifest: Manifest) -> None:
         """The backup must still be in the repository, its manifest there identical to the
-        copy kept, and ``pgbackrest verify`` must find the repository's files intact."""
+        copy kept, and its set intact: only the files of this set and the WAL from its start
+        through its restore point (statekeeper/backups/pgbackrest_verify.py; ``pgbackrest verify
+        --set`` from 2.55.0 on), so that the check does not grow with the repository. Where
+        the set cannot be read here (another repository type or host, encryption, no lz4 or
+        zstd program for the WAL), ``pgbackrest verify`` of the whole repository, as before.
+        :attr:`last_check` says which was done."""
         label = manifest.pgbackrest_label
         if not label:
             raise BackupCorrupt(f"backup {manifest.id}: manifest has no pgBackRest label")
@@ -397,23 +416,37 @@ class PgBackRestMethod:
                 f"backup {manifest.id}: pgBackRest's backup.manifest for {label} in the "
                 "repository differs from the copy taken at backup time"
             )
+        version = parse_version(self._run("version", what="pgbackrest version", timeout=60))
+        local = {"repo_type": self._option("repo1-type"), "repo_host": self._option("repo1-host")}
         try:
-            out = self._run("verify", "--output=text", "--verbose", what="pgbackrest verify")
+            if self.whole_repository:
+                raise NotVerifiable("asked for")
+            if version < VERIFY_SET_SINCE:
+                self.last_check = verify_set(
+                    manifest.id, repo_copy, self.repo_path(), self.stanza,
+                    manifest.restore_point_lsn, cipher_type=self._option("repo1-cipher-type"),
+                    **local)
+                return
+            args: tuple[str, ...] = (f"--set={label}",)
+        except NotVerifiable as e:
+            args, reason = (), str(e)
+        try:
+            out = self._run("verify", *args, "--output=text", "--verbose",
+                            what="pgbackrest verify")
         except BackupError as e:
             raise BackupCorrupt(f"backup {manifest.id}: {e}") from e
-        # verify exits 0 even when it finds damage: read its summary for this backup.
-        m = re.search(rf"backup: {re.escape(label)}, status: ([\w-]+)(.*)", out)
-        if m is None:
-            raise BackupCorrupt(
-                f"backup {manifest.id}: pgbackrest verify did not report backup {label}"
-            )
-        if m.group(1) != "valid":
-            details = [ln.strip() for ln in out[m.end():].splitlines()[1:3]
-                       if ln.strip() and not ln.strip().startswith(("backup:", "stanza:"))]
-            raise BackupCorrupt(
-                f"backup {manifest.id}: pgbackrest verify finds backup {label} "
-                f"{m.group(1)}{m.group(2)}" + (f" ({'; '.join(details)})" if details else "")
-            )
+        read_verify_report(out, manifest.id, label)
+        if not args:
+            self.last_check = Verified(
+                "repository", f"pgbackrest verify of the whole repository ({reason})")
+            return
+        how = f"pgbackrest verify --set={label}"
+        try:  # --set verifies the WAL through the backup's end, not through the restore point
+            wal = verify_restore_wal(manifest.id, repo_copy, self.repo_path(), self.stanza,
+                                     manifest.restore_point_lsn, **local)
+            self.last_check = Verified("set", f"{how} {wal.how}", wal=wal.wal)
+        except NotVerifiable as e:
+            self.last_check = Verified("set", f"{how} (the WAL after it not read: {e})")
 
     # -- restore -----------------------------------------------------------------------------
     def _data_dir(self) -> Path | None:
