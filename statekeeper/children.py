@@ -168,6 +168,7 @@ def stop_pid(pid: int) -> None:
     for t in targets:
         with contextlib.suppress(ProcessLookupError):
             os.kill(t, signal.SIGTERM)
+            os.kill(t, signal.SIGCONT)  # a stopped process (Ctrl-Z) acts on SIGTERM only then
     deadline = time.monotonic() + KILL_GRACE_S * 5
     while alive() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -4,6 +4,7 @@ stanza's lock (issue 14)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -145,14 +146,17 @@ def test_orphaned_pgbackrest_backup_is_stopped_and_resume_finishes_forward(
                 return False
 
         _wait_for(holds, "the orphan to take the lock", timeout=20)
+        # stopped where it holds the lock, so that it cannot finish before resume finds it
+        # (resume's stop continues it to deliver its SIGTERM)
+        os.killpg(orphan.pid, signal.SIGSTOP)
         res = proj.cli("resume")
         out = res.stdout + res.stderr
         run = command.status(proj.settings())
         assert run.state == "completed", out
         assert orphan.poll() is not None, "the orphan still runs"
     finally:
-        if orphan.poll() is None:
-            orphan.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(orphan.pid, signal.SIGKILL)
         orphan.wait()
     export = tmp_path / "ledger.export"
     command.ledger_export(proj.settings(), export)
