@@ -321,6 +321,7 @@ def backup_restore(
     from .migrations.lock import TargetLock
 
     manager = backup_manager(settings, target_url)
+    manager.get(backup_id)  # an unknown id is a usage error (exit 2) before anything else
     if manager.target is None:
         return manager.restore(backup_id, allow_other_database=allow_other_database)
     lock = TargetLock(manager.target, clock.now)

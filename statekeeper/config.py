@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, unquote_plus
 
 from .errors import ConfigError
 
@@ -316,7 +316,7 @@ def load_config(
             where = f"{path}: [{section}] {key}"
             if (section, key) in URL_KEYS:
                 raw[section][key] = _check_url(
-                    interpolate_url(str(value), where, env), str(value), where, base
+                    interpolate_url(str(value), where, env), str(value), where, base, env
                 )
             else:
                 raw[section][key] = _interpolate(value, where, env)
@@ -375,7 +375,8 @@ def _names(value: list[Any], where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _check_url(url: str, template: str, where: str, base: Path) -> str:
+def _check_url(url: str, template: str, where: str, base: Path,
+               env: Mapping[str, str] | None = None) -> str:
     """Refuse a URL that is not one, up front, naming the file and key. The message shows the
     URL as written (``${VAR}`` references, not their values, and no password): in a URL that
     does not parse, a value from the environment can sit anywhere."""
@@ -394,7 +395,11 @@ def _check_url(url: str, template: str, where: str, base: Path) -> str:
         if err is not None:
             said = _one_line(err)
             # the driver quotes the parameter: one made from an environment value (a password
-            # in the wrong place) is not shown
+            # in the wrong place) is not shown, nor any value the URL took from it
+            for name in set(re.findall(r"\$\{(\w+)\}", template)):
+                value = (env or {}).get(name, "")
+                for form in {value, unquote(value), unquote_plus(value)} - {""}:
+                    said = said.replace(form, "***")
             said = re.sub(r'"([^"]*)"', lambda m: m.group(0) if m.group(1) in template
                           else "(a name taken from the environment, not shown)", said)
             raise ConfigError(f"{where} {shown!r}: {said}") from err

@@ -21,7 +21,14 @@ from ledger import Ledger, VerifyResult
 from . import clock, files
 from ._version import __version__
 from .cluster import cluster_plan
-from .errors import ConfigError, HistoryError, IntegrityError, LockHeld, NeedsAttention
+from .errors import (
+    ConfigError,
+    HistoryError,
+    IntegrityError,
+    LockHeld,
+    NeedsAttention,
+    TargetUnreachable,
+)
 from .lease import Holder
 from .machine import FORWARD, IN_FLIGHT, TERMINAL
 from .plan import BackupPlan, ClusterPlan, Plan, PlannedCommand, PlannedMigration, ReleasePlan
@@ -281,7 +288,16 @@ def holding(
                 what=f"cluster {cluster.system_identifier}",
             )
         try:
-            with session.migrator.lock(run_id=run_id, defer_unreachable=server_may_be_down):
+            with contextlib.ExitStack() as stack:
+                try:
+                    stack.enter_context(session.migrator.lock(
+                        run_id=run_id, defer_unreachable=server_may_be_down))
+                except TargetUnreachable as e:
+                    if not takeover:
+                        raise
+                    raise TargetUnreachable(
+                        f"{e}: run {run_id} needs the target's server; start it, then "
+                        f"'statekeeper resume {run_id}'") from e
                 yield previous
         finally:
             if whole is not None:
@@ -377,8 +393,9 @@ def resume(
             _checkpoint(settings, lg, run, only_if_missing=True)
             return run
         runner = Runner(session, observer, run)
+        restarts = session.backups is not None and session.backups.restarts_server
         with (holding(session, run_id, takeover=True, cluster=run.plan.cluster,
-                      server_may_be_down=True) as previous,
+                      server_may_be_down=restore_comes_first(run, restarts)) as previous,
               _closing(session, runner)):
             mode = "rollback" if rollback else "forward"
             runner.lease_events(previous, resumed=True, mode=mode)
@@ -394,6 +411,26 @@ def resume(
             elif state == "planned":
                 runner.transition("begin")
             return runner.drive()
+
+
+def restore_comes_first(run: Run, restarts_server: bool) -> bool:
+    """Is the first thing ``resume`` does to the target a restore by a method that stops and
+    starts the server (so that it may, and must be able to, go on with the server down)? The
+    step in doubt, the next step, or for a ``failed`` run the restore it retries."""
+    from .policy import next_action
+    from .steps import Step
+
+    if not restarts_server:
+        return False
+    if run.open_step is not None:
+        return run.open_step.kind == "restore"
+    if run.state == "failed":
+        return bool(run.steps) and run.steps[-1].kind == "restore"
+    try:
+        action = next_action(run)
+    except Exception:  # a history the policy cannot read: resume's replay will say so
+        return False
+    return isinstance(action, Step) and action.kind == "restore"
 
 
 def _run_to_resume(session: Session) -> str:
@@ -533,8 +570,6 @@ def server_state(settings: Settings, run: Run) -> ServerState | None:
     when there is nothing to say (a finished run, a file, another target configured)."""
     from .backups.manager import method_class
     from .errors import TargetError, TargetUnreachable
-    from .policy import next_action
-    from .steps import Step
     from .targets import Target
 
     cfg = settings.config
@@ -551,18 +586,13 @@ def server_state(settings: Settings, run: Run) -> ServerState | None:
         return ServerState(True)  # it answers (a refused login is not this question)
     else:
         return ServerState(True)
-    kind = run.open_step.kind if run.open_step is not None else None
-    if kind is None and run.state != "failed":
-        with contextlib.suppress(Exception):
-            action = next_action(run)
-            kind = action.kind if isinstance(action, Step) else None
     restarts = cfg.backup.enabled and method_class(cfg.backup_method()).restarts_server
-    if kind == "restore" and restarts:
+    if restore_comes_first(run, restarts):
         what = (f"'statekeeper resume {run.run_id}' redoes the interrupted restore and starts "
-                "the server (the ledger lease guards the run meanwhile)")
+                "the server (the ledger lease guards the run meanwhile); do not start it "
+                "by hand")
     else:
-        what = (f"start the server, then 'statekeeper resume {run.run_id}' (its next step "
-                f"{'' if kind is None else kind + ' '}needs the server)")
+        what = f"start the server, then 'statekeeper resume {run.run_id}'"
     return ServerState(False, error, what)
 
 

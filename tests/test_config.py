@@ -219,10 +219,12 @@ def test_a_bad_url_is_refused_at_load_naming_file_and_key(
 def test_a_password_expanded_into_a_parameter_name_is_not_shown(tmp_path: Path) -> None:
     """Found by tests/test_config_fuzz.py: ${PW} written in the query string, where libpq
     names the unknown parameter (the password) in its error."""
-    msg = refused(tmp_path, '[target]\nurl = "postgresql://audit@db/app?${PW}sslmode=require"\n',
-                  PW="Zq9Secr3tW@/#%")
-    assert "Zq9Secr3tW" not in msg
-    assert msg.endswith("invalid connection option (a name taken from the environment, not shown)")
+    for pw in ("Zq9Secr3tW@/#%", 'Zq9"Secr3tW', "Zq9Secr3tW%41"):
+        msg = refused(tmp_path, '[target]\nurl = "postgresql://audit@db/app?${PW}sslmode=require"\n',
+                      PW=pw)
+        assert "Secr3tW" not in msg, msg
+        assert msg.endswith("invalid connection option "
+                            "(a name taken from the environment, not shown)"), msg
 
 
 def test_an_unknown_connection_parameter_is_a_config_error_without_the_password() -> None:

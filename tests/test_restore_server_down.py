@@ -148,7 +148,7 @@ def _stopped(pid: int) -> bool:
     return fields[0] == "T"
 
 
-def test_a_forward_step_with_the_server_down_stops_with_the_way_out_and_records_no_step(
+def test_a_forward_resume_with_the_server_down_stops_with_the_way_out_and_records_nothing(
     pgbackrest_archiving: tuple[Any, dict[str, Any]], tmp_path: Path
 ) -> None:
     cluster, kwargs = pgbackrest_archiving
@@ -167,10 +167,10 @@ def test_a_forward_step_with_the_server_down_stops_with_the_way_out_and_records_
         assert last.startswith(f"error: target {p.target().display}: connection failed: "), last
         assert "Connection refused" in last
         assert last.endswith(
-            f"step migrate:001_bump_qty of run {run.run_id} needs the target's server; start "
-            f"it, then 'statekeeper resume {run.run_id}'"), last
+            f"Connection refused: run {run.run_id} needs the target's server; start it, then "
+            f"'statekeeper resume {run.run_id}'"), last
         after = command.status(p.settings())
-        assert after.state == run.state and len(after.steps) == steps  # no step recorded
+        assert after.position == run.position and len(after.steps) == steps  # nothing recorded
         subprocess.run(kwargs["start_command"], shell=True, check=True, capture_output=True)
         done = p.cli("resume", run.run_id)
         assert done.returncode == 0, done.stdout + done.stderr

@@ -21,7 +21,7 @@ from typing import IO
 
 from .. import children
 from ..dialects.pg_fingerprint import pg_fingerprint
-from ..errors import BackupError, TargetError
+from ..errors import BackupError, TargetError, TargetUnreachable
 from ..files import CHILD_UMASK, publish, touch_private
 from ..targets import Target, first_line
 from .model import Created, Hook, Manifest, MethodOptions, disk_free, noop
@@ -69,6 +69,8 @@ class PgDumpMethod:
         tmp = workdir / f".{self.artifact_name}.partial"
         try:
             conn = self.target.connect()
+        except TargetUnreachable:
+            raise  # exit 3: nothing was done
         except TargetError as e:
             raise BackupError(str(e)) from e
         try:
@@ -154,6 +156,8 @@ class PgDumpMethod:
         psql = pg_tool("psql", self.pg_bin)
         try:
             conn = self.target.connect(autocommit=True)
+        except TargetUnreachable:
+            raise  # exit 3: nothing was done
         except TargetError as e:
             raise BackupError(str(e)) from e
         try:

@@ -34,12 +34,17 @@ time (``lock_wait``), before ``create`` runs its own.
 from __future__ import annotations
 
 import configparser
+import contextlib
+import fcntl
 import json
 import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +54,10 @@ from ..errors import (
     BackupCorrupt,
     BackupError,
     ConfigError,
+    LockHeld,
     RestoreIncomplete,
     TargetError,
+    TargetUnreachable,
 )
 from ..files import publish, write_private
 from ..fingerprint import quote_ident
@@ -71,7 +78,6 @@ DEFAULT_REPO = "/var/lib/pgbackrest"
 DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 DEFAULT_LOCK_PATH = "/tmp/pgbackrest"
 ANNOTATION = "statekeeper-backup-id"
-POSTMASTER_COMMANDS = frozenset({"postgres", "postmaster"})  # /proc/<pid>/comm of a server
 
 
 class PgBackRestMethod:
@@ -319,6 +325,8 @@ class PgBackRestMethod:
 
         try:
             conn = self.target.connect()
+        except TargetUnreachable:
+            raise  # exit 3: nothing was done
         except TargetError as e:
             raise BackupError(str(e)) from e
         try:
@@ -453,38 +461,36 @@ class PgBackRestMethod:
         data = self._option("pg1-path")
         return Path(data) if data else None
 
-    def _postmaster(self) -> tuple[Path, int | None] | None:
-        """``<pg1-path>/postmaster.pid`` and the live postgres process it names (None when
-        that process is gone, or the pid now belongs to another program); None without the
-        file. This is how the server's state is read when it does not answer."""
+    def _postmaster(self) -> Postmaster | None:
+        """What ``<pg1-path>/postmaster.pid`` says, None without the file: how the server's
+        state is read when it does not answer."""
         data = self._data_dir()
         if data is None:
             return None
         path = data / "postmaster.pid"
         try:
-            first = path.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
+            st = path.stat()
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         except FileNotFoundError:
             return None
         except OSError as e:
             raise RestoreIncomplete(f"cannot read {path}: {e.strerror or e}") from e
         try:
-            pid: int | None = int(first.strip())
-        except ValueError:
-            return path, None
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip()
-        except OSError:
-            return path, None
-        return path, (pid if comm in POSTMASTER_COMMANDS else None)
+            pid = int(lines[0].strip())
+        except (IndexError, ValueError):
+            pid = 0
+        return Postmaster(path, pid, _verdict(pid, data, st.st_mtime))
 
     def _running(self) -> bool:
-        """Is the server up? It answers, or its ``postmaster.pid`` names a live postgres (a
-        server starting, stopping or in recovery may not accept connections yet)."""
+        """Is the server up? It answers (or says it is starting or stopping), or its
+        ``postmaster.pid`` names a live process that is not provably someone else."""
         try:
             conn = self.target.connect(autocommit=True)
-        except TargetError:
+        except TargetError as e:
+            if any(w in str(e) for w in ("starting up", "shutting down", "in recovery")):
+                return True
             pm = self._postmaster()
-            return pm is not None and pm[1] is not None
+            return pm is not None and pm.verdict != "stale"
         conn.close()
         return True
 
@@ -540,16 +546,56 @@ class PgBackRestMethod:
             )
         if not manifest.restore_point or not manifest.pgbackrest_label:
             raise BackupCorrupt(f"backup {manifest.id}: manifest has no restore point or label")
-        pause = self._pause_at_target()
-        if self._running():
-            self._shell(self.stop_command, "stop_command")
-        pm = self._postmaster()
-        if pm is not None and pm[1] is not None:
-            raise RestoreIncomplete(
-                f"the server (pid {pm[1]}) still runs after stop_command; nothing was restored"
-            )
-        if pm is not None:
-            pm[0].unlink(missing_ok=True)  # the server died without removing it
+        with self._restoring():
+            pause = self._pause_at_target()
+            if self._running():
+                self._shell(self.stop_command, "stop_command")
+            pm = self._postmaster()
+            if pm is not None and pm.verdict == "running":
+                raise RestoreIncomplete(
+                    f"the server (pid {pm.pid}) still runs after stop_command; nothing was "
+                    "restored"
+                )
+            if pm is not None and pm.verdict == "unknown":
+                raise RestoreIncomplete(
+                    f"{pm.path} names pid {pm.pid}, which runs but is not provably this "
+                    "data directory's server (another namespace, or the pid reused); nothing "
+                    f"was restored: if the server is really down, remove {pm.path} and resume"
+                )
+            if pm is not None:
+                pm.path.unlink(missing_ok=True)  # the server died without removing it
+            self._restore(manifest, hook, reconnected, pause)
+
+    @contextlib.contextmanager
+    def _restoring(self) -> Iterator[None]:
+        """One restore of this stanza at a time on this host, whoever runs it (a ``resume``
+        whose target lock waits for the server, a ``backup restore``): an ``flock`` in
+        pgBackRest's lock path, held from the stop to the end of recovery."""
+        # pgBackRest's lock path when it exists (never created here: pgbackrest, running as
+        # the cluster's owner, must be able to write its own locks into it)
+        where = self._lock_path() if self._lock_path().is_dir() else Path(tempfile.gettempdir())
+        path = where / f"{self.stanza}-statekeeper-restore.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise ConfigError(f"cannot open restore lock {path}: {e.strerror or e}") from e
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                raise LockHeld(
+                    f"another restore of stanza {self.stanza} is running"
+                    + (f" ({holder})" if holder else "") + f"; lock file {path}"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _restore(self, manifest: Manifest, hook: Hook, reconnected: Hook, pause: bool) -> None:
+        assert self.start_command  # checked by restore()
         hook()
         try:
             self._run(
@@ -567,30 +613,38 @@ class PgBackRestMethod:
         """Until the server is out of recovery: as soon as it accepts a connection, the
         caller's lock (``reconnected``; another holder is waited for, the same bound); then,
         paused at the restore point, replay is resumed, which promotes it."""
-        from ..errors import LockHeld
-
         deadline = time.monotonic() + self.start_timeout
         last = "no connection"
-        locked = False
         taken: LockHeld | None = None
+        gone_since: float | None = None
         while time.monotonic() < deadline:
             try:
                 conn = self.target.connect(autocommit=True)
             except TargetError as e:
                 last = str(e)
                 if self._postmaster() is None:
-                    last += " (and no postmaster.pid: the server is not running)"
+                    # start_command returned and no server runs: it stopped (a pause at the
+                    # restore point with hot_standby off shuts it down; the retry promotes)
+                    gone_since = gone_since or time.monotonic()
+                    if time.monotonic() - gone_since > 5:
+                        raise RestoreIncomplete(
+                            f"the server stopped after start_command ({last}); see the "
+                            "server log" + ("; it was to pause at the restore point, which "
+                                            "shuts it down when hot_standby is off: resume "
+                                            "promotes instead" if pause else "")
+                        ) from e
+                else:
+                    gone_since = None
                 time.sleep(0.3)
                 continue
             try:
-                if not locked:
-                    reconnected()
-                    locked, taken = True, None
+                # every time: a server that restarted again in recovery ended the lock again
+                reconnected()
+                taken = None
                 if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                     return
                 last = "still in recovery"
-                if pause and conn.execute(
-                        "SELECT pg_get_wal_replay_pause_state() = 'paused'").fetchone()[0]:
+                if pause and conn.execute("SELECT pg_is_wal_replay_paused()").fetchone()[0]:
                     conn.execute("SELECT pg_wal_replay_resume()")
                     last = "promoting after the restore point"
             except LockHeld as e:
@@ -623,3 +677,38 @@ def _pgbr_error(text: str) -> str:
         if "ERROR:" in ln:
             return ln.split("ERROR:", 1)[1].strip()
     return stderr_line(text)
+
+
+@dataclass(frozen=True)
+class Postmaster:
+    """``postmaster.pid`` and what it is worth: ``running`` (its pid is a live process whose
+    working directory is the data directory: the server, alive), ``stale`` (no such process,
+    or the file is older than this boot: the server died without removing it), ``unknown``
+    (a live process that is not provably the server: a pid reused, another namespace, no
+    permission to look)."""
+
+    path: Path
+    pid: int
+    verdict: str
+
+
+def _verdict(pid: int, data: Path, mtime: float) -> str:
+    if pid <= 0 or _booted_at() > mtime:
+        return "stale"
+    if not Path(f"/proc/{pid}").exists():
+        return "stale"
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return "unknown"
+    return "running" if os.path.realpath(cwd) == os.path.realpath(data) else "unknown"
+
+
+def _booted_at() -> float:
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0.0

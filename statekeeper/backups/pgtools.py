@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackupError, ConfigError, TargetError, WrongDatabase
+from ..errors import BackupError, ConfigError, TargetError, TargetUnreachable, WrongDatabase
 from .model import OTHER_DATABASE_HINT, Manifest
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ def server_identity(target: Target) -> tuple[str, str | None]:
     """(server_version, system_identifier or None if not permitted)."""
     try:
         conn = target.connect(autocommit=True)
+    except TargetUnreachable:
+        raise  # exit 3: nothing was done
     except TargetError as e:
         raise BackupError(str(e)) from e
     try:
@@ -89,6 +91,8 @@ def database_size(target: Target, *, cluster: bool = False) -> int:
            else "SELECT pg_database_size(current_database())")
     try:
         conn = target.connect(autocommit=True)
+    except TargetUnreachable:
+        raise  # exit 3: nothing was done
     except TargetError as e:
         raise BackupError(str(e)) from e
     try:
@@ -109,7 +113,7 @@ def check_same_database(target: Target, m: Manifest, *, server_may_be_down: bool
         )
     try:
         sysid: str | None = server_identity(target)[1]
-    except BackupError:
+    except (BackupError, TargetUnreachable):
         if not server_may_be_down:
             raise
         return

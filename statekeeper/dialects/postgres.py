@@ -328,7 +328,7 @@ class PostgresDialect(Dialect):
 
 #: libpq's words for "no server there to talk to" (its socket errors carry no SQLSTATE)
 _NO_SERVER = (
-    "connection refused", "no such file or directory", "timeout expired",
+    "connection refused", "timeout expired",
     "could not translate host name", "server closed the connection unexpectedly",
     "no route to host", "network is unreachable", "failed to resolve host",
     # the server's own FATAL at connect (57P03), which libpq may report without its SQLSTATE
@@ -344,4 +344,8 @@ def _unreachable(e: BaseException) -> bool:
     if getattr(e, "sqlstate", None) == "57P03":  # cannot_connect_now: starting, stopping
         return True
     text = str(e).lower()
-    return getattr(e, "sqlstate", None) is None and any(w in text for w in _NO_SERVER)
+    if getattr(e, "sqlstate", None) is not None:
+        return False
+    # no socket file: nothing listens (a missing certificate file is not this)
+    no_socket = 'on socket "' in text and "no such file or directory" in text
+    return no_socket or any(w in text for w in _NO_SERVER)

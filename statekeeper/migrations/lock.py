@@ -28,10 +28,10 @@ if TYPE_CHECKING:
 def process_label(run_id: str | None) -> str:
     """Who holds the lock, as a second holder is told (and PostgreSQL's application_name,
     which keeps 63 bytes)."""
-    label = f"statekeeper pid={os.getpid()} host={socket.gethostname()}"
-    if run_id:
-        label += f" run={run_id}"
-    return label[:63]
+    head = f"statekeeper pid={os.getpid()} host="
+    tail = f" run={run_id}" if run_id else ""
+    # 63 bytes: a long host name is cut, never the run id a second holder is told
+    return head + socket.gethostname()[: max(0, 63 - len(head) - len(tail))] + tail
 
 
 class TargetLock:
@@ -58,6 +58,8 @@ class TargetLock:
         connections (TargetUnreachable) does not stop the block; the lock is then taken by
         :meth:`ensure`."""
         if self.depth:
+            if self._held is None:
+                self.ensure()  # held in name only: whatever the inner block does needs it
             self.depth += 1
             try:
                 yield
