@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .canonical import dumps, loads
+from .canonical import CanonicalError, dumps, loads
 from .chain import ChainVerifier, Head, KeyRecord, Seal, StoredEvent, check_extends
 from .checkpoint import Checkpoint, origin_for, parse_checkpoint, sign_checkpoint
 from .errors import ConfigurationError, IntegrityViolation
@@ -197,6 +197,15 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 _HEADER_KEYS = {"format", "version", "ledger_id", "stream", "keys"}
 
 
+def _spells(line: str, build: Callable[..., str], *values: Any) -> bool:
+    """Is ``line`` the canonical text ``build(*values)``? A value with no canonical form (an
+    integer beyond 2**53 read from the file) has none, so no line spells it."""
+    try:
+        return build(*values) == line
+    except CanonicalError:
+        return False
+
+
 def verify_export(
     path: Path, against: Checkpoint | None = None, trusted: Sequence[PublicKey] = ()
 ) -> ExportVerifyResult:
@@ -219,7 +228,7 @@ def verify_export(
         raise IntegrityViolation(None, "malformed event",
                                  f"{path}:1: the export header must have exactly the fields "
                                  f"{', '.join(sorted(_HEADER_KEYS))}")
-    if dumps(header) != first[1]:
+    if not _spells(first[1], dumps, header):
         # the header's keys decide what verifies: no other spelling of it is the export's
         raise IntegrityViolation(None, "malformed event",
                                  f"{path}:1: not the canonical text of the export header")
@@ -259,7 +268,7 @@ def verify_export(
             at = (v.last.seq + 1 if v.last else 1) if stream is None else None
             raise IntegrityViolation(at, "malformed event", f"{path}:{n}: not a JSON object") from e
         if isinstance(obj, dict) and set(obj) == {"checkpoint"}:
-            if respelled is None and dumps(obj) != line:
+            if respelled is None and not _spells(line, dumps, obj):
                 # after the checkpoint's own checks, which name the sharper reason
                 respelled = IntegrityViolation(
                     None, "malformed event", f"{path}:{n}: not the canonical text of the "
@@ -271,7 +280,7 @@ def verify_export(
         # The values verified; the text must be theirs too, exactly as exported: no other
         # spelling of the same JSON, and no "false" read as a boolean or "3" as a number.
         # Reported after the chain's own checks, which name the sharper reason when both fail.
-        if respelled is None and _event_line(ev, seal) != line:
+        if respelled is None and not _spells(line, _event_line, ev, seal):
             respelled = IntegrityViolation(
                 ev.seq, "malformed event", f"{path}:{n}: not the canonical text of its event"
             )

@@ -163,3 +163,16 @@ def test_a_timestamp_of_non_ascii_digits_is_malformed() -> None:
     with pytest.raises(ledger.IntegrityViolation) as e:
         ChainVerifier([]).feed(ev, None)
     assert (e.value.seq, e.value.reason) == (1, "malformed event")
+
+
+def test_an_export_header_integer_beyond_the_range_is_malformed(tmp_path: Path) -> None:
+    from tests.audit_fixture import make_audit_fixture
+
+    fx = make_audit_fixture(tmp_path / "fx")
+    header, rest = fx.export.read_text().split("\n", 1)
+    lid = json.loads(header)["ledger_id"]
+    bad = tmp_path / "big.jsonl"
+    bad.write_text(header.replace(f'"{lid}"', "99999999999999999999") + "\n" + rest)
+    with pytest.raises(ledger.IntegrityViolation) as e:
+        ledger.verify_export(bad)
+    assert (e.value.seq, e.value.reason) == (None, "malformed event")
