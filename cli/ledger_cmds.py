@@ -124,10 +124,24 @@ def ledger_verify_export(
             raise click.exceptions.Exit(exit_code_for(e)) from e
         raise
     if as_json:
-        emit_json({"ok": True, "events": r.events, "head_seq": r.head.seq,
-                   "head_hash": r.head.hash, "ledger_id": r.ledger_id, "stream": r.stream})
+        cp = r.checkpoint
+        emit_json({
+            "ok": True, "events": r.events, "head_seq": r.head.seq, "head_hash": r.head.hash,
+            "ledger_id": r.ledger_id, "stream": r.stream, "keys": list(r.keys),
+            "trusted_keys": list(r.trusted),
+            "checkpoint": {"seq": cp.seq, "hash": cp.head_hash, "key_id": cp.key_id},
+            "against": None if r.against is None else {
+                "seq": r.against.seq, "hash": r.against.head_hash, "key_id": r.against.key_id,
+                "events_after": r.events_after,
+            },
+            "proved": r.proved(), "not_proved": r.not_proved(),
+        })
         return
     what = f"stream {r.stream}" if r.stream else "ledger"
     click.echo(f"ok: {r.events} events of {what} verified, head seq {r.head.seq} {r.head.hash}")
+    for line in r.proved():
+        click.echo(f"proved: {line}")
+    for line in r.not_proved():
+        click.echo(f"not proved: {line}")
 
 

@@ -29,7 +29,8 @@ SEAL_CONTEXT = b"statekeeper-ledger-seal-v2\n"
 #: The on-disk format, recorded in the genesis payload. 2: a seal signs the extent of its
 #: append (first and last seq), and consecutive seals tile the chain.
 FORMAT_VERSION = 2
-_TIMESTAMP = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+# ASCII digits only: a str pattern's \d matches every Unicode decimal digit ("٢٠٢٦").
+_TIMESTAMP = re.compile(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z")
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 _sha256 = hashlib.sha256
 

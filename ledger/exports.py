@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .canonical import dumps, loads
+from .canonical import CanonicalError, dumps, loads
 from .chain import ChainVerifier, Head, KeyRecord, Seal, StoredEvent, check_extends
 from .checkpoint import Checkpoint, origin_for, parse_checkpoint, sign_checkpoint
 from .errors import ConfigurationError, IntegrityViolation
@@ -85,11 +85,100 @@ def _event_line(ev: StoredEvent, seal: Seal | None) -> str:
 
 @dataclass(frozen=True)
 class ExportVerifyResult:
+    """What :func:`verify_export` verified. :meth:`proved` and :meth:`not_proved` say it in
+    words (the CLI prints them; docs/compliance.md explains each)."""
+
     events: int
     head: Head
     ledger_id: str
     stream: str | None
     checkpoint: Checkpoint
+    #: the key ids the header lists (a full export: each introduced by the chain, in order)
+    keys: tuple[str, ...] = ()
+    #: the ``--against`` checkpoint the export was proved to extend
+    against: Checkpoint | None = None
+    #: the pinned key ids (``--trusted-key``), empty when none were given
+    trusted: tuple[str, ...] = ()
+    #: a stream export: the stream's last position (its events are numbered 1..position)
+    position: int = 0
+
+    @property
+    def events_after(self) -> int | None:
+        """Events after the ``--against`` checkpoint's seq (None without one)."""
+        return None if self.against is None else self.head.seq - self.against.seq
+
+    def proved(self) -> list[str]:
+        keys = ", ".join(k[:16] + "..." for k in self.keys)
+        cp = self.checkpoint
+        out: list[str] = []
+        if self.against is not None:
+            n, m = self.against.seq, self.events_after
+            out.append(
+                f"extends the checkpoint at seq {n} (hash {self.against.head_hash}): the "
+                f"export's first {n} events are the checkpointed history, unchanged; {m} "
+                f"{'event' if m == 1 else 'events'} after it {'verifies' if m == 1 else 'verify'}"
+            )
+        if self.stream is None:
+            out.append(
+                f"the export is internally consistent: events 1..{self.head.seq} are all "
+                "there, each hash matches its event, each links to the one before (globally "
+                "and in its stream), and every append is sealed by the key the chain had "
+                f"active then (keys introduced by the chain: {keys})"
+            )
+        else:
+            out.append(
+                f"stream {self.stream} is internally consistent: positions "
+                f"1..{self.position} are all there, each hash matches its event, each links "
+                f"to the stream's one before, and every append is sealed by a key the export "
+                f"lists ({keys})"
+            )
+        out.append(
+            f"the closing checkpoint (size {cp.seq}, hash {cp.head_hash}) is signed by key "
+            f"{cp.key_id[:16]}... and vouches for the last event"
+        )
+        if self.trusted:
+            out.append("every seal and the closing checkpoint are by a key given with "
+                       "--trusted-key")
+        return out
+
+    def not_proved(self) -> list[str]:
+        out: list[str] = []
+        if self.stream is not None:
+            out.append(
+                "that the stream has no events after its last position, or that the rest "
+                "of the ledger is intact: a stream export is not checked against the global "
+                "chain, and --against needs a full export"
+            )
+            out.append(
+                "when each key was active: a stream export does not carry the rotation "
+                "events, so a seal by a key rotated out is accepted (pin only the keys of the "
+                "period with --trusted-key, or verify a full export)"
+            )
+        elif self.against is None:
+            out.append(
+                "that nothing was cut or rewritten: without --against, only internal "
+                "consistency and the signatures of the keys in the export are proved; "
+                "deletion of a whole tail after the last checkpoint you hold cannot be detected, "
+                "nor a rewrite by the holder of the signing key"
+            )
+        else:
+            out.append(
+                f"anything after seq {self.against.seq}: those events are vouched for only by "
+                "the export's own seals, so a whole tail deleted after the checkpoint, or "
+                "rewritten there by the holder of the signing key, cannot be detected without "
+                "a later checkpoint"
+            )
+        if not self.trusted:
+            out.append(
+                "who signed: the keys are the export's own (its genesis event names the "
+                "first), so a ledger rebuilt under another key verifies too; pin the keys "
+                "you received out of band with --trusted-key"
+            )
+        out.append(
+            "when: recorded_at is the appending host's clock, sealed with the event but "
+            "attested by no one else"
+        )
+        return out
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -106,6 +195,15 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 _HEADER_KEYS = {"format", "version", "ledger_id", "stream", "keys"}
+
+
+def _spells(line: str, build: Callable[..., str], *values: Any) -> bool:
+    """Is ``line`` the canonical text ``build(*values)``? A value with no canonical form (an
+    integer beyond 2**53 read from the file) has none, so no line spells it."""
+    try:
+        return build(*values) == line
+    except CanonicalError:
+        return False
 
 
 def verify_export(
@@ -130,7 +228,7 @@ def verify_export(
         raise IntegrityViolation(None, "malformed event",
                                  f"{path}:1: the export header must have exactly the fields "
                                  f"{', '.join(sorted(_HEADER_KEYS))}")
-    if dumps(header) != first[1]:
+    if not _spells(first[1], dumps, header):
         # the header's keys decide what verifies: no other spelling of it is the export's
         raise IntegrityViolation(None, "malformed event",
                                  f"{path}:1: not the canonical text of the export header")
@@ -170,7 +268,7 @@ def verify_export(
             at = (v.last.seq + 1 if v.last else 1) if stream is None else None
             raise IntegrityViolation(at, "malformed event", f"{path}:{n}: not a JSON object") from e
         if isinstance(obj, dict) and set(obj) == {"checkpoint"}:
-            if respelled is None and dumps(obj) != line:
+            if respelled is None and not _spells(line, dumps, obj):
                 # after the checkpoint's own checks, which name the sharper reason
                 respelled = IntegrityViolation(
                     None, "malformed event", f"{path}:{n}: not the canonical text of the "
@@ -182,7 +280,7 @@ def verify_export(
         # The values verified; the text must be theirs too, exactly as exported: no other
         # spelling of the same JSON, and no "false" read as a boolean or "3" as a number.
         # Reported after the chain's own checks, which name the sharper reason when both fail.
-        if respelled is None and _event_line(ev, seal) != line:
+        if respelled is None and not _spells(line, _event_line, ev, seal):
             respelled = IntegrityViolation(
                 ev.seq, "malformed event", f"{path}:{n}: not the canonical text of its event"
             )
@@ -237,6 +335,14 @@ def verify_export(
             None, "unknown key", "closing checkpoint is not signed by a trusted key"
         )
     if against is not None:
+        if stream is not None:
+            raise ConfigurationError("--against needs a full-ledger export, not a stream export")
+        if against.stream is not None:
+            raise IntegrityViolation(
+                None, "checkpoint mismatch", f"--against checkpoint is one of stream "
+                f"{against.stream}, not of the whole ledger (its size counts the stream's "
+                "positions)",
+            )
         if against.ledger_id != ledger_id:
             raise IntegrityViolation(
                 None, "checkpoint mismatch", "--against checkpoint is for another ledger"
@@ -246,12 +352,14 @@ def verify_export(
             raise IntegrityViolation(
                 against.seq, "bad seal", "--against checkpoint signature does not verify"
             )
-        if stream is not None:
-            raise ConfigurationError("--against needs a full-ledger export, not a stream export")
         check_extends(v, against.seq, against.head_hash)
     if respelled is not None:
         raise respelled
-    return ExportVerifyResult(v.count, head, ledger_id, stream, cp)
+    return ExportVerifyResult(
+        v.count, head, ledger_id, stream, cp, keys=tuple(ids), against=against,
+        trusted=tuple(k.key_id for k in trusted),
+        position=v._streams[stream][0] if stream is not None and v.count else 0,
+    )
 
 
 def _parse_event(obj: Any, path: Path, n: int) -> tuple[StoredEvent, Seal | None]:

@@ -281,17 +281,46 @@ def test_export_and_verify_export(sk: Invoke, db_url: str, work: Path) -> None:
     assert (r.exit_code, r.stdout) == (0, "exported 2 events to a.jsonl\n")
 
     # Verifying an export needs no database and no key: no --ledger, no --key.
+    # It says what it proved and what it did not.
     r = run("ledger", "verify-export", "all.jsonl")
-    assert (r.exit_code, r.stdout) == (0, f"ok: 4 events of ledger verified, head seq 4 {h}\n")
+    out = r.stdout.splitlines()
+    assert (r.exit_code, out[0]) == (0, f"ok: 4 events of ledger verified, head seq 4 {h}")
+    assert out[1].startswith("proved: the export is internally consistent: events 1..4 ")
+    assert out[2].startswith(f"proved: the closing checkpoint (size 4, hash {h}) is signed")
+    assert out[3] == (
+        "not proved: that nothing was cut or rewritten: without --against, only internal "
+        "consistency and the signatures of the keys in the export are proved; deletion of a "
+        "whole tail after the last checkpoint you hold cannot be detected, nor a rewrite by "
+        "the holder of the signing key"
+    )
+    assert out[4].startswith("not proved: who signed: ")
+    assert out[5].startswith("not proved: when: recorded_at is the appending host's clock")
     r = run("ledger", "verify-export", "a.jsonl")
     assert r.exit_code == 0
-    assert r.stdout == f"ok: 2 events of stream run/a verified, head seq 4 {h}\n"
-    r = run("ledger", "verify-export", "all.jsonl", "--against", "cp.txt", "--json")
+    out = r.stdout.splitlines()
+    assert out[0] == f"ok: 2 events of stream run/a verified, head seq 4 {h}"
+    assert out[1].startswith("proved: stream run/a is internally consistent: positions 1..2 ")
+    assert out[3].startswith("not proved: that the stream has no events after its last ")
+    r = run("ledger", "verify-export", "all.jsonl", "--against", "cp.txt", "--json",
+            "--trusted-key", "k.pem.pub")
     assert r.exit_code == 0
-    assert json.loads(r.stdout) == {"ok": True, "events": 4, "head_seq": 4, "head_hash": h,
-                                    "ledger_id": json.loads((work / "all.jsonl").read_text()
-                                                            .splitlines()[0])["ledger_id"],
-                                    "stream": None}
+    doc = json.loads(r.stdout)
+    key = ledger.load_public_key(work / "k.pem.pub").key_id
+    proved, not_proved = doc.pop("proved"), doc.pop("not_proved")
+    assert doc == {"ok": True, "events": 4, "head_seq": 4, "head_hash": h,
+                   "ledger_id": json.loads((work / "all.jsonl").read_text()
+                                           .splitlines()[0])["ledger_id"],
+                   "stream": None, "keys": [key], "trusted_keys": [key],
+                   "checkpoint": {"seq": 4, "hash": h, "key_id": key},
+                   "against": {"seq": 4, "hash": h, "key_id": key, "events_after": 0}}
+    assert proved[0] == (
+        f"extends the checkpoint at seq 4 (hash {h}): the export's first 4 events are the "
+        "checkpointed history, unchanged; 0 events after it verify"
+    )
+    assert proved[-1] == "every seal and the closing checkpoint are by a key given with " \
+        "--trusted-key"
+    assert not_proved[0].startswith("anything after seq 4: ")
+    assert len(not_proved) == 2  # and the clock
     assert error(run("ledger", "verify-export", "a.jsonl", "--against", "cp.txt"), 2) == (
         "error: --against needs a full-ledger export, not a stream export"
     )
@@ -312,6 +341,22 @@ def test_export_and_verify_export(sk: Invoke, db_url: str, work: Path) -> None:
     sk("ledger", "checkpoint", "--out", "cp5.txt")
     assert error(run("ledger", "verify-export", "all.jsonl", "--against", "cp5.txt"), 4) == (
         "error: seq 5: truncated: log ends at seq 4, checkpoint vouches for seq 5"
+    )
+    r = sk("ledger", "export", "--out", "all5.jsonl")
+    r = run("ledger", "verify-export", "all5.jsonl", "--against", "cp.txt")
+    assert r.exit_code == 0
+    h5 = _head(db_url)[1]
+    assert r.stdout.splitlines()[:2] == [
+        f"ok: 5 events of ledger verified, head seq 5 {h5}",
+        f"proved: extends the checkpoint at seq 4 (hash {h}): the export's first 4 events "
+        "are the checkpointed history, unchanged; 1 event after it verifies",
+    ]
+    # a stream's checkpoint counts the stream's positions: never read as the ledger's seq
+    (work / "a-cp.txt").write_text(json.loads(
+        (work / "a.jsonl").read_text().splitlines()[-1])["checkpoint"])
+    assert error(run("ledger", "verify-export", "all5.jsonl", "--against", "a-cp.txt"), 4) == (
+        "error: ledger: checkpoint mismatch: --against checkpoint is one of stream run/a, not "
+        "of the whole ledger (its size counts the stream's positions)"
     )
     assert error(run("ledger", "verify-export", "missing.jsonl"), 2) == (
         "error: missing.jsonl: no such export file"

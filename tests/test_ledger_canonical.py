@@ -6,6 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import rfc8785  # the [test] extra: an independent RFC 8785 implementation
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.canonical import MAX_SAFE_INT, CanonicalError, dumps, is_canonical, loads
 
@@ -101,3 +104,65 @@ def test_loads_refuses_floats_and_duplicate_keys(text: str, message: str) -> Non
 )
 def test_is_canonical_rejects_other_texts_of_the_same_value(text: str) -> None:
     assert not is_canonical(text)
+
+
+# -- cross-check against an independent RFC 8785 implementation -------------------------------
+# The `rfc8785` package (Trail of Bits) implements the whole RFC, floats included. On the subset
+# statekeeper accepts (strings, integers within +-(2**53-1), booleans, null, lists, objects with
+# string keys) the two must give the same bytes; what statekeeper refuses beyond that subset is
+# listed in docs/compliance.md ("Canonical JSON").
+# Every character but lone surrogates (no UTF-8 form): controls, the escapes, U+2028, DEL,
+# non-ASCII and astral characters (a key above U+FFFF sorts by UTF-16 code units).
+_chars = st.characters(blacklist_categories=("Cs",))
+_text = st.one_of(
+    st.text(_chars, max_size=12),
+    st.text(st.sampled_from('"\\/\b\t\n\f\r\x00\x1f\x7f\u2028\u00e9\ufb33\U0001f600a'),
+            max_size=6),
+)
+_ints = st.one_of(
+    st.integers(-MAX_SAFE_INT, MAX_SAFE_INT),
+    st.sampled_from([0, -1, 1, MAX_SAFE_INT, -MAX_SAFE_INT, 2**31, -(2**31), 2**32]),
+)
+_scalars = st.one_of(st.none(), st.booleans(), _ints, _text)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5), st.dictionaries(_text, inner, max_size=5)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(_text, _values, max_size=6))
+def test_canonical_equals_rfc8785_on_the_accepted_subset(value: dict[str, Any]) -> None:
+    ours = dumps(value)
+    theirs = rfc8785.dumps(value)
+    assert ours.encode("utf-8") == theirs
+    # and rfc8785's text is canonical for statekeeper: it reads back to the same bytes
+    assert is_canonical(theirs.decode("utf-8"))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1.5, 1.0, 0.0, -0.0, 1e21, {"a": 0.5}],
+    ids=["float", "integral-float", "zero-float", "negative-zero", "big-float", "nested"],
+)
+def test_floats_rfc8785_encodes_are_refused(value: Any) -> None:
+    """RFC 8785 gives every float a text (ECMAScript's); statekeeper refuses them all, so an
+    auditor's canonicalizer never has to agree with ours on number formatting."""
+    rfc8785.dumps(value)
+    with pytest.raises(CanonicalError, match="floats are not allowed"):
+        dumps(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [MAX_SAFE_INT + 1, -MAX_SAFE_INT - 1, 10**30, "\ud800", {1: "x"}],
+    ids=["int-above", "int-below", "huge-int", "lone-surrogate", "int-key"],
+)
+def test_both_refuse_what_has_no_canonical_form(value: Any) -> None:
+    with pytest.raises(rfc8785.CanonicalizationError):
+        rfc8785.dumps(value)
+    with pytest.raises(CanonicalError):
+        dumps(value)

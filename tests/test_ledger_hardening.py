@@ -150,3 +150,29 @@ def test_a_checkpoint_size_must_be_ascii_digits() -> None:
     text = "statekeeper/abc\n\u00b2\n" + "A" * 43 + "=\n\n\u2014 statekeeper:x AAAA\n"
     with pytest.raises(ledger.ConfigurationError, match="is not a number"):
         ledger.parse_checkpoint(text, "cp")
+
+
+def test_a_timestamp_of_non_ascii_digits_is_malformed() -> None:
+    """The format is ASCII digits (docs/compliance.md): a str pattern's \\d would take any
+    Unicode decimal digit, so an auditor's stricter verifier would disagree."""
+    from ledger.chain import ZERO_HASH, ChainVerifier, StoredEvent
+
+    at = "\u0662\u0660\u0662\u0666-01-01T00:00:00.000000Z"
+    ev = StoredEvent(1, "ledger", 1, "ledger.genesis", at, "{}", "{}", True, ZERO_HASH,
+                     ZERO_HASH, ZERO_HASH)
+    with pytest.raises(ledger.IntegrityViolation) as e:
+        ChainVerifier([]).feed(ev, None)
+    assert (e.value.seq, e.value.reason) == (1, "malformed event")
+
+
+def test_an_export_header_integer_beyond_the_range_is_malformed(tmp_path: Path) -> None:
+    from tests.audit_fixture import make_audit_fixture
+
+    fx = make_audit_fixture(tmp_path / "fx")
+    header, rest = fx.export.read_text().split("\n", 1)
+    lid = json.loads(header)["ledger_id"]
+    bad = tmp_path / "big.jsonl"
+    bad.write_text(header.replace(f'"{lid}"', "99999999999999999999") + "\n" + rest)
+    with pytest.raises(ledger.IntegrityViolation) as e:
+        ledger.verify_export(bad)
+    assert (e.value.seq, e.value.reason) == (None, "malformed event")
