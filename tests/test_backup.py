@@ -18,6 +18,7 @@ from statekeeper.errors import (
     BackupNotFound,
     ConfigError,
     RestoreMismatch,
+    TargetUnreachable,
 )
 from statekeeper.fingerprint import Fingerprint, fingerprint
 from statekeeper.targets import Target
@@ -207,7 +208,7 @@ def test_pg_missing_pg_dump_and_unreachable_server(pg_url: str, tmp_path: Path) 
 
     down = Target.from_url(f"postgresql://postgres@127.0.0.1:{free_port()}/{t.database}")
     m2 = BackupManager(down, "pg_dump", tmp_path / "b")
-    with pytest.raises(BackupError, match="Connection refused"):
+    with pytest.raises(TargetUnreachable, match="Connection refused"):  # exit 3: nothing done
         m2.create("n2")
     assert m2.list() == [] and not (tmp_path / "b" / "n2").exists()
 
