@@ -27,8 +27,9 @@ DOWNTIME_RELEASE = (
     "release side recorded: from the start of the step that stopped the application (stop, or "
     "unstart in a rollback) to the end of the step that started it again (start, or unstop)")
 DOWNTIME_RUN = (
-    "no release side recorded (statekeeper neither stopped nor started the application): the "
-    "run's whole duration, an upper bound on the time its database was being changed")
+    "statekeeper did not stop the application (no release side recorded, or one without a stop "
+    "command): the run's whole duration, an upper bound on the time its database was being "
+    "changed")
 
 TERMINAL = ("completed", "rolled_back", "failed")
 RUN_STATES = ("completed", "rolled_back", "failed", "in_flight", "unreadable")
@@ -214,7 +215,7 @@ def _sessions(tz: TimeZone, events: Sequence[RunEvent]) -> list[dict[str, Any]]:
 
 
 def _downtime(tz: TimeZone, run: Run) -> dict[str, Any]:
-    if run.plan.release is None:
+    if run.plan.release is None or run.plan.release.stop is None:
         end = run.ended_at
         return {"basis": "run", "definition": DOWNTIME_RUN,
                 "ms": between_ms(run.created_at, end), "periods": [

@@ -131,7 +131,7 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
     para("Operations: " + ", ".join(f"{k} {n}" for k, n in summary["operations"].items())
          + f" (total {summary['operations_total']})")
     para(f"Time the application was down: {text.duration(summary['downtime_ms'])}. "
-         f"With a release side, {summary['downtime_definition']['release']}. Without one, "
+         f"When statekeeper stops the application, {summary['downtime_definition']['release']}. Otherwise, "
          f"{summary['downtime_definition']['run']}.", 8.5)
     if summary["rollbacks"]:
         table(("Run", "Ended", "Mode", "Why", "Verdict"),
@@ -162,7 +162,7 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
         if e["type"] == "run":
             rows.append(("Down time", f"{text.duration(e['downtime']['ms'])} ("
                          + ("release side" if e["downtime"]["basis"] == "release"
-                            else "no release side: the run's duration") + ")"))
+                            else "not stopped by statekeeper: the run's duration") + ")"))
             rows.append(("Resumes, takeovers", f"{e['resumes']}, {e['takeovers']}"))
         if e.get("truncated"):
             rows.append(("NOT TRUSTED", "events after the first bad seq are not shown"))
