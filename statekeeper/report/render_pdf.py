@@ -131,7 +131,8 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
     para("Operations: " + ", ".join(f"{k} {n}" for k, n in summary["operations"].items())
          + f" (total {summary['operations_total']})")
     para(f"Time the application was down: {text.duration(summary['downtime_ms'])}. "
-         f"When statekeeper stops the application, {summary['downtime_definition']['release']}. Otherwise, "
+         f"When statekeeper stops the application, "
+         f"{summary['downtime_definition']['release']}. Otherwise, "
          f"{summary['downtime_definition']['run']}.", 8.5)
     if summary["rollbacks"]:
         table(("Run", "Ended", "Mode", "Why", "Verdict"),
