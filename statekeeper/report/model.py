@@ -317,7 +317,7 @@ def run_entry(tz: TimeZone, run: Run, events: Sequence[RunEvent],
     backup_step = run.succeeded("backup")
     errors = [{"step": s.name, "at": tz.iso(s.ended_at), "message": s.error}
               for s in run.steps if s.status == "failed" and s.error]
-    if run.failure and not any(e["message"] in run.failure for e in errors):
+    if run.failure and not any(str(e["message"]) in run.failure for e in errors):
         errors.append({"step": None, "at": tz.iso(run.last_at), "message": run.failure})
     sessions = _sessions(tz, events)
     crashes = [{"at": s["at"], "what": f"the {s['command']} session ({_host(s['who'])}) ended "
