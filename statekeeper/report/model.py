@@ -38,7 +38,8 @@ OP_OUTCOMES = ("succeeded", "failed", "interrupted", "unreadable")
 
 def parse_utc(text: str) -> datetime:
     """The ledger's fixed-precision UTC text (``2024-05-01T12:00:00.000000Z``)."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    t = datetime.fromisoformat(text)  # C-fast; 3.11 reads the trailing Z as UTC
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 class TimeZone:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any
 
-from . import text
 from .source import Report
+from .text import duration, shown, timeline, when, who
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -24,8 +24,8 @@ def environment() -> Any:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(when=text.when, duration=text.duration, shown=text.shown, who=text.who,
-                       timeline=text.timeline)
+    env.filters.update(when=when, duration=duration, shown=shown, who=who,
+                       timeline=timeline)
     return env
 
 

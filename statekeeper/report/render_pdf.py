@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any
 
-from . import text
 from .source import Report
+from .text import duration, shown, when, who
 
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"),)
 
@@ -56,7 +56,7 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
             self.set_y(-12)
             self.set_font(sans, "", 7)
             self.cell(0, 5, clean(f"statekeeper audit report - generated "
-                                  f"{text.when(report.header['generated_at'])} - page "
+                                  f"{when(report.header['generated_at'])} - page "
                                   f"{self.page_no()}/{{nb}}"), align="C")
 
     pdf = Doc(orientation="P", unit="mm", format="A4")
@@ -110,7 +110,7 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
 
     heading("statekeeper audit report", 16)
     scope = report.header["scope"]
-    para(f"Generated {text.when(report.header['generated_at'])} by {report.header['tool']}; "
+    para(f"Generated {when(report.header['generated_at'])} by {report.header['tool']}; "
          f"times in {report.header['timezone']} with their offset from UTC. Scope: "
          + (f"run or operation {scope['run']}" if scope["run"] else "all runs and operations")
          + (f", created from {scope['since']}" if scope["since"] else "")
@@ -130,13 +130,13 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
          + f" (total {summary['runs_total']})")
     para("Operations: " + ", ".join(f"{k} {n}" for k, n in summary["operations"].items())
          + f" (total {summary['operations_total']})")
-    para(f"Time the application was down: {text.duration(summary['downtime_ms'])}. "
+    para(f"Time the application was down: {duration(summary['downtime_ms'])}. "
          f"When statekeeper stops the application, "
          f"{summary['downtime_definition']['release']}. Otherwise, "
          f"{summary['downtime_definition']['run']}.", 8.5)
     if summary["rollbacks"]:
         table(("Run", "Ended", "Mode", "Why", "Verdict"),
-              [(r["run"], r["state"], r["mode"], text.shown(r["reason"]), r["verdict"])
+              [(r["run"], r["state"], r["mode"], shown(r["reason"]), r["verdict"])
                for r in summary["rollbacks"]], (34, 18, 16, 80, 24))
 
     for e in entries:
@@ -155,13 +155,13 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
         else:
             rows.append(("Arguments", " ".join(f"{k}={v}" for k, v in sorted(e["args"].items()))
                          or "-"))
-            rows.append(("Confirmed", text.shown(e.get("confirmed"))))
-        rows += [("Target", text.shown(e.get("target"))), ("Who", text.who(e["who"])),
-                 ("Reason", text.shown(e.get("reason"))), ("Ticket", text.shown(e.get("ticket"))),
-                 ("Started", text.when(e["started_at"])), ("Ended", text.when(e["ended_at"])),
-                 ("Duration", text.duration(e["duration_ms"]))]
+            rows.append(("Confirmed", shown(e.get("confirmed"))))
+        rows += [("Target", shown(e.get("target"))), ("Who", who(e["who"])),
+                 ("Reason", shown(e.get("reason"))), ("Ticket", shown(e.get("ticket"))),
+                 ("Started", when(e["started_at"])), ("Ended", when(e["ended_at"])),
+                 ("Duration", duration(e["duration_ms"]))]
         if e["type"] == "run":
-            rows.append(("Down time", f"{text.duration(e['downtime']['ms'])} ("
+            rows.append(("Down time", f"{duration(e['downtime']['ms'])} ("
                          + ("release side" if e["downtime"]["basis"] == "release"
                             else "not stopped by statekeeper: the run's duration") + ")"))
             rows.append(("Resumes, takeovers", f"{e['resumes']}, {e['takeovers']}"))
@@ -171,47 +171,47 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
         if e["steps"]:
             table(("Step", "Outcome", "Started", "Ended", "Duration", "What"),
                   [(s["name"] + (f" (#{s['attempt']})" if s["attempt"] > 1 else ""),
-                    s["outcome"], text.when(s["started_at"]), text.when(s["ended_at"]),
-                    text.duration(s["duration_ms"]),
+                    s["outcome"], when(s["started_at"]), when(s["ended_at"]),
+                    duration(s["duration_ms"]),
                     s["detail"] + (f" ERROR: {s['error']}" if s["error"] else ""))
                    for s in e["steps"]], (30, 18, 34, 34, 14, 60))
         b = e.get("backup")
         if b:
-            kv([("Backup", f"{b['backup_id']} ({text.shown(b['method'])}, "
-                 f"{text.shown(b['size'])} bytes)"), ("Backup sha256", text.shown(b["sha256"]))])
+            kv([("Backup", f"{b['backup_id']} ({shown(b['method'])}, "
+                 f"{shown(b['size'])} bytes)"), ("Backup sha256", shown(b["sha256"]))])
         if e.get("migrations"):
             table(("Migration", "", "checksum", "file sha256"),
-                  [(m["migration"], m["direction"], text.shown(m["checksum"]),
-                    text.shown(m["file_sha256"])) for m in e["migrations"]], (40, 16, 67, 67))
+                  [(m["migration"], m["direction"], shown(m["checksum"]),
+                    shown(m["file_sha256"])) for m in e["migrations"]], (40, 16, 67, 67))
         rel = e.get("release")
         if rel:
             kv([("Release link", rel["link"]),
-                ("Planned", f"{text.shown(rel['from'])} -> {rel['to']}")]
-               + [(s["step"], f"{text.shown(s['from'])} -> {text.shown(s['to'])}")
+                ("Planned", f"{shown(rel['from'])} -> {rel['to']}")]
+               + [(s["step"], f"{shown(s['from'])} -> {shown(s['to'])}")
                   for s in rel["switches"]]
-               + [(f"config ({f['step']})", f"{f['path']}: hmac {text.shown(f['hmac'])}")
+               + [(f"config ({f['step']})", f"{f['path']}: hmac {shown(f['hmac'])}")
                   for f in rel["config_files"]])
         if e.get("health"):
             table(("Step", "Check", "Result", "Message"),
-                  [(h["step"], text.shown(h["name"]), "passed" if h["ok"] else "failed",
+                  [(h["step"], shown(h["name"]), "passed" if h["ok"] else "failed",
                     h["message"] or "") for h in e["health"]], (25, 50, 20, 95))
         rb = e.get("rollback")
         if rb:
-            kv([("Rollback: why", text.shown(rb["reason"])), ("Mode", rb["mode"]),
-                ("Fingerprint before", text.shown(rb["fingerprint_before"])),
-                ("Fingerprint after", text.shown(rb["fingerprint_after"])),
+            kv([("Rollback: why", shown(rb["reason"])), ("Mode", rb["mode"]),
+                ("Fingerprint before", shown(rb["fingerprint_before"])),
+                ("Fingerprint after", shown(rb["fingerprint_after"])),
                 ("Verdict", rb["verdict"] + (": " + "; ".join(rb["differences"])
                                               if rb["differences"] else ""))]
                + ([("Written before backup", "; ".join(rb["written_before_backup"]))]
                   if rb["written_before_backup"] else []))
         for s in e.get("sessions") or []:
             took = s["took_over"]
-            para(f"{s['command']} at {text.when(s['at'])} by {text.who(s['who'])}"
+            para(f"{s['command']} at {when(s['at'])} by {who(s['who'])}"
                  + (f", took over from {took['from_host']} pid {took['from_pid']}: "
                     f"{took['reason']}" if took else "")
                  + f"; {s['ended']}" + (f": {s['error']}" if s["error"] else ""), 8)
         for c in e.get("crashes") or []:
-            para(f"Crash: {text.when(c['at'])}: {c['what']}", 8, "B")
+            para(f"Crash: {when(c['at'])}: {c['what']}", 8, "B")
         for x in e.get("errors") or []:
             para(f"Error{' in ' + x['step'] if x['step'] else ''}: {x['message']}", 8)
 
@@ -219,7 +219,7 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
     heading("Ledger and how to verify it")
     cp = f["verified_against"]
     kv([("Integrity", integrity["message"]), ("Ledger", f["ledger"]),
-        ("Ledger id", text.shown(f["ledger_id"])),
+        ("Ledger id", shown(f["ledger_id"])),
         ("Head", f"seq {f['head']['seq']}, {f['head']['hash']}"),
         ("Verified against", f"{cp['file']}: seq {cp['seq']}, {cp['hash']}" if cp
          else "no outside checkpoint given"),
