@@ -7,13 +7,22 @@ import atexit
 import gc
 import sys
 
-from . import backup_cmds, health_cmds, keys_cmds, ledger_cmds, migrate_cmds, upgrade_cmds
+from . import (
+    backup_cmds,
+    health_cmds,
+    keys_cmds,
+    ledger_cmds,
+    migrate_cmds,
+    report_cmds,
+    upgrade_cmds,
+)
 from .root import cli
 
 __all__ = ["cli", "main"]
 
 for _command in (backup_cmds.backup, health_cmds.health, keys_cmds.keys,
-                 ledger_cmds.ledger_group, migrate_cmds.migrate, *upgrade_cmds.COMMANDS):
+                 ledger_cmds.ledger_group, migrate_cmds.migrate, report_cmds.report,
+                 *upgrade_cmds.COMMANDS):
     cli.add_command(_command)
 
 

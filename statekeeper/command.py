@@ -476,3 +476,34 @@ def history(settings: Settings) -> list[Run | Unreadable]:
     from . import upgrade
 
     return upgrade.history(settings)
+
+
+# -- report (issue 10) -----------------------------------------------------------------------
+@boundary
+def report(
+    settings: Settings,
+    fmt: str,
+    out: Path,
+    run_id: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    against: Path | None = None,
+    tz: str | None = None,
+) -> Any:
+    """Write an audit report (html, pdf, csv, json) replayed from the verified ledger; returns
+    a :class:`statekeeper.report.ReportResult`. A ledger that fails verification still gets
+    its report (saying so at the top); the result's ``ok`` is False and the CLI exits 4."""
+    from . import clock
+    from ._version import __version__
+    from .report import Scope, parse_range, parse_tz, write_report
+
+    zone = parse_tz(tz)
+    start, end = parse_range(since, until, zone)
+    cp = read_checkpoint(against) if against else None
+    with settings.open_ledger(signing=False, create=False) as lg:
+        return write_report(
+            lg, fmt, out, scope=Scope(run_id, start, end), tz=zone,
+            generated_at=zone.iso(clock.stamp(clock.now())) or "", against=cp,
+            against_file=None if against is None else str(against),
+            tool=f"statekeeper {__version__}",
+        )

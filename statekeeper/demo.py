@@ -383,6 +383,18 @@ def run_demo(directory: Path, say: Say) -> int:
     ok = ok and private
     ok = (ok and not leaked and child.returncode == failpoints.EXIT_CODE
           and run3.state == "completed")
+
+    say("")
+    say("== 6. statekeeper report: the audit report, replayed from the verified ledger")
+    report = directory / "report.html"
+    r = command.report(s, "html", report)
+    say(f"   {'ledger verified' if r.ok else 'LEDGER FAILED VERIFICATION'}: {r.entries} runs "
+        "and operations replayed")
+    say(f"   wrote {report}")
+    in_report = _holds_key(report)
+    if in_report:
+        say("   the API key WAS FOUND in the report")
+    ok = ok and r.ok and not in_report
     say("")
     say(
         f"Everything is left in {directory} (statekeeper.toml, app.db, migrations/, "

@@ -61,6 +61,12 @@ def test_demo_runs_the_upgrades_and_verifies(tmp_path: Path) -> None:
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert v.returncode == 0, v.stderr
     assert (d / "app.db").exists() and (d / "statekeeper.toml").exists()
+    # 6: the audit report, written into the demo's directory, its path printed last but one
+    report = d / "report.html"
+    assert f"   wrote {report}" in out and "ledger verified: 3 runs and operations" in out
+    html = report.read_text()
+    assert "Integrity: VERIFIED" in html and FAKE_KEY not in html
+    assert (report.stat().st_mode & 0o777) == 0o600
 
 
 def test_demo_rolls_the_release_back_then_deploys_it_and_keeps_the_key_out(
