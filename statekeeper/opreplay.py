@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import HistoryError
+from .plan import field_problem
 
 STREAM_PREFIX = "ops/"
 OP_CREATED = "op.created"
@@ -125,17 +126,16 @@ class Operation:
 
 def _field(p: Mapping[str, Any], key: str, kind: type | tuple[type, ...], ev: Event,
            optional: bool = False) -> Any:
-    if optional and key not in p:
-        return None
-    v = p.get(key)
-    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
-        what = "missing" if key not in p else f"not a {getattr(kind, '__name__', kind)}"
-        raise HistoryError(ev.position, f"{ev.type}: field {key!r} is {what}", ev.seq)
-    return v
+    problem = field_problem(p, key, kind, optional)
+    if problem:
+        raise HistoryError(ev.position, f"{ev.type}: {problem}", ev.seq)
+    return p.get(key)
 
 
-def _who(actor: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    user, host = actor.get("user"), actor.get("host")
+def who(actor: Any) -> tuple[str | None, str | None]:
+    """The OS user and host of an event's actor (text, or None)."""
+    a = actor if isinstance(actor, Mapping) else {}
+    user, host = a.get("user"), a.get("host")
     return (user if isinstance(user, str) else None, host if isinstance(host, str) else None)
 
 
@@ -154,7 +154,7 @@ def apply(op: Operation | None, ev: Event) -> Operation:
         if confirmed is not None and confirmed not in CONFIRMATIONS:
             raise HistoryError(ev.position, f"{ev.type}: confirmed {confirmed!r} is not one of "
                                f"{', '.join(CONFIRMATIONS)}", ev.seq)
-        user, host = _who(actor)
+        user, host = who(actor)
         return Operation(
             op_id=_field(p, "op_id", str, ev),
             op=_field(p, "op", str, ev),

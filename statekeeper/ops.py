@@ -186,17 +186,28 @@ def refuse_if_leased(settings: Settings, target: Target) -> None:
         store.dispose()
 
 
+@contextlib.contextmanager
+def acting(settings: Settings, target: Target,
+           lock: contextlib.AbstractContextManager[Any]) -> Iterator[Ledger]:
+    """What every operation on a target does before it looks at it: the ledger verified,
+    the target lock (``lock``) held, no run holding the lease. Yields the ledger."""
+    with contextlib.closing(open_verified(settings)) as lg, lock:
+        refuse_if_leased(settings, target)
+        yield lg
+
+
 # -- migrate -------------------------------------------------------------------------------
 def _migrate_args(m: Migration) -> dict[str, Any]:
-    return {"migration": m.id, "checksum": m.checksum, "file_sha256": m.file_sha256}
+    from .steps.revert import file_digests
+
+    return {"migration": m.id, **file_digests(m)}
 
 
 def migrate_up(settings: Settings, migrator: Migrator, target_id: str | None, why: Why,
                on_applied: Callable[[AppliedMigration], None] | None = None,
                observer: Observer | None = None) -> list[AppliedMigration]:
     op_id = new_op_id()
-    with contextlib.closing(open_verified(settings)) as lg, migrator.lock():
-        refuse_if_leased(settings, migrator.target)
+    with acting(settings, migrator.target, migrator.lock()) as lg:
         todo = migrator.plan_up(target_id)
         if not todo:
             return []
@@ -221,12 +232,11 @@ def migrate_down(settings: Settings, migrator: Migrator, to_tag: str, why: Why, 
                  confirm: Confirm | None,
                  on_reverted: Callable[[Migration], None] | None = None,
                  observer: Observer | None = None) -> list[str]:
-    from .steps.revert import file_digests, revert_one
+    from .steps.revert import revert_one
 
     how = confirmation("migrate.down", yes, confirm)
     op_id = new_op_id()
-    with contextlib.closing(open_verified(settings)) as lg, migrator.lock():
-        refuse_if_leased(settings, migrator.target)
+    with acting(settings, migrator.target, migrator.lock()) as lg:
         plan = migrator.plan_down_to_tag(to_tag)
         if not plan:
             return []
@@ -239,7 +249,7 @@ def migrate_down(settings: Settings, migrator: Migrator, to_tag: str, why: Why, 
         with recording(lg, op_id, "migrate.down", migrator.target.display,
                        {"to_tag": to_tag, "migrations": ids}, why, how, observer) as rec:
             for m in plan:
-                rec.step(f"revert:{m.id}", "revert", {"migration": m.id, **file_digests(m)},
+                rec.step(f"revert:{m.id}", "revert", _migrate_args(m),
                          lambda m=m: revert_one(migrator, m.id, op_id))  # type: ignore[misc]
                 out.append(m.id)
                 if on_reverted is not None:
@@ -253,8 +263,7 @@ def migrate_tag(settings: Settings, migrator: Migrator, name: str, why: Why,
 
     check_tag_name(name)
     op_id = new_op_id()
-    with contextlib.closing(open_verified(settings)) as lg, migrator.lock():
-        refuse_if_leased(settings, migrator.target)
+    with acting(settings, migrator.target, migrator.lock()) as lg:
         at = migrator.check_new_tag(name)
         made: list[Tag] = []
         with recording(lg, op_id, "migrate.tag", migrator.target.display,
@@ -283,9 +292,7 @@ def backup_create(settings: Settings, manager: BackupManager, backup_id: str | N
     target = _require_target(manager)
     bid = check_backup_id(backup_id) if backup_id else new_backup_id(clock.now())
     op_id = new_op_id()
-    with (contextlib.closing(open_verified(settings)) as lg,
-          TargetLock(target, clock.now).hold()):
-        refuse_if_leased(settings, target)
+    with acting(settings, target, TargetLock(target, clock.now).hold()) as lg:
         if manager.probe(bid) is not None:
             raise BackupError(f"backup {bid} already exists in {manager.backup_dir}")
         made: list[Manifest] = []
@@ -341,9 +348,7 @@ def backup_restore(settings: Settings, manager: BackupManager, backup_id: str,
             m = manager.verify(backup_id)
             ask("backup.restore", how, confirm, question(m))
             return restore()
-    with (contextlib.closing(open_verified(settings)) as lg,
-          lock.hold(defer_unreachable=manager.restarts_server)):
-        refuse_if_leased(settings, target)
+    with acting(settings, target, lock.hold(defer_unreachable=manager.restarts_server)) as lg:
         m = manager.verify(backup_id)  # unknown or corrupt: refused before anything
         if not allow_other_database:
             manager.check_identity(m)

@@ -14,6 +14,7 @@ from typing import Any
 from . import steps
 from .errors import HistoryError, IllegalTransition
 from .machine import TRANSITIONS, UpgradeMachine
+from .opreplay import who
 from .plan import Plan, PlanError, field_problem
 
 RUN_CREATED = "run.created"
@@ -198,13 +199,6 @@ def _plan(p: Mapping[str, Any], ev: RunEvent) -> Plan:
         raise HistoryError(ev.position, f"{ev.type}: {e}", ev.seq) from e
 
 
-def _who(ev: RunEvent) -> tuple[str | None, str | None]:
-    """The OS user and host of an event's actor (text, or None)."""
-    a = ev.actor if isinstance(ev.actor, Mapping) else {}
-    user, host = a.get("user"), a.get("host")
-    return (user if isinstance(user, str) else None, host if isinstance(host, str) else None)
-
-
 def apply(run: Run | None, ev: RunEvent) -> Run:
     """Apply one event; return the run (created by the first event). Raises
     :class:`HistoryError` for anything it cannot apply, and then leaves ``run`` unchanged."""
@@ -218,7 +212,7 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
         plan = _plan(p, ev)
         reason = _field(p, "reason", str, ev, optional=True)
         ticket = _field(p, "ticket", str, ev, optional=True)
-        user, host = _who(ev)
+        user, host = who(ev.actor)
         return Run(
             str(p["run_id"]), plan, UpgradeMachine(), created_at=ev.at, position=1,
             last_at=ev.at, reason=reason, ticket=ticket, user=user, host=host,
@@ -311,7 +305,7 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
             run.takeovers += 1
     elif t == RUN_RESUMED:
         why = {k: _field(p, k, str, ev, optional=True) for k in ("reason", "ticket")}
-        user, host = _who(ev)
+        user, host = who(ev.actor)
         run.resumptions.append({"at": ev.at, "mode": p.get("mode"), "state": p.get("state"),
                                 "user": user, "host": host,
                                 **{k: v for k, v in why.items() if v is not None}})
