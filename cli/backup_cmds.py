@@ -9,7 +9,7 @@ import click
 
 from statekeeper import command
 
-from .root import Obj, emit_json, pass_obj
+from .root import Obj, OpNote, confirmer, emit_json, pass_obj, why_options, yes_option
 
 F = Callable[..., Any]
 
@@ -44,10 +44,16 @@ def _fp_summary(m: Any) -> str:
 def backup() -> None:
     """Verified backups of the target database ([backup] method: pg_dump, pgbackrest, sqlite).
 
+    create and restore are recorded in the ledger as operations (stream ops/ID: who, why,
+    the backup's sha256 and fingerprints); restore asks for confirmation (--yes when not on
+    a terminal).
+
     Exit codes: 0 success; 1 the backup or restore failed (nothing half-done);
-    2 usage or configuration error, unknown backup id, restore into another database;
-    3 a restore needs attention (fingerprint differs, or a cluster restore stopped half-way);
-    4 an artifact does not match its manifest (corrupt or missing).
+    2 usage or configuration error, unknown backup id, restore into another database, restore
+    not confirmed; 3 a restore needs attention (fingerprint differs, or a cluster restore
+    stopped half-way), or the ledger is unreachable; 4 an artifact does not match its
+    manifest (corrupt or missing), or the ledger does not verify; 5 a run or another process
+    holds the target.
     """
 
 
@@ -55,20 +61,24 @@ def backup() -> None:
 @target_opt
 @click.option("--id", "backup_id", metavar="ID",
               help="Backup id (default: UTC timestamp and a random suffix).")
+@why_options
 @json_opt
 @pass_obj
 def backup_create(obj: Obj, target_url: str | None, backup_id: str | None,
-                  as_json: bool) -> None:
+                  reason: str | None, ticket: str | None, as_json: bool) -> None:
     """Back up the target; the manifest is written only once the artifact is complete."""
-    m = command.backup_create(obj.settings, target_url, backup_id)
+    note = OpNote()
+    m = command.backup_create(obj.settings, target_url, backup_id, reason=reason,
+                              ticket=ticket, observer=note)
     if as_json:
-        emit_json(m.to_dict(include_fingerprint=False))
+        emit_json({**m.to_dict(include_fingerprint=False), "op_id": note.op_id})
         return
     click.echo(f"created backup {m.id} ({m.method}, {human_size(m.size)}) in {m.directory}")
     click.echo(f"  sha256       {m.sha256}")
     click.echo(f"  fingerprint  {_fp_summary(m)}")
     if m.restore_point:
         click.echo(f"  pgbackrest   {m.pgbackrest_label}, restore point {m.restore_point}")
+    note.echo()
 
 
 @backup.command("list")
@@ -112,24 +122,34 @@ def backup_verify(obj: Obj, backup_id: str, target_url: str | None, as_json: boo
 @target_opt
 @click.option("--allow-other-database", is_flag=True,
               help="Restore even into a database other than the one backed up.")
+@yes_option
+@click.option("--without-ledger", is_flag=True,
+              help="The ledger is lost or unreachable: restore anyway, recording nothing.")
+@why_options
 @json_opt
 @pass_obj
 def backup_restore(obj: Obj, backup_id: str, target_url: str | None,
-                   allow_other_database: bool, as_json: bool) -> None:
+                   allow_other_database: bool, yes: bool, without_ledger: bool,
+                   reason: str | None, ticket: str | None, as_json: bool) -> None:
     """Put the target back exactly as it was at backup ID, and prove it by fingerprint.
 
-    The backup is verified first. pg_dump: every user schema is dropped and the dump replayed
-    in one transaction. pgbackrest: stop, point-in-time restore to the backup's restore point,
-    start. sqlite: the file is replaced atomically.
+    Every change made since the backup is discarded: asks for confirmation on a terminal,
+    needs --yes otherwise. The backup is verified first. pg_dump: every user schema is
+    dropped and the dump replayed in one transaction. pgbackrest: stop, point-in-time
+    restore to the backup's restore point, start. sqlite: the file is replaced atomically.
     """
-    r = command.backup_restore(obj.settings, backup_id, target_url, allow_other_database)
+    note = OpNote()
+    r = command.backup_restore(obj.settings, backup_id, target_url, allow_other_database,
+                               reason=reason, ticket=ticket, yes=yes, confirm=confirmer(),
+                               observer=note, without_ledger=without_ledger)
     if as_json:
         emit_json({"ok": True, "id": r.manifest.id, "duration_ms": r.duration_ms,
                    "fingerprint": r.fingerprint.digest if r.fingerprint else None,
-                   "undone": r.damage})
+                   "undone": r.damage, "op_id": note.op_id})
         return
     click.echo(f"restored backup {r.manifest.id} into {r.target} "
                f"in {r.duration_ms / 1000:.1f} s")
     for line in r.damage:
         click.echo(f"  undone: {line}")
     click.echo(f"  fingerprint {r.manifest.fingerprint_digest[:16]} matches the backup")
+    note.echo()

@@ -8,7 +8,7 @@ import click
 
 from statekeeper import command
 
-from .root import Obj, PathArg, emit_json, pass_obj
+from .root import Obj, OpNote, PathArg, emit_json, pass_obj, why_options
 
 
 @click.group()
@@ -27,11 +27,17 @@ def keys_generate(out: Path) -> None:
 
 @keys.command("rotate")
 @click.option("--new-key", required=True, type=PathArg, help="The key that takes over signing.")
+@why_options
 @pass_obj
-def keys_rotate(obj: Obj, new_key: Path) -> None:
-    """Introduce a new signing key, in an event signed by the current key (--key)."""
-    ev = command.keys_rotate(obj.settings, new_key)
+def keys_rotate(obj: Obj, new_key: Path, reason: str | None, ticket: str | None) -> None:
+    """Introduce a new signing key, in an event signed by the current key (--key).
+
+    Recorded as an operation (stream ops/ID) with the old and new key ids."""
+    note = OpNote()
+    ev = command.keys_rotate(obj.settings, new_key, reason=reason, ticket=ticket,
+                             observer=note)
     click.echo(f"rotated signing key at seq {ev.seq}; sign with {new_key} from now on")
+    note.echo()
 
 
 @keys.command("list")

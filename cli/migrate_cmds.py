@@ -10,7 +10,7 @@ import click
 
 from statekeeper import command
 
-from .root import Obj, PathArg, emit_json, pass_obj
+from .root import Obj, OpNote, PathArg, confirmer, emit_json, pass_obj, why_options, yes_option
 
 if TYPE_CHECKING:  # statekeeper.migrations imports psycopg: only when a command runs
     from statekeeper.migrations import AppliedMigration, Migration, MigrationStatus
@@ -32,9 +32,14 @@ def migrate() -> None:
     down part; a first line '-- statekeeper:no-transaction' runs the file outside a
     transaction. What is applied is recorded in the table statekeeper_changelog.
 
+    up, down and tag are recorded in the ledger as operations (stream ops/ID: who, why,
+    each migration with its checksums); down asks for confirmation (--yes when not on a
+    terminal).
+
     Exit codes: 0 success; 1 a migration or the database failed; 2 bad input, an edited or
-    missing applied file, or a rollback over an irreversible migration; 5 another process holds
-    the migration lock.
+    missing applied file, a rollback over an irreversible migration, or down not confirmed;
+    3 the ledger is unreachable; 4 the ledger does not verify; 5 another process holds the
+    migration lock or a run holds the target.
     """
 
 
@@ -84,9 +89,10 @@ def validate(obj: Obj, target_url: str | None, migrations_dir: Path | None) -> N
 @target_options
 @click.option("--to", "to", metavar="MIGRATION", help="Stop after this migration id.")
 @click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@why_options
 @pass_obj
 def up(obj: Obj, target_url: str | None, migrations_dir: Path | None, to: str | None,
-       dry_run: bool) -> None:
+       dry_run: bool, reason: str | None, ticket: str | None) -> None:
     """Apply the pending migrations in order, each in its own transaction.
 
     A failing migration stops the run (exit 1) and is rolled back; the ones before it stay
@@ -100,13 +106,15 @@ def up(obj: Obj, target_url: str | None, migrations_dir: Path | None, to: str | 
     def done(rec: AppliedMigration) -> None:
         click.echo(f"applied {rec.id} ({rec.execution_ms} ms)")
 
+    note = OpNote()
     applied = command.migrate_up(obj.settings, target_url, migrations_dir, target_id=to,
-                                 on_applied=done)
+                                 on_applied=done, reason=reason, ticket=ticket, observer=note)
     if not applied:
         click.echo("nothing to apply: the schema is up to date")
     else:
         n = len(applied)
         click.echo(f"{n} migration{'s' if n != 1 else ''} applied")
+    note.echo()
 
 
 @migrate.command("down", short_help="Roll back to a tag, newest first.")
@@ -114,12 +122,15 @@ def up(obj: Obj, target_url: str | None, migrations_dir: Path | None, to: str | 
 @click.option("--to-tag", "to_tag", required=True, metavar="TAG",
               help="Roll back to the schema state tagged TAG.")
 @click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@yes_option
+@why_options
 @pass_obj
 def down(obj: Obj, target_url: str | None, migrations_dir: Path | None, to_tag: str,
-         dry_run: bool) -> None:
+         dry_run: bool, yes: bool, reason: str | None, ticket: str | None) -> None:
     """Run the down parts of the migrations applied after TAG, newest first.
 
-    Refused (exit 2) before anything runs if one of them has no down part.
+    Refused (exit 2) before anything runs if one of them has no down part. What the down
+    parts drop is lost: asks for confirmation on a terminal, needs --yes otherwise.
     """
     if dry_run:
         text = command.migrate_sql(obj.settings, target_url, migrations_dir, to_tag=to_tag)
@@ -129,23 +140,31 @@ def down(obj: Obj, target_url: str | None, migrations_dir: Path | None, to_tag: 
     def done(m: Migration) -> None:
         click.echo(f"reverted {m.id}")
 
+    note = OpNote()
     reverted = command.migrate_down(obj.settings, target_url, migrations_dir, to_tag,
-                                    on_reverted=done)
+                                    on_reverted=done, reason=reason, ticket=ticket, yes=yes,
+                                    confirm=confirmer(), observer=note)
     if not reverted:
         click.echo(f"nothing to revert: the schema is at tag {to_tag}")
     else:
         click.echo(f"at tag {to_tag}: {len(reverted)} reverted")
+    note.echo()
 
 
 @migrate.command("tag", short_help="Tag the current schema state.")
 @target_options
 @click.argument("name")
+@why_options
 @pass_obj
-def tag(obj: Obj, target_url: str | None, migrations_dir: Path | None, name: str) -> None:
+def tag(obj: Obj, target_url: str | None, migrations_dir: Path | None, name: str,
+        reason: str | None, ticket: str | None) -> None:
     """Tag the current schema state as NAME (say v2.5), to roll back to later."""
-    t = command.migrate_tag(obj.settings, name, target_url, migrations_dir)
+    note = OpNote()
+    t = command.migrate_tag(obj.settings, name, target_url, migrations_dir, reason=reason,
+                            ticket=ticket, observer=note)
     at = f"after {t.migration_id}" if t.migration_id else "with no migrations applied"
     click.echo(f"tagged {t.name} {at}")
+    note.echo()
 
 
 @migrate.command("sql", short_help="Print the pending SQL; change nothing.")

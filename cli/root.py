@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +85,51 @@ class Obj:
 
             self._settings = Settings.load(self.config, self.ledger_url, self.key)
         return self._settings
+
+
+def why_options(f: Any) -> Any:
+    """``--reason TEXT`` and ``--ticket ID``: recorded with the run or operation."""
+    f = click.option("--ticket", metavar="ID",
+                     help="Change request it is done under (recorded; required when "
+                          "[upgrade] require_ticket = true).")(f)
+    f = click.option("--reason", metavar="TEXT", help="Why, in one line (recorded).")(f)
+    return f
+
+
+def yes_option(f: Any) -> Any:
+    return click.option("--yes", is_flag=True,
+                        help="Confirm without asking (needed when not on a terminal).")(f)
+
+
+def interactive() -> bool:
+    """Is there an operator to ask (standard input is a terminal)?"""
+    return sys.stdin.isatty()
+
+
+def confirmer() -> Callable[[str], bool] | None:
+    """The question to the operator for a destructive operation, or None when no one can
+    answer (the library then refuses without --yes)."""
+    if not interactive():
+        return None
+    return lambda question: click.confirm(question, default=False, err=True)
+
+
+class OpNote:
+    """Remembers the operation an op command recorded, and says so last."""
+
+    def __init__(self) -> None:
+        self.op_id: str | None = None
+        self.outcome: str | None = None
+
+    def __call__(self, kind: str, p: dict[str, Any]) -> None:
+        if kind == "op.created":
+            self.op_id = str(p.get("op_id"))
+        elif kind == "op.ended":
+            self.outcome = str(p.get("outcome"))
+
+    def echo(self) -> None:
+        if self.op_id is not None:
+            click.echo(f"recorded as operation {self.op_id} (stream ops/{self.op_id})")
 
 
 def emit_json(data: Any) -> None:

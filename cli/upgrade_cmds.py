@@ -11,7 +11,7 @@ from statekeeper import command, failpoints
 from statekeeper.errors import EXIT_OK, exit_code_for_state
 from statekeeper.narrate import narrate
 
-from .root import Obj, PathArg, emit_json, pass_obj
+from .root import Obj, PathArg, emit_json, pass_obj, why_options
 
 if TYPE_CHECKING:  # statekeeper.replay imports transitions: only when a command runs
     from statekeeper.replay import Run
@@ -83,10 +83,16 @@ def _finish(run: Run, wanted: str = "completed") -> None:
     show_default=True,
     help="Migrations directory to write in the configuration.",
 )
+@why_options
 @pass_obj
-def init(obj: Obj, target_url: str | None, migrations_dir: str) -> None:
-    """Create statekeeper.toml, a signing key and the ledger (safe to repeat)."""
-    done = command.init(obj.config, obj.key, obj.ledger_url, target_url, migrations_dir)
+def init(obj: Obj, target_url: str | None, migrations_dir: str, reason: str | None,
+         ticket: str | None) -> None:
+    """Create statekeeper.toml, a signing key and the ledger (safe to repeat).
+
+    What it created is recorded as an operation (stream ops/ID); on a new ledger that is its
+    first event after the genesis. A re-run that creates nothing records nothing."""
+    done = command.init(obj.config, obj.key, obj.ledger_url, target_url, migrations_dir,
+                        reason=reason, ticket=ticket)
     for line in done:
         click.echo(line)
 
@@ -126,23 +132,29 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool) -> 
 @click.command("start")
 @click.option("--to", "to_version", required=True, help="Version to upgrade to.")
 @click.option("--from", "from_version", help="Version upgraded from (default: last tag).")
+@why_options
 @pass_obj
-def start(obj: Obj, to_version: str, from_version: str | None) -> None:
+def start(obj: Obj, to_version: str, from_version: str | None, reason: str | None,
+          ticket: str | None) -> None:
     """Run an upgrade: preflight, backup, tag, migrate, health, tag; roll back on failure."""
-    run = command.start(obj.settings, to_version, from_version, observer=Progress())
+    run = command.start(obj.settings, to_version, from_version, observer=Progress(),
+                        reason=reason, ticket=ticket)
     _finish(run)
 
 
 @click.command("resume")
 @click.argument("run_id", required=False)
 @click.option("--rollback", is_flag=True, help="Undo the run instead of finishing it.")
+@why_options
 @pass_obj
-def resume(obj: Obj, run_id: str | None, rollback: bool) -> None:
+def resume(obj: Obj, run_id: str | None, rollback: bool, reason: str | None,
+           ticket: str | None) -> None:
     """Finish (or --rollback) a run interrupted by a crash; default: the unfinished run.
 
     Exits 0 when the run ends as asked: completed; rolled_back when an operator asked for the
     rollback (--rollback now, or an earlier 'rollback' / 'resume --rollback' it finishes)."""
-    run = command.resume(obj.settings, run_id, rollback, observer=Progress())
+    run = command.resume(obj.settings, run_id, rollback, observer=Progress(), reason=reason,
+                         ticket=ticket)
     asked = rollback or run.rollback_requested
     _finish(run, wanted="rolled_back" if asked else "completed")
 
@@ -154,13 +166,16 @@ def resume(obj: Obj, run_id: str | None, rollback: bool) -> None:
     is_flag=True,
     help="Allow restoring the run's backup, discarding every change made since.",
 )
+@why_options
 @pass_obj
-def rollback(obj: Obj, run_id: str, restore: bool) -> None:
+def rollback(obj: Obj, run_id: str, restore: bool, reason: str | None,
+             ticket: str | None) -> None:
     """Undo a completed upgrade with its down migrations; exit 0 when rolled back.
 
     Data written since the upgrade is kept; only the schema must come back as it was. A
     migration without a down part can only be undone by restoring the backup: --restore."""
-    run = command.rollback(obj.settings, run_id, restore, observer=Progress())
+    run = command.rollback(obj.settings, run_id, restore, observer=Progress(), reason=reason,
+                           ticket=ticket)
     _finish(run, wanted="rolled_back")
 
 

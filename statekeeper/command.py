@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .backups import BackupManager, Manifest, RestoreResult
     from .health import HealthReport
     from .migrations import AppliedMigration, Migration, MigrationStatus, Migrator, Tag
+    from .ops import Confirm
+    from .ops import Observer as OpObserver
     from .plan import Plan
     from .replay import Run
     from .runner import Observer
@@ -61,12 +63,15 @@ def keys_generate(out: Path) -> ledger.Signer:
 
 
 @boundary
-def keys_rotate(settings: Settings, new_key: Path) -> ledger.StoredEvent:
-    import ledger
+def keys_rotate(settings: Settings, new_key: Path, *, reason: str | None = None,
+                ticket: str | None = None, observer: OpObserver | None = None
+                ) -> ledger.StoredEvent:
+    """Rotate the signing key, recorded as a ``keys.rotate`` operation (old and new key ids)."""
+    from . import ops
+    from .why import why
 
-    new = ledger.load_signer(new_key)
-    with settings.open_ledger(signing=True) as lg:
-        return lg.rotate_key(new)
+    w = why(settings.config, reason, ticket, "the key rotation")
+    return ops.keys_rotate(settings, new_key, w, observer)
 
 
 @boundary
@@ -221,12 +226,18 @@ def migrate_up(
     migrations_dir: Path | None = None,
     *,
     target_id: str | None = None,
-    run_id: str | None = None,
     on_applied: Any = None,
+    reason: str | None = None,
+    ticket: str | None = None,
+    observer: OpObserver | None = None,
 ) -> list[AppliedMigration]:
-    return open_migrator(settings, target_url, migrations_dir).up(
-        run_id=run_id, target_id=target_id, on_applied=on_applied
-    )
+    """Apply the pending migrations (up to ``target_id``) as a ``migrate.up`` operation."""
+    from . import ops
+    from .why import why
+
+    w = why(settings.config, reason, ticket, "the migration")
+    m = open_migrator(settings, target_url, migrations_dir)
+    return ops.migrate_up(settings, m, target_id, w, on_applied, observer)
 
 
 @boundary
@@ -236,12 +247,22 @@ def migrate_down(
     migrations_dir: Path | None,
     to_tag: str,
     *,
-    run_id: str | None = None,
     on_reverted: Any = None,
+    reason: str | None = None,
+    ticket: str | None = None,
+    yes: bool = False,
+    confirm: Confirm | None = None,
+    observer: OpObserver | None = None,
 ) -> list[str]:
-    return open_migrator(settings, target_url, migrations_dir).down_to_tag(
-        to_tag, run_id=run_id, on_reverted=on_reverted
-    )
+    """Revert to ``to_tag`` as a ``migrate.down`` operation: confirmed by ``yes`` (--yes) or
+    by ``confirm`` (the operator on a terminal); neither is ConfigError naming --yes."""
+    from . import ops
+    from .why import why
+
+    ops.confirmation("migrate.down", yes, confirm)
+    w = why(settings.config, reason, ticket, "the rollback")
+    m = open_migrator(settings, target_url, migrations_dir)
+    return ops.migrate_down(settings, m, to_tag, w, yes, confirm, on_reverted, observer)
 
 
 @boundary
@@ -251,9 +272,19 @@ def migrate_tag(
     target_url: str | None = None,
     migrations_dir: Path | None = None,
     *,
-    run_id: str | None = None,
+    reason: str | None = None,
+    ticket: str | None = None,
+    observer: OpObserver | None = None,
 ) -> Tag:
-    return open_migrator(settings, target_url, migrations_dir).tag(name, run_id=run_id)
+    """Tag the current schema as a ``migrate.tag`` operation."""
+    from . import ops
+    from .migrations import check_tag_name
+    from .why import why
+
+    check_tag_name(name)
+    w = why(settings.config, reason, ticket, "the tag")
+    m = open_migrator(settings, target_url, migrations_dir)
+    return ops.migrate_tag(settings, m, name, w, observer)
 
 
 @boundary
@@ -290,9 +321,16 @@ def backup_manager(settings: Settings, target_url: str | None = None) -> BackupM
 
 @boundary
 def backup_create(
-    settings: Settings, target_url: str | None = None, backup_id: str | None = None
+    settings: Settings, target_url: str | None = None, backup_id: str | None = None, *,
+    reason: str | None = None, ticket: str | None = None, observer: OpObserver | None = None,
 ) -> Manifest:
-    return backup_manager(settings, target_url).create(backup_id)
+    """Take a backup under the target lock, as a ``backup.create`` operation."""
+    from . import ops
+    from .why import why
+
+    w = why(settings.config, reason, ticket, "the backup")
+    return ops.backup_create(settings, backup_manager(settings, target_url), backup_id, w,
+                             observer)
 
 
 @boundary
@@ -313,25 +351,29 @@ def backup_restore(
     backup_id: str,
     target_url: str | None = None,
     allow_other_database: bool = False,
+    *,
+    reason: str | None = None,
+    ticket: str | None = None,
+    yes: bool = False,
+    confirm: Confirm | None = None,
+    observer: OpObserver | None = None,
+    without_ledger: bool = False,
 ) -> RestoreResult:
-    """Restore a backup outside a run, under the target lock (LockHeld while a run or a
-    migrate holds it). With the server down (a pgBackRest restore interrupted, the ledger
-    lost) it goes on and takes the lock as soon as the restarted server accepts connections."""
-    from . import clock
-    from .migrations.lock import TargetLock
+    """Restore a backup outside a run, as a ``backup.restore`` operation, under the target
+    lock (LockHeld while a run or a migrate holds it). Confirmed by ``yes`` (--yes) or by
+    ``confirm`` (the operator on a terminal); neither is ConfigError naming --yes. With the
+    server down (a pgBackRest restore interrupted) it goes on and takes the lock as soon as
+    the restarted server accepts connections. ``without_ledger``: the ledger is lost; the
+    restore is neither verified against it nor recorded."""
+    from . import ops
+    from .why import why
 
+    ops.confirmation("backup.restore", yes, confirm)
+    w = why(settings.config, reason, ticket, "the restore")
     manager = backup_manager(settings, target_url)
     manager.get(backup_id)  # an unknown id is a usage error (exit 2) before anything else
-    if manager.target is None:
-        return manager.restore(backup_id, allow_other_database=allow_other_database)
-    lock = TargetLock(manager.target, clock.now)
-
-    def retake() -> None:
-        lock.ensure()
-
-    with lock.hold(defer_unreachable=manager.restarts_server):
-        return manager.restore(backup_id, allow_other_database=allow_other_database,
-                               reconnected=retake)
+    return ops.backup_restore(settings, manager, backup_id, allow_other_database, w, yes,
+                              confirm, observer, without_ledger)
 
 
 # --- health (statekeeper.health) ---
@@ -365,10 +407,22 @@ def init(
     ledger_url: str | None,
     target_url: str | None,
     migrations_dir: str,
+    *,
+    reason: str | None = None,
+    ticket: str | None = None,
+    observer: OpObserver | None = None,
 ) -> list[str]:
-    """Create statekeeper.toml, the signing key and the ledger; skip what already exists."""
+    """Create statekeeper.toml, the signing key and the ledger; skip what already exists.
+    What it created is recorded as an ``init`` operation (on a new ledger, the first event
+    after the genesis); a re-run that creates nothing records nothing."""
+    from . import ops
     from .config import CONFIG_NAME, DEFAULT_KEY
+    from .why import check_reason, check_ticket, why
 
+    check_reason(reason)
+    check_ticket(ticket)
+    created: dict[str, Any] = {}
+    kept: list[str] = []
     done: list[str] = []
     path = Path(config).absolute() if config else Path.cwd() / CONFIG_NAME
     if not path.exists():
@@ -394,21 +448,37 @@ def init(
         ]
         _write_out(path, "\n".join(lines))
         done.append(f"wrote {path}")
+        created["config"] = str(path)
     else:
         done.append(f"kept {path}")
+        kept.append("config")
     settings = Settings.load(str(path), ledger_url, key)
+    w = why(settings.config, reason, ticket, "the initialisation")
     files.private_dir(settings.config.base_dir / ".statekeeper")
     if settings.config.migrations_dir and not settings.config.migrations_dir.exists():
         files.private_dir(settings.config.migrations_dir)
         done.append(f"created {settings.config.migrations_dir}")
+        created["migrations_dir"] = str(settings.config.migrations_dir)
     if not settings.key_path.exists():
-        keys_generate(settings.key_path)
+        signer = keys_generate(settings.key_path)
         done.append(f"generated signing key {settings.key_path} (mode 0600)")
+        created["signing_key"] = {"path": str(settings.key_path), "key_id": signer.key_id}
     else:
         done.append(f"kept signing key {settings.key_path}")
+        kept.append("signing_key")
+    target = None
+    if settings.config.target_url:
+        from .targets import Target
+
+        target = Target.from_url(settings.config.target_url, settings.config.base_dir).display
     with settings.open_ledger(signing=True) as lg:
+        if lg.ledger_id() is not None:
+            kept.append("ledger")
+        op_id = ops.record_init(settings, lg, created, kept, target, w, observer)
         head = lg.initialize()
         done.append(f"ledger {lg.display_url} ready (head seq {head.seq})")
+        if op_id is not None:
+            done.append(f"recorded as operation {op_id}")
     return done
 
 
@@ -425,10 +495,15 @@ def start(
     to_version: str,
     from_version: str | None = None,
     observer: Observer | None = None,
+    *,
+    reason: str | None = None,
+    ticket: str | None = None,
 ) -> Run:
     from . import upgrade
+    from .why import why
 
-    return upgrade.start(settings, to_version, from_version, observer)
+    w = why(settings.config, reason, ticket, "the upgrade")
+    return upgrade.start(settings, to_version, from_version, observer, w)
 
 
 @boundary
@@ -437,19 +512,27 @@ def resume(
     run_id: str | None = None,
     rollback: bool = False,
     observer: Observer | None = None,
+    *,
+    reason: str | None = None,
+    ticket: str | None = None,
 ) -> Run:
     from . import upgrade
+    from .why import why
 
-    return upgrade.resume(settings, run_id, rollback, observer)
+    w = why(settings.config, reason, ticket, "the resumed run")
+    return upgrade.resume(settings, run_id, rollback, observer, w)
 
 
 @boundary
 def rollback(
-    settings: Settings, run_id: str, restore: bool = False, observer: Observer | None = None
+    settings: Settings, run_id: str, restore: bool = False, observer: Observer | None = None,
+    *, reason: str | None = None, ticket: str | None = None,
 ) -> Run:
     from . import upgrade
+    from .why import why
 
-    return upgrade.rollback(settings, run_id, restore, observer)
+    w = why(settings.config, reason, ticket, "the rollback")
+    return upgrade.rollback(settings, run_id, restore, observer, w)
 
 
 @boundary

@@ -45,7 +45,8 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "method": str, "dir": str, "stanza": str, "stop_command": str, "start_command": str,
         "pgbackrest_config": str, "enabled": bool, "cluster_databases": list,
     },
-    "upgrade": {"application": str},
+    # require_ticket: read by statekeeper/why.py (--ticket mandatory on every change).
+    "upgrade": {"application": str, "require_ticket": bool},
     # Read and range-checked by statekeeper/health.py.
     # Durations are numbers of seconds or text such as "500ms" (health.py decides).
     "health": {"checks": list, "retries": int, "interval": (int, float, str),

@@ -26,10 +26,17 @@ class PlannedMigration:
     checksum: str
     reversible: bool = False
     no_transaction: bool = False
+    #: sha256 of the whole file when planned (what ``sha256sum`` prints); None in plans
+    #: recorded before it was (the field is optional, the plan version did not change)
+    file_sha256: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        return {"id": self.id, "checksum": self.checksum, "reversible": self.reversible,
-                "no_transaction": self.no_transaction}
+        p: dict[str, Any] = {"id": self.id, "checksum": self.checksum,
+                             "reversible": self.reversible,
+                             "no_transaction": self.no_transaction}
+        if self.file_sha256 is not None:
+            p["file_sha256"] = self.file_sha256
+        return p
 
 
 @dataclass(frozen=True)
@@ -212,7 +219,8 @@ class Plan:
                 raise PlanError("a planned migration is not an object")
             migrations.append(PlannedMigration(
                 _get(m, "id", str), _get(m, "checksum", str),
-                bool(m.get("reversible")), bool(m.get("no_transaction"))))
+                bool(m.get("reversible")), bool(m.get("no_transaction")),
+                _get(m, "file_sha256", str, optional=True)))
         backup = _get(p, "backup", Mapping)
         enabled = _get(backup, "enabled", bool, optional=True) is not False
         method = _get(backup, "method", str) if enabled else None

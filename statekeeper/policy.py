@@ -136,7 +136,7 @@ def _rollback_action(run: Run) -> Action:
         reversible = all((m := run.plan.migration(mid)) is not None and m.reversible
                          for mid in applied)
         if reversible and not reverts_failed:
-            return REVERT.make(applied[-1])
+            return REVERT.make(applied[-1], run.plan.migration(applied[-1]))
         if not may_restore:
             why = "a migration without a down part" if not reversible else "a down part failed"
             return Transition("rollback_failed", f"cannot undo {why}: {_no_restore(run)}")

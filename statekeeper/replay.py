@@ -14,6 +14,7 @@ from typing import Any
 from . import steps
 from .errors import HistoryError, IllegalTransition
 from .machine import TRANSITIONS, UpgradeMachine
+from .opreplay import who
 from .plan import Plan, PlanError, field_problem
 
 RUN_CREATED = "run.created"
@@ -95,6 +96,15 @@ class Run:
     # An operator asked for the rollback (``rollback RUN_ID`` or ``resume --rollback``): ending
     # rolled_back is then what was asked, whichever command finishes it.
     rollback_requested: bool = False
+    # Who and why (``--reason``/``--ticket`` on start; absent in runs recorded before them).
+    # The OS user and host of each event are its actor (RunEvent.actor).
+    reason: str | None = None
+    ticket: str | None = None
+    user: str | None = None  # the actor of run.created
+    host: str | None = None
+    # each run.resumed (resume, or the operator rollback of a completed run): at, mode,
+    # state, user, host, and its own reason/ticket when given
+    resumptions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def state(self) -> str:
@@ -200,8 +210,12 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
             raise HistoryError(ev.position, f"a run must begin with {RUN_CREATED}, not {ev.type}",
                                ev.seq)
         plan = _plan(p, ev)
+        reason = _field(p, "reason", str, ev, optional=True)
+        ticket = _field(p, "ticket", str, ev, optional=True)
+        user, host = who(ev.actor)
         return Run(
-            str(p["run_id"]), plan, UpgradeMachine(), created_at=ev.at, position=1, last_at=ev.at
+            str(p["run_id"]), plan, UpgradeMachine(), created_at=ev.at, position=1,
+            last_at=ev.at, reason=reason, ticket=ticket, user=user, host=host,
         )
     if ev.position != run.position + 1:
         raise HistoryError(ev.position, f"expected event #{run.position + 1}", ev.seq)
@@ -290,6 +304,11 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
         if t == LEASE_TAKEN_OVER:
             run.takeovers += 1
     elif t == RUN_RESUMED:
+        why = {k: _field(p, k, str, ev, optional=True) for k in ("reason", "ticket")}
+        user, host = who(ev.actor)
+        run.resumptions.append({"at": ev.at, "mode": p.get("mode"), "state": p.get("state"),
+                                "user": user, "host": host,
+                                **{k: v for k, v in why.items() if v is not None}})
         run.resumes += 1
     elif t == RUN_CREATED:
         raise HistoryError(ev.position, "a run is created only once", ev.seq)

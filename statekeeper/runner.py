@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .lease import Holder
     from .plan import Plan
     from .session import Session
+    from .why import Why
 
 STREAM_PREFIX = "upgrade/"
 Observer = Callable[[str, dict[str, Any]], None]
@@ -94,14 +95,18 @@ class Runner:
         return self.run
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def create(self, run_id: str, plan: Plan) -> Run:
+    def create(self, run_id: str, plan: Plan, why: Why | None = None) -> Run:
         self.run = None
-        return self.emit(RUN_CREATED, {"run_id": run_id, **plan.to_payload()}, run_id=run_id)
+        why_p = why.payload() if why is not None else {}
+        return self.emit(RUN_CREATED, {"run_id": run_id, **plan.to_payload(), **why_p},
+                         run_id=run_id)
 
-    def lease_events(self, previous: Holder | None, resumed: bool, mode: str) -> None:
+    def lease_events(self, previous: Holder | None, resumed: bool, mode: str,
+                     why: Why | None = None) -> None:
         me = {"host": socket.gethostname(), "pid": os.getpid()}
         if resumed:
-            self.emit(RUN_RESUMED, {**me, "mode": mode, "state": self.run.state})  # type: ignore[union-attr]
+            self.emit(RUN_RESUMED, {**me, "mode": mode, "state": self.run.state,  # type: ignore[union-attr]
+                                    **(why.payload() if why is not None else {})})
         if previous is not None:
             self.emit(
                 LEASE_TAKEN_OVER,

@@ -39,6 +39,7 @@ from .steps import KINDS
 
 if TYPE_CHECKING:
     from .settings import Settings
+    from .why import Why
 
 # A run in any other state blocks a new one on its target: in flight, or failed (a human).
 SETTLED = ("completed", "rolled_back")
@@ -116,7 +117,8 @@ def build_plan(session: Session, to_version: str, from_version: str | None) -> P
         from_version=from_v,
         to_version=to_version,
         migrations=tuple(
-            PlannedMigration(m.id, m.checksum, m.down is not None, m.no_transaction)
+            PlannedMigration(m.id, m.checksum, m.down is not None, m.no_transaction,
+                             m.file_sha256)
             for m in session.migrator.pending()
         ),
         backup=BackupPlan(b is not None, b.method if b is not None else None),
@@ -332,6 +334,7 @@ def start(
     to_version: str,
     from_version: str | None = None,
     observer: Observer | None = None,
+    why: Why | None = None,
 ) -> Run:
     check_versions(to_version, from_version)
     with Session.open(settings) as session:
@@ -362,7 +365,7 @@ def start(
 
         with holding(session, run_id, takeover=False, abandoned=void,
                      cluster=plan.cluster) as previous:
-            runner.create(run_id, plan)
+            runner.create(run_id, plan, why)
             with _closing(session, runner):
                 runner.lease_events(previous, resumed=False, mode="start")
                 runner.transition("begin")
@@ -376,6 +379,7 @@ def resume(
     run_id: str | None = None,
     rollback: bool = False,
     observer: Observer | None = None,
+    why: Why | None = None,
 ) -> Run:
     with Session.open(settings) as session:
         lg = session.ledger
@@ -398,7 +402,7 @@ def resume(
                       server_may_be_down=restore_comes_first(run, restarts)) as previous,
               _closing(session, runner)):
             mode = "rollback" if rollback else "forward"
-            runner.lease_events(previous, resumed=True, mode=mode)
+            runner.lease_events(previous, resumed=True, mode=mode, why=why)
             runner.settle()
             assert runner.run is not None
             state = runner.run.state
@@ -455,7 +459,8 @@ def _holds_lease(session: Session, run_id: str) -> bool:
 
 
 def rollback(
-    settings: Settings, run_id: str, restore: bool = False, observer: Observer | None = None
+    settings: Settings, run_id: str, restore: bool = False, observer: Observer | None = None,
+    why: Why | None = None,
 ) -> Run:
     with Session.open(settings) as session:
         lg = session.ledger
@@ -510,7 +515,7 @@ def rollback(
         runner = Runner(session, observer, run)
         with (holding(session, run_id, takeover=True, cluster=run.plan.cluster) as previous,
               _closing(session, runner)):
-            runner.lease_events(previous, resumed=True, mode="rollback")
+            runner.lease_events(previous, resumed=True, mode="rollback", why=why)
             runner.transition("rollback", "operator rolled back a completed upgrade",
                               restore=restore)
             return runner.drive()

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import cli
+from statekeeper import command
 from statekeeper.fingerprint import fingerprint
 from statekeeper.targets import Target
 from tests.test_backup_support import damage, execute, flip_byte, seed
@@ -26,6 +27,7 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "statekeeper.toml").write_text(
         '[target]\nurl = "sqlite:///app.db"\n\n[backup]\ndir = "backups"\n'
     )
+    command.init(str(tmp_path / "statekeeper.toml"), None, None, None, "migrations")
     return tmp_path
 
 
@@ -66,7 +68,7 @@ def test_create_list_verify_restore(project: Path) -> None:
 
     before = fingerprint(Target.from_url(url))
     damage(url)
-    r = run(project, "backup", "restore", "b1")
+    r = run(project, "backup", "restore", "--yes", "b1")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"restored backup b1 into sqlite:///{project / 'app.db'} in ")
@@ -76,7 +78,8 @@ def test_create_list_verify_restore(project: Path) -> None:
         "  undone: settings: 2 rows, contents differ",
         "  undone: users: 3 rows -> 4 rows",
     ]
-    assert lines[-1].endswith("matches the backup")
+    assert lines[-2].endswith("matches the backup")
+    assert lines[-1].startswith("recorded as operation ")
     assert fingerprint(Target.from_url(url)) == before
 
 
@@ -85,7 +88,7 @@ def test_corrupt_artifact_exit_4(project: Path) -> None:
     artifact = project / "backups" / "b1" / "database.sqlite"
     flip_byte(artifact)
     for verb in ("verify", "restore"):
-        r = run(project, "backup", verb, "b1")
+        r = run(project, "backup", verb, "b1", *(["--yes"] if verb == "restore" else []))
         assert r.exit_code == 4
         assert r.stdout == ""
         assert r.stderr.startswith(
@@ -107,7 +110,7 @@ def test_missing_manifest_and_unknown_id_exit_2(project: Path) -> None:
     assert r.exit_code == 0 and r.stdout == f"no backups in {project / 'backups'}\n"
     assert json.loads(run(project, "backup", "list", "--json").stdout) == []
     for verb in ("verify", "restore"):
-        r = run(project, "backup", verb, "b1")
+        r = run(project, "backup", verb, "b1", *(["--yes"] if verb == "restore" else []))
         assert r.exit_code == 2
         assert r.stderr == f"error: backup b1 not found in {project / 'backups'}\n"
     r = run(project, "backup", "verify", "../etc")
@@ -119,12 +122,12 @@ def test_wrong_database_exit_2_and_override(project: Path) -> None:
     assert run(project, "backup", "create", "--id", "b1").exit_code == 0
     other = project / "other.db"
     execute(f"sqlite:///{other}", "CREATE TABLE x (a int)")
-    r = run(project, "backup", "restore", "b1", "--target", f"sqlite:///{other}")
+    r = run(project, "backup", "restore", "--yes", "b1", "--target", f"sqlite:///{other}")
     assert r.exit_code == 2
     assert r.stderr == (f"error: backup b1 was taken of {project / 'app.db'}, not {other} "
                         "(pass --allow-other-database to restore there anyway)\n")
     assert "x" in fingerprint(Target.from_url(f"sqlite:///{other}")).tables
-    r = run(project, "backup", "restore", "b1", "--target", f"sqlite:///{other}",
+    r = run(project, "backup", "restore", "--yes", "b1", "--target", f"sqlite:///{other}",
             "--allow-other-database", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["ok"] is True
 
@@ -149,6 +152,7 @@ def test_pg_missing_pg_dump_exit_2_and_corrupt_dump_exit_4(pg_url: str, tmp_path
     (tmp_path / "statekeeper.toml").write_text(
         f'[target]\nurl = "{pg_url}"\n\n[backup]\nmethod = "pg_dump"\ndir = "backups"\n'
     )
+    command.init(str(tmp_path / "statekeeper.toml"), None, None, None, "migrations")
     r = run(tmp_path, "backup", "create", "--id", "p1",
             env={"STATEKEEPER_PG_BIN": str(tmp_path / "nowhere")})
     assert r.exit_code == 2
@@ -161,7 +165,7 @@ def test_pg_missing_pg_dump_exit_2_and_corrupt_dump_exit_4(pg_url: str, tmp_path
     dump = tmp_path / "backups" / "p1" / "database.dump"
     damage(pg_url)
     flip_byte(dump, offset=dump.stat().st_size - 20)
-    r = run(tmp_path, "backup", "restore", "p1")
+    r = run(tmp_path, "backup", "restore", "--yes", "p1")
     assert r.exit_code == 4
     assert r.stderr.startswith(f"error: backup p1: artifact {dump} does not match its manifest")
     assert "audit_tmp" in fingerprint(Target.from_url(pg_url)).tables  # untouched

@@ -91,7 +91,10 @@ def test_keys_rotate_and_list(sk: Invoke, work: Path, db_url: str) -> None:
     new = ledger.generate_key_file(work / "k2.pem").key_id
     r = sk("keys", "rotate", "--new-key", "k2.pem")
     assert r.exit_code == 0
-    assert r.stdout == "rotated signing key at seq 3; sign with k2.pem from now on\n"
+    # seq 3 and 4: the keys.rotate operation's op.created and step.started (ops/<id>)
+    line, op = r.stdout.splitlines()
+    assert line == "rotated signing key at seq 5; sign with k2.pem from now on"
+    assert op.startswith("recorded as operation ")
     listed = json.loads(sk("keys", "list", "--json").stdout)
     assert [k["key_id"] for k in listed] == [old, new]
     assert sk("keys", "list").stdout.splitlines()[1].startswith(f"{new}  ")

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import cli
+from statekeeper import command
 from statekeeper.migrations import CHANGELOG_TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +30,7 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "statekeeper.toml").write_text(
         '[target]\nurl = "sqlite:///app.db"\n\n[migrations]\ndir = "migrations"\n'
     )
+    command.init(str(tmp_path / "statekeeper.toml"), None, None, None, "migrations")
     return tmp_path
 
 
@@ -57,7 +59,9 @@ GOOD = {
 
 def test_up_status_tag_down(project: Path) -> None:
     r = run(project, "migrate", "tag", "v1.0")
-    assert (r.exit_code, r.stdout) == (0, "tagged v1.0 with no migrations applied\n")
+    assert r.exit_code == 0
+    assert r.stdout.splitlines()[0] == "tagged v1.0 with no migrations applied"
+    assert r.stdout.splitlines()[1].startswith("recorded as operation ")
     for name, text in GOOD.items():
         write(project, name, text)
     r = run(project, "migrate", "up")
@@ -78,9 +82,10 @@ def test_up_status_tag_down(project: Path) -> None:
     r = run(project, "migrate", "validate")
     assert (r.exit_code, r.stdout) == (
         0, "ok: 2 applied migrations match their files; 0 pending\n")
-    r = run(project, "migrate", "down", "--to-tag", "v1.0")
-    assert (r.exit_code, r.stdout) == (
-        0, "reverted 0002_email\nreverted 0001_users\nat tag v1.0: 2 reverted\n")
+    r = run(project, "migrate", "down", "--yes", "--to-tag", "v1.0")
+    assert r.exit_code == 0
+    assert r.stdout.splitlines()[:3] == [
+        "reverted 0002_email", "reverted 0001_users", "at tag v1.0: 2 reverted"]
     assert rows(project, f"SELECT count(*) FROM {CHANGELOG_TABLE}") == [(0,)]
 
 
@@ -100,7 +105,7 @@ def test_dry_runs_print_sql_and_change_nothing(project: Path) -> None:
     run(project, "migrate", "tag", "base")
     assert run(project, "migrate", "up").exit_code == 0
     before = rows(project, "SELECT * FROM sqlite_master")
-    r = run(project, "migrate", "down", "--to-tag", "base", "--dry-run")
+    r = run(project, "migrate", "down", "--yes", "--to-tag", "base", "--dry-run")
     assert r.stdout.index("ALTER TABLE users DROP COLUMN email") < r.stdout.index(
         "DROP TABLE users")
     assert rows(project, "SELECT * FROM sqlite_master") == before
@@ -128,12 +133,12 @@ def test_edited_and_irreversible_and_tag_errors_exit_2(project: Path) -> None:
     run(project, "migrate", "tag", "v1")
     write(project, "0002_x.sql", "CREATE TABLE x (a);\n")
     assert run(project, "migrate", "up").exit_code == 0
-    r = run(project, "migrate", "down", "--to-tag", "v1")
+    r = run(project, "migrate", "down", "--yes", "--to-tag", "v1")
     x = project / "migrations" / "0002_x.sql"
     assert (r.exit_code, r.stderr) == (2, (
         f"error: cannot roll back to tag v1: migration 0002_x has no down part (no "
         f"'-- statekeeper:down' line in {x}); only restoring a backup can undo it\n"))
-    r = run(project, "migrate", "down", "--to-tag", "v7")
+    r = run(project, "migrate", "down", "--yes", "--to-tag", "v7")
     assert (r.exit_code, r.stderr) == (2, "error: unknown tag 'v7' (known tags: v1)\n")
     r = run(project, "migrate", "tag", "v1")
     assert r.exit_code == 2 and r.stderr.startswith("error: tag v1 already exists (created ")
@@ -215,6 +220,7 @@ def test_two_processes_race_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     (tmp_path / "migrations" / "0002_next.sql").write_text("INSERT INTO slow VALUES (1);\n")
     config = tmp_path / "statekeeper.toml"
     config.write_text(f'[target]\nurl = "{pg_url}"\n\n[migrations]\ndir = "migrations"\n')
+    command.init(str(config), None, None, None, "migrations")
     t0 = time.monotonic()
     procs = [spawn(config, "up"), spawn(config, "up")]
     results = [(p, *p.communicate(timeout=60)) for p in procs]
@@ -222,7 +228,7 @@ def test_two_processes_race_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     assert codes == [0, 5], [(p.returncode, err) for p, _, err in results]
     winner = next(r for r in results if r[0].returncode == 0)
     loser = next(r for r in results if r[0].returncode == 5)
-    assert winner[1].splitlines()[-1] == "2 migrations applied"
+    assert winner[1].splitlines()[-2] == "2 migrations applied"
     display = Target.from_url(pg_url).display
     err = loser[2]
     assert err.startswith(

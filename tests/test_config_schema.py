@@ -127,6 +127,14 @@ def _application(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     return command.plan(s, "v2.6").to_payload()["application"]
 
 
+@probe("upgrade", "require_ticket")
+def _require_ticket(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    project(d, "")
+    toml = (d / "statekeeper.toml").read_text()
+    s = settings(d, toml + section("upgrade", "require_ticket = true", present))
+    return outcome(lambda: command.migrate_tag(s, "v2.5.1").name)
+
+
 @probe("backup", "method")
 def _backup_method(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     s = project(d, section("backup", 'method = "pg_dump"', present))
@@ -149,7 +157,9 @@ def _backup_dir(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
 def _pgbackrest(d: Path, request: pytest.FixtureRequest, body: str) -> Settings:
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
     url = cluster.url(cluster.createdb("stanza"))
-    return settings(d, f'[target]\nurl = "{url}"\n\n[backup]\nmethod = "pgbackrest"\n{body}\n')
+    s = settings(d, f'[target]\nurl = "{url}"\n\n[backup]\nmethod = "pgbackrest"\n{body}\n')
+    command.init(str(d / "statekeeper.toml"), None, None, None, "migrations")
+    return s
 
 
 def _create(s: Settings) -> Any:

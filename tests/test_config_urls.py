@@ -143,7 +143,7 @@ def test_password_in_env_reaches_the_server_and_nothing_prints_it(
     assert backups, outputs[-1].stdout
     bid = backups[0]["id"]
     # psql authenticates for the restore, with the same password from the environment
-    outputs.append(ok(run(tmp_path, "backup", "restore", bid, env=env)))
+    outputs.append(ok(run(tmp_path, "backup", "restore", "--yes", bid, env=env)))
     outputs.append(ok(run(tmp_path, "ledger", "export", "--out", "export.jsonl", env=env)))
     # a wrong password: refused by the server, and the wrong one is not printed either
     bad = run(tmp_path, "migrate", "status", env={PW_VAR: PASSWORD[::-1]})
@@ -265,7 +265,7 @@ def test_pg_dump_psql_and_the_ledger_follow_pgport_and_pghost(
     manifest = json.loads((tmp_path / "backups" / "b1" / "manifest.json").read_text())
     assert (manifest["host"], manifest["port"]) == (str(pg_cluster.root), pg_cluster.port)
     pg_cluster.psql("DELETE FROM positions", db=db)
-    ok(run(tmp_path, "backup", "restore", "b1", env=env))  # proves the fingerprint again
+    ok(run(tmp_path, "backup", "restore", "--yes", "b1", env=env))  # proves the fingerprint again
     assert pg_cluster.psql("SELECT count(*) FROM positions", db=db) == "4"
     assert pg_cluster.psql("SELECT count(*) FROM ledger_events", db=ledger_db) != "0"
     # Without the variables, libpq's own defaults apply (the system socket, port 5432):

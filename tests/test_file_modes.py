@@ -198,6 +198,7 @@ def test_a_pg_dump_is_0600(tmp_path: Path, pg_cluster: object, umask: int) -> No
         '[ledger]\nurl = "sqlite:///.statekeeper/ledger.db"\n\n'
         f'[target]\nurl = "{url}"\n\n[backup]\nmethod = "pg_dump"\ndir = "var/backups"\n'
     )
+    ok(sk(proj, umask, "init"))
     ok(sk(proj, umask, "backup", "create", "--id", "b1"))
     d = proj / "var" / "backups" / "b1"
     assert (d / "database.dump").stat().st_size > 0

@@ -376,9 +376,11 @@ class BackupManager:
         driver = self._driver(m.method)
         t0 = _clock.monotonic_ms()
         damage: list[str] = []
+        before = None
         if check and report_damage:
             try:
-                damage = diff(expected, fingerprint(target))
+                before = fingerprint(target)
+                damage = diff(expected, before)
             except StatekeeperError as e:
                 damage = [f"(the target could not be fingerprinted before the restore: {e})"]
         try:
@@ -400,7 +402,7 @@ class BackupManager:
                 lines,
             )
         return RestoreResult(m, after, int(_clock.monotonic_ms() - t0), damage,
-                             target.display)
+                             target.display, before)
 
     @property
     def restarts_server(self) -> bool:

@@ -134,6 +134,7 @@ class RestoreResult:
     duration_ms: int
     damage: list[str]  # how the database differed from the backup just before the restore
     target: str = ""  # the (redacted) URL restored into
+    before: Fingerprint | None = None  # the target's just before (None: not taken, or failed)
 
 
 @dataclass

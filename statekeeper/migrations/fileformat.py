@@ -58,6 +58,10 @@ class Migration:
     checksum: str
     no_transaction: bool = False
     down_offset: int = 0
+    #: sha256 of the whole file's bytes, what ``sha256sum FILE`` prints (an auditor matches it
+    #: against git); ``checksum`` is what statekeeper compares: the up part only, decoded and
+    #: with its newlines normalised, so an edited down part or a CRLF checkout is no "edit"
+    file_sha256: str = ""
 
     @property
     def reversible(self) -> bool:
@@ -172,11 +176,13 @@ def _transaction_control_message(words: str) -> str:
             f"{NO_TRANSACTION_MARKER})")
 
 
-def parse_migration(path: Path, text: str, backend: str = "postgresql") -> Migration:
+def parse_migration(path: Path, text: str, backend: str = "postgresql",
+                    file_sha256: str | None = None) -> Migration:
     """Split one file's text (decoded, BOM dropped, newlines normalised to ``\\n``) into a
     :class:`Migration`; ConfigError naming the file for anything malformed. ``backend``
     (``postgresql`` or ``sqlite``) decides how statements are lexed for the
-    transaction-control check."""
+    transaction-control check. ``file_sha256``: the digest of the file's bytes as read
+    (default: of ``text`` encoded as UTF-8, for a text that is the whole file)."""
     if "\0" in text:  # read_migration refuses it with the byte offset; a direct caller too
         raise ConfigError(f"{path}: contains a NUL character at character {text.index(chr(0))}")
     if not text.strip():
@@ -224,7 +230,8 @@ def parse_migration(path: Path, text: str, backend: str = "postgresql") -> Migra
                     f"{path}: line {line_no}: {_transaction_control_message(words)}"
                 )
     mid = path.name[: -len(".sql")]
-    return Migration(mid, path, up, down, checksum_of(up), no_transaction, down_offset)
+    digest = file_sha256 or hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return Migration(mid, path, up, down, checksum_of(up), no_transaction, down_offset, digest)
 
 
 def _line_of(data: bytes, offset: int) -> int:
@@ -249,7 +256,7 @@ def read_migration(path: Path, backend: str = "postgresql") -> Migration:
         raise ConfigError(f"{path}: not UTF-8 text: invalid byte at byte offset {e.start} "
                           f"(line {_line_of(data, e.start)})") from e
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    return parse_migration(path, text, backend)
+    return parse_migration(path, text, backend, hashlib.sha256(data).hexdigest())
 
 
 def load_migrations(dir: Path, backend: str = "postgresql") -> list[Migration]:

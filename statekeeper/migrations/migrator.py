@@ -306,6 +306,11 @@ class Migrator:
                     on_applied(rec)
             return done
 
+    def plan_up(self, target_id: str | None = None) -> list[Migration]:
+        """The migrations ``up`` would apply, in order, after validation. Read-only (not even
+        the changelog table is created)."""
+        return self._plan_up(target_id, create=False)
+
     def _plan_up(self, target_id: str | None, *, create: bool) -> list[Migration]:
         migrations = self.migrations()  # a bad file is refused before anything is written
         if create:
@@ -393,15 +398,21 @@ class Migrator:
                 if t.name == name:
                     if run_id is not None and t.run_id == run_id and t.migration_id == last:
                         return t
-                    at = t.migration_id or "no migrations applied"
-                    raise ConfigError(
-                        f"tag {name} already exists (created {t.created_at} at {at}); "
-                        f"choose another name"
-                    )
+                    raise _tag_exists(t)
             new = Tag(name, last, _clock.stamp(self.clock()), run_id)
             with self._transaction() as conn:
                 self._changelog.add_tag(conn, new)
             return new
+
+    def check_new_tag(self, name: str) -> str | None:
+        """Before tagging (read-only): ``name`` is a valid tag name not used yet. Returns the
+        migration the tag would name (None: nothing applied)."""
+        check_tag_name(name)
+        applied, tags = self._read()
+        for t in tags:
+            if t.name == name:
+                raise _tag_exists(t)
+        return max((r.id for r in applied), key=natural_key, default=None)
 
     def untag(self, name: str, run_id: str) -> bool:
         """Remove tag ``name`` if run ``run_id`` created it: a rolled-back run takes back the
@@ -478,3 +489,9 @@ class Migrator:
                 f"{text.rstrip()}\n"
             )
         return "\n".join(chunks)
+
+
+def _tag_exists(t: Tag) -> ConfigError:
+    at = t.migration_id or "no migrations applied"
+    return ConfigError(f"tag {t.name} already exists (created {t.created_at} at {at}); "
+                       "choose another name")

@@ -22,8 +22,10 @@ class Migrate(StepKind):
 
     def forward(self, run: Run) -> list[Step]:
         return [
-            Step(f"migrate:{m.id}", self.name, {"migration": m.id, "checksum": m.checksum,
-                                                "no_transaction": m.no_transaction})
+            Step(f"migrate:{m.id}", self.name, {
+                "migration": m.id, "checksum": m.checksum, "no_transaction": m.no_transaction,
+                # a plan recorded before file digests were has none
+                **({"file_sha256": m.file_sha256} if m.file_sha256 is not None else {})})
             for m in run.plan.migrations
         ]
 
@@ -40,14 +42,25 @@ class Migrate(StepKind):
             raise TargetError(
                 f"migration {mig.id} changed since the run was planned (checksum differs)"
             )
+        planned = step.args.get("file_sha256")
+        if planned is not None and mig.file_sha256 != planned:
+            # the up part is the same, the file is not (its down part changed): the ledger
+            # would otherwise record a file that is not the one planned
+            raise TargetError(
+                f"migration {mig.id} changed since the run was planned (its file's sha256 is "
+                f"{mig.file_sha256[:12]}, the plan recorded {planned[:12]})"
+            )
         applied = migrator.apply(mig, run_id=ctx.run.run_id, hook=ctx.hook)
-        return {"migration": mig.id, "checksum": mig.checksum,
+        return {"migration": mig.id, "checksum": mig.checksum, "file_sha256": mig.file_sha256,
                 "execution_ms": applied.execution_ms}
 
     def probe(self, ctx: Context, step: Step) -> Settled:
         mid = step.args["migration"]
         if ctx.session.migrator.is_applied(mid):
-            return Settled(True, {"migration": mid, "checksum": step.args.get("checksum")})
+            done = {"migration": mid, "checksum": step.args.get("checksum")}
+            if step.args.get("file_sha256") is not None:
+                done["file_sha256"] = step.args["file_sha256"]
+            return Settled(True, done)
         if step.args.get("no_transaction"):
             # Its SQL runs outside a transaction and its changelog row comes after: without
             # the row nobody can say how much of it ran. Never rerun it; roll back instead,

@@ -1,0 +1,459 @@
+"""Operations: the changes made through statekeeper outside an upgrade, each recorded in its
+own stream ``ops/<op_id>`` (the fold of which is :mod:`statekeeper.opreplay`).
+
+An operation, like a run, verifies the ledger before acting (the chain since the last head
+this tool verified), takes the target lock, and refuses (exit 5, naming it) while a run holds
+the lease on its target. Bad input is refused before anything is recorded: ``op.created`` is
+appended only once the operation is about to change something, then each side effect is a
+step (``step.started`` committed before it runs, ``step.succeeded``/``step.failed`` after,
+with the payload shapes of a run's steps), and ``op.ended`` says how it ended. An operation
+that would change nothing (nothing pending, already at the tag) records nothing. The
+destructive ones (``backup restore``, ``migrate down``) are confirmed first, on a terminal
+(``confirm``) or with ``--yes``; how is recorded.
+
+The public verbs are in :mod:`statekeeper.command`; this module never prints or exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ledger import NewEvent
+
+from . import clock
+from ._version import __version__
+from .errors import BackupError, ConfigError, HistoryError, LockHeld, StatekeeperError
+from .files import describe_os_error
+from .opreplay import (
+    DESTRUCTIVE,
+    OP_CREATED,
+    OP_ENDED,
+    STEP_FAILED,
+    STEP_STARTED,
+    STEP_SUCCEEDED,
+    STREAM_PREFIX,
+    Operation,
+    apply,
+    stream_of,
+)
+
+if TYPE_CHECKING:
+    from ledger import Ledger, StoredEvent
+
+    from .backups import BackupManager, Manifest, RestoreResult
+    from .migrations import AppliedMigration, Migration, Migrator, Tag
+    from .settings import Settings
+    from .targets import Target
+    from .why import Why
+
+Observer = Callable[[str, dict[str, Any]], None]
+#: asks the operator (on a terminal) whether to go on; the question is one line
+Confirm = Callable[[str], bool]
+
+
+def new_op_id() -> str:
+    from .upgrade import new_run_id
+
+    return new_run_id()
+
+
+def confirmation(op: str, yes: bool, confirm: Confirm | None) -> str:
+    """How a destructive operation will be confirmed, decided before anything is opened:
+    ``--yes``, or ``prompt`` (asked by :func:`ask` once the operation knows what it would
+    discard). Neither (not a terminal, no ``--yes``): ConfigError naming ``--yes``."""
+    if yes:
+        return "--yes"
+    if confirm is None:
+        words = op.replace(".", " ")
+        raise ConfigError(f"{words} discards data and needs confirmation: not on a terminal, "
+                          "so pass --yes (nothing was done)")
+    return "prompt"
+
+
+def ask(op: str, how: str, confirm: Confirm | None, question: str) -> None:
+    """Ask the operator (``prompt``); a no is ConfigError, with nothing done or recorded."""
+    if how == "prompt":
+        assert confirm is not None
+        if not confirm(question):
+            raise ConfigError(f"{op.replace('.', ' ')} not confirmed: nothing was done")
+
+
+def _error_text(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    if isinstance(e, OSError):
+        return describe_os_error(e)
+    if isinstance(e, StatekeeperError) or type(e).__module__.startswith("ledger"):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+class Recorder:
+    """Appends one operation's events, folding each through :func:`opreplay.apply` (the
+    function a replay uses), so what is recorded is what replays."""
+
+    def __init__(self, lg: Ledger, op_id: str, observer: Observer | None = None) -> None:
+        self.ledger = lg
+        self.op_id = op_id
+        self.observe = observer or (lambda kind, data: None)
+        self.op: Operation | None = None
+
+    def emit(self, type_: str, payload: dict[str, Any]) -> Operation:
+        from .runner import to_run_event
+
+        pos = self.op.position if self.op is not None else 0
+        ev = self.ledger.append(stream_of(self.op_id), NewEvent(type_, payload),
+                                expected_position=pos)[-1]
+        self.op = apply(self.op, to_run_event(ev))
+        self.observe(type_, {"op_id": self.op_id, **payload})
+        return self.op
+
+    def create(self, op: str, target: str | None, args: dict[str, Any], why: Why | None,
+               confirmed: str | None) -> None:
+        payload: dict[str, Any] = {
+            "op_id": self.op_id, "op": op, "target": target, "args": args,
+            **(why.payload() if why is not None else {}), "version": __version__,
+        }
+        if op in DESTRUCTIVE:
+            payload["confirmed"] = confirmed
+        self.emit(OP_CREATED, payload)
+
+    def step(self, name: str, kind: str, args: dict[str, Any],
+             effect: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Announce, perform and close one step; a failure is recorded and re-raised."""
+        self.emit(STEP_STARTED, {"step": name, "kind": kind, **args})
+        t0 = clock.monotonic_ms()
+        try:
+            result = effect()
+        except Exception as e:
+            self.emit(STEP_FAILED, {"step": name, "kind": kind, "error": _error_text(e),
+                                    "duration_ms": int(clock.monotonic_ms() - t0)})
+            raise
+        self.emit(STEP_SUCCEEDED, {"step": name, "kind": kind, "result": result,
+                                   "duration_ms": int(clock.monotonic_ms() - t0)})
+        return result
+
+
+@contextlib.contextmanager
+def recording(lg: Ledger, op_id: str, op: str, target: str | None, args: dict[str, Any],
+              why: Why | None, confirmed: str | None = None,
+              observer: Observer | None = None) -> Iterator[Recorder]:
+    """``op.created`` now, ``op.ended`` when the block ends: ``failed`` with the error if it
+    raised (best effort: the ledger may be what failed), ``succeeded`` otherwise. A process
+    killed inside the block leaves the operation without ``op.ended`` (interrupted)."""
+    rec = Recorder(lg, op_id, observer)
+    rec.create(op, target, args, why, confirmed)
+    t0 = clock.monotonic_ms()
+    try:
+        yield rec
+    except BaseException as e:
+        if not isinstance(e, SystemExit):
+            with contextlib.suppress(Exception):
+                rec.emit(OP_ENDED, {"outcome": "failed", "error": _error_text(e),
+                                    "duration_ms": int(clock.monotonic_ms() - t0)})
+        raise
+    rec.emit(OP_ENDED, {"outcome": "succeeded", "duration_ms": int(clock.monotonic_ms() - t0)})
+
+
+def open_verified(settings: Settings) -> Ledger:
+    """The ledger, opened to append and verified before acting (chain since the local
+    checkpoint); it must exist already: ``statekeeper init`` creates it."""
+    from .trust import verify_before_act
+
+    lg = settings.open_ledger(signing=True, create=False)
+    try:
+        verify_before_act(lg, settings.config.base_dir)
+    except BaseException:
+        lg.close()
+        raise
+    return lg
+
+
+def refuse_if_leased(settings: Settings, target: Target) -> None:
+    """A run holding the lease on the target (alive) owns it: LockHeld naming the run. (Its
+    target lock refuses too; the lease also covers a run whose lock is deferred while a
+    restore has the server down.)"""
+    store = settings.open_lease_store()
+    try:
+        h = store.holder(target.display)
+        if h is not None and store.is_alive(h):
+            raise LockHeld(f"target is locked by {h.describe()}: an operation waits for the "
+                           f"run to end ('statekeeper status {h.run_id}')")
+    finally:
+        store.dispose()
+
+
+@contextlib.contextmanager
+def acting(settings: Settings, target: Target,
+           lock: contextlib.AbstractContextManager[Any]) -> Iterator[Ledger]:
+    """What every operation on a target does before it looks at it: the ledger verified,
+    the target lock (``lock``) held, no run holding the lease. Yields the ledger."""
+    with contextlib.closing(open_verified(settings)) as lg, lock:
+        refuse_if_leased(settings, target)
+        yield lg
+
+
+# -- migrate -------------------------------------------------------------------------------
+def _migrate_args(m: Migration) -> dict[str, Any]:
+    from .steps.revert import file_digests
+
+    return {"migration": m.id, **file_digests(m)}
+
+
+def migrate_up(settings: Settings, migrator: Migrator, target_id: str | None, why: Why,
+               on_applied: Callable[[AppliedMigration], None] | None = None,
+               observer: Observer | None = None) -> list[AppliedMigration]:
+    op_id = new_op_id()
+    with acting(settings, migrator.target, migrator.lock()) as lg:
+        todo = migrator.plan_up(target_id)
+        if not todo:
+            return []
+        done: list[AppliedMigration] = []
+        args = {"to": target_id, "migrations": [m.id for m in todo]}
+        with recording(lg, op_id, "migrate.up", migrator.target.display, args, why,
+                       observer=observer) as rec:
+            for m in todo:
+                def effect(m: Migration = m) -> dict[str, Any]:
+                    a = migrator.apply(m, run_id=op_id)
+                    done.append(a)
+                    return {**_migrate_args(m), "execution_ms": a.execution_ms}
+
+                rec.step(f"migrate:{m.id}", "migrate",
+                         {**_migrate_args(m), "no_transaction": m.no_transaction}, effect)
+                if on_applied is not None:
+                    on_applied(done[-1])
+        return done
+
+
+def migrate_down(settings: Settings, migrator: Migrator, to_tag: str, why: Why, yes: bool,
+                 confirm: Confirm | None,
+                 on_reverted: Callable[[Migration], None] | None = None,
+                 observer: Observer | None = None) -> list[str]:
+    from .steps.revert import revert_one
+
+    how = confirmation("migrate.down", yes, confirm)
+    op_id = new_op_id()
+    with acting(settings, migrator.target, migrator.lock()) as lg:
+        plan = migrator.plan_down_to_tag(to_tag)
+        if not plan:
+            return []
+        ids = [m.id for m in plan]
+        ask("migrate.down", how, confirm,
+            f"revert {len(ids)} migration{'s' if len(ids) != 1 else ''} on "
+            f"{migrator.target.display} down to tag {to_tag} ({', '.join(ids)}), running "
+            "their down parts?")
+        out: list[str] = []
+        with recording(lg, op_id, "migrate.down", migrator.target.display,
+                       {"to_tag": to_tag, "migrations": ids}, why, how, observer) as rec:
+            for m in plan:
+                rec.step(f"revert:{m.id}", "revert", _migrate_args(m),
+                         lambda m=m: revert_one(migrator, m.id, op_id))  # type: ignore[misc]
+                out.append(m.id)
+                if on_reverted is not None:
+                    on_reverted(m)
+        return out
+
+
+def migrate_tag(settings: Settings, migrator: Migrator, name: str, why: Why,
+                observer: Observer | None = None) -> Tag:
+    from .migrations import check_tag_name
+
+    check_tag_name(name)
+    op_id = new_op_id()
+    with acting(settings, migrator.target, migrator.lock()) as lg:
+        at = migrator.check_new_tag(name)
+        made: list[Tag] = []
+        with recording(lg, op_id, "migrate.tag", migrator.target.display,
+                       {"tag": name, "migration": at}, why, observer=observer) as rec:
+            def effect() -> dict[str, Any]:
+                made.append(migrator.tag(name, run_id=op_id))
+                return {"tag": name, "created": True, "migration": made[0].migration_id}
+
+            rec.step(f"tag:{name}", "tag", {"tag": name}, effect)
+        return made[0]
+
+
+# -- backup --------------------------------------------------------------------------------
+def _require_target(manager: BackupManager) -> Target:
+    if manager.target is None:
+        raise ConfigError("no target database: set [target] url or pass --target")
+    return manager.target
+
+
+def backup_create(settings: Settings, manager: BackupManager, backup_id: str | None,
+                  why: Why, observer: Observer | None = None) -> Manifest:
+    from .backups.model import check_backup_id, new_backup_id
+    from .migrations.lock import TargetLock
+    from .steps import manifest_result
+
+    target = _require_target(manager)
+    bid = check_backup_id(backup_id) if backup_id else new_backup_id(clock.now())
+    op_id = new_op_id()
+    with acting(settings, target, TargetLock(target, clock.now).hold()) as lg:
+        if manager.probe(bid) is not None:
+            raise BackupError(f"backup {bid} already exists in {manager.backup_dir}")
+        made: list[Manifest] = []
+        with recording(lg, op_id, "backup.create", target.display,
+                       {"backup_id": bid, "method": manager.method}, why,
+                       observer=observer) as rec:
+            def effect() -> dict[str, Any]:
+                made.append(manager.create(bid))
+                return manifest_result(made[0])
+
+            rec.step("backup", "backup", {"backup_id": bid, "method": manager.method}, effect)
+        return made[0]
+
+
+def restore_result(r: RestoreResult) -> dict[str, Any]:
+    """What a ``restore`` step of an operation records: the backup (id, method, size,
+    sha256), the target's fingerprint digests before and after, and what the restore undid."""
+    m = r.manifest
+    return {"backup_id": m.id, "method": m.method, "size": m.size, "sha256": m.sha256,
+            "fingerprint_before": r.before.digest if r.before is not None else None,
+            "fingerprint_after": r.fingerprint.digest if r.fingerprint is not None else None,
+            "undone": list(r.damage)}
+
+
+def backup_restore(settings: Settings, manager: BackupManager, backup_id: str,
+                   allow_other_database: bool, why: Why, yes: bool, confirm: Confirm | None,
+                   observer: Observer | None = None, without_ledger: bool = False
+                   ) -> RestoreResult:
+    """Restore a backup outside a run, under the target lock (LockHeld while a run or a
+    migrate holds it). With the server down (a pgBackRest restore interrupted, the ledger
+    lost) it goes on and takes the lock as soon as the restarted server accepts connections.
+    ``without_ledger`` (the ledger is lost or unreachable): nothing is verified or recorded."""
+    from .migrations.lock import TargetLock
+
+    how = confirmation("backup.restore", yes, confirm)
+    target = _require_target(manager)
+    op_id = new_op_id()
+    lock = TargetLock(target, clock.now)
+
+    def retake() -> None:
+        lock.ensure()
+
+    def restore() -> RestoreResult:
+        return manager.restore(backup_id, allow_other_database=allow_other_database,
+                               reconnected=retake)
+
+    def question(m: Manifest) -> str:
+        return (f"restore backup {m.id} ({m.method}, taken {m.created_at}) into "
+                f"{target.display}, discarding every change made since it was taken?")
+
+    if without_ledger:
+        with lock.hold(defer_unreachable=manager.restarts_server):
+            m = manager.verify(backup_id)
+            ask("backup.restore", how, confirm, question(m))
+            return restore()
+    with acting(settings, target, lock.hold(defer_unreachable=manager.restarts_server)) as lg:
+        m = manager.verify(backup_id)  # unknown or corrupt: refused before anything
+        if not allow_other_database:
+            manager.check_identity(m)
+        ask("backup.restore", how, confirm, question(m))
+        done: list[RestoreResult] = []
+        with recording(lg, op_id, "backup.restore", target.display,
+                       {"backup_id": backup_id, "allow_other_database": allow_other_database},
+                       why, how, observer) as rec:
+            def effect() -> dict[str, Any]:
+                done.append(restore())
+                return restore_result(done[0])
+
+            rec.step("restore", "restore", {"backup_id": backup_id, "method": m.method},
+                     effect)
+        return done[0]
+
+
+# -- keys ------------------------------------------------------------------------------------
+def keys_rotate(settings: Settings, new_key: Path, why: Why,
+                observer: Observer | None = None) -> StoredEvent:
+    """Introduce a new signing key (``ledger.key_rotated`` in stream ``ledger``, sealed by the
+    old key), as the step of a ``keys.rotate`` operation: its ids are recorded, never key
+    material. The operation's events after the rotation are sealed by the new key."""
+    import ledger
+
+    new = ledger.load_signer(new_key)
+    with contextlib.closing(open_verified(settings)) as lg:
+        assert lg.signer is not None
+        old_id = lg.signer.key_id
+        if new.key_id == old_id:
+            raise ConfigError(f"--new-key {new_key}: the new key is already the signing key")
+        known = [k.key_id for k in lg.keys()]  # noqa: SIM118 (a Ledger is no mapping)
+        if new.key_id in known:
+            raise ConfigError(f"--new-key {new_key}: key {new.key_id[:16]}... was used by this "
+                              "ledger before; a retired key is never brought back: generate "
+                              "a new one")
+        ids = {"old_key_id": old_id, "new_key_id": new.key_id}
+        rotated: list[StoredEvent] = []
+        with recording(lg, new_op_id(), "keys.rotate", None, dict(ids), why,
+                       observer=observer) as rec:
+            def effect() -> dict[str, Any]:
+                rotated.append(lg.rotate_key(new))
+                return {**ids, "seq": rotated[0].seq}
+
+            rec.step("keys.rotate", "keys.rotate", dict(ids), effect)
+        return rotated[0]
+
+
+# -- init --------------------------------------------------------------------------------------
+def record_init(settings: Settings, lg: Ledger, created: dict[str, Any], kept: list[str],
+                target: str | None, why: Why, observer: Observer | None = None) -> str | None:
+    """The ``init`` operation, after the files exist (the ledger needs the key before it can
+    record anything): on a new ledger its ``op.created`` is the first event after the
+    genesis (appended with it); on an existing one it is recorded only if init created
+    something (a re-run that keeps everything changes nothing and records nothing). Returns
+    the operation id, or None."""
+    from .trust import verify_before_act
+
+    new = lg.ledger_id() is None
+    if not new and not created:
+        return None
+    if not new:
+        verify_before_act(lg, settings.config.base_dir)
+    op_id = new_op_id()
+    assert lg.signer is not None
+    key_id = lg.signer.key_id
+    args = {"config": str(settings.config.path) if settings.config.path else None,
+            "ledger": lg.display_url}
+    with recording(lg, op_id, "init", target, args, why, observer=observer) as rec:
+        created_now = {**created, **({"ledger": lg.display_url} if new else {})}
+        rec.step("init", "init", {}, lambda: {"created": created_now, "kept": kept,
+                                              "key_id": key_id,
+                                              "ledger_id": lg.ledger_id()})
+    if new:
+        verify_before_act(lg, settings.config.base_dir)  # the first local checkpoint
+    return op_id
+
+
+# -- reading -----------------------------------------------------------------------------------
+def read_op(lg: Ledger, op_id: str) -> Operation | None:
+    """The operation rebuilt from its stream (None if it has no events); HistoryError if
+    its events cannot be applied."""
+    from .runner import to_run_event
+
+    op: Operation | None = None
+    for ev in lg.read_stream(stream_of(op_id)):
+        op = apply(op, to_run_event(ev))
+        if op.position == 1 and op.op_id != op_id:
+            raise HistoryError(1, f"op.created names operation {op.op_id!r}", ev.seq)
+    return op
+
+
+def scan_ops(lg: Ledger) -> list[Operation | HistoryError]:
+    """Every operation in the order created; one that cannot be replayed is its
+    HistoryError (``op_id`` set on it), so it never hides the others."""
+    out: list[Operation | HistoryError] = []
+    for name, *_ in lg.streams(STREAM_PREFIX):
+        op_id = name[len(STREAM_PREFIX):]
+        try:
+            op = read_op(lg, op_id)
+        except (HistoryError, ValueError) as e:
+            err = e if isinstance(e, HistoryError) else HistoryError(0, f"unreadable: {e}")
+            err.op_id = op_id  # type: ignore[attr-defined]
+            out.append(err)
+            continue
+        if op is not None:
+            out.append(op)
+    return out
