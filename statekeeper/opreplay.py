@@ -68,6 +68,7 @@ class OpStep:
     started_at: str
     args: dict[str, Any]
     seq: int = 0  # ledger seq of its step.started
+    attempt: int = 1  # 1 + the steps of the same name before it
     ended_at: str | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
@@ -115,6 +116,13 @@ class Operation:
     def backup(self) -> dict[str, Any] | None:
         """The backup step's result (backup_id, method, size, sha256, fingerprint)."""
         done = self.succeeded("backup")
+        return done[-1].result if done else None
+
+    @property
+    def restore(self) -> dict[str, Any] | None:
+        """The restore step's result (backup_id, method, size, sha256, fingerprint_before,
+        fingerprint_after, undone)."""
+        done = self.succeeded("restore")
         return done[-1].result if done else None
 
     def migrations_applied(self) -> list[str]:
@@ -181,7 +189,8 @@ def apply(op: Operation | None, ev: Event) -> Operation:
                                f"{op.open_step.name} is open", ev.seq)
         op.steps.append(OpStep(name, kind, "open", ev.at,
                                {k: v for k, v in p.items() if k not in ("step", "kind")},
-                               seq=ev.seq))
+                               seq=ev.seq,
+                               attempt=1 + sum(s.name == name for s in op.steps)))
     elif t in (STEP_SUCCEEDED, STEP_FAILED):
         step = op.open_step
         if step is None or step.name != p.get("step"):
@@ -215,10 +224,14 @@ def apply(op: Operation | None, ev: Event) -> Operation:
     return op
 
 
-def replay(events: Iterable[Event]) -> Operation:
+def replay(events: Iterable[Event], op_id: str | None = None) -> Operation:
+    """The operation the events make; ``op_id`` (its stream's): ``op.created`` must name it.
+    HistoryError for anything that cannot be applied, and for no events at all."""
     op: Operation | None = None
     for ev in events:
         op = apply(op, ev)
+        if op_id is not None and op.position == 1 and op.op_id != op_id:
+            raise HistoryError(1, f"{OP_CREATED} names operation {op.op_id!r}", ev.seq)
     if op is None:
         raise HistoryError(0, "no events")
     return op

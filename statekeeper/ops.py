@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ledger import NewEvent
 
-from . import clock
+from . import clock, failpoints
 from ._version import __version__
 from .errors import BackupError, ConfigError, HistoryError, LockHeld, StatekeeperError
 from .files import describe_os_error
@@ -37,6 +37,7 @@ from .opreplay import (
     STREAM_PREFIX,
     Operation,
     apply,
+    replay,
     stream_of,
 )
 
@@ -91,6 +92,12 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _failpoint(kind: str, phase: str) -> None:
+    name = f"{kind}.{phase}"
+    if name in failpoints.FAILPOINTS:  # declared ones only (init, keys.rotate have none)
+        failpoints.hit(name)
+
+
 class Recorder:
     """Appends one operation's events, folding each through :func:`opreplay.apply` (the
     function a replay uses), so what is recorded is what replays."""
@@ -123,8 +130,13 @@ class Recorder:
 
     def step(self, name: str, kind: str, args: dict[str, Any],
              effect: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Announce, perform and close one step; a failure is recorded and re-raised."""
+        """Announce, perform and close one step; a failure is recorded and re-raised. A
+        step of a step kind's name reaches that kind's ``before``/``started``/``done``
+        failpoints, as the run's step does (``STATEKEEPER_FAILPOINT=backup.done`` kills a
+        ``backup create`` after the backup is taken, before it is recorded)."""
+        _failpoint(kind, "before")
         self.emit(STEP_STARTED, {"step": name, "kind": kind, **args})
+        _failpoint(kind, "started")
         t0 = clock.monotonic_ms()
         try:
             result = effect()
@@ -132,6 +144,7 @@ class Recorder:
             self.emit(STEP_FAILED, {"step": name, "kind": kind, "error": _error_text(e),
                                     "duration_ms": int(clock.monotonic_ms() - t0)})
             raise
+        _failpoint(kind, "done")
         self.emit(STEP_SUCCEEDED, {"step": name, "kind": kind, "result": result,
                                    "duration_ms": int(clock.monotonic_ms() - t0)})
         return result
@@ -433,12 +446,8 @@ def read_op(lg: Ledger, op_id: str) -> Operation | None:
     its events cannot be applied."""
     from .runner import to_run_event
 
-    op: Operation | None = None
-    for ev in lg.read_stream(stream_of(op_id)):
-        op = apply(op, to_run_event(ev))
-        if op.position == 1 and op.op_id != op_id:
-            raise HistoryError(1, f"op.created names operation {op.op_id!r}", ev.seq)
-    return op
+    events = [to_run_event(ev) for ev in lg.read_stream(stream_of(op_id))]
+    return replay(events, op_id) if events else None
 
 
 def scan_ops(lg: Ledger) -> list[Operation | HistoryError]:

@@ -1,14 +1,17 @@
 """`statekeeper report` (issue 10): replayed from the verified ledger, in four formats.
 
-One ledger for the module: a real completed run and a real rolled-back run (two projects
-sharing one ledger), plus events appended through the ledger's own API in the formats of the
-issue-10 contract (operations in ``ops/<id>``, a run with ``--reason``/``--ticket``), some of
-them hostile. Every test reads it; the tampered copy is made once too.
+One ledger for the module, everything in it made by statekeeper itself: a run started with
+--reason/--ticket, killed by a failpoint after its second migration and resumed (its own
+reason and ticket), a run that rolls back (two projects sharing one ledger), and operations
+through the CLI (backup create, migrate tag, a failed migrate up, backup restore --yes, a
+backup create killed by a failpoint), the hostile text in their --reason and in a real
+migration's error. Every test reads it; the tampered copy is made once too.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import shutil
@@ -22,64 +25,33 @@ import pytest
 from click.testing import CliRunner
 from freezegun import freeze_time
 
-import ledger
 from cli.main import cli
 from statekeeper import command
-from statekeeper.plan import Plan
-from tests.upgrade_support import ROOT, SCENARIOS, make_project, seed
+from statekeeper.failpoints import EXIT_CODE
+from statekeeper.opreplay import Operation
+from statekeeper.ops import scan_ops
+from tests.upgrade_support import ROOT, SCENARIOS, Project, make_project, seed
 
-HOSTILE_MIGRATION = "<script>alert('x')</script>"
+SCRIPT = "<script>alert(1)</script>"
 FORMULA = "=cmd|' /C calc'!A0"
-SYNTH_RUN = "20240101-120000-abcdef"
-OPS = {"backup": "20240101-130000-000001", "migrate": "20240101-130000-000002",
-       "crashed": "20240101-130000-000003"}
-FILE_SHA = "9" * 64
+HOSTILE_ERROR = "<b>symbl</b>"
+EXTRA = {"004_note.sql": "INSERT INTO settings (key, value) VALUES ('note', 'x');\n"
+         "-- statekeeper:down\nDELETE FROM settings WHERE key = 'note';\n",
+         "005_bad.sql": f"UPDATE users SET name = [{HOSTILE_ERROR}];\n"}
 
 
-def _append_synthetic(url: str, key: Path) -> None:
-    E = ledger.NewEvent
-    with ledger.Ledger(url, signer=ledger.load_signer(key), tool="test") as lg:
-        plan = Plan(from_version="v2.6", to_version="v2.7", target="sqlite:///x.db").to_payload()
-        lg.append(f"upgrade/{SYNTH_RUN}", E("run.created", {
-            "run_id": SYNTH_RUN, **plan, "reason": "quarterly release", "ticket": "CHG-1001"}))
-        lg.append(f"upgrade/{SYNTH_RUN}", E("run.resumed", {
-            "host": "h2", "pid": 7, "mode": "forward", "state": "planned",
-            "reason": "resumed after the window moved", "ticket": "CHG-1002"}))
-        op = OPS["backup"]
-        lg.append(f"ops/{op}", [
-            E("op.created", {"op_id": op, "op": "backup.create", "target": "sqlite:///x.db",
-                             "args": {"backup_id": op}, "reason": FORMULA,
-                             "ticket": "INC-7", "confirmed": None, "version": "0.1.0"}),
-            E("step.started", {"step": "backup", "kind": "backup", "backup_id": op,
-                               "method": "sqlite"}),
-            E("step.succeeded", {"step": "backup", "kind": "backup", "duration_ms": 12,
-                                 "result": {"backup_id": op, "method": "sqlite", "size": 4096,
-                                            "sha256": "a" * 64}}),
-            E("op.ended", {"outcome": "succeeded", "duration_ms": 15}),
-        ])
-        op = OPS["migrate"]
-        lg.append(f"ops/{op}", [
-            E("op.created", {"op_id": op, "op": "migrate.up", "target": "sqlite:///x.db",
-                             "args": {"to": HOSTILE_MIGRATION}, "confirmed": "--yes",
-                             "version": "0.1.0"}),
-            E("step.started", {"step": f"migrate:{HOSTILE_MIGRATION}", "kind": "migrate",
-                               "migration": HOSTILE_MIGRATION, "checksum": "c" * 64,
-                               "file_sha256": FILE_SHA}),
-            E("step.succeeded", {"step": f"migrate:{HOSTILE_MIGRATION}", "kind": "migrate",
-                                 "duration_ms": 3,
-                                 "result": {"migration": HOSTILE_MIGRATION, "checksum": "c" * 64,
-                                            "file_sha256": FILE_SHA, "execution_ms": 1}}),
-            E("step.started", {"step": "migrate:002", "kind": "migrate", "migration": "002",
-                               "checksum": "d" * 64, "file_sha256": "e" * 64}),
-            E("step.failed", {"step": "migrate:002", "kind": "migrate", "duration_ms": 2,
-                              "error": "no such column: <b>symbl</b>"}),
-            E("op.ended", {"outcome": "failed", "error": "migration 002 failed",
-                           "duration_ms": 9}),
-        ])
-        op = OPS["crashed"]
-        lg.append(f"ops/{op}", E("op.created", {
-            "op_id": op, "op": "backup.restore", "target": None, "args": {"backup_id": "b1"},
-            "confirmed": "prompt", "version": "0.1.0"}))
+def _sk(p: Project, *args: str, code: int = 0) -> str:
+    """The CLI in this process; its output."""
+    r = CliRunner().invoke(cli, ["--config", str(p.config), *args])
+    assert r.exit_code == code, r.output
+    return r.output
+
+
+def _op(p: Project, *args: str, code: int = 0) -> str:
+    """An operation through the CLI; the id it recorded."""
+    out = _sk(p, *args, code=code)
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("recorded as operation ")]
+    return line.split()[3]
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +59,34 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("report")
     url = f"sqlite:///{base}/ledger.db"
     key = base / "key.pem"
-    runs = {}
-    for name, outcome in (("forward", "completed"), ("restore", "rolled_back")):
+    projects = {}
+    for name in ("forward", "restore"):
         (base / f"{name}.db").touch()
         target = f"sqlite:///{base}/{name}.db"
         seed("sqlite", target)
-        p = make_project(base / name, "sqlite", target, SCENARIOS[name], ledger_url=url,
-                         key=str(key))
-        r = p.cli("start", "--to", "v2.6")
-        assert r.returncode in (0, 1), r.stderr
-        runs[outcome] = command.status(p.settings()).run_id
-        if name == "forward":
-            project = p
-    _append_synthetic(url, key)
+        projects[name] = make_project(base / name, "sqlite", target, SCENARIOS[name],
+                                      ledger_url=url, key=str(key))
+    fwd = projects["forward"]
+    r = fwd.cli("start", "--to", "v2.6", "--reason", "quarterly release", "--ticket",
+                "CHG-1001", failpoint="migrate.done:2")
+    assert r.returncode == EXIT_CODE, r.stderr
+    _sk(fwd, "resume", "--reason", "resumed after the crash", "--ticket", "CHG-1002")
+    runs = {"completed": command.status(fwd.settings()).run_id}
+    _sk(projects["restore"], "start", "--to", "v2.6", code=1)
+    runs["rolled_back"] = command.status(projects["restore"].settings()).run_id
+    ops = {"backup": _op(fwd, "backup", "create", "--id", "b1", "--reason", SCRIPT,
+                         "--ticket", "CHG-2001"),
+           "tag": _op(fwd, "migrate", "tag", "v2.6-audited", "--reason", FORMULA)}
+    for name, text in EXTRA.items():
+        (fwd.dir / "migrations" / name).write_text(text)
+    _sk(fwd, "migrate", "up", "--ticket", "CHG-2002", code=1)  # 004 applied, 005 fails
+    ops["restore"] = _op(fwd, "backup", "restore", "b1", "--yes", "--reason", "undo 004")
+    r = fwd.cli("backup", "create", "--id", "b2", failpoint="backup.done")
+    assert r.returncode == EXIT_CODE, r.stderr
+    with fwd.settings().open_ledger(signing=False) as lg:
+        found = {(o.op, o.status): o.op_id for o in scan_ops(lg) if isinstance(o, Operation)}
+    ops["failed"] = found["migrate.up", "failed"]  # the CLI names a failed one nowhere
+    ops["interrupted"] = found["backup.create", "interrupted"]
     # the tampered copy: a real run's event edited in place, as an attacker with table
     # rights would (the triggers dropped first)
     bad = base / "tampered.db"
@@ -116,8 +103,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 "WHERE seq = ?", (bad_seq,))
     dst.commit()
     dst.close()
-    return {"base": base, "project": project, "runs": runs, "bad_url": f"sqlite:///{bad}",
+    return {"base": base, "project": fwd, "runs": runs, "ops": ops, "bad_url": f"sqlite:///{bad}",
             "bad_seq": bad_seq, "ledger_url": url}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _report(world: dict[str, Any], fmt: str, *args: str, name: str | None = None,
@@ -152,28 +143,51 @@ def test_json_is_the_model_and_validates_against_the_published_schema(
     by_id = {e["id"]: e for e in doc["entries"]}
     done, rb = by_id[world["runs"]["completed"]], by_id[world["runs"]["rolled_back"]]
     assert done["state"] == "completed" and done["backup"]["sha256"]
-    assert [m["migration"] for m in done["migrations"]] == [
-        "001_bump_qty", "002_orders", "003_user_status"]
-    # absent in an older history is absent: the real runs record no file sha256, no ticket
-    assert all(m["file_sha256"] is None and m["checksum"] for m in done["migrations"])
-    assert done["reason"] is None and done["ticket"] is None
+    mig = world["project"].dir / "migrations"
+    assert [(m["migration"], m["file_sha256"]) for m in done["migrations"]] == [
+        (name, _sha256(mig / f"{name}.sql"))
+        for name in ("001_bump_qty", "002_orders", "003_user_status")]
+    assert all(m["checksum"] for m in done["migrations"])
+    assert (done["reason"], done["ticket"]) == ("quarterly release", "CHG-1001")
     assert done["who"]["user"] and done["who"]["host"]
     assert done["downtime"]["basis"] == "run"
+    start, resume = done["sessions"]
+    assert start["ended"] == "crashed"  # killed by the failpoint, no lease.released
+    assert (resume["command"], resume["reason"], resume["ticket"]) == (
+        "resume", "resumed after the crash", "CHG-1002")
+    assert any("migrate:002_orders was in doubt" in c["what"] for c in done["crashes"])
     assert rb["rollback"]["verdict"] == "data identical"
     assert rb["rollback"]["fingerprint_before"] == rb["rollback"]["fingerprint_after"]
     assert any("no_such_column" in e["message"] for e in rb["errors"])
-    synth = by_id[SYNTH_RUN]
-    assert (synth["reason"], synth["ticket"]) == ("quarterly release", "CHG-1001")
-    assert synth["sessions"][0]["ended"] == "crashed"  # no lease.released before the resume
-    assert synth["sessions"][1]["ticket"] == "CHG-1002"
-    ops = {e["id"]: e for e in doc["entries"] if e["type"] == "operation"}
-    assert ops[OPS["backup"]]["outcome"] == "succeeded"
-    assert ops[OPS["backup"]]["backup"]["size"] == 4096
-    assert ops[OPS["migrate"]]["migrations"][0]["file_sha256"] == FILE_SHA
-    assert ops[OPS["crashed"]]["outcome"] == "interrupted"
+
+    ops = {k: by_id[v] for k, v in world["ops"].items()}
+    assert {k: (e["op"], e["outcome"]) for k, e in ops.items()} == {
+        "backup": ("backup.create", "succeeded"), "tag": ("migrate.tag", "succeeded"),
+        "failed": ("migrate.up", "failed"), "restore": ("backup.restore", "succeeded"),
+        "interrupted": ("backup.create", "interrupted")}
+    assert (ops["backup"]["reason"], ops["backup"]["ticket"]) == (SCRIPT, "CHG-2001")
+    assert ops["backup"]["backup"]["backup_id"] == "b1" and ops["backup"]["backup"]["size"]
+    assert ops["backup"]["who"]["user"] and ops["backup"]["confirmed"] is None
+    assert ops["tag"]["reason"] == FORMULA and ops["tag"]["args"]["tag"] == "v2.6-audited"
+    failed = ops["failed"]
+    assert failed["ticket"] == "CHG-2002"
+    assert [(m["migration"], m["file_sha256"]) for m in failed["migrations"]] == [
+        ("004_note", _sha256(mig / "004_note.sql"))]
+    assert [s["outcome"] for s in failed["steps"]] == ["succeeded", "failed"]
+    (err,) = failed["errors"]  # the op.ended error repeats the step's: shown once
+    assert err["step"] == "migrate:005_bad" and HOSTILE_ERROR in err["message"]
+    restore = ops["restore"]
+    assert restore["confirmed"] == "--yes" and restore["reason"] == "undo 004"
+    assert restore["restore"]["backup_id"] == "b1" and restore["restore"]["undone"]
+    assert restore["restore"]["fingerprint_before"] != restore["restore"]["fingerprint_after"]
+    killed = ops["interrupted"]
+    assert killed["ended_at"] is None and killed["errors"] == []
+    assert [s["outcome"] for s in killed["steps"]] == ["in doubt (no end recorded)"]
     s = doc["summary"]
     assert s["runs"]["completed"] == 1 and s["runs"]["rolled_back"] == 1
-    assert s["operations"] == {"succeeded": 1, "failed": 1, "interrupted": 1, "unreadable": 0}
+    assert (s["operations"]["failed"], s["operations"]["interrupted"]) == (1, 1)
+    assert s["operations"]["succeeded"] == sum(
+        e["outcome"] == "succeeded" for e in doc["entries"] if e["type"] == "operation")
     assert doc["ledger"]["head"]["seq"] == doc["integrity"]["trusted_through_seq"]
     assert doc["ledger"]["keys"]
 
@@ -196,18 +210,18 @@ def test_files_are_private(reports: dict[str, Path]) -> None:
 
 def test_html_escapes_hostile_payloads_and_is_self_contained(reports: dict[str, Path]) -> None:
     html = reports["html"].read_text()
-    assert "&lt;script&gt;alert(" in html
-    assert "<script" not in html.lower() and "<b>symbl" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;symbl" in html
+    assert "<script" not in html.lower() and HOSTILE_ERROR not in html
     assert "src=" not in html and "<link" not in html and "@import" not in html
     assert "@media print" in html and 'class="timeline"' in html
 
 
-def test_csv_neutralises_formulas(reports: dict[str, Path]) -> None:
+def test_csv_neutralises_formulas(world: dict[str, Any], reports: dict[str, Path]) -> None:
     import csv
 
     rows = list(csv.DictReader(reports["csv"].open(newline="")))
-    backup_op = [r for r in rows if r["id"] == OPS["backup"]]
-    assert backup_op and backup_op[0]["reason"] == "'" + FORMULA
+    tag_op = [r for r in rows if r["id"] == world["ops"]["tag"]]
+    assert tag_op and tag_op[0]["reason"] == "'" + FORMULA
     assert not any(v.startswith(("=", "+", "@")) for r in rows for v in r.values())
     # one row per step, the run's columns repeated
     assert sum(r["type"] == "run" for r in rows) >= 16
@@ -221,8 +235,8 @@ def _pdf_pages(path: Path) -> list[str]:
 def test_pdf_reads_back(world: dict[str, Any], reports: dict[str, Path]) -> None:
     pages = _pdf_pages(reports["pdf"])
     text = "\n".join(pages)
-    for run_id in world["runs"].values():
-        assert run_id in text
+    for ident in [*world["runs"].values(), *world["ops"].values()]:
+        assert ident in text
     assert all(p.lstrip().startswith("Integrity: VERIFIED") for p in pages)
 
 
@@ -268,7 +282,8 @@ def test_tampered_ledger_warns_and_exits_4(world: dict[str, Any], fmt: str) -> N
         assert doc["integrity"]["ok"] is False and doc["integrity"]["first_bad_seq"] == seq
         rb = next(e for e in doc["entries"] if e["id"] == world["runs"]["rolled_back"])
         assert rb["truncated"] is True and rb["state"] != "rolled_back"
-        assert all(e["id"] != SYNTH_RUN for e in doc["entries"])  # appended after seq
+        ids = {e["id"] for e in doc["entries"]}
+        assert not ids & set(world["ops"].values())  # recorded after seq: not in it
     if fmt == "html":
         assert "WARNING: THIS LEDGER FAILED VERIFICATION." in body
 
@@ -309,8 +324,9 @@ def test_usage_errors_exit_2_with_one_line(world: dict[str, Any], args: list[str
 
 def test_model_is_pure() -> None:
     stdlib = set(sys.stdlib_module_names)
-    for name in ("model.py", "ops.py", "text.py"):
-        tree = ast.parse((ROOT / "statekeeper" / "report" / name).read_text())
+    # the report's model, and the operations' replay with what it imports
+    for name in ("report/model.py", "report/text.py", "opreplay.py", "plan.py"):
+        tree = ast.parse((ROOT / "statekeeper" / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 mods = [a.name.split(".")[0] for a in node.names]

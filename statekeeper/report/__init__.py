@@ -1,7 +1,7 @@
 """``statekeeper report``: audit reports replayed from the verified ledger.
 
-- :mod:`.model` and :mod:`.ops` are pure (the standard library only): the report's entries,
-  built from replayed runs (:mod:`statekeeper.replay`) and operations;
+- :mod:`.model` is pure (the standard library only): the report's entries, built from
+  replayed runs (:mod:`statekeeper.replay`) and operations (:mod:`statekeeper.opreplay`);
 - :mod:`.source` is the shell: it verifies the ledger, then reads it stream by stream;
 - the renderers are the edge: :mod:`.render_json` and :mod:`.render_csv` write as they read
   (a million events in a bounded memory), :mod:`.render_html` (Jinja2) and :mod:`.render_pdf`

@@ -1,9 +1,9 @@
 """The report model. PURE: the standard library only, no I/O, no clock.
 
 A run's entry is built from its replayed :class:`statekeeper.replay.Run` and its events; an
-operation's from :mod:`statekeeper.report.ops`. Every entry is a plain JSON value (dicts,
-lists, text, integers, booleans, null) so that the JSON renderer writes the model itself and
-docs/report.schema.json describes exactly what every renderer shows.
+operation's from its replayed :class:`statekeeper.opreplay.Operation`. Every entry is a plain
+JSON value (dicts, lists, text, integers, booleans, null) so that the JSON renderer writes the
+model itself and docs/report.schema.json describes exactly what every renderer shows.
 
 Absent is absent: a field an older history never recorded (a reason, a ticket, a migration
 file's sha256, the release side) is ``None`` here, "not recorded" in the documents, never a
@@ -18,6 +18,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..opreplay import Operation
     from ..replay import Run, RunEvent, StepRecord
 
 SCHEMA_VERSION = 1
@@ -357,6 +358,50 @@ def run_entry(tz: TimeZone, run: Run, events: Sequence[RunEvent],
         "rollback": _rollback(run),
         "downtime": _downtime(tz, run),
         "truncated": trusted_through is not None,
+        "problem": None,
+    }
+
+
+# -- operations ------------------------------------------------------------------------------
+def op_entry(tz: TimeZone, op: Operation) -> dict[str, Any]:
+    """An operation's entry (``ops/<id>``, replayed by :mod:`statekeeper.opreplay`). Its
+    steps are never settled after an interruption (an operation has no resume): a kill
+    leaves it ``interrupted``, its last step in doubt."""
+    errors = [{"step": s.name, "at": tz.iso(s.ended_at), "message": s.error}
+              for s in op.steps if s.status == "failed" and s.error]
+    if op.error is not None and not any(e["message"] == op.error for e in errors):
+        errors.append({"step": None, "at": tz.iso(op.ended_at), "message": op.error})
+    restored = op.restore
+    restore = None if restored is None else {
+        "backup_id": _text(restored.get("backup_id")),
+        "fingerprint_before": _text(restored.get("fingerprint_before")),
+        "fingerprint_after": _text(restored.get("fingerprint_after")),
+        "undone": [str(x) for x in restored.get("undone") or []]}
+    return {
+        "type": "operation",
+        "id": op.op_id,
+        "readable": True,
+        "op": op.op,
+        "state": op.status,
+        "outcome": op.status,
+        "target": op.target,
+        "args": dict(op.args),
+        "who": who(op.actor),
+        "reason": op.reason,
+        "ticket": op.ticket,
+        "confirmed": op.confirmed,
+        "version": op.version,
+        "started_at": tz.iso(op.created_at),
+        "ended_at": tz.iso(op.ended_at),
+        "duration_ms": (op.duration_ms if op.duration_ms is not None
+                        else between_ms(op.created_at, op.ended_at)),
+        "steps": [step_entry(tz, s.name, s.kind, s.attempt, s.status, s.started_at, s.ended_at,
+                             s.duration_ms, s.args, s.result, s.error, False, False)
+                  for s in op.steps],
+        "backup": backup_of(op.backup),
+        "restore": restore,
+        "migrations": migrations_of(tz, op.steps),
+        "errors": errors,
         "problem": None,
     }
 

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, HistoryError
+from ..opreplay import STREAM_PREFIX as OPS_PREFIX
 from .model import SCHEMA_VERSION, Summary, TimeZone, integrity_entry, reverify_steps
-from .ops import STREAM_PREFIX as OPS_PREFIX
-from .ops import OpEvent, op_entry
 
 if TYPE_CHECKING:
     from ledger import Checkpoint, Ledger, StoredEvent
+
+    from ..replay import RunEvent
 
 RUNS_PREFIX = "upgrade/"
 
@@ -97,22 +98,45 @@ class Report:
         truncated = self._trusted < self.footer["head"]["seq"] and len(stored) < (
             self._lg.stream_position(stream))
         if stream.startswith(OPS_PREFIX):
-            entry = op_entry(tz, ident, [OpEvent(ev.stream_seq, ev.type, p, ev.recorded_at,
-                                                 ev.seq, a if isinstance(a, dict) else {})
-                                         for ev, p, a in decoded])
-            if entry["readable"]:
-                entry["truncated"] = truncated
-            return entry
+            return _op_entry(tz, ident, decoded, truncated)
         return _run_entry(tz, ident, decoded, self._trusted if truncated else None)
+
+
+def _run_events(decoded: list[tuple[StoredEvent, Any, Any]]) -> list[RunEvent]:
+    from ..replay import RunEvent
+
+    return [RunEvent(ev.stream_seq, ev.type, p, ev.recorded_at, ev.seq,
+                     a if isinstance(a, dict) else {}) for ev, p, a in decoded]
+
+
+def _unreadable(tz: TimeZone, kind: str, ident: str, e: HistoryError,
+                events: list[RunEvent]) -> dict[str, Any]:
+    from .model import unreadable_entry
+
+    seq = e.seq or 0
+    return unreadable_entry(tz, kind, ident, f"event #{e.position} (seq {seq}): {e.reason}",
+                            seq, events[0].at, events[0].actor)
+
+
+def _op_entry(tz: TimeZone, op_id: str, decoded: list[tuple[StoredEvent, Any, Any]],
+              truncated: bool) -> dict[str, Any]:
+    from ..opreplay import replay
+    from .model import op_entry
+
+    events = _run_events(decoded)
+    try:
+        op = replay(events, op_id)
+    except HistoryError as e:
+        return _unreadable(tz, "operation", op_id, e, events)
+    return {**op_entry(tz, op), "truncated": truncated}
 
 
 def _run_entry(tz: TimeZone, run_id: str, decoded: list[tuple[StoredEvent, Any, Any]],
                trusted: int | None) -> dict[str, Any]:
-    from ..replay import RunEvent, apply
-    from .model import run_entry, unreadable_entry
+    from ..replay import apply
+    from .model import run_entry
 
-    events = [RunEvent(ev.stream_seq, ev.type, p, ev.recorded_at, ev.seq,
-                       a if isinstance(a, dict) else {}) for ev, p, a in decoded]
+    events = _run_events(decoded)
     run = None
     try:
         for rev in events:
@@ -120,9 +144,7 @@ def _run_entry(tz: TimeZone, run_id: str, decoded: list[tuple[StoredEvent, Any, 
             if rev.position == 1 and run.run_id != run_id:
                 raise HistoryError(1, f"run.created names run {run.run_id!r}", rev.seq)
     except HistoryError as e:
-        seq = e.seq or 0
-        return unreadable_entry(tz, "run", run_id, f"event #{e.position} (seq {seq}): {e.reason}",
-                                seq, events[0].at, events[0].actor)
+        return _unreadable(tz, "run", run_id, e, events)
     assert run is not None
     return run_entry(tz, run, events, trusted)
 
