@@ -507,7 +507,8 @@ class ChainVerifier:
             raise IntegrityViolation(ev.seq, MALFORMED, "second genesis event")
         elif ev.type == ROTATION_TYPE and ev.stream == LEDGER_STREAM:
             p = loads(ev.payload)
-            if p.get("previous_key_id") != self._active_key:
+            # absent is malformed (KeyError), not a key other than the active one
+            if p["previous_key_id"] != self._active_key:
                 raise IntegrityViolation(
                     ev.seq, KEY_MISMATCH, "rotation does not name the active key"
                 )

@@ -23,7 +23,7 @@ from .chain import ChainVerifier, Head, KeyRecord, Seal, StoredEvent, check_exte
 from .checkpoint import Checkpoint, origin_for, parse_checkpoint, sign_checkpoint
 from .errors import ConfigurationError, IntegrityViolation
 from .keys import PublicKey
-from .store import Ledger, _check_checkpoint
+from .store import Ledger, _check_checkpoint, _verifies
 
 FORMAT = "statekeeper-ledger-export"
 VERSION = 2
@@ -232,8 +232,19 @@ def verify_export(
         # the header's keys decide what verifies: no other spelling of it is the export's
         raise IntegrityViolation(None, "malformed event",
                                  f"{path}:1: not the canonical text of the export header")
-    stream = header.get("stream")
+    stream = header["stream"]
+    ledger_id = header["ledger_id"]
+    # Read as they are, never coerced: a number for the ledger id would otherwise match a
+    # genesis and a checkpoint holding its decimal text, and a falsy stream read as none.
+    if not isinstance(ledger_id, str):
+        raise IntegrityViolation(None, "malformed event",
+                                 f"{path}:1: the header's ledger_id is not a string")
+    if stream is not None and not (isinstance(stream, str) and stream):
+        raise IntegrityViolation(None, "malformed event",
+                                 f"{path}:1: the header's stream is neither null nor a name")
     try:
+        if not isinstance(header["keys"], list):
+            raise TypeError("keys is not an array")
         listed = [KeyRecord(k["key_id"], k["public_key"]) for k in header["keys"]]
         if not all(isinstance(k.key_id, str) and isinstance(k.public_key, str) for k in listed):
             raise TypeError("key ids and public keys must be strings")
@@ -248,7 +259,7 @@ def verify_export(
             None, "key mismatch", f"{path}: header lists key {dup[:16]}... twice"
         )
     v = ChainVerifier(
-        listed, mode="stream" if stream else "ledger", stream=stream,
+        listed, mode="ledger" if stream is None else "stream", stream=stream,
         trusted={k.key_id for k in trusted} or None,
         watch=against.seq if against and stream is None else None,
     )
@@ -296,7 +307,6 @@ def verify_export(
         raise IntegrityViolation(
             head.seq or None, "bad seal", f"closing checkpoint is damaged: {e}"
         ) from e
-    ledger_id = str(header.get("ledger_id"))
     if stream is None and v.count == 0:
         raise IntegrityViolation(1, "truncated", f"{path}: the export holds no events")
     if stream is None and v.ledger_id != ledger_id:
@@ -348,7 +358,7 @@ def verify_export(
                 None, "checkpoint mismatch", "--against checkpoint is for another ledger"
             )
         rec = keymap.get(against.key_id)
-        if rec is None or not against.verify(PublicKey.from_b64(rec.public_key)):
+        if rec is None or not _verifies(against, rec):
             raise IntegrityViolation(
                 against.seq, "bad seal", "--against checkpoint signature does not verify"
             )
@@ -362,26 +372,57 @@ def verify_export(
     )
 
 
-def _parse_event(obj: Any, path: Path, n: int) -> tuple[StoredEvent, Seal | None]:
+def _scalar_values(name: str, text: str) -> None:
+    """Refuse a string holding a lone surrogate (JSON text may spell one, ``"\\ud800"``):
+    UTF-8 cannot encode it, so no envelope holds it."""
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} holds a lone surrogate, not valid UTF-8") from e
+
+
+_INTS = ("seq", "stream_seq")
+_STRS = ("stream", "type", "recorded_at", "prev_hash", "stream_prev_hash", "hash")
+
+
+def _parse_event(obj: Any, path: Path, n: int) -> tuple[StoredEvent, Seal | None]:
+    # Each field is read with its type checked, never converted: a "3" or a true taken for
+    # seq 3 or 1, or a 5 for the stream "5", would be another event's text that verifies as
+    # this one's values (docs/compliance.md, L4).
+    try:
+        for name in _INTS:
+            if type(obj[name]) is not int:  # not a bool either
+                raise TypeError(f"{name} is not an integer")
+        for name in _STRS:
+            text = obj[name]
+            if type(text) is not str:
+                raise TypeError(f"{name} is not a string")
+            if not text.isascii():
+                _scalar_values(name, text)
+        closes = obj["closes"]
+        if type(closes) is not bool:
+            raise TypeError("closes is not a boolean")
         ev = StoredEvent(
-            int(obj["seq"]), str(obj["stream"]), int(obj["stream_seq"]), str(obj["type"]),
-            str(obj["recorded_at"]), dumps(obj["actor"]), dumps(obj["payload"]),
-            bool(obj["closes"]), str(obj["prev_hash"]), str(obj["stream_prev_hash"]),
-            str(obj["hash"]),
+            obj["seq"], obj["stream"], obj["stream_seq"], obj["type"], obj["recorded_at"],
+            dumps(obj["actor"]), dumps(obj["payload"]), closes, obj["prev_hash"],
+            obj["stream_prev_hash"], obj["hash"],
         )
         s = obj["seal"]
         seal = None
         if s is not None:
-            first = s["first"]
+            if type(s) is not dict:
+                raise TypeError("seal is neither null nor an object")
+            first, key_id, signature = s["first"], s["key_id"], s["signature"]
             if type(first) is not int:
                 raise TypeError("seal's first seq must be an integer")
-            seal = Seal(
-                ev.seq, str(s["key_id"]), base64.b64decode(s["signature"], validate=True), first
-            )
+            if type(key_id) is not str or type(signature) is not str:
+                raise TypeError("seal's key_id and signature must be strings")
+            if not key_id.isascii():
+                _scalar_values("seal's key_id", key_id)
+            seal = Seal(ev.seq, key_id, base64.b64decode(signature, validate=True), first)
     except (KeyError, TypeError, ValueError, RecursionError, binascii.Error) as e:
         seq = obj.get("seq") if isinstance(obj, dict) else None
         raise IntegrityViolation(
-            seq if isinstance(seq, int) else None, "malformed event", f"{path}:{n}: {e}"
+            seq if type(seq) is int else None, "malformed event", f"{path}:{n}: {e}"
         ) from e
     return ev, seal

@@ -166,6 +166,11 @@ def b64canonical(text: object, length: int) -> bytes | None:
     return raw
 
 
+def _scalar_values(text: str) -> bool:
+    """Does the string hold Unicode scalar values only (no lone surrogate)?"""
+    return not any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+
+
 def key_id_of(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
@@ -188,9 +193,8 @@ def event_line(ev: dict) -> str:
                                "stream", "stream_prev_hash", "stream_seq", "type")}
     seal = ev["seal"]
     if seal is not None:
-        # The seal is the object of exactly first, key_id, signature; the signature is "the
-        # base64 of the 64-byte signature": its canonical spelling (the reference re-encodes
-        # the decoded bytes, so a non-canonical spelling is not the line's canonical text).
+        # The export file: the rebuild takes the seal's three members and re-encodes the
+        # signature from its decoded bytes (another spelling is not the rebuilt line).
         raw = b64decode(seal["signature"])
         head["seal"] = {"first": seal["first"], "key_id": seal["key_id"],
                         "signature": base64.b64encode(raw).decode() if raw is not None
@@ -252,11 +256,11 @@ def parse_checkpoint(text: object) -> Checkpoint:
     for line in lines[4:]:
         if not line.startswith(EM_DASH + " "):
             raise ValueError("not a signature line")
-        # The reference ignores a line that starts with the dash and a space but is not of the
-        # shape "name base64" (the text would make it a fault); only the first well-shaped
-        # statekeeper: line is used and checked.
+        # Checkpoints: a signature line that is not well-formed (exactly two fields after the
+        # dash and space, either possibly empty) is ignored; the first well-formed
+        # statekeeper: line is used and checked (an empty blob is not 68 bytes).
         parts = line[2:].split(" ")
-        if len(parts) != 2 or not all(parts):
+        if len(parts) != 2:
             continue
         name, blob_text = parts
         if chosen is None and name.startswith("statekeeper:"):
@@ -279,7 +283,7 @@ def parse_checkpoint(text: object) -> Checkpoint:
 def read_checkpoint_file(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         data = open(path, "rb").read().decode("utf-8")  # noqa: SIM115
-        # Guess confirmed by the reference: the file is read with universal newlines.
+        # Checkpoints: the file is read as UTF-8 with universal newlines (a BOM is kept).
         return parse_checkpoint(data.replace("\r\n", "\n").replace("\r", "\n"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UsageError(f"--against {os.fspath(path)}: not a checkpoint: {exc}") from exc
@@ -297,7 +301,7 @@ def read_trusted_key(item: object) -> str:
         return item
     try:
         data = item if isinstance(item, bytes) else open(item, "rb").read()  # noqa: SIM115
-        if b"PRIVATE KEY" in data:  # the reference also takes a private key file
+        if b"PRIVATE KEY" in data:  # Keys: statekeeper also takes one (no mode check here)
             key = serialization.load_pem_private_key(data, None).public_key()
         else:
             key = serialization.load_pem_public_key(data)
@@ -361,6 +365,11 @@ def _read_header(line: str) -> dict:
         rebuilt = None
     if rebuilt != line:
         raise Fault("malformed event", None, "the header is not canonical JSON")
+    if not isinstance(header["ledger_id"], str):
+        raise Fault("malformed event", None, "the header's ledger_id is not a string")
+    stream = header["stream"]
+    if stream is not None and (not isinstance(stream, str) or stream == ""):
+        raise Fault("malformed event", None, "the header's stream is not null or a name")
     keys = header["keys"]
     if not isinstance(keys, list) or not all(
             isinstance(k, dict) and isinstance(k.get("key_id"), str)
@@ -433,18 +442,21 @@ class _Verifier:
         missing = [m for m in EVENT_MEMBERS if m not in obj]
         if missing:
             raise bad(f"missing members {missing}")
-        # Types (the text allows a verifier to check them here rather than leave them to E12).
+        # L4: the JSON types, never converted.
         if type(obj["seq"]) is not int or type(obj["stream_seq"]) is not int:
             raise bad("seq and stream_seq must be integers")
         for m in ("stream", "type", "recorded_at", "prev_hash", "stream_prev_hash", "hash"):
             if not isinstance(obj[m], str):
                 raise bad(f"{m} is not a string")
+            if not _scalar_values(obj[m]):
+                raise bad(f"{m} holds a lone surrogate")
         if not isinstance(obj["closes"], bool):
             raise bad("closes is not a boolean")
         seal = obj["seal"]
         if seal is not None and (
                 not isinstance(seal, dict) or type(seal.get("first")) is not int
                 or not isinstance(seal.get("key_id"), str)
+                or not _scalar_values(seal["key_id"])
                 or b64decode(seal.get("signature")) is None):
             raise bad("malformed seal")
         if not is_canonical_value(obj["actor"]) or not is_canonical_value(obj["payload"]):
@@ -549,8 +561,8 @@ class _Verifier:
         seq, typ, payload = ev["seq"], ev["type"], ev["payload"]
 
         def get(member: str) -> object:
-            # Members are read in the order the text lists the checks (the reference agrees:
-            # a genesis without ledger_id but with a bad key is a key mismatch).
+            # E9: members are read in the order the text lists them (a genesis without
+            # ledger_id but with a bad key is a key mismatch).
             if not isinstance(payload, dict) or member not in payload:
                 raise Fault("malformed event", seq, f"{typ} payload lacks {member}")
             return payload[member]

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests import independent_verifier as iv
-from tests.audit_fixture import AuditFixture, make_audit_fixture
+from tests.audit_fixture import UPGRADE, AuditFixture, make_audit_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = Path(iv.__file__)
@@ -177,6 +177,58 @@ def t_checkpoint_foreign_origin(fx: AuditFixture, lines: list[str]) -> list[str]
     return lines
 
 
+def t_edit(seq: int, old: str, new: str) -> Callable[[AuditFixture, list[str]], list[str]]:
+    """Replace text in the line of event ``seq`` (the event's JSON left as it is otherwise)."""
+    def tamper(fx: AuditFixture, lines: list[str]) -> list[str]:
+        i = _seq_index(lines, seq)
+        assert old in lines[i]
+        lines[i] = lines[i].replace(old, new, 1)
+        return lines
+    return tamper
+
+
+def t_header(member: str, value: object) -> Callable[[AuditFixture, list[str]], list[str]]:
+    def tamper(fx: AuditFixture, lines: list[str]) -> list[str]:
+        header = json.loads(lines[0])
+        header[member] = value
+        lines[0] = iv.canonical(header)
+        return lines
+    return tamper
+
+
+def t_rotation_without_previous(fx: AuditFixture, lines: list[str]) -> list[str]:
+    """The rotation (seq 6) without previous_key_id, re-hashed: E9 comes before its seal."""
+    i = _seq_index(lines, 6)
+    ev = json.loads(lines[i])
+    del ev["payload"]["previous_key_id"]
+    ev["hash"] = hashlib.sha256(iv.envelope(ev).encode()).hexdigest()
+    lines[i] = iv.event_line(ev)
+    return lines
+
+
+def t_signature_lines(extra: str) -> Callable[[AuditFixture, list[str]], list[str]]:
+    """Lines inserted after the closing checkpoint's blank line, before its signature."""
+    def tamper(fx: AuditFixture, lines: list[str]) -> list[str]:
+        text = json.loads(lines[-1])["checkpoint"]
+        lines[-1] = _closing(text.replace("\n\n", "\n\n" + extra, 1))
+        return lines
+    return tamper
+
+
+def t_stream_checkpoint_by_undecodable_key(fx: AuditFixture, lines: list[str]) -> list[str]:
+    """A stream export's header lists a key whose public_key does not decode, and the closing
+    checkpoint names it (no key event checks a stream export's keys)."""
+    header = json.loads(lines[0])
+    other = Ed25519PrivateKey.generate()
+    raw = other.public_key().public_bytes(serialization.Encoding.Raw,
+                                          serialization.PublicFormat.Raw)
+    header["keys"].append({"key_id": hashlib.sha256(raw).hexdigest(), "public_key": "x"})
+    head = json.loads(lines[-2])["hash"]
+    note = _sign_checkpoint(other, f"statekeeper/{header['ledger_id']}/{header['stream']}", 4,
+                            head)
+    return [iv.canonical(header), *lines[1:-1], _closing(note)]
+
+
 def t_extra_line(fx: AuditFixture, lines: list[str]) -> list[str]:
     return [*lines, ""]  # a file ending in two line breaks
 
@@ -187,6 +239,8 @@ def t_none(fx: AuditFixture, lines: list[str]) -> list[str]:
 
 CP5, CP7 = "checkpoint-5.txt", "checkpoint-7.txt"
 CP6 = "checkpoint-6.txt"  # made here: the officer's checkpoint at seq 6, signed by key A
+CP5_CRLF = "checkpoint-5-crlf.txt"  # made here: checkpoint-5.txt with CRLF line ends (mailed)
+CP0 = "checkpoint-0.txt"  # made here: a checkpoint of size 0 (root zeros), signed by key A
 
 # id: (which export, tamper, --against, --trusted-key files)
 CASES: dict[str, tuple[str, Callable, str | None, tuple[str, ...]]] = {
@@ -221,6 +275,36 @@ CASES: dict[str, tuple[str, Callable, str | None, tuple[str, ...]]] = {
     "checkpoint-foreign-origin": ("export.jsonl", t_checkpoint_foreign_origin, None, ()),
     "stream-delete-position-2": ("stream.jsonl", t_delete(3), None, ()),
     "stream-payload-byte": ("stream.jsonl", t_payload_byte, None, ()),
+    # formerly different (docs/compliance.md now says what both do)
+    "seq-as-string": ("export.jsonl", t_edit(3, '"seq":3', '"seq":"3"'), None, ()),
+    "seq-as-boolean": ("export.jsonl", t_edit(1, '"seq":1', '"seq":true'), None, ()),
+    "stream-as-number": ("export.jsonl", t_edit(3, f'"stream":"{UPGRADE}"', '"stream":5'),
+                         None, ()),
+    "type-as-number": ("export.jsonl", t_edit(3, '"type":"state.changed"', '"type":5'),
+                       None, ()),
+    "closes-as-string": ("export.jsonl", t_edit(2, '"closes":false', '"closes":"false"'),
+                         None, ()),
+    "type-lone-surrogate": ("export.jsonl",
+                            t_edit(3, '"type":"state.changed"', '"type":"\\ud800"'), None, ()),
+    "rotation-without-previous-key-id": ("export.jsonl", t_rotation_without_previous, None,
+                                         ()),
+    "header-ledger-id-number": ("export.jsonl", t_header("ledger_id", 5), None, ()),
+    "header-stream-number": ("export.jsonl", t_header("stream", 5), None, ()),
+    "header-stream-false": ("export.jsonl", t_header("stream", False), None, ()),
+    "header-stream-empty": ("export.jsonl", t_header("stream", ""), None, ()),
+    "header-keys-object": ("export.jsonl", t_header("keys", {}), None, ()),
+    "checkpoint-ignored-signature-lines": (
+        "export.jsonl", t_signature_lines("\u2014 other\n\u2014 \n\u2014 other ***\n"
+                                          "\u2014 statekeeper:zz AAAA BBBB\n"), None, ()),
+    "checkpoint-empty-statekeeper-blob": (
+        "export.jsonl", t_signature_lines("\u2014 statekeeper:zz \n"), None, ()),
+    "checkpoint-not-a-signature-line": (
+        "export.jsonl", t_signature_lines("\u2014x\n"), None, ()),
+    "real-against-5-crlf": ("export.jsonl", t_none, CP5_CRLF, ()),
+    "real-against-size-0": ("export.jsonl", t_none, CP0, ()),
+    "stream-payload-byte-against-5": ("stream.jsonl", t_payload_byte, CP5, ()),
+    "stream-checkpoint-key-undecodable": ("stream.jsonl", t_stream_checkpoint_by_undecodable_key,
+                                          None, ()),
 }
 
 # What each case must give (ok, seq, reason): pinned here too, so that a change in either
@@ -257,6 +341,25 @@ EXPECTED: dict[str, tuple[bool, int | None, str | None]] = {
     "checkpoint-foreign-origin": (False, 7, "bad seal"),
     "stream-delete-position-2": (False, 4, "gap"),
     "stream-payload-byte": (False, 3, "hash mismatch"),
+    "seq-as-string": (False, None, "malformed event"),
+    "seq-as-boolean": (False, None, "malformed event"),
+    "stream-as-number": (False, 3, "malformed event"),
+    "type-as-number": (False, 3, "malformed event"),
+    "closes-as-string": (False, 2, "malformed event"),
+    "type-lone-surrogate": (False, 3, "malformed event"),
+    "rotation-without-previous-key-id": (False, 6, "malformed event"),
+    "header-ledger-id-number": (False, None, "malformed event"),
+    "header-stream-number": (False, None, "malformed event"),
+    "header-stream-false": (False, None, "malformed event"),
+    "header-stream-empty": (False, None, "malformed event"),
+    "header-keys-object": (False, None, "malformed event"),
+    "checkpoint-ignored-signature-lines": (True, None, None),
+    "checkpoint-empty-statekeeper-blob": (False, 7, "bad seal"),
+    "checkpoint-not-a-signature-line": (False, 7, "bad seal"),
+    "real-against-5-crlf": (True, None, None),
+    "real-against-size-0": (False, 0, "checkpoint mismatch"),
+    "stream-payload-byte-against-5": (False, 3, "hash mismatch"),
+    "stream-checkpoint-key-undecodable": (False, 4, "bad seal"),
 }
 
 
@@ -315,6 +418,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
     ledger_id, head6 = json.loads(lines[0])["ledger_id"], json.loads(lines[6])["hash"]
     (fx.directory / CP6).write_text(_sign_checkpoint(
         _private(fx, "a.pem"), f"statekeeper/{ledger_id}", 6, head6), encoding="utf-8")
+    (fx.directory / CP5_CRLF).write_bytes(fx.checkpoint_5.read_bytes().replace(b"\n", b"\r\n"))
+    (fx.directory / CP0).write_text(_sign_checkpoint(
+        _private(fx, "a.pem"), f"statekeeper/{ledger_id}", 0, "0" * 64), encoding="utf-8")
     jobs = {}
     for name, (source, tamper, against, keys) in CASES.items():
         lines = tamper(fx, _lines(fx.directory / source))
