@@ -25,7 +25,14 @@ from ledger import NewEvent
 
 from . import clock, failpoints
 from ._version import __version__
-from .errors import BackupError, ConfigError, HistoryError, LockHeld, StatekeeperError
+from .errors import (
+    BackupCorrupt,
+    BackupError,
+    ConfigError,
+    HistoryError,
+    LockHeld,
+    StatekeeperError,
+)
 from .files import describe_os_error
 from .opreplay import (
     DESTRUCTIVE,
@@ -363,6 +370,8 @@ def backup_restore(settings: Settings, manager: BackupManager, backup_id: str,
             return restore()
     with acting(settings, target, lock.hold(defer_unreachable=manager.restarts_server)) as lg:
         m = manager.verify(backup_id)  # unknown or corrupt: refused before anything
+        recorded = recorded_backup(lg, backup_id)
+        _matches_the_record(m, recorded)
         if not allow_other_database:
             manager.check_identity(m)
         ask("backup.restore", how, confirm, question(m))
@@ -374,9 +383,39 @@ def backup_restore(settings: Settings, manager: BackupManager, backup_id: str,
                 done.append(restore())
                 return restore_result(done[0])
 
-            rec.step("restore", "restore", {"backup_id": backup_id, "method": m.method},
-                     effect)
+            rec.step("restore", "restore", {"backup_id": backup_id, "method": m.method,
+                                            "recorded": recorded is not None}, effect)
         return done[0]
+
+
+def recorded_backup(lg: Ledger, backup_id: str) -> dict[str, Any] | None:
+    """The ledger's record of backup ``backup_id``: the result of the backup step (of a run
+    or a ``backup.create`` operation) that took it, None when no history records it (a
+    backup taken before operations were recorded). Histories that cannot be replayed are
+    skipped here: they are reported by ``history`` and the report."""
+    from .replay import Run
+    from .upgrade import scan_runs
+
+    for op in scan_ops(lg):
+        if isinstance(op, Operation) and (b := op.backup) and b.get("backup_id") == backup_id:
+            return b
+    for r in scan_runs(lg):
+        if isinstance(r, Run) and (b := r.backup) and b.get("backup_id") == backup_id:
+            return dict(b)
+    return None
+
+
+def _matches_the_record(m: Manifest, recorded: dict[str, Any] | None) -> None:
+    """The artifact (which verify just matched with its manifest) is the one the ledger
+    recorded when it was taken: a manifest lives beside the file and is replaced with it."""
+    if recorded is None:
+        return
+    if recorded.get("sha256") != m.sha256 or recorded.get("size") != m.size:
+        raise BackupCorrupt(
+            f"backup {m.id}: the artifact has sha256 {m.sha256[:12]} ({m.size} bytes); the "
+            f"ledger recorded {str(recorded.get('sha256'))[:12]} ({recorded.get('size')} "
+            "bytes) when it was taken: refusing to restore it"
+        )
 
 
 # -- keys ------------------------------------------------------------------------------------

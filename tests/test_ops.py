@@ -262,3 +262,25 @@ def test_histories_without_file_sha256_still_replay() -> None:
     plan = Plan.from_payload(p)
     assert plan.migrations[0].file_sha256 is None
     assert "file_sha256" not in plan.to_payload()["migrations"][0]
+
+
+def test_a_restore_refuses_a_backup_the_ledger_recorded_otherwise(proj: Path) -> None:
+    """The artifact and its manifest replaced together (the manifest lives beside the file):
+    the ledger's record of the backup, made when it was taken, is what is trusted."""
+    import json
+
+    assert run(proj, "backup", "create", "--id", "b2").exit_code == 0
+    before = head(proj)
+    d = proj / "backups" / "b2"
+    man = json.loads((d / "manifest.json").read_text())
+    art = d / man["artifact"]
+    art.write_bytes(art.read_bytes() + b"\0" * 4096)  # still a SQLite file
+    man["sha256"], man["size"] = sha256(art), art.stat().st_size
+    (d / "manifest.json").write_text(json.dumps(man))
+    r = run(proj, "backup", "restore", "b2", "--yes")
+    assert r.exit_code == 4, r.output
+    assert r.output.strip().splitlines()[-1] == (
+        f"error: backup b2: the artifact has sha256 {man['sha256'][:12]} ({man['size']} bytes);"
+        f" the ledger recorded {operations(proj)[-1].backup['sha256'][:12]} "  # type: ignore[index]
+        f"({man['size'] - 4096} bytes) when it was taken: refusing to restore it")
+    assert head(proj) == before  # nothing recorded, nothing restored
