@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .ops import Observer as OpObserver
     from .plan import Plan
     from .replay import Run
+    from .retention import Verdict
     from .runner import Observer
     from .upgrade import ServerState, Unreadable
 
@@ -374,6 +375,54 @@ def backup_restore(
     manager.get(backup_id)  # an unknown id is a usage error (exit 2) before anything else
     return ops.backup_restore(settings, manager, backup_id, allow_other_database, w, yes,
                               confirm, observer, without_ledger)
+
+
+@boundary
+def backup_prune(
+    settings: Settings, target_url: str | None = None, *, dry_run: bool = False,
+    reason: str | None = None, ticket: str | None = None, yes: bool = False,
+    confirm: Confirm | None = None, observer: OpObserver | None = None,
+) -> list[Verdict]:
+    """Apply ``[backup] keep`` / ``keep_days`` as a ``backup.prune`` operation under the target
+    lock (see :mod:`statekeeper.retention` for what is never deleted). Confirmed like a
+    restore (``yes`` or ``confirm``); ``dry_run`` decides only, records nothing. Returns
+    every backup's verdict, oldest first."""
+    from . import ops, retention
+    from .why import why
+
+    cfg = settings.config
+    retention.rules(cfg.backup.keep, cfg.backup.keep_days, cfg.source)
+    if not dry_run:
+        ops.confirmation("backup.prune", yes, confirm)
+    w = why(settings.config, reason, ticket, "the prune")
+    return ops.backup_prune(settings, backup_manager(settings, target_url), w, yes, confirm,
+                            dry_run, observer)
+
+
+@boundary
+def backup_schedule(settings: Settings, kind: str, program: tuple[str, ...], at: str,
+                    user: str, ticket: str | None = None) -> dict[str, str]:
+    """The entries of a nightly ``backup create --reason scheduled`` (and ``backup prune`` when
+    ``[backup] keep``/``keep_days`` is set): ``kind`` "cron" -> {"crontab": line}, "systemd"
+    -> {unit file name: text}. Nothing is installed or recorded. Refused when there is no
+    statekeeper.toml to name, no target, or ``[upgrade] require_ticket`` without ``ticket``."""
+    from . import schedule
+    from .why import why
+
+    cfg = settings.config
+    if cfg.path is None:
+        raise ConfigError("backup schedule needs a statekeeper.toml for the job to name "
+                          "(--config PATH, or run it where the file is)")
+    cfg.require_target()
+    why(cfg, None, ticket, "the scheduled backup")
+    hour, minute = schedule.parse_at(at)
+    job = schedule.Job(program=program, config=str(cfg.path), workdir=str(cfg.base_dir),
+                       user=user, hour=hour, minute=minute,
+                       prune=cfg.backup.keep is not None or bool(cfg.backup.keep_days),
+                       ticket=ticket)
+    if kind == "cron":
+        return {"crontab": schedule.cron(job)}
+    return schedule.systemd(job)
 
 
 # --- health (statekeeper.health) ---

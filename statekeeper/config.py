@@ -44,6 +44,8 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "backup": {
         "method": str, "dir": str, "stanza": str, "stop_command": str, "start_command": str,
         "pgbackrest_config": str, "enabled": bool, "cluster_databases": list,
+        # retention, read by statekeeper/retention.py (statekeeper backup prune)
+        "keep": int, "keep_days": int,
     },
     # require_ticket: read by statekeeper/why.py (--ticket mandatory on every change).
     "upgrade": {"application": str, "require_ticket": bool},
@@ -95,6 +97,10 @@ class BackupConfig:
     #: the other databases of the target's cluster that the operator accepts a whole-cluster
     #: restore rewinds with it (pgbackrest): any other one makes preflight refuse
     cluster_databases: tuple[str, ...] = ()
+    #: retention (``statekeeper backup prune``): the newest ``keep`` backups are kept, and
+    #: every backup younger than ``keep_days`` days; None: that rule is not set
+    keep: int | None = None
+    keep_days: int | None = None
 
 
 @dataclass
@@ -363,8 +369,21 @@ def load_config(
         pgbackrest_config=p("backup", "pgbackrest_config"), enabled=b.get("enabled", True),
         cluster_databases=_names(b.get("cluster_databases", []), f"{path}: [backup] "
                                  "cluster_databases"),
+        keep=_in_range(b, "keep", 1, None, path),
+        keep_days=_in_range(b, "keep_days", 0, 36500, path),
     )
     return cfg
+
+
+def _in_range(body: Mapping[str, Any], key: str, low: int, high: int | None,
+              path: Path) -> int | None:
+    """An integer of ``[backup]`` from ``low`` to ``high`` (None when absent)."""
+    v = body.get(key)
+    if v is not None and v < low:
+        raise ConfigError(f"{path}: [backup] {key} must be at least {low}, not {v}")
+    if v is not None and high is not None and v > high:
+        raise ConfigError(f"{path}: [backup] {key} must be at most {high}, not {v}")
+    return v
 
 
 def _names(value: list[Any], where: str) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
 """Replay of an operation: a change made through statekeeper outside an upgrade (``backup
-create/restore``, ``migrate up/down/tag``, ``keys rotate``, ``init``) is the fold of its
+create/restore/prune``, ``migrate up/down/tag``, ``keys rotate``, ``init``) is the fold of its
 stream ``ops/<op_id>``. Pure: stdlib only, no I/O, no side effects (the report imports it).
 
 The stream holds, in order: ``op.created`` (what, on which target, with which arguments, why,
@@ -31,10 +31,10 @@ STEP_SUCCEEDED = "step.succeeded"
 STEP_FAILED = "step.failed"
 
 #: the operations this version records (``op.created`` ``op``)
-OPS = ("backup.create", "backup.restore", "migrate.up", "migrate.down", "migrate.tag",
-       "keys.rotate", "init")
+OPS = ("backup.create", "backup.restore", "backup.prune", "migrate.up", "migrate.down",
+       "migrate.tag", "keys.rotate", "init")
 #: the ones that discard data, which ask for confirmation (``confirmed``)
-DESTRUCTIVE = ("backup.restore", "migrate.down")
+DESTRUCTIVE = ("backup.restore", "backup.prune", "migrate.down")
 CONFIRMATIONS = ("prompt", "--yes")
 OUTCOMES = ("succeeded", "failed")
 
@@ -124,6 +124,10 @@ class Operation:
         fingerprint_after, undone)."""
         done = self.succeeded("restore")
         return done[-1].result if done else None
+
+    def backups_pruned(self) -> list[str]:
+        """The backups a ``backup.prune`` deleted (its ``prune`` steps that succeeded)."""
+        return [str(s.args.get("backup_id")) for s in self.succeeded("prune")]
 
     def migrations_applied(self) -> list[str]:
         return [str(s.args.get("migration")) for s in self.succeeded("migrate")]

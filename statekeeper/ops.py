@@ -7,9 +7,9 @@ the lease on its target. Bad input is refused before anything is recorded: ``op.
 appended only once the operation is about to change something, then each side effect is a
 step (``step.started`` committed before it runs, ``step.succeeded``/``step.failed`` after,
 with the payload shapes of a run's steps), and ``op.ended`` says how it ended. An operation
-that would change nothing (nothing pending, already at the tag) records nothing. The
-destructive ones (``backup restore``, ``migrate down``) are confirmed first, on a terminal
-(``confirm``) or with ``--yes``; how is recorded.
+that would change nothing (nothing pending, already at the tag, no backup to prune) records
+nothing. The destructive ones (``backup restore``, ``backup prune``, ``migrate down``) are
+confirmed first, on a terminal (``confirm``) or with ``--yes``; how is recorded.
 
 The public verbs are in :mod:`statekeeper.command`; this module never prints or exits.
 """
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from .backups import BackupManager, Manifest, RestoreResult
     from .migrations import AppliedMigration, Migration, Migrator, Tag
+    from .retention import Verdict
     from .settings import Settings
     from .targets import Target
     from .why import Why
@@ -396,9 +397,13 @@ def recorded_backup(lg: Ledger, backup_id: str) -> dict[str, Any] | None:
     from .replay import Run
     from .upgrade import scan_runs
 
+    found: dict[str, Any] | None = None
     for op in scan_ops(lg):
+        # the latest: an id freed by ``backup prune`` may be taken again by a later backup
         if isinstance(op, Operation) and (b := op.backup) and b.get("backup_id") == backup_id:
-            return b
+            found = b
+    if found is not None:
+        return found
     for r in scan_runs(lg):
         if isinstance(r, Run) and (b := r.backup) and b.get("backup_id") == backup_id:
             return dict(b)
@@ -416,6 +421,48 @@ def _matches_the_record(m: Manifest, recorded: dict[str, Any] | None) -> None:
             f"ledger recorded {str(recorded.get('sha256'))[:12]} ({recorded.get('size')} "
             "bytes) when it was taken: refusing to restore it"
         )
+
+
+def backup_prune(settings: Settings, manager: BackupManager, why: Why, yes: bool,
+                 confirm: Confirm | None, dry_run: bool = False,
+                 observer: Observer | None = None) -> list[Verdict]:
+    """Apply ``[backup] keep`` / ``keep_days`` (:mod:`statekeeper.retention`) under the target
+    lock, as a ``backup.prune`` operation with one ``prune`` step per backup deleted (its id,
+    method, size, sha256 and why). ``dry_run``: decide only; nothing is confirmed, deleted or
+    recorded. Nothing to delete records nothing. Returns every backup's verdict."""
+    from . import retention
+    from .migrations.lock import TargetLock
+
+    cfg = settings.config
+    keep, keep_days = retention.rules(cfg.backup.keep, cfg.backup.keep_days, cfg.source)
+    how = confirmation("backup.prune", yes, confirm) if not dry_run else "--yes"
+    target = _require_target(manager)
+    op_id = new_op_id()
+    with acting(settings, target, TargetLock(target, clock.now).hold()) as lg:
+        from .upgrade import scan_runs
+
+        known = retention.read_ledger(scan_runs(lg), scan_ops(lg))
+        verdicts = retention.decide(manager.list(), known, keep, keep_days, clock.now())
+        gone = [v for v in verdicts if v.delete]
+        if dry_run or not gone:
+            return verdicts
+        count, size = retention.summary(verdicts)
+        from .sizes import size_text
+
+        ask("backup.prune", how, confirm,
+            f"delete {count} backup{'s' if count != 1 else ''} ({size_text(size)}) from "
+            f"{manager.backup_dir}: {', '.join(v.manifest.id for v in gone)}?")
+        with recording(lg, op_id, "backup.prune", target.display,
+                       {"keep": keep, "keep_days": keep_days,
+                        "backups": [v.manifest.id for v in gone]},
+                       why, how, observer) as rec:
+            for v in gone:
+                m = v.manifest
+                rec.step(f"prune:{m.id}", "prune",
+                         {"backup_id": m.id, "method": m.method, "size": m.size,
+                          "sha256": m.sha256, "created_at": v.at, "why": v.why},
+                         lambda m=m: manager.delete(m.id))  # type: ignore[misc]
+        return verdicts
 
 
 # -- keys ------------------------------------------------------------------------------------

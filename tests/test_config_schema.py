@@ -212,6 +212,25 @@ def _start_command(d: Path, present: bool, request: pytest.FixtureRequest) -> An
     return _pgbackrest_restore(d, request, body)
 
 
+def _pruned(d: Path, body: str) -> Any:
+    """Two backups (backup create operations), then what ``backup prune --dry-run`` says."""
+    s = project(d, f"[backup]\ndir = \"vault\"\n{body}\n")
+    command.backup_create(s, backup_id="b1")
+    command.backup_create(s, backup_id="b2")
+    return outcome(lambda: [(v.manifest.id, v.delete)
+                            for v in command.backup_prune(s, dry_run=True)])
+
+
+@probe("backup", "keep")
+def _backup_keep(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    return _pruned(d, "keep = 1" if present else "")  # no rule: prune refuses
+
+
+@probe("backup", "keep_days")
+def _backup_keep_days(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    return _pruned(d, "keep = 1\n" + ("keep_days = 1" if present else ""))
+
+
 @probe("backup", "cluster_databases")
 def _cluster_databases(d: Path, present: bool, request: pytest.FixtureRequest) -> Any:
     """A pgBackRest run's preflight refuses while another database of the cluster is not

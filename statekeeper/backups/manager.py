@@ -27,7 +27,7 @@ from ..errors import (
     StatekeeperError,
     WrongDatabase,
 )
-from ..files import private_dir, write_atomic
+from ..files import fsync_path, private_dir, write_atomic
 from .model import (
     ID_PATTERN,
     MANIFEST_NAME,
@@ -299,6 +299,26 @@ class BackupManager:
             if m is not None:
                 out.append(m)
         return sorted(out, key=lambda m: (m.created_at, m.id))
+
+    def delete(self, backup_id: str) -> dict[str, object]:
+        """Delete a complete backup of this directory: its manifest first (made durable: from
+        then on it is not a backup, and a crash leaves only leftovers that ``create`` with the
+        id would remove), then its directory. A pgBackRest backup is refused: its set is the
+        repository's, expired by the repository's own retention."""
+        m = self.get(backup_id)
+        if m.method == "pgbackrest":
+            raise BackupError(f"backup {backup_id} is a pgBackRest backup: the repository's "
+                              "retention (repo1-retention-full) expires it, not statekeeper")
+        d = self._dir(backup_id)
+        try:
+            (d / MANIFEST_NAME).unlink()
+            fsync_path(d)
+            shutil.rmtree(d)
+            fsync_path(self.backup_dir)
+        except OSError as e:
+            raise BackupError(f"backup {backup_id}: cannot delete {d}: {e.strerror or e}"
+                              + (f": {e.filename}" if e.filename else "")) from e
+        return {"backup_id": backup_id, "deleted": True, "size": m.size}
 
     def get(self, backup_id: str) -> Manifest:
         m = self._read(backup_id)

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
+from ..sizes import size_text
+
 if TYPE_CHECKING:
     from ..opreplay import Operation
     from ..replay import Run, RunEvent, StepRecord
@@ -83,7 +85,9 @@ def step_detail(kind: str, args: Mapping[str, Any], result: Mapping[str, Any] | 
     r = result or {}
     if kind == "backup":
         if r.get("backup_id"):
-            return (f"{r.get('method')} backup {r.get('backup_id')}, {r.get('size')} bytes, "
+            size = r.get("size")
+            shown = size_text(size) if isinstance(size, int) else f"{size} bytes"
+            return (f"{r.get('method')} backup {r.get('backup_id')}, {shown}, "
                     f"sha256 {_short(r.get('sha256'))}")
         return f"{args.get('method') or ''} backup {args.get('backup_id') or ''}".strip()
     if kind in ("migrate", "revert"):

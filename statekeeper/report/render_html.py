@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .source import Report
-from .text import duration, shown, timeline, when, who
+from .text import duration, shown, size, timeline, when, who
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -24,7 +24,7 @@ def environment() -> Any:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(when=when, duration=duration, shown=shown, who=who,
+    env.filters.update(when=when, duration=duration, shown=shown, size=size, who=who,
                        timeline=timeline)
     return env
 

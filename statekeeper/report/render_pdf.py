@@ -13,6 +13,7 @@ from typing import IO, Any
 
 from .source import Report
 from .text import duration, shown, when, who
+from .text import size as size_shown
 
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"),)
 
@@ -177,8 +178,8 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
                    for s in e["steps"]], (30, 18, 34, 34, 14, 60))
         b = e.get("backup")
         if b:
-            kv([("Backup", f"{b['backup_id']} ({shown(b['method'])}, "
-                 f"{shown(b['size'])} bytes)"), ("Backup sha256", shown(b["sha256"]))])
+            kv([("Backup", f"{b['backup_id']} ({shown(b['method'])}, {size_shown(b['size'])})"),
+                ("Backup sha256", shown(b["sha256"]))])
         if e.get("migrations"):
             table(("Migration", "", "checksum", "file sha256"),
                   [(m["migration"], m["direction"], shown(m["checksum"]),

@@ -17,6 +17,13 @@ def when(iso: str | None) -> str:
     return f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 1000:03d} {off[:3]}:{off[3:]}"
 
 
+def size(n: Any) -> str:
+    """A size in bytes as everywhere else (:func:`statekeeper.sizes.size_text`)."""
+    from ..sizes import size_text
+
+    return size_text(n) if isinstance(n, int) and not isinstance(n, bool) else shown(n)
+
+
 def duration(ms: int | None) -> str:
     if ms is None:
         return "-"

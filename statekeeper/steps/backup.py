@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackupError
 from ..plan import field_problem as field_error
+from ..sizes import size_text
 from .base import Context, Result, Settled, Step, StepKind
 
 if TYPE_CHECKING:
@@ -47,7 +48,9 @@ class Backup(StepKind):
     def describe(self, result: Mapping[str, Any]) -> str:
         if result.get("size") is None:
             return ""
-        return (f": {result['method']} backup {result['backup_id']}, {result['size']} bytes, "
+        size = result["size"]
+        shown = size_text(size) if isinstance(size, int) else str(size)
+        return (f": {result['method']} backup {result['backup_id']}, {shown}, "
                 f"sha256 {str(result.get('sha256'))[:12]}")
 
     def effect(self, ctx: Context, step: Step) -> Result:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TargetError
 from ..plan import ClusterPlan
+from ..sizes import size_text
 from .base import Context, Result, Step, StepKind
 
 if TYPE_CHECKING:
@@ -62,7 +63,8 @@ class Preflight(StepKind):
             free = s.backups.free_space()
             if free < need:
                 raise TargetError(
-                    f"not enough free disk for the backup: {free} bytes free, ~{need} needed"
+                    f"not enough free disk for the backup: {size_text(free)} free, "
+                    f"~{size_text(need)} needed"
                 )
             result.update({"backup_estimate_bytes": need, "free_bytes": free})
         fp = fingerprint(s.target)
