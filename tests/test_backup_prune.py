@@ -112,6 +112,13 @@ def test_prune_keeps_the_newest_confirms_and_records(proj: Path,
     data = json.loads(r.stdout)
     assert (data["deleted"], [b["id"] for b in data["backups"]], data["op_id"]) == (
         [], ["b3", "b4"], None)
+    # an id prune freed can be taken again: the new backup is the one the ledger vouches for
+    assert run(proj, "backup", "create", "--id", "b1").exit_code == 0
+    r = run(proj, "backup", "restore", "b1", "--yes")
+    assert r.exit_code == 0, r.output
+    r = run(proj, "backup", "prune", "--dry-run")
+    assert [(a, b) for a, b, _ in verdicts(r)] == [("delete", "b3"), ("keep", "b4"),
+                                                    ("keep", "b1")]
 
 
 def test_keep_days_counts_back_from_now_and_keeps_the_newest(
