@@ -17,6 +17,7 @@ import cli.root as cli_root
 from cli.main import cli
 from statekeeper import clock, command
 from statekeeper.backups import BackupManager
+from statekeeper.errors import BackupError
 from statekeeper.sizes import size_text
 from statekeeper.targets import Target
 from tests.test_ops import head, operations
@@ -211,8 +212,14 @@ def test_no_rule_and_pgbackrest(proj: Path) -> None:
     assert verdicts(r)[0] == ("keep", "b1", "a pgBackRest backup (the repository's retention, "
                               "repo1-retention-full, expires it)")
     s = command.Settings.load(str(proj / "statekeeper.toml"))
-    with pytest.raises(Exception, match="repository's retention"):
+    with pytest.raises(BackupError, match="repository's retention"):
         command.backup_manager(s).delete("b1")
+    elsewhere = proj / "elsewhere"
+    (proj / "backups" / "b2").rename(elsewhere)
+    (proj / "backups" / "b2").symlink_to(elsewhere)
+    with pytest.raises(BackupError, match="is a symbolic link: not deleting through it"):
+        command.backup_manager(s).delete("b2")
+    assert (elsewhere / "manifest.json").is_file()
 
 
 def test_schedule_cron_and_systemd(proj: Path, tmp_path: Path) -> None:
@@ -266,3 +273,25 @@ def test_schedule_cron_and_systemd(proj: Path, tmp_path: Path) -> None:
     r = run(proj, "backup", "schedule", "--cron")
     assert r.exit_code == 2
     assert r.stderr.startswith(f"error: {toml}: [upgrade] require_ticket = true: pass --ticket")
+
+
+def test_an_unfinished_restore_keeps_its_backup_and_an_unreadable_history_refuses() -> None:
+    from statekeeper import retention
+    from statekeeper.errors import HistoryError, IntegrityError
+    from statekeeper.opreplay import replay
+    from statekeeper.replay import RunEvent
+
+    evs = [RunEvent(i, t, p, f"2026-01-01T00:00:0{i}.000000Z", i, {"user": "u", "host": "h"})
+           for i, (t, p) in enumerate([
+               ("op.created", {"op_id": "x", "op": "backup.restore", "target": None,
+                               "args": {"backup_id": "b7"}, "version": "0",
+                               "confirmed": "--yes"}),
+               ("step.started", {"step": "restore", "kind": "restore", "backup_id": "b7"}),
+           ], 1)]
+    known = retention.read_ledger([], [replay(evs)])
+    assert known.protected == {"b7": "restore operation x is interrupted"}
+    bad = HistoryError(3, "unknown event type 'x'")
+    bad.op_id = "y"  # type: ignore[attr-defined]
+    with pytest.raises(IntegrityError, match=r"^operation y cannot be replayed .*: whether it "
+                       r"holds a backup is unknown, so nothing is pruned$"):
+        retention.read_ledger([], [bad])

@@ -310,6 +310,9 @@ class BackupManager:
             raise BackupError(f"backup {backup_id} is a pgBackRest backup: the repository's "
                               "retention (repo1-retention-full) expires it, not statekeeper")
         d = self._dir(backup_id)
+        if d.is_symlink():  # never follow one out of the backup directory
+            raise BackupError(f"backup {backup_id}: {d} is a symbolic link: not deleting "
+                              "through it")
         try:
             (d / MANIFEST_NAME).unlink()
             fsync_path(d)

@@ -32,6 +32,9 @@ class Preflight(StepKind):
     def describe(self, result: Mapping[str, Any]) -> str:
         digest = result.get("fingerprint_digest")
         out = f": fingerprint {str(digest)[:16]}" if digest else ""
+        need, free = result.get("backup_estimate_bytes"), result.get("free_bytes")
+        if isinstance(need, int) and isinstance(free, int):
+            out += f"; backup ~{size_text(need)}, {size_text(free)} free"
         cluster = result.get("cluster")
         if isinstance(cluster, Mapping):
             with contextlib.suppress(ValueError):
