@@ -105,6 +105,13 @@ def test_prune_keeps_the_newest_confirms_and_records(proj: Path,
     assert [(s.name, s.kind, s.args["why"]) for s in op.steps] == [
         ("prune:b1", "prune", "beyond the newest 2"), ("prune:b2", "prune", "beyond the newest 2")]
     assert op.backups_pruned() == ["b1", "b2"] and len(op.steps[0].args["sha256"]) == 64
+    out = proj / "report.json"
+    assert run(proj, "report", "--format", "json", "--out", str(out)).exit_code == 0
+    details = [st["detail"] for e in json.loads(out.read_text())["entries"]
+               for st in e.get("steps", []) if st["name"].startswith("prune:")]
+    assert details == [f"deleted sqlite backup b{i}, {size}, sha256 "
+                       f"{op.steps[i - 1].args['sha256'][:16]} (beyond the newest 2)"
+                       for i in (1, 2)]
     after = head(proj)
     r = run(proj, "backup", "prune", "--yes")
     assert (r.exit_code, r.stdout.splitlines()[-1]) == (0, "nothing to prune: 2 backups kept")

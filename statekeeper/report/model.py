@@ -96,6 +96,11 @@ def step_detail(kind: str, args: Mapping[str, Any], result: Mapping[str, Any] | 
         return f"tag {args.get('tag') or r.get('tag')}"
     if kind == "restore":
         return f"backup {args.get('backup_id') or r.get('backup_id')}"
+    if kind == "prune":
+        size = args.get("size")
+        shown = size_text(size) if isinstance(size, int) else "size not recorded"
+        return (f"deleted {args.get('method')} backup {args.get('backup_id')}, {shown}, "
+                f"sha256 {_short(args.get('sha256'))} ({args.get('why')})")
     if kind == "compare":
         if "equal" not in r:
             return ""
