@@ -197,7 +197,10 @@ def backup_prune(obj: Obj, target_url: str | None, dry_run: bool, yes: bool,
               size_text(v.manifest.size), v.why.removeprefix("kept: ")) for v in verdicts]
     _table(rows)
     kept = _plural(len(verdicts) - len(gone), "backup")
-    if not gone:
+    if not gone and note.op_id is not None:
+        click.echo(f"removed the leftovers of an interrupted prune, kept {kept}")
+        note.echo()
+    elif not gone:
         click.echo(f"nothing to prune: {kept} kept")
     elif dry_run:
         click.echo(f"would delete {_plural(len(gone), 'backup')} ({size}), keep {kept} "

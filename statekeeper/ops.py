@@ -441,20 +441,26 @@ def backup_prune(settings: Settings, manager: BackupManager, why: Why, yes: bool
     with acting(settings, target, TargetLock(target, clock.now).hold()) as lg:
         from .upgrade import scan_runs
 
-        known = retention.read_ledger(scan_runs(lg), scan_ops(lg))
+        operations = scan_ops(lg)
+        known = retention.read_ledger(scan_runs(lg), operations)
         verdicts = retention.decide(manager.list(), known, keep, keep_days, clock.now())
         gone = [v for v in verdicts if v.delete]
-        if dry_run or not gone:
+        # the directories an earlier prune was deleting when it stopped (manifest gone)
+        left = [b for b in retention.unfinished_deletions(operations)
+                if manager.has_leftovers(b)]
+        if dry_run or not (gone or left):
             return verdicts
         count, size = retention.summary(verdicts)
         from .sizes import size_text
 
         ask("backup.prune", how, confirm,
             f"delete {count} backup{'s' if count != 1 else ''} ({size_text(size)}) from "
-            f"{manager.backup_dir}: {', '.join(v.manifest.id for v in gone)}?")
+            f"{manager.backup_dir}: {', '.join(v.manifest.id for v in gone)}"
+            + (f" (and the leftovers of {', '.join(left)})" if left else "") + "?")
         with recording(lg, op_id, "backup.prune", target.display,
                        {"keep": keep, "keep_days": keep_days,
-                        "backups": [v.manifest.id for v in gone]},
+                        "backups": [v.manifest.id for v in gone],
+                        **({"leftovers": left} if left else {})},
                        why, how, observer) as rec:
             for v in gone:
                 m = v.manifest
@@ -462,6 +468,10 @@ def backup_prune(settings: Settings, manager: BackupManager, why: Why, yes: bool
                          {"backup_id": m.id, "method": m.method, "size": m.size,
                           "sha256": m.sha256, "created_at": v.at, "why": v.why},
                          lambda m=m: manager.delete(m.id))  # type: ignore[misc]
+            for bid in left:
+                rec.step(f"prune:{bid}", "prune",
+                         {"backup_id": bid, "why": "the leftovers of an interrupted prune"},
+                         lambda bid=bid: manager.remove_leftovers(bid) or {})  # type: ignore[misc]
         return verdicts
 
 

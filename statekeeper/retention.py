@@ -196,6 +196,21 @@ def read_ledger(runs: Iterable[Run | Unreadable],
     return Knowledge(recorded, protected)
 
 
+def unfinished_deletions(operations: Iterable[Operation | HistoryError]) -> list[str]:
+    """The backups whose ``prune`` step did not succeed (interrupted or failed), in order."""
+    from .opreplay import Operation
+
+    out: list[str] = []
+    for o in operations:
+        if isinstance(o, Operation) and o.op == "backup.prune":
+            for s in o.steps:
+                bid = s.args.get("backup_id")
+                if s.kind == "prune" and s.status != "succeeded" and isinstance(bid, str) \
+                        and bid not in out:
+                    out.append(bid)
+    return out
+
+
 def summary(verdicts: Iterable[Verdict]) -> tuple[int, int]:
     """(number deleted, bytes deleted)."""
     gone = [v for v in verdicts if v.delete]

@@ -302,3 +302,40 @@ def test_an_unfinished_restore_keeps_its_backup_and_an_unreadable_history_refuse
     with pytest.raises(IntegrityError, match=r"^operation y cannot be replayed .*: whether it "
                        r"holds a backup is unknown, so nothing is pruned$"):
         retention.read_ledger([], [bad])
+
+
+def test_a_prune_that_stopped_half_way_is_finished_by_the_next(
+        proj: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import statekeeper.backups.manager as manager
+
+    configure(proj, "keep = 1")
+    for i in (1, 2):
+        assert run(proj, "backup", "create", "--id", f"b{i}").exit_code == 0
+    real = manager.shutil.rmtree
+
+    def fail(path: object, *a: object, **k: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(manager.shutil, "rmtree", fail)
+    r = run(proj, "backup", "prune", "--yes")
+    assert r.exit_code == 1
+    assert r.stderr == (f"error: backup b1: cannot delete {proj / 'backups' / 'b1'}: "
+                        f"Permission denied: {proj / 'backups' / 'b1'}\n")
+    op = operations(proj)[-1]
+    assert (op.op, op.status, [s.status for s in op.steps]) == (
+        "backup.prune", "failed", ["failed"])
+    assert (proj / "backups" / "b1").is_dir()  # leftovers: no manifest, so not a backup
+    assert [m.id for m in command.backup_list(command.Settings.load(
+        str(proj / "statekeeper.toml")))] == ["b2"]
+    monkeypatch.setattr(manager.shutil, "rmtree", real)
+    r = run(proj, "backup", "prune", "--yes")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[-2] == ("removed the leftovers of an interrupted prune, kept "
+                                         "1 backup")
+    assert not (proj / "backups" / "b1").exists()
+    last = operations(proj)[-1]
+    assert (last.args["leftovers"], last.backups_pruned()) == (["b1"], ["b1"])
+    after = head(proj)
+    assert run(proj, "backup", "prune", "--yes").stdout.splitlines()[-1] == (
+        "nothing to prune: 1 backup kept")
+    assert head(proj) == after

@@ -323,6 +323,27 @@ class BackupManager:
                               + (f": {e.filename}" if e.filename else "")) from e
         return {"backup_id": backup_id, "deleted": True, "size": m.size}
 
+    def has_leftovers(self, backup_id: str) -> bool:
+        """Is there a directory for ``backup_id`` without a manifest (not a symbolic link)?"""
+        if not ID_PATTERN.fullmatch(backup_id):
+            return False
+        d = self.backup_dir / backup_id
+        return not d.is_symlink() and d.is_dir() and not (d / MANIFEST_NAME).exists()
+
+    def remove_leftovers(self, backup_id: str) -> dict[str, object] | None:
+        """Remove what is left of backup ``backup_id`` when it has no manifest (a deletion or
+        a creation that was interrupted): its directory. None when there is nothing to remove
+        (no directory, or a manifest: then it is a backup, not leftovers)."""
+        if not self.has_leftovers(backup_id):
+            return None
+        d = self._dir(backup_id)
+        try:
+            shutil.rmtree(d)
+            fsync_path(self.backup_dir)
+        except OSError as e:
+            raise BackupError(f"backup {backup_id}: cannot remove {d}: {e.strerror or e}") from e
+        return {"backup_id": backup_id, "leftovers": True}
+
     def get(self, backup_id: str) -> Manifest:
         m = self._read(backup_id)
         if m is None:

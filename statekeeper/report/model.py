@@ -96,6 +96,8 @@ def step_detail(kind: str, args: Mapping[str, Any], result: Mapping[str, Any] | 
         return f"tag {args.get('tag') or r.get('tag')}"
     if kind == "restore":
         return f"backup {args.get('backup_id') or r.get('backup_id')}"
+    if kind == "prune" and "size" not in args:
+        return f"removed what was left of backup {args.get('backup_id')} ({args.get('why')})"
     if kind == "prune":
         size = args.get("size")
         shown = size_text(size) if isinstance(size, int) else "size not recorded"
