@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from click.core import ParameterSource
 
 from statekeeper import command
 
@@ -25,11 +26,18 @@ def show(obj: Obj, target_url: str | None, as_json: bool) -> None:
     passwords masked, ${VAR} references shown as written. Nothing is connected to."""
     settings = obj.load(target_url)
     entries = command.config_show(settings)
+    path = settings.config.path
+    # how the file was found: --config, $STATEKEEPER_CONFIG, or ./statekeeper.toml
+    source = click.get_current_context().find_root().get_parameter_source("config")
+    found = ("--config" if source is ParameterSource.COMMANDLINE else
+             "env STATEKEEPER_CONFIG" if source is ParameterSource.ENVIRONMENT else
+             "the working directory")
     if as_json:
-        emit_json({"file": None if settings.config.path is None else str(settings.config.path),
+        emit_json({"file": None if path is None else str(path), "file_from": found,
                    "values": {e.name: e.to_dict() for e in entries}})
         return
-    click.echo(f"# configuration file: {settings.config.path or '(none: defaults)'}")
+    click.echo(f"# configuration file: {path} (from {found})" if path else
+               "# configuration file: (none: defaults)")
     width = max(len(e.name) for e in entries)
     for e in entries:
         value = "(not set)" if e.value is None else json.dumps(e.value, ensure_ascii=False)

@@ -168,6 +168,14 @@ def ledger_verify_export(
 
 
 # --- migrate verbs (statekeeper.migrations) ---
+def _flag_target(url: str) -> str:
+    """``--target URL`` of migrate and backup: refused as one line naming the flag when
+    empty or not a database URL (the upgrade verbs' goes through Settings.load)."""
+    from .config import check_given, check_url
+
+    check_given(url, "--target URL", "leave it out to use [target] url")
+    return check_url(url, "--target URL", Path.cwd())
+
 
 
 @boundary
@@ -180,8 +188,8 @@ def open_migrator(
     from .targets import Target
 
     cfg = settings.config
-    if target_url:
-        target = Target.from_url(target_url, Path.cwd())
+    if target_url is not None:
+        target = Target.from_url(_flag_target(target_url), Path.cwd())
     elif cfg.target_url:
         target = Target.from_url(cfg.target_url, cfg.base_dir)
     else:
@@ -311,8 +319,8 @@ def backup_manager(settings: Settings, target_url: str | None = None) -> BackupM
     from .targets import Target
 
     cfg = settings.config
-    if target_url:
-        target: Target | None = Target.from_url(target_url, Path.cwd())
+    if target_url is not None:
+        target: Target | None = Target.from_url(_flag_target(target_url), Path.cwd())
     elif cfg.target_url:
         target = Target.from_url(cfg.target_url, cfg.base_dir)
     else:

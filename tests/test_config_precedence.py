@@ -125,6 +125,7 @@ def test_config_show_names_origins_and_masks_secrets(proj_dir: Path) -> None:
     data = json.loads(r.stdout)
     v = data["values"]
     assert data["file"] == str(proj_dir / "statekeeper.toml")
+    assert data["file_from"] == "the working directory"
     assert v["target.url"] == {
         "value": "postgresql://app:${SK_T_PW}@db.example/app?sslpassword=***",
         "origin": "file", "source": str(proj_dir / "statekeeper.toml"), "resolved": None}
@@ -143,6 +144,11 @@ def test_config_show_names_origins_and_masks_secrets(proj_dir: Path) -> None:
     assert 'target.url               = "postgresql://app:${SK_T_PW}@db.example/app?' in text
     assert "# env STATEKEEPER_LEDGER_URL" in text
     assert "# -> " + str(proj_dir / "mig") in text
+    toml = str(proj_dir / "statekeeper.toml")
+    for args, e, found in ((["--config", toml], {}, "--config"),
+                           ([], {"STATEKEEPER_CONFIG": toml}, "env STATEKEEPER_CONFIG")):
+        first = sk(proj_dir, *args, "config", "show", env={**env, **e}).stdout.splitlines()[0]
+        assert first == f"# configuration file: {toml} (from {found})"
 
 
 def test_config_show_without_a_file_lists_the_defaults(tmp_path: Path) -> None:
@@ -259,3 +265,10 @@ def test_version_and_completion(tmp_path: Path) -> None:
         assert r.exit_code == 0 and marker in r.stdout, r.output
     r = sk(tmp_path, "completion", "tcsh")
     assert r.exit_code == 2 and "'tcsh' is not one of" in r.stderr
+
+
+@pytest.mark.parametrize("argv", [["migrate", "status", "--dir", "mig"], ["backup", "list"]])
+def test_an_empty_target_flag_is_refused_by_migrate_and_backup(proj_dir: Path,
+                                                               argv: list[str]) -> None:
+    r = sk(proj_dir, *argv, "--target", "", env={"SK_T_PW": "x"})
+    assert one_error(r) == "error: --target URL is empty (leave it out to use [target] url)"
