@@ -9,6 +9,8 @@ import sys
 
 from . import (
     backup_cmds,
+    completion_cmds,
+    config_cmds,
     health_cmds,
     keys_cmds,
     ledger_cmds,
@@ -20,9 +22,9 @@ from .root import cli
 
 __all__ = ["cli", "main"]
 
-for _command in (backup_cmds.backup, health_cmds.health, keys_cmds.keys,
-                 ledger_cmds.ledger_group, migrate_cmds.migrate, report_cmds.report,
-                 *upgrade_cmds.COMMANDS):
+for _command in (backup_cmds.backup, completion_cmds.completion, config_cmds.config_group,
+                 health_cmds.health, keys_cmds.keys, ledger_cmds.ledger_group,
+                 migrate_cmds.migrate, report_cmds.report, *upgrade_cmds.COMMANDS):
     cli.add_command(_command)
 
 

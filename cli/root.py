@@ -80,11 +80,22 @@ class Obj:
 
     @property
     def settings(self) -> Settings:
+        return self.load()
+
+    def load(self, target_url: str | None = None) -> Settings:
+        """The settings, with a command's ``--target`` (if it has one) over the rest."""
         if self._settings is None:
             from statekeeper.command import Settings
 
-            self._settings = Settings.load(self.config, self.ledger_url, self.key)
+            self._settings = Settings.load(self.config, self.ledger_url, self.key, target_url)
         return self._settings
+
+
+def target_option(f: Any) -> Any:
+    """``--target URL``: overrides $STATEKEEPER_TARGET_URL and ``[target] url``."""
+    return click.option("--target", "target_url", metavar="URL",
+                        help="Target database URL (overrides $STATEKEEPER_TARGET_URL and "
+                             "[target] url).")(f)
 
 
 def why_options(f: Any) -> Any:
@@ -141,7 +152,7 @@ PathArg = click.Path(path_type=Path)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="statekeeper")
+@click.version_option(__version__, "-V", "--version", prog_name="statekeeper")
 @click.option("--config", "config", metavar="FILE", envvar="STATEKEEPER_CONFIG",
               help="Configuration file (default: ./statekeeper.toml).")
 @click.option("--ledger", "ledger_url", metavar="URL",

@@ -11,7 +11,7 @@ from statekeeper import command, failpoints
 from statekeeper.errors import EXIT_OK, exit_code_for_state
 from statekeeper.narrate import narrate
 
-from .root import Obj, PathArg, emit_json, pass_obj, why_options
+from .root import Obj, PathArg, emit_json, pass_obj, target_option, why_options
 
 if TYPE_CHECKING:  # statekeeper.replay imports transitions: only when a command runs
     from statekeeper.replay import Run
@@ -101,10 +101,17 @@ def init(obj: Obj, target_url: str | None, migrations_dir: str, reason: str | No
 @click.option("--to", "to_version", required=True, help="Version to upgrade to.")
 @click.option("--from", "from_version", help="Version upgraded from (default: last tag).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@target_option
 @pass_obj
-def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool) -> None:
-    """Show what an upgrade would do, in order, without doing it."""
-    p = command.plan(obj.settings, to_version, from_version).to_payload()
+def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
+         target_url: str | None) -> None:
+    """Show what an upgrade would do, in order, without doing it. Warns (on stderr) when no
+    health check is configured: the upgrade would then be verified by nothing."""
+    p = command.plan(obj.load(target_url), to_version, from_version).to_payload()
+    if not p["health_checks"]:
+        where = obj.load().config.path or "statekeeper.toml"
+        click.echo(f"warning: no health checks: nothing verifies the new version after the "
+                   f"migrations (add [health] checks to {where})", err=True)
     if as_json:
         emit_json(p)
         return
@@ -124,6 +131,8 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool) -> 
     if rel:
         click.echo(f"release: {rel['link']} -> {rel['to_target']} (now "
                    f"{rel['from_target'] or 'absent'})")
+    checks = ", ".join(p["health_checks"]) or "none (see the warning above)"
+    click.echo(f"health checks: {checks}")
     click.echo("steps:")
     for n, line in enumerate(p["steps"], 1):
         click.echo(f"  {n:>2}. {line}")
@@ -132,12 +141,13 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool) -> 
 @click.command("start")
 @click.option("--to", "to_version", required=True, help="Version to upgrade to.")
 @click.option("--from", "from_version", help="Version upgraded from (default: last tag).")
+@target_option
 @why_options
 @pass_obj
-def start(obj: Obj, to_version: str, from_version: str | None, reason: str | None,
-          ticket: str | None) -> None:
+def start(obj: Obj, to_version: str, from_version: str | None, target_url: str | None,
+          reason: str | None, ticket: str | None) -> None:
     """Run an upgrade: preflight, backup, tag, migrate, health, tag; roll back on failure."""
-    run = command.start(obj.settings, to_version, from_version, observer=Progress(),
+    run = command.start(obj.load(target_url), to_version, from_version, observer=Progress(),
                         reason=reason, ticket=ticket)
     _finish(run)
 
@@ -145,16 +155,17 @@ def start(obj: Obj, to_version: str, from_version: str | None, reason: str | Non
 @click.command("resume")
 @click.argument("run_id", required=False)
 @click.option("--rollback", is_flag=True, help="Undo the run instead of finishing it.")
+@target_option
 @why_options
 @pass_obj
-def resume(obj: Obj, run_id: str | None, rollback: bool, reason: str | None,
-           ticket: str | None) -> None:
+def resume(obj: Obj, run_id: str | None, rollback: bool, target_url: str | None,
+           reason: str | None, ticket: str | None) -> None:
     """Finish (or --rollback) a run interrupted by a crash; default: the unfinished run.
 
     Exits 0 when the run ends as asked: completed; rolled_back when an operator asked for the
     rollback (--rollback now, or an earlier 'rollback' / 'resume --rollback' it finishes)."""
-    run = command.resume(obj.settings, run_id, rollback, observer=Progress(), reason=reason,
-                         ticket=ticket)
+    run = command.resume(obj.load(target_url), run_id, rollback, observer=Progress(),
+                         reason=reason, ticket=ticket)
     asked = rollback or run.rollback_requested
     _finish(run, wanted="rolled_back" if asked else "completed")
 
@@ -166,16 +177,17 @@ def resume(obj: Obj, run_id: str | None, rollback: bool, reason: str | None,
     is_flag=True,
     help="Allow restoring the run's backup, discarding every change made since.",
 )
+@target_option
 @why_options
 @pass_obj
-def rollback(obj: Obj, run_id: str, restore: bool, reason: str | None,
-             ticket: str | None) -> None:
+def rollback(obj: Obj, run_id: str, restore: bool, target_url: str | None,
+             reason: str | None, ticket: str | None) -> None:
     """Undo a completed upgrade with its down migrations; exit 0 when rolled back.
 
     Data written since the upgrade is kept; only the schema must come back as it was. A
     migration without a down part can only be undone by restoring the backup: --restore."""
-    run = command.rollback(obj.settings, run_id, restore, observer=Progress(), reason=reason,
-                           ticket=ticket)
+    run = command.rollback(obj.load(target_url), run_id, restore, observer=Progress(),
+                           reason=reason, ticket=ticket)
     _finish(run, wanted="rolled_back")
 
 

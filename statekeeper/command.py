@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .replay import Run
     from .retention import Verdict
     from .runner import Observer
+    from .showconfig import Entry
     from .upgrade import ServerState, Unreadable
 
 _FROM_MIGRATIONS = ("AppliedMigration", "Migration", "MigrationStatus", "Migrator", "Tag")
@@ -168,6 +169,14 @@ def ledger_verify_export(
 
 
 # --- migrate verbs (statekeeper.migrations) ---
+def _flag_target(url: str) -> str:
+    """``--target URL`` of migrate and backup: refused as one line naming the flag when
+    empty or not a database URL (the upgrade verbs' goes through Settings.load)."""
+    from .config import check_given, check_url
+
+    check_given(url, "--target URL", "leave it out to use [target] url")
+    return check_url(url, "--target URL", Path.cwd())
+
 
 
 @boundary
@@ -180,8 +189,8 @@ def open_migrator(
     from .targets import Target
 
     cfg = settings.config
-    if target_url:
-        target = Target.from_url(target_url, Path.cwd())
+    if target_url is not None:
+        target = Target.from_url(_flag_target(target_url), Path.cwd())
     elif cfg.target_url:
         target = Target.from_url(cfg.target_url, cfg.base_dir)
     else:
@@ -311,8 +320,8 @@ def backup_manager(settings: Settings, target_url: str | None = None) -> BackupM
     from .targets import Target
 
     cfg = settings.config
-    if target_url:
-        target: Target | None = Target.from_url(target_url, Path.cwd())
+    if target_url is not None:
+        target: Target | None = Target.from_url(_flag_target(target_url), Path.cwd())
     elif cfg.target_url:
         target = Target.from_url(cfg.target_url, cfg.base_dir)
     else:
@@ -448,6 +457,16 @@ def health(settings: Settings, out_dir: Path | None = None) -> HealthReport:
     return HealthReport(check_all(target, checks, out_dir=out_dir, base_dir=cfg.base_dir))
 
 
+# --- configuration ---
+@boundary
+def config_show(settings: Settings) -> list[Entry]:
+    """The effective configuration: every key set or defaulted, with its origin (flag >
+    environment > statekeeper.toml > default), secrets masked. Nothing is opened."""
+    from .showconfig import effective
+
+    return effective(settings.config)
+
+
 # --- upgrade verbs (statekeeper.upgrade) ---
 @boundary
 def init(
@@ -474,34 +493,28 @@ def init(
     kept: list[str] = []
     done: list[str] = []
     path = Path(config).absolute() if config else Path.cwd() / CONFIG_NAME
-    if not path.exists():
-        lines = [
-            "[ledger]",
-            f'url = "{ledger_url or "sqlite:///.statekeeper/ledger.db"}"',
-            f'key = "{key or DEFAULT_KEY}"',
-            "",
-        ]
-        lines += [
-            "[target]",
-            f'url = "{target_url}"'
-            if target_url
-            else '# url = "postgresql://app@localhost:5432/app"',
-            "",
-        ]
-        lines += ["[migrations]", f'dir = "{migrations_dir}"', ""]
-        lines += [
-            "[backup]",
-            '# method = "pg_dump"   # or "pgbackrest", "sqlite"',
-            'dir = ".statekeeper/backups"',
-            "",
-        ]
-        _write_out(path, "\n".join(lines))
+    wrote = not path.exists()
+    if wrote:
+        from .config import DEFAULT_LEDGER_URL, check_given, check_url, initial_toml
+
+        if target_url is not None:  # refused before the file is written, naming the flag
+            check_given(target_url, "--target URL", "leave it out to leave [target] url unset")
+            check_url(target_url, "--target URL", Path.cwd())
+        check_given(migrations_dir, "--migrations", "leave it out for 'migrations'")
+
+        _write_out(path, initial_toml(ledger_url or DEFAULT_LEDGER_URL, key or DEFAULT_KEY,
+                                        target_url, migrations_dir))
         done.append(f"wrote {path}")
         created["config"] = str(path)
     else:
         done.append(f"kept {path}")
         kept.append("config")
-    settings = Settings.load(str(path), ledger_url, key)
+    try:
+        settings = Settings.load(str(path), ledger_url, key)
+    except ConfigError:
+        if wrote:  # a file init would then refuse is not left behind (a bad --target)
+            path.unlink()
+        raise
     w = why(settings.config, reason, ticket, "the initialisation")
     files.private_dir(settings.config.base_dir / ".statekeeper")
     if settings.config.migrations_dir and not settings.config.migrations_dir.exists():

@@ -113,10 +113,25 @@ class Config:
     backup: BackupConfig = field(default_factory=BackupConfig)
     raw: dict[str, dict[str, Any]] = field(default_factory=dict)
     release: ReleaseConfig | None = None
+    #: "section.key" -> where its value came from: ``("file", path)``, ``("env", VARIABLE)``
+    #: or ``("flag", --option)`` (:mod:`statekeeper.settings` adds the flags); absent: default
+    origins: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: "section.key" -> the value as written in the file (``${VAR}`` references kept)
+    written: dict[str, Any] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
         return str(self.path) if self.path else "(defaults)"
+
+    def origin(self, name: str) -> str:
+        """Where the value of ``name`` ("section.key") came from, for a message."""
+        kind, source = self.origins.get(name, ("default", ""))
+        if kind == "env":
+            return f"environment variable {source}"
+        if kind == "flag":
+            return source
+        section, key = name.split(".", 1)
+        return f"{self.source}: [{section}] {key}"
 
     def key_path(self) -> Path:
         return self.ledger.key or (self.base_dir / DEFAULT_KEY)
@@ -131,7 +146,7 @@ class Config:
             raise ConfigError(f"{self.source}: [migrations] dir is not set")
         if not self.migrations_dir.is_dir():
             raise ConfigError(
-                f"{self.source}: [migrations] dir {self.migrations_dir} is not a directory"
+                f"{self.origin('migrations.dir')} {self.migrations_dir} is not a directory"
             )
         return self.migrations_dir
 
@@ -269,9 +284,97 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    flags: frozenset[tuple[str, str]] = frozenset(),
 ) -> Config:
+    """The file's configuration (or the defaults) with the ``STATEKEEPER_*`` variables of
+    :data:`ENV_KEYS` applied over it: environment > statekeeper.toml > defaults (the flags,
+    above them all, are applied by :class:`statekeeper.settings.Settings`; ``flags`` names the
+    keys they set). A key set by a variable or a flag is not interpolated from the file: its
+    ``${VAR}`` need not be set."""
     env = os.environ if env is None else env
     cwd = cwd or Path.cwd()
+    overridden = flags | {k for var, k in ENV_KEYS.items() if var in env}
+    cfg = _load_file(explicit, env, cwd, overridden)
+    for var, (section, key) in ENV_KEYS.items():
+        if var in env:
+            override(cfg, section, key, env[var], ("env", var), cwd)
+    return cfg
+
+
+#: The environment variables that override a key of the file (relative paths in them are
+#: relative to the working directory, as a flag's are); the flags override them in turn.
+ENV_KEYS: dict[str, tuple[str, str]] = {
+    "STATEKEEPER_LEDGER_URL": ("ledger", "url"),
+    "STATEKEEPER_LEDGER_KEY": ("ledger", "key"),
+    "STATEKEEPER_TARGET_URL": ("target", "url"),
+    "STATEKEEPER_MIGRATIONS_DIR": ("migrations", "dir"),
+}
+#: The flags that override the same keys (``--target`` on the commands that take it).
+FLAG_KEYS: dict[str, tuple[str, str]] = {
+    "--ledger": ("ledger", "url"), "--key": ("ledger", "key"), "--target": ("target", "url"),
+    "--dir": ("migrations", "dir"),
+}
+
+
+def override(cfg: Config, section: str, key: str, value: str, origin: tuple[str, str],
+             cwd: Path) -> None:
+    """Set one key from a flag or a variable (``origin``: ``("env", NAME)`` or ``("flag",
+    --NAME)``), checked as the file's value would be, errors naming the flag or variable. A
+    relative path (a SQLite file in a URL) is relative to ``cwd`` and made absolute here."""
+    what = origin[1] if origin[0] == "flag" else f"environment variable {origin[1]}"
+    if origin[0] == "flag" and (section, key) in URL_KEYS:
+        what += " URL"
+    unset = "leave it out" if origin[0] == "flag" else "unset it"
+    check_given(value, what, f"{unset} to use [{section}] {key}")
+    name = f"{section}.{key}"
+    if (section, key) in URL_KEYS:
+        url = absolute_url(check_url(value, what, cwd), cwd, what)
+        if section == "ledger":
+            cfg.ledger.url = url
+        else:
+            cfg.target_url = url
+    else:
+        try:
+            path = cwd / Path(value).expanduser()  # unchanged when absolute
+        except RuntimeError as e:  # ~user of a user that does not exist
+            raise ConfigError(f"{what}: {e}") from e
+        if name == "ledger.key":
+            cfg.ledger.key = path
+        elif name == "migrations.dir":
+            cfg.migrations_dir = path
+        else:  # pragma: no cover - ENV_KEYS and FLAG_KEYS name only the four above
+            raise ValueError(name)
+    cfg.origins[name] = origin
+    cfg.written.pop(name, None)
+
+
+def check_given(value: str, what: str, instead: str) -> None:
+    """A flag's or a variable's value: neither empty (a script's unset variable) nor NUL."""
+    if not value.strip():
+        raise ConfigError(f"{what} is empty ({instead})")
+    if "\0" in value:
+        raise ConfigError(f"{what} contains a NUL byte")
+
+
+def check_url(value: str, what: str, cwd: Path) -> str:
+    """A database URL given with a flag or a variable, refused up front as one line naming
+    ``what`` (``--target URL``) and showing the URL without its password."""
+    return _check_url(value, value, what, cwd)
+
+
+def absolute_url(url: str, cwd: Path, what: str) -> str:
+    """A database URL given with a flag or a variable: a relative SQLite path in it is made
+    relative to ``cwd`` (only paths written in statekeeper.toml are relative to that file)."""
+    import ledger
+
+    u = ledger.normalize_url(url, cwd, what=what)
+    if ledger.database_file(u) is None:  # a server's URL: nothing relative in it
+        return url
+    return str(u.render_as_string(hide_password=False))
+
+
+def _load_file(explicit: str | None, env: Mapping[str, str], cwd: Path,
+               overridden: frozenset[tuple[str, str]]) -> Config:
     path, must_exist = find_config(explicit, env, cwd)
     try:
         exists = path.exists()
@@ -292,6 +395,7 @@ def load_config(
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from e
     base = path.parent
     raw: dict[str, dict[str, Any]] = {}
+    written: dict[str, Any] = {}
     for section, body in data.items():
         if section in UNSUPPORTED:
             raise ConfigError(
@@ -321,6 +425,9 @@ def load_config(
                     f"{path}: [{section}] {key} must be {article} {want}, not {got}"
                 )
             where = f"{path}: [{section}] {key}"
+            written[f"{section}.{key}"] = value
+            if (section, key) in overridden:
+                continue
             if (section, key) in URL_KEYS:
                 raw[section][key] = _check_url(
                     interpolate_url(str(value), where, env), str(value), where, base, env
@@ -349,7 +456,8 @@ def load_config(
     validate_health(raw.get("health", {}), str(path))
     from .release import validate_deploy
 
-    cfg = Config(path=path, base_dir=base, raw=raw)
+    cfg = Config(path=path, base_dir=base, raw=raw, written=written,
+                 origins={k: ("file", str(path)) for k in written})
     # the section as written as well: commands are recorded with ${VAR}, never its value
     cfg.release = validate_deploy(raw.get("deploy"), data.get("deploy", {}), str(path), base)
     cfg.ledger = LedgerConfig(url=raw.get("ledger", {}).get("url", DEFAULT_LEDGER_URL),
@@ -384,6 +492,39 @@ def _in_range(body: Mapping[str, Any], key: str, low: int, high: int | None,
     if v is not None and high is not None and v > high:
         raise ConfigError(f"{path}: [backup] {key} must be at most {high}, not {v}")
     return v
+
+
+def initial_toml(ledger_url: str, key: str, target_url: str | None,
+                   migrations_dir: str) -> str:
+    """The statekeeper.toml ``init`` writes: values through a TOML writer (a backslash or a
+    quote in a path or a URL stays what it was), and the optional sections as comments."""
+    import tomli_w
+
+    def table(name: str, values: dict[str, Any], comments: str = "") -> str:
+        return tomli_w.dumps({name: values}) + comments + "\n"
+
+    target = (table("target", {"url": target_url}) if target_url else
+              '[target]\n# url = "postgresql://app:${APP_DB_PASSWORD}@localhost:5432/app"\n\n')
+    return (
+        "# statekeeper configuration; `statekeeper config show` prints what is in effect.\n"
+        "# Precedence: flags > environment (STATEKEEPER_TARGET_URL, ...) > this file.\n\n"
+        + table("ledger", {"url": ledger_url, "key": key})
+        + target
+        + table("migrations", {"dir": migrations_dir})
+        + table("backup", {"dir": ".statekeeper/backups"},
+                '# method = "pg_dump"   # or "pgbackrest", "sqlite" (default: the target\'s)\n')
+        + "[upgrade]\n"
+        '# application = "app"     # the name runs and reports use (default: this directory)\n'
+        "# require_ticket = false  # true: every change needs --ticket\n\n"
+        "# Health checks run after the migrations; without any, nothing verifies the upgrade.\n"
+        "# [health]\n"
+        "# checks = [\n"
+        '#   { name = "users readable", sql = "SELECT count(*) FROM users" },\n'
+        '#   { name = "api", http = "http://127.0.0.1:8080/health", status = 200 },\n'
+        "# ]\n"
+        "# retries = 2\n"
+        '# interval = "1s"\n'
+    )
 
 
 def _names(value: list[Any], where: str) -> tuple[str, ...]:

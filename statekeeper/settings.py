@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from . import clock, files
 from ._version import __version__
-from .config import Config, load_config
+from .config import FLAG_KEYS, Config, load_config, override
 from .errors import ConfigError, boundary
 
 if TYPE_CHECKING:
@@ -31,15 +31,19 @@ class Settings:
     @classmethod
     @boundary
     def load(
-        cls, config: str | None = None, ledger_url: str | None = None, key: str | None = None
+        cls, config: str | None = None, ledger_url: str | None = None, key: str | None = None,
+        target_url: str | None = None,
     ) -> Settings:
-        cfg = load_config(config)
-        # An empty flag (a script's unset variable) is an error, not "use the default".
-        url = _flag_url(ledger_url) if ledger_url is not None else cfg.ledger.url
-        if key is not None and not key.strip():
-            raise ConfigError("--key is empty")
-        kp = Path(key).expanduser().absolute() if key else cfg.key_path()
-        return cls(cfg, url, kp)
+        """Flags > environment (``STATEKEEPER_*``, :data:`statekeeper.config.ENV_KEYS`) >
+        statekeeper.toml > defaults; each value's origin is kept in ``config.origins``. An
+        empty flag (a script's unset variable) is an error, not "use the default"."""
+        given = [(f, v) for f, v in (("--ledger", ledger_url), ("--key", key),
+                                     ("--target", target_url)) if v is not None]
+        cfg = load_config(config, flags=frozenset(FLAG_KEYS[f] for f, _ in given))
+        cwd = Path.cwd()
+        for flag, value in given:
+            override(cfg, *FLAG_KEYS[flag], value, ("flag", flag), cwd)
+        return cls(cfg, cfg.ledger.url, cfg.key_path())
 
     def checkpoint_dir(self) -> Path:
         """Where terminal-state checkpoints are written (copy them to write-once storage);
@@ -108,16 +112,4 @@ class Settings:
         from .lease import LeaseStore
 
         return LeaseStore(ledger.normalize_url(self.ledger_url, self.config.base_dir))
-
-
-def _flag_url(url: str) -> str:
-    """A relative SQLite path given with --ledger is relative to the working directory, like
-    --key's (only paths written in statekeeper.toml are relative to that file)."""
-    import ledger
-
-    u = ledger.normalize_url(url, Path.cwd(), what="--ledger URL")
-    if ledger.database_file(u) is None:  # a server's URL: nothing relative in it
-        return url
-    return u.render_as_string(hide_password=False)
-
 

@@ -135,7 +135,7 @@ def test_wrong_database_exit_2_and_override(project: Path) -> None:
 def test_bad_url_and_missing_target_exit_2(project: Path, tmp_path: Path) -> None:
     r = run(project, "backup", "create", "--target", "mysql://u@h/db")
     assert r.exit_code == 2
-    assert r.stderr == ("error: target URL 'mysql://u@h/db': unsupported scheme 'mysql' "
+    assert r.stderr == ("error: --target URL 'mysql://u@h/db': unsupported scheme 'mysql' "
                         "(use sqlite:///path or postgresql://user@host:port/db)\n")
     empty = tmp_path / "empty"
     empty.mkdir()

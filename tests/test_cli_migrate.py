@@ -160,7 +160,7 @@ def test_edited_and_irreversible_and_tag_errors_exit_2(project: Path) -> None:
         ('[target]\nurl = "sqlite:///app.db"\n[migrations]\ndir = "nope"\n', (),
          "error: {toml}: [migrations] dir {base}/nope is not a directory"),
         ("", ("--target", "mysql://x/y", "--dir", "migrations"),
-         "error: target URL 'mysql://x/y': unsupported scheme 'mysql' (use sqlite:///path or "
+         "error: --target URL 'mysql://x/y': unsupported scheme 'mysql' (use sqlite:///path or "
          "postgresql://user@host:port/db)"),
         ("", ("--target", "sqlite:///missing.db", "--dir", "migrations"),
          "error: target sqlite:///{base}/missing.db: database file {base}/missing.db does not "
