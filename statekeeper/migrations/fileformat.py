@@ -63,6 +63,20 @@ class Migration:
     #: with its newlines normalised, so an edited down part or a CRLF checkout is no "edit"
     file_sha256: str = ""
 
+    def locate(self, position: int) -> tuple[int, int, str]:
+        """``(line, column, the line's text)`` of a 1-based character ``position`` in the
+        file (as :attr:`up` and :attr:`down` count it: newlines normalised, BOM dropped)."""
+        pos = max(position - 1, 0)
+        if self.down is None or pos < len(self.up):
+            part, start, first = self.up, 0, 1
+        else:  # the down part: after the up part's lines and the directive's line
+            part, start, first = self.down, self.down_offset, self.up.count("\n") + 2
+        i = min(max(pos - start, 0), len(part))
+        line_start = part.rfind("\n", 0, i) + 1
+        line_end = part.find("\n", i)
+        text = part[line_start: len(part) if line_end < 0 else line_end]
+        return first + part.count("\n", 0, i), i - line_start + 1, text
+
     @property
     def reversible(self) -> bool:
         return self.down is not None

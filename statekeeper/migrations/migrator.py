@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import clock as _clock
-from ..errors import ConfigError, IrreversibleError, ValidationError
+from ..errors import ConfigError, IrreversibleError, MigrationError, ValidationError
 from ..targets import Target
 from .changelog import CHANGELOG_TABLE, AppliedMigration, Changelog, MigrationStatus, Tag
 from .fileformat import DOWN_MARKER, Migration, check_tag_name, load_migrations, natural_key
@@ -236,6 +236,10 @@ class Migrator:
                 if transactional and hook is not None:
                     hook()
                 d.commit(conn, m.id, what)
+            except MigrationError as e:
+                d.rollback(conn)
+                e.locate(str(m.path), m.locate)
+                raise
             except BaseException:
                 d.rollback(conn)
                 raise
