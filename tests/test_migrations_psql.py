@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from statekeeper.errors import MigrationError
+from statekeeper.errors import ConfigError, MigrationError, ValidationError
 from statekeeper.migrations import Migrator
 from statekeeper.migrations.fileformat import parse_migration
 from statekeeper.targets import Target
@@ -142,3 +142,46 @@ def test_locate_counts_lines_of_the_up_and_the_down_part(tmp_path: Path) -> None
         assert m.locate(pos)[2].strip() == needle + ";"
         assert m.locate(pos)[1] == pos - text.rfind("\n", 0, pos - 1) - 1
     assert m.locate(len(text) + 10)[0] == 5  # clamped
+
+
+# -- what plan and migrate validate report about the directory --------------------------------
+def test_two_files_with_the_same_version_are_refused_unless_both_are_applied(
+    mig: Migrator, mdir: Path
+) -> None:
+    write(mdir, "0001_users.sql", "CREATE TABLE users (id integer);\n")
+    mig.up()
+    a = write(mdir, "0002_orders.sql", "CREATE TABLE orders (id integer);\n")
+    b = write(mdir, "2_invoices.sql", "CREATE TABLE invoices (id integer);\n")
+    msg = (f"migrations 2_invoices and 0002_orders have the same version 2 ({b}, {a}); "
+           "give 0002_orders a version of its own")  # in file order; both pending
+    for call in (mig.validate, mig.plan_up, mig.up):
+        with pytest.raises(ValidationError) as e:
+            call()
+        assert str(e.value) == msg
+    b.unlink()
+    mig.up()
+    write(mdir, "V1.10__x.sql", "SELECT 1;\n")
+    write(mdir, "V1.9__x.sql", "SELECT 1;\n")
+    write(mdir, "v1.10__y.sql", "SELECT 1;\n")
+    with pytest.raises(ValidationError, match=r"have the same version 1\.10"):
+        mig.validate()
+
+
+@pytest.mark.parametrize("name", ["0004_x.SQL", "0004_x.sql.orig", "0004_x.psql", "0004_x",
+                                  "notes.sql.txt", "sub"])
+def test_a_file_that_looks_like_a_migration_but_is_not_is_refused(
+    mig: Migrator, mdir: Path, name: str
+) -> None:
+    write(mdir, "0001_users.sql", "CREATE TABLE users (id integer);\n")
+    write(mdir, "README.md", "how we write migrations\n")  # not a look-alike: left alone
+    write(mdir, ".hidden.sql", "SELECT 1;\n")  # hidden: ignored, as before
+    assert [m.id for m in mig.migrations()] == ["0001_users"]
+    if name == "sub":
+        (mdir / "sub").mkdir()
+        write(mdir / "sub", "0002_y.sql", "SELECT 1;\n")
+    else:
+        write(mdir, name, "SELECT 1;\n")
+    for call in (mig.validate, mig.status, mig.plan_up):
+        with pytest.raises(ConfigError, match=rf"^{mdir / name} is not a migration but looks "
+                           r"like one: only \*\.sql files directly in"):
+            call()
