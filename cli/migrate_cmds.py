@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from statekeeper import command
+from statekeeper.errors import MigrationError, exit_code_for
 
-from .root import Obj, OpNote, PathArg, confirmer, emit_json, pass_obj, why_options, yes_option
+from .root import (
+    Obj,
+    OpNote,
+    PathArg,
+    confirmer,
+    emit_json,
+    one_line,
+    pass_obj,
+    why_options,
+    yes_option,
+)
 
 if TYPE_CHECKING:  # statekeeper.migrations imports psycopg: only when a command runs
     from statekeeper.migrations import AppliedMigration, Migration, MigrationStatus
@@ -22,6 +34,24 @@ def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--target", "target_url", metavar="URL",
                      help="Target database URL (overrides [target] url).")(f)
     return f
+
+
+@contextlib.contextmanager
+def failing_statement_shown() -> Iterator[None]:
+    """A failed migration: the one error line, then (indented, like psql's ``LINE 3:``) the
+    failing statement's line with a caret, the server's DETAIL, HINT and CONTEXT and the
+    NOTICEs and WARNINGs it raised. Only ``error:`` lines are errors: a script reading stderr
+    still finds one."""
+    try:
+        yield
+    except MigrationError as e:
+        lines = e.display_lines()
+        if not lines:
+            raise
+        click.echo(f"error: {one_line(str(e))}", err=True)
+        for line in lines:
+            click.echo(f"  {one_line(line)}", err=True)
+        raise click.exceptions.Exit(exit_code_for(e)) from None
 
 
 @click.group("migrate")
@@ -107,8 +137,10 @@ def up(obj: Obj, target_url: str | None, migrations_dir: Path | None, to: str | 
         click.echo(f"applied {rec.id} ({rec.execution_ms} ms)")
 
     note = OpNote()
-    applied = command.migrate_up(obj.settings, target_url, migrations_dir, target_id=to,
-                                 on_applied=done, reason=reason, ticket=ticket, observer=note)
+    with failing_statement_shown():
+        applied = command.migrate_up(obj.settings, target_url, migrations_dir, target_id=to,
+                                     on_applied=done, reason=reason, ticket=ticket,
+                                     observer=note)
     if not applied:
         click.echo("nothing to apply: the schema is up to date")
     else:
@@ -141,9 +173,10 @@ def down(obj: Obj, target_url: str | None, migrations_dir: Path | None, to_tag: 
         click.echo(f"reverted {m.id}")
 
     note = OpNote()
-    reverted = command.migrate_down(obj.settings, target_url, migrations_dir, to_tag,
-                                    on_reverted=done, reason=reason, ticket=ticket, yes=yes,
-                                    confirm=confirmer(), observer=note)
+    with failing_statement_shown():
+        reverted = command.migrate_down(obj.settings, target_url, migrations_dir, to_tag,
+                                        on_reverted=done, reason=reason, ticket=ticket,
+                                        yes=yes, confirm=confirmer(), observer=note)
     if not reverted:
         click.echo(f"nothing to revert: the schema is at tag {to_tag}")
     else:

@@ -82,14 +82,72 @@ class TargetUnreachable(TargetError):
 
 
 class MigrationError(TargetError):
-    """A migration failed; the database is as it was before that migration (PostgreSQL)."""
+    """A migration failed; the database is as it was before that migration (a transactional
+    one; a no-transaction migration keeps the statements that completed before the failing
+    one).
 
-    def __init__(self, migration_id: str, message: str, position: int | None = None) -> None:
-        where = f" at character {position}" if position else ""
-        super().__init__(f"migration {migration_id} failed{where}: {message}")
+    The message is one line: ``migration ID failed at FILE:LINE:COLUMN: <server message>``
+    once the migrator has placed it in its file (:meth:`locate`), ``... failed at character N``
+    before. The structured fields are for a richer display (:meth:`display_lines`, which the
+    CLI prints under the error line): ``position`` (1-based character in the file),
+    ``path``/``line``/``column``, ``source_line`` (the file's line there), the server's
+    ``detail``/``hint``/``context`` and the ``notices`` (NOTICE and WARNING messages) the
+    server raised while the migration ran, each ``"SEVERITY: message (line N)"``."""
+
+    def __init__(self, migration_id: str, message: str, position: int | None = None, *,
+                 detail: str | None = None, hint: str | None = None,
+                 context: str | None = None,
+                 notices: tuple[tuple[str, str, int], ...] = ()) -> None:
         self.migration_id = migration_id
         self.position = position
         self.server_message = message
+        self.detail, self.hint, self.context = detail, hint, context
+        #: (severity, message, 1-based character of the statement that raised it)
+        self.raised = tuple(notices)
+        self.notices = tuple(f"{sev}:  {msg}" for sev, msg, _pos in self.raised)
+        self.path: str | None = None
+        self.line: int | None = None
+        self.column: int | None = None
+        self.source_line: str | None = None
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if self.path is not None and self.line is not None:
+            where = f" at {self.path}:{self.line}:{self.column}"
+        else:
+            where = f" at character {self.position}" if self.position else ""
+        return f"migration {self.migration_id} failed{where}: {self.server_message}"
+
+    def locate(self, path: str, where: Callable[[int], tuple[int, int, str]]) -> None:
+        """Name the file, and the line and column of :attr:`position` and of each notice
+        (``where``: a 1-based character of the file to its line, column and line text; the
+        migrator knows the file)."""
+        self.path = path
+        if self.position:
+            self.line, self.column, self.source_line = where(self.position)
+        self.notices = tuple(f"{sev}:  {msg} (line {where(pos)[0]})"
+                             for sev, msg, pos in self.raised)
+        self.args = (self._message(),)
+
+    def display_lines(self) -> list[str]:
+        """What psql shows after its ERROR line: the statement's line with a caret under the
+        column, then DETAIL, HINT, CONTEXT and the NOTICEs/WARNINGs raised before the error.
+        Each entry is one line (tabs in the source line shown as one space each, so the caret
+        stays under its column)."""
+        out: list[str] = []
+        if self.source_line is not None and self.line is not None and self.column:
+            label = f"{self.line} | "
+            src = self.source_line.replace("\t", " ")
+            out.append(label + src)
+            out.append(" " * (len(label) - 2) + "| " + " " * (self.column - 1) + "^")
+        for name, value in (("DETAIL", self.detail), ("HINT", self.hint),
+                            ("CONTEXT", self.context)):
+            if value:
+                lines = value.splitlines() or [""]
+                out.append(f"{name}:  {lines[0]}")
+                out.extend(f"{' ' * (len(name) + 3)}{x}" for x in lines[1:])
+        out.extend(self.notices)
+        return out
 
 
 class ValidationError(TargetError):

@@ -1,17 +1,18 @@
-"""Where the statements of a SQL text begin: for error positions and for refusing a
-migration's own transaction control when the files are loaded.
+"""Where the statements of a SQL text begin and end: the statements a migration is executed
+as, and refusing a migration's own transaction control when the files are loaded.
 
-PostgreSQL migrations are always handed to the server whole (the simple query protocol runs a
-multi-statement string as it is); nothing here decides what the server executes there. When the
-server reports an error without a cursor position (``column "email" of relation "users" already
-exists`` has none), psycopg still tells how many statements of the string completed before it,
-and :func:`pg_statements` turns that count into the position of the failing statement.
+PostgreSQL migrations are executed one statement at a time, on the boundaries
+:func:`pg_statements` finds, as ``psql -f`` splits a file (the simple query protocol parses a
+whole multi-statement string before running any of it, so the first failure would not be the
+one reported, and runs it as one implicit transaction block).
 
 The scanner follows psql's lexer: ``--`` and nested ``/* */`` comments, ``'...'`` and
 ``E'...'`` strings, ``"..."`` identifiers, ``$tag$...$tag$`` bodies, parentheses, and the
-``BEGIN``/``CASE`` ... ``END`` depth of SQL-standard function bodies (``BEGIN ATOMIC``). A text
-it misreads gets a less precise error position; :func:`pg_scan` also reports the ``;`` inside
-bodies and parentheses, so that transaction control after one is refused whatever the depth.
+``BEGIN``/``CASE`` ... ``END`` depth of SQL-standard function bodies (``BEGIN ATOMIC``), so a
+file is split where ``psql -f`` splits it; a statement split in the wrong place is a syntax
+error from the server (in a transactional file, nothing of the file stays). :func:`pg_scan`
+also reports the ``;`` inside bodies and parentheses, so that transaction control after one
+is refused whatever the depth.
 
 SQLite migrations are executed statement by statement on boundaries found by SQLite's own
 tokenizer (:func:`sqlite3.complete_statement`, exactly what the ``sqlite3`` shell uses), so a

@@ -113,15 +113,20 @@ def test_dry_runs_print_sql_and_change_nothing(project: Path) -> None:
     assert r.stdout == "-- nothing to apply: the schema is up to date\n"
 
 
-def test_failing_migration_exits_1_with_one_line(project: Path) -> None:
+def test_failing_migration_exits_1_with_one_error_line_and_the_statement(project: Path) -> None:
     for name, text in GOOD.items():
         write(project, name, text)
     write(project, "0003_again.sql",
           "CREATE TABLE audit (x);\nALTER TABLE users ADD COLUMN email TEXT;\n")
     r = run(project, "migrate", "up")
     assert r.exit_code == 1
-    assert r.stderr == "error: migration 0003_again failed at character 25: " \
-                       "duplicate column name: email\n"
+    path = project / "migrations" / "0003_again.sql"
+    assert r.stderr == (f"error: migration 0003_again failed at {path}:2:1: "
+                        "duplicate column name: email\n"
+                        "  2 | ALTER TABLE users ADD COLUMN email TEXT;\n"
+                        "    | ^\n")
+    assert [x for x in r.stderr.splitlines() if x.startswith("error:")] == [
+        r.stderr.splitlines()[0]]  # one error line; the rest is its display
     assert r.stdout.count("applied 000") == 2
     assert rows(project, f"SELECT id FROM {CHANGELOG_TABLE} ORDER BY seq") == [
         ("0001_users",), ("0002_email",)]

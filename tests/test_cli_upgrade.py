@@ -442,3 +442,36 @@ def test_a_lease_left_by_a_process_that_died_before_its_run_began(tmp_path: Path
     run_ = command.status(proj.settings())
     taken = [ls for ls in run_.leases if ls["type"] == "lease.taken_over"]
     assert taken and taken[0]["from_pid"] == int(dead.stdout)
+
+
+def test_plan_and_validate_report_the_directory_problems(tmp_path: Path) -> None:
+    (tmp_path / "app.db").touch()
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    seed("sqlite", url)
+    proj = project(tmp_path, url, {**SCENARIOS["forward"], "3_again.sql": "SELECT 1;\n"})
+    mig = proj.dir / "migrations"
+    for args in (("plan", "--to", "v2.6"), ("migrate", "validate")):
+        assert one_error(run(proj, *args), 2).startswith(
+            "error: migrations 3_again and 003_user_status have the same version 3 (")
+    (mig / "3_again.sql").rename(mig / "004_more.sql.orig")
+    for args in (("plan", "--to", "v2.6"), ("migrate", "validate")):
+        assert one_error(run(proj, *args), 2) == (
+            f"error: {mig / '004_more.sql.orig'} is not a migration but looks like one: only "
+            f"*.sql files directly in {mig} run (rename it to end in .sql to run it, or move "
+            "it out of the directory)")
+
+
+def test_a_directory_changed_after_the_run_was_planned_is_refused_at_preflight(
+    tmp_path: Path
+) -> None:
+    (tmp_path / "app.db").touch()
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    seed("sqlite", url)
+    proj = project(tmp_path, url, SCENARIOS["forward"])
+    assert proj.cli("start", "--to", "v2.6", failpoint="preflight.before").returncode == 137
+    (proj.dir / "migrations" / "004_late.sql").write_text("SELECT 1;\n")
+    r = proj.cli("resume")
+    assert ("the migrations directory changed since this run was planned: 004_late is "
+            "pending but not in the plan (added since) (start a new run to apply it)"
+            ) in r.stdout + r.stderr, r.stdout + r.stderr
+    assert r.returncode == 1

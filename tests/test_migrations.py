@@ -198,7 +198,10 @@ def test_failing_third_migration_leaves_first_two(
     expected = ('column "email" of relation "users" already exists'
                 if target.backend == "postgresql" else "duplicate column name: email")
     assert err.server_message == expected
-    assert str(err) == f"migration 0003_again failed at character {err.position}: {expected}"
+    assert str(err) == f"migration 0003_again failed at {mdir / '0003_again.sql'}:3:1: {expected}"
+    assert (err.line, err.column) == (3, 1)
+    assert err.display_lines()[:2] == ["3 | ALTER TABLE users ADD COLUMN email text;",
+                                       "  | ^"]
     assert applied == ["0001_users", "0002_email"]
     assert ids(mig.applied()) == ["0001_users", "0002_email"]
     assert not mig.is_applied("0003_again")

@@ -167,8 +167,11 @@ class Dialect:
 
     def execute(self, conn: Any, migration_id: str, text: str, offset: int,
                 transactional: bool) -> None:
-        """Run a migration text on an open connection; MigrationError (with the position in
-        the file: ``offset`` is where ``text`` starts) on failure. The caller rolls back."""
+        """Run a migration text on an open connection, one statement at a time (in the open
+        transaction when ``transactional``; else each statement on its own), stopping at the
+        first that fails: MigrationError with its position in the file (``offset`` is where
+        ``text`` starts) and what else the server said. The caller rolls back and places the
+        error in the file (:meth:`MigrationError.locate`)."""
         raise NotImplementedError
 
     # -- our own tables ---------------------------------------------------------------------

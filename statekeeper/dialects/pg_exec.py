@@ -1,50 +1,60 @@
-"""PostgreSQL: running a whole migration text with the simple query protocol, and where in
-the file it failed. Imported when a migration runs (psycopg is heavy)."""
+"""PostgreSQL: running a migration text statement by statement, as ``psql -1 -f`` does, and
+where in the file it failed. Imported when a migration runs (psycopg is heavy).
+
+Why one statement at a time: a multi-statement string in the simple query protocol is parsed
+whole by the server before any of it runs, so a syntax error on line 90 was reported instead
+of the real first failure on line 3; and it runs as one implicit transaction block, so
+``VACUUM`` or ``CREATE INDEX CONCURRENTLY`` failed in a no-transaction file with anything else
+in it. The statement boundaries are :func:`statekeeper.sqltext.pg_statements` (psql's lexer).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import psycopg
-from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq import TransactionStatus
 
 from ..errors import MigrationError
-from ..sqltext import pg_statements
 from .base import first_line
 
-
-class CountingCursor(psycopg.Cursor[Any]):
-    """Remembers how many statements of a multi-statement string completed before an error
-    (psycopg internals; if they change, only the fallback error position is lost)."""
-
-    failed_index: int | None = None
-
-    def _check_results(self, results: list[Any]) -> None:
-        self.failed_index = None
-        for i, res in enumerate(results):
-            if res.status == ExecStatus.FATAL_ERROR:
-                self.failed_index = i
-                break
-        super()._check_results(results)
+#: the severities kept from the server's messages (DEBUG, LOG and INFO are not the user's)
+_KEPT = ("NOTICE", "WARNING")
 
 
 def execute(conn: Any, migration_id: str, text: str, offset: int, transactional: bool) -> None:
-    cur = CountingCursor(conn)
+    """Run ``text`` one statement at a time on ``conn`` (in the open transaction when
+    ``transactional``, else each statement on its own in autocommit). ``offset``: where
+    ``text`` starts in the file. MigrationError at the first failing statement, with the
+    server's DETAIL, HINT and CONTEXT and the NOTICEs/WARNINGs raised until then."""
+    from ..sqltext import pg_statements
+
+    notices: list[tuple[str, str, int]] = []
+    where = [0]  # the file position (1-based) of the statement running
+
+    def on_notice(diag: Any) -> None:
+        severity = diag.severity_nonlocalized or diag.severity or "NOTICE"
+        if severity in _KEPT:
+            notices.append((severity, diag.message_primary or "", where[0]))
+
+    conn.add_notice_handler(on_notice)
     try:
-        cur.execute(text)  # whole text, simple query protocol (no parameters)
-    except psycopg.Error as e:
-        diag = e.diag
-        message = diag.message_primary or first_line(e)
-        pos: int | None = None
-        if diag.statement_position:
-            pos = int(diag.statement_position)
-        elif cur.failed_index is not None:
-            spans = pg_statements(text)
-            if cur.failed_index < len(spans):
-                pos = spans[cur.failed_index][0] + 1
-        raise MigrationError(migration_id, message, offset + pos if pos else None) from e
+        for start, end in pg_statements(text):
+            where[0] = offset + start + 1
+            try:
+                conn.execute(text[start:end])  # no parameters: the simple query protocol
+            except psycopg.Error as e:
+                diag = e.diag
+                pos = start + (int(diag.statement_position) if diag.statement_position else 1)
+                raise MigrationError(
+                    migration_id, diag.message_primary or first_line(e), offset + pos,
+                    detail=diag.message_detail, hint=diag.message_hint,
+                    context=diag.context, notices=tuple(notices),
+                ) from e
+            if transactional and conn.info.transaction_status != TransactionStatus.INTRANS:
+                raise MigrationError(
+                    migration_id, "the migration ended its transaction itself (COMMIT/ROLLBACK "
+                    "in the file); it may be partly applied", offset + start + 1,
+                    notices=tuple(notices))
     finally:
-        cur.close()
-    if transactional and conn.info.transaction_status != TransactionStatus.INTRANS:
-        raise MigrationError(migration_id, "the migration ended its transaction itself "
-                             "(COMMIT/ROLLBACK in the file); it may be partly applied")
+        conn.remove_notice_handler(on_notice)

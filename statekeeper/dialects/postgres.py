@@ -3,10 +3,11 @@
 psycopg is imported by the methods that use it, not here: configuration checks pick a dialect
 from a URL and must not pay for the driver.
 
-A migration runs in psycopg's own transaction (a connection that is not in autocommit mode
-opens one at the first statement); a migration that must run outside one
-(``CREATE INDEX CONCURRENTLY``) runs on an autocommit connection, and its changelog row is then
-a single statement of its own.
+A migration runs statement by statement (:mod:`.pg_exec`, as ``psql -1 -f``) in psycopg's own
+transaction (a connection that is not in autocommit mode opens one at the first statement); a
+migration that must run outside one (``VACUUM``, ``CREATE INDEX CONCURRENTLY``) runs on an
+autocommit connection, each statement on its own, and its changelog row is then a single
+statement of its own.
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ A migrations directory holds ``.sql`` files applied in natural file-name order (
 first line ``-- statekeeper:no-transaction`` runs it outside a transaction. Directives match
 in any case; a comment line whose first word is ``statekeeper`` but that is not exactly a
 directive is refused, as are NUL bytes, invalid UTF-8 and (in a transactional file) statements
-that begin or end a transaction: all when the files are loaded, before anything runs. How a
-text is lexed (where statements start, whether comments nest) is the target's dialect's.
+that begin or end a transaction: all when the files are loaded, before anything runs; so is a
+directory entry that looks like a migration but would never run (``0004_x.SQL``,
+``0004_x.sql.orig``). How a text is lexed (where statements start, whether comments nest) is
+the target's dialect's. :func:`version_of` is the version a name starts with (two pending
+files of one version are the migrator's to refuse: it knows which are applied).
 """
 
 from __future__ import annotations
@@ -62,6 +65,20 @@ class Migration:
     #: against git); ``checksum`` is what statekeeper compares: the up part only, decoded and
     #: with its newlines normalised, so an edited down part or a CRLF checkout is no "edit"
     file_sha256: str = ""
+
+    def locate(self, position: int) -> tuple[int, int, str]:
+        """``(line, column, the line's text)`` of a 1-based character ``position`` in the
+        file (as :attr:`up` and :attr:`down` count it: newlines normalised, BOM dropped)."""
+        pos = max(position - 1, 0)
+        if self.down is None or pos < len(self.up):
+            part, start, first = self.up, 0, 1
+        else:  # the down part: after the up part's lines and the directive's line
+            part, start, first = self.down, self.down_offset, self.up.count("\n") + 2
+        i = min(max(pos - start, 0), len(part))
+        line_start = part.rfind("\n", 0, i) + 1
+        line_end = part.find("\n", i)
+        text = part[line_start: len(part) if line_end < 0 else line_end]
+        return first + part.count("\n", 0, i), i - line_start + 1, text
 
     @property
     def reversible(self) -> bool:
@@ -259,6 +276,32 @@ def read_migration(path: Path, backend: str = "postgresql") -> Migration:
     return parse_migration(path, text, backend, hashlib.sha256(data).hexdigest())
 
 
+#: the version prefix of a file name: ``0003`` of ``0003_users``, ``1.10`` of ``V1.10__x``
+_VERSION = re.compile(r"[Vv]?(\d+(?:\.\d+)*)(?=[^0-9.]|\.sql$|$)")
+
+
+def version_of(migration_id: str) -> tuple[int, ...] | None:
+    """The version a migration's name starts with, as numbers (``0003`` and ``3`` are the
+    same version); None for a name without one."""
+    m = _VERSION.match(migration_id)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else None
+
+
+def _looks_like_a_migration(p: Path) -> bool:
+    """A directory entry that is not run but was surely meant to be: ``0004_x.SQL``,
+    ``0004_x.sql.orig``, ``0004_x.psql``, a file starting with a version, a directory with
+    ``.sql`` files in it. (README.md and other notes are left alone.)"""
+    name = p.name.lower()
+    if not p.exists():  # a dangling link: not a file, ignored as before
+        return False
+    if p.is_dir():
+        try:
+            return any(c.name.lower().endswith(".sql") for c in p.iterdir())
+        except OSError:
+            return False
+    return ".sql" in name or name.endswith((".psql", ".pgsql")) or version_of(p.name) is not None
+
+
 def load_migrations(dir: Path, backend: str = "postgresql") -> list[Migration]:
     """Every ``*.sql`` file of ``dir`` (not hidden, not in subdirectories), natural order.
     ``backend``: the target's (``postgresql`` or ``sqlite``), for the statement lexing of the
@@ -268,10 +311,15 @@ def load_migrations(dir: Path, backend: str = "postgresql") -> list[Migration]:
             raise ConfigError(f"migrations directory {dir} does not exist")
         if not dir.is_dir():
             raise ConfigError(f"migrations directory {dir} is not a directory")
-        paths = [
-            p for p in dir.iterdir()
-            if p.name.endswith(".sql") and not p.name.startswith(".") and p.is_file()
-        ]
+        entries = [p for p in dir.iterdir() if not p.name.startswith(".")]
+        paths = [p for p in entries if p.name.endswith(".sql") and p.is_file()]
+        for p in entries:
+            if p not in paths and _looks_like_a_migration(p):
+                raise ConfigError(
+                    f"{p} is not a migration but looks like one: only *.sql files directly "
+                    f"in {dir} run (rename it to end in .sql to run it, or move it out of "
+                    f"the directory)"
+                )
     except OSError as e:
         raise ConfigError(f"migrations directory {dir}: cannot list: {e.strerror or e}") from e
     paths.sort(key=lambda p: natural_key(p.name))

@@ -20,10 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import clock as _clock
-from ..errors import ConfigError, IrreversibleError, ValidationError
+from ..errors import ConfigError, IrreversibleError, MigrationError, ValidationError
 from ..targets import Target
 from .changelog import CHANGELOG_TABLE, AppliedMigration, Changelog, MigrationStatus, Tag
-from .fileformat import DOWN_MARKER, Migration, check_tag_name, load_migrations, natural_key
+from .fileformat import (
+    DOWN_MARKER,
+    Migration,
+    check_tag_name,
+    load_migrations,
+    natural_key,
+    version_of,
+)
 from .lock import TargetLock
 
 Clock = Callable[[], datetime]
@@ -164,9 +171,26 @@ class Migrator:
                     f"{m.path} has sha256 {m.checksum[:12]}, the changelog recorded "
                     f"{r.checksum[:12]} (restore the file and put the change in a new migration)"
                 )
-        if not order or not applied:
+        if not order:
             return
         done = {r.id for r in applied}
+        seen: dict[tuple[int, ...], Migration] = {}
+        for m in migrations:
+            v = version_of(m.id)
+            if v is None:
+                continue
+            other = seen.setdefault(v, m)
+            if other is not m and not (other.id in done and m.id in done):
+                # two branches merged, each with "the next" migration: which runs first is
+                # an accident of their names (both applied already: history, left alone)
+                later = m if m.id not in done else other
+                raise ValidationError(
+                    f"migrations {other.id} and {m.id} have the same version "
+                    f"{'.'.join(map(str, v))} ({other.path}, {m.path}); give {later.id} "
+                    f"a version of its own"
+                )
+        if not applied:
+            return
         last = max((i for i, m in enumerate(migrations) if m.id in done), default=-1)
         for m in migrations[:last]:
             if m.id not in done:
@@ -236,6 +260,10 @@ class Migrator:
                 if transactional and hook is not None:
                     hook()
                 d.commit(conn, m.id, what)
+            except MigrationError as e:
+                d.rollback(conn)
+                e.locate(str(m.path), m.locate)
+                raise
             except BaseException:
                 d.rollback(conn)
                 raise

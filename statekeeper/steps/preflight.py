@@ -52,10 +52,15 @@ class Preflight(StepKind):
         ctx.hook()
         planned = {m.id: m.checksum for m in ctx.run.plan.migrations}
         pending = {m.id: m.checksum for m in s.migrator.pending()}
-        if planned != {k: v for k, v in pending.items() if k in planned} or set(planned) - set(
-            pending
-        ):
-            raise TargetError("pending migrations differ from the plan this run recorded")
+        changes = [f"{k} is pending but not in the plan (added since)"
+                   for k in pending if k not in planned]
+        changes += [f"{k} is no longer pending (its file is gone, or it was applied since)"
+                    for k in planned if k not in pending]
+        changes += [f"{k} changed (its up part has sha256 {pending[k][:12]}, the plan recorded "
+                    f"{v[:12]})" for k, v in planned.items() if k in pending and pending[k] != v]
+        if changes:
+            raise TargetError("the migrations directory changed since this run was planned: "
+                              + "; ".join(changes) + " (start a new run to apply it)")
         result: dict[str, Any] = {"pending": len(pending)}
         cluster = _cluster_ready(ctx)
         if cluster is not None:
