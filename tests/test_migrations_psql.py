@@ -96,11 +96,10 @@ def test_no_transaction_failure_keeps_the_statements_before_it(
     assert "t" in tables(target) and not mig.is_applied("1_t")
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # SQLite reports a message only
 def test_server_detail_hint_and_context_are_kept(
     backend: str, mig: Migrator, mdir: Path
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("SQLite reports a message only")
     write(mdir, "1_a.sql", "CREATE TABLE a (x integer);\n"
                            "DO $$ BEGIN RAISE EXCEPTION 'boom' USING DETAIL = 'the detail',\n"
                            "  HINT = 'the hint'; END $$;\n")
@@ -113,11 +112,10 @@ def test_server_detail_hint_and_context_are_kept(
     assert any(x.startswith("CONTEXT:  PL/pgSQL") for x in shown)
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # SQLite raises no notices
 def test_notices_before_the_failure_are_shown(
     backend: str, mig: Migrator, mdir: Path
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("SQLite raises no notices")
     write(mdir, "1_a.sql", "CREATE TABLE a (x integer);\n")
     mig.up()
     # "already exists, skipping": the real cause of the failure two lines below
