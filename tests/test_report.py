@@ -340,3 +340,31 @@ def test_model_is_pure() -> None:
             else:
                 continue
             assert set(mods) <= stdlib | {"__future__"}, (name, mods)
+
+
+def test_a_migrate_down_and_a_key_rotation_appear_in_the_report(tmp_path: Path) -> None:
+    """The destructive migrate down and the key rotation, as real operations, are entries of
+    the report like the others (with how the down was confirmed and the key ids)."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    (tmp_path / "app.db").touch()
+    seed("sqlite", url)
+    p = make_project(tmp_path / "p", "sqlite", url, {"001_bump_qty.sql": SCENARIOS["restore"][
+        "001_bump_qty.sql"]})
+
+    def run(*args: str) -> None:
+        r = CliRunner().invoke(cli, ["--config", str(p.config), *args])
+        assert r.exit_code == 0, r.output
+
+    run("migrate", "up")
+    run("migrate", "down", "--to-tag", "v2.5", "--yes", "--ticket", "CHG-9")
+    command.keys_generate(p.dir / "k2.pem")
+    run("keys", "rotate", "--new-key", str(p.dir / "k2.pem"))
+    out = tmp_path / "r.json"
+    run("--key", str(p.dir / "k2.pem"), "report", "--format", "json", "--out", str(out))
+    ops = [e for e in json.loads(out.read_text())["entries"] if e.get("op")]
+    down = next(e for e in ops if e["op"] == "migrate.down")
+    rotate = next(e for e in ops if e["op"] == "keys.rotate")
+    assert (down["ticket"], down["confirmed"], down["outcome"]) == ("CHG-9", "--yes",
+                                                                     "succeeded")
+    assert [s["name"] for s in down["steps"]] == ["revert:001_bump_qty"]
+    assert rotate["outcome"] == "succeeded" and rotate["steps"][0]["kind"] == "keys.rotate"
