@@ -108,6 +108,9 @@ class Ledger:
         create: bool = True,
     ) -> None:
         self.url = normalize_url(url, base_dir, what="ledger URL")
+        # messages show the URL as the user wrote it (``postgresql://``, a relative path),
+        # redacted, not the normalized form the recorder connects with
+        shown = redact(url)
         self.signer = signer
         self.tool = tool
         self.clock = clock
@@ -119,9 +122,9 @@ class Ledger:
         path = database_file(self.url)
         if not create and path is not None and not path.exists():
             raise ConfigurationError(
-                f"ledger {redact(self.url)}: no ledger there ({path} does not exist)"
+                f"ledger {shown}: no ledger there ({path} does not exist)"
             )
-        self.recorder: Recorder = recorder_for(self.url)
+        self.recorder: Recorder = recorder_for(self.url, shown)
         if create:
             self.recorder.ensure_schema()
         elif not self.recorder.exists():

@@ -32,7 +32,7 @@ def cluster_plan(session: Session) -> ClusterPlan | None:
     if scope.system_identifier is None:
         raise TargetError(
             f"[backup] method {b.method} restores the whole cluster of "
-            f"{session.target.display}, whose system identifier this user cannot read "
+            f"{session.target.shown}, whose system identifier this user cannot read "
             "(pg_control_system()); a superuser (or pg_monitor) is needed"
         )
     return ClusterPlan(scope.system_identifier, scope.databases)
@@ -63,7 +63,7 @@ def problems(session: Session, cluster: ClusterPlan) -> list[str]:
                 else ledger_target.endpoint() == target.endpoint())
         if same:
             found.append(
-                f"the ledger ({ledger_target.display}) lives on the target's cluster "
+                f"the ledger ({ledger_target.shown}) lives on the target's cluster "
                 f"{cluster.system_identifier}: a restore would rewind the ledger too; keep "
                 "the ledger on another server (or in a SQLite file)"
             )

@@ -204,8 +204,9 @@ _BACKENDS: dict[str, type[_SqliteLeases] | type[_PostgresLeases]] = {
 
 
 class LeaseStore:
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, shown: str | None = None) -> None:
         self.url = url
+        self.shown = shown if shown is not None else redact(url)
         self._quirks = _BACKENDS[url.get_backend_name()]
         self.engine: Engine = create_engine(url, connect_args=dict(self._quirks.connect_args))
         self._quirks.prepare(self.engine)
@@ -213,7 +214,7 @@ class LeaseStore:
             _meta.create_all(self.engine, checkfirst=True)
         except sa_exc.SQLAlchemyError as e:
             raise LedgerUnavailable(
-                f"ledger {redact(url)}: cannot create lease table: {e}") from e
+                f"ledger {self.shown}: cannot create lease table: {e}") from e
 
     @contextlib.contextmanager
     def _driver_errors(self, what: str) -> Iterator[None]:
@@ -227,7 +228,7 @@ class LeaseStore:
         except sa_exc.SQLAlchemyError as e:
             first = str(getattr(e, "orig", None) or e).strip().splitlines()
             raise LedgerUnavailable(
-                f"ledger {redact(self.url)}: {what}: {first[0] if first else e}") from e
+                f"ledger {self.shown}: {what}: {first[0] if first else e}") from e
 
     def holder(self, target: str) -> Holder | None:
         with self._driver_errors("cannot read the lease"), self.engine.connect() as conn:

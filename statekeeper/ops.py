@@ -264,7 +264,7 @@ def migrate_down(settings: Settings, migrator: Migrator, to_tag: str, why: Why, 
         ids = [m.id for m in plan]
         ask("migrate.down", how, confirm,
             f"revert {len(ids)} migration{'s' if len(ids) != 1 else ''} on "
-            f"{migrator.target.display} down to tag {to_tag} ({', '.join(ids)}), running "
+            f"{migrator.target.shown} down to tag {to_tag} ({', '.join(ids)}), running "
             "their down parts?")
         out: list[str] = []
         with recording(lg, op_id, "migrate.down", migrator.target.display,
@@ -362,7 +362,7 @@ def backup_restore(settings: Settings, manager: BackupManager, backup_id: str,
 
     def question(m: Manifest) -> str:
         return (f"restore backup {m.id} ({m.method}, taken {m.created_at}) into "
-                f"{target.display}, discarding every change made since it was taken?")
+                f"{target.shown}, discarding every change made since it was taken?")
 
     if without_ledger:
         with lock.hold(defer_unreachable=manager.restarts_server):

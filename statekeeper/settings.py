@@ -76,7 +76,7 @@ class Settings:
                     files.private_dir(d)
                 except OSError as e:
                     raise LedgerUnreachable(
-                        ledger.redact(u), f"cannot create directory {d}: {e.strerror or e}"
+                        ledger.redact(self.ledger_url), f"cannot create directory {d}: {e.strerror or e}"
                     ) from e
             elif not d.is_dir() and d == self.config.base_dir / ".statekeeper":
                 # Not an outage: nothing was set up here yet.
@@ -84,7 +84,8 @@ class Settings:
                     f"no ledger yet in {d}: run 'statekeeper init' (or pass --ledger URL)"
                 )
             elif not d.is_dir():
-                raise LedgerUnreachable(ledger.redact(u), f"directory {d} does not exist")
+                raise LedgerUnreachable(ledger.redact(self.ledger_url),
+                                        f"directory {d} does not exist")
 
     def open_ledger(self, *, signing: bool, create: bool | None = None) -> Ledger:
         """Open the ledger; ``signing`` loads the private key (needed to append or sign)."""
@@ -111,5 +112,6 @@ class Settings:
 
         from .lease import LeaseStore
 
-        return LeaseStore(ledger.normalize_url(self.ledger_url, self.config.base_dir))
+        return LeaseStore(ledger.normalize_url(self.ledger_url, self.config.base_dir),
+                          ledger.redact(self.ledger_url))
 

@@ -26,8 +26,13 @@ __all__ = ["SECRET_PARAMS", "Target", "first_line"]
 
 @dataclass(frozen=True)
 class Target:
+    """``display`` is the key recorded in plans, leases and operations and compared on
+    ``resume``/``rollback`` (the normalized URL, redacted: the same database however it was
+    written); ``shown`` is what messages say (the URL as the user gave it, redacted)."""
+
     url: URL
     display: str
+    shown: str
 
     @classmethod
     def from_url(cls, url: str, base_dir: Path | None = None) -> Target:
@@ -35,7 +40,7 @@ class Target:
             u = normalize_url(url, base_dir, what="target URL")
         except ConfigurationError as e:
             raise ConfigError(str(e)) from e
-        t = cls(u, redact(u))
+        t = cls(u, redact(u), redact(url))
         t.dialect.check_target(t)
         return t
 
@@ -53,7 +58,7 @@ class Target:
     def sqlite_path(self) -> Path:
         path = self.dialect.file_path(self)
         if path is None:
-            raise TargetError(f"target {self.display} is not a SQLite database")
+            raise TargetError(f"target {self.shown} is not a SQLite database")
         return path
 
     @property

@@ -153,7 +153,7 @@ def test_a_password_inside_a_url_is_percent_encoded(tmp_path: Path) -> None:
     lg = Target.from_url(cfg.ledger.url)
     assert lg.url.password == NASTY and lg.url.username == "aud it@x"
     assert lg.url.host == "db.internal" and dict(lg.url.query) == {"sslmode": "verify-full"}
-    for shown in (t.display, lg.display):
+    for shown in (t.display, t.shown, lg.display):
         assert "Hunt3rZ" not in shown and quote(NASTY, safe="") not in shown
 
 
@@ -236,7 +236,7 @@ def test_an_unknown_connection_parameter_is_a_config_error_without_the_password(
 
 def test_a_query_password_is_redacted_too() -> None:
     t = Target.from_url("postgresql://u@h/db?password=Hunt3rZ&sslpassword=Pw0rd")
-    assert "Hunt3rZ" not in t.display and "Pw0rd" not in t.display
+    assert "Hunt3rZ" not in t.display + t.shown and "Pw0rd" not in t.display + t.shown
     assert "Hunt3rZ" not in t.client_conninfo() and "Pw0rd" not in t.client_conninfo()
     assert t.libpq_env()["PGPASSWORD"] == "Hunt3rZ"
 

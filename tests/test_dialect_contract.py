@@ -241,7 +241,7 @@ def test_the_lock_excludes_a_second_holder_and_names_it(db: Target) -> None:
         with pytest.raises(LockHeld) as e:
             d.lock(db, "a second holder", SINCE)
         assert str(e.value).startswith(
-            f"migrations on {db.display} are locked by another process: "
+            f"migrations on {db.shown} are locked by another process: "
             f"statekeeper contract holder")
     finally:
         held.release()
@@ -264,7 +264,7 @@ def test_lock_excludes_a_second_migrator_and_names_the_holder(
             second.up()
         msg = str(e.value)
         assert msg.startswith(
-            f"migrations on {target.display} are locked by another process: "
+            f"migrations on {target.shown} are locked by another process: "
             f"statekeeper pid={os.getpid()} host={socket.gethostname()} run=run-1")
         first.up()  # the holder itself proceeds
     assert second.up() == [] and second.is_applied("1_a")  # released

@@ -164,7 +164,7 @@ def test_a_forward_resume_with_the_server_down_stops_with_the_way_out_and_record
         r = p.cli("resume", run.run_id)
         assert r.returncode == 3, r.stdout + r.stderr
         last = r.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"error: target {p.target().display}: connection failed: "), last
+        assert last.startswith(f"error: target {p.target().shown}: connection failed: "), last
         assert "Connection refused" in last
         assert last.endswith(
             f"Connection refused: run {run.run_id} needs the target's server; start it, then "

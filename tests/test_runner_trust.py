@@ -126,10 +126,10 @@ def test_final_tag_refused_when_a_planned_migration_is_not_in_the_changelog(
     r = sk(proj, "resume")
     assert r.returncode == 1, r.stdout + r.stderr  # failed, rolled back cleanly
     if tamper == "row deleted":
-        why = (f"migration 002_orders is not in the changelog of {proj.target().display}: "
+        why = (f"migration 002_orders is not in the changelog of {proj.target().shown}: "
                "refusing to tag the schema v2.6")
     else:
-        why = (f"migration 002_orders is in the changelog of {proj.target().display} with "
+        why = (f"migration 002_orders is in the changelog of {proj.target().shown} with "
                "sha256 000000000000, the run planned ")
     assert f"    FAIL  tag:v2.6: {why}" in r.stdout
     last = r.stdout.splitlines()[-1]

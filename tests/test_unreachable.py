@@ -73,7 +73,7 @@ def test_closed_port(proj: Project, args: list[str]) -> None:
     before = proj.fingerprint().digest
     p = cli(proj, "--ledger", f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/ledger", *args)
     assert one_error(p, 3) == (
-        f"error: ledger unreachable: postgresql+psycopg://app:***@127.0.0.1:{port}/ledger: "
+        f"error: ledger unreachable: postgresql://app:***@127.0.0.1:{port}/ledger: "
         f'connection to server at "127.0.0.1", port {port} failed: Connection refused'
     )
     _untouched(proj, before)
@@ -85,7 +85,7 @@ def test_host_that_does_not_resolve(proj: Project, args: list[str]) -> None:
     p = cli(proj, "--ledger", f"postgresql://app:{PASSWORD}@no-such-host.invalid/ledger", *args)
     line = one_error(p, 3)
     assert line.startswith(
-        "error: ledger unreachable: postgresql+psycopg://app:***@no-such-host.invalid/ledger: "
+        "error: ledger unreachable: postgresql://app:***@no-such-host.invalid/ledger: "
         "failed to resolve host 'no-such-host.invalid'"
     ), line
     _untouched(proj, before)
@@ -95,7 +95,7 @@ def test_password_in_the_query_is_not_shown_either(proj: Project) -> None:
     port = free_port()
     p = cli(proj, "--ledger", f"postgresql://app@127.0.0.1:{port}/ledger?password={PASSWORD}",
             "status")
-    assert one_error(p, 3).startswith("error: ledger unreachable: postgresql+psycopg://app@")
+    assert one_error(p, 3).startswith("error: ledger unreachable: postgresql://app@")
 
 
 @pytest.mark.parametrize("args", READING + WRITING, ids=" ".join)
@@ -152,6 +152,6 @@ def test_the_library_raises_one_typed_error(tmp_path: Path) -> None:
         ledger.Ledger(f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/ledger", create=False)
     assert isinstance(ei.value, OperationalError)  # older `except OperationalError` still hold
     assert PASSWORD not in str(ei.value) and "\n" not in str(ei.value)
-    assert ei.value.where == f"postgresql+psycopg://app:***@127.0.0.1:{port}/ledger"
+    assert ei.value.where == f"postgresql://app:***@127.0.0.1:{port}/ledger"
     with pytest.raises(LedgerUnreachable, match="does not exist"):
         ledger.Ledger(f"sqlite:///{tmp_path}/none/ledger.db")

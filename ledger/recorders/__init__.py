@@ -71,8 +71,10 @@ def recorder_class(url: URL) -> type[Recorder]:
     return cls
 
 
-def recorder_for(url: URL) -> Recorder:
-    return recorder_class(url)(url)
+def recorder_for(url: URL, shown: str | None = None) -> Recorder:
+    """The recorder of a normalized URL; its messages show ``shown`` (the URL as the user
+    gave it, redacted) or else the normalized URL redacted."""
+    return recorder_class(url)(url, shown)
 
 
 def database_file(url: str | URL, base_dir: Path | None = None) -> Path | None:

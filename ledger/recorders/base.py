@@ -182,9 +182,9 @@ class Recorder(ABC):
     #: The URL schemes (driver names) an operator may write for this backend.
     schemes: frozenset[str] = frozenset()
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, shown: str | None = None) -> None:
         self.url = url
-        self.display_url = redact(url)
+        self.display_url = shown if shown is not None else redact(url)
         self.engine = self._create_engine()
         _no_pool_sharing_across_fork(self.engine)
         self._unreachable_on_connect()

@@ -153,8 +153,8 @@ class PostgresRecorder(Recorder):
     # kind), which saves the server planning them on every append; should they vanish (a
     # pooler in transaction mode, DISCARD ALL), they are prepared again, or not used.
 
-    def __init__(self, url: URL) -> None:
-        super().__init__(url)
+    def __init__(self, url: URL, shown: str | None = None) -> None:
+        super().__init__(url, shown)
         self._lits: tuple[Any, _PgLiterals] | None = None
         self._prepared_on: Any = None  # the connection holding our prepared statements
         self._prepare_tries = 0

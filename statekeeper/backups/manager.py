@@ -136,7 +136,7 @@ class BackupManager:
             d = target.dialect
             raise ConfigError(
                 f"[backup] method {method!r} cannot back up a {d.name} target "
-                f"({target.display}); use " + " or ".join(repr(m) for m in d.backup_methods)
+                f"({target.shown}); use " + " or ".join(repr(m) for m in d.backup_methods)
             )
         self.target = target
         self.method = method
@@ -382,7 +382,7 @@ class BackupManager:
         if m.method not in target.dialect.backup_methods:
             raise WrongDatabase(
                 f"backup {m.id} is of a {kind_of(m.method)} database; "
-                f"target {target.display} is not"
+                f"target {target.shown} is not"
             )
         method_class(m.method).check_identity(target, m)
 
@@ -416,7 +416,7 @@ class BackupManager:
             self.check_identity(m)
         elif m.method not in target.dialect.backup_methods:
             raise WrongDatabase(f"backup {m.id} ({m.method}) cannot be restored into "
-                                f"{target.display}")
+                                f"{target.shown}")
         driver = self._driver(m.method)
         t0 = _clock.monotonic_ms()
         damage: list[str] = []

@@ -99,7 +99,7 @@ class PgDumpMethod:
                     raise BackupError(f"pg_dump failed: {_read(err)}")
             conn.rollback()
         except psycopg.Error as e:
-            raise BackupError(f"backup of {self.target.display}: {first_line(e)}") from e
+            raise BackupError(f"backup of {self.target.shown}: {first_line(e)}") from e
         except subprocess.TimeoutExpired as e:
             raise BackupError(f"pg_dump did not finish within {self.timeout:.0f} s") from e
         finally:

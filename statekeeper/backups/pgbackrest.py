@@ -357,7 +357,7 @@ class PgBackRestMethod:
                 "SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0])
             self._wait_archived(conn, segment)
         except psycopg.Error as e:
-            raise BackupError(f"restore point on {self.target.display}: {first_line(e)}") from e
+            raise BackupError(f"restore point on {self.target.shown}: {first_line(e)}") from e
         finally:
             conn.close()
 

@@ -121,7 +121,7 @@ def check_same_database(target: Target, m: Manifest, *, server_may_be_down: bool
         if sysid != m.system_identifier:
             raise WrongDatabase(
                 f"backup {m.id} was taken on cluster {m.system_identifier}, target "
-                f"{target.display} is cluster {sysid}{OTHER_DATABASE_HINT}"
+                f"{target.shown} is cluster {sysid}{OTHER_DATABASE_HINT}"
             )
         return
     addr = target.endpoint()  # where libpq connects, as the manifest recorded it

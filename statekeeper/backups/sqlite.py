@@ -57,7 +57,7 @@ class SqliteMethod:
             finally:
                 dst.close()
         except sqlite3.Error as e:
-            raise BackupError(f"backup of {self.target.display} failed: {e}") from e
+            raise BackupError(f"backup of {self.target.shown} failed: {e}") from e
         finally:
             src.close()
         for suffix in SIDE_FILES:
@@ -87,7 +87,7 @@ class SqliteMethod:
         the restored file. Other connections to the file must be closed first."""
         path = self.target.sqlite_path
         if not path.parent.is_dir():
-            raise ConfigError(f"target {self.target.display}: directory {path.parent} "
+            raise ConfigError(f"target {self.target.shown}: directory {path.parent} "
                               "does not exist")
         # named after the backup, so that the probe of a restore in doubt finds its own copy
         fd, tmp_name = tempfile.mkstemp(prefix=self._restore_prefix(manifest.id),

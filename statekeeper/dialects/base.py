@@ -89,19 +89,19 @@ class Dialect:
 
     # libpq's view of the target (pg_dump, pg_restore, psql, pgbackrest): PostgreSQL only
     def conn_params(self, target: Target) -> dict[str, str]:
-        raise TargetError(f"target {target.display} is not a PostgreSQL database")
+        raise TargetError(f"target {target.shown} is not a PostgreSQL database")
 
     def conninfo(self, target: Target) -> str:
-        raise TargetError(f"target {target.display} is not a PostgreSQL database")
+        raise TargetError(f"target {target.shown} is not a PostgreSQL database")
 
     def client_conninfo(self, target: Target) -> str:
-        raise TargetError(f"target {target.display} is not a PostgreSQL database")
+        raise TargetError(f"target {target.shown} is not a PostgreSQL database")
 
     def libpq_env(self, target: Target) -> dict[str, str]:
-        raise TargetError(f"target {target.display} is not a PostgreSQL database")
+        raise TargetError(f"target {target.shown} is not a PostgreSQL database")
 
     def endpoint(self, target: Target, conn: Any = None) -> tuple[str, int]:
-        raise TargetError(f"target {target.display} is not a PostgreSQL database")
+        raise TargetError(f"target {target.shown} is not a PostgreSQL database")
 
     # -- connections and transactions -----------------------------------------------------
     def connect(self, target: Target, *, autocommit: bool = False) -> Any:

@@ -50,7 +50,7 @@ class PostgresDialect(Dialect):
         try:
             self.conninfo(target)
         except psycopg.ProgrammingError as e:  # a query parameter libpq does not know
-            raise ConfigError(f"target URL {target.display!r}: {first_line(e)}") from e
+            raise ConfigError(f"target URL {target.shown!r}: {first_line(e)}") from e
 
     def url_error(self, url: URL) -> Exception | None:
         """The error libpq would give for the URL's query parameters at the first
@@ -119,7 +119,7 @@ class PostgresDialect(Dialect):
                                    connect_timeout=10)
         except psycopg.Error as e:
             cls = TargetUnreachable if _unreachable(e) else TargetError
-            raise cls(f"target {target.display}: {first_line(e)}") from e
+            raise cls(f"target {target.shown}: {first_line(e)}") from e
 
     def driver_error(self) -> tuple[type[BaseException], ...]:
         import psycopg
@@ -222,7 +222,7 @@ class PostgresDialect(Dialect):
         conn = self.connect(target, autocommit=True)
         k1, k2 = ADVISORY_LOCK_KEY
         try:
-            with self.errors(f"target {target.display}"):
+            with self.errors(f"target {target.shown}"):
                 self.label_session(conn, label)
                 for _ in range(3):
                     if conn.execute(f"SELECT pg_try_advisory_lock({k1}, {k2})").fetchone()[0]:
@@ -230,12 +230,12 @@ class PostgresDialect(Dialect):
                     holder = self._holder(conn)
                     if holder:
                         raise LockHeld(
-                            f"migrations on {target.display} are locked by another "
+                            f"migrations on {target.shown} are locked by another "
                             f"process: {holder}"
                         )
                     time.sleep(0.05)  # released between the two queries: try again
                 else:
-                    raise LockHeld(f"migrations on {target.display} are locked by another "
+                    raise LockHeld(f"migrations on {target.shown} are locked by another "
                                    "process (holder not visible)")
         except BaseException:
             conn.close()
@@ -287,7 +287,7 @@ class PostgresDialect(Dialect):
 
         conn = self.connect(target, autocommit=True)
         try:
-            with self.errors(f"cluster of {target.display}"):
+            with self.errors(f"cluster of {target.shown}"):
                 rows = conn.execute("SELECT datname FROM pg_database WHERE datallowconn "
                                     "AND NOT datistemplate ORDER BY datname").fetchall()
                 try:
@@ -305,7 +305,7 @@ class PostgresDialect(Dialect):
 
         conn = self.connect(target)
         try:
-            with self.errors(f"fingerprint of {target.display}"), conn.transaction():
+            with self.errors(f"fingerprint of {target.shown}"), conn.transaction():
                 return pg_fingerprint(conn)
         finally:
             conn.close()

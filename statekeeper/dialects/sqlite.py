@@ -46,8 +46,8 @@ class SqliteDialect(Dialect):
     def connect(self, target: Target, *, autocommit: bool = False) -> Any:
         path = target.sqlite_path
         if not path.exists():
-            raise ConfigError(f"target {target.display}: database file {path} does not exist")
-        with self.errors(f"target {target.display}"):
+            raise ConfigError(f"target {target.shown}: database file {path} does not exist")
+        with self.errors(f"target {target.shown}"):
             conn = sqlite3.connect(
                 path, timeout=30, isolation_level=None if autocommit else "DEFERRED"
             )
@@ -126,7 +126,7 @@ class SqliteDialect(Dialect):
         the kernel when the process dies; the holder writes who it is into the file."""
         db = target.sqlite_path
         if not db.exists():
-            raise ConfigError(f"target {target.display}: database file {db} does not exist")
+            raise ConfigError(f"target {target.shown}: database file {db} does not exist")
         path = db.with_name(db.name + LOCK_FILE_SUFFIX)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # private, like all we write
@@ -149,7 +149,7 @@ class SqliteDialect(Dialect):
             except (ValueError, KeyError, TypeError):
                 who = f"an unknown process (lock file {path})"
             raise LockHeld(
-                f"migrations on {target.display} are locked by another process: {who}"
+                f"migrations on {target.shown} are locked by another process: {who}"
             ) from None
         except OSError as e:
             os.close(fd)
@@ -174,7 +174,7 @@ class SqliteDialect(Dialect):
 
         conn = self.connect(target, autocommit=True)
         try:
-            with self.errors(f"fingerprint of {target.display}"):
+            with self.errors(f"fingerprint of {target.shown}"):
                 return sqlite_fingerprint(conn)
         finally:
             conn.close()

@@ -79,7 +79,7 @@ class Changelog:
     def exists(self, conn: Any) -> bool:
         """Do both tables exist?"""
         if self._schema is None:
-            self._schema = self.dialect.own_schema(conn, CHANGELOG_TABLE, self.target.display)
+            self._schema = self.dialect.own_schema(conn, CHANGELOG_TABLE, self.target.shown)
         return self.dialect.tables_exist(conn, self._schema, (CHANGELOG_TABLE, TAGS_TABLE))
 
     def create(self, conn: Any) -> None:

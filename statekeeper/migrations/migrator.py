@@ -61,7 +61,7 @@ class Migrator:
     # -- connections ---------------------------------------------------------------------
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         """A driver error on this target, as TargetError naming it."""
-        return self._dialect.errors(f"target {self.target.display}")
+        return self._dialect.errors(f"target {self.target.shown}")
 
     @contextlib.contextmanager
     def _connect(self, *, autocommit: bool) -> Iterator[Any]:

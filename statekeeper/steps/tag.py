@@ -69,12 +69,12 @@ def _check_changelog(ctx: Context, tag: str) -> None:
         got = recorded.get(m.id)
         if got is None:
             raise TargetError(
-                f"migration {m.id} is not in the changelog of {s.target.display}: "
+                f"migration {m.id} is not in the changelog of {s.target.shown}: "
                 f"refusing to tag the schema {tag}"
             )
         if got != m.checksum:
             raise TargetError(
-                f"migration {m.id} is in the changelog of {s.target.display} "
+                f"migration {m.id} is in the changelog of {s.target.shown} "
                 f"with sha256 {got[:12]}, the run planned {m.checksum[:12]}: refusing "
                 f"to tag the schema {tag}"
             )
