@@ -76,7 +76,8 @@ class Settings:
                     files.private_dir(d)
                 except OSError as e:
                     raise LedgerUnreachable(
-                        ledger.redact(self.ledger_url), f"cannot create directory {d}: {e.strerror or e}"
+                        ledger.redact(self.ledger_url),
+                        f"cannot create directory {d}: {e.strerror or e}",
                     ) from e
             elif not d.is_dir() and d == self.config.base_dir / ".statekeeper":
                 # Not an outage: nothing was set up here yet.
