@@ -101,13 +101,19 @@ def init(obj: Obj, target_url: str | None, migrations_dir: str, reason: str | No
 @click.option("--to", "to_version", required=True, help="Version to upgrade to.")
 @click.option("--from", "from_version", help="Version upgraded from (default: last tag).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--out", "out", type=PathArg, metavar="FILE",
+              help="Also save the plan there, for 'start --plan FILE'.")
 @target_option
 @pass_obj
 def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
-         target_url: str | None) -> None:
+         out: Path | None, target_url: str | None) -> None:
     """Show what an upgrade would do, in order, without doing it. Warns (on stderr) when no
-    health check is configured: the upgrade would then be verified by nothing."""
-    p = command.plan(obj.load(target_url), to_version, from_version).to_payload()
+    health check is configured: the upgrade would then be verified by nothing.
+
+    The plan's digest (sha256 of its canonical JSON) names it: --out saves it, and
+    'start --plan FILE' runs the upgrade only if it would do exactly that."""
+    made = command.plan(obj.load(target_url), to_version, from_version, out)
+    p = {**made.to_payload(), "digest": made.digest()}
     if not p["health_checks"]:
         where = obj.load().config.path or "statekeeper.toml"
         click.echo(f"warning: no health checks: nothing verifies the new version after the "
@@ -136,19 +142,23 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
     click.echo("steps:")
     for n, line in enumerate(p["steps"], 1):
         click.echo(f"  {n:>2}. {line}")
+    click.echo(f"plan sha256 {p['digest']}" + (f" (saved to {out})" if out else ""))
 
 
 @click.command("start")
 @click.option("--to", "to_version", required=True, help="Version to upgrade to.")
 @click.option("--from", "from_version", help="Version upgraded from (default: last tag).")
+@click.option("--plan", "plan_file", type=PathArg, metavar="FILE",
+              help="Run only if the plan is exactly the one saved by 'plan --out FILE' "
+                   "(else exit 2, nothing done).")
 @target_option
 @why_options
 @pass_obj
-def start(obj: Obj, to_version: str, from_version: str | None, target_url: str | None,
-          reason: str | None, ticket: str | None) -> None:
+def start(obj: Obj, to_version: str, from_version: str | None, plan_file: Path | None,
+          target_url: str | None, reason: str | None, ticket: str | None) -> None:
     """Run an upgrade: preflight, backup, tag, migrate, health, tag; roll back on failure."""
     run = command.start(obj.load(target_url), to_version, from_version, observer=Progress(),
-                        reason=reason, ticket=ticket)
+                        reason=reason, ticket=ticket, plan_file=plan_file)
     _finish(run)
 
 

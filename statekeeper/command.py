@@ -545,10 +545,16 @@ def init(
 
 
 @boundary
-def plan(settings: Settings, to_version: str, from_version: str | None = None) -> Plan:
+def plan(settings: Settings, to_version: str, from_version: str | None = None,
+         out: Path | None = None) -> Plan:
+    """The plan of an upgrade, made without acting; ``out``: also saved there, for
+    ``start --plan`` to run exactly it."""
     from . import upgrade
 
-    return upgrade.plan(settings, to_version, from_version)
+    p = upgrade.plan(settings, to_version, from_version)
+    if out is not None:
+        upgrade.save_plan(p, out)
+    return p
 
 
 @boundary
@@ -560,12 +566,16 @@ def start(
     *,
     reason: str | None = None,
     ticket: str | None = None,
+    plan_file: Path | None = None,
 ) -> Run:
+    """Run an upgrade. ``plan_file``: a plan saved by ``plan --out``; the upgrade is refused
+    (ConfigError, nothing done) unless the plan made now is exactly that one."""
     from . import upgrade
     from .why import why
 
     w = why(settings.config, reason, ticket, "the upgrade")
-    return upgrade.start(settings, to_version, from_version, observer, w)
+    approved = None if plan_file is None else (upgrade.load_plan(plan_file), plan_file)
+    return upgrade.start(settings, to_version, from_version, observer, w, approved)
 
 
 @boundary

@@ -7,6 +7,8 @@ id is not part of it: ``start`` mints the id and records it beside the plan.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -201,6 +203,48 @@ class Plan:
             "cluster": None if self.cluster is None else self.cluster.to_payload(),
         }
 
+    def digest(self) -> str:
+        """sha256 of the plan's canonical JSON (sorted keys, no whitespace, UTF-8): what
+        ``plan`` shows and ``start --plan`` compares. The same project, database and release
+        plan the same digest; any change to what the run would do changes it."""
+        text = json.dumps(self.to_payload(), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def changes_to(self, now: Plan) -> list[str]:
+        """What differs between this plan (the one approved) and ``now``, one line each, the
+        migrations by id; empty when the two plans are the same."""
+        was, new = self.to_payload(), now.to_payload()
+        lines: list[str] = []
+        old_m = {m.id: m for m in self.migrations}
+        new_m = {m.id: m for m in now.migrations}
+        for mid in old_m.keys() - new_m.keys():
+            lines.append(f"migration {mid} is no longer pending")
+        for mid in new_m.keys() - old_m.keys():
+            lines.append(f"migration {mid} is new")
+        for mid in sorted(old_m.keys() & new_m.keys()):
+            a, b = old_m[mid], new_m[mid]
+            if a.checksum != b.checksum:
+                lines.append(f"migration {mid}: its up part changed (sha256 {a.checksum[:12]} "
+                             f"-> {b.checksum[:12]})")
+            elif a != b:
+                lines.append(f"migration {mid}: its file changed (down part or options)")
+        if not lines and [m.id for m in self.migrations] != [m.id for m in now.migrations]:
+            lines.append("the migrations run in another order")
+        for key in sorted(was.keys() - {"migrations", "irreversible", "steps"}):
+            if was.get(key) == new.get(key):
+                continue
+            if isinstance(was.get(key), dict) and isinstance(new.get(key), dict):
+                for sub in sorted(was[key].keys() | new[key].keys()):
+                    if was[key].get(sub) != new[key].get(sub):
+                        lines.append(f"{key}.{sub}: {_brief(was[key].get(sub))} -> "
+                                     f"{_brief(new[key].get(sub))}")
+            else:
+                lines.append(f"{key}: {_brief(was.get(key))} -> {_brief(new.get(key))}")
+        if not lines and was != new:
+            lines.append("the steps changed")
+        return lines
+
     @classmethod
     def from_payload(cls, p: Mapping[str, Any]) -> Plan:
         """Read a recorded plan; :class:`PlanError` names the first field that is missing or
@@ -267,6 +311,11 @@ def _get(p: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
     if problem:
         raise PlanError(problem)
     return p.get(key)
+
+
+def _brief(value: Any) -> str:
+    text = "(none)" if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _text(p: Mapping[str, Any], key: str) -> str:

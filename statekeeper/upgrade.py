@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -335,7 +336,10 @@ def start(
     from_version: str | None = None,
     observer: Observer | None = None,
     why: Why | None = None,
+    approved: tuple[Plan, Path] | None = None,
 ) -> Run:
+    """``approved``: the plan the operator reviewed (``--plan FILE``) and its file; the run
+    starts only if the plan made now is exactly it."""
     check_versions(to_version, from_version)
     with Session.open(settings) as session:
         lg = session.ledger
@@ -357,6 +361,8 @@ def start(
                 f"'statekeeper resume {r.run_id} --rollback'"
             )
         plan = build_plan(session, to_version, from_version)
+        if approved is not None:
+            check_approved(approved[0], plan, approved[1])
         run_id = new_run_id()
         runner = Runner(session, observer)
 
@@ -612,3 +618,57 @@ def plan(settings: Settings, to_version: str, from_version: str | None = None) -
     check_versions(to_version, from_version)
     with Session.open(settings, ledger=False) as session:
         return build_plan(session, to_version, from_version)
+
+
+#: The saved plan's format (``plan --out``): its name and version, the plan's digest, the plan.
+PLAN_FILE_FORMAT = "statekeeper-plan"
+PLAN_FILE_VERSION = 1
+
+
+def save_plan(p: Plan, path: Path) -> None:
+    """Write the plan ``start --plan`` compares with (0600, atomically: a crash leaves the
+    old file or the new one, never half of one)."""
+    doc = {"format": PLAN_FILE_FORMAT, "version": PLAN_FILE_VERSION, "digest": p.digest(),
+           "plan": p.to_payload()}
+    try:
+        files.write_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    except OSError as e:
+        raise ConfigError(f"--out {path}: {files.describe_os_error(e)}") from e
+
+
+def load_plan(path: Path) -> Plan:
+    """The plan an operator approved (``plan --out``), refused with one line naming the file
+    when it is not one. Only compared with the plan ``start`` makes: never acted on."""
+    from .plan import PlanError
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"--plan {path}: {files.describe_os_error(e)}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--plan {path}: not a saved plan (not JSON: {e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != PLAN_FILE_FORMAT:
+        raise ConfigError(f"--plan {path}: not a saved plan (write one with "
+                          "'statekeeper plan --to VERSION --out FILE')")
+    if doc.get("version") != PLAN_FILE_VERSION:
+        raise ConfigError(f"--plan {path}: saved plan format {doc.get('version')!r} is not "
+                          f"{PLAN_FILE_VERSION}")
+    if not isinstance(doc.get("plan"), dict):
+        raise ConfigError(f"--plan {path}: field 'plan' is not an object")
+    try:
+        p = Plan.from_payload(doc["plan"])
+    except PlanError as e:
+        raise ConfigError(f"--plan {path}: {e}") from e
+    if p.digest() != doc.get("digest"):
+        raise ConfigError(f"--plan {path}: its digest does not match the plan it holds "
+                          "(edited after 'statekeeper plan' wrote it)")
+    return p
+
+
+def check_approved(approved: Plan, now: Plan, where: Path) -> None:
+    """Refuse to run a plan other than the one approved, naming every difference."""
+    if approved.digest() == now.digest():
+        return
+    changes = approved.changes_to(now)
+    raise ConfigError(f"the plan changed since {where} was written ({'; '.join(changes)}): "
+                      "review 'statekeeper plan' again; nothing was done")

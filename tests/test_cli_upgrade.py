@@ -475,3 +475,42 @@ def test_a_directory_changed_after_the_run_was_planned_is_refused_at_preflight(
             "pending but not in the plan (added since) (start a new run to apply it)"
             ) in r.stdout + r.stderr, r.stdout + r.stderr
     assert r.returncode == 1
+
+
+def test_start_runs_exactly_the_saved_plan_or_nothing(tmp_path: Path, target_url: str) -> None:
+    """The plan reviewed in a change ticket is the plan run: a migration added, edited or a
+    saved plan tampered with between `plan --out` and `start --plan` is refused, nothing done."""
+    proj = project(tmp_path, target_url, SCENARIOS["forward"])
+    saved = tmp_path / "approved.json"
+    shown = run(proj, "plan", "--to", "v2.6", "--out", str(saved))
+    assert shown.exit_code == 0, shown.output
+    doc = json.loads(saved.read_text())
+    assert (saved.stat().st_mode & 0o777) == 0o600
+    assert shown.stdout.splitlines()[-1] == f"plan sha256 {doc['digest']} (saved to {saved})"
+    before = proj.fingerprint()
+
+    mig = proj.dir / "migrations"
+    (mig / "004_late.sql").write_text("SELECT 1;\n")
+    edited = GOOD["001_bump_qty.sql"].replace("+ 1000", "+ 2000", 1)
+    (mig / "001_bump_qty.sql").write_text(edited)
+    line = one_error(run(proj, "start", "--to", "v2.6", "--plan", str(saved)), 2)
+    assert line.startswith(f"error: the plan changed since {saved} was written (")
+    assert "migration 004_late is new" in line
+    assert "migration 001_bump_qty: its up part changed (sha256 " in line
+    assert line.endswith("): review 'statekeeper plan' again; nothing was done")
+    assert command.history(proj.settings()) == [] and proj.fingerprint() == before
+
+    (mig / "004_late.sql").unlink()
+    (mig / "001_bump_qty.sql").write_text(GOOD["001_bump_qty.sql"])
+    doc["plan"]["to_version"] = "v9"  # the file, edited to approve something else
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(doc))
+    assert one_error(run(proj, "start", "--to", "v2.6", "--plan", str(forged)), 2) == (
+        f"error: --plan {forged}: its digest does not match the plan it holds (edited after "
+        "'statekeeper plan' wrote it)")
+    assert one_error(run(proj, "start", "--to", "v2.6", "--plan", str(mig)), 2).startswith(
+        f"error: --plan {mig}: ")
+
+    done = run(proj, "start", "--to", "v2.6", "--plan", str(saved))
+    assert done.exit_code == 0, done.output
+    assert command.status(proj.settings()).plan.digest() == doc["digest"]
