@@ -9,7 +9,7 @@ import click
 
 from statekeeper import command, failpoints
 from statekeeper.errors import EXIT_OK, exit_code_for_state
-from statekeeper.narrate import narrate
+from statekeeper.narrate import narrate, shown_url
 
 from .root import Obj, PathArg, emit_json, pass_obj, target_option, why_options
 
@@ -122,7 +122,8 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
         emit_json(p)
         return
     click.echo(
-        f"upgrade {p['application']} {p['from_version']} -> {p['to_version']} on {p['target']}"
+        f"upgrade {p['application']} {p['from_version']} -> {p['to_version']} on "
+        f"{shown_url(p['target'])}"
     )
     b = p["backup"]
     click.echo(f"backup: {b['method'] if b['enabled'] else 'off'}")
@@ -215,7 +216,8 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({**s, "server": None if server is None else server.to_dict()})
         return
-    click.echo(f"run {s['run_id']}: {s['state']}  ({s['from']} -> {s['to']}, {s['target']})")
+    click.echo(f"run {s['run_id']}: {s['state']}  ({s['from']} -> {s['to']}, "
+               f"{shown_url(s['target'])})")
     if s["release"]:
         click.echo(f"release {s['release']['from'] or '(none)'} -> {s['release']['to']} "
                    f"({s['release']['link']})")

@@ -5,16 +5,26 @@ Pure: returns text; the CLI and the demo decide where it goes.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from . import steps
+
+_DRIVER = re.compile(r"^([A-Za-z][A-Za-z0-9]*)\+[A-Za-z0-9_]+://")
+
+
+def shown_url(key: str) -> str:
+    """A recorded target (the normalized key, password already redacted) as an operator
+    wrote it: the scheme without SQLAlchemy's driver (``postgresql+psycopg://`` ->
+    ``postgresql://``)."""
+    return _DRIVER.sub(r"\1://", key)
 
 
 def narrate(kind: str, p: dict[str, Any]) -> str | None:
     if kind == "run.created":
         return (
             f"run {p['run_id']}: {p['application']} {p['from_version']} -> "
-            f"{p['to_version']} on {p['target']}"
+            f"{p['to_version']} on {shown_url(p['target'])}"
         )
     if kind == "run.resumed":
         if p["mode"] == "rollback" and p["state"] == "completed":  # `statekeeper rollback`
