@@ -15,6 +15,7 @@ from . import (
     keys_cmds,
     ledger_cmds,
     migrate_cmds,
+    rehearse_cmds,
     report_cmds,
     upgrade_cmds,
 )
@@ -24,7 +25,8 @@ __all__ = ["cli", "main"]
 
 for _command in (backup_cmds.backup, completion_cmds.completion, config_cmds.config_group,
                  health_cmds.health, keys_cmds.keys, ledger_cmds.ledger_group,
-                 migrate_cmds.migrate, report_cmds.report, *upgrade_cmds.COMMANDS):
+                 migrate_cmds.migrate, rehearse_cmds.rehearse, report_cmds.report,
+                 *upgrade_cmds.COMMANDS):
     cli.add_command(_command)
 
 

@@ -152,14 +152,19 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
 @click.option("--plan", "plan_file", type=PathArg, metavar="FILE",
               help="Run only if the plan is exactly the one saved by 'plan --out FILE' "
                    "(else exit 2, nothing done).")
+@click.option("--require-rehearsal", is_flag=True,
+              help="Run only if a passing rehearsal of exactly this plan is in the ledger and "
+                   "the target has not changed since (also: [upgrade] require_rehearsal).")
 @target_option
 @why_options
 @pass_obj
 def start(obj: Obj, to_version: str, from_version: str | None, plan_file: Path | None,
-          target_url: str | None, reason: str | None, ticket: str | None) -> None:
+          require_rehearsal: bool, target_url: str | None, reason: str | None,
+          ticket: str | None) -> None:
     """Run an upgrade: preflight, backup, tag, migrate, health, tag; roll back on failure."""
     run = command.start(obj.load(target_url), to_version, from_version, observer=Progress(),
-                        reason=reason, ticket=ticket, plan_file=plan_file)
+                        reason=reason, ticket=ticket, plan_file=plan_file,
+                        require_rehearsal=require_rehearsal)
     _finish(run)
 
 

@@ -567,6 +567,7 @@ def start(
     reason: str | None = None,
     ticket: str | None = None,
     plan_file: Path | None = None,
+    require_rehearsal: bool = False,
 ) -> Run:
     """Run an upgrade. ``plan_file``: a plan saved by ``plan --out``; the upgrade is refused
     (ConfigError, nothing done) unless the plan made now is exactly that one."""
@@ -575,7 +576,42 @@ def start(
 
     w = why(settings.config, reason, ticket, "the upgrade")
     approved = None if plan_file is None else (upgrade.load_plan(plan_file), plan_file)
-    return upgrade.start(settings, to_version, from_version, observer, w, approved)
+    gate = None
+    if require_rehearsal or settings.config.raw.get("upgrade", {}).get("require_rehearsal"):
+        from . import rehearse
+
+        gate = rehearse.require_rehearsal
+    return upgrade.start(settings, to_version, from_version, observer, w, approved, gate)
+
+
+@boundary
+def rehearse(
+    settings: Settings,
+    to_version: str,
+    from_version: str | None = None,
+    *,
+    keep: bool = False,
+    observer: Observer | None = None,
+    reason: str | None = None,
+    ticket: str | None = None,
+) -> dict[str, Any]:
+    """Rehearse the upgrade on a clone of the target (:mod:`statekeeper.rehearse`); the
+    result. RehearsalFailed (exit 1) when it would fail; production is never changed."""
+    from . import rehearse as r
+    from .upgrade import check_versions
+    from .why import why
+
+    check_versions(to_version, from_version)
+    w = why(settings.config, reason, ticket, "the rehearsal")
+    return r.rehearse(settings, to_version, from_version, keep=keep, why=w, observer=observer)
+
+
+@boundary
+def rehearse_clean(settings: Settings) -> list[str]:
+    """Remove the clones and scratch directories crashed rehearsals left."""
+    from . import rehearse as r
+
+    return r.clean(settings)
 
 
 @boundary

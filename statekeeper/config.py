@@ -48,7 +48,8 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "keep": int, "keep_days": int,
     },
     # require_ticket: read by statekeeper/why.py (--ticket mandatory on every change).
-    "upgrade": {"application": str, "require_ticket": bool},
+    # require_rehearsal: read by statekeeper/upgrade.py (start refuses an unrehearsed plan).
+    "upgrade": {"application": str, "require_ticket": bool, "require_rehearsal": bool},
     # Read and range-checked by statekeeper/health.py.
     # Durations are numbers of seconds or text such as "500ms" (health.py decides).
     "health": {"checks": list, "retries": int, "interval": (int, float, str),

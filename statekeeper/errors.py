@@ -18,6 +18,8 @@ where the errors of the packages below become statekeeper's.
      │    ├── RestoreMismatch       exit 3  restored, but the fingerprint differs from the backup's
      │    ├── RestoreIncomplete     exit 3  a cluster restore stopped half-way (server may be down)
      │    └── BackupCorrupt         exit 4  an artifact does not match its manifest
+     ├── RehearsalFailed            exit 1  a rehearsal found the upgrade would fail or roll back
+     │                                      lossily (production untouched)
      ├── NeedsAttention             exit 3  a run is failed or in an unknown state: a human decides
      │    ├── IllegalTransition     exit 3  a trigger the state machine does not allow
      │    ├── LedgerUnavailable     exit 3  the ledger cannot be reached, or its database failed
@@ -184,6 +186,16 @@ class BackupCorrupt(BackupError):
     pass
 
 
+class RehearsalFailed(StatekeeperError):
+    """A rehearsal ran and found that the upgrade would fail, that its rollback would not give
+    the database back as it was, or that a second forward pass fails. Production is untouched;
+    ``result`` is the rehearsal's whole result (what ``rehearse --json`` prints)."""
+
+    def __init__(self, message: str, result: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.result = result or {}
+
+
 class NeedsAttention(StatekeeperError):
     pass
 
@@ -261,6 +273,7 @@ EXIT_CODES: dict[type[StatekeeperError], int] = {
     RestoreMismatch: EXIT_ATTENTION,
     RestoreIncomplete: EXIT_ATTENTION,
     BackupCorrupt: EXIT_INTEGRITY,
+    RehearsalFailed: EXIT_FAILED,
     NeedsAttention: EXIT_ATTENTION,
     IllegalTransition: EXIT_ATTENTION,
     LedgerUnavailable: EXIT_ATTENTION,

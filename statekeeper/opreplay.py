@@ -32,7 +32,7 @@ STEP_FAILED = "step.failed"
 
 #: the operations this version records (``op.created`` ``op``)
 OPS = ("backup.create", "backup.restore", "backup.prune", "migrate.up", "migrate.down",
-       "migrate.tag", "keys.rotate", "init")
+       "migrate.tag", "keys.rotate", "init", "rehearse")
 #: the ones that discard data, which ask for confirmation (``confirmed``)
 DESTRUCTIVE = ("backup.restore", "backup.prune", "migrate.down")
 CONFIRMATIONS = ("prompt", "--yes")

@@ -40,6 +40,7 @@ from .steps import KINDS
 
 if TYPE_CHECKING:
     from .settings import Settings
+    from .targets import Target
     from .why import Why
 
 # A run in any other state blocks a new one on its target: in flight, or failed (a human).
@@ -337,9 +338,12 @@ def start(
     observer: Observer | None = None,
     why: Why | None = None,
     approved: tuple[Plan, Path] | None = None,
+    gate: Callable[[Ledger, Target, Plan], object] | None = None,
 ) -> Run:
     """``approved``: the plan the operator reviewed (``--plan FILE``) and its file; the run
-    starts only if the plan made now is exactly it."""
+    starts only if the plan made now is exactly it. ``gate``: called with the verified
+    ledger, the target and the plan before anything is recorded; it refuses by raising
+    (``start --require-rehearsal`` passes :func:`statekeeper.rehearse.require_rehearsal`)."""
     check_versions(to_version, from_version)
     with Session.open(settings) as session:
         lg = session.ledger
@@ -363,6 +367,8 @@ def start(
         plan = build_plan(session, to_version, from_version)
         if approved is not None:
             check_approved(approved[0], plan, approved[1])
+        if gate is not None:
+            gate(lg, session.target, plan)
         run_id = new_run_id()
         runner = Runner(session, observer)
 

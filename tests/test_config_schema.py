@@ -135,6 +135,14 @@ def _require_ticket(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     return outcome(lambda: command.migrate_tag(s, "v2.5.1").name)
 
 
+@probe("upgrade", "require_rehearsal")
+def _require_rehearsal(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    project(d, "")
+    toml = (d / "statekeeper.toml").read_text()
+    s = settings(d, toml + section("upgrade", "require_rehearsal = true", present))
+    return outcome(lambda: command.start(s, "v2.6").state)
+
+
 @probe("backup", "method")
 def _backup_method(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     s = project(d, section("backup", 'method = "pg_dump"', present))

@@ -1,0 +1,455 @@
+"""Rehearse an upgrade on a throwaway clone of the target before production sees it.
+
+``rehearse`` clones the target (PostgreSQL: ``CREATE DATABASE ... TEMPLATE`` when nothing else
+is connected to it, else a new ``pg_dump`` restored into a fresh database on the same server;
+SQLite: the online backup API), then on the clone, with a scratch ledger of its own: the
+forward upgrade with its SQL health checks, its rollback (the down parts, or the restore of
+the clone's backup), the clone's fingerprint compared with the one cloned, and the forward
+upgrade again. The clone is dropped unless ``keep``.
+
+Production is only read: its plan, its fingerprint, its changelog (by the clone's creation).
+No lease or lock is taken on it and nothing is written to it; the production ledger gets one
+operation, ``ops/<id>`` of kind ``rehearse``, whose steps are the passes with their timings
+and whose arguments are what ``start --require-rehearsal`` compares: the plan's digest (the
+migration files' checksums, the release, ``from -> to``) and the production fingerprint the
+clone was made from. The operation ends ``succeeded`` only when the rehearsal passed.
+
+The clone's name says where it came from (``<db>__rehearse_<id>``; the SQLite copy lives in
+``.statekeeper/rehearsals/<id>/``). Rehearsals of one project are serialized by a lock file,
+under which leftovers of a crashed rehearsal are removed (``rehearse --clean`` does only that).
+
+What a clone cannot rehearse is listed, never run against production: HTTP and command health
+checks (they would probe the live application) and the release side (it switches this host's
+live release and runs its stop/start commands).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import clock, files
+from .errors import ConfigError, RehearsalFailed, StatekeeperError, TargetError
+
+if TYPE_CHECKING:
+    from .fingerprint import Fingerprint
+    from .plan import Plan
+    from .replay import Run
+    from .settings import Settings
+    from .targets import Target
+    from .why import Why
+
+Observer = Callable[[str, dict[str, Any]], None]
+OP = "rehearse"
+CLONE_MARK = "__rehearse_"
+PG_NAME_MAX = 63  # NAMEDATALEN - 1
+
+
+def rehearsals_dir(settings: Settings) -> Path:
+    return settings.config.base_dir / ".statekeeper" / "rehearsals"
+
+
+@contextlib.contextmanager
+def _exclusive(settings: Settings) -> Iterator[None]:
+    """One rehearsal of a project at a time: the lock under which leftovers are removed."""
+    d = files.private_dir(rehearsals_dir(settings))
+    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, files.PRIVATE_FILE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another rehearsal of this project is running (lock {d / '.lock'})"
+                              ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- clones -------------------------------------------------------------------------------
+
+def _clone_name(database: str, rehearsal_id: str) -> str:
+    suffix = CLONE_MARK + rehearsal_id
+    return database[: PG_NAME_MAX - len(suffix)] + suffix
+
+
+def _maintenance(target: Target) -> Any:
+    """A connection to the server's ``postgres`` database: CREATE/DROP DATABASE cannot run
+    in the database they copy or drop."""
+    from .targets import Target as T
+
+    other = T.from_url(target.url.set(database="postgres").render_as_string(
+        hide_password=False))
+    return other.connect(autocommit=True)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclasses.dataclass(frozen=True)
+class Clone:
+    url: str  # the clone's URL, password included (never recorded)
+    shown: str  # what messages and the ledger say
+    method: str  # template | restore | copy
+    why: str
+
+
+def _clone_postgres(settings: Settings, target: Target, rid: str, scratch: Path) -> Clone:
+    name = _clone_name(target.database, rid)
+    url = target.url.set(database=name).render_as_string(hide_password=False)
+    conn = _maintenance(target)
+    try:
+        with target.dialect.errors(f"target {target.shown}"):
+            others = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (target.database,)
+            ).fetchone()[0]
+            if others == 0:
+                try:
+                    conn.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE "
+                                 f"{_ident(target.database)}")
+                    return Clone(url, _shown(url), "template",
+                                 "nothing was connected to the database: a file-level copy")
+                except Exception as e:  # someone connected in between: restore instead
+                    if "is being accessed by other users" not in str(e):
+                        raise
+            conn.execute(f"CREATE DATABASE {_ident(name)}")
+    finally:
+        conn.close()
+    why = (f"{others} session(s) connected to {target.database}: TEMPLATE needs none, so a "
+           "new pg_dump restored into the clone")
+    _restore_into(settings, target, url, scratch)
+    return Clone(url, _shown(url), "restore", why)
+
+
+def _restore_into(settings: Settings, target: Target, clone_url: str, scratch: Path) -> None:
+    from .backups import BackupManager
+    from .targets import Target as T
+
+    backups = files.private_dir(scratch / "clone-backup")
+    taken = BackupManager(target, "pg_dump", backups).create()
+    # the restore proves the clone's fingerprint equals the dump's
+    BackupManager(T.from_url(clone_url), "pg_dump", backups).restore(
+        taken.id, allow_other_database=True, report_damage=False)
+
+
+def _clone_sqlite(target: Target, scratch: Path) -> Clone:
+    import sqlite3
+
+    path = scratch / f"clone-{target.sqlite_path.name}"
+    files.touch_private(path)
+    src = sqlite3.connect(f"file:{target.sqlite_path}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(path)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    except sqlite3.Error as e:
+        raise TargetError(f"target {target.shown}: cannot copy it for the rehearsal: {e}"
+                          ) from e
+    finally:
+        src.close()
+    url = f"sqlite:///{path}"
+    return Clone(url, url, "copy", "a SQLite file: copied with the online backup API")
+
+
+def _drop(target: Target, clone: Clone) -> None:
+    from sqlalchemy.engine import make_url
+
+    if target.dialect.in_a_file:
+        return  # the copy goes with the scratch directory
+    conn = _maintenance(target)
+    try:
+        with target.dialect.errors(f"dropping the rehearsal clone {clone.shown}"):
+            conn.execute(f"DROP DATABASE IF EXISTS {_ident(str(make_url(clone.url).database))} "
+                         "WITH (FORCE)")
+    finally:
+        conn.close()
+
+
+def _shown(url: str) -> str:
+    from ledger import redact
+
+    return redact(url)
+
+
+def clean(settings: Settings) -> list[str]:
+    """Remove what crashed rehearsals left (their clones and scratch directories); return
+    what was removed. Only under the rehearsal lock, so never a running rehearsal's clone."""
+    with _exclusive(settings):
+        return _clean(settings)
+
+
+def _clean(settings: Settings) -> list[str]:
+    from .targets import Target as T
+
+    removed: list[str] = []
+    target = T.from_url(settings.config.require_target(), settings.config.base_dir)
+    if not target.dialect.in_a_file:
+        conn = _maintenance(target)
+        try:
+            with target.dialect.errors(f"target {target.shown}"):
+                prefix = _clone_name(target.database, "")
+                names = [r[0] for r in conn.execute(
+                    "SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                    (prefix,)).fetchall()]
+                for n in names:
+                    conn.execute(f"DROP DATABASE IF EXISTS {_ident(n)} WITH (FORCE)")
+                    removed.append(f"database {n}")
+        finally:
+            conn.close()
+    for d in sorted(rehearsals_dir(settings).glob("*")):
+        if d.is_dir():
+            shutil.rmtree(d)
+            removed.append(f"directory {d}")
+    return removed
+
+
+# -- the clone's settings ------------------------------------------------------------------
+
+def _clone_settings(settings: Settings, clone: Clone, scratch: Path,
+                    application: str) -> tuple[Settings, list[str]]:
+    """The project's settings pointed at the clone, with a scratch ledger and backup
+    directory; what the clone cannot rehearse is left out and listed."""
+    import ledger
+
+    from .settings import Settings as S
+
+    cfg = settings.config
+    skipped: list[str] = []
+    raw = {k: dict(v) for k, v in cfg.raw.items() if isinstance(v, dict)}
+    health = raw.get("health", {})
+    checks = health.get("checks", [])
+    kept = [c for c in checks if isinstance(c, dict) and "sql" in c]
+    skipped += [f"health check {c.get('name') or i + 1!r} ({'http' if 'http' in c else 'command'}"
+                "): it would probe the live application"
+                for i, c in enumerate(checks) if isinstance(c, dict) and "sql" not in c]
+    if checks:
+        raw["health"] = {**health, "checks": kept}
+    raw["upgrade"] = {**raw.get("upgrade", {}), "application": application,
+                      "require_ticket": False}
+    raw.pop("deploy", None)
+    if cfg.release is not None:
+        skipped.append("the release side ([deploy]): it switches this host's live release and "
+                       "runs its commands")
+    method = "sqlite" if clone.method == "copy" else "pg_dump"
+    if cfg.backup.method not in (None, method):
+        skipped.append(f"the {cfg.backup.method} backup: the clone is backed up with {method} "
+                       "(a whole-cluster restore would rewind production)")
+    key = scratch / "signing-key.pem"
+    ledger.generate_key_file(key)
+    clone_cfg = dataclasses.replace(
+        cfg, base_dir=scratch, target_url=clone.url,
+        ledger=dataclasses.replace(cfg.ledger, url=f"sqlite:///{scratch / 'ledger.db'}",
+                                   key=key),
+        backup=dataclasses.replace(cfg.backup, method=method, dir=scratch / "backups",
+                                   stanza=None, stop_command=None, start_command=None,
+                                   pgbackrest_config=None, cluster_databases=(),
+                                   enabled=cfg.backup.enabled),
+        raw=raw, release=None, origins={}, written={})
+    return S(clone_cfg, clone_cfg.ledger.url, key), skipped
+
+
+# -- the passes ----------------------------------------------------------------------------
+
+def _steps(run: Run) -> list[dict[str, Any]]:
+    return [{"name": s.name, "status": s.status, "ms": _ms(s.started_at, s.ended_at),
+             **({"error": s.error} if s.error else {})} for s in run.steps]
+
+
+def _ms(start: str, end: str | None) -> int | None:
+    a, b = clock.parse(start), clock.parse(end)
+    if a is None or b is None:
+        return None
+    return int((b - a).total_seconds() * 1000)
+
+
+def _pass(run: Run, rollback: bool = False) -> dict[str, Any]:
+    """A pass's result: its run's steps (a rollback's: those of the rollback only) with
+    their durations on the clone's real data, and the time the whole run took."""
+    steps = _steps(run)[run.phase_start:] if rollback else _steps(run)
+    start = next((s.started_at for s in run.steps[run.phase_start:]), run.created_at
+                 ) if rollback else run.created_at
+    return {"run_id": run.run_id, "state": run.state, "steps": steps,
+            "ms": _ms(start, run.ended_at),
+            **({"failure": run.failure} if run.failure else {})}
+
+
+def rehearse(settings: Settings, to_version: str, from_version: str | None, *, keep: bool,
+             why: Why | None = None, observer: Observer | None = None) -> dict[str, Any]:
+    """Rehearse ``from -> to`` on a clone; the result (what ``--json`` prints). Raises
+    :class:`RehearsalFailed` (exit 1, after recording it) when the upgrade would fail, its
+    rollback would lose data, or the second forward pass fails."""
+    from . import upgrade
+    from .fingerprint import diff, fingerprint
+    from .ops import new_op_id, open_verified, recording
+    from .targets import Target as T
+
+    cfg = settings.config
+    target = T.from_url(cfg.require_target(), cfg.base_dir)
+    plan = upgrade.plan(settings, to_version, from_version)
+    rid = new_op_id()
+    with _exclusive(settings):
+        leftovers = _clean(settings)
+        scratch = files.private_dir(rehearsals_dir(settings) / rid)
+        try:
+            with contextlib.closing(open_verified(settings)) as lg:
+                before = fingerprint(target)
+                args = {"from": plan.from_version, "to": plan.to_version,
+                        "plan_digest": plan.digest(), "fingerprint_digest": before.digest,
+                        "migrations": {m.id: m.checksum for m in plan.migrations},
+                        "keep": keep, **({"removed": leftovers} if leftovers else {})}
+                with recording(lg, rid, OP, target.display, args, why,
+                               observer=observer) as rec:
+                    result = _run_passes(settings, rec, target, plan, before, rid, scratch,
+                                         keep, observer, diff, fingerprint)
+                    result["rehearsal_id"] = rid
+                    if not result["passed"]:
+                        raise RehearsalFailed("; ".join(result["problems"]), result)
+        finally:
+            if not keep:
+                shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def _run_passes(settings: Settings, rec: Any, target: Target, plan: Plan, before: Fingerprint,
+                rid: str, scratch: Path, keep: bool, observer: Observer | None,
+                diff: Callable[[Any, Any], list[str]],
+                fingerprint: Callable[[Target], Fingerprint]) -> dict[str, Any]:
+    from . import upgrade
+    from .targets import Target as T
+
+    def make_clone() -> dict[str, Any]:
+        c = (_clone_sqlite(target, scratch) if target.dialect.in_a_file
+             else _clone_postgres(settings, target, rid, scratch))
+        made.append(c)
+        return {"clone": c.shown, "method": c.method, "why": c.why}
+
+    made: list[Clone] = []
+    cloned = rec.step("clone", "clone", {}, make_clone)
+    clone = made[0]
+    problems: list[str] = []
+    passes: dict[str, Any] = {}
+    try:
+        clone_settings, skipped = _clone_settings(settings, clone, scratch, plan.application)
+        clone_target = T.from_url(clone.url)
+
+        def forward(name: str) -> dict[str, Any]:
+            run = upgrade.start(clone_settings, plan.to_version, plan.from_version, observer)
+            passes[name] = _pass(run)
+            return passes[name]
+
+        first = rec.step("forward", "forward", {}, lambda: forward("forward"))
+        if first["state"] == "completed":
+            def back() -> dict[str, Any]:
+                run = upgrade.rollback(clone_settings, first["run_id"],
+                                       restore=bool(plan.irreversible), observer=observer)
+                passes["rollback"] = _pass(run, rollback=True)
+                return passes["rollback"]
+
+            rb = rec.step("rollback", "rollback", {"restore": bool(plan.irreversible)}, back)
+            if rb["state"] != "rolled_back":
+                problems.append(f"the rollback ended {rb['state']}: "
+                                f"{rb.get('failure') or 'see the steps'}")
+        else:
+            problems.append(f"the upgrade would fail: {first.get('failure') or first['state']}")
+
+        def compare() -> dict[str, Any]:
+            after = fingerprint(clone_target)
+            return {"equal": after == before, "differences": diff(before, after)}
+
+        cmp = rec.step("compare", "compare", {}, compare)
+        lossy: list[str] = []
+        if not cmp["equal"]:
+            # on a fresh clone: the rollback's clone has lost the data already
+            _drop(target, clone)
+            if target.dialect.in_a_file:
+                T.from_url(clone.url).sqlite_path.unlink()
+            made.clear()
+            make_clone()
+            lossy = _lossy(clone_target, clone_settings, plan)
+            where = f" (down parts of {', '.join(lossy)})" if lossy else ""
+            problems.append("the rollback does not give back the database as it was"
+                            f"{where}: {'; '.join(cmp['differences'][:5])}")
+        if first["state"] == "completed" and not problems:
+            again = rec.step("forward again", "forward", {}, lambda: forward("again"))
+            if again["state"] != "completed":
+                problems.append("the second forward pass (after the rollback) failed: "
+                                f"{again.get('failure') or again['state']}")
+    finally:
+        if not keep:
+            def drop() -> dict[str, Any]:
+                _drop(target, clone)
+                return {}
+
+            rec.step("drop clone", "drop", {}, drop)
+    return {"passed": not problems, "problems": problems, "from": plan.from_version,
+            "to": plan.to_version, "plan_digest": plan.digest(),
+            "fingerprint_digest": before.digest, "clone": cloned, "kept": keep,
+            "passes": passes, "lossy": lossy, "not_rehearsed": skipped}
+
+
+def _lossy(clone_target: Target, clone_settings: Settings, plan: Plan) -> list[str]:
+    """The migrations whose down part does not restore the database: each one applied and
+    reverted alone, on the clone (which the rollback left at the schema it started from)."""
+    from .fingerprint import fingerprint
+    from .migrations import Migrator
+
+    cfg = clone_settings.config
+    migrator = Migrator(clone_target, cfg.require_migrations_dir(), clock=clock.now)
+    found = []
+    try:
+        by_id = {m.id: m for m in migrator.migrations()}
+        for pm in plan.migrations:
+            m = by_id.get(pm.id)
+            if m is None or not pm.reversible:
+                continue
+            fp = fingerprint(clone_target)
+            migrator.apply(m)
+            migrator.revert(m.id)
+            if fingerprint(clone_target) != fp:
+                found.append(m.id)
+            migrator.apply(m)  # the next one's up part may need it
+    except StatekeeperError:
+        pass  # the rollback's differences are reported either way
+    finally:
+        migrator.forget_connections()
+    return found
+
+
+# -- start --require-rehearsal -------------------------------------------------------------
+
+def require_rehearsal(lg: Any, target: Target, plan: Plan) -> str:
+    """The id of a passing rehearsal of exactly this plan on this target, whose production
+    fingerprint is still the target's; ConfigError (exit 2) naming what is missing."""
+    from .fingerprint import fingerprint
+    from .opreplay import Operation
+    from .ops import scan_ops
+
+    digest = plan.digest()
+    ours = [o for o in scan_ops(lg) if isinstance(o, Operation) and o.op == OP
+            and o.target == target.display]
+    passing = [o for o in ours if o.status == "succeeded"
+               and o.args.get("plan_digest") == digest]
+    if not passing:
+        tried = [o for o in ours if o.args.get("plan_digest") == digest]
+        why = (f"the last rehearsal of this plan, {tried[-1].op_id}, did not pass"
+               if tried else "no rehearsal of this plan (these migration files, this release, "
+               f"{plan.from_version} -> {plan.to_version}) is in the ledger")
+        raise ConfigError(f"--require-rehearsal: {why}: run 'statekeeper rehearse --to "
+                          f"{plan.to_version}' first")
+    last = passing[-1]
+    now = fingerprint(target).digest
+    if now != last.args.get("fingerprint_digest"):
+        raise ConfigError(
+            f"--require-rehearsal: the target changed since rehearsal {last.op_id} cloned it "
+            f"(fingerprint {now[:16]}, rehearsed {str(last.args.get('fingerprint_digest'))[:16]})"
+            ": rehearse again")
+    return last.op_id
+
