@@ -17,11 +17,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+from cli.main import cli
 from tests.pgcluster import PgCluster
 from tests.upgrade_support import GOOD, ROOT, SCENARIOS, Project, make_project, seed
 
 PLAYBOOK = ROOT / "examples" / "ansible" / "upgrade.yml"
+
+
+def _sk(p: Project, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["--config", str(p.config), *args])
 
 
 def _ansible_env(base: Path) -> dict[str, str]:
@@ -95,9 +101,14 @@ def test_rollout_one_host_at_a_time_stops_at_the_first_rollback(
     assert hosts["h3"].fingerprint().digest == untouched
     assert hosts["h3"].applied_ids() == []
 
-    verify = hosts["h3"].cli("--ledger", ledger_url, "ledger", "verify")
-    assert verify.returncode == 0, verify.stderr
+    verify = _sk(hosts["h3"], "--ledger", ledger_url, "ledger", "verify")
+    assert verify.exit_code == 0, verify.stderr
     for name, run in zip(("h1", "h2"), runs, strict=True):
         html = tmp_path / "reports" / name / f"report-{run.run_id}.html"
         assert run.run_id in html.read_text()
     assert not (tmp_path / "reports" / "h3").exists()
+
+    # what the playbook takes for "already at the version" (ok on a re-run), from start --json
+    again = _sk(hosts["h1"], "--ledger", ledger_url, "start", "--json", "--to", "v2.6")
+    doc = json.loads(again.stdout)
+    assert again.exit_code == 2 and "already tagged v2.6" in doc["error"]["message"], doc
