@@ -62,8 +62,8 @@ def migrate() -> None:
     down part; a first line '-- statekeeper:no-transaction' runs the file outside a
     transaction. What is applied is recorded in the table statekeeper_changelog.
 
-    up, down and tag are recorded in the ledger as operations (stream ops/ID: who, why,
-    each migration with its checksums); down asks for confirmation (--yes when not on a
+    up, down, tag and baseline are recorded in the ledger as operations (stream ops/ID: who,
+    why, each migration with its checksums); down asks for confirmation (--yes when not on a
     terminal).
 
     Exit codes: 0 success; 1 a migration or the database failed; 2 bad input, an edited or
@@ -197,6 +197,45 @@ def tag(obj: Obj, target_url: str | None, migrations_dir: Path | None, name: str
                             ticket=ticket, observer=note)
     at = f"after {t.migration_id}" if t.migration_id else "with no migrations applied"
     click.echo(f"tagged {t.name} {at}")
+    note.echo()
+
+
+@migrate.command("baseline", short_help="Record migrations as already applied, run nothing.")
+@target_options
+@click.option("--tag", "tag", required=True, metavar="VERSION",
+              help="Tag the baselined state VERSION (the first upgrade's from-version).")
+@click.option("--through", "through", metavar="MIGRATION",
+              help="The last migration already in the database (default: every file).")
+@click.option("--force", is_flag=True,
+              help="Replace changelog rows and tags that disagree (recorded in the ledger).")
+@why_options
+@pass_obj
+def baseline(obj: Obj, target_url: str | None, migrations_dir: Path | None, tag: str,
+             through: str | None, force: bool, reason: str | None,
+             ticket: str | None) -> None:
+    """Record that the migrations up to MIGRATION (default: all in the directory) are
+    already reflected in the database (applied by hand, or by another tool), without running
+    their SQL, and tag that state VERSION, so that plan and start apply only the later ones
+    and the first upgrade goes from VERSION.
+
+    Recorded as a migrate.baseline operation with each file's checksums and the database's
+    fingerprint. Refused (exit 2) when the changelog already has entries, unless --force,
+    which replaces the rows and tags that disagree and records what it replaced.
+    """
+    note = OpNote()
+    plan, op_id = command.migrate_baseline(obj.settings, tag, through, target_url,
+                                           migrations_dir, force=force, reason=reason,
+                                           ticket=ticket, observer=note)
+    at = f"through {plan.through}" if plan.through else "with no migrations"
+    if op_id is None:
+        click.echo(f"nothing to do: the changelog already records {at}, tagged {tag}")
+        return
+    n = len(plan.write)
+    replaced = (f"; replaced {len(plan.replaced)} row{'s' if len(plan.replaced) != 1 else ''}"
+                f" and {len(plan.replaced_tags)} tag{'s' if len(plan.replaced_tags) != 1 else ''}"
+                if plan.forced and (plan.replaced or plan.replaced_tags) else "")
+    click.echo(f"baselined {tag} {at}: {n} migration{'s' if n != 1 else ''} recorded as "
+               f"applied, none run{replaced}")
     note.echo()
 
 

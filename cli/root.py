@@ -7,6 +7,7 @@ them on :data:`cli`, so no module of the package imports back into one that impo
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -20,8 +21,9 @@ from statekeeper._version import __version__
 from statekeeper.errors import (
     EXIT_ATTENTION,
     EXIT_INTERRUPTED,
+    MigrationError,
     StatekeeperError,
-    exit_code_for,
+    exit_code_after,
 )
 
 if TYPE_CHECKING:
@@ -50,25 +52,64 @@ def one_line(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+def show_error(e: StatekeeperError) -> None:
+    """The one ``error:`` line on stderr; under it, for a failed migration (indented, like
+    psql's ``LINE 3:``), the failing statement's line with a caret, the server's DETAIL, HINT
+    and CONTEXT and the NOTICEs and WARNINGs it raised. Only ``error:`` lines are errors: a
+    script reading stderr still finds one."""
+    click.echo(f"error: {one_line(str(e))}", err=True)
+    if isinstance(e, MigrationError):
+        for line in e.display_lines():
+            click.echo(f"  {one_line(line)}", err=True)
+
+
+def error_doc(cls: str | None, message: str, code: int, **more: Any) -> dict[str, Any]:
+    """The ``error`` member of a ``--json`` result (docs/result.schema.json)."""
+    return {"class": cls, "message": message, "exit_code": code, **more}
+
+
+def exception_doc(e: BaseException, code: int) -> dict[str, Any]:
+    more = {"migration": e.fields()} if isinstance(e, MigrationError) else {}
+    return error_doc(type(e).__name__, str(e), code, **more)
+
+
 class Group(click.Group):
-    """Turns the library's typed errors into one line on stderr and a documented exit code.
-    The library's verbs raise only statekeeper's tree (statekeeper.errors.error_boundary),
-    so that tree is all there is to map."""
+    """Turns the library's typed errors into one line on stderr and a documented exit code
+    (and, under ``--json``, a result document on stdout). The library's verbs raise only
+    statekeeper's tree (statekeeper.errors.error_boundary), so that tree is all there is to
+    map."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except StatekeeperError as e:
-            click.echo(f"error: {one_line(str(e))}", err=True)
-            ctx.exit(exit_code_for(e))
+            obj = ctx.obj if isinstance(ctx.obj, Obj) else None
+            code = exit_code_after(e, obj is not None and obj.progressed,
+                                   obj is not None and obj.run_command)
+            show_error(e)
+            self._json_error(ctx, exception_doc(e, code))
+            ctx.exit(code)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
+            self._json_error(ctx, error_doc(None, "interrupted", EXIT_INTERRUPTED))
             ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:  # a bug or an untranslated failure: one line, never a traceback
             click.echo(f"error: unexpected {type(e).__name__}: {one_line(str(e))}", err=True)
+            self._json_error(ctx, exception_doc(e, EXIT_ATTENTION))
             ctx.exit(EXIT_ATTENTION)
+
+    @staticmethod
+    def _json_error(ctx: click.Context, error: dict[str, Any]) -> None:
+        obj = ctx.obj if isinstance(ctx.obj, Obj) else None
+        if obj is None or not obj.as_json:
+            return
+        try:
+            own = obj.partial()
+        except Exception:  # what failed may be what the partial result reads (the ledger)
+            own = {}
+        emit_json(obj.result(error["exit_code"], error, **own))
 
 
 class Obj:
@@ -77,6 +118,22 @@ class Obj:
         self.ledger_url = ledger_url
         self.key = key
         self._settings: Settings | None = None
+        #: --json: the command's result (or its error) is one JSON document on stdout
+        self.as_json = False
+        #: this invocation recorded progress (a run's state change or step, an operation's
+        #: step): an error that promises "nothing was done" then needs attention instead
+        self.progressed = False
+        #: the command's result so far, for the document of an error that ends it
+        self.partial: Callable[[], dict[str, Any]] = dict
+        self.command: str | None = None  # its path under ``statekeeper``, for the document
+        #: start, resume, rollback: exit 1 is their run's rolled_back state, nothing else
+        self.run_command = False
+
+    def result(self, code: int, error: dict[str, Any] | None, **own: Any) -> dict[str, Any]:
+        """A ``--json`` result: ``ok``, ``exit_code``, ``command``, ``error`` (null on
+        success) and the command's own members (docs/result.schema.json)."""
+        return {"ok": code == 0, "exit_code": code, "command": self.command, "error": error,
+                **own}
 
     @property
     def settings(self) -> Settings:
@@ -143,6 +200,23 @@ class OpNote:
             click.echo(f"recorded as operation {self.op_id} (stream ops/{self.op_id})")
 
 
+def json_option(f: Any) -> Any:
+    """``--json``: the result as one document on stdout (docs/result.schema.json), also when
+    the command fails; human lines then go to stderr."""
+
+    @functools.wraps(f)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        obj = ctx.find_object(Obj)
+        if obj is not None:
+            obj.as_json = bool(kwargs.get("as_json"))
+            obj.command = " ".join(ctx.command_path.split()[1:])
+        return f(*args, **kwargs)
+
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print the result as one JSON document (also on failure).")(inner)
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -164,6 +238,7 @@ def cli(ctx: click.Context, config: str | None, ledger_url: str | None, key: str
     """statekeeper: safe, resumable, audited upgrades of database-backed applications.
 
     Exit codes: 0 success; 1 failed (rolled back cleanly); 2 usage or configuration error;
-    3 needs attention; 4 integrity violation; 5 lock held by another run.
+    3 needs attention; 4 integrity violation; 5 lock held by another run; 6 the target or
+    the ledger could not be reached (nothing was done). --json results: docs/result.schema.json.
     """
     ctx.obj = Obj(config, ledger_url, key)

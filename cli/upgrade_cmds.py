@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,10 +12,19 @@ from statekeeper import command, failpoints
 from statekeeper.errors import EXIT_OK, exit_code_for_state
 from statekeeper.narrate import narrate, shown_url
 
-from .root import Obj, PathArg, emit_json, pass_obj, target_option, why_options
+from .root import (
+    Obj,
+    PathArg,
+    emit_json,
+    error_doc,
+    json_option,
+    pass_obj,
+    target_option,
+    why_options,
+)
 
 if TYPE_CHECKING:  # statekeeper.replay imports transitions: only when a command runs
-    from statekeeper.replay import Run
+    from statekeeper.replay import Run, StepRecord
     from statekeeper.upgrade import Unreadable
 
 class Progress:
@@ -57,6 +67,76 @@ def run_summary(run: Run) -> dict[str, Any]:
     }
 
 
+def step_doc(s: StepRecord) -> dict[str, Any]:
+    return {"name": s.name, "kind": s.kind, "status": s.status, "attempt": s.attempt,
+            "started": s.started_at, "ended": s.ended_at, "duration_ms": s.duration_ms,
+            "error": s.error, "recovered": s.recovered}
+
+
+def run_doc(run: Run) -> dict[str, Any]:
+    """A run in a ``--json`` result (docs/result.schema.json, ``run``)."""
+    return {**run_summary(run), "steps": [step_doc(s) for s in run.steps]}
+
+
+def failed_step(run: Run) -> StepRecord | None:
+    """The step whose failure is the run's :attr:`~Run.failure` (the last one named there),
+    else the last failed one."""
+    failed = [s for s in run.steps if s.status == "failed" and not s.recovered and s.error]
+    named = [s for s in failed if run.failure and s.error and s.error in run.failure]
+    found = named or failed
+    return found[-1] if found else None
+
+
+def run_error(run: Run, code: int) -> dict[str, Any] | None:
+    """The ``error`` of a result whose run ended otherwise than asked (code not 0): the
+    failing step's recorded error class and, for a migration, its structured fields."""
+    if code == EXIT_OK:
+        return None
+    step = failed_step(run)
+    f = (step.failure if step is not None else None) or {}
+    more: dict[str, Any] = {"step": step.name if step is not None else None}
+    if f.get("class") == "MigrationError":
+        more["migration"] = {k: v for k, v in f.items() if k != "class"}
+    message = run.failure or f"run {run.run_id} ended {run.state}"
+    return error_doc(f.get("class"), message, code, **more)
+
+
+class RunNote:
+    """Passes a run's events to the progress display and notes, for the exit code and the
+    ``--json`` document of an error that ends the command, which run it is and whether this
+    invocation recorded progress of it."""
+
+    PROGRESS = frozenset({"state.changed", "step.started", "step.succeeded", "step.failed"})
+
+    def __init__(self, obj: Obj, show: Any) -> None:
+        self.obj, self.show = obj, show
+        self.run_id: str | None = None
+        obj.partial = self.partial
+        obj.run_command = True
+
+    def __call__(self, kind: str, p: dict[str, Any]) -> None:
+        if kind == "run.created":
+            self.run_id = str(p.get("run_id"))
+        if kind in self.PROGRESS:
+            self.obj.progressed = True
+        self.show(kind, p)
+
+    def partial(self) -> dict[str, Any]:
+        run = None
+        if self.run_id is not None:
+            with contextlib.suppress(Exception):  # the ledger may be what failed
+                run = run_doc(command.status(self.obj.settings, self.run_id))
+        return {"run_id": self.run_id, "run": run}
+
+
+def observer(obj: Obj, run_id: str | None = None) -> RunNote:
+    """The observer of a run command: progress on stdout, or on stderr under ``--json``."""
+    echo = (lambda line: click.echo(line, err=True)) if obj.as_json else click.echo
+    note = RunNote(obj, Progress(echo))
+    note.run_id = run_id
+    return note
+
+
 def unreadable_summary(u: Unreadable) -> dict[str, Any]:
     """A run that cannot be replayed, with the keys of :func:`run_summary`."""
     return {
@@ -67,11 +147,14 @@ def unreadable_summary(u: Unreadable) -> dict[str, Any]:
     }
 
 
-def _finish(run: Run, wanted: str = "completed") -> None:
+def _finish(obj: Obj, run: Run, wanted: str = "completed") -> None:
     """Print the outcome; exit 0 when the run ended as the command intended."""
+    code = EXIT_OK if run.state == wanted else exit_code_for_state(run.state)
     reason = f" ({run.failure})" if run.failure and run.state != "completed" else ""
-    click.echo(f"run {run.run_id}: {run.state}{reason}")
-    raise click.exceptions.Exit(EXIT_OK if run.state == wanted else exit_code_for_state(run.state))
+    click.echo(f"run {run.run_id}: {run.state}{reason}", err=obj.as_json)
+    if obj.as_json:
+        emit_json(obj.result(code, run_error(run, code), run_id=run.run_id, run=run_doc(run)))
+    raise click.exceptions.Exit(code)
 
 
 @click.command("init")
@@ -157,15 +240,17 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
                    "the target has not changed since (also: [upgrade] require_rehearsal).")
 @target_option
 @why_options
+@json_option
 @pass_obj
 def start(obj: Obj, to_version: str, from_version: str | None, plan_file: Path | None,
           require_rehearsal: bool, target_url: str | None, reason: str | None,
-          ticket: str | None) -> None:
+          ticket: str | None, as_json: bool) -> None:
     """Run an upgrade: preflight, backup, tag, migrate, health, tag; roll back on failure."""
-    run = command.start(obj.load(target_url), to_version, from_version, observer=Progress(),
+    note = observer(obj)
+    run = command.start(obj.load(target_url), to_version, from_version, observer=note,
                         reason=reason, ticket=ticket, plan_file=plan_file,
                         require_rehearsal=require_rehearsal)
-    _finish(run)
+    _finish(obj, run)
 
 
 @click.command("resume")
@@ -173,17 +258,19 @@ def start(obj: Obj, to_version: str, from_version: str | None, plan_file: Path |
 @click.option("--rollback", is_flag=True, help="Undo the run instead of finishing it.")
 @target_option
 @why_options
+@json_option
 @pass_obj
 def resume(obj: Obj, run_id: str | None, rollback: bool, target_url: str | None,
-           reason: str | None, ticket: str | None) -> None:
+           reason: str | None, ticket: str | None, as_json: bool) -> None:
     """Finish (or --rollback) a run interrupted by a crash; default: the unfinished run.
 
     Exits 0 when the run ends as asked: completed; rolled_back when an operator asked for the
     rollback (--rollback now, or an earlier 'rollback' / 'resume --rollback' it finishes)."""
-    run = command.resume(obj.load(target_url), run_id, rollback, observer=Progress(),
+    note = observer(obj, run_id)
+    run = command.resume(obj.load(target_url), run_id, rollback, observer=note,
                          reason=reason, ticket=ticket)
     asked = rollback or run.rollback_requested
-    _finish(run, wanted="rolled_back" if asked else "completed")
+    _finish(obj, run, wanted="rolled_back" if asked else "completed")
 
 
 @click.command("rollback")
@@ -195,16 +282,18 @@ def resume(obj: Obj, run_id: str | None, rollback: bool, target_url: str | None,
 )
 @target_option
 @why_options
+@json_option
 @pass_obj
 def rollback(obj: Obj, run_id: str, restore: bool, target_url: str | None,
-             reason: str | None, ticket: str | None) -> None:
+             reason: str | None, ticket: str | None, as_json: bool) -> None:
     """Undo a completed upgrade with its down migrations; exit 0 when rolled back.
 
     Data written since the upgrade is kept; only the schema must come back as it was. A
     migration without a down part can only be undone by restoring the backup: --restore."""
-    run = command.rollback(obj.load(target_url), run_id, restore, observer=Progress(),
+    note = observer(obj, run_id)
+    run = command.rollback(obj.load(target_url), run_id, restore, observer=note,
                            reason=reason, ticket=ticket)
-    _finish(run, wanted="rolled_back")
+    _finish(obj, run, wanted="rolled_back")
 
 
 @click.command("status")

@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 
     from .backups import BackupManager, Manifest, RestoreResult
     from .health import HealthReport
-    from .migrations import AppliedMigration, Migration, MigrationStatus, Migrator, Tag
+    from .migrations import (
+        AppliedMigration,
+        BaselinePlan,
+        Migration,
+        MigrationStatus,
+        Migrator,
+        Tag,
+    )
     from .ops import Confirm
     from .ops import Observer as OpObserver
     from .plan import Plan
@@ -295,6 +302,32 @@ def migrate_tag(
     w = why(settings.config, reason, ticket, "the tag")
     m = open_migrator(settings, target_url, migrations_dir)
     return ops.migrate_tag(settings, m, name, w, observer)
+
+
+@boundary
+def migrate_baseline(
+    settings: Settings,
+    tag: str,
+    through: str | None = None,
+    target_url: str | None = None,
+    migrations_dir: Path | None = None,
+    *,
+    force: bool = False,
+    reason: str | None = None,
+    ticket: str | None = None,
+    observer: OpObserver | None = None,
+) -> tuple[BaselinePlan, str | None]:
+    """Record the migrations up to ``through`` (default: all) as already applied, without
+    running them, and tag that state, as a ``migrate.baseline`` operation carrying the
+    database fingerprint. Returns the plan and the operation id (None: already so)."""
+    from . import ops
+    from .migrations import check_tag_name
+    from .why import why
+
+    check_tag_name(tag, "--tag")
+    w = why(settings.config, reason, ticket, "the baseline")
+    m = open_migrator(settings, target_url, migrations_dir)
+    return ops.migrate_baseline(settings, m, tag, through, force, w, observer)
 
 
 @boundary

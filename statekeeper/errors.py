@@ -7,8 +7,10 @@ where the errors of the packages below become statekeeper's.
      ├── ConfigError                exit 2  bad statekeeper.toml, flag, path, URL, key file or
      │                                      checkpoint/export file (ledger ConfigurationError)
      ├── TargetError                exit 1  the target database refused or failed an operation
-     │    ├── TargetUnreachable     exit 3  the target's server does not accept connections
+     │    ├── TargetUnreachable     exit 6  the target's server does not accept connections
      │    │                                 (down, starting, shutting down, no such host)
+     │    ├── TargetRefused         exit 6  the server refused the connection (bad password,
+     │    │                                 no such role or database)
      │    ├── MigrationError        exit 1  a migration failed (id, position, server message)
      │    ├── ValidationError       exit 2  an applied migration was edited or removed
      │    └── IrreversibleError     exit 2  rollback to a tag crosses a migration with no down part
@@ -22,8 +24,10 @@ where the errors of the packages below become statekeeper's.
      │                                      lossily (production untouched)
      ├── NeedsAttention             exit 3  a run is failed or in an unknown state: a human decides
      │    ├── IllegalTransition     exit 3  a trigger the state machine does not allow
-     │    ├── LedgerUnavailable     exit 3  the ledger cannot be reached, or its database failed
-     │    │                                 (ledger OperationalError, LedgerUnreachable)
+     │    ├── LedgerUnavailable     exit 3  the ledger's database failed mid-way (ledger
+     │    │    │                            OperationalError)
+     │    │    └── LedgerUnreachable exit 6 no connection to the ledger could be made (ledger
+     │    │                                 LedgerUnreachable: closed port, bad host or login)
      │    └── OSFailure             exit 3  an operating-system error nothing below expected
      ├── IntegrityError             exit 4  the ledger or a run's history does not verify
      │    │                                 (ledger IntegrityViolation: seq, reason, detail)
@@ -31,6 +35,11 @@ where the errors of the packages below become statekeeper's.
      └── LockHeld                   exit 5  another run or process holds the target
           └── StreamConflict        exit 5  another writer appended to the stream first
                                             (ledger StreamConflict: stream, expected, actual)
+
+Exit codes 2, 5 and 6 say that nothing was done; raised after the command recorded progress
+(a run's state change or step, an operation's step), the code is 3 instead
+(:func:`exit_code_after`): something was done, and a human finishes it. For ``start``,
+``resume`` and ``rollback``, 1 is only their run's ``rolled_back``.
 
 Exit codes live in :data:`EXIT_CODES`, one row per class; a class not in it (a subclass
 defined elsewhere) has its nearest listed base's code. :data:`EXIT_FOR_STATE` gives the code
@@ -47,7 +56,7 @@ stray :class:`OSError` into :class:`OSFailure` naming the file. The CLI maps thi
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
@@ -57,6 +66,7 @@ EXIT_USAGE = 2
 EXIT_ATTENTION = 3
 EXIT_INTEGRITY = 4
 EXIT_LOCKED = 5
+EXIT_UNREACHABLE = 6
 # Ended by a signal (as a shell reports it, 128 + the signal's number): no error class, a run
 # left in flight is for ``resume``.
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): "error: interrupted"
@@ -81,6 +91,11 @@ class TargetError(StatekeeperError):
 class TargetUnreachable(TargetError):
     """No connection to the target's server: it is down, starting up or shutting down, or
     its host does not resolve. Nothing was done on the target."""
+
+
+class TargetRefused(TargetError):
+    """The target's server refused the connection (a bad password, no such role or
+    database): no session could be opened, so nothing was done on the target."""
 
 
 class MigrationError(TargetError):
@@ -130,6 +145,32 @@ class MigrationError(TargetError):
         self.notices = tuple(f"{sev}:  {msg} (line {where(pos)[0]})"
                              for sev, msg, pos in self.raised)
         self.args = (self._message(),)
+
+    #: The structured fields, by the names :meth:`fields` and docs/result.schema.json use.
+    _FIELDS = ("migration_id", "server_message", "position", "path", "line", "column",
+               "source_line", "detail", "hint", "context")
+
+    def fields(self) -> dict[str, object]:
+        """The structured fields as plain values (recorded with a failed step, printed by
+        ``--json``): those in :attr:`_FIELDS` that are known, and ``notices``."""
+        out: dict[str, object] = {k: getattr(self, k) for k in self._FIELDS
+                                  if getattr(self, k) is not None}
+        out["notices"] = list(self.notices)
+        return out
+
+    @classmethod
+    def from_fields(cls, f: Mapping[str, object]) -> MigrationError:
+        """The error :meth:`fields` describes (from a step's recorded failure), to display."""
+        e = cls(str(f.get("migration_id", "?")), str(f.get("server_message", "")))
+        for k in cls._FIELDS[2:]:
+            v = f.get(k)
+            if v is not None:
+                setattr(e, k, v)
+        notices = f.get("notices")
+        if isinstance(notices, list):
+            e.notices = tuple(str(n) for n in notices)
+        e.args = (e._message(),)
+        return e
 
     def display_lines(self) -> list[str]:
         """What psql shows after its ERROR line: the statement's line with a caret under the
@@ -208,6 +249,11 @@ class LedgerUnavailable(NeedsAttention):
     reason: str | None = None
 
 
+class LedgerUnreachable(LedgerUnavailable):
+    """No connection to the ledger's database could be made (ledger LedgerUnreachable, with
+    ``where`` and ``reason``): nothing was recorded, so nothing was done."""
+
+
 class OSFailure(NeedsAttention):
     """An operating-system error (a file, a directory, a process) that no code below turned
     into a better error; ``filename`` names the file when the system said which."""
@@ -263,7 +309,8 @@ EXIT_CODES: dict[type[StatekeeperError], int] = {
     StatekeeperError: EXIT_FAILED,
     ConfigError: EXIT_USAGE,
     TargetError: EXIT_FAILED,
-    TargetUnreachable: EXIT_ATTENTION,
+    TargetUnreachable: EXIT_UNREACHABLE,
+    TargetRefused: EXIT_UNREACHABLE,
     MigrationError: EXIT_FAILED,
     ValidationError: EXIT_USAGE,
     IrreversibleError: EXIT_USAGE,
@@ -277,6 +324,7 @@ EXIT_CODES: dict[type[StatekeeperError], int] = {
     NeedsAttention: EXIT_ATTENTION,
     IllegalTransition: EXIT_ATTENTION,
     LedgerUnavailable: EXIT_ATTENTION,
+    LedgerUnreachable: EXIT_UNREACHABLE,
     OSFailure: EXIT_ATTENTION,
     IntegrityError: EXIT_INTEGRITY,
     HistoryError: EXIT_INTEGRITY,
@@ -308,6 +356,35 @@ def exit_code_for(e: BaseException) -> int:
     return EXIT_ATTENTION
 
 
+def failure_fields(e: BaseException) -> dict[str, object]:
+    """What a failed step records of its error besides the message: the class in this tree
+    (an OSError is the environment's :class:`OSFailure`) and, for a migration, its
+    structured fields, so that ``--json`` and the failure display have them after the fact
+    (``status``, ``resume``) as well as live."""
+    name = "OSFailure" if isinstance(e, OSError) else type(e).__name__
+    return {"class": name, **(e.fields() if isinstance(e, MigrationError) else {})}
+
+
+#: The codes that say nothing was done (bad input, another holder, nothing reachable): an
+#: error with one of them after the command recorded progress (a run's state change or step,
+#: an operation's step) exits :data:`EXIT_ATTENTION` instead: something was done, and a run
+#: or operation is left for a human (``resume``) to finish.
+NOTHING_DONE = frozenset({EXIT_USAGE, EXIT_LOCKED, EXIT_UNREACHABLE})
+
+
+def exit_code_after(e: BaseException, progressed: bool, run_command: bool = False) -> int:
+    """The exit code of ``e`` ending a command that did (``progressed``) or did not record
+    progress before it. For ``start``, ``resume`` and ``rollback`` (``run_command``), 1 is
+    the run's ``rolled_back`` (:data:`EXIT_FOR_STATE`) and nothing else: a failure that
+    escapes the run (a target refusing a query before the run began) needs attention."""
+    code = exit_code_for(e)
+    if progressed and code in NOTHING_DONE:
+        return EXIT_ATTENTION
+    if run_command and code == EXIT_FAILED:
+        return EXIT_ATTENTION
+    return code
+
+
 def _from_ledger(e: Exception) -> StatekeeperError | None:
     """The statekeeper error for a ledger error (None if ``e`` is not one). Imported here, on
     the failure path: a ledger error cannot exist unless ledger was imported, and the CLI's
@@ -323,6 +400,8 @@ def _from_ledger(e: Exception) -> StatekeeperError | None:
         new = ConfigError(str(e))
     elif isinstance(e, le.StreamConflict):
         new = StreamConflict(str(e))
+    elif isinstance(e, le.LedgerUnreachable):
+        new = LedgerUnreachable(str(e))
     elif isinstance(e, le.OperationalError):
         new = LedgerUnavailable(str(e))
     else:  # a LedgerError no branch above knows: what the CLI did with one before

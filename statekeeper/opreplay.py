@@ -1,6 +1,7 @@
 """Replay of an operation: a change made through statekeeper outside an upgrade (``backup
-create/restore/prune``, ``migrate up/down/tag``, ``keys rotate``, ``init``) is the fold of its
-stream ``ops/<op_id>``. Pure: stdlib only, no I/O, no side effects (the report imports it).
+create/restore/prune``, ``migrate up/down/tag/baseline``, ``keys rotate``, ``init``) is the
+fold of its stream ``ops/<op_id>``. Pure: stdlib only, no I/O, no side effects (the report
+imports it).
 
 The stream holds, in order: ``op.created`` (what, on which target, with which arguments, why,
 how it was confirmed), the steps (``step.started`` / ``step.succeeded`` / ``step.failed``,
@@ -32,7 +33,7 @@ STEP_FAILED = "step.failed"
 
 #: the operations this version records (``op.created`` ``op``)
 OPS = ("backup.create", "backup.restore", "backup.prune", "migrate.up", "migrate.down",
-       "migrate.tag", "keys.rotate", "init", "rehearse")
+       "migrate.tag", "migrate.baseline", "keys.rotate", "init", "rehearse")
 #: the ones that discard data, which ask for confirmation (``confirmed``)
 DESTRUCTIVE = ("backup.restore", "backup.prune", "migrate.down")
 CONFIRMATIONS = ("prompt", "--yes")

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ledger import Ledger, StoredEvent
 
     from .backups import BackupManager, Manifest, RestoreResult
-    from .migrations import AppliedMigration, Migration, Migrator, Tag
+    from .migrations import AppliedMigration, BaselinePlan, Migration, Migrator, Tag
     from .retention import Verdict
     from .settings import Settings
     from .targets import Target
@@ -295,6 +295,53 @@ def migrate_tag(settings: Settings, migrator: Migrator, name: str, why: Why,
 
             rec.step(f"tag:{name}", "tag", {"tag": name}, effect)
         return made[0]
+
+
+def _row(r: AppliedMigration) -> dict[str, Any]:
+    return {"migration": r.id, "checksum": r.checksum, "applied_at": r.applied_at,
+            "run_id": r.run_id}
+
+
+def migrate_baseline(settings: Settings, migrator: Migrator, tag: str, through: str | None,
+                     force: bool, why: Why, observer: Observer | None = None
+                     ) -> tuple[BaselinePlan, str | None]:
+    """Record the migrations up to ``through`` as applied without running them, and tag
+    the state, as a ``migrate.baseline`` operation: its one step announces every file's
+    checksums (and, forced, the rows and tags it replaces) before anything is written, and
+    its result carries the database's fingerprint, read under the lock just before the rows
+    are written. Returns the plan and the operation id (None: the changelog already is this
+    baseline, nothing recorded)."""
+    from .fingerprint import fingerprint
+    from .migrations import check_tag_name
+
+    check_tag_name(tag, "--tag")
+    op_id = new_op_id()
+    with acting(settings, migrator.target, migrator.lock()) as lg:
+        plan = migrator.plan_baseline(tag, through, force=force)
+        if not plan.changes:
+            return plan, None
+        ids = [m.id for m in plan.migrations]
+        args = {"tag": tag, "through": plan.through, "force": force, "migrations": ids}
+        step_args: dict[str, Any] = {
+            "tag": tag, "through": plan.through, "force": force,
+            "migrations": [_migrate_args(m) for m in plan.migrations],
+            "written": list(plan.write),
+        }
+        if plan.replaced or plan.replaced_tags:
+            step_args["replaced"] = {
+                "migrations": [_row(r) for r in plan.replaced],
+                "tags": [{"tag": t.name, "migration": t.migration_id, "run_id": t.run_id}
+                         for t in plan.replaced_tags]}
+        with recording(lg, op_id, "migrate.baseline", migrator.target.display, args, why,
+                       observer=observer) as rec:
+            def effect() -> dict[str, Any]:
+                fp = fingerprint(migrator.target)
+                migrator.baseline(plan, run_id=op_id)
+                return {"tag": tag, "through": plan.through, "recorded": len(plan.write),
+                        "fingerprint": fp.to_dict(), "fingerprint_digest": fp.digest}
+
+            rec.step(f"baseline:{tag}", "baseline", step_args, effect)
+        return plan, op_id
 
 
 # -- backup --------------------------------------------------------------------------------

@@ -71,6 +71,9 @@ class StepRecord:
     # retrying cannot help, a human must look
     integrity: bool = False
     duration_ms: int | None = None
+    # the error's class and, for a migration, its structured fields (errors.failure_fields);
+    # None for a failure recorded before steps recorded it
+    failure: dict[str, Any] | None = None
 
 
 @dataclass
@@ -299,6 +302,8 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
         step.recovered = bool(p.get("recovered"))
         step.integrity = bool(p.get("integrity"))
         step.duration_ms = duration
+        failure = _field(p, "failure", Mapping, ev, optional=True) if t == STEP_FAILED else None
+        step.failure = None if failure is None else dict(failure)
     elif t in (LEASE_ACQUIRED, LEASE_TAKEN_OVER, LEASE_RELEASED):
         run.leases.append({"type": t, "at": ev.at, **p})
         if t == LEASE_TAKEN_OVER:

@@ -23,6 +23,7 @@ from .errors import (
     NeedsAttention,
     StatekeeperError,
     TargetUnreachable,
+    failure_fields,
 )
 from .files import describe_os_error
 from .policy import Done, Transition, next_action
@@ -176,6 +177,7 @@ class Runner:
                 "kind": kind,
                 "error": error,
                 "duration_ms": int(clock.monotonic_ms() - t0),
+                "failure": failure_fields(e),
             }
             if isinstance(e, BackupCorrupt | IntegrityError):
                 failed["integrity"] = True

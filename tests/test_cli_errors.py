@@ -24,7 +24,7 @@ LEDGER_ERRORS = [
     (le.StreamConflict("s", 2, 3), errors.StreamConflict, errors.EXIT_LOCKED,
      {"stream": "s", "expected": 2, "actual": 3}),
     (le.LedgerUnreachable("sqlite:///x/l.db", "directory x does not exist"),
-     errors.LedgerUnavailable, errors.EXIT_ATTENTION,
+     errors.LedgerUnreachable, errors.EXIT_UNREACHABLE,
      {"where": "sqlite:///x/l.db", "reason": "directory x does not exist"}),
     (le.OperationalError("server closed the connection"), errors.LedgerUnavailable,
      errors.EXIT_ATTENTION, {}),

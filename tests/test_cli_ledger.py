@@ -513,11 +513,11 @@ COMMANDS = [
 def test_password_never_printed(work: Path, pg_cluster: PgCluster, command: list[str]) -> None:
     urls = {
         # the server answers: no such role
-        f"postgresql://nobody:secret@127.0.0.1:{pg_cluster.port}/postgres": 3,
+        f"postgresql://nobody:secret@127.0.0.1:{pg_cluster.port}/postgres": 6,
         # nobody listens there
-        "postgresql://user:secret@127.0.0.1:1/db": 3,
-        "postgresql+psycopg://user:secret@127.0.0.1:1/db?sslmode=disable": 3,
-        "postgresql://user@127.0.0.1:1/db?password=secret": 3,
+        "postgresql://user:secret@127.0.0.1:1/db": 6,
+        "postgresql+psycopg://user:secret@127.0.0.1:1/db?sslmode=disable": 6,
+        "postgresql://user@127.0.0.1:1/db?password=secret": 6,
         "postgresql://user:secret@127.0.0.1:notaport/db": 2,
         "postgresql://user:secret@[::1/db": 2,
         "mysql://user:secret@127.0.0.1/db": 2,
@@ -533,12 +533,12 @@ def test_password_never_printed(work: Path, pg_cluster: PgCluster, command: list
         '[ledger]\nurl = "postgresql://u:${PGPW}@127.0.0.1:1/db"\nkey = "k.pem"\n'
     )
     r = run(*command, env={"PGPW": "secret"})
-    assert "secret" not in r.output and error(r, 3).startswith("error: ledger ")
+    assert "secret" not in r.output and error(r, 6).startswith("error: ledger ")
 
 
 def test_unreachable_ledger_message(work: Path) -> None:
     r = run("--ledger", "postgresql://user:secret@127.0.0.1:1/db", "ledger", "verify")
-    assert error(r, 3) == (
+    assert error(r, 6) == (
         "error: ledger unreachable: postgresql://user:***@127.0.0.1:1/db: "
         'connection to server at "127.0.0.1", port 1 failed: Connection refused'
     )
@@ -558,7 +558,7 @@ def test_unreachable_ledger_message(work: Path) -> None:
         (["--key", "", "ledger", "append", "--stream", "s", "--type", "t"], 2),
         (["--ledger", "sqlite://", "ledger", "verify"], 2),
         (["--ledger", "sqlite:///no/such/dir/x.db", "ledger", "append", "--stream", "s",
-          "--type", "t"], 3),
+          "--type", "t"], 6),
         (["--key", "missing.pem", "ledger", "append", "--stream", "s", "--type", "t"], 2),
         (["--key", "world.pem", "ledger", "append", "--stream", "s", "--type", "t"], 2),
         (["--key", "junk.pem", "ledger", "append", "--stream", "s", "--type", "t"], 2),

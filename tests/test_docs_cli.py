@@ -141,7 +141,7 @@ def test_cli_md_documents_every_exit_code() -> None:
     class -> code) and EXIT_FOR_STATE (run state -> code)."""
     text = (DOCS / "cli.md").read_text(encoding="utf-8")
     codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
-    assert codes == {0, 1, 2, 3, 4, 5, 130, 137, 143}  # the last three: ended by a signal
+    assert codes == {0, 1, 2, 3, 4, 5, 6, 130, 137, 143}  # the last three: ended by a signal
     want = {c: ({cls.__name__ for cls, code in errors.EXIT_CODES.items() if code == c},
                 {s for s, code in errors.EXIT_FOR_STATE.items() if code == c}) for c in codes}
     assert exit_code_table(text) == want

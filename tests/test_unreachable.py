@@ -1,6 +1,6 @@
 """An unreachable ledger, for every command that opens it: exactly one line
-``error: ledger unreachable: <where>: <reason>`` and exit 3, never a driver's multi-line dump
-or a traceback, never the password, and nothing done to the target.
+``error: ledger unreachable: <where>: <reason>`` and exit 6 (nothing was done), never a
+driver's multi-line dump or a traceback, never the password, and nothing done to the target.
 
 Real subprocess runs of ``python -m cli`` against a closed port, a host that does not resolve,
 a SQLite file in a missing directory and in one that cannot be written."""
@@ -72,7 +72,7 @@ def test_closed_port(proj: Project, args: list[str]) -> None:
     port = free_port()
     before = proj.fingerprint().digest
     p = cli(proj, "--ledger", f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/ledger", *args)
-    assert one_error(p, 3) == (
+    assert one_error(p, 6) == (
         f"error: ledger unreachable: postgresql://app:***@127.0.0.1:{port}/ledger: "
         f'connection to server at "127.0.0.1", port {port} failed: Connection refused'
     )
@@ -83,7 +83,7 @@ def test_closed_port(proj: Project, args: list[str]) -> None:
 def test_host_that_does_not_resolve(proj: Project, args: list[str]) -> None:
     before = proj.fingerprint().digest
     p = cli(proj, "--ledger", f"postgresql://app:{PASSWORD}@no-such-host.invalid/ledger", *args)
-    line = one_error(p, 3)
+    line = one_error(p, 6)
     assert line.startswith(
         "error: ledger unreachable: postgresql://app:***@no-such-host.invalid/ledger: "
         "failed to resolve host 'no-such-host.invalid'"
@@ -95,7 +95,7 @@ def test_password_in_the_query_is_not_shown_either(proj: Project) -> None:
     port = free_port()
     p = cli(proj, "--ledger", f"postgresql://app@127.0.0.1:{port}/ledger?password={PASSWORD}",
             "status")
-    assert one_error(p, 3).startswith("error: ledger unreachable: postgresql://app@")
+    assert one_error(p, 6).startswith("error: ledger unreachable: postgresql://app@")
 
 
 @pytest.mark.parametrize("args", READING + WRITING, ids=" ".join)
@@ -103,7 +103,7 @@ def test_sqlite_file_in_a_missing_directory(proj: Project, args: list[str]) -> N
     before = proj.fingerprint().digest
     missing = proj.dir / "no" / "such"
     p = cli(proj, "--ledger", f"sqlite:///{missing}/ledger.db", *args)
-    assert one_error(p, 3) == (
+    assert one_error(p, 6) == (
         f"error: ledger unreachable: sqlite:///{missing}/ledger.db: "
         f"directory {missing} does not exist"
     )
@@ -134,7 +134,7 @@ def test_sqlite_file_in_an_unwritable_directory(
     before = proj.fingerprint().digest
     d = _unwritable_dir(tmp_path)
     p = cli(proj, "--ledger", f"sqlite:///{d}/ledger.db", *args)
-    assert one_error(p, 3) == (
+    assert one_error(p, 6) == (
         f"error: ledger unreachable: sqlite:///{d}/ledger.db: "
         f"cannot create {d}/ledger.db: Permission denied"
     )

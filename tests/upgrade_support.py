@@ -183,9 +183,10 @@ def make_project(
     ledger_url: str = "sqlite:///.statekeeper/ledger.db",
     key: str = ".statekeeper/key.pem",
     health: str = HEALTH,
+    tag: str | None = "v2.5",
 ) -> Project:
     """A project on ``target_url``; ``ledger_url``/``key`` let several projects (targets)
-    share one ledger."""
+    share one ledger. ``tag``: the tag of the schema as seeded (None: an empty changelog)."""
     base.mkdir(parents=True, exist_ok=True)
     mig = base / "migrations"
     mig.mkdir()
@@ -203,7 +204,8 @@ def make_project(
     from statekeeper import command
 
     command.init(str(p.config), None, None, None, "migrations")
-    command.migrate_tag(p.settings(), "v2.5")
+    if tag is not None:
+        command.migrate_tag(p.settings(), tag)
     return p
 
 

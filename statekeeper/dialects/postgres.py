@@ -18,7 +18,14 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, LockHeld, MigrationError, TargetError, TargetUnreachable
+from ..errors import (
+    ConfigError,
+    LockHeld,
+    MigrationError,
+    TargetError,
+    TargetRefused,
+    TargetUnreachable,
+)
 from .base import ClusterScope, Dialect, Held, first_line
 
 if TYPE_CHECKING:
@@ -118,7 +125,7 @@ class PostgresDialect(Dialect):
             return psycopg.connect(self.conninfo(target), autocommit=autocommit,
                                    connect_timeout=10)
         except psycopg.Error as e:
-            cls = TargetUnreachable if _unreachable(e) else TargetError
+            cls = TargetUnreachable if _unreachable(e) else TargetRefused
             raise cls(f"target {target.shown}: {first_line(e)}") from e
 
     def driver_error(self) -> tuple[type[BaseException], ...]:

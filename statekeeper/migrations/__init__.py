@@ -28,7 +28,7 @@ from .fileformat import (
     parse_migration,
     read_migration,
 )
-from .migrator import Migrator
+from .migrator import BaselinePlan, Migrator
 
 __all__ = [
     "CHANGELOG_TABLE",
@@ -37,6 +37,7 @@ __all__ = [
     "NO_TRANSACTION_MARKER",
     "TAGS_TABLE",
     "AppliedMigration",
+    "BaselinePlan",
     "Migration",
     "MigrationStatus",
     "Migrator",

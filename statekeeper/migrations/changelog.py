@@ -140,6 +140,15 @@ class Changelog:
         if tag.migration_id is not None:
             self._q(conn, "UPDATE {cl} SET tag = %s WHERE id = %s", (tag.name, tag.migration_id))
 
+    def forget(self, conn: Any, migration_ids: list[str], tag_names: list[str]) -> None:
+        """Delete changelog rows and tags whatever wrote them (a forced baseline replaces
+        them, having recorded them in the ledger first)."""
+        for mid in migration_ids:
+            self.remove(conn, mid)
+        for name in tag_names:
+            self._q(conn, "DELETE FROM {tg} WHERE name = %s", (name,))
+            self._q(conn, "UPDATE {cl} SET tag = NULL WHERE tag = %s", (name,))
+
     def remove_tag(self, conn: Any, name: str, run_id: str) -> bool:
         """Remove tag ``name`` if run ``run_id`` created it; True if it did."""
         cur = self._q(conn, "DELETE FROM {tg} WHERE name = %s AND run_id = %s", (name, run_id))

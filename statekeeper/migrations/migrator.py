@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,29 @@ from .lock import TargetLock
 
 Clock = Callable[[], datetime]
 Hook = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class BaselinePlan:
+    """What ``migrate baseline`` will write, decided read-only under the lock: the
+    migrations to record as applied without running them (in file order), and, when forced,
+    the changelog rows and tags that disagree with the baseline and are replaced. Rows that
+    already say the same (same id, same checksum) and tags naming a state that stays are
+    kept. A migrations driver other than the SQL directory produces the same value from its
+    own tool (Liquibase: ``changelog-sync-to-tag``) and writes it with its ``baseline``."""
+
+    tag: str
+    through: str | None  # the last migration recorded; None: the directory has none
+    migrations: tuple[Migration, ...]  # everything up to ``through``, in file order
+    write: tuple[str, ...]  # the ids among them not yet in the changelog as they are
+    replaced: tuple[AppliedMigration, ...]  # rows removed (forced only)
+    replaced_tags: tuple[Tag, ...]  # tags removed (forced only)
+    tag_exists: bool  # the tag already names this state
+    forced: bool
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.write or self.replaced or self.replaced_tags or not self.tag_exists)
 
 
 class Migrator:
@@ -498,6 +522,67 @@ class Migrator:
                 if on_reverted is not None:
                     on_reverted(m)
             return out
+
+    # -- baseline ------------------------------------------------------------------------
+    def plan_baseline(self, tag: str, through: str | None = None, *,
+                      force: bool = False) -> BaselinePlan:
+        """Record that the files up to ``through`` (default: all) are already reflected in
+        the database. Refused (ConfigError) when the changelog has rows or tags that are not
+        exactly this baseline, unless ``force``; an unknown ``through``, or a result that
+        ``validate`` would refuse, is refused too. Read-only."""
+        check_tag_name(tag, "--tag")
+        migrations = self.migrations()
+        ids = [m.id for m in migrations]
+        if through is not None and through not in ids:
+            raise ConfigError(f"--through {through}: no migration {through!r} in "
+                              f"{self.migrations_dir}")
+        upto = migrations[: ids.index(through) + 1] if through is not None else migrations
+        last = upto[-1].id if upto else None
+        applied, tags = self._read()
+        wanted = {m.id: m.checksum for m in upto}
+        kept = {r.id for r in applied if wanted.get(r.id) == r.checksum}
+        replaced = tuple(r for r in applied if r.id not in kept)
+        gone = {r.id for r in replaced}
+        replaced_tags = tuple(t for t in tags if t.migration_id in gone
+                              or (t.name == tag and t.migration_id != last))
+        tag_exists = any(t.name == tag and t.migration_id == last and t not in replaced_tags
+                         for t in tags)
+        plan = BaselinePlan(tag, last, tuple(upto), tuple(m.id for m in upto
+                                                          if m.id not in kept),
+                            replaced, replaced_tags, tag_exists, force)
+        if not plan.changes:
+            return plan
+        if (applied or tags) and not force:
+            what = [f"{len(applied)} migration{'s' if len(applied) != 1 else ''} recorded"
+                    f"{' (last ' + applied[-1].id + ')' if applied else ''}"]
+            if tags:
+                what.append("tags " + ", ".join(t.name for t in tags))
+            raise ConfigError(
+                f"the changelog of {self.target.display} already has entries "
+                f"({'; '.join(what)}): a baseline is the first record; pass --force to "
+                "replace what disagrees with it (recorded in the ledger)"
+            )
+        after = [AppliedMigration(m.id, m.checksum, "", 0, None, None) for m in upto]
+        self._check(migrations, after, order=True)
+        return plan
+
+    def baseline(self, plan: BaselinePlan, run_id: str | None = None) -> list[AppliedMigration]:
+        """Write ``plan`` (from :meth:`plan_baseline`, under the same lock) in one
+        transaction: the replaced rows and tags removed, the rows written (no SQL runs;
+        ``execution_ms`` 0), the tag added. Returns the rows written."""
+        with self.lock(run_id=run_id):
+            self._ensure_tables()
+            at = _clock.stamp(self.clock())
+            by_id = {m.id: m for m in plan.migrations}
+            with self._transaction() as conn:
+                self._changelog.forget(conn, [r.id for r in plan.replaced],
+                                       [t.name for t in plan.replaced_tags])
+                for mid in plan.write:
+                    self._changelog.record(conn, by_id[mid], at, 0, run_id)
+                if not plan.tag_exists:
+                    self._changelog.add_tag(conn, Tag(plan.tag, plan.through, at, run_id))
+            return [AppliedMigration(mid, by_id[mid].checksum, at, 0, run_id, None)
+                    for mid in plan.write]
 
     # -- dry run -----------------------------------------------------------------------------
     def sql(self, to_tag: str | None = None, *, target_id: str | None = None) -> str:

@@ -125,7 +125,29 @@ def step_detail(kind: str, args: Mapping[str, Any], result: Mapping[str, Any] | 
     if kind == "preflight":
         d = r.get("fingerprint_digest")
         return f"fingerprint {_short(d)}" if d else ""
+    if kind == "baseline":
+        return _baseline_detail(args, r)
     return ""
+
+
+def _baseline_detail(args: Mapping[str, Any], r: Mapping[str, Any]) -> str:
+    migrations = args.get("migrations") or []
+    through = args.get("through")
+    text = (f"{len(migrations)} migration(s) recorded as already applied "
+            f"{'through ' + str(through) if through else '(none in the directory)'}, "
+            f"none run, tagged {args.get('tag')}")
+    if r.get("fingerprint_digest"):
+        text += f"; fingerprint {_short(r.get('fingerprint_digest'))}"
+    replaced = args.get("replaced")
+    if isinstance(replaced, Mapping):
+        rows, tags = replaced.get("migrations") or [], replaced.get("tags") or []
+        text += (f"; --force replaced {len(rows)} changelog row(s) "
+                 f"({', '.join(str(x.get('migration')) for x in rows if isinstance(x, Mapping))})"
+                 f" and {len(tags)} tag(s) "
+                 f"({', '.join(str(x.get('tag')) for x in tags if isinstance(x, Mapping))})")
+    elif args.get("force"):
+        text += "; --force (nothing replaced)"
+    return text
 
 
 def step_entry(tz: TimeZone, name: str, kind: str, attempt: int, status: str, started: str,
@@ -186,7 +208,12 @@ def migrations_of(tz: TimeZone, steps: Iterable[Any],
     out: list[dict[str, Any]] = []
     seen: dict[str, Mapping[str, Any]] = {}
     for s in steps:
-        if s.status != "succeeded" or s.kind not in ("migrate", "revert"):
+        if s.status != "succeeded" or s.kind not in ("migrate", "revert", "baseline"):
+            continue
+        if s.kind == "baseline":
+            # the files it recorded as applied, each with the checksums the step announced
+            out.extend(migration_entry(tz, "baselined", m, None, s.ended_at)
+                       for m in s.args.get("migrations") or [] if isinstance(m, Mapping))
             continue
         if s.kind == "migrate":
             e = migration_entry(tz, "applied", s.args, s.result, s.ended_at, planned)

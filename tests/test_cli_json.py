@@ -1,0 +1,123 @@
+"""``--json`` results a script (an Ansible task) can use, against real targets: one document on
+stdout, valid against docs/result.schema.json, on success and on every failure, with the
+exit code the documented table gives; the human lines on stderr."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from click.testing import CliRunner, Result
+
+from cli.main import cli
+from tests.upgrade_support import GOOD, SCENARIOS, Project, make_project, seeded_db
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((ROOT / "docs" / "result.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+# A NOTICE before the failing statement (the "already exists, skipping" that is often the real
+# cause), then a failure on line 3.
+FAILING = (
+    "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY);\n"
+    "ALTER TABLE users ADD COLUMN status TEXT;\n"
+    "UPDATE users SET status = 'x' WHERE no_such_column = 1;\n"
+    "-- statekeeper:down\nALTER TABLE users DROP COLUMN status;\n"
+)
+
+
+def invoke(proj: Project | None, *args: str) -> Result:
+    pre = ["--config", str(proj.config)] if proj is not None else []
+    r = CliRunner(env={"STATEKEEPER_CONFIG": None, "STATEKEEPER_FAILPOINT": None}).invoke(
+        cli, [*pre, *args], prog_name="statekeeper")
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise AssertionError(f"statekeeper {' '.join(args)} raised") from r.exception
+    return r
+
+
+def result(r: Result, code: int) -> Any:
+    """The one JSON document on stdout, checked against the schema and the exit code."""
+    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
+    doc = json.loads(r.stdout)
+    VALIDATOR.validate(doc)
+    assert doc["exit_code"] == code and doc["ok"] is (code == 0)
+    return doc
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_a_failed_migration_is_one_document_with_its_place_and_notices(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    url = seeded_db(tmp_path, backend, "app", request)
+    proj = make_project(tmp_path / "proj", backend, url,
+                        {**GOOD, "003_user_status.sql": FAILING})
+    r = invoke(proj, "start", "--to", "v2.6", "--json")
+    doc = result(r, 1)
+    assert doc["command"] == "start"
+    run = doc["run"]
+    assert doc["run_id"] == run["run_id"] and run["state"] == "rolled_back"
+    assert (run["from"], run["to"]) == ("v2.5", "v2.6")
+    assert [s["name"] for s in run["steps"] if s["status"] == "failed"] == [
+        "migrate:003_user_status"]
+    assert [s["name"] for s in run["steps"]][-3:] == [
+        "revert:002_orders", "revert:001_bump_qty", "compare"]
+    err = doc["error"]
+    assert err["class"] == "MigrationError" and err["step"] == "migrate:003_user_status"
+    m = err["migration"]
+    path = str(proj.dir / "migrations" / "003_user_status.sql")
+    assert (m["migration_id"], m["path"], m["line"]) == ("003_user_status", path, 3)
+    assert m["source_line"] == "UPDATE users SET status = 'x' WHERE no_such_column = 1;"
+    if backend == "postgresql":
+        assert m["server_message"] == 'column "no_such_column" does not exist'
+        assert m["column"] == 37
+        assert m["notices"] == ['NOTICE:  relation "users" already exists, skipping (line 1)']
+    else:
+        assert m["server_message"] == "no such column: no_such_column"
+        assert m["notices"] == []
+    assert f"at {path}:3:{m['column']}: {m['server_message']}" in err["message"]
+    # the progress went to stderr, and stdout holds nothing but the document
+    assert "    ok    revert:002_orders" in r.stderr
+    assert r.stdout.lstrip().startswith("{") and r.stdout.rstrip().endswith("}")
+
+
+def test_completed_and_rolled_back_runs(tmp_path: Path) -> None:
+    url = seeded_db(tmp_path, "sqlite", "app", None)
+    proj = make_project(tmp_path / "proj", "sqlite", url, SCENARIOS["forward"])
+    done = result(invoke(proj, "start", "--to", "v2.6", "--json"), 0)
+    assert done["error"] is None and done["run"]["state"] == "completed"
+    assert done["run"]["migrations_applied"] == ["001_bump_qty", "002_orders",
+                                                 "003_user_status"]
+    assert all(s["status"] == "succeeded" and isinstance(s["duration_ms"], int)
+               for s in done["run"]["steps"])
+    run_id = done["run_id"]
+    back = result(invoke(proj, "rollback", run_id, "--json"), 0)
+    assert back["command"] == "rollback" and back["run"]["state"] == "rolled_back"
+    # resume of a settled run: nothing to do, the run as it is
+    again = result(invoke(proj, "resume", run_id, "--json", "--rollback"), 0)
+    assert again["run"]["steps"] == back["run"]["steps"]
+
+
+def test_failures_before_a_run_exists_are_documents_too(tmp_path: Path) -> None:
+    url = seeded_db(tmp_path, "sqlite", "app", None)
+    proj = make_project(tmp_path / "proj", "sqlite", url, SCENARIOS["forward"])
+    # the ledger cannot be connected to: nothing was done, exit 6
+    r = invoke(proj, "--ledger", "postgresql://u@127.0.0.1:1/ledger", "start", "--to", "v2.6",
+               "--json")
+    doc = result(r, 6)
+    assert doc["run_id"] is None and doc["run"] is None
+    assert doc["error"]["class"] == "LedgerUnreachable"
+    assert r.stderr.startswith("error: ledger unreachable: ")
+    # a bad flag: exit 2
+    doc = result(invoke(proj, "start", "--to", "v2.6", "--target", "bogus://x", "--json"), 2)
+    assert doc["error"]["class"] == "ConfigError"
+    assert doc["error"]["message"].startswith("--target URL 'bogus://x': unsupported scheme")
+    # an unknown run
+    doc = result(invoke(proj, "rollback", "nope", "--json"), 2)
+    assert doc["error"]["message"] == "no run 'nope' in the ledger"
+    assert doc["run_id"] == "nope" and doc["run"] is None
