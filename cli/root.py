@@ -64,6 +64,14 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except BaseException as e:
+            from statekeeper.interrupts import Interrupted
+
+            if not isinstance(e, Interrupted):
+                raise
+            # stopped at a safe point and recorded: the run is resumable; say how
+            click.echo(f"error: {one_line(str(e))}", err=True)
+            ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:  # a bug or an untranslated failure: one line, never a traceback
@@ -72,10 +80,13 @@ class Group(click.Group):
 
 
 class Obj:
-    def __init__(self, config: str | None, ledger_url: str | None, key: str | None) -> None:
+    def __init__(self, config: str | None, ledger_url: str | None, key: str | None,
+                 quiet: bool = False, verbose: int = 0) -> None:
         self.config = config
         self.ledger_url = ledger_url
         self.key = key
+        self.quiet = quiet  # -q: no progress (cli.progress), errors only on stderr
+        self.verbose = verbose
         self._settings: Settings | None = None
 
     @property
@@ -88,6 +99,10 @@ class Obj:
             from statekeeper.command import Settings
 
             self._settings = Settings.load(self.config, self.ledger_url, self.key, target_url)
+            from statekeeper.logs import register_secret, secrets_of
+
+            for secret in secrets_of(self._settings.config):
+                register_secret(secret)
         return self._settings
 
 
@@ -159,11 +174,24 @@ PathArg = click.Path(path_type=Path)
               help="Ledger database URL (overrides [ledger] url).")
 @click.option("--key", "key", metavar="PATH",
               help="Signing key file (overrides [ledger] key).")
+@click.option("-v", "--verbose", count=True,
+              help="Log more on stderr: -v info (steps, tools run, connections), -vv debug.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress; only errors on stderr.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Log lines as text or one JSON object per line.")
+@click.option("--log-file", type=PathArg, metavar="PATH",
+              help="Also append the log (info, or debug with -vv) to PATH (created 0600).")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, ledger_url: str | None, key: str | None) -> None:
+def cli(ctx: click.Context, config: str | None, ledger_url: str | None, key: str | None,
+        verbose: int, quiet: bool, log_format: str, log_file: Path | None) -> None:
     """statekeeper: safe, resumable, audited upgrades of database-backed applications.
 
     Exit codes: 0 success; 1 failed (rolled back cleanly); 2 usage or configuration error;
     3 needs attention; 4 integrity violation; 5 lock held by another run.
     """
-    ctx.obj = Obj(config, ledger_url, key)
+    from . import logs
+
+    logs.configure(verbose, quiet, log_format, log_file)
+    ctx.call_on_close(logs.reset)
+    ctx.obj = Obj(config, ledger_url, key, quiet=quiet, verbose=verbose)

@@ -9,25 +9,13 @@ import click
 
 from statekeeper import command, failpoints
 from statekeeper.errors import EXIT_OK, exit_code_for_state
-from statekeeper.narrate import narrate
 
+from .progress import Progress
 from .root import Obj, PathArg, emit_json, pass_obj, target_option, why_options
 
 if TYPE_CHECKING:  # statekeeper.replay imports transitions: only when a command runs
     from statekeeper.replay import Run
     from statekeeper.upgrade import Unreadable
-
-class Progress:
-    """Prints a run's events as an operator wants to read them."""
-
-    def __init__(self, echo: Any = click.echo) -> None:
-        self.echo = echo
-
-    def __call__(self, kind: str, p: dict[str, Any]) -> None:
-        line = narrate(kind, p)
-        if line is not None:
-            self.echo(line)
-
 
 def run_summary(run: Run) -> dict[str, Any]:
     last = run.steps[-1] if run.steps else None

@@ -27,6 +27,8 @@ def narrate(kind: str, p: dict[str, Any]) -> str | None:
     if kind == "state.changed":
         why = f": {p['reason']}" if p.get("reason") and p["trigger"] != "begin" else ""
         return f"  [{p['from']} -> {p['to']}]{why}"
+    if kind == "run.interrupted":
+        return f"  stopped by {p['signal']} in state {p['state']}, before the next step"
     if kind == "step.succeeded":
         tag = " (settled after a crash: it had happened)" if p.get("recovered") else ""
         return f"    ok    {p['step']}{_describe(p)}{tag}{_ms(p)}"
