@@ -82,6 +82,7 @@ class Progress:
             return
         bars = self.bars()
         self._tasks[key] = bars.add_task(label, total=total, unit=unit, shown="")
+        bars.refresh()
 
     def task_advanced(self, key: str, done: int, total: int | None) -> None:
         task = self._tasks.get(key)
@@ -89,6 +90,7 @@ class Progress:
             return
         unit = self._bars.tasks[self._bars.task_ids.index(task)].fields.get("unit", "")
         self._bars.update(task, completed=done, total=total, shown=_amount(done, total, unit))
+        self._bars.refresh()  # the library already sends at most ten updates a second
 
     def task_ended(self, key: str) -> None:
         task = self._tasks.pop(key, None)

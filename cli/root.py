@@ -61,8 +61,10 @@ class Group(click.Group):
         except StatekeeperError as e:
             click.echo(f"error: {one_line(str(e))}", err=True)
             ctx.exit(exit_code_for(e))
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
+        except KeyboardInterrupt as e:
+            # a run stopped at once (the second Ctrl-C) says which run and how to go on
+            said = one_line(str(e)) if getattr(e, "run_id", None) else ""
+            click.echo(f"error: {said or 'interrupted'}", err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except BaseException as e:
             from statekeeper.interrupts import Interrupted

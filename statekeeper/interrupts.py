@@ -73,6 +73,19 @@ class Interrupted(BaseException):
                 f"{where} (state {self.state}); {todo}")
 
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """The second Ctrl-C: the run stopped where it was, its step (if one ran) left open for
+    ``resume`` to settle by its probe, as after a crash."""
+
+    def __init__(self, run_id: str, step: str | None) -> None:
+        self.run_id = run_id
+        self.step = step
+        doubt = f", step {step} in doubt" if step else ""
+        super().__init__(f"interrupted at once: run {run_id} stopped where it was{doubt}; "
+                         f"'statekeeper resume {run_id}' settles it and goes on (or "
+                         f"'statekeeper resume {run_id} --rollback')")
+
+
 class Terminated(BaseException):
     """A SIGTERM that must stop the process now (the second one, or one while a guarded tool
     runs with no guard): whoever holds children stops them, then the process dies of it."""

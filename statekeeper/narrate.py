@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import steps
+from .logs import elapsed
 
 
 def narrate(kind: str, p: dict[str, Any]) -> str | None:
@@ -40,7 +41,7 @@ def narrate(kind: str, p: dict[str, Any]) -> str | None:
 
 
 def _ms(p: dict[str, Any]) -> str:
-    return f"  [{p['duration_ms']} ms]" if p.get("duration_ms") is not None else ""
+    return f"  [{elapsed(p['duration_ms'])}]" if p.get("duration_ms") is not None else ""
 
 
 def _describe(p: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ import itertools
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Protocol, runtime_checkable
+from typing import IO, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -95,6 +95,18 @@ def reporting(reporter: object) -> Iterator[None]:
         yield
     finally:
         _reporter.reset(token)
+
+
+def copy(src: IO[bytes], dst: IO[bytes], label: str, total: int | None = None,
+         chunk: int = 1 << 20) -> int:
+    """``shutil.copyfileobj`` reporting the bytes copied; returns their number."""
+    done = 0
+    with task(label, total, "bytes") as t:
+        while block := src.read(chunk):
+            dst.write(block)
+            done += len(block)
+            t.update(done)
+    return done
 
 
 def active() -> bool:

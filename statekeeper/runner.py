@@ -153,7 +153,14 @@ class Runner:
         safe point, between steps: ``run.interrupted`` is recorded and :class:`Interrupted`
         raised (:mod:`statekeeper.interrupts`)."""
         with interrupts.guard(), progress.reporting(self.observe):
-            return self._drive()
+            try:
+                return self._drive()
+            except KeyboardInterrupt as e:
+                if isinstance(e, interrupts.StoppedAtOnce) or self.run is None:
+                    raise
+                open_step = self.run.open_step
+                raise interrupts.StoppedAtOnce(
+                    self.run.run_id, open_step.name if open_step else None) from e
 
     def _drive(self) -> Run:
         assert self.run is not None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
 
+from .. import progress
 from ..dialects.sqlite_fingerprint import sqlite_fingerprint
 from ..errors import BackupError, ConfigError, WrongDatabase
 from ..files import fsync_path, publish, touch_private
@@ -51,7 +51,9 @@ class SqliteMethod:
             touch_private(tmp)
             dst = sqlite3.connect(tmp, isolation_level=None)
             try:
-                src.backup(dst)
+                with progress.task("copy", unit="pages") as t:
+                    src.backup(dst, pages=1024,
+                               progress=lambda _s, left, total: t.update(total - left, total))
                 fp = sqlite_fingerprint(dst)
                 version = str(dst.execute("SELECT sqlite_version()").fetchone()[0])
             finally:
@@ -95,7 +97,7 @@ class SqliteMethod:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out, manifest.artifact_path.open("rb") as inp:
-                shutil.copyfileobj(inp, out, 1 << 20)
+                progress.copy(inp, out, "copy", manifest.size or None)
                 out.flush()
                 os.fsync(out.fileno())
             hook()
