@@ -26,10 +26,12 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from .masking import MASK, SECRET_WORDS, mask_url
+
 if TYPE_CHECKING:
     from .config import Config
 
-_SECRET_WORDS = "password|passwd|secret|token|scram"
+_SECRET_WORDS = "|".join(SECRET_WORDS)
 # scheme://anything-up-to-white-space-or-a-quote: a URL inside a message or an argv
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
 # NAME=value and NAME = 'quoted value' in conninfo strings, environments and argv
@@ -87,10 +89,6 @@ def secrets_of(cfg: Config) -> list[str]:
 
 def redact(text: str) -> str:
     """``text`` with every password and registered secret masked."""
-    # here, not at the top: config imports health, which imports procs, which logs through
-    # this module; showconfig imports config
-    from .showconfig import MASK, mask_url
-
     for s in sorted(_secrets, key=len, reverse=True):
         if s in text:
             text = text.replace(s, MASK)

@@ -22,10 +22,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .. import children, progress
+from .. import children
 from ..dialects.pg_fingerprint import pg_fingerprint
 from ..errors import BackupError, TargetError, TargetUnreachable
 from ..files import CHILD_UMASK, publish, touch_private
+from ..progress import Task
+from ..progress import task as progress_task
 from ..targets import Target, first_line
 from .model import Created, Hook, Manifest, MethodOptions, disk_free, noop
 from .pgtools import (
@@ -188,7 +190,7 @@ class PgDumpMethod:
             assert src.stdout is not None and dst.stdin is not None
             try:
                 with children.supervised(src, dst):
-                    with progress.task("restore", unit="bytes") as t:
+                    with progress_task("restore", unit="bytes") as t:
                         commit = _relay(_counted(src.stdout, t), dst.stdin, prelude)
                     src.stdout.close()  # psql may have stopped early: do not leave it stuck
                     rc_src = src.wait(timeout=self.timeout)
@@ -243,7 +245,7 @@ def _wait_growing(proc: subprocess.Popen[Any], artifact: Path, timeout: float) -
     """``proc.wait(timeout)``, reporting the artifact's size as it grows (pg_dump says
     nothing else about how far it got)."""
     deadline = time.monotonic() + timeout
-    with progress.task("pg_dump", unit="bytes") as t:
+    with progress_task("pg_dump", unit="bytes") as t:
         while True:
             try:
                 return proc.wait(timeout=max(0.0, min(0.25, deadline - time.monotonic())))
@@ -254,7 +256,7 @@ def _wait_growing(proc: subprocess.Popen[Any], artifact: Path, timeout: float) -
                 t.update(artifact.stat().st_size)
 
 
-def _counted(lines: Iterable[bytes], t: progress.Task) -> Iterator[bytes]:
+def _counted(lines: Iterable[bytes], t: Task) -> Iterator[bytes]:
     """``lines``, reporting the bytes that went by (every thousand lines: a dump's data
     lines are many and short)."""
     done = 0

@@ -8,10 +8,11 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from .. import progress
 from ..dialects.sqlite_fingerprint import sqlite_fingerprint
 from ..errors import BackupError, ConfigError, WrongDatabase
 from ..files import fsync_path, publish, touch_private
+from ..progress import copy as progress_copy
+from ..progress import task as progress_task
 from ..targets import Target
 from .model import (
     OTHER_DATABASE_HINT,
@@ -51,7 +52,7 @@ class SqliteMethod:
             touch_private(tmp)
             dst = sqlite3.connect(tmp, isolation_level=None)
             try:
-                with progress.task("copy", unit="pages") as t:
+                with progress_task("copy", unit="pages") as t:
                     src.backup(dst, pages=1024,
                                progress=lambda _s, left, total: t.update(total - left, total))
                 fp = sqlite_fingerprint(dst)
@@ -97,7 +98,7 @@ class SqliteMethod:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out, manifest.artifact_path.open("rb") as inp:
-                progress.copy(inp, out, "copy", manifest.size or None)
+                progress_copy(inp, out, "copy", manifest.size or None)
                 out.flush()
                 os.fsync(out.fileno())
             hook()

@@ -8,8 +8,8 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from .. import progress
 from ..fingerprint import LARGE_OBJECTS, Fingerprint, TableFingerprint, definition, quote_ident
+from ..progress import task as progress_task
 
 _USER_NS = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
@@ -47,7 +47,7 @@ def pg_fingerprint(conn: Any, *, begin: bool = True) -> Fingerprint:
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     tables: dict[str, TableFingerprint] = {}
     found = _pg_tables(conn)
-    with progress.task("fingerprint", len(found), "tables") as done:
+    with progress_task("fingerprint", len(found), "tables") as done:
         for schema, table, pk in found:
             tables[_pg_name(schema, table)] = _pg_table_fp(conn, schema, table, pk)
             done.advance()
@@ -94,7 +94,7 @@ def _pg_copy_fp(conn: Any, sql: str, label: str = LARGE_OBJECTS) -> TableFingerp
     h = hashlib.sha256()
     rows = 0
     with (conn.cursor() as cur, cur.copy(sql) as copy,
-          progress.task(f"  {label}", unit="rows") as read):
+          progress_task(f"  {label}", unit="rows") as read):
         for chunk in copy:
             data = bytes(chunk)
             h.update(data)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from .. import progress
 from ..fingerprint import Fingerprint, TableFingerprint, canonical, definition, quote_ident
+from ..progress import task as progress_task
 
 
 def sqlite_fingerprint(conn: Any) -> Fingerprint:
@@ -24,7 +24,7 @@ def sqlite_fingerprint(conn: Any) -> Fingerprint:
         tables: dict[str, TableFingerprint] = {}
         names = [name for typ, name, _tbl, sql in master
                  if typ == "table" and not (sql or "").upper().startswith("CREATE VIRTUAL TABLE")]
-        with progress.task("fingerprint", len(names), "tables") as done:
+        with progress_task("fingerprint", len(names), "tables") as done:
             for name in names:
                 tables[name] = _sqlite_table_fp(conn, name)
                 done.advance()
@@ -40,7 +40,7 @@ def _sqlite_table_fp(conn: Any, name: str) -> TableFingerprint:
     h = hashlib.sha256()
     rows = 0
     cur = conn.execute(f"SELECT * FROM {quote_ident(name)} ORDER BY {order}")
-    with progress.task(f"  {name}", unit="rows") as read:
+    with progress_task(f"  {name}", unit="rows") as read:
         while True:
             batch = cur.fetchmany(5000)
             if not batch:
