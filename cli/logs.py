@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from statekeeper.errors import ConfigError
-from statekeeper.logs import ContextFilter, RedactFilter
+from statekeeper.logs import ContextFilter, RedactFilter, clear_context
 
 ROOTS = ("statekeeper", "ledger")
 FORMATS = ("text", "json")
@@ -103,6 +103,7 @@ def configure(verbose: int = 0, quiet: bool = False, fmt: str = "text",
     """Install the handlers on the ``statekeeper`` and ``ledger`` loggers (replacing those of
     an earlier call: the tests invoke the CLI many times in one process)."""
     reset()
+    clear_context()
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     err = _Stderr()
     err.setLevel(stderr_level(verbose, quiet))

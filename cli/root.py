@@ -143,17 +143,38 @@ def confirmer() -> Callable[[str], bool] | None:
 
 
 class OpNote:
-    """Remembers the operation an op command recorded, and says so last."""
+    """Remembers the operation an op command recorded, and says so last. On a terminal it
+    also shows the progress of the tool a step runs (a backup, a restore: a
+    :class:`statekeeper.progress.Reporter`), on stderr, where it never mixes with results."""
 
     def __init__(self) -> None:
         self.op_id: str | None = None
         self.outcome: str | None = None
+        self._live: Any = None
 
     def __call__(self, kind: str, p: dict[str, Any]) -> None:
         if kind == "op.created":
             self.op_id = str(p.get("op_id"))
         elif kind == "op.ended":
             self.outcome = str(p.get("outcome"))
+        if kind in ("step.succeeded", "step.failed", "op.ended") and self._live is not None:
+            self._live.close()
+
+    def _display(self) -> Any:
+        if self._live is None:
+            from .progress import Progress
+
+            self._live = Progress(sys.stderr)
+        return self._live
+
+    def task_started(self, key: str, label: str, total: int | None, unit: str) -> None:
+        self._display().task_started(key, label, total, unit)
+
+    def task_advanced(self, key: str, done: int, total: int | None) -> None:
+        self._display().task_advanced(key, done, total)
+
+    def task_ended(self, key: str) -> None:
+        self._display().task_ended(key)
 
     def echo(self) -> None:
         if self.op_id is not None:

@@ -143,6 +143,11 @@ def context(**values: str | None) -> Iterator[None]:
         _context.reset(token)
 
 
+def clear_context() -> None:
+    """Forget the run and step of earlier work in this thread (a new command begins)."""
+    _context.set({})
+
+
 def set_context(**values: str | None) -> None:
     """Like :func:`context`, for the rest of the current context (a run id learnt midway)."""
     _context.set({**_context.get(), **{k: v for k, v in values.items() if v}})
