@@ -50,6 +50,7 @@ class Task:
         self.total = total
         self.done = 0
         self._last = 0.0
+        self._sent: int | None = None  # the last ``done`` the reporter was told
 
     def update(self, done: int, total: int | None = None) -> None:
         """``done`` so far (absolute); ``total`` when it became known."""
@@ -62,7 +63,14 @@ class Task:
         if now - self._last >= _MIN_INTERVAL_S or (self.total is not None
                                                    and done >= self.total):
             self._last = now
+            self._sent = done
             self._reporter.task_advanced(self.key, done, self.total)
+
+    def flush(self) -> None:
+        """Tell the reporter the last count if a throttled update held it back."""
+        if self._reporter is not None and self._sent != self.done:
+            self._sent = self.done
+            self._reporter.task_advanced(self.key, self.done, self.total)
 
     def advance(self, n: int = 1) -> None:
         self.update(self.done + n)
@@ -80,6 +88,7 @@ def task(label: str, total: int | None = None, unit: str = "") -> Iterator[Task]
     try:
         yield t
     finally:
+        t.flush()
         reporter.task_ended(t.key)
 
 

@@ -16,8 +16,9 @@ from click.testing import CliRunner, Result
 from cli import logs as cli_logs
 from cli.main import cli
 from cli.progress import Progress
-from statekeeper import children, logs
-from tests.upgrade_support import GOOD, Project, make_project, seed
+from statekeeper import children, logs, progress
+from statekeeper.backups import manager_for
+from tests.upgrade_support import GOOD, Project, make_project, seed, seeded_db
 
 
 def project(tmp_path: Path) -> Project:
@@ -122,3 +123,43 @@ def test_progress_colours_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) ->
     feed(Progress(plain, quiet=False))
     assert plain.getvalue().splitlines() == [
         "    ok    backup  [1.5 s]", "    FAIL  migrate:003: boom  [12 ms]"]
+
+
+class Recorded:
+    """A statekeeper.progress.Reporter that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.labels: dict[str, tuple[str, str]] = {}
+        self.last: dict[str, tuple[int, int | None]] = {}
+
+    def task_started(self, key: str, label: str, total: int | None, unit: str) -> None:
+        self.labels[key] = (label, unit)
+
+    def task_advanced(self, key: str, done: int, total: int | None) -> None:
+        self.last[key] = (done, total)
+
+    def task_ended(self, key: str) -> None:
+        pass
+
+    def final(self) -> dict[str, tuple[str, int, int | None]]:
+        return {label: (unit, *self.last.get(k, (0, None)))
+                for k, (label, unit) in self.labels.items()}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_backup_reports_its_progress_table_by_table(tmp_path: Path, backend: str,
+                                                      request: pytest.FixtureRequest) -> None:
+    url = seeded_db(tmp_path, backend, "prog", request)
+    proj = make_project(tmp_path / "proj", backend, url, {})
+    cfg = proj.settings().config
+    rec = Recorded()
+    with progress.reporting(rec):
+        manager_for(cfg, proj.target()).create("b1")
+    seen = rec.final()
+    # every table, with the rows read (the seed: 3 users, 4 positions, 2 settings)
+    assert seen["fingerprint"] == ("tables", 3, 3)
+    assert seen["  users"] == ("rows", 3, None) and seen["  positions"] == ("rows", 4, None)
+    tool = "pg_dump" if backend == "postgresql" else "copy"
+    assert tool in seen
+    if backend == "sqlite":
+        assert seen["copy"][0] == "pages" and seen["copy"][1] == seen["copy"][2] > 0
