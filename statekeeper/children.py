@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -126,12 +126,26 @@ def supervised(*procs: subprocess.Popen[Any]) -> Iterator[None]:
             signal.signal(signal.SIGTERM, old)
 
 
-def run(argv: Sequence[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+def run(argv: Sequence[str], *, timeout: float, poll: Callable[[], None] | None = None,
+        **kwargs: Any) -> subprocess.CompletedProcess[Any]:
     """``subprocess.run(argv, capture_output=True, timeout=...)`` with a supervised child:
-    TimeoutExpired once its group is killed."""
+    TimeoutExpired once its group is killed. ``poll`` is called about every half second while
+    the child runs (to report its progress)."""
     proc = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     with supervised(proc):
-        out, err = proc.communicate(timeout=timeout)
+        if poll is None:
+            out, err = proc.communicate(timeout=timeout)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:  # communicate() may be called again after its timeout expired
+                    out, err = proc.communicate(
+                        timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        raise
+                    poll()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 

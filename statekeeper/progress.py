@@ -68,7 +68,8 @@ class Task:
 
     def flush(self) -> None:
         """Tell the reporter the last count if a throttled update held it back."""
-        if self._reporter is not None and self._sent != self.done:
+        if self._reporter is not None and self._sent != self.done and (
+                self._sent is not None or self.done):
             self._sent = self.done
             self._reporter.task_advanced(self.key, self.done, self.total)
 
