@@ -10,6 +10,7 @@ to the stopped process and then SIGCONT, so the signal arrives while that step r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from statekeeper import command
@@ -90,6 +92,15 @@ def test_a_signal_stops_the_run_after_the_step_and_resume_goes_on(
         assert command.status(proj.settings()).state == "completed"
         assert proj.applied_ids() == ["001_bump_qty", "002_orders", "003_user_status"]
     command.ledger_verify(proj.settings())
+
+    # the audit report shows the interrupted session, and still validates against its schema
+    out = tmp_path / "report.json"
+    command.report(proj.settings(), "json", out, run_id=run.run_id)
+    doc = json.loads(out.read_text())
+    schema = json.loads((ROOT / "docs" / "report.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(doc)
+    (entry,) = doc["entries"]
+    assert [x["ended"] for x in entry["sessions"]] == ["interrupted", "released"]
 
 
 def test_a_second_ctrl_c_stops_at_once_and_resume_settles_the_step(tmp_path: Path) -> None:
