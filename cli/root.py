@@ -89,10 +89,21 @@ class Group(click.Group):
             show_error(e)
             self._json_error(ctx, exception_doc(e, code))
             ctx.exit(code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            self._json_error(ctx, error_doc(None, "interrupted", EXIT_INTERRUPTED))
+        except KeyboardInterrupt as e:
+            # a run stopped at once (the second Ctrl-C) says which run and how to go on
+            said = one_line(str(e)) if getattr(e, "run_id", None) else ""
+            click.echo(f"error: {said or 'interrupted'}", err=True)
+            self._json_error(ctx, error_doc(None, said or "interrupted", EXIT_INTERRUPTED))
             ctx.exit(EXIT_INTERRUPTED)
+        except BaseException as e:
+            from statekeeper.interrupts import Interrupted
+
+            if not isinstance(e, Interrupted):
+                raise
+            # stopped at a safe point and recorded: the run is resumable; say how
+            click.echo(f"error: {one_line(str(e))}", err=True)
+            self._json_error(ctx, error_doc(None, one_line(str(e)), e.exit_code))
+            ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:  # a bug or an untranslated failure: one line, never a traceback
@@ -113,10 +124,13 @@ class Group(click.Group):
 
 
 class Obj:
-    def __init__(self, config: str | None, ledger_url: str | None, key: str | None) -> None:
+    def __init__(self, config: str | None, ledger_url: str | None, key: str | None,
+                 quiet: bool = False, verbose: int = 0) -> None:
         self.config = config
         self.ledger_url = ledger_url
         self.key = key
+        self.quiet = quiet  # -q: no progress (cli.progress), errors only on stderr
+        self.verbose = verbose
         self._settings: Settings | None = None
         #: --json: the command's result (or its error) is one JSON document on stdout
         self.as_json = False
@@ -145,6 +159,10 @@ class Obj:
             from statekeeper.command import Settings
 
             self._settings = Settings.load(self.config, self.ledger_url, self.key, target_url)
+            from statekeeper.logs import register_secret, secrets_of
+
+            for secret in secrets_of(self._settings.config):
+                register_secret(secret)
         return self._settings
 
 
@@ -183,17 +201,38 @@ def confirmer() -> Callable[[str], bool] | None:
 
 
 class OpNote:
-    """Remembers the operation an op command recorded, and says so last."""
+    """Remembers the operation an op command recorded, and says so last. On a terminal it
+    also shows the progress of the tool a step runs (a backup, a restore: a
+    :class:`statekeeper.progress.Reporter`), on stderr, where it never mixes with results."""
 
     def __init__(self) -> None:
         self.op_id: str | None = None
         self.outcome: str | None = None
+        self._live: Any = None
 
     def __call__(self, kind: str, p: dict[str, Any]) -> None:
         if kind == "op.created":
             self.op_id = str(p.get("op_id"))
         elif kind == "op.ended":
             self.outcome = str(p.get("outcome"))
+        if kind in ("step.succeeded", "step.failed", "op.ended") and self._live is not None:
+            self._live.close()
+
+    def _display(self) -> Any:
+        if self._live is None:
+            from .progress import Progress
+
+            self._live = Progress(sys.stderr)
+        return self._live
+
+    def task_started(self, key: str, label: str, total: int | None, unit: str) -> None:
+        self._display().task_started(key, label, total, unit)
+
+    def task_advanced(self, key: str, done: int, total: int | None) -> None:
+        self._display().task_advanced(key, done, total)
+
+    def task_ended(self, key: str) -> None:
+        self._display().task_ended(key)
 
     def echo(self) -> None:
         if self.op_id is not None:
@@ -233,12 +272,25 @@ PathArg = click.Path(path_type=Path)
               help="Ledger database URL (overrides [ledger] url).")
 @click.option("--key", "key", metavar="PATH",
               help="Signing key file (overrides [ledger] key).")
+@click.option("-v", "--verbose", count=True,
+              help="Log more on stderr: -v info (steps, tools run, connections), -vv debug.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress; only errors on stderr.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Log lines as text or one JSON object per line.")
+@click.option("--log-file", type=PathArg, metavar="PATH",
+              help="Also append the log (info, or debug with -vv) to PATH (created 0600).")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, ledger_url: str | None, key: str | None) -> None:
+def cli(ctx: click.Context, config: str | None, ledger_url: str | None, key: str | None,
+        verbose: int, quiet: bool, log_format: str, log_file: Path | None) -> None:
     """statekeeper: safe, resumable, audited upgrades of database-backed applications.
 
     Exit codes: 0 success; 1 failed (rolled back cleanly); 2 usage or configuration error;
     3 needs attention; 4 integrity violation; 5 lock held by another run; 6 the target or
     the ledger could not be reached (nothing was done). --json results: docs/result.schema.json.
     """
-    ctx.obj = Obj(config, ledger_url, key)
+    from . import logs
+
+    logs.configure(verbose, quiet, log_format, log_file)
+    ctx.call_on_close(logs.reset)
+    ctx.obj = Obj(config, ledger_url, key, quiet=quiet, verbose=verbose)

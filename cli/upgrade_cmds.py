@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,8 +11,9 @@ import click
 
 from statekeeper import command, failpoints
 from statekeeper.errors import EXIT_OK, exit_code_for_state
-from statekeeper.narrate import narrate, shown_url
+from statekeeper.narrate import shown_url
 
+from .progress import Progress
 from .root import (
     Obj,
     PathArg,
@@ -26,18 +28,6 @@ from .root import (
 if TYPE_CHECKING:  # statekeeper.replay imports transitions: only when a command runs
     from statekeeper.replay import Run, StepRecord
     from statekeeper.upgrade import Unreadable
-
-class Progress:
-    """Prints a run's events as an operator wants to read them."""
-
-    def __init__(self, echo: Any = click.echo) -> None:
-        self.echo = echo
-
-    def __call__(self, kind: str, p: dict[str, Any]) -> None:
-        line = narrate(kind, p)
-        if line is not None:
-            self.echo(line)
-
 
 def run_summary(run: Run) -> dict[str, Any]:
     last = run.steps[-1] if run.steps else None
@@ -108,7 +98,7 @@ class RunNote:
 
     PROGRESS = frozenset({"state.changed", "step.started", "step.succeeded", "step.failed"})
 
-    def __init__(self, obj: Obj, show: Any) -> None:
+    def __init__(self, obj: Obj, show: Progress) -> None:
         self.obj, self.show = obj, show
         self.run_id: str | None = None
         obj.partial = self.partial
@@ -121,6 +111,16 @@ class RunNote:
             self.obj.progressed = True
         self.show(kind, p)
 
+    # the progress of long work (statekeeper.progress.Reporter), for the display
+    def task_started(self, key: str, label: str, total: int | None, unit: str) -> None:
+        self.show.task_started(key, label, total, unit)
+
+    def task_advanced(self, key: str, done: int, total: int | None) -> None:
+        self.show.task_advanced(key, done, total)
+
+    def task_ended(self, key: str) -> None:
+        self.show.task_ended(key)
+
     def partial(self) -> dict[str, Any]:
         run = None
         if self.run_id is not None:
@@ -131,8 +131,7 @@ class RunNote:
 
 def observer(obj: Obj, run_id: str | None = None) -> RunNote:
     """The observer of a run command: progress on stdout, or on stderr under ``--json``."""
-    echo = (lambda line: click.echo(line, err=True)) if obj.as_json else click.echo
-    note = RunNote(obj, Progress(echo))
+    note = RunNote(obj, Progress(sys.stderr if obj.as_json else None))
     note.run_id = run_id
     return note
 

@@ -8,7 +8,9 @@ forks from its one thread. A tool's own children, pgBackRest's workers, are in t
 and exit when their parent's pipes close; a resumed run stops any that remain.) While one
 runs, statekeeper's SIGTERM and SIGINT are forwarded: the child's group gets SIGTERM, then
 SIGKILL after a grace period, and statekeeper then dies of the same SIGTERM (SIGINT: the
-KeyboardInterrupt goes on). A pid file, when asked for, names the child's group and its
+KeyboardInterrupt goes on). Under a run's interrupt guard (:mod:`statekeeper.interrupts`) the
+first SIGTERM or SIGINT lets the tool finish and the run stops after the step; the second
+stops the tool as above. A pid file, when asked for, names the child's group and its
 leader's start time, so that a resumed run can stop one that survived anyway
 (:func:`stop_recorded`).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -24,15 +27,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from . import interrupts
 from .files import write_atomic
+from .interrupts import Terminated
+from .logs import argv_text
 from .procs import KILL_GRACE_S, _group_alive, _start_time, _stop_group
 
 PR_SET_PDEATHSIG = 1
+log = logging.getLogger(__name__)
 
 
 _PRCTL: Any = None
@@ -62,6 +69,7 @@ def popen(argv: Sequence[str], *, pid_file: Path | None = None, **kwargs: Any,
     """``subprocess.Popen`` in a session of its own, killed when statekeeper dies. Given
     ``pid_file``, its process group and start time are written there (0600, atomically)."""
     parent, prctl = os.getpid(), _prctl()
+    log.info("running %s", argv_text(argv))
     proc = subprocess.Popen(list(argv), start_new_session=True,
                             preexec_fn=lambda: _die_with_parent(prctl, parent), **kwargs)
     if pid_file is not None:
@@ -71,12 +79,8 @@ def popen(argv: Sequence[str], *, pid_file: Path | None = None, **kwargs: Any,
     return proc
 
 
-class _Terminated(BaseException):
-    """statekeeper received SIGTERM while a child ran."""
-
-
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated()
+    raise Terminated()
 
 
 def kill(proc: subprocess.Popen[Any]) -> None:
@@ -101,7 +105,10 @@ def supervised(*procs: subprocess.Popen[Any]) -> Iterator[None]:
     """While the block runs, statekeeper's SIGTERM ends it; whatever ends it abnormally (an
     error, a timeout, SIGINT's KeyboardInterrupt, SIGTERM) kills the children's groups first.
     After a SIGTERM statekeeper dies of it, as it would have without children."""
-    main = threading.current_thread() is threading.main_thread()
+    # Under a run's interrupt guard the first SIGTERM waits for the step to end, and the
+    # guard raises Terminated on the second: the tool is then stopped here all the same.
+    main = (threading.current_thread() is threading.main_thread()
+            and not interrupts.guarded())
     old: Any = signal.signal(signal.SIGTERM, _raise_terminated) if main else None
     try:
         yield
@@ -111,22 +118,34 @@ def supervised(*procs: subprocess.Popen[Any]) -> Iterator[None]:
         if main:
             signal.signal(signal.SIGTERM, old)
             main = False
-        if isinstance(e, _Terminated):
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(10)  # pragma: no cover - the signal ends the process
+        if isinstance(e, Terminated):
+            interrupts.die_of_sigterm()
         raise
     finally:
         if main:
             signal.signal(signal.SIGTERM, old)
 
 
-def run(argv: Sequence[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+def run(argv: Sequence[str], *, timeout: float, poll: Callable[[], None] | None = None,
+        **kwargs: Any) -> subprocess.CompletedProcess[Any]:
     """``subprocess.run(argv, capture_output=True, timeout=...)`` with a supervised child:
-    TimeoutExpired once its group is killed."""
+    TimeoutExpired once its group is killed. ``poll`` is called about every half second while
+    the child runs (to report its progress)."""
     proc = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     with supervised(proc):
-        out, err = proc.communicate(timeout=timeout)
+        if poll is None:
+            out, err = proc.communicate(timeout=timeout)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:  # communicate() may be called again after its timeout expired
+                    out, err = proc.communicate(
+                        timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        raise
+                    poll()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 

@@ -23,6 +23,7 @@ A dead holder's lease may be taken over by ``resume``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -50,6 +51,8 @@ from ledger import redact
 
 from . import clock
 from .errors import LedgerUnavailable, LockHeld
+
+log = logging.getLogger(__name__)
 
 _meta = MetaData()
 leases = Table(
@@ -334,6 +337,11 @@ class LeaseStore:
                     proc=ident.text() if ident else None,
                 )
             )
+        if previous is not None:
+            log.info("lease on %s taken over for run %s from dead %s (%s)", target, run_id,
+                     previous.describe(), previous.dead_because)
+        else:
+            log.info("lease on %s taken for run %s", target, run_id)
         return Lease(self, target, token), previous
 
     def dispose(self) -> None:

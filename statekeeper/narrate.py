@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from . import steps
+from .logs import elapsed
 
 _DRIVER = re.compile(r"^([A-Za-z][A-Za-z0-9]*)\+[A-Za-z0-9_]+://")
 
@@ -37,6 +38,8 @@ def narrate(kind: str, p: dict[str, Any]) -> str | None:
     if kind == "state.changed":
         why = f": {p['reason']}" if p.get("reason") and p["trigger"] != "begin" else ""
         return f"  [{p['from']} -> {p['to']}]{why}"
+    if kind == "run.interrupted":
+        return f"  stopped by {p['signal']} in state {p['state']}, before the next step"
     if kind == "step.succeeded":
         tag = " (settled after a crash: it had happened)" if p.get("recovered") else ""
         return f"    ok    {p['step']}{_describe(p)}{tag}{_ms(p)}"
@@ -48,7 +51,7 @@ def narrate(kind: str, p: dict[str, Any]) -> str | None:
 
 
 def _ms(p: dict[str, Any]) -> str:
-    return f"  [{p['duration_ms']} ms]" if p.get("duration_ms") is not None else ""
+    return f"  [{elapsed(p['duration_ms'])}]" if p.get("duration_ms") is not None else ""
 
 
 def _describe(p: dict[str, Any]) -> str:

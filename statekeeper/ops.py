@@ -17,13 +17,14 @@ The public verbs are in :mod:`statekeeper.command`; this module never prints or 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger import NewEvent
 
-from . import clock, failpoints
+from . import clock, failpoints, logs, progress
 from ._version import __version__
 from .errors import (
     BackupCorrupt,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from .why import Why
 
 Observer = Callable[[str, dict[str, Any]], None]
+log = logging.getLogger(__name__)
 #: asks the operator (on a terminal) whether to go on; the question is one line
 Confirm = Callable[[str], bool]
 
@@ -144,17 +146,25 @@ class Recorder:
         ``backup create`` after the backup is taken, before it is recorded)."""
         _failpoint(kind, "before")
         self.emit(STEP_STARTED, {"step": name, "kind": kind, **args})
+        log.info("operation %s: step %s started", self.op_id, name)
         _failpoint(kind, "started")
         t0 = clock.monotonic_ms()
         try:
-            result = effect()
+            # an observer that is a statekeeper.progress.Reporter sees the tools' progress
+            with logs.context(step=name), progress.reporting(self.observe):
+                result = effect()
         except Exception as e:
+            took = int(clock.monotonic_ms() - t0)
             self.emit(STEP_FAILED, {"step": name, "kind": kind, "error": _error_text(e),
-                                    "duration_ms": int(clock.monotonic_ms() - t0)})
+                                    "duration_ms": took})
+            log.info("operation %s: step %s failed after %s: %s", self.op_id, name,
+                     logs.elapsed(took), _error_text(e))
             raise
         _failpoint(kind, "done")
+        took = int(clock.monotonic_ms() - t0)
         self.emit(STEP_SUCCEEDED, {"step": name, "kind": kind, "result": result,
-                                   "duration_ms": int(clock.monotonic_ms() - t0)})
+                                   "duration_ms": took})
+        log.info("operation %s: step %s succeeded in %s", self.op_id, name, logs.elapsed(took))
         return result
 
 

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -35,6 +36,9 @@ from .errors import ConfigError
 # Not ``from . import files``: health.py (which config.py imports, as the package's __init__
 # does) uses this module, and that form would import the package back (tests/test_layering.py).
 from .files import create_private, private_dir, write_atomic
+from .logs import argv_text, elapsed
+
+log = logging.getLogger(__name__)
 
 # After the timeout: SIGTERM to the command's process group, then SIGKILL after this long.
 KILL_GRACE_S = 2.0
@@ -160,6 +164,7 @@ def run(
         os.close(fd_out)
         raise
     t0 = time.monotonic()
+    log.info("running %s (in %s, timeout %s)", argv_text(argv), cwd, elapsed(timeout_ms))
     try:
         proc = subprocess.Popen(
             argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=fd_out, stderr=fd_err,
@@ -181,6 +186,8 @@ def run(
         _kill_group(proc)
         code = None
     outcome = Outcome(code, timed_out, int((time.monotonic() - t0) * 1000), out, err)
+    log.info("%s: %s after %s", os.path.basename(argv[0]),
+             "timed out" if timed_out else f"exit {code}", elapsed(outcome.duration_ms))
     write_atomic(exit_file, json.dumps({"exit_code": code, "timed_out": timed_out,
                                               "duration_ms": outcome.duration_ms}))
     return outcome

@@ -26,6 +26,9 @@ LEASE_ACQUIRED = "lease.acquired"
 LEASE_TAKEN_OVER = "lease.taken_over"
 LEASE_RELEASED = "lease.released"
 RUN_RESUMED = "run.resumed"
+# Stopped at a safe point on a signal (statekeeper.interrupts): no step open, the state as it
+# was; the run is for resume.
+RUN_INTERRUPTED = "run.interrupted"
 # The reason recorded when an operator turned an unfinished run around (resume --rollback).
 OPERATOR_ROLLBACK = "operator chose to roll back"
 
@@ -108,6 +111,8 @@ class Run:
     # each run.resumed (resume, or the operator rollback of a completed run): at, mode,
     # state, user, host, and its own reason/ticket when given
     resumptions: list[dict[str, Any]] = field(default_factory=list)
+    # each run.interrupted: at, signal, state, host, pid
+    interruptions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def state(self) -> str:
@@ -315,6 +320,16 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
                                 "user": user, "host": host,
                                 **{k: v for k, v in why.items() if v is not None}})
         run.resumes += 1
+    elif t == RUN_INTERRUPTED:
+        sig = _field(p, "signal", str, ev)
+        if run.open_step is not None:
+            raise HistoryError(
+                ev.position, f"interrupted while step {run.open_step.name} is open", ev.seq
+            )
+        if run.machine.terminal:
+            raise HistoryError(ev.position, f"interrupted in terminal state {run.state}", ev.seq)
+        run.interruptions.append({"at": ev.at, "signal": sig, "state": run.state,
+                                  "host": p.get("host"), "pid": p.get("pid")})
     elif t == RUN_CREATED:
         raise HistoryError(ev.position, "a run is created only once", ev.seq)
     else:

@@ -9,6 +9,7 @@ position (optimistic concurrency) and then applied to the in-memory run through 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ledger import NewEvent, StoredEvent, canonical
 
-from . import clock, failpoints, steps
+from . import clock, failpoints, interrupts, logs, progress, steps
 from .errors import (
     BackupCorrupt,
     IntegrityError,
@@ -32,6 +33,7 @@ from .replay import (
     LEASE_RELEASED,
     LEASE_TAKEN_OVER,
     RUN_CREATED,
+    RUN_INTERRUPTED,
     RUN_RESUMED,
     STATE_CHANGED,
     STEP_FAILED,
@@ -51,7 +53,9 @@ if TYPE_CHECKING:
     from .why import Why
 
 STREAM_PREFIX = "upgrade/"
+# An observer that is also a statekeeper.progress.Reporter receives the steps' progress too.
 Observer = Callable[[str, dict[str, Any]], None]
+log = logging.getLogger(__name__)
 
 
 def stream_of(run_id: str) -> str:
@@ -92,6 +96,7 @@ class Runner:
         pos = self.run.position if self.run is not None else 0
         ev = self.ledger.append(stream, NewEvent(type_, payload), expected_position=pos)[-1]
         self.run = apply(self.run, to_run_event(ev))
+        logs.set_context(run_id=self.run.run_id)
         self.observe(type_, payload)
         return self.run
 
@@ -140,10 +145,25 @@ class Runner:
         if reason:
             payload["reason"] = reason
         self.emit(STATE_CHANGED, payload)
+        log.info("state %s -> %s (%s)%s", payload["from"], to, trigger,
+                 f": {reason}" if reason else "")
         failpoints.hit("transition.after")
 
     def drive(self) -> Run:
-        """Run the policy to a terminal state."""
+        """Run the policy to a terminal state. A first SIGINT/SIGTERM stops it at the next
+        safe point, between steps: ``run.interrupted`` is recorded and :class:`Interrupted`
+        raised (:mod:`statekeeper.interrupts`)."""
+        with interrupts.guard(), progress.reporting(self.observe):
+            try:
+                return self._drive()
+            except KeyboardInterrupt as e:
+                if isinstance(e, interrupts.StoppedAtOnce) or self.run is None:
+                    raise
+                open_step = self.run.open_step
+                raise interrupts.StoppedAtOnce(
+                    self.run.run_id, open_step.name if open_step else None) from e
+
+    def _drive(self) -> Run:
         assert self.run is not None
         while True:
             action = next_action(self.run)
@@ -152,17 +172,41 @@ class Runner:
             if isinstance(action, Transition):
                 self.transition(action.trigger, action.reason)
                 continue
+            # The safe point: before the next side effect. State changes still go through, so
+            # the recorded state says what the policy decided (a failure turned to rollback).
+            if (signum := interrupts.requested()) is not None:
+                self.interrupted(signum)
             with contextlib.suppress(StepFailed):
                 # The step.failed event is in the ledger; the policy reads it and decides
                 # (abort, fail, fall back to restore, give up), live and after a crash alike.
                 self.step(action)
 
+    def interrupted(self, signum: int) -> None:
+        """Record the stop a signal asked for, at a safe point (no step open), and raise
+        :class:`~statekeeper.interrupts.Interrupted`."""
+        assert self.run is not None
+        import signal
+
+        name = signal.Signals(signum).name
+        state = self.run.state
+        after = self.run.steps[-1].name if self.run.steps else None
+        self.emit(RUN_INTERRUPTED, {"signal": name, "state": state,
+                                    "host": socket.gethostname(), "pid": os.getpid()})
+        log.info("stopped by %s in state %s%s", name, state,
+                    f" after step {after}" if after else "")
+        raise interrupts.Interrupted(self.run.run_id, signum, state, after)
+
     # -- steps -------------------------------------------------------------------------------
     def step(self, step: Step) -> dict[str, Any]:
+        with logs.context(step=step.name):
+            return self._step(step)
+
+    def _step(self, step: Step) -> dict[str, Any]:
         kind = step.kind
         self.ready(step)
         failpoints.hit(f"{kind}.before")
         self.emit(STEP_STARTED, {"step": step.name, "kind": kind, **step.args})
+        log.info("step %s started", step.name)
         failpoints.hit(f"{kind}.started")
         t0 = clock.monotonic_ms()
         try:
@@ -182,17 +226,21 @@ class Runner:
             if isinstance(e, BackupCorrupt | IntegrityError):
                 failed["integrity"] = True
             self.emit(STEP_FAILED, failed)
+            log.info("step %s failed after %s: %s", step.name,
+                        logs.elapsed(failed["duration_ms"]), error)
             raise StepFailed(step, error) from e
         failpoints.hit(f"{kind}.done")
+        took = int(clock.monotonic_ms() - t0)
         self.emit(
             STEP_SUCCEEDED,
             {
                 "step": step.name,
                 "kind": kind,
                 "result": result,
-                "duration_ms": int(clock.monotonic_ms() - t0),
+                "duration_ms": took,
             },
         )
+        log.info("step %s succeeded in %s", step.name, logs.elapsed(took))
         return result
 
     def ready(self, step: Step) -> None:
@@ -231,7 +279,10 @@ class Runner:
         kind = steps.kind(step.kind)
         s = Step(step.name, step.kind, step.args)
         self.ready(s)
-        verdict = kind.probe(Context(run, self.session), s) if kind else steps.Settled(False)
+        log.info("step %s was in doubt: asking its probe", step.name)
+        with logs.context(step=step.name), progress.reporting(self.observe):
+            verdict = (kind.probe(Context(run, self.session), s) if kind
+                       else steps.Settled(False))
         base = {"step": step.name, "kind": step.kind}
         if verdict.happened:
             self.emit(STEP_SUCCEEDED, {**base, "recovered": True, "result": verdict.result or {}})

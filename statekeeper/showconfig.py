@@ -10,18 +10,15 @@ query parameter such as ``?password=``, and in any value whose key names a secre
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from .config import DEFAULT_LEDGER_URL, SCHEMA, Config
 from .errors import StatekeeperError
+from .masking import _keep, _secret_name, mask_url
 
 __all__ = ["Entry", "effective", "mask", "mask_url"]
 
-MASK = "***"
-_SECRET_WORDS = ("password", "passwd", "secret", "scram", "token")
-_REFS_ONLY = re.compile(r"(?:\$\{[A-Za-z_][A-Za-z0-9_]*\})+")
 _ALWAYS = ("target.url", "migrations.dir")  # required by an upgrade: "not set" says so
 _PATH_KEYS = {"ledger.key", "migrations.dir", "backup.dir", "backup.pgbackrest_config"}
 
@@ -37,35 +34,6 @@ class Entry:
     def to_dict(self) -> dict[str, Any]:
         return {"value": self.value, "origin": self.origin, "source": self.source,
                 "resolved": self.resolved}
-
-
-def _secret_name(name: str) -> bool:
-    return any(w in name.lower() for w in _SECRET_WORDS)
-
-
-def _keep(text: str) -> str:
-    """A secret's text: kept when it is only ``${VAR}`` references (names), else masked."""
-    return text if _REFS_ONLY.fullmatch(text) else MASK
-
-
-def mask_url(text: str) -> str:
-    """The URL as written with its password and secret query parameters masked; the rest of
-    it (scheme, host, ``${VAR}`` references) untouched."""
-    sep = text.find("://")
-    if sep < 0:
-        return text
-    head, rest = text[:sep + 3], text[sep + 3:]
-    q = rest.find("?")
-    path, query = (rest, "") if q < 0 else (rest[:q], rest[q:])
-    at = path.rfind("@")  # the last one: a password may hold an unencoded '@' or '/'
-    if at >= 0:
-        user, colon, password = path[:at].partition(":")
-        if colon:
-            path = f"{user}:{_keep(password)}{path[at:]}"
-    query = re.sub(r"([?&;])([^=&;#]*)=([^&;#]*)",
-                   lambda m: m.group(0) if not _secret_name(m.group(2))
-                   else f"{m.group(1)}{m.group(2)}={_keep(m.group(3))}", query)
-    return head + path + query
 
 
 def mask(value: Any, key: str = "") -> Any:

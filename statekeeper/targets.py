@@ -8,6 +8,8 @@ needs the simple query protocol, not an ORM. What differs between the backends i
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from .dialects.postgres import SECRET_PARAMS
 from .errors import ConfigError, TargetError
 
 __all__ = ["SECRET_PARAMS", "Target", "first_line"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,4 +100,13 @@ class Target:
 
     def connect(self, *, autocommit: bool = False) -> Any:
         """A DBAPI connection: psycopg 3 for PostgreSQL, sqlite3 for SQLite."""
-        return self.dialect.connect(self, autocommit=autocommit)
+        log.debug("connecting to %s", self.display)
+        t0 = time.monotonic()
+        try:
+            conn = self.dialect.connect(self, autocommit=autocommit)
+        except TargetError as e:
+            log.info("connection to %s failed after %.0f ms: %s", self.display,
+                     (time.monotonic() - t0) * 1000, e)
+            raise
+        log.debug("connected to %s in %.0f ms", self.display, (time.monotonic() - t0) * 1000)
+        return conn

@@ -30,6 +30,7 @@ from .errors import (
     NeedsAttention,
     TargetUnreachable,
 )
+from .interrupts import Interrupted
 from .lease import Holder
 from .machine import FORWARD, IN_FLIGHT, TERMINAL
 from .plan import BackupPlan, ClusterPlan, Plan, PlannedCommand, PlannedMigration, ReleasePlan
@@ -323,8 +324,10 @@ def _closing(session: Session, runner: Runner) -> Iterator[None]:
         yield
     except BaseException as e:
         if runner.run is not None and not isinstance(e, KeyboardInterrupt | SystemExit):
+            # a stop at a safe point (run.interrupted is recorded) is no error
+            error = None if isinstance(e, Interrupted) else f"{type(e).__name__}: {e}"
             with contextlib.suppress(Exception):  # best effort: the ledger may be what failed
-                runner.release_event(error=f"{type(e).__name__}: {e}")
+                runner.release_event(error=error)
         raise
     runner.release_event()
     if runner.run is not None:

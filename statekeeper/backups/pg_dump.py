@@ -14,15 +14,20 @@ backup's partial dump.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .. import children
 from ..dialects.pg_fingerprint import pg_fingerprint
 from ..errors import BackupError, TargetError, TargetUnreachable
 from ..files import CHILD_UMASK, publish, touch_private
+from ..progress import Task
+from ..progress import task as progress_task
 from ..targets import Target, first_line
 from .model import Created, Hook, Manifest, MethodOptions, disk_free, noop
 from .pgtools import (
@@ -92,7 +97,7 @@ class PgDumpMethod:
                 try:
                     with children.supervised(proc):
                         fp = pg_fingerprint(conn, begin=False)  # in parallel with pg_dump
-                        rc = proc.wait(timeout=self.timeout)
+                        rc = _wait_growing(proc, tmp, self.timeout)
                 finally:
                     (workdir / "pg_dump.pid").unlink(missing_ok=True)
                 if rc != 0:
@@ -185,7 +190,8 @@ class PgDumpMethod:
             assert src.stdout is not None and dst.stdin is not None
             try:
                 with children.supervised(src, dst):
-                    commit = _relay(src.stdout, dst.stdin, prelude)
+                    with progress_task("restore", unit="bytes") as t:
+                        commit = _relay(_counted(src.stdout, t), dst.stdin, prelude)
                     src.stdout.close()  # psql may have stopped early: do not leave it stuck
                     rc_src = src.wait(timeout=self.timeout)
                     if rc_src == 0 and commit:
@@ -235,7 +241,34 @@ def _write(f: IO[bytes], data: bytes) -> bool:
         return False
 
 
-def _relay(src: IO[bytes], dst: IO[bytes], prelude: bytes) -> bool:
+def _wait_growing(proc: subprocess.Popen[Any], artifact: Path, timeout: float) -> int:
+    """``proc.wait(timeout)``, reporting the artifact's size as it grows (pg_dump says
+    nothing else about how far it got)."""
+    deadline = time.monotonic() + timeout
+    with progress_task("pg_dump", unit="bytes") as t:
+        while True:
+            try:
+                return proc.wait(timeout=max(0.0, min(0.25, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise
+            with contextlib.suppress(OSError):
+                t.update(artifact.stat().st_size)
+
+
+def _counted(lines: Iterable[bytes], t: Task) -> Iterator[bytes]:
+    """``lines``, reporting the bytes that went by (every thousand lines: a dump's data
+    lines are many and short)."""
+    done = 0
+    for n, line in enumerate(lines, 1):
+        done += len(line)
+        if n % 1000 == 0:
+            t.update(done)
+        yield line
+    t.update(done)
+
+
+def _relay(src: Iterable[bytes], dst: IO[bytes], prelude: bytes) -> bool:
     """Copy pg_restore's single-transaction script to psql, after ``prelude``, holding back its
     final ``COMMIT;``. Returns whether that final COMMIT was seen (the script is complete)."""
     if not _write(dst, prelude):

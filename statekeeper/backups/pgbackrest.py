@@ -43,7 +43,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,8 @@ from ..errors import (
 )
 from ..files import publish, write_private
 from ..fingerprint import quote_ident
+from ..progress import Task
+from ..progress import task as progress_task
 from ..targets import Target, first_line
 from .model import Created, Hook, Manifest, MethodOptions, disk_free, noop
 from .pgbackrest_verify import (
@@ -190,11 +192,13 @@ class PgBackRestMethod:
         groups = sorted(set(os.getgrouplist(user, pw.pw_gid)))
         return {"env": env, "user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}
 
-    def _run(self, *args: str, what: str, timeout: float | None = None) -> str:
+    def _run(self, *args: str, what: str, timeout: float | None = None,
+             poll: Callable[[], None] | None = None) -> str:
         argv = self._argv(*args)
         try:
             proc = children.run(argv, timeout=timeout or self.timeout, text=True,
-                                stdin=subprocess.DEVNULL, cwd="/", **self._as_owner())
+                                stdin=subprocess.DEVNULL, cwd="/", poll=poll,
+                                **self._as_owner())
         except subprocess.TimeoutExpired as e:
             raise BackupError(f"{what} did not finish within {e.timeout:.0f} s") from e
         if proc.returncode != 0:
@@ -204,6 +208,24 @@ class PgBackRestMethod:
     # -- orphans -----------------------------------------------------------------------------
     def _lock_path(self) -> Path:
         return Path(self._option("lock-path") or DEFAULT_LOCK_PATH)
+
+    def _report_percent(self, t: Task) -> None:
+        """How far the running backup got, as pgBackRest writes it into its backup lock file
+        (what ``pgbackrest info`` shows as "backup/expire running - N% complete"):
+        ``pctCplt`` in hundredths of a percent (2.4x; absent until the copy begins), or
+        ``sizeCplt`` of ``size`` where a later version writes those."""
+        path = self._lock_path() / f"{self.stanza}-backup.lock"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if not isinstance(data, dict):
+            return
+        size, done, pct = data.get("size"), data.get("sizeCplt"), data.get("pctCplt")
+        if isinstance(size, int) and isinstance(done, int) and size > 0:
+            t.update(min(100, done * 100 // size))
+        elif isinstance(pct, int):
+            t.update(min(100, pct // 100))
 
     def _lock_holder(self) -> tuple[int, list[str]] | None:
         """The live pgbackrest process whose pid the stanza's backup lock file names (pgBackRest
@@ -313,8 +335,9 @@ class PgBackRestMethod:
 
         restore_point = f"statekeeper-{backup_id}"
         self._await_lock(backup_id)
-        self._run("backup", f"--annotation={ANNOTATION}={backup_id}",
-                  what="pgbackrest backup")
+        with progress_task("pgbackrest backup", 100, "%") as t:
+            self._run("backup", f"--annotation={ANNOTATION}={backup_id}",
+                      what="pgbackrest backup", poll=lambda: self._report_percent(t))
         backups = self._info().get("backup", [])
         mine = [b for b in backups
                 if (b.get("annotation") or {}).get(ANNOTATION) == backup_id]

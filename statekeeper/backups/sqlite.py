@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -12,6 +11,8 @@ from pathlib import Path
 from ..dialects.sqlite_fingerprint import sqlite_fingerprint
 from ..errors import BackupError, ConfigError, WrongDatabase
 from ..files import fsync_path, publish, touch_private
+from ..progress import copy as progress_copy
+from ..progress import task as progress_task
 from ..targets import Target
 from .model import (
     OTHER_DATABASE_HINT,
@@ -51,7 +52,9 @@ class SqliteMethod:
             touch_private(tmp)
             dst = sqlite3.connect(tmp, isolation_level=None)
             try:
-                src.backup(dst)
+                with progress_task("copy", unit="pages") as t:
+                    src.backup(dst, pages=1024,
+                               progress=lambda _s, left, total: t.update(total - left, total))
                 fp = sqlite_fingerprint(dst)
                 version = str(dst.execute("SELECT sqlite_version()").fetchone()[0])
             finally:
@@ -95,7 +98,7 @@ class SqliteMethod:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out, manifest.artifact_path.open("rb") as inp:
-                shutil.copyfileobj(inp, out, 1 << 20)
+                progress_copy(inp, out, "copy", manifest.size or None)
                 out.flush()
                 os.fsync(out.fileno())
             hook()

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..fingerprint import LARGE_OBJECTS, Fingerprint, TableFingerprint, definition, quote_ident
+from ..progress import task as progress_task
 
 _USER_NS = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
@@ -45,8 +46,11 @@ def pg_fingerprint(conn: Any, *, begin: bool = True) -> Fingerprint:
     for name, value in _SESSION:
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     tables: dict[str, TableFingerprint] = {}
-    for schema, table, pk in _pg_tables(conn):
-        tables[_pg_name(schema, table)] = _pg_table_fp(conn, schema, table, pk)
+    found = _pg_tables(conn)
+    with progress_task("fingerprint", len(found), "tables") as done:
+        for schema, table, pk in found:
+            tables[_pg_name(schema, table)] = _pg_table_fp(conn, schema, table, pk)
+            done.advance()
     if conn.execute("SELECT EXISTS (SELECT 1 FROM pg_largeobject_metadata)").fetchone()[0]:
         tables[LARGE_OBJECTS] = _pg_copy_fp(
             conn, "COPY (SELECT oid, encode(sha256(lo_get(oid)), 'hex') "
@@ -83,17 +87,19 @@ def _pg_table_fp(conn: Any, schema: str, table: str, pk: list[str]) -> TableFing
     else:
         order = '(ROW(_sk_row.*)::text) COLLATE "C"'
     sql = f"COPY (SELECT * FROM ONLY {rel} AS _sk_row ORDER BY {order}) TO STDOUT"
-    return _pg_copy_fp(conn, sql)
+    return _pg_copy_fp(conn, sql, _pg_name(schema, table))
 
 
-def _pg_copy_fp(conn: Any, sql: str) -> TableFingerprint:
+def _pg_copy_fp(conn: Any, sql: str, label: str = LARGE_OBJECTS) -> TableFingerprint:
     h = hashlib.sha256()
     rows = 0
-    with conn.cursor() as cur, cur.copy(sql) as copy:
+    with (conn.cursor() as cur, cur.copy(sql) as copy,
+          progress_task(f"  {label}", unit="rows") as read):
         for chunk in copy:
             data = bytes(chunk)
             h.update(data)
             rows += data.count(b"\n")  # COPY text escapes newlines inside values
+            read.update(rows)
     return TableFingerprint(rows, h.hexdigest())
 
 

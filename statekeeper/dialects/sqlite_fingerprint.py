@@ -7,6 +7,7 @@ import hashlib
 from typing import Any
 
 from ..fingerprint import Fingerprint, TableFingerprint, canonical, definition, quote_ident
+from ..progress import task as progress_task
 
 
 def sqlite_fingerprint(conn: Any) -> Fingerprint:
@@ -21,10 +22,12 @@ def sqlite_fingerprint(conn: Any) -> Fingerprint:
         objs = {f"{typ} {name}": definition(sql or f"(automatic {typ} on {tbl})")
                 for typ, name, tbl, sql in master}
         tables: dict[str, TableFingerprint] = {}
-        for typ, name, _tbl, sql in master:
-            if typ != "table" or (sql or "").upper().startswith("CREATE VIRTUAL TABLE"):
-                continue
-            tables[name] = _sqlite_table_fp(conn, name)
+        names = [name for typ, name, _tbl, sql in master
+                 if typ == "table" and not (sql or "").upper().startswith("CREATE VIRTUAL TABLE")]
+        with progress_task("fingerprint", len(names), "tables") as done:
+            for name in names:
+                tables[name] = _sqlite_table_fp(conn, name)
+                done.advance()
     finally:
         conn.execute("COMMIT")
     return Fingerprint("sqlite", tables, objs)
@@ -37,13 +40,15 @@ def _sqlite_table_fp(conn: Any, name: str) -> TableFingerprint:
     h = hashlib.sha256()
     rows = 0
     cur = conn.execute(f"SELECT * FROM {quote_ident(name)} ORDER BY {order}")
-    while True:
-        batch = cur.fetchmany(5000)
-        if not batch:
-            break
-        for row in batch:
-            h.update(canonical([_sqlite_value(v) for v in row]).encode("utf-8") + b"\n")
-        rows += len(batch)
+    with progress_task(f"  {name}", unit="rows") as read:
+        while True:
+            batch = cur.fetchmany(5000)
+            if not batch:
+                break
+            for row in batch:
+                h.update(canonical([_sqlite_value(v) for v in row]).encode("utf-8") + b"\n")
+            rows += len(batch)
+            read.update(rows)
     return TableFingerprint(rows, h.hexdigest())
 
 

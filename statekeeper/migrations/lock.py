@@ -11,6 +11,7 @@ writes the target, and again whenever the server restarted under it."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING
 from ..clock import stamp
 from ..dialects.base import Held
 from ..errors import TargetUnreachable
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..targets import Target
@@ -106,4 +109,7 @@ class TargetLock:
         return True
 
     def _take(self) -> Held:
-        return self.target.dialect.lock(self.target, self.label, stamp(self.clock()))
+        log.debug("taking the lock on %s", self.target.display)
+        held = self.target.dialect.lock(self.target, self.label, stamp(self.clock()))
+        log.info("holding the lock on %s", self.target.display)
+        return held

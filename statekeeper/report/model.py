@@ -227,7 +227,8 @@ def migrations_of(tz: TimeZone, steps: Iterable[Any],
 # -- runs ------------------------------------------------------------------------------------
 def _sessions(tz: TimeZone, events: Sequence[RunEvent]) -> list[dict[str, Any]]:
     """Who acted on the run, session by session: ``start`` (run.created) or ``resume``
-    (run.resumed), its lease, and how it ended: released, released with an error, or not at
+    (run.resumed), its lease, and how it ended: released, released with an error, interrupted (a
+    signal stopped it at a safe point), or not at
     all before the next session began (the process died: a crash)."""
     out: list[dict[str, Any]] = []
     cur: dict[str, Any] | None = None
@@ -247,8 +248,11 @@ def _sessions(tz: TimeZone, events: Sequence[RunEvent]) -> list[dict[str, Any]]:
             cur["took_over"] = {"from_host": _text(p.get("from_host")),
                                 "from_pid": p.get("from_pid"),
                                 "reason": _text(p.get("reason"))}
+        elif ev.type == "run.interrupted":
+            cur["ended"] = "interrupted"  # stopped at a safe point by a signal
         elif ev.type == "lease.released":
-            cur["ended"] = "released with an error" if p.get("error") else "released"
+            if cur["ended"] != "interrupted":
+                cur["ended"] = "released with an error" if p.get("error") else "released"
             cur["ended_at"] = tz.iso(ev.at)
             cur["error"] = _text(p.get("error"))
     return out
