@@ -274,6 +274,25 @@ def _release_back(directory: Path, config_sha: str, say: Say, *, touched: bool) 
     return same and link == "releases/v2.5"
 
 
+def _rehearse(s: Any, say: Say) -> bool:
+    """The fixed upgrade rehearsed on a copy of app.db first: it passes on the database side;
+    what a clone cannot rehearse (the release side) is listed."""
+    from .errors import RehearsalFailed
+
+    try:
+        r = command.rehearse(s, "v2.6")
+    except RehearsalFailed as e:
+        say(f"   rehearsal FAILED: {e}")
+        return False
+    passes = r["passes"]
+    say(f"   rehearsal {r['rehearsal_id']} on a copy of app.db: passed (upgrade "
+        f"{passes['forward']['ms']} ms, rollback {passes['rollback']['ms']} ms, fingerprint "
+        f"equal, upgrade again {passes['again']['ms']} ms); app.db untouched")
+    for line in r["not_rehearsed"]:
+        say(f"   not rehearsed: {line}")
+    return True
+
+
 def run_demo(directory: Path, say: Say) -> int:
     from .runner import STREAM_PREFIX
 
@@ -316,9 +335,11 @@ def run_demo(directory: Path, say: Say) -> int:
     ok = _release_back(directory, config_sha, say, touched=False) and ok
 
     say("")
-    say("== 2. fix the typo; upgrade again: release v2.6 ships without its symbols.txt, so")
-    say("      its deploy command fails after the configuration and the link were switched")
+    say("== 2. fix the typo; rehearse it on a copy of app.db, then upgrade again: release v2.6")
+    say("      ships without its symbols.txt, so its deploy command fails after the")
+    say("      configuration and the link were switched (a clone cannot rehearse the release)")
     (mig / "003_position_currency.sql").write_text(FIXED_003)
+    ok = _rehearse(s, say) and ok
     run2 = command.start(s, "v2.6", observer=progress)
     say(f"   result: {run2.state}")
     ok = _fingerprints(run2, say) and run2.state == "rolled_back" and ok

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +64,12 @@ def test_demo_runs_the_upgrades_and_verifies(tmp_path: Path) -> None:
     assert (d / "app.db").exists() and (d / "statekeeper.toml").exists()
     # 6: the audit report, written into the demo's directory, its path printed last but one
     report = d / "report.html"
-    # its three runs, and the init and migrate.tag operations that set the project up
-    assert f"   wrote {report}" in out and "ledger verified: 5 runs and operations" in out
+    # its three runs, the init and migrate.tag operations that set the project up, and the
+    # rehearsal of the fixed upgrade (on a copy of app.db, which stayed as it was)
+    assert f"   wrote {report}" in out and "ledger verified: 6 runs and operations" in out
+    assert re.search(r"   rehearsal \S+ on a copy of app\.db: passed \(upgrade \d+ ms, rollback "
+                     r"\d+ ms, fingerprint equal, upgrade again \d+ ms\); app\.db untouched", out)
+    assert "   not rehearsed: the release side ([deploy])" in out
     html = report.read_text()
     assert "Integrity: VERIFIED" in html and FAKE_KEY not in html
     assert (report.stat().st_mode & 0o777) == 0o600
