@@ -514,3 +514,45 @@ def test_start_runs_exactly_the_saved_plan_or_nothing(tmp_path: Path, target_url
     done = run(proj, "start", "--to", "v2.6", "--plan", str(saved))
     assert done.exit_code == 0, done.output
     assert command.status(proj.settings()).plan.digest() == doc["digest"]
+
+
+@pytest.mark.postgresql
+def test_server_notices_are_kept_in_the_run_artifacts(tmp_path: Path, pg_cluster: Any) -> None:
+    """A "relation already exists, skipping" NOTICE is often the real cause of a later
+    failure: every NOTICE and WARNING a migration raised is kept (0600) beside the run, with
+    the file's line, and the ledger records how many and the file's sha256."""
+    import hashlib
+
+    url = pg_cluster.url(pg_cluster.createdb("notices"))
+    seed("postgresql", url)
+    migs = {**SCENARIOS["forward"], "001_bump_qty.sql": (
+        "CREATE TABLE IF NOT EXISTS users (id int);\n"
+        "DO $$ BEGIN RAISE WARNING 'qty bumped for % rows', 4; END $$;\n"
+        + GOOD["001_bump_qty.sql"])}
+    proj = project(tmp_path, url, migs)
+    r = run(proj, "start", "--to", "v2.6")
+    assert r.exit_code == 0, r.output
+    run_ = command.status(proj.settings())
+    step = next(s for s in run_.steps if s.name == "migrate:001_bump_qty")
+    assert step.result is not None and step.result["notices"] == 2
+    kept = Path(step.result["notices_file"])
+    assert kept == proj.dir / ".statekeeper" / "runs" / run_.run_id / "migrations" / \
+        "001_bump_qty.notices"
+    text = kept.read_text()
+    mig = proj.dir / "migrations" / "001_bump_qty.sql"
+    assert text == (f'{mig}:1: NOTICE:  relation "users" already exists, skipping\n'
+                    f"{mig}:2: WARNING:  qty bumped for 4 rows\n")
+    assert step.result["notices_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert (kept.stat().st_mode & 0o777) == 0o600
+    assert f"ok    migrate:001_bump_qty (2 server notices: {kept})" in r.stdout
+
+    # a failing migration's notices are kept too: here the NOTICE says why the next
+    # statement fails (the table it meant to create was there already, without the column)
+    (proj.dir / "migrations" / "004_audit.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS orders (id int);\nSELECT audited FROM orders;\n")
+    failed = run(proj, "start", "--to", "v2.7")
+    assert failed.exit_code == 1, failed.output
+    second = command.status(proj.settings())
+    kept = proj.dir / ".statekeeper" / "runs" / second.run_id / "migrations" / "004_audit.notices"
+    assert kept.read_text() == (f'{proj.dir / "migrations" / "004_audit.sql"}:1: NOTICE:  '
+                                'relation "orders" already exists, skipping\n')

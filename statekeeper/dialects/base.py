@@ -166,12 +166,13 @@ class Dialect:
         return skip_space_and_comments(text, 0, nested=self.nested_comments) < len(text)
 
     def execute(self, conn: Any, migration_id: str, text: str, offset: int,
-                transactional: bool) -> None:
+                transactional: bool) -> tuple[tuple[str, str, int], ...]:
         """Run a migration text on an open connection, one statement at a time (in the open
         transaction when ``transactional``; else each statement on its own), stopping at the
         first that fails: MigrationError with its position in the file (``offset`` is where
         ``text`` starts) and what else the server said. The caller rolls back and places the
-        error in the file (:meth:`MigrationError.locate`)."""
+        error in the file (:meth:`MigrationError.locate`). Returns the notices and warnings
+        the server raised, ``(severity, message, file position)`` (none on SQLite)."""
         raise NotImplementedError
 
     # -- our own tables ---------------------------------------------------------------------

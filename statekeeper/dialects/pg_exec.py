@@ -22,11 +22,13 @@ from .base import first_line
 _KEPT = ("NOTICE", "WARNING")
 
 
-def execute(conn: Any, migration_id: str, text: str, offset: int, transactional: bool) -> None:
+def execute(conn: Any, migration_id: str, text: str, offset: int,
+            transactional: bool) -> tuple[tuple[str, str, int], ...]:
     """Run ``text`` one statement at a time on ``conn`` (in the open transaction when
     ``transactional``, else each statement on its own in autocommit). ``offset``: where
-    ``text`` starts in the file. MigrationError at the first failing statement, with the
-    server's DETAIL, HINT and CONTEXT and the NOTICEs/WARNINGs raised until then."""
+    ``text`` starts in the file. Returns the NOTICEs/WARNINGs the server raised (severity,
+    message, the file position of the statement); MigrationError at the first failing
+    statement, with the server's DETAIL, HINT and CONTEXT and the notices raised until then."""
     from ..sqltext import pg_statements
 
     notices: list[tuple[str, str, int]] = []
@@ -58,3 +60,4 @@ def execute(conn: Any, migration_id: str, text: str, offset: int, transactional:
                     notices=tuple(notices))
     finally:
         conn.remove_notice_handler(on_notice)
+    return tuple(notices)

@@ -174,10 +174,10 @@ class PostgresDialect(Dialect):
         return [(s, False) for s, _e in spans] + inner
 
     def execute(self, conn: Any, migration_id: str, text: str, offset: int,
-                transactional: bool) -> None:
+                transactional: bool) -> tuple[tuple[str, str, int], ...]:
         from .pg_exec import execute
 
-        execute(conn, migration_id, text, offset, transactional)
+        return execute(conn, migration_id, text, offset, transactional)
 
     # -- our own tables ---------------------------------------------------------------------
     def own_schema(self, conn: Any, table: str, display: str) -> str:

@@ -88,7 +88,7 @@ class SqliteDialect(Dialect):
         return starts + [(s, True) for s in sqlite_inner_semicolons(text)]
 
     def execute(self, conn: Any, migration_id: str, text: str, offset: int,
-                transactional: bool) -> None:
+                transactional: bool) -> tuple[tuple[str, str, int], ...]:
         # Statement by statement, on SQLite's own boundaries: the failing one is known exactly.
         from ..sqltext import skip_space_and_comments, sqlite_statements
 
@@ -106,6 +106,7 @@ class SqliteDialect(Dialect):
                                      "(COMMIT/END in the file); it may be partly applied",
                                      offset + skip_space_and_comments(text, start,
                                                                       nested=False) + 1)
+        return ()  # SQLite raises no notices
 
     # -- our own tables ---------------------------------------------------------------------
     def tables_exist(self, conn: Any, schema: str, names: tuple[str, ...]) -> bool:

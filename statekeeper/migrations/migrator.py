@@ -77,6 +77,9 @@ class Migrator:
         self._changelog = Changelog(target)
         self._lock = TargetLock(target, clock)
         self._session: Any = None  # the shared read connection while the lock is held
+        #: migration id -> the NOTICEs and WARNINGs the server raised the last time it ran here
+        #: (severity, message, file position), whether it succeeded or failed
+        self.heard: dict[str, tuple[tuple[str, str, int], ...]] = {}
 
     # -- files ---------------------------------------------------------------------------
     def migrations(self) -> list[Migration]:
@@ -273,7 +276,7 @@ class Migrator:
                 if transactional:
                     d.begin(conn)
                 t0 = time.monotonic()
-                d.execute(conn, m.id, text, offset, transactional)
+                self.heard[m.id] = d.execute(conn, m.id, text, offset, transactional)
                 if ran is not None:
                     ran(round((time.monotonic() - t0) * 1000))
                 if not transactional:
@@ -287,6 +290,7 @@ class Migrator:
             except MigrationError as e:
                 d.rollback(conn)
                 e.locate(str(m.path), m.locate)
+                self.heard[m.id] = e.raised
                 raise
             except BaseException:
                 d.rollback(conn)

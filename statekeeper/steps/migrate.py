@@ -3,12 +3,15 @@ target allows). Undone by ``revert`` (its down part) or by restoring the backup.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import hashlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from ..errors import TargetError
+from ..errors import MigrationError, TargetError
 from .base import Context, Result, Settled, Step, StepKind
 
 if TYPE_CHECKING:
+    from ..migrations import Migration
     from ..plan import Plan
     from ..replay import Run
 
@@ -50,9 +53,18 @@ class Migrate(StepKind):
                 f"migration {mig.id} changed since the run was planned (its file's sha256 is "
                 f"{mig.file_sha256[:12]}, the plan recorded {planned[:12]})"
             )
-        applied = migrator.apply(mig, run_id=ctx.run.run_id, hook=ctx.hook)
+        try:
+            applied = migrator.apply(mig, run_id=ctx.run.run_id, hook=ctx.hook)
+        except MigrationError:
+            _keep_notices(ctx, mig)  # "relation already exists, skipping" is often the cause
+            raise
         return {"migration": mig.id, "checksum": mig.checksum, "file_sha256": mig.file_sha256,
-                "execution_ms": applied.execution_ms}
+                "execution_ms": applied.execution_ms, **_keep_notices(ctx, mig)}
+
+    def describe(self, result: Mapping[str, Any]) -> str:
+        n = result.get("notices")
+        return f" ({n} server notice{'s' if n != 1 else ''}: {result.get('notices_file')})" \
+            if isinstance(n, int) and n else ""
 
     def probe(self, ctx: Context, step: Step) -> Settled:
         mid = step.args["migration"]
@@ -68,3 +80,20 @@ class Migrate(StepKind):
             return Settled(False, error="interrupted; it runs outside a transaction, so its "
                            "effect is unknown", recovered=False)
         return Settled(False)
+
+
+def _keep_notices(ctx: Context, mig: Migration) -> dict[str, Any]:
+    """Write the NOTICEs and WARNINGs the server raised while the migration ran to the run's
+    artifacts (``migrations/<id>.notices``, 0600), one per line with the file's line; the
+    result records how many and the file's sha256 (the ledger, not the file, is the record)."""
+    from .. import files
+
+    heard = getattr(ctx.session.migrator, "heard", {}).get(mig.id, ())
+    if not heard:
+        return {}
+    lines = [f"{mig.path}:{mig.locate(pos)[0]}: {sev}:  {msg}\n" for sev, msg, pos in heard]
+    text = "".join(lines)
+    path = ctx.session.artifacts(ctx.run.run_id, "migrations") / f"{mig.id}.notices"
+    files.write_atomic(path, text)
+    return {"notices": len(heard), "notices_file": str(path),
+            "notices_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
