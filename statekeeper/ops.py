@@ -52,7 +52,8 @@ if TYPE_CHECKING:
     from ledger import Ledger, StoredEvent
 
     from .backups import BackupManager, Manifest, RestoreResult
-    from .migrations import AppliedMigration, Migration, Migrator, Tag
+    from .migrations import AppliedMigration, Migration, Tag
+    from .migrations.driver import MigrationDriver as Migrator
     from .retention import Verdict
     from .settings import Settings
     from .targets import Target

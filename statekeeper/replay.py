@@ -26,6 +26,9 @@ LEASE_ACQUIRED = "lease.acquired"
 LEASE_TAKEN_OVER = "lease.taken_over"
 LEASE_RELEASED = "lease.released"
 RUN_RESUMED = "run.resumed"
+#: the migration tool's own lock (Liquibase's DATABASECHANGELOGLOCK) left by a dead child of
+#: the run, released before the next step
+MIGRATION_LOCK_RELEASED = "migrations.lock_released"
 # The reason recorded when an operator turned an unfinished run around (resume --rollback).
 OPERATOR_ROLLBACK = "operator chose to roll back"
 
@@ -105,6 +108,8 @@ class Run:
     # each run.resumed (resume, or the operator rollback of a completed run): at, mode,
     # state, user, host, and its own reason/ticket when given
     resumptions: list[dict[str, Any]] = field(default_factory=list)
+    #: the migration tool's locks released (a dead child's), in order
+    lock_releases: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def state(self) -> str:
@@ -303,6 +308,8 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
         run.leases.append({"type": t, "at": ev.at, **p})
         if t == LEASE_TAKEN_OVER:
             run.takeovers += 1
+    elif t == MIGRATION_LOCK_RELEASED:
+        run.lock_releases.append({"at": ev.at, **p})
     elif t == RUN_RESUMED:
         why = {k: _field(p, k, str, ev, optional=True) for k in ("reason", "ticket")}
         user, host = who(ev.actor)

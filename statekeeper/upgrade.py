@@ -70,10 +70,8 @@ def upgrade_from(session: Session, from_version: str | None) -> str:
     the current schema: a tag of the changelog that names another state is refused, and so
     is a new name for a schema that already has one (exit 2). Without it: the newest tag of
     the current schema."""
-    from .migrations import natural_key
-
     applied = session.migrator.validate()
-    current = max((r.id for r in applied), key=natural_key, default=None)
+    current = session.migrator.current(applied)
     tags = session.migrator.tags()
     here = [t.name for t in tags if t.migration_id == current]
     if from_version is not None:
@@ -117,7 +115,7 @@ def build_plan(session: Session, to_version: str, from_version: str | None) -> P
         from_version=from_v,
         to_version=to_version,
         migrations=tuple(
-            PlannedMigration(m.id, m.checksum, m.down is not None, m.no_transaction,
+            PlannedMigration(m.id, m.checksum, m.reversible, m.no_transaction,
                              m.file_sha256)
             for m in session.migrator.pending()
         ),
