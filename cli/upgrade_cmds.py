@@ -107,7 +107,10 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
          target_url: str | None) -> None:
     """Show what an upgrade would do, in order, without doing it. Warns (on stderr) when no
     health check is configured: the upgrade would then be verified by nothing."""
-    p = command.plan(obj.load(target_url), to_version, from_version).to_payload()
+    planned, preview = command.plan_preview(obj.load(target_url), to_version, from_version)
+    p = planned.to_payload()
+    if preview is not None:
+        p["sql"] = preview
     if not p["health_checks"]:
         where = obj.load().config.path or "statekeeper.toml"
         click.echo(f"warning: no health checks: nothing verifies the new version after the "
@@ -123,10 +126,16 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
     if (c := p.get("cluster")) is not None:
         click.echo(f"  this rollback restores the whole cluster {c['system_identifier']}: "
                    f"databases {', '.join(c['databases'])}")
-    click.echo(f"pending migrations: {len(p['migrations'])}")
+    liquibase = preview is not None
+    click.echo(f"pending {'changesets' if liquibase else 'migrations'}: "
+               f"{len(p['migrations'])}")
     for m in p["migrations"]:
         rev = "reversible" if m["reversible"] else "IRREVERSIBLE (rollback restores the backup)"
-        click.echo(f"  {m['id']}  sha256 {m['checksum'][:16]}  {rev}")
+        if liquibase:
+            rev = ("has a rollback" if m["reversible"] else
+                   "NO ROLLBACK (a rollback of this run restores the backup instead)")
+        digest = f"MD5SUM {m['checksum']}" if liquibase else f"sha256 {m['checksum'][:16]}"
+        click.echo(f"  {m['id']}  {digest}  {rev}")
     rel = p["release"]
     if rel:
         click.echo(f"release: {rel['link']} -> {rel['to_target']} (now "
@@ -136,6 +145,10 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
     click.echo("steps:")
     for n, line in enumerate(p["steps"], 1):
         click.echo(f"  {n:>2}. {line}")
+    if preview is not None:
+        click.echo("SQL (liquibase update-sql):")
+        for line in (preview.rstrip().splitlines() or ["-- nothing pending"]):
+            click.echo(f"  {line}")
 
 
 @click.command("start")

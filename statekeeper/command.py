@@ -561,6 +561,15 @@ def plan(settings: Settings, to_version: str, from_version: str | None = None) -
 
 
 @boundary
+def plan_preview(settings: Settings, to_version: str, from_version: str | None = None
+                 ) -> tuple[Plan, str | None]:
+    """The plan and, with ``[migrations] tool = "liquibase"``, the SQL Liquibase would run."""
+    from . import upgrade
+
+    return upgrade.plan_preview(settings, to_version, from_version)
+
+
+@boundary
 def start(
     settings: Settings,
     to_version: str,

@@ -607,6 +607,15 @@ def history(settings: Settings) -> list[Run | Unreadable]:
 
 
 def plan(settings: Settings, to_version: str, from_version: str | None = None) -> Plan:
+    return plan_preview(settings, to_version, from_version)[0]
+
+
+def plan_preview(settings: Settings, to_version: str, from_version: str | None = None
+                 ) -> tuple[Plan, str | None]:
+    """The plan, and for a tool that previews its own SQL (Liquibase's ``update-sql``) that
+    SQL, from the same reading of the changelog; None for the SQL-file tool (``migrate sql``
+    shows its SQL)."""
     check_versions(to_version, from_version)
     with Session.open(settings, ledger=False) as session:
-        return build_plan(session, to_version, from_version)
+        p = build_plan(session, to_version, from_version)
+        return p, (session.migrator.sql() if session.migrator.tool != "files" else None)
