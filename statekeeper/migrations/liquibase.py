@@ -137,6 +137,7 @@ class LiquibaseDriver(Migrator):
         self._artifacts = artifacts
         self._known: tuple[str, list[Changeset], str] | None = None  # digest, pending, sql
         self._seq = 0
+        self._ever: set[str] = set()  # every changeset seen applied or pending
 
     @classmethod
     def from_config(cls, cfg: Config, target: Target, *, clock: Clock,
@@ -255,6 +256,7 @@ class LiquibaseDriver(Migrator):
             undo = reversibility(self.changelog)
             pending = [replace(c, reversible=undo.get(_short(c.id), False)) for c in pending]
             self._known = (digest, pending, sql)
+            self._ever.update(c.id for c in pending)
         return self._known[1], self._known[2]
 
     def migrations(self) -> list[Changeset]:  # type: ignore[override]
@@ -314,7 +316,9 @@ class LiquibaseDriver(Migrator):
             rows = conn.execute(
                 "SELECT id, author, filename, md5sum, tag, dateexecuted::text "
                 "FROM databasechangelog ORDER BY orderexecuted, dateexecuted").fetchall()
-        return [_Row(changeset_key(f, i, a), f, m or "", t, d) for i, a, f, m, t, d in rows]
+        out = [_Row(changeset_key(f, i, a), f, m or "", t, d) for i, a, f, m, t, d in rows]
+        self._ever.update(r.id for r in out)
+        return out
 
     def _owners(self) -> dict[str, str | None]:
         with self._connect(autocommit=True) as conn, self._errors():
@@ -426,7 +430,7 @@ class LiquibaseDriver(Migrator):
         with self.lock(run_id=run_id):
             rec = next((r for r in self.applied() if r.id == id), None)
             if rec is None:
-                if id not in {c.id for c in self.migrations()}:
+                if id not in self._ever and id not in {c.id for c in self.migrations()}:
                     raise ConfigError(f"unknown changeset {id!r}")
                 return None
             tag, _undo = self._undo_plan(id)
@@ -438,6 +442,8 @@ class LiquibaseDriver(Migrator):
                 raise
             except MigrationError as e:
                 raise LiquibaseError(id, e.server_message) from e
+            finally:
+                self._known = None  # what is pending changed: update-sql reads it again
             if hook is not None:
                 hook()
             return rec
@@ -461,7 +467,10 @@ class LiquibaseDriver(Migrator):
             plan = self.plan_down_to_tag(tag)
             if plan:
                 self._release_or_refuse(run_id)
-                self._cli(["rollback", f"--tag={tag}"], run_id)
+                try:
+                    self._cli(["rollback", f"--tag={tag}"], run_id)
+                finally:
+                    self._known = None
             for c in plan:
                 if on_reverted is not None:
                     on_reverted(c)
@@ -535,21 +544,20 @@ class LiquibaseDriver(Migrator):
         return None if row is None else (str(row[0] or ""), row[1])
 
     def _release_or_refuse(self, run_id: str | None) -> None:
-        """Before a child that takes DATABASECHANGELOGLOCK: a lock held by anyone not provably
-        dead is refused now, not waited on for minutes. (The runner releases a dead child's
-        lock before the step, as an event; see :meth:`release_stale_lock`.)"""
+        """Before a child that takes DATABASECHANGELOGLOCK: a lock still held is refused now,
+        not waited on for minutes. (Before every step the runner releases a lock a dead
+        child of the run left, as an event of the run: :meth:`release_stale_lock`.)"""
         held = self._lock_row()
         if held is None:
             return
-        why = self._stale(run_id, held) if run_id else None
-        if why is None:
-            raise LockHeld(
-                f"Liquibase's DATABASECHANGELOGLOCK on {self.target.display} is held by "
-                f"{held[0]} since {held[1]}: another Liquibase is running (if it is gone, "
-                "'liquibase release-locks' frees it)")
-        self._free(held)
+        dead = " (left by a child of this run that is gone: 'statekeeper resume' releases it)" \
+            if run_id and self._stale(run_id, held, probe_only=True) else \
+            " (if that process is gone, 'liquibase release-locks' frees it)"
+        raise LockHeld(f"Liquibase's DATABASECHANGELOGLOCK on {self.target.display} is held "
+                       f"by {held[0]} since {held[1]}{dead}")
 
-    def _stale(self, run_id: str, held: tuple[str, Any]) -> dict[str, Any] | None:
+    def _stale(self, run_id: str, held: tuple[str, Any], *,
+               probe_only: bool = False) -> dict[str, Any] | None:
         """Why ``held`` is provably a dead child of run ``run_id``, or None. Proof: a record
         of a child of this run, on this host, that LOCKEDBY names; the lock granted while the
         child lived; no process of its process group alive; no connection of its (its JDBC
@@ -577,7 +585,7 @@ class LiquibaseDriver(Migrator):
             # Its process is gone, but a backend of its may still be busy (a pg_sleep does
             # not notice the client left); nobody can send it a COMMIT any more: end it, so
             # that what DATABASECHANGELOG says next is final.
-            ended = self._end_backends(str(rec["application_name"]))
+            ended = 0 if probe_only else self._end_backends(str(rec["application_name"]))
             if ended is None:
                 return None
             return {"lockedby": held[0], "lockgranted": granted.isoformat(),
@@ -706,14 +714,29 @@ def _failure(command: str, text: str, status: int) -> StatekeeperError:
 
 
 def _group_alive(pgid: int) -> bool:
-    """Is any process of process group ``pgid`` (the child's session) still alive?"""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    """Is any process of process group ``pgid`` (the child's session) still running? A zombie
+    is not (it holds no connection and runs nothing; where no init reaps orphans, one lingers
+    after its group was killed)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        # after "(comm)": state, ppid, pgrp
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 # -- which changesets have a rollback ----------------------------------------------------------
