@@ -75,17 +75,16 @@ AUTO_ROLLBACK = frozenset({
 _IGNORED_CHILDREN = frozenset({"comment", "preConditions", "validCheckSum", "rollback"})
 
 
-class LiquibaseError(MigrationError):
-    """A changeset Liquibase could not apply or roll back: the changeset (``FILE::ID::AUTHOR``),
-    the SQL state when Liquibase printed one, the database's message."""
-
-    def __init__(self, changeset: str, message: str, *, sql_state: str | None = None,
-                 failed_sql: str | None = None) -> None:
-        self.changeset = changeset
-        self.sql_state = sql_state
-        state = f" (SQL state {sql_state})" if sql_state else ""
-        # the failed statement can quote data: displayed under the error, never recorded
-        super().__init__(changeset, f"{message}{state}", detail=failed_sql)
+def changeset_error(changeset: str, message: str, *, sql_state: str | None = None,
+                    failed_sql: str | None = None) -> MigrationError:
+    """A changeset Liquibase could not apply or roll back, as a MigrationError: the changeset
+    (``FILE::ID::AUTHOR``), the database's message, the SQL state when Liquibase printed one
+    (``sql_state`` on the error as well)."""
+    state = f" (SQL state {sql_state})" if sql_state else ""
+    # the failed statement can quote data: displayed under the error, never recorded
+    e = MigrationError(changeset, f"{message}{state}", detail=failed_sql)
+    e.sql_state = sql_state  # type: ignore[attr-defined]
+    return e
 
 
 @dataclass(frozen=True)
@@ -181,7 +180,7 @@ class LiquibaseDriver(Migrator):
             return None
         return files.private_dir(self._artifacts(run_id or "plan") / "liquibase")
 
-    def _cli(self, args: list[str], run_id: str | None) -> str:
+    def _cli(self, args: list[str], run_id: str | None, changeset: str | None = None) -> str:
         """Run ``liquibase ARGS`` on the target; its output (masked) is kept in the run's
         artifacts. Returns stdout+stderr; a failure raises, parsed (:func:`_failure`)."""
         url, user, password = self._jdbc()
@@ -232,7 +231,7 @@ class LiquibaseDriver(Migrator):
             files.write_atomic(log, f"$ {_mask(shlex.join(argv), password)}\n{shown}"
                                f"\n[exit status {proc.returncode}]\n")
         if proc.returncode != 0:
-            raise _failure(args[0], shown, proc.returncode)
+            raise _failure(args[0], shown, proc.returncode, changeset)
         return shown
 
     # -- the changelog as Liquibase reads it -----------------------------------------------
@@ -371,17 +370,12 @@ class LiquibaseDriver(Migrator):
                 raise ValidationError(f"changeset {migration.id} changed since it was planned")
             self._release_or_refuse(run_id)
             t0 = time.monotonic()
-            try:
-                self._cli(["update-count", "--count=1"], run_id)
-            except LiquibaseError:
-                raise
-            except MigrationError as e:
-                raise LiquibaseError(migration.id, e.server_message) from e
+            self._cli(["update-count", "--count=1"], run_id, migration.id)
             ms = round((time.monotonic() - t0) * 1000)
             rec = next((r for r in self.applied() if r.id == migration.id), None)
             if rec is None:
-                raise LiquibaseError(migration.id, "Liquibase exited successfully but "
-                                     "DATABASECHANGELOG has no row for it")
+                raise changeset_error(migration.id, "Liquibase exited successfully but "
+                                      "DATABASECHANGELOG has no row for it")
             if hook is not None:
                 hook()
             return replace(rec, execution_ms=ms, run_id=run_id)
@@ -437,11 +431,7 @@ class LiquibaseDriver(Migrator):
             self._release_or_refuse(run_id)
             args = ["rollback", f"--tag={tag}"] if tag else ["rollback-count", "--count=1"]
             try:
-                self._cli(args, run_id)
-            except LiquibaseError:
-                raise
-            except MigrationError as e:
-                raise LiquibaseError(id, e.server_message) from e
+                self._cli(args, run_id, id)
             finally:
                 self._known = None  # what is pending changed: update-sql reads it again
             if hook is not None:
@@ -681,13 +671,16 @@ def _mask(text: str, password: str | None) -> str:
     return re.sub(r"(password\s*[=:]\s*)\S+", r"\1***", text, flags=re.I)
 
 
-def _failure(command: str, text: str, status: int) -> StatekeeperError:
+def _failure(command: str, text: str, status: int,
+             changeset: str | None = None) -> StatekeeperError:
     """Liquibase's error output as statekeeper's error: a changeset that failed ->
-    :class:`LiquibaseError` (changeset, SQL state when printed, the database's message);
+    :func:`changeset_error` (changeset, SQL state when printed, the database's message); killed
+    -> MigrationError of ``changeset`` (the one it was running);
     validation -> ValidationError; a lock it waited on -> LockHeld; the rest -> TargetError
     with Liquibase's own first error line."""
     if status < 0 or status in (137, 143):
-        return MigrationError(command, f"Liquibase was killed (exit status {status})")
+        return changeset_error(changeset or f"(liquibase {command})",
+                               f"Liquibase was killed (exit status {status})")
     m = re.search(r"Migration failed for changeset (\S+?):\s*\n\s*Reason: (.*?)"
                   r"(?:\n\s*\n|\nFor more information|\Z)", text, re.S)
     if m:
@@ -697,7 +690,7 @@ def _failure(command: str, text: str, status: int) -> StatekeeperError:
             reason = reason[: failed.start()].strip()
         reason = re.sub(r"^(?:[\w.]+Exception: )+", "", reason)
         state = re.search(r"SQL ?State:? ?([0-9A-Z]{5})", text, re.I)
-        return LiquibaseError(m.group(1), reason, sql_state=state.group(1) if state else None,
+        return changeset_error(m.group(1), reason, sql_state=state.group(1) if state else None,
                               failed_sql=failed.group(2) if failed else None)
     if "Validation Failed" in text or "check sum" in text.lower():
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
