@@ -128,10 +128,10 @@ def test_plan_lists_changesets_their_sql_and_which_have_no_rollback(
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
         text = f.read_text()
         assert "--url=jdbc:postgresql://127.0.0.1:" in text and "s3cret-pw" not in text
-    # nothing was applied, nothing tagged
+    # nothing was applied
     db = p.target_url.rsplit("/", 1)[1]
-    assert pg_cluster.psql("SELECT count(*) FROM databasechangelog", db) == "0"
     assert pg_cluster.psql("SELECT to_regclass('audit_log') IS NULL", db) == "t"
+    assert pg_cluster.psql("SELECT sum(qty) FROM positions", db) == "23"
 
 
 def _wait_for(cond: Any, timeout: float, what: str) -> Any:
@@ -208,3 +208,52 @@ def _only_run(p: Project) -> str:
     runs = [d.name for d in (p.dir / ".statekeeper/runs").iterdir() if d.name != "plan"]
     assert len(runs) == 1, runs
     return runs[0]
+
+
+# Liquibase 4.28's own output when a changeset fails (update-count on PostgreSQL)
+FAILED_OUTPUT = """Running Changeset: db.changelog.xml::3::bob
+ERROR: Exception Details
+ERROR: Exception Primary Class:  PSQLException
+ERROR: Exception Primary Reason:  ERROR: relation "nosuch" does not exist
+  Position: 13
+Unexpected error running Liquibase: Migration failed for changeset db.changelog.xml::3::bob:
+     Reason: liquibase.exception.DatabaseException: ERROR: relation "nosuch" does not exist
+  Position: 13 [Failed SQL: (0) INSERT INTO nosuch VALUES ('4111-1111')]
+
+For more information, please use the --log-level flag
+"""
+
+
+def test_errors_and_rollbacks_are_read_from_liquibase_and_the_changelog(
+        tmp_path: Path) -> None:
+    """No JVM: a failed changeset's output becomes one MigrationError line naming it with
+    the database's message (the failed statement, which quotes data, kept out of the line);
+    which changesets have a rollback is read from XML, YAML and formatted SQL changelogs."""
+    from statekeeper.errors import MigrationError
+    from statekeeper.migrations.liquibase import _failure, reversibility
+
+    e = _failure("update-count", FAILED_OUTPUT, 1, "db.changelog.xml::3::bob")
+    assert isinstance(e, MigrationError)
+    assert str(e) == ('migration db.changelog.xml::3::bob failed: ERROR: relation "nosuch" '
+                      'does not exist Position: 13')
+    assert e.detail == "INSERT INTO nosuch VALUES ('4111-1111')"
+    killed = _failure("update-count", "Running Changeset: x\n", -9, "db.changelog.xml::2::ana")
+    assert str(killed) == ("migration db.changelog.xml::2::ana failed: Liquibase was killed "
+                           "(exit status -9)")
+
+    (tmp_path / "db.changelog.xml").write_text(changelog(
+        AUDIT, BUMP, changeset("4", "cy", "<sql>DELETE FROM settings</sql>"),
+        include="more.yaml"))
+    (tmp_path / "more.yaml").write_text(
+        "databaseChangeLog:\n"
+        "  - changeSet: {id: y1, author: dee, changes: [{addColumn: {tableName: t}}]}\n"
+        "  - changeSet: {id: y2, author: dee, changes: [{sql: {sql: DELETE FROM t}}]}\n"
+        "  - include: {file: kyc.sql, relativeToChangelogFile: true}\n")
+    (tmp_path / "kyc.sql").write_text(
+        "--liquibase formatted sql\n--changeset eve:s1\nCREATE TABLE kyc (id int);\n"
+        "--rollback DROP TABLE kyc;\n--changeset eve:s2\nDELETE FROM kyc;\n")
+    assert reversibility(tmp_path / "db.changelog.xml") == {
+        ("db.changelog.xml", "1", "ana"): True, ("db.changelog.xml", "2", "ana"): True,
+        ("db.changelog.xml", "4", "cy"): False, ("more.yaml", "y1", "dee"): True,
+        ("more.yaml", "y2", "dee"): False, ("kyc.sql", "s1", "eve"): True,
+        ("kyc.sql", "s2", "eve"): False}
