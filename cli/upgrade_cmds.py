@@ -194,8 +194,10 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
 
     The plan's digest (sha256 of its canonical JSON) names it: --out saves it, and
     'start --plan FILE' runs the upgrade only if it would do exactly that."""
-    made = command.plan(obj.load(target_url), to_version, from_version, out)
+    made, preview = command.plan_preview(obj.load(target_url), to_version, from_version, out)
     p = {**made.to_payload(), "digest": made.digest()}
+    if preview is not None:
+        p["sql"] = preview
     if not p["health_checks"]:
         where = obj.load().config.path or "statekeeper.toml"
         click.echo(f"warning: no health checks: nothing verifies the new version after the "
@@ -212,10 +214,16 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
     if (c := p.get("cluster")) is not None:
         click.echo(f"  this rollback restores the whole cluster {c['system_identifier']}: "
                    f"databases {', '.join(c['databases'])}")
-    click.echo(f"pending migrations: {len(p['migrations'])}")
+    liquibase = preview is not None
+    click.echo(f"pending {'changesets' if liquibase else 'migrations'}: "
+               f"{len(p['migrations'])}")
     for m in p["migrations"]:
         rev = "reversible" if m["reversible"] else "IRREVERSIBLE (rollback restores the backup)"
-        click.echo(f"  {m['id']}  sha256 {m['checksum'][:16]}  {rev}")
+        if liquibase:
+            rev = ("has a rollback" if m["reversible"] else
+                   "NO ROLLBACK (a rollback of this run restores the backup instead)")
+        digest = f"MD5SUM {m['checksum']}" if liquibase else f"sha256 {m['checksum'][:16]}"
+        click.echo(f"  {m['id']}  {digest}  {rev}")
     rel = p["release"]
     if rel:
         click.echo(f"release: {rel['link']} -> {rel['to_target']} (now "
@@ -225,6 +233,10 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
     click.echo("steps:")
     for n, line in enumerate(p["steps"], 1):
         click.echo(f"  {n:>2}. {line}")
+    if preview is not None:
+        click.echo("SQL (liquibase update-sql):")
+        for line in (preview.rstrip().splitlines() or ["-- nothing pending"]):
+            click.echo(f"  {line}")
     click.echo(f"plan sha256 {p['digest']}" + (f" (saved to {out})" if out else ""))
 
 

@@ -20,14 +20,8 @@ if TYPE_CHECKING:
 
     from .backups import BackupManager, Manifest, RestoreResult
     from .health import HealthReport
-    from .migrations import (
-        AppliedMigration,
-        BaselinePlan,
-        Migration,
-        MigrationStatus,
-        Migrator,
-        Tag,
-    )
+    from .migrations import AppliedMigration, BaselinePlan, Migration, MigrationStatus, Tag
+    from .migrations.driver import MigrationDriver
     from .ops import Confirm
     from .ops import Observer as OpObserver
     from .plan import Plan
@@ -189,10 +183,13 @@ def _flag_target(url: str) -> str:
 @boundary
 def open_migrator(
     settings: Settings, target_url: str | None = None, migrations_dir: Path | None = None
-) -> Migrator:
+) -> MigrationDriver:
     """A Migrator from ``[target] url`` and ``[migrations] dir``; the ``--target``/``--dir``
-    flags override them (relative paths then resolve against the working directory)."""
+    flags override them (relative paths then resolve against the working directory). With
+    ``[migrations] tool = "liquibase"``: the Liquibase driver on the configured changelog."""
+    from . import clock
     from .migrations import Migrator
+    from .migrations.driver import open_driver
     from .targets import Target
 
     cfg = settings.config
@@ -203,6 +200,11 @@ def open_migrator(
     else:
         where = cfg.path or "statekeeper.toml"
         raise ConfigError(f"no target database: set [target] url in {where} or pass --target URL")
+    if cfg.migrations_tool == "liquibase":
+        if migrations_dir is not None:
+            raise ConfigError("--dir: [migrations] tool is liquibase, which reads "
+                              "[migrations] changelog, not a directory")
+        return open_driver(cfg, target, clock=clock.now, artifacts=settings.artifacts_dir)
     if migrations_dir is not None:
         d = migrations_dir.expanduser().absolute()
         if not d.is_dir():
@@ -233,7 +235,7 @@ def migrate_validate(
     """(applied, pending) after validation; ValidationError names the offending file."""
     m = open_migrator(settings, target_url, migrations_dir)
     applied = m.validate()
-    return applied, m.pending()
+    return applied, list(m.pending())
 
 
 @boundary
@@ -588,6 +590,19 @@ def plan(settings: Settings, to_version: str, from_version: str | None = None,
     if out is not None:
         upgrade.save_plan(p, out)
     return p
+
+
+@boundary
+def plan_preview(settings: Settings, to_version: str, from_version: str | None = None,
+                 out: Path | None = None) -> tuple[Plan, str | None]:
+    """The plan and, with ``[migrations] tool = "liquibase"``, the SQL Liquibase would run;
+    ``out``: the plan also saved there, for ``start --plan``."""
+    from . import upgrade
+
+    p, sql = upgrade.plan_preview(settings, to_version, from_version)
+    if out is not None:
+        upgrade.save_plan(p, out)
+    return p, sql
 
 
 @boundary

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +40,9 @@ URL_KEYS = {("ledger", "url"), ("target", "url")}
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ledger": {"url": str, "key": str},
     "target": {"url": str},
-    "migrations": {"dir": str},
+    # tool, liquibase, changelog, properties: read by statekeeper/migrations/driver.py
+    "migrations": {"dir": str, "tool": str, "liquibase": str, "changelog": str,
+                   "properties": str},
     "backup": {
         "method": str, "dir": str, "stanza": str, "stop_command": str, "start_command": str,
         "pgbackrest_config": str, "enabled": bool, "cluster_databases": list,
@@ -111,6 +113,12 @@ class Config:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     target_url: str | None = None
     migrations_dir: Path | None = None
+    #: ``[migrations] tool``: "files" (the SQL-file directory) or "liquibase"
+    migrations_tool: str = "files"
+    #: the Liquibase command (as written: a name on PATH, or a path) and its files
+    liquibase: str = "liquibase"
+    changelog: Path | None = None
+    liquibase_properties: Path | None = None
     backup: BackupConfig = field(default_factory=BackupConfig)
     raw: dict[str, dict[str, Any]] = field(default_factory=dict)
     release: ReleaseConfig | None = None
@@ -465,6 +473,7 @@ def _load_file(explicit: str | None, env: Mapping[str, str], cwd: Path,
                               key=p("ledger", "key"))
     cfg.target_url = raw.get("target", {}).get("url")
     cfg.migrations_dir = p("migrations", "dir")
+    _liquibase_keys(cfg, raw.get("migrations", {}), path, p)
     b = raw.get("backup", {})
     method = b.get("method")
     if method is not None and method not in BACKUP_METHODS:
@@ -482,6 +491,26 @@ def _load_file(explicit: str | None, env: Mapping[str, str], cwd: Path,
         keep_days=_in_range(b, "keep_days", 0, 36500, path),
     )
     return cfg
+
+
+MIGRATION_TOOLS = ("files", "liquibase")
+
+
+def _liquibase_keys(cfg: Config, m: Mapping[str, Any], path: Path,
+                    p: Callable[[str, str], Path | None]) -> None:
+    """``[migrations] tool`` and the Liquibase driver's keys (which only that tool reads)."""
+    tool = m.get("tool", "files")
+    if tool not in MIGRATION_TOOLS:
+        raise ConfigError(f"{path}: [migrations] tool {tool!r} is not one of "
+                          f"{', '.join(MIGRATION_TOOLS)}")
+    cfg.migrations_tool = tool
+    command = m.get("liquibase", "liquibase")
+    if not command.strip():
+        raise ConfigError(f"{path}: [migrations] liquibase is empty")
+    cfg.liquibase = command
+    cfg.changelog = p("migrations", "changelog") or (
+        cfg.base_dir / "db.changelog.xml" if tool == "liquibase" else None)
+    cfg.liquibase_properties = p("migrations", "properties")
 
 
 def _in_range(body: Mapping[str, Any], key: str, low: int, high: int | None,

@@ -35,6 +35,9 @@ def narrate(kind: str, p: dict[str, Any]) -> str | None:
         return (
             f"took over the lease from dead pid {p['from_pid']} on {p['from_host']} ({p['reason']})"
         )
+    if kind == "migrations.lock_released":
+        return (f"released Liquibase's DATABASECHANGELOGLOCK ({p['lockedby']}, since "
+                f"{p['lockgranted']}) left by dead pid {p['pid']} ({p['command']})")
     if kind == "state.changed":
         why = f": {p['reason']}" if p.get("reason") and p["trigger"] != "begin" else ""
         return f"  [{p['from']} -> {p['to']}]{why}"

@@ -53,7 +53,8 @@ if TYPE_CHECKING:
     from ledger import Ledger, StoredEvent
 
     from .backups import BackupManager, Manifest, RestoreResult
-    from .migrations import AppliedMigration, BaselinePlan, Migration, Migrator, Tag
+    from .migrations import AppliedMigration, BaselinePlan, Migration, Tag
+    from .migrations.driver import MigrationDriver as Migrator
     from .retention import Verdict
     from .settings import Settings
     from .targets import Target

@@ -402,6 +402,8 @@ def _lossy(clone_target: Target, clone_settings: Settings, plan: Plan) -> list[s
     from .migrations import Migrator
 
     cfg = clone_settings.config
+    if cfg.migrations_tool != "files":
+        return []  # a tool's own changesets: their rollbacks are the tool's (not attributed)
     migrator = Migrator(clone_target, cfg.require_migrations_dir(), clock=clock.now)
     found = []
     try:

@@ -29,6 +29,9 @@ RUN_RESUMED = "run.resumed"
 # Stopped at a safe point on a signal (statekeeper.interrupts): no step open, the state as it
 # was; the run is for resume.
 RUN_INTERRUPTED = "run.interrupted"
+#: the migration tool's own lock (Liquibase's DATABASECHANGELOGLOCK) left by a dead child of
+#: the run, released before the next step
+MIGRATION_LOCK_RELEASED = "migrations.lock_released"
 # The reason recorded when an operator turned an unfinished run around (resume --rollback).
 OPERATOR_ROLLBACK = "operator chose to roll back"
 
@@ -113,6 +116,8 @@ class Run:
     resumptions: list[dict[str, Any]] = field(default_factory=list)
     # each run.interrupted: at, signal, state, host, pid
     interruptions: list[dict[str, Any]] = field(default_factory=list)
+    #: the migration tool's locks released (a dead child's), in order
+    lock_releases: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def state(self) -> str:
@@ -313,6 +318,8 @@ def apply(run: Run | None, ev: RunEvent) -> Run:
         run.leases.append({"type": t, "at": ev.at, **p})
         if t == LEASE_TAKEN_OVER:
             run.takeovers += 1
+    elif t == MIGRATION_LOCK_RELEASED:
+        run.lock_releases.append({"at": ev.at, **p})
     elif t == RUN_RESUMED:
         why = {k: _field(p, k, str, ev, optional=True) for k in ("reason", "ticket")}
         user, host = who(ev.actor)

@@ -32,6 +32,7 @@ from .replay import (
     LEASE_ACQUIRED,
     LEASE_RELEASED,
     LEASE_TAKEN_OVER,
+    MIGRATION_LOCK_RELEASED,
     RUN_CREATED,
     RUN_INTERRUPTED,
     RUN_RESUMED,
@@ -259,6 +260,11 @@ class Runner:
                 f"{e}: step {step.name} of run {self.run.run_id} needs the target's "
                 f"server; start it, then 'statekeeper resume {self.run.run_id}'"
             ) from e
+        released = self.session.migrator.release_stale_lock(self.run.run_id)
+        if released is not None:
+            # before the step (or its probe): the tool would otherwise wait on a lock whose
+            # holder, a child of this run, is provably gone
+            self.emit(MIGRATION_LOCK_RELEASED, {"step": step.name, **released})
 
     def effect(self, step: Step) -> dict[str, Any]:
         assert self.run is not None

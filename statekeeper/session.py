@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .backups import BackupManager
     from .lease import LeaseStore
-    from .migrations import Migrator
+    from .migrations.driver import MigrationDriver
     from .release import ReleaseConfig
     from .settings import Settings
     from .targets import Target
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 class Session:
     settings: Settings
     target: Target
-    migrator: Migrator
+    migrator: MigrationDriver  # the SQL-file Migrator, or the Liquibase driver
     backups: BackupManager | None  # None when [backup] enabled = false
     health_checks: list[dict[str, Any]]
     release: ReleaseConfig | None = None  # None without [deploy]
@@ -45,12 +45,13 @@ class Session:
         appends) unless ``ledger`` is false."""
         from .backups import manager_for
         from .health import validate_health
-        from .migrations import Migrator
+        from .migrations.driver import open_driver
         from .targets import Target
 
         cfg = settings.config
         target = Target.from_url(cfg.require_target(), cfg.base_dir)
-        migrator = Migrator(target, cfg.require_migrations_dir(), clock=clock.now)
+        migrator = open_driver(cfg, target, clock=clock.now,
+                               artifacts=lambda run_id: settings.artifacts_dir(run_id))
         backups = manager_for(cfg, target, clock=clock.now) if cfg.backup.enabled else None
         checks = validate_health(cfg.raw.get("health", {}), cfg.source)
         session = cls(settings, target, migrator, backups, checks, cfg.release)

@@ -20,7 +20,8 @@ from .masking import _keep, _secret_name, mask_url
 __all__ = ["Entry", "effective", "mask", "mask_url"]
 
 _ALWAYS = ("target.url", "migrations.dir")  # required by an upgrade: "not set" says so
-_PATH_KEYS = {"ledger.key", "migrations.dir", "backup.dir", "backup.pgbackrest_config"}
+_PATH_KEYS = {"ledger.key", "migrations.dir", "backup.dir", "backup.pgbackrest_config",
+              "migrations.changelog", "migrations.properties"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ def _defaults(cfg: Config) -> dict[str, Any]:
         "health.interval": format_ms(DEFAULT_INTERVAL_MS),
         "health.timeout": format_ms(DEFAULT_TIMEOUT_MS),
     }
+    if cfg.migrations_tool == "liquibase":  # the files tool's configurations stay as shown
+        out.update({"migrations.liquibase": "liquibase", "migrations.changelog": str(
+            cfg.changelog)})
     if cfg.target_url:
         with contextlib.suppress(StatekeeperError):  # the target's backend decides
             out["backup.method"] = cfg.backup_method()
@@ -77,7 +81,9 @@ def _resolved(cfg: Config, name: str) -> str | None:
         return None
     path = {"ledger.key": cfg.ledger.key, "migrations.dir": cfg.migrations_dir,
             "backup.dir": cfg.backup.dir,
-            "backup.pgbackrest_config": cfg.backup.pgbackrest_config}[name]
+            "backup.pgbackrest_config": cfg.backup.pgbackrest_config,
+            "migrations.changelog": cfg.changelog,
+            "migrations.properties": cfg.liquibase_properties}[name]
     return None if path is None else str(path)
 
 

@@ -73,10 +73,8 @@ def upgrade_from(session: Session, from_version: str | None) -> str:
     the current schema: a tag of the changelog that names another state is refused, and so
     is a new name for a schema that already has one (exit 2). Without it: the newest tag of
     the current schema."""
-    from .migrations import natural_key
-
     applied = session.migrator.validate()
-    current = max((r.id for r in applied), key=natural_key, default=None)
+    current = session.migrator.current(applied)
     tags = session.migrator.tags()
     here = [t.name for t in tags if t.migration_id == current]
     if from_version is not None:
@@ -120,7 +118,7 @@ def build_plan(session: Session, to_version: str, from_version: str | None) -> P
         from_version=from_v,
         to_version=to_version,
         migrations=tuple(
-            PlannedMigration(m.id, m.checksum, m.down is not None, m.no_transaction,
+            PlannedMigration(m.id, m.checksum, m.reversible, m.no_transaction,
                              m.file_sha256)
             for m in session.migrator.pending()
         ),
@@ -624,9 +622,18 @@ def history(settings: Settings) -> list[Run | Unreadable]:
 
 
 def plan(settings: Settings, to_version: str, from_version: str | None = None) -> Plan:
+    return plan_preview(settings, to_version, from_version)[0]
+
+
+def plan_preview(settings: Settings, to_version: str, from_version: str | None = None
+                 ) -> tuple[Plan, str | None]:
+    """The plan, and for a tool that previews its own SQL (Liquibase's ``update-sql``) that
+    SQL, from the same reading of the changelog; None for the SQL-file tool (``migrate sql``
+    shows its SQL)."""
     check_versions(to_version, from_version)
     with Session.open(settings, ledger=False) as session:
-        return build_plan(session, to_version, from_version)
+        p = build_plan(session, to_version, from_version)
+        return p, (session.migrator.sql() if session.migrator.tool != "files" else None)
 
 
 #: The saved plan's format (``plan --out``): its name and version, the plan's digest, the plan.

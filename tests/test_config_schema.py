@@ -385,6 +385,49 @@ def _deploy_timeout(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     return command.status(s).state
 
 
+# -- [migrations] tool = "liquibase" and its keys -----------------------------------------------
+def _liquibase(d: Path, request: pytest.FixtureRequest, body: str) -> Any:
+    """``migrate status`` of a Liquibase project on PostgreSQL whose ``liquibase`` is a script
+    that prints what it was given and fails (no JVM: what differs is which files it gets)."""
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    url = cluster.url(cluster.createdb("lb"))
+    fake = d / "fake-liquibase"
+    fake.write_text('#!/bin/sh\necho "given: $(echo "$@" | tr " " "\\n" | '
+                    'grep -E "^--(changelog-file|defaults-file)" | sed "s|.*/||" | tr "\\n" " ")"'
+                    "\nexit 1\n")
+    fake.chmod(0o755)
+    for name in ("db.changelog.xml", "changes.xml", "lb.properties"):
+        (d / name).write_text("")
+    s = settings(d, f'[target]\nurl = "{url}"\n\n[migrations]\n{body}\n')
+    return re.sub(r"lb_\d+_\d+_\d+", "<db>", repr(outcome(
+        lambda: [m.id for m in command.migrate_status(s)[0]])))
+
+
+@probe("migrations", "tool")
+def _tool(d: Path, present: bool, request: pytest.FixtureRequest) -> Any:
+    migrations(d, "migrations", {"001_only.sql": "CREATE TABLE t (x INTEGER);\n"})
+    return _liquibase(d, request, 'dir = "migrations"\nliquibase = "./fake-liquibase"\n'
+                      + ('tool = "liquibase"' if present else ""))
+
+
+@probe("migrations", "liquibase")
+def _liquibase_command(d: Path, present: bool, request: pytest.FixtureRequest) -> Any:
+    return _liquibase(d, request, 'tool = "liquibase"\n'
+                      + ('liquibase = "./fake-liquibase"' if present else ""))
+
+
+@probe("migrations", "changelog")
+def _changelog(d: Path, present: bool, request: pytest.FixtureRequest) -> Any:
+    return _liquibase(d, request, 'tool = "liquibase"\nliquibase = "./fake-liquibase"\n'
+                      + ('changelog = "changes.xml"' if present else ""))
+
+
+@probe("migrations", "properties")
+def _properties(d: Path, present: bool, request: pytest.FixtureRequest) -> Any:
+    return _liquibase(d, request, 'tool = "liquibase"\nliquibase = "./fake-liquibase"\n'
+                      + ('properties = "lb.properties"' if present else ""))
+
+
 # -- the walk ---------------------------------------------------------------------------------
 ALL_KEYS = sorted((s, k) for s, keys in SCHEMA.items() for k in keys)
 

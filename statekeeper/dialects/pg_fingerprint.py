@@ -15,7 +15,10 @@ _USER_NS = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
     "AND n.nspname !~ '^pg_(toast_)?temp_'"
 )
-_NOT_BOOKKEEPING = "c.relname NOT LIKE 'statekeeper\\_%'"
+# Liquibase's two tables are bookkeeping as statekeeper's own are: a run rolled back through
+# Liquibase leaves them changed (created, a tag row) where the application's data is not
+_NOT_BOOKKEEPING = ("c.relname NOT LIKE 'statekeeper\\_%' "
+                    "AND c.relname NOT IN ('databasechangelog', 'databasechangeloglock')")
 _NOT_EXTENSION = (
     "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {cat}::regclass "
     "AND d.objid = {oid} AND d.deptype = 'e')"

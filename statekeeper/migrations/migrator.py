@@ -68,6 +68,8 @@ class Migrator:
     connections; inside one, reads share one connection for the lock's whole duration (an
     upgrade run holds the lock throughout and reads the changelog at every step)."""
 
+    tool = "files"
+
     def __init__(self, target: Target, migrations_dir: Path, *,
                  clock: Clock = _clock.now) -> None:
         self.target = target
@@ -147,6 +149,12 @@ class Migrator:
     def is_applied(self, migration_id: str) -> bool:
         """The probe after a crash: is this migration recorded as applied? (Read-only.)"""
         return any(r.id == migration_id for r in self._read()[0])
+
+    def current(self, applied: list[AppliedMigration]) -> str | None:
+        return max((r.id for r in applied), key=natural_key, default=None)
+
+    def release_stale_lock(self, run_id: str) -> dict[str, Any] | None:
+        return None  # the target lock dies with its holder's session or process
 
     def pending(self) -> list[Migration]:
         done = {r.id for r in self._read()[0]}

@@ -9,7 +9,8 @@ from .. import clock
 from .base import Context, Result, Settled, Step, StepKind
 
 if TYPE_CHECKING:
-    from ..migrations import Migration, Migrator
+    from ..migrations import Migration
+    from ..migrations.driver import MigrationDriver as Migrator
     from ..plan import PlannedMigration
 
 
