@@ -121,10 +121,16 @@ def _clone_postgres(settings: Settings, target: Target, rid: str, scratch: Path)
             conn.execute(f"CREATE DATABASE {_ident(name)}")
     finally:
         conn.close()
-    why = (f"{others} session(s) connected to {target.database}: TEMPLATE needs none, so a "
-           "new pg_dump restored into the clone")
-    _restore_into(settings, target, url, scratch)
-    return Clone(url, _shown(url), "restore", why)
+    why = (f"{others or 'a'} session(s) connected to {target.database}: TEMPLATE needs none, "
+           "so a new pg_dump restored into the clone")
+    clone = Clone(url, _shown(url), "restore", why)
+    try:
+        _restore_into(settings, target, url, scratch)
+    except BaseException:
+        with contextlib.suppress(Exception):  # a crash here is what rehearse --clean is for
+            _drop(target, clone)
+        raise
+    return clone
 
 
 def _restore_into(settings: Settings, target: Target, clone_url: str, scratch: Path) -> None:
