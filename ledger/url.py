@@ -20,6 +20,10 @@ def parse_url(url: str, *, what: str = "URL", shown: str | None = None) -> tuple
         u = make_url(url.strip())
     except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise ConfigurationError(f"{what} {disp!r} is not a database URL") from e
+    if _ambiguous(u):
+        raise ConfigurationError(
+            f"{what} {disp!r}: an '@' in its user name or password must be written %40 (as "
+            "written, part of the password would be taken for the host)")
     parts = [u.username, u.password, u.host, u.database, *u.query]
     parts += [x for v in u.query.values() for x in ((v,) if isinstance(v, str) else v)]
     if "\0" in url or any(p and "\0" in str(p) for p in parts):
@@ -36,9 +40,17 @@ def redact(url: str | URL) -> str:
         # Not parseable: show only the scheme so a password can never slip through.
         text = str(url)
         return text.split("://", 1)[0] + "://***" if "://" in text else "***"
+    if _ambiguous(u):  # where the password ends cannot be told: nothing after the scheme
+        return f"{u.drivername}://***"
     if u.query and any(_secret(k) for k in u.query):
         u = u.set(query={k: ("***" if _secret(k) else v) for k, v in u.query.items()})
     return u.render_as_string(hide_password=True)
+
+
+def _ambiguous(u: URL) -> bool:
+    """An unencoded '@' in the password: the parser took what follows the first '@' for the
+    host, so "redacting the password" would show the rest of it (and resolve it in DNS)."""
+    return bool(u.host and "@" in u.host)
 
 
 def _secret(param: str) -> bool:

@@ -251,3 +251,17 @@ def test_a_url_without_host_or_port_leaves_them_to_libpq() -> None:
     assert {k: v for k, v in env.items() if k.startswith("PG")} == {
         k: v for k, v in os.environ.items() if k.startswith("PG")
     }
+
+
+@pytest.mark.parametrize("url", ["postgresql://app:Tr0ub@dor-and-3@db1/trading",
+                                 "postgresql://app@x:Tr0ub@dor-and-3@db1:5432/trading"])
+def test_an_unencoded_at_sign_in_a_password_is_refused_without_showing_it(url: str) -> None:
+    from ledger import redact
+
+    assert redact(url) == "postgresql://***"
+    with pytest.raises(ConfigError) as e:
+        Target.from_url(url)
+    assert "dor-and-3" not in str(e.value) and "Tr0ub" not in str(e.value)
+    assert str(e.value) == (
+        "target URL 'postgresql://***': an '@' in its user name or password must be written "
+        "%40 (as written, part of the password would be taken for the host)")
