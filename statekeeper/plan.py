@@ -18,6 +18,10 @@ from typing import Any
 PLAN_VERSION = 3  # 2: the release side (``release``); 3: the cluster a restore rewinds
 
 
+#: Where this checkout keeps statekeeper.toml and the migrations: recorded, not digested.
+LOCAL_FIELDS = ("config", "migrations_dir")
+
+
 class PlanError(ValueError):
     """A recorded plan lacks a field, or has one of the wrong type ("field 'x' is missing")."""
 
@@ -204,11 +208,13 @@ class Plan:
         }
 
     def digest(self) -> str:
-        """sha256 of the plan's canonical JSON (sorted keys, no whitespace, UTF-8): what
-        ``plan`` shows and ``start --plan`` compares. The same project, database and release
-        plan the same digest; any change to what the run would do changes it."""
-        text = json.dumps(self.to_payload(), sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False)
+        """sha256 of the plan's canonical JSON (sorted keys, no whitespace, UTF-8) without
+        :data:`LOCAL_FIELDS`: what ``plan`` shows, ``start --plan`` and ``start
+        --require-rehearsal`` compare. Any change to what the run would do changes it; where
+        the project's checkout lives does not (a plan approved in CI, or rehearsed from another
+        checkout of the same files, is the same plan)."""
+        payload = {k: v for k, v in self.to_payload().items() if k not in LOCAL_FIELDS}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def changes_to(self, now: Plan) -> list[str]:

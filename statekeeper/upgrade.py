@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -639,6 +640,7 @@ def plan_preview(settings: Settings, to_version: str, from_version: str | None =
 #: The saved plan's format (``plan --out``): its name and version, the plan's digest, the plan.
 PLAN_FILE_FORMAT = "statekeeper-plan"
 PLAN_FILE_VERSION = 1
+PLAN_FILE_MAX = 16 * 1024 * 1024  # a plan of thousands of migrations is well under this
 
 
 def save_plan(p: Plan, path: Path) -> None:
@@ -655,14 +657,25 @@ def save_plan(p: Plan, path: Path) -> None:
 def load_plan(path: Path) -> Plan:
     """The plan an operator approved (``plan --out``), refused with one line naming the file
     when it is not one. Only compared with the plan ``start`` makes: never acted on."""
+    import stat
+
     from .plan import PlanError
 
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"--plan {path}: not a regular file")
+            data = f.read(PLAN_FILE_MAX + 1)
     except OSError as e:
         raise ConfigError(f"--plan {path}: {files.describe_os_error(e)}") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--plan {path}: not a saved plan (not JSON: {e})") from e
+    if len(data) > PLAN_FILE_MAX:
+        raise ConfigError(f"--plan {path}: larger than a saved plan can be "
+                          f"({PLAN_FILE_MAX // 1024 // 1024} MiB)")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else f"not JSON: {e}"
+        raise ConfigError(f"--plan {path}: not a saved plan ({why})") from e
     if not isinstance(doc, dict) or doc.get("format") != PLAN_FILE_FORMAT:
         raise ConfigError(f"--plan {path}: not a saved plan (write one with "
                           "'statekeeper plan --to VERSION --out FILE')")
@@ -675,7 +688,9 @@ def load_plan(path: Path) -> Plan:
         p = Plan.from_payload(doc["plan"])
     except PlanError as e:
         raise ConfigError(f"--plan {path}: {e}") from e
-    if p.digest() != doc.get("digest"):
+    # what a reviewer reads is the file: every byte of its plan must be what the plan it
+    # parses to would write (no extra key, no field that parses leniently), under its digest
+    if p.digest() != doc.get("digest") or p.to_payload() != doc["plan"]:
         raise ConfigError(f"--plan {path}: its digest does not match the plan it holds "
                           "(edited after 'statekeeper plan' wrote it)")
     return p

@@ -556,3 +556,36 @@ def test_server_notices_are_kept_in_the_run_artifacts(tmp_path: Path, pg_cluster
     kept = proj.dir / ".statekeeper" / "runs" / second.run_id / "migrations" / "004_audit.notices"
     assert kept.read_text() == (f'{proj.dir / "migrations" / "004_audit.sql"}:1: NOTICE:  '
                                 'relation "orders" already exists, skipping\n')
+
+
+def test_a_saved_plan_is_refused_when_any_byte_of_its_plan_was_edited(tmp_path: Path) -> None:
+    """A reviewer reads the file: an edit that the parser would tolerate (a key it ignores,
+    a field it reads leniently) is an edit all the same."""
+    (tmp_path / "app.db").touch()
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    seed("sqlite", url)
+    proj = project(tmp_path, url, SCENARIOS["forward"])
+    saved = tmp_path / "plan.json"
+    assert run(proj, "plan", "--to", "v2.6", "--out", str(saved)).exit_code == 0
+    doc = json.loads(saved.read_text())
+    edits = [("irreversible", ["001_bump_qty"]), ("looks_harmless", True)]
+    for key, value in edits:
+        forged = tmp_path / f"{key}.json"
+        forged.write_text(json.dumps({**doc, "plan": {**doc["plan"], key: value}}))
+        assert one_error(run(proj, "start", "--to", "v2.6", "--plan", str(forged)), 2).endswith(
+            "its digest does not match the plan it holds (edited after 'statekeeper plan' "
+            "wrote it)")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert one_error(run(proj, "start", "--to", "v2.6", "--plan", str(deep)), 2) == (
+        f"error: --plan {deep}: not a saved plan (nested too deeply)")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert one_error(run(proj, "start", "--to", "v2.6", "--plan", str(fifo)), 2) == (
+        f"error: --plan {fifo}: not a regular file")
+    # the same files planned from another checkout are the same plan
+    other = make_project(tmp_path / "elsewhere", "sqlite", url, SCENARIOS["forward"], tag=None)
+    assert run(other, "plan", "--to", "v2.6", "--json").exit_code == 0
+    there = json.loads(run(other, "plan", "--to", "v2.6", "--json").stdout)
+    assert there["digest"] == doc["digest"] and there["config"] != doc["plan"]["config"]
+    assert command.history(proj.settings()) == []
