@@ -522,6 +522,11 @@ class LiquibaseDriver(Migrator):
             raise ConfigError(f"--through {last}: its tagDatabase tags the database "
                               f"{upto[-1].tag}, and Liquibase keeps one tag per changeset: "
                               f"baseline it with --tag {upto[-1].tag}")
+        early = next((c for c in upto[:-1] if c.tag == tag), None)
+        if early is not None:
+            raise ConfigError(f"--tag {tag}: changeset {early.id} tags the database {tag} "
+                              "(tagDatabase) before the baseline's last changeset; choose "
+                              f"another --tag, or --through {early.id}")
         rows = self._rows()
         applied, tags = self._read()
         real = [r for r in rows if r.filename != INTERNAL]
@@ -586,6 +591,16 @@ class LiquibaseDriver(Migrator):
         names = [t.name for t in plan.replaced_tags]
         self._release_or_refuse(None)
         with self._transaction() as conn:
+            # statekeeper's target lock keeps statekeeper out, not a Liquibase someone runs by
+            # hand: hold its lock row while deleting, and refuse when it is taken
+            if conn.execute("SELECT to_regclass('databasechangeloglock')").fetchone()[0] \
+                    is not None:
+                held = conn.execute("SELECT locked, lockedby, lockgranted FROM "
+                                    "databasechangeloglock WHERE id = 1 FOR UPDATE").fetchone()
+                if held is not None and held[0]:
+                    raise LockHeld(f"Liquibase's DATABASECHANGELOGLOCK on "
+                                   f"{self.target.display} is held by {held[1]} since "
+                                   f"{held[2]}")
             for r in plan.replaced:
                 fname, cid, author = r.id.rsplit("::", 2)
                 conn.execute("DELETE FROM databasechangelog WHERE id = %s AND author = %s "
