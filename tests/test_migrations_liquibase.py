@@ -231,13 +231,25 @@ def test_errors_and_rollbacks_are_read_from_liquibase_and_the_changelog(
     the database's message (the failed statement, which quotes data, kept out of the line);
     which changesets have a rollback is read from XML, YAML and formatted SQL changelogs."""
     from statekeeper.errors import MigrationError
-    from statekeeper.migrations.liquibase import _failure, reversibility
+    from statekeeper.migrations.liquibase import _failure, _parse_update_sql, reversibility
 
     e = _failure("update-count", FAILED_OUTPUT, 1, "db.changelog.xml::3::bob")
     assert isinstance(e, MigrationError)
     assert str(e) == ('migration db.changelog.xml::3::bob failed: ERROR: relation "nosuch" '
                       'does not exist Position: 13')
     assert e.detail == "INSERT INTO nosuch VALUES ('4111-1111')"
+    # the tag a tagDatabase changeset sets is the last value of its DATABASECHANGELOG row
+    # (what baseline's changelog-sync-to-tag is chosen by)
+    row = ("INSERT INTO public.databasechangelog (ID, AUTHOR, FILENAME, DATEEXECUTED, "
+           "ORDEREXECUTED, MD5SUM, DESCRIPTION, COMMENTS, EXECTYPE, CONTEXTS, LABELS, "
+           "LIQUIBASE, DEPLOYMENT_ID{}) VALUES ('{}', 'ana', 'db.changelog.xml', NOW(), 1, "
+           "'9:ab', 'd', '', 'EXECUTED', NULL, NULL, '4.28.0', '1'{});\n")
+    sets, _ = _parse_update_sql(
+        "-- Changeset db.changelog.xml::t::ana\n" + row.format(", TAG", "t", ", 'v2.5'")
+        + "-- Changeset db.changelog.xml::2::ana\nCREATE TABLE x (id int);\n"
+        + row.format("", "2", ""), tmp_path / "db.changelog.xml")
+    assert [(c.id, c.tag) for c in sets] == [("db.changelog.xml::t::ana", "v2.5"),
+                                             ("db.changelog.xml::2::ana", None)]
     killed = _failure("update-count", "Running Changeset: x\n", -9, "db.changelog.xml::2::ana")
     assert str(killed) == ("migration db.changelog.xml::2::ana failed: Liquibase was killed "
                            "(exit status -9)")
