@@ -5,6 +5,7 @@ covers a whole story."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -230,13 +231,25 @@ def test_errors_and_rollbacks_are_read_from_liquibase_and_the_changelog(
     the database's message (the failed statement, which quotes data, kept out of the line);
     which changesets have a rollback is read from XML, YAML and formatted SQL changelogs."""
     from statekeeper.errors import MigrationError
-    from statekeeper.migrations.liquibase import _failure, reversibility
+    from statekeeper.migrations.liquibase import _failure, _parse_update_sql, reversibility
 
     e = _failure("update-count", FAILED_OUTPUT, 1, "db.changelog.xml::3::bob")
     assert isinstance(e, MigrationError)
     assert str(e) == ('migration db.changelog.xml::3::bob failed: ERROR: relation "nosuch" '
                       'does not exist Position: 13')
     assert e.detail == "INSERT INTO nosuch VALUES ('4111-1111')"
+    # the tag a tagDatabase changeset sets is the last value of its DATABASECHANGELOG row
+    # (what baseline's changelog-sync-to-tag is chosen by)
+    row = ("INSERT INTO public.databasechangelog (ID, AUTHOR, FILENAME, DATEEXECUTED, "
+           "ORDEREXECUTED, MD5SUM, DESCRIPTION, COMMENTS, EXECTYPE, CONTEXTS, LABELS, "
+           "LIQUIBASE, DEPLOYMENT_ID{}) VALUES ('{}', 'ana', 'db.changelog.xml', NOW(), 1, "
+           "'9:ab', 'd', '', 'EXECUTED', NULL, NULL, '4.28.0', '1'{});\n")
+    sets, _ = _parse_update_sql(
+        "-- Changeset db.changelog.xml::t::ana\n" + row.format(", TAG", "t", ", 'v2.5'")
+        + "-- Changeset db.changelog.xml::2::ana\nCREATE TABLE x (id int);\n"
+        + row.format("", "2", ""), tmp_path / "db.changelog.xml")
+    assert [(c.id, c.tag) for c in sets] == [("db.changelog.xml::t::ana", "v2.5"),
+                                             ("db.changelog.xml::2::ana", None)]
     killed = _failure("update-count", "Running Changeset: x\n", -9, "db.changelog.xml::2::ana")
     assert str(killed) == ("migration db.changelog.xml::2::ana failed: Liquibase was killed "
                            "(exit status -9)")
@@ -257,3 +270,70 @@ def test_errors_and_rollbacks_are_read_from_liquibase_and_the_changelog(
         ("db.changelog.xml", "4", "cy"): False, ("more.yaml", "y1", "dee"): True,
         ("more.yaml", "y2", "dee"): False, ("kyc.sql", "s1", "eve"): True,
         ("kyc.sql", "s2", "eve"): False}
+
+
+KYC = changeset("2", "ana", '<createTable tableName="kyc_checks"><column name="id" '
+                'type="int"/><column name="user_id" type="int"/></createTable>')
+STATUS = changeset("4", "bob", '<addColumn tableName="users"><column name="status" '
+                   'type="text"/></addColumn>')
+
+
+def test_baseline_marks_the_changesets_through_one_then_start_applies_the_rest(
+        tmp_path: Path, pg_cluster: PgCluster, liquibase: str) -> None:
+    """A database whose first two changesets were applied by hand: ``migrate baseline
+    --through`` the second has Liquibase mark exactly those two as executed (nothing runs:
+    the fingerprint is unchanged and recorded), tags that state v2.5 (owned by the
+    operation), and ledgers each changeset's MD5SUM; a second baseline is refused without
+    --force; ``plan`` and ``start`` then go from v2.5 over the two later changesets only."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from statekeeper.ops import scan_ops
+
+    def sk(*args: str, code: int = 0) -> str:
+        r = CliRunner().invoke(cli, ["--config", str(p.config), *args])
+        assert r.exit_code == code, r.output
+        return r.output
+
+    p = project(tmp_path, pg_cluster, liquibase,
+                {"db.changelog.xml": changelog(AUDIT, KYC, BUMP.replace('"2"', '"3"'),
+                                               STATUS)})
+    db = p.target_url.rsplit("/", 1)[1]
+    pg_cluster.psql("CREATE TABLE audit_log (id int PRIMARY KEY, note text); "
+                    "CREATE TABLE kyc_checks (id int, user_id int)", db)
+    before = fingerprint(Target.from_url(p.target_url)).digest
+    first, second = "db.changelog.xml::1::ana", "db.changelog.xml::2::ana"
+
+    out = sk("migrate", "baseline", "--tag", "v2.5", "--through", second,
+             "--reason", "adopting statekeeper")
+    assert "2 migrations recorded as applied, none run" in out
+    rows = pg_cluster.psql("SELECT id || ' ' || md5sum || ' ' || exectype || ' ' || "
+                           "coalesce(tag, '-') FROM databasechangelog ORDER BY orderexecuted",
+                           db).splitlines()
+    assert [r.split()[0] + " " + " ".join(r.split()[2:]) for r in rows] == [
+        "1 EXECUTED -", "2 EXECUTED v2.5"]
+    md5 = {f"db.changelog.xml::{r.split()[0]}::ana": r.split()[1] for r in rows}
+    assert fingerprint(Target.from_url(p.target_url)).digest == before  # nothing ran
+    with contextlib.closing(p.settings().open_ledger(signing=False)) as lg:
+        (op,) = [op for op in scan_ops(lg) if op.op == "migrate.baseline"]
+    (step,) = op.steps
+    assert (op.status, op.args["through"], op.args["force"]) == ("succeeded", second, False)
+    assert [(m["migration"], m["checksum"]) for m in step.args["migrations"]] == [
+        (first, md5[first]), (second, md5[second])]
+    assert step.args["written"] == [first, second]
+    assert step.result["fingerprint_digest"] == before
+    assert pg_cluster.psql("SELECT run_id FROM statekeeper_liquibase_tags WHERE name = "
+                           "'v2.5'", db) == op.op_id
+
+    refused = sk("migrate", "baseline", "--tag", "v2.4", "--through", first, code=2)
+    assert "already has entries (2 changesets recorded (last " + second in refused
+    assert "--force" in refused
+
+    plan = json.loads(sk("plan", "--to", "v2.6", "--json"))
+    assert plan["from_version"] == "v2.5"
+    assert [m["id"] for m in plan["migrations"]] == ["db.changelog.xml::3::ana",
+                                                     "db.changelog.xml::4::bob"]
+    sk("start", "--to", "v2.6")
+    assert pg_cluster.psql("SELECT string_agg(id, ',' ORDER BY orderexecuted) FROM "
+                           "databasechangelog", db) == "1,2,3,4"
+    assert pg_cluster.psql("SELECT sum(qty) FROM positions", db) == str(23 + 1000 * 4)  # 3 ran once

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import clock as _clock
 from .. import files
@@ -98,6 +98,7 @@ class Changeset:
     reversible: bool = False
     no_transaction: bool = False
     file_sha256: str | None = None
+    tag: str | None = None  # the tag its tagDatabase change gives the database
 
     @property
     def down(self) -> str | None:
@@ -484,28 +485,171 @@ class LiquibaseDriver(Migrator):
             if rows and rows[-1].tag:
                 raise ConfigError(f"the schema is already tagged {rows[-1].tag}: Liquibase "
                                   f"keeps one tag per changeset, so it cannot also be {name}")
-            with self._transaction() as conn:
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {OWNERS_TABLE} (name TEXT PRIMARY "
-                             "KEY, run_id TEXT, created_at TEXT NOT NULL)")
-                conn.execute(f"DELETE FROM {OWNERS_TABLE} WHERE name = %s", (name,))
-                conn.execute(f"INSERT INTO {OWNERS_TABLE} VALUES (%s, %s, %s)",
-                             (name, run_id, _clock.stamp(self.clock())))
+            self._own(name, run_id)
             self._release_or_refuse(run_id)
             self._cli(["tag", f"--tag={name}"], run_id)
             made = next(t for t in self._read()[1] if t.name == name)
             return made
 
+    # -- baseline ------------------------------------------------------------------------
+    def _in_order(self) -> list[Changeset]:
+        """Every changeset of the changelog in the changelog's order: the applied ones, then
+        what ``update-sql`` lists as pending, sorted by where the changelog itself has them
+        (as its files say; when some changeset cannot be placed that way, applied first)."""
+        every = self.migrations()
+        walk = {k: i for i, k in enumerate(reversibility(self.changelog))}
+        if all(_short(c.id) in walk for c in every):
+            every.sort(key=lambda c: walk[_short(c.id)])
+        return every
+
     def plan_baseline(self, tag: str, through: str | None = None, *,
                       force: bool = False) -> BaselinePlan:
-        # The SQL-file driver's baseline writes statekeeper's own changelog, which a Liquibase
-        # project does not use: refused rather than inherited.
-        raise ConfigError("migrate baseline with [migrations] tool = \"liquibase\": use "
-                          "Liquibase's own 'changelog-sync-to-tag' for now (statekeeper does "
-                          "not drive it yet)")
+        """As the SQL-file driver's, over DATABASECHANGELOG and the changesets ``update-sql``
+        lists. Liquibase's order is the order executed, so the rows kept are the longest run
+        of rows that already are the baseline's first changesets, in order, with their
+        MD5SUM; everything else in DATABASECHANGELOG is replaced (forced only). A changeset
+        whose ``tagDatabase`` gives it a tag of its own can only be ``--through`` with that
+        same ``--tag`` (Liquibase keeps one tag per row). Read-only (one ``update-sql``)."""
+        check_tag_name(tag, "--tag")
+        every = self._in_order()
+        ids = [c.id for c in every]
+        if through is not None and through not in ids:
+            raise ConfigError(f"--through {through}: no changeset {through!r} in "
+                              f"{self.changelog} (changesets are named FILE::ID::AUTHOR)")
+        upto = every[: ids.index(through) + 1] if through is not None else every
+        last = upto[-1].id if upto else None
+        if upto and upto[-1].tag not in (None, tag):
+            raise ConfigError(f"--through {last}: its tagDatabase tags the database "
+                              f"{upto[-1].tag}, and Liquibase keeps one tag per changeset: "
+                              f"baseline it with --tag {upto[-1].tag}")
+        early = next((c for c in upto[:-1] if c.tag == tag), None)
+        if early is not None:
+            raise ConfigError(f"--tag {tag}: changeset {early.id} tags the database {tag} "
+                              "(tagDatabase) before the baseline's last changeset; choose "
+                              f"another --tag, or --through {early.id}")
+        rows = self._rows()
+        applied, tags = self._read()
+        real = [r for r in rows if r.filename != INTERNAL]
+        k = 0
+        while k < min(len(real), len(upto)) and real[k].id == upto[k].id and \
+                real[k].md5sum == upto[k].checksum:
+            k += 1
+        kept = {c.id for c in upto[:k]}
+        replaced = tuple(r for r in applied if r.id not in kept)
+
+        def stays(t: Tag) -> bool:
+            if t.name == tag:
+                return t.migration_id == last and k == len(upto)
+            # Liquibase keeps one tag per row: ours replaces another on the baseline's last
+            return t.migration_id in kept and t.migration_id != last
+
+        replaced_tags = tuple(t for t in tags if not stays(t))
+        tag_exists = any(t.name == tag and stays(t) for t in tags)
+        plan = BaselinePlan(tag, last, tuple(upto),  # type: ignore[arg-type]
+                            tuple(c.id for c in upto[k:]), replaced, replaced_tags,
+                            tag_exists, force)
+        if not plan.changes:
+            return plan
+        if (applied or tags) and not force:
+            what = [f"{len(applied)} changeset{'s' if len(applied) != 1 else ''} recorded"
+                    f"{' (last ' + applied[-1].id + ')' if applied else ''}"]
+            if tags:
+                what.append("tags " + ", ".join(t.name for t in tags))
+            raise ConfigError(
+                f"DATABASECHANGELOG of {self.target.display} already has entries "
+                f"({'; '.join(what)}): a baseline is the first record; pass --force to "
+                "replace what disagrees with it (recorded in the ledger)")
+        return plan
 
     def baseline(self, plan: BaselinePlan, run_id: str | None = None) -> list[AppliedMigration]:
-        raise ConfigError("migrate baseline is not available with [migrations] tool = "
-                          "\"liquibase\"")
+        """Write ``plan`` through Liquibase: what it replaces deleted from DATABASECHANGELOG
+        (one transaction), then the changesets marked as executed without running them, then
+        the tag, named and owned as :meth:`tag` does. Liquibase 4.28 cannot mark "the first N
+        changesets" in one command (``changelog-sync`` takes no count, ``changelog-sync-to-tag``
+        stops only at a ``tagDatabase`` changeset), so: ``changelog-sync`` when the baseline
+        is every pending changeset, ``changelog-sync-to-tag`` when it ends at the first
+        changeset tagging the database ``--tag``, else ``mark-next-changeset-ran`` once per
+        changeset. Each checks first that Liquibase's next pending changesets are the plan's."""
+        with self.lock(run_id=run_id):
+            if plan.replaced or plan.replaced_tags:
+                self._forget(plan)
+            if plan.write:
+                self._sync(plan, run_id)
+            rows = self._rows()
+            if not plan.tag_exists:
+                if rows and rows[-1].tag == plan.tag and (rows[-1].id == plan.through or (
+                        plan.through is None and rows[-1].filename == INTERNAL)):
+                    self._own(plan.tag, run_id)  # a tagDatabase changeset set it
+                else:
+                    self.tag(plan.tag, run_id)
+            by_row = {r.id: r for r in self.applied()}
+            return [replace(by_row[i], execution_ms=0, run_id=run_id) for i in plan.write
+                    if i in by_row]
+
+    def _forget(self, plan: BaselinePlan) -> None:
+        """Delete the rows and tags a forced baseline replaces (the ledger has them)."""
+        names = [t.name for t in plan.replaced_tags]
+        self._release_or_refuse(None)
+        with self._transaction() as conn:
+            # statekeeper's target lock keeps statekeeper out, not a Liquibase someone runs by
+            # hand: hold its lock row while deleting, and refuse when it is taken
+            if conn.execute("SELECT to_regclass('databasechangeloglock')").fetchone()[0] \
+                    is not None:
+                held = conn.execute("SELECT locked, lockedby, lockgranted FROM "
+                                    "databasechangeloglock WHERE id = 1 FOR UPDATE").fetchone()
+                if held is not None and held[0]:
+                    raise LockHeld(f"Liquibase's DATABASECHANGELOGLOCK on "
+                                   f"{self.target.display} is held by {held[1]} since "
+                                   f"{held[2]}")
+            for r in plan.replaced:
+                fname, cid, author = r.id.rsplit("::", 2)
+                conn.execute("DELETE FROM databasechangelog WHERE id = %s AND author = %s "
+                             "AND filename = %s", (cid, author, fname))
+            for name in names:
+                conn.execute("DELETE FROM databasechangelog WHERE tag = %s AND filename = %s",
+                             (name, INTERNAL))
+                conn.execute("UPDATE databasechangelog SET tag = NULL WHERE tag = %s", (name,))
+            if names and conn.execute(
+                    f"SELECT to_regclass('{OWNERS_TABLE}')").fetchone()[0] is not None:
+                conn.execute(f"DELETE FROM {OWNERS_TABLE} WHERE name = ANY(%s)", (names,))
+        self._known = None
+
+    def _sync(self, plan: BaselinePlan, run_id: str | None) -> None:
+        pending = [c.id for c in self.pending()]
+        want = list(plan.write)
+        if pending[: len(want)] != want:
+            raise ConfigError(f"Liquibase's next pending changesets are not the baseline's "
+                              f"({', '.join(pending[:3]) or 'none'} ...): the changelog or "
+                              "DATABASECHANGELOG changed since the baseline was planned")
+        sets = cast("tuple[Changeset, ...]", plan.migrations)
+        end = next(c for c in sets if c.id == want[-1])
+        earlier = {c.tag for c in sets if c.id != end.id}
+        done = {r.tag for r in self._rows()}
+        self._release_or_refuse(run_id)
+        try:
+            if want == pending:
+                self._cli(["changelog-sync"], run_id)
+            elif end.tag == plan.tag and plan.tag not in earlier | done:
+                self._cli(["changelog-sync-to-tag", f"--tag={plan.tag}"], run_id)
+            else:
+                for cid in want:
+                    self._release_or_refuse(run_id)
+                    self._cli(["mark-next-changeset-ran"], run_id, cid)
+        finally:
+            self._known = None
+        got = [r.id for r in self._rows() if r.filename != INTERNAL]
+        if got[-len(want):] != want:
+            raise TargetError(f"liquibase marked {', '.join(got[-len(want):]) or 'nothing'} "
+                              f"as executed, not {', '.join(want)}")
+
+    def _own(self, name: str, run_id: str | None) -> None:
+        """Record that ``run_id`` made tag ``name`` (Liquibase's TAG has no room for it)."""
+        with self._transaction() as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {OWNERS_TABLE} (name TEXT PRIMARY "
+                         "KEY, run_id TEXT, created_at TEXT NOT NULL)")
+            conn.execute(f"DELETE FROM {OWNERS_TABLE} WHERE name = %s", (name,))
+            conn.execute(f"INSERT INTO {OWNERS_TABLE} VALUES (%s, %s, %s)",
+                         (name, run_id, _clock.stamp(self.clock())))
 
     def check_new_tag(self, name: str) -> str | None:
         check_tag_name(name)
@@ -635,6 +779,8 @@ _RECORD = re.compile(
     r"INSERT INTO \S*databasechangelog \(ID, AUTHOR, FILENAME, DATEEXECUTED, ORDEREXECUTED, "
     r"MD5SUM,[^)]*\) VALUES \('((?:[^']|'')*)', '((?:[^']|'')*)', '((?:[^']|'')*)', [^,]+, "
     r"\d+, '([^']*)'", re.I)
+# a tagDatabase changeset's row: TAG is its last column
+_TAGGED = re.compile(r"[^\n]*, TAG\) VALUES \(.*, '((?:[^']|'')*)'\);?$", re.M)
 
 
 def _parse_update_sql(text: str, changelog: Path) -> tuple[list[Changeset], str]:
@@ -652,8 +798,10 @@ def _parse_update_sql(text: str, changelog: Path) -> tuple[list[Changeset], str]
         body = block[: rec.start()]
         body = "\n".join(line for line in body.splitlines()
                          if line.strip() and not line.startswith("SET SEARCH_PATH"))
+        tagged = _TAGGED.match(block, rec.start())
         out.append(Changeset(changeset_key(fname, cid, author), rec.group(4), changelog,
-                             sql=body.strip()))
+                             sql=body.strip(),
+                             tag=tagged.group(1).replace("''", "'") if tagged else None))
     return out, _sql_part(text)
 
 
