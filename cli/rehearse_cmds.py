@@ -16,13 +16,18 @@ from .root import Obj, emit_json, one_line, pass_obj, why_options
 @click.option("--to", "to_version", help="Version to upgrade to.")
 @click.option("--from", "from_version", help="Version upgraded from (default: last tag).")
 @click.option("--keep", is_flag=True, help="Keep the clone (and its scratch ledger) to look at.")
+@click.option("--clone", "clone", type=click.Choice(["auto", "template", "restore"]),
+              default="auto", show_default=True,
+              help="PostgreSQL: how to clone. template is fastest but blocks new connections "
+                   "to the database while it copies; restore takes a new pg_dump.")
 @click.option("--clean", is_flag=True,
               help="Only remove what crashed rehearsals left (their clones), then exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @why_options
 @pass_obj
 def rehearse(obj: Obj, to_version: str | None, from_version: str | None, keep: bool,
-             clean: bool, as_json: bool, reason: str | None, ticket: str | None) -> None:
+             clone: str, clean: bool, as_json: bool, reason: str | None,
+             ticket: str | None) -> None:
     """Rehearse an upgrade on a throwaway clone of the target: the upgrade with its SQL
     health checks, its rollback, the clone compared with the database it was cloned from,
     and the upgrade again. Production is only read.
@@ -50,7 +55,7 @@ def rehearse(obj: Obj, to_version: str | None, from_version: str | None, keep: b
 
     try:
         result = command.rehearse(obj.settings, to_version, from_version, keep=keep,
-                                  observer=narrate, reason=reason, ticket=ticket)
+                                  clone=clone, observer=narrate, reason=reason, ticket=ticket)
     except RehearsalFailed as e:
         _show(e.result, as_json)
         raise

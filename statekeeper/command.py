@@ -628,7 +628,8 @@ def start(
     if require_rehearsal or settings.config.raw.get("upgrade", {}).get("require_rehearsal"):
         from . import rehearse
 
-        gate = rehearse.require_rehearsal
+        def gate(lg: Any, target: Any, plan: Plan) -> str:
+            return rehearse.require_rehearsal(settings, lg, target, plan)
     return upgrade.start(settings, to_version, from_version, observer, w, approved, gate)
 
 
@@ -639,6 +640,7 @@ def rehearse(
     from_version: str | None = None,
     *,
     keep: bool = False,
+    clone: str = "auto",
     observer: Observer | None = None,
     reason: str | None = None,
     ticket: str | None = None,
@@ -651,7 +653,8 @@ def rehearse(
 
     check_versions(to_version, from_version)
     w = why(settings.config, reason, ticket, "the rehearsal")
-    return r.rehearse(settings, to_version, from_version, keep=keep, why=w, observer=observer)
+    return r.rehearse(settings, to_version, from_version, keep=keep, clone_method=clone,
+                      why=w, observer=observer)
 
 
 @boundary

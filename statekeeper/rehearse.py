@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 Observer = Callable[[str, dict[str, Any]], None]
 OP = "rehearse"
+CLONE_METHODS = ("auto", "template", "restore")
 CLONE_MARK = "__rehearse_"
 PG_NAME_MAX = 63  # NAMEDATALEN - 1
 
@@ -74,8 +76,11 @@ def _exclusive(settings: Settings) -> Iterator[None]:
 # -- clones -------------------------------------------------------------------------------
 
 def _clone_name(database: str, rehearsal_id: str) -> str:
+    """``<db>__rehearse_<id>``, the database's name cut (on a character boundary) so the whole
+    fits PostgreSQL's 63 bytes: the id is never cut, so the name is the same every time."""
     suffix = CLONE_MARK + rehearsal_id
-    return database[: PG_NAME_MAX - len(suffix)] + suffix
+    room = PG_NAME_MAX - len(suffix.encode("utf-8"))
+    return database.encode("utf-8")[:room].decode("utf-8", "ignore") + suffix
 
 
 def _maintenance(target: Target) -> Any:
@@ -100,28 +105,54 @@ class Clone:
     why: str
 
 
-def _clone_postgres(settings: Settings, target: Target, rid: str, scratch: Path) -> Clone:
+@contextlib.contextmanager
+def _server_lock(target: Target) -> Iterator[None]:
+    """One rehearsal of a database per server, whichever checkout or host runs it: a session
+    advisory lock on the server, held while the rehearsal runs (and while leftovers are
+    removed, so a running rehearsal's clone is never one of them)."""
+    if target.dialect.in_a_file:
+        yield
+        return
+    conn = _maintenance(target)
+    try:
+        with target.dialect.errors(f"target {target.shown}"):
+            got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                               (f"statekeeper rehearse {target.database}",)).fetchone()[0]
+        if not got:
+            raise ConfigError(f"another rehearsal of {target.database} is running on its "
+                              "server (from another checkout or host): wait for it")
+        yield
+    finally:
+        conn.close()
+
+
+def _clone_postgres(settings: Settings, target: Target, rid: str, scratch: Path,
+                    method: str) -> Clone:
     name = _clone_name(target.database, rid)
     url = target.url.set(database=name).render_as_string(hide_password=False)
     conn = _maintenance(target)
     try:
-        with target.dialect.errors(f"target {target.shown}"):
+        with _no_createdb(target), target.dialect.errors(f"target {target.shown}"):
             others = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (target.database,)
             ).fetchone()[0]
-            if others == 0:
+            if method == "template" and others:
+                raise ConfigError(f"--clone template: {others} session(s) are connected to "
+                                  f"{target.database} (CREATE DATABASE ... TEMPLATE needs none)")
+            if method != "restore" and others == 0:
                 try:
                     conn.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE "
                                  f"{_ident(target.database)}")
                     return Clone(url, _shown(url), "template",
                                  "nothing was connected to the database: a file-level copy")
                 except Exception as e:  # someone connected in between: restore instead
-                    if "is being accessed by other users" not in str(e):
+                    if method == "template" or "is being accessed by other users" not in str(e):
                         raise
             conn.execute(f"CREATE DATABASE {_ident(name)}")
     finally:
         conn.close()
-    why = (f"{others or 'a'} session(s) connected to {target.database}: TEMPLATE needs none, "
+    why = ("--clone restore: a new pg_dump restored into the clone" if method == "restore" else
+           f"{others or 'a'} session(s) connected to {target.database}: TEMPLATE needs none, "
            "so a new pg_dump restored into the clone")
     clone = Clone(url, _shown(url), "restore", why)
     try:
@@ -131,6 +162,20 @@ def _clone_postgres(settings: Settings, target: Target, rid: str, scratch: Path)
             _drop(target, clone)
         raise
     return clone
+
+
+@contextlib.contextmanager
+def _no_createdb(target: Target) -> Iterator[None]:
+    """A role that may not create databases cannot rehearse here: a configuration matter
+    (exit 2), not an upgrade that would fail."""
+    try:
+        yield
+    except Exception as e:
+        if getattr(e, "sqlstate", None) == "42501":  # insufficient_privilege
+            raise ConfigError(f"target {target.shown}: its role may not create databases "
+                              "(CREATEDB): a rehearsal clones the database on its server; "
+                              "grant it, or rehearse as another role") from e
+        raise
 
 
 def _restore_into(settings: Settings, target: Target, clone_url: str, scratch: Path) -> None:
@@ -149,7 +194,9 @@ def _clone_sqlite(target: Target, scratch: Path) -> Clone:
 
     path = scratch / f"clone-{target.sqlite_path.name}"
     files.touch_private(path)
-    src = sqlite3.connect(f"file:{target.sqlite_path}?mode=ro", uri=True)
+    from urllib.parse import quote
+
+    src = sqlite3.connect(f"file:{quote(str(target.sqlite_path))}?mode=ro", uri=True)
     try:
         dst = sqlite3.connect(path)
         try:
@@ -186,32 +233,40 @@ def _shown(url: str) -> str:
 
 
 def clean(settings: Settings) -> list[str]:
-    """Remove what crashed rehearsals left (their clones and scratch directories); return
-    what was removed. Only under the rehearsal lock, so never a running rehearsal's clone."""
-    with _exclusive(settings):
-        return _clean(settings)
-
-
-def _clean(settings: Settings) -> list[str]:
+    """Remove what this project's earlier rehearsals left (a crashed one's clone, a kept
+    one); return what was removed. Under the project's and the server's rehearsal locks, so
+    never a running rehearsal's clone, and only clones this ledger's rehearsals made."""
+    from .ops import open_verified
     from .targets import Target as T
 
-    removed: list[str] = []
     target = T.from_url(settings.config.require_target(), settings.config.base_dir)
-    if not target.dialect.in_a_file:
+    with _exclusive(settings), _server_lock(target), \
+            contextlib.closing(open_verified(settings)) as lg:
+        return _clean(settings, lg, target)
+
+
+def _clean(settings: Settings, lg: Any, target: Target) -> list[str]:
+    from .opreplay import Operation
+    from .ops import scan_ops
+
+    removed: list[str] = []
+    ours = [o for o in scan_ops(lg) if isinstance(o, Operation) and o.op == OP
+            and o.target == target.display]
+    if not target.dialect.in_a_file and ours:
+        names = {_clone_name(target.database, o.op_id) for o in ours}
         conn = _maintenance(target)
         try:
             with target.dialect.errors(f"target {target.shown}"):
-                prefix = _clone_name(target.database, "")
-                names = [r[0] for r in conn.execute(
-                    "SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
-                    (prefix,)).fetchall()]
-                for n in names:
+                there = {r[0] for r in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname = ANY(%s)",
+                    (sorted(names),)).fetchall()}
+                for n in sorted(there):
                     conn.execute(f"DROP DATABASE IF EXISTS {_ident(n)} WITH (FORCE)")
                     removed.append(f"database {n}")
         finally:
             conn.close()
     for d in sorted(rehearsals_dir(settings).glob("*")):
-        if d.is_dir():
+        if d.is_dir():  # the project's own, under its lock
             shutil.rmtree(d)
             removed.append(f"directory {d}")
     return removed
@@ -287,61 +342,80 @@ def _pass(run: Run, rollback: bool = False) -> dict[str, Any]:
             **({"failure": run.failure} if run.failure else {})}
 
 
+def health_identity(settings: Settings) -> str:
+    """A keyed fingerprint of the ``[health]`` section as loaded: a check whose query or
+    expected value changed is another rehearsal's, though the plan names it the same."""
+    from . import keyed
+
+    data = json.dumps(settings.config.raw.get("health", {}), sort_keys=True, default=str,
+                      separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return keyed.fingerprint(keyed.load_or_create(settings.fingerprint_secret_path()), data)
+
+
 def rehearse(settings: Settings, to_version: str, from_version: str | None, *, keep: bool,
-             why: Why | None = None, observer: Observer | None = None) -> dict[str, Any]:
+             clone_method: str = "auto", why: Why | None = None,
+             observer: Observer | None = None) -> dict[str, Any]:
     """Rehearse ``from -> to`` on a clone; the result (what ``--json`` prints). Raises
     :class:`RehearsalFailed` (exit 1, after recording it) when the upgrade would fail, its
-    rollback would lose data, or the second forward pass fails."""
+    rollback would lose data, or the second forward pass fails. ``clone_method``: ``auto``
+    (TEMPLATE when nothing is connected), ``template`` or ``restore`` (PostgreSQL)."""
     from . import upgrade
-    from .fingerprint import diff, fingerprint
     from .ops import new_op_id, open_verified, recording
     from .targets import Target as T
 
+    if clone_method not in CLONE_METHODS:
+        raise ConfigError(f"--clone {clone_method!r}: one of {', '.join(CLONE_METHODS)}")
     cfg = settings.config
     target = T.from_url(cfg.require_target(), cfg.base_dir)
     plan = upgrade.plan(settings, to_version, from_version)
     rid = new_op_id()
-    with _exclusive(settings):
-        leftovers = _clean(settings)
-        scratch = files.private_dir(rehearsals_dir(settings) / rid)
-        try:
-            with contextlib.closing(open_verified(settings)) as lg:
-                before = fingerprint(target)
-                args = {"from": plan.from_version, "to": plan.to_version,
-                        "plan_digest": plan.digest(), "fingerprint_digest": before.digest,
-                        "migrations": {m.id: m.checksum for m in plan.migrations},
-                        "keep": keep, **({"removed": leftovers} if leftovers else {})}
-                with recording(lg, rid, OP, target.display, args, why,
-                               observer=observer) as rec:
-                    result = _run_passes(settings, rec, target, plan, before, rid, scratch,
-                                         keep, observer, diff, fingerprint)
-                    result["rehearsal_id"] = rid
-                    if not result["passed"]:
-                        raise RehearsalFailed("; ".join(result["problems"]), result)
-        finally:
-            if not keep:
-                shutil.rmtree(scratch, ignore_errors=True)
+    with _exclusive(settings), _server_lock(target), \
+            contextlib.closing(open_verified(settings)) as lg:
+        leftovers = _clean(settings, lg, target)
+        args = {"from": plan.from_version, "to": plan.to_version,
+                "plan_digest": plan.digest(), "health": health_identity(settings),
+                "migrations": {m.id: m.checksum for m in plan.migrations},
+                "keep": keep, "clone_method": clone_method,
+                **({"removed": leftovers} if leftovers else {})}
+        with recording(lg, rid, OP, target.display, args, why, observer=observer) as rec:
+            scratch = files.private_dir(rehearsals_dir(settings) / rid)
+            try:
+                result = _run_passes(settings, rec, target, plan, rid, scratch, keep,
+                                     clone_method, observer)
+            finally:
+                if not keep:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            result["rehearsal_id"] = rid
+            if not result["passed"]:
+                raise RehearsalFailed("; ".join(result["problems"]), result)
     return result
 
 
-def _run_passes(settings: Settings, rec: Any, target: Target, plan: Plan, before: Fingerprint,
-                rid: str, scratch: Path, keep: bool, observer: Observer | None,
-                diff: Callable[[Any, Any], list[str]],
-                fingerprint: Callable[[Target], Fingerprint]) -> dict[str, Any]:
+def _run_passes(settings: Settings, rec: Any, target: Target, plan: Plan, rid: str,
+                scratch: Path, keep: bool, clone_method: str,
+                observer: Observer | None) -> dict[str, Any]:
     from . import upgrade
+    from .fingerprint import diff, fingerprint
     from .targets import Target as T
+
+    made: list[Clone] = []
+    state: dict[str, Fingerprint] = {}
 
     def make_clone() -> dict[str, Any]:
         c = (_clone_sqlite(target, scratch) if target.dialect.in_a_file
-             else _clone_postgres(settings, target, rid, scratch))
+             else _clone_postgres(settings, target, rid, scratch, clone_method))
         made.append(c)
-        return {"clone": c.shown, "method": c.method, "why": c.why}
+        # what the clone holds is the baseline, not production read a moment apart: a live
+        # application writes in between
+        state["before"] = fingerprint(T.from_url(c.url))
+        return {"clone": c.shown, "method": c.method, "why": c.why,
+                "fingerprint_digest": state["before"].digest}
 
-    made: list[Clone] = []
     cloned = rec.step("clone", "clone", {}, make_clone)
-    clone = made[0]
+    clone, before = made[0], state["before"]
     problems: list[str] = []
     passes: dict[str, Any] = {}
+    lossy: list[str] = []
     try:
         clone_settings, skipped = _clone_settings(settings, clone, scratch, plan.application)
         clone_target = T.from_url(clone.url)
@@ -371,7 +445,6 @@ def _run_passes(settings: Settings, rec: Any, target: Target, plan: Plan, before
             return {"equal": after == before, "differences": diff(before, after)}
 
         cmp = rec.step("compare", "compare", {}, compare)
-        lossy: list[str] = []
         if not cmp["equal"]:
             # on a fresh clone: the rollback's clone has lost the data already
             _drop(target, clone)
@@ -433,31 +506,34 @@ def _lossy(clone_target: Target, clone_settings: Settings, plan: Plan) -> list[s
 
 # -- start --require-rehearsal -------------------------------------------------------------
 
-def require_rehearsal(lg: Any, target: Target, plan: Plan) -> str:
-    """The id of a passing rehearsal of exactly this plan on this target, whose production
-    fingerprint is still the target's; ConfigError (exit 2) naming what is missing."""
+def require_rehearsal(settings: Settings, lg: Any, target: Target, plan: Plan) -> str:
+    """The id of the latest rehearsal of exactly this plan and these health checks on this
+    target, if it passed and the target's fingerprint is still the one it cloned;
+    ConfigError (exit 2) naming what is missing. A later failing rehearsal of the same plan
+    outweighs an earlier passing one."""
     from .fingerprint import fingerprint
     from .opreplay import Operation
     from .ops import scan_ops
 
-    digest = plan.digest()
-    ours = [o for o in scan_ops(lg) if isinstance(o, Operation) and o.op == OP
-            and o.target == target.display]
-    passing = [o for o in ours if o.status == "succeeded"
-               and o.args.get("plan_digest") == digest]
-    if not passing:
-        tried = [o for o in ours if o.args.get("plan_digest") == digest]
-        why = (f"the last rehearsal of this plan, {tried[-1].op_id}, did not pass"
-               if tried else "no rehearsal of this plan (these migration files, this release, "
-               f"{plan.from_version} -> {plan.to_version}) is in the ledger")
-        raise ConfigError(f"--require-rehearsal: {why}: run 'statekeeper rehearse --to "
+    digest, health = plan.digest(), health_identity(settings)
+    same = [o for o in scan_ops(lg) if isinstance(o, Operation) and o.op == OP
+            and o.target == target.display and o.args.get("plan_digest") == digest
+            and o.args.get("health") == health]
+    if not same:
+        raise ConfigError(
+            "--require-rehearsal: no rehearsal of this plan (these migration files, this "
+            f"release, {plan.from_version} -> {plan.to_version}, these health checks) is in "
+            f"the ledger: run 'statekeeper rehearse --to {plan.to_version}' first")
+    last = same[-1]
+    if last.status != "succeeded":
+        raise ConfigError(f"--require-rehearsal: the last rehearsal of this plan, "
+                          f"{last.op_id}, did not pass: run 'statekeeper rehearse --to "
                           f"{plan.to_version}' first")
-    last = passing[-1]
+    clone = next((st for st in last.steps if st.kind == "clone" and st.result), None)
+    cloned = (clone.result or {}).get("fingerprint_digest") if clone is not None else None
     now = fingerprint(target).digest
-    if now != last.args.get("fingerprint_digest"):
+    if now != cloned:
         raise ConfigError(
             f"--require-rehearsal: the target changed since rehearsal {last.op_id} cloned it "
-            f"(fingerprint {now[:16]}, rehearsed {str(last.args.get('fingerprint_digest'))[:16]})"
-            ": rehearse again")
+            f"(fingerprint {now[:16]}, rehearsed {str(cloned)[:16]}): rehearse again")
     return last.op_id
-

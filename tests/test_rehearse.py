@@ -139,3 +139,51 @@ def test_a_killed_rehearsal_leaves_production_untouched_and_its_clone_cleanable(
     assert _clones(proj, request) == []
     assert proj.cli_json("rehearse", "--to", "v2.6")["passed"] is True
     assert _production(proj) == before
+
+
+def test_require_rehearsal_trusts_only_the_latest_rehearsal_of_these_checks(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    proj = _project(tmp_path, "sqlite", request, SCENARIOS["forward"])
+    assert proj.cli_json("rehearse", "--to", "v2.6")["passed"] is True
+    toml = proj.config.read_text()
+    # a health check whose expected value changed is not the check that was rehearsed
+    proj.config.write_text(toml.replace('expect = "3"', 'expect = "4"', 1))
+    r = proj.cli("start", "--to", "v2.6", "--require-rehearsal")
+    assert r.returncode == 2 and "no rehearsal of this plan (" in r.stderr, r.stderr
+    # ... and it fails in rehearsal: that later failure outweighs the earlier pass
+    assert proj.cli("rehearse", "--to", "v2.6").returncode == 1
+    proj.config.write_text(toml)
+    assert proj.cli("rehearse", "--to", "v2.6").returncode == 0
+    failing = proj.dir / "migrations" / "003_user_status.sql"
+    failing.write_text(SCENARIOS["revert"]["003_user_status.sql"])
+    assert proj.cli("rehearse", "--to", "v2.6").returncode == 1
+    failing.write_text(GOOD["003_user_status.sql"])
+    assert proj.cli("start", "--to", "v2.6", "--require-rehearsal").returncode == 0
+
+
+def test_a_rehearsal_leaves_other_checkouts_clones_alone(
+        tmp_path: Path, pg_cluster: Any, request: pytest.FixtureRequest) -> None:
+    """Two checkouts of one application rehearse the same database: one at a time on the
+    server, and neither removes the other's (kept) clone."""
+    url = seeded_db(tmp_path, "postgresql", "app", request)
+    one = make_project(tmp_path / "one", "postgresql", url, SCENARIOS["forward"])
+    two = make_project(tmp_path / "two", "postgresql", url, SCENARIOS["forward"], tag=None)
+    kept = one.cli_json("rehearse", "--to", "v2.6", "--keep")
+    name = kept["clone"]["clone"].rsplit("/", 1)[1]
+    assert two.cli_json("rehearse", "--to", "v2.6")["passed"] is True
+    assert pg_cluster.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "1"
+    held = _session(pg_cluster.url("postgres"))
+    try:
+        held.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))",
+                     (f"statekeeper rehearse {url.rsplit('/', 1)[1]}",))
+        r = two.cli("rehearse", "--to", "v2.6")
+        assert r.returncode == 2 and "another rehearsal of " in r.stderr, r.stderr
+    finally:
+        held.close()
+    assert "removed database " + name in one.cli("rehearse", "--clean", check=True).stdout
+
+
+def _session(url: str) -> Any:
+    from statekeeper.targets import Target
+
+    return Target.from_url(url).connect(autocommit=True)
