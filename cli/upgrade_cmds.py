@@ -261,6 +261,9 @@ def start(obj: Obj, to_version: str, from_version: str | None, plan_file: Path |
     run = command.start(obj.load(target_url), to_version, from_version, observer=note,
                         reason=reason, ticket=ticket, plan_file=plan_file,
                         require_rehearsal=require_rehearsal)
+    if plan_file is not None:
+        click.echo(f"plan: exactly the one in {plan_file} (sha256 {run.plan.digest()[:16]})",
+                   err=obj.as_json)
     _finish(obj, run)
 
 

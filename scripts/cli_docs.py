@@ -24,9 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 WIDTH = 80  # help is rendered for an 80-column terminal, whatever the one running this
+# A block never spans another block's opening marker or a heading: a marker left unclosed
+# matches nothing (and is reported) instead of swallowing the text up to the next block's end.
 BLOCK = re.compile(
-    r"(?P<open><!-- help: (?P<path>[A-Za-z0-9_ -]*?) -->\n).*?(?P<close><!-- /help -->)", re.S
+    r"(?P<open><!-- help: (?P<path>[A-Za-z0-9_ -]*?) -->\n)"
+    r"(?:(?!<!-- help:|^#{1,6} ).)*?(?P<close><!-- /help -->)", re.S | re.M
 )
+OPEN = re.compile(r"<!-- help: ")
 
 
 def render_help(path: list[str]) -> str:
@@ -49,7 +53,11 @@ def help_block(path: list[str]) -> str:
 
 
 def update(text: str) -> str:
-    """``text`` with every marked help block regenerated."""
+    """``text`` with every marked help block regenerated; ValueError for a marker left
+    unclosed."""
+    if len(OPEN.findall(text)) != len(BLOCK.findall(text)):
+        raise ValueError("a '<!-- help: ... -->' marker has no '<!-- /help -->' before the next "
+                         "heading or marker")
     return BLOCK.sub(
         lambda m: m["open"] + help_block(m["path"].split()) + m["close"], text
     )

@@ -227,9 +227,12 @@ def _drop(target: Target, clone: Clone) -> None:
 
 
 def _shown(url: str) -> str:
+    """The clone's URL as messages show the target's: redacted, without the driver name."""
     from ledger import redact
 
-    return redact(url)
+    from .narrate import shown_url
+
+    return shown_url(redact(url))
 
 
 def clean(settings: Settings) -> list[str]:
