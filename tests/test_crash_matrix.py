@@ -11,9 +11,11 @@ fails its HTTP health check, so every compensation runs; the release is checked 
 (where `current` points, the configuration byte for byte, which version answers).
 
 The release side's failpoints run against a SQLite target only: their steps touch files and
-processes, never the target, so a PostgreSQL target takes no other code path there (the
-database side's failpoints and every transition run against both), and they are the
-matrix's slowest cases (each starts the test application).
+processes, never the target, so a PostgreSQL target takes no other code path there, and they
+are the matrix's slowest cases (each starts the test application). So do the transitions'
+(a crash between a step's terminal event and the state change it fires is the ledger's
+matter: the target is as the step left it, and the step failpoints already cover every such
+point on both backends). The database side's failpoints run against both.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ REVERT_TRANSITIONS = 6  # begin, preflight_passed, backed_up, tagged, fail, roll
 def _cases() -> list[Any]:
     return [pytest.param(*c.values, backend, id=f"{c.id}-{backend}")
             for c in _scenarios() for backend in ("sqlite", "postgresql")
-            if backend == "sqlite" or c.values[1] not in ("release", "unhealthy")]
+            if backend == "sqlite" or (c.values[1] not in ("release", "unhealthy")
+                                       and not str(c.values[0]).startswith("transition."))]
 
 
 def _scenarios() -> list[Any]:
