@@ -93,7 +93,10 @@ class Group(click.Group):
             click.echo("error: interrupted", err=True)
             self._json_error(ctx, error_doc(None, "interrupted", EXIT_INTERRUPTED))
             ctx.exit(EXIT_INTERRUPTED)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except click.ClickException as e:  # a usage error the command itself found
+            self._json_error(ctx, error_doc("UsageError", e.format_message(), e.exit_code))
+            raise
+        except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as e:  # a bug or an untranslated failure: one line, never a traceback
             click.echo(f"error: unexpected {type(e).__name__}: {one_line(str(e))}", err=True)
@@ -132,8 +135,16 @@ class Obj:
     def result(self, code: int, error: dict[str, Any] | None, **own: Any) -> dict[str, Any]:
         """A ``--json`` result: ``ok``, ``exit_code``, ``command``, ``error`` (null on
         success) and the command's own members (docs/result.schema.json)."""
-        return {"ok": code == 0, "exit_code": code, "command": self.command, "error": error,
-                **own}
+        return {**own, "ok": code == 0, "exit_code": code, "command": self.command,
+                "error": error}
+
+    def emit(self, code: int = 0, error: dict[str, Any] | None = None, **own: Any) -> None:
+        """Print the ``--json`` result of a command that ends with ``code``."""
+        emit_json(self.result(code, error, **own))
+
+    def say(self, line: str) -> None:
+        """A line for the human: on stdout, or on stderr under ``--json``."""
+        click.echo(line, err=self.as_json)
 
     @property
     def settings(self) -> Settings:
@@ -183,21 +194,30 @@ def confirmer() -> Callable[[str], bool] | None:
 
 
 class OpNote:
-    """Remembers the operation an op command recorded, and says so last."""
+    """Remembers the operation an op command recorded, and says so last. With the command's
+    ``obj``: a step that succeeded is progress (an error after it did not leave everything
+    as it was, see :func:`statekeeper.errors.exit_code_after`), and the ``--json`` document
+    of an error names the operation."""
 
-    def __init__(self) -> None:
+    def __init__(self, obj: Obj | None = None) -> None:
         self.op_id: str | None = None
         self.outcome: str | None = None
+        self.obj = obj
+        if obj is not None:
+            obj.partial = lambda: {"op_id": self.op_id}
 
     def __call__(self, kind: str, p: dict[str, Any]) -> None:
         if kind == "op.created":
             self.op_id = str(p.get("op_id"))
         elif kind == "op.ended":
             self.outcome = str(p.get("outcome"))
+        elif kind == "step.succeeded" and self.obj is not None:
+            self.obj.progressed = True
 
     def echo(self) -> None:
         if self.op_id is not None:
-            click.echo(f"recorded as operation {self.op_id} (stream ops/{self.op_id})")
+            click.echo(f"recorded as operation {self.op_id} (stream ops/{self.op_id})",
+                       err=self.obj is not None and self.obj.as_json)
 
 
 def json_option(f: Any) -> Any:

@@ -167,15 +167,19 @@ def _finish(obj: Obj, run: Run, wanted: str = "completed") -> None:
     help="Migrations directory to write in the configuration.",
 )
 @why_options
+@json_option
 @pass_obj
 def init(obj: Obj, target_url: str | None, migrations_dir: str, reason: str | None,
-         ticket: str | None) -> None:
+         ticket: str | None, as_json: bool) -> None:
     """Create statekeeper.toml, a signing key and the ledger (safe to repeat).
 
     What it created is recorded as an operation (stream ops/ID); on a new ledger that is its
     first event after the genesis. A re-run that creates nothing records nothing."""
     done = command.init(obj.config, obj.key, obj.ledger_url, target_url, migrations_dir,
                         reason=reason, ticket=ticket)
+    if as_json:
+        obj.emit(done=done)
+        return
     for line in done:
         click.echo(line)
 
@@ -183,7 +187,7 @@ def init(obj: Obj, target_url: str | None, migrations_dir: str, reason: str | No
 @click.command("plan")
 @click.option("--to", "to_version", required=True, help="Version to upgrade to.")
 @click.option("--from", "from_version", help="Version upgraded from (default: last tag).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @target_option
 @pass_obj
 def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
@@ -196,7 +200,7 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
         click.echo(f"warning: no health checks: nothing verifies the new version after the "
                    f"migrations (add [health] checks to {where})", err=True)
     if as_json:
-        emit_json(p)
+        obj.emit(**p)
         return
     click.echo(
         f"upgrade {p['application']} {p['from_version']} -> {p['to_version']} on {p['target']}"
@@ -282,7 +286,7 @@ def rollback(obj: Obj, run_id: str, restore: bool, target_url: str | None,
 
 @click.command("status")
 @click.argument("run_id", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @pass_obj
 def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
     """Current state and last step of a run (default: the latest), and the release it
@@ -292,7 +296,7 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
     s = run_summary(run)
     server = command.server_state(obj.settings, run)
     if as_json:
-        emit_json({**s, "server": None if server is None else server.to_dict()})
+        obj.emit(**s, server=None if server is None else server.to_dict())
         return
     click.echo(f"run {s['run_id']}: {s['state']}  ({s['from']} -> {s['to']}, {s['target']})")
     if s["release"]:
@@ -310,7 +314,7 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
 
 
 @click.command("history")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @pass_obj
 def history(obj: Obj, as_json: bool) -> None:
     """Every run: id, from, to, state, started, ended, release (from -> to).
@@ -352,7 +356,7 @@ def debug() -> None:
 
 
 @debug.command("failpoints")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def debug_failpoints(as_json: bool) -> None:
     """List the named failpoints (STATEKEEPER_FAILPOINT=name[:N] kills the process there)."""
     if as_json:
