@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from statekeeper import command, failpoints
-from statekeeper.errors import EXIT_OK, exit_code_for_state
+from statekeeper.errors import EXIT_OK, MigrationError, exit_code_for_state
 from statekeeper.narrate import narrate
 
 from .root import (
@@ -18,6 +18,7 @@ from .root import (
     emit_json,
     error_doc,
     json_option,
+    one_line,
     pass_obj,
     target_option,
     why_options,
@@ -104,13 +105,19 @@ def run_error(run: Run, code: int) -> dict[str, Any] | None:
 class RunNote:
     """Passes a run's events to the progress display and notes, for the exit code and the
     ``--json`` document of an error that ends the command, which run it is and whether this
-    invocation recorded progress of it."""
+    invocation recorded progress of it.
+
+    A failure is shown once: its step's FAIL line, then (for a migration) the statement's
+    line with a caret, DETAIL, HINT, CONTEXT and the NOTICEs; the state change it causes and
+    the final line then name the step only (:attr:`shown`)."""
 
     PROGRESS = frozenset({"state.changed", "step.started", "step.succeeded", "step.failed"})
 
     def __init__(self, obj: Obj, show: Any) -> None:
         self.obj, self.show = obj, show
         self.run_id: str | None = None
+        #: the failure reasons (``STEP failed: ERROR``) this process has shown in full
+        self.shown: set[str] = set()
         obj.partial = self.partial
         obj.run_command = True
 
@@ -119,7 +126,15 @@ class RunNote:
             self.run_id = str(p.get("run_id"))
         if kind in self.PROGRESS:
             self.obj.progressed = True
+        if kind == "state.changed" and p.get("reason") in self.shown:
+            p = {k: v for k, v in p.items() if k != "reason"}
         self.show(kind, p)
+        if kind == "step.failed" and not p.get("recovered"):
+            self.shown.add(f"{p.get('step')} failed: {p.get('error')}")
+            f = p.get("failure")
+            if isinstance(f, dict) and f.get("class") == "MigrationError":
+                for line in MigrationError.from_fields(f).display_lines():
+                    self.obj.say(f"          {one_line(line)}")
 
     def partial(self) -> dict[str, Any]:
         run = None
@@ -147,10 +162,14 @@ def unreadable_summary(u: Unreadable) -> dict[str, Any]:
     }
 
 
-def _finish(obj: Obj, run: Run, wanted: str = "completed") -> None:
+def _finish(obj: Obj, note: RunNote, run: Run, wanted: str = "completed") -> None:
     """Print the outcome; exit 0 when the run ended as the command intended."""
     code = EXIT_OK if run.state == wanted else exit_code_for_state(run.state)
-    reason = f" ({run.failure})" if run.failure and run.state != "completed" else ""
+    reason = ""
+    if run.failure and run.state != "completed":
+        step = failed_step(run)
+        shown = run.failure in note.shown and step is not None
+        reason = f" ({step.name} failed)" if shown and step else f" ({run.failure})"
     click.echo(f"run {run.run_id}: {run.state}{reason}", err=obj.as_json)
     if obj.as_json:
         emit_json(obj.result(code, run_error(run, code), run_id=run.run_id, run=run_doc(run)))
@@ -238,7 +257,7 @@ def start(obj: Obj, to_version: str, from_version: str | None, target_url: str |
     note = observer(obj)
     run = command.start(obj.load(target_url), to_version, from_version, observer=note,
                         reason=reason, ticket=ticket)
-    _finish(obj, run)
+    _finish(obj, note, run)
 
 
 @click.command("resume")
@@ -258,7 +277,7 @@ def resume(obj: Obj, run_id: str | None, rollback: bool, target_url: str | None,
     run = command.resume(obj.load(target_url), run_id, rollback, observer=note,
                          reason=reason, ticket=ticket)
     asked = rollback or run.rollback_requested
-    _finish(obj, run, wanted="rolled_back" if asked else "completed")
+    _finish(obj, note, run, wanted="rolled_back" if asked else "completed")
 
 
 @click.command("rollback")
@@ -281,7 +300,7 @@ def rollback(obj: Obj, run_id: str, restore: bool, target_url: str | None,
     note = observer(obj, run_id)
     run = command.rollback(obj.load(target_url), run_id, restore, observer=note,
                            reason=reason, ticket=ticket)
-    _finish(obj, run, wanted="rolled_back")
+    _finish(obj, note, run, wanted="rolled_back")
 
 
 @click.command("status")
@@ -291,8 +310,15 @@ def rollback(obj: Obj, run_id: str, restore: bool, target_url: str | None,
 def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
     """Current state and last step of a run (default: the latest), and the release it
     went from and to. For an unfinished run on a PostgreSQL server: whether the server is
-    down, and what 'resume' will do about it."""
-    run = command.status(obj.settings, run_id)
+    down, and what 'resume' will do about it. With no run yet: says so and exits 0, as
+    'history' does (a RUN_ID that is not in the ledger exits 2)."""
+    run = command.latest(obj.settings, run_id)
+    if run is None:  # as history with no runs: nothing to show is not an error
+        if as_json:
+            obj.emit(run_id=None)
+        else:
+            click.echo("no runs yet")
+        return
     s = run_summary(run)
     server = command.server_state(obj.settings, run)
     if as_json:

@@ -82,8 +82,22 @@ def test_a_failed_migration_is_one_document_with_its_place_and_notices(
         assert m["notices"] == []
     assert f"at {path}:3:{m['column']}: {m['server_message']}" in err["message"]
     # the progress went to stderr, and stdout holds nothing but the document
-    assert "    ok    revert:002_orders" in r.stderr
     assert r.stdout.lstrip().startswith("{") and r.stdout.rstrip().endswith("}")
+    # the cause is shown once, with its place, then the rollback
+    lines = r.stderr.splitlines()
+    assert r.stderr.count(m["server_message"]) == 1, r.stderr
+    fail = next(i for i, x in enumerate(lines) if x.startswith("    FAIL  "))
+    cause = err["message"].removeprefix("migrate:003_user_status failed: ")
+    assert lines[fail].startswith(f"    FAIL  migrate:003_user_status: {cause}  [")
+    caret = " " * (m["column"] - 1) + "^"
+    shown = ["          3 | UPDATE users SET status = 'x' WHERE no_such_column = 1;",
+             f"            | {caret}"]
+    if backend == "postgresql":
+        shown.append('          NOTICE:  relation "users" already exists, skipping (line 1)')
+    assert lines[fail + 1:fail + 1 + len(shown)] == shown
+    assert lines[fail + 1 + len(shown)] == "  [migrating -> rolling_back]"
+    assert lines[fail + 2 + len(shown)].startswith("    ok    revert:002_orders  [")
+    assert lines[-1] == f"run {run['run_id']}: rolled_back (migrate:003_user_status failed)"
 
 
 def test_completed_and_rolled_back_runs(tmp_path: Path) -> None:
@@ -147,3 +161,16 @@ def test_the_target_lost_mid_run_needs_attention_not_unreachable(
     pg_cluster.psql(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
     done = result(invoke(proj, "resume", "--json"), 0)
     assert done["run_id"] == doc["run_id"] and done["run"]["state"] == "completed"
+
+
+def test_status_and_history_agree_when_there_are_no_runs(tmp_path: Path) -> None:
+    url = seeded_db(tmp_path, "sqlite", "app", None)
+    proj = make_project(tmp_path / "proj", "sqlite", url, SCENARIOS["forward"])
+    for cmd in ("status", "history"):
+        r = invoke(proj, cmd)
+        assert (r.exit_code, r.stdout, r.stderr) == (0, "no runs yet\n", "")
+    assert result(invoke(proj, "status", "--json"), 0)["run_id"] is None
+    assert json.loads(invoke(proj, "history", "--json").stdout) == []
+    # a run that is not there is still an error
+    doc = result(invoke(proj, "status", "nope", "--json"), 2)
+    assert doc["error"]["message"] == "no run 'nope' in the ledger"
