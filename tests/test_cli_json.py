@@ -174,3 +174,29 @@ def test_status_and_history_agree_when_there_are_no_runs(tmp_path: Path) -> None
     # a run that is not there is still an error
     doc = result(invoke(proj, "status", "nope", "--json"), 2)
     assert doc["error"]["message"] == "no run 'nope' in the ledger"
+
+
+def test_operations_print_the_same_shape(tmp_path: Path) -> None:
+    """migrate up (failing half-way), validate, down; backup create and restore: each one
+    document, the migration's place in a failure, what was done before it."""
+    url = seeded_db(tmp_path, "sqlite", "app", None)
+    proj = make_project(tmp_path / "proj", "sqlite", url, SCENARIOS["revert"])
+    r = invoke(proj, "migrate", "up", "--json")
+    up = result(r, 1)
+    assert up["command"] == "migrate up" and up["op_id"]
+    assert [a["id"] for a in up["applied"]] == ["001_bump_qty", "002_orders"]
+    assert up["error"]["class"] == "MigrationError"
+    assert up["error"]["migration"]["line"] == 2
+    assert r.stderr.splitlines()[:2] == [f"applied {a['id']} ({a['execution_ms']} ms)"
+                                         for a in up["applied"]]
+    ok = result(invoke(proj, "migrate", "validate", "--json"), 0)
+    assert (ok["applied"], ok["pending"]) == (["001_bump_qty", "002_orders"],
+                                              ["003_user_status"])
+    down = result(invoke(proj, "migrate", "down", "--to-tag", "v2.5", "--yes", "--json"), 0)
+    assert down["reverted"] == ["002_orders", "001_bump_qty"]
+    made = result(invoke(proj, "backup", "create", "--id", "b1", "--json"), 0)
+    assert made["id"] == "b1" and made["op_id"]
+    back = result(invoke(proj, "backup", "restore", "b1", "--yes", "--json"), 0)
+    assert back["id"] == "b1"
+    gone = result(invoke(proj, "backup", "restore", "nope", "--yes", "--json"), 2)
+    assert gone["error"]["class"] == "BackupNotFound"
