@@ -56,10 +56,11 @@ def backup() -> None:
     Exit codes: 0 success; 1 the backup or restore failed (nothing half-done);
     2 usage or configuration error, unknown backup id, restore into another database, restore
     or prune not confirmed, no [backup] keep/keep_days to prune by; 3 a restore needs
-    attention (fingerprint differs, or a cluster restore stopped half-way), or the ledger is
-    unreachable; 4 an artifact does not match its manifest (corrupt or missing), or the
+    attention (fingerprint differs, or a cluster restore stopped half-way), or the ledger
+    failed mid-way; 4 an artifact does not match its manifest (corrupt or missing), or the
     ledger does not verify (or holds a run or operation prune cannot replay); 5 a run or
-    another process holds the target.
+    another process holds the target; 6 the target or the ledger cannot be reached (nothing
+    was done).
     """
 
 

@@ -48,8 +48,9 @@ def migrate() -> None:
 
     Exit codes: 0 success; 1 a migration or the database failed; 2 bad input, an edited or
     missing applied file, a rollback over an irreversible migration, or down not confirmed;
-    3 the ledger is unreachable; 4 the ledger does not verify; 5 another process holds the
-    migration lock or a run holds the target.
+    3 the ledger failed mid-way, or the target or ledger was lost after a migration was
+    applied; 4 the ledger does not verify; 5 another process holds the migration lock or a
+    run holds the target; 6 the target or the ledger cannot be reached (nothing was done).
     """
 
 
