@@ -322,7 +322,7 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
     s = run_summary(run)
     server = command.server_state(obj.settings, run)
     if as_json:
-        obj.emit(**s, server=None if server is None else server.to_dict())
+        obj.emit(**run_doc(run), server=None if server is None else server.to_dict())
         return
     click.echo(f"run {s['run_id']}: {s['state']}  ({s['from']} -> {s['to']}, {s['target']})")
     if s["release"]:

@@ -110,6 +110,8 @@ def test_completed_and_rolled_back_runs(tmp_path: Path) -> None:
     assert all(s["status"] == "succeeded" and isinstance(s["duration_ms"], int)
                for s in done["run"]["steps"])
     run_id = done["run_id"]
+    st = result(invoke(proj, "status", "--json"), 0)
+    assert st["steps"] == done["run"]["steps"] and st["server"] is None
     back = result(invoke(proj, "rollback", run_id, "--json"), 0)
     assert back["command"] == "rollback" and back["run"]["state"] == "rolled_back"
     # resume of a settled run: nothing to do, the run as it is
