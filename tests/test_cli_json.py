@@ -56,7 +56,7 @@ def test_a_failed_migration_is_one_document_with_its_place_and_notices(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     url = seeded_db(tmp_path, backend, "app", request)
     proj = make_project(tmp_path / "proj", backend, url,
-                        {**GOOD, "003_user_status.sql": FAILING})
+                        {**GOOD, "003_user_status.sql": FAILING}, backup=False)
     r = invoke(proj, "start", "--to", "v2.6", "--json")
     doc = result(r, 1)
     assert doc["command"] == "start"
@@ -153,7 +153,7 @@ def test_the_target_lost_mid_run_needs_attention_not_unreachable(
            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity\n"
            " WHERE datname = current_database() AND pid <> pg_backend_pid();\n")
     proj = make_project(tmp_path / "proj", "postgresql", url,
-                        {**GOOD, "002_orders.sql": cut + GOOD["002_orders.sql"]})
+                        {**GOOD, "002_orders.sql": cut + GOOD["002_orders.sql"]}, backup=False)
     r = invoke(proj, "start", "--to", "v2.6", "--json")
     doc = result(r, 3)
     assert doc["error"]["class"] == "TargetRefused"
