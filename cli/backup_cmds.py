@@ -11,7 +11,16 @@ import click
 from statekeeper import command
 from statekeeper.sizes import size_text
 
-from .root import Obj, OpNote, confirmer, emit_json, pass_obj, why_options, yes_option
+from .root import (
+    Obj,
+    OpNote,
+    confirmer,
+    emit_json,
+    json_option,
+    pass_obj,
+    why_options,
+    yes_option,
+)
 
 F = Callable[..., Any]
 
@@ -21,10 +30,6 @@ def target_opt(f: F) -> F:
         "--target", "target_url", metavar="URL",
         help="Target database URL (overrides [target] url).",
     )(f)
-
-
-def json_opt(f: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> None:
@@ -51,10 +56,11 @@ def backup() -> None:
     Exit codes: 0 success; 1 the backup or restore failed (nothing half-done);
     2 usage or configuration error, unknown backup id, restore into another database, restore
     or prune not confirmed, no [backup] keep/keep_days to prune by; 3 a restore needs
-    attention (fingerprint differs, or a cluster restore stopped half-way), or the ledger is
-    unreachable; 4 an artifact does not match its manifest (corrupt or missing), or the
+    attention (fingerprint differs, or a cluster restore stopped half-way), or the ledger
+    failed mid-way; 4 an artifact does not match its manifest (corrupt or missing), or the
     ledger does not verify (or holds a run or operation prune cannot replay); 5 a run or
-    another process holds the target.
+    another process holds the target; 6 the target or the ledger cannot be reached (nothing
+    was done).
     """
 
 
@@ -63,16 +69,16 @@ def backup() -> None:
 @click.option("--id", "backup_id", metavar="ID",
               help="Backup id (default: UTC timestamp and a random suffix).")
 @why_options
-@json_opt
+@json_option
 @pass_obj
 def backup_create(obj: Obj, target_url: str | None, backup_id: str | None,
                   reason: str | None, ticket: str | None, as_json: bool) -> None:
     """Back up the target; the manifest is written only once the artifact is complete."""
-    note = OpNote()
+    note = OpNote(obj)
     m = command.backup_create(obj.settings, target_url, backup_id, reason=reason,
                               ticket=ticket, observer=note)
     if as_json:
-        emit_json({**m.to_dict(include_fingerprint=False), "op_id": note.op_id})
+        obj.emit(**m.to_dict(include_fingerprint=False), op_id=note.op_id)
         return
     click.echo(f"created backup {m.id} ({m.method}, {size_text(m.size)}) in {m.directory}")
     click.echo(f"  sha256       {m.sha256}")
@@ -84,7 +90,7 @@ def backup_create(obj: Obj, target_url: str | None, backup_id: str | None,
 
 @backup.command("list")
 @target_opt
-@json_opt
+@json_option
 @pass_obj
 def backup_list(obj: Obj, target_url: str | None, as_json: bool) -> None:
     """List complete backups, oldest first (a backup without its manifest is not listed)."""
@@ -104,13 +110,13 @@ def backup_list(obj: Obj, target_url: str | None, as_json: bool) -> None:
 @backup.command("verify")
 @click.argument("backup_id", metavar="ID")
 @target_opt
-@json_opt
+@json_option
 @pass_obj
 def backup_verify(obj: Obj, backup_id: str, target_url: str | None, as_json: bool) -> None:
     """Re-hash backup ID's artifact against its manifest (exit 4 if it differs or is gone)."""
     m = command.backup_verify(obj.settings, backup_id, target_url)
     if as_json:
-        emit_json({"ok": True, **m.to_dict(include_fingerprint=False)})
+        obj.emit(**m.to_dict(include_fingerprint=False))
         return
     click.echo(f"backup {m.id} OK: {m.artifact_path} matches its manifest "
                f"({size_text(m.size)}, sha256 {m.sha256[:16]})")
@@ -125,7 +131,7 @@ def backup_verify(obj: Obj, backup_id: str, target_url: str | None, as_json: boo
 @click.option("--without-ledger", is_flag=True,
               help="The ledger is lost or unreachable: restore anyway, recording nothing.")
 @why_options
-@json_opt
+@json_option
 @pass_obj
 def backup_restore(obj: Obj, backup_id: str, target_url: str | None,
                    allow_other_database: bool, yes: bool, without_ledger: bool,
@@ -137,14 +143,14 @@ def backup_restore(obj: Obj, backup_id: str, target_url: str | None,
     dropped and the dump replayed in one transaction. pgbackrest: stop, point-in-time
     restore to the backup's restore point, start. sqlite: the file is replaced atomically.
     """
-    note = OpNote()
+    note = OpNote(obj)
     r = command.backup_restore(obj.settings, backup_id, target_url, allow_other_database,
                                reason=reason, ticket=ticket, yes=yes, confirm=confirmer(),
                                observer=note, without_ledger=without_ledger)
     if as_json:
-        emit_json({"ok": True, "id": r.manifest.id, "duration_ms": r.duration_ms,
-                   "fingerprint": r.fingerprint.digest if r.fingerprint else None,
-                   "undone": r.damage, "op_id": note.op_id})
+        obj.emit(id=r.manifest.id, duration_ms=r.duration_ms,
+                 fingerprint=r.fingerprint.digest if r.fingerprint else None,
+                 undone=r.damage, op_id=note.op_id)
         return
     click.echo(f"restored backup {r.manifest.id} into {r.target} "
                f"in {r.duration_ms / 1000:.1f} s")
@@ -164,7 +170,7 @@ def _plural(n: int, word: str) -> str:
               help="Show what would be deleted and why; delete and record nothing.")
 @yes_option
 @why_options
-@json_opt
+@json_option
 @pass_obj
 def backup_prune(obj: Obj, target_url: str | None, dry_run: bool, yes: bool,
                  reason: str | None, ticket: str | None, as_json: bool) -> None:
@@ -177,16 +183,15 @@ def backup_prune(obj: Obj, target_url: str | None, dry_run: bool, yes: bool,
     retention, repo1-retention-full, expires those). Ages are the ledger's. Asks for
     confirmation on a terminal, needs --yes otherwise (not with --dry-run).
     """
-    note = OpNote()
+    note = OpNote(obj)
     verdicts = command.backup_prune(obj.settings, target_url, dry_run=dry_run, reason=reason,
                                     ticket=ticket, yes=yes, confirm=confirmer(),
                                     observer=note)
     gone = [v for v in verdicts if v.delete]
     size = size_text(sum(v.manifest.size for v in gone))
     if as_json:
-        emit_json({"dry_run": dry_run, "deleted": [v.manifest.id for v in gone]
-                   if not dry_run else [], "backups": [v.to_dict() for v in verdicts],
-                   "op_id": note.op_id})
+        obj.emit(dry_run=dry_run, deleted=[v.manifest.id for v in gone] if not dry_run else [],
+                 backups=[v.to_dict() for v in verdicts], op_id=note.op_id)
         return
     if not verdicts:
         click.echo(f"no backups in {obj.settings.config.backup_dir()}")
@@ -221,9 +226,10 @@ def backup_prune(obj: Obj, target_url: str | None, dry_run: bool, yes: bool,
 @click.option("--ticket", metavar="ID",
               help="Change request the scheduled backups are done under (required when "
                    "[upgrade] require_ticket = true).")
+@json_option
 @pass_obj
 def backup_schedule(obj: Obj, kind: str | None, at: str, program: str | None,
-                    ticket: str | None) -> None:
+                    ticket: str | None, as_json: bool) -> None:
     """Print the entry for a nightly backup: a crontab line (--cron), or a systemd service
     and timer (--systemd). Nothing is installed or recorded.
 
@@ -244,6 +250,9 @@ def backup_schedule(obj: Obj, kind: str | None, at: str, program: str | None,
     else:
         words = (sys.executable, "-m", "cli")
     out = command.backup_schedule(obj.settings, kind, words, at, getpass.getuser(), ticket)
+    if as_json:
+        obj.emit(kind=kind, files=out)
+        return
     first = True
     for name, text in out.items():
         if kind == "systemd":

@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from statekeeper import command
 
-from .root import Obj, emit_json, pass_obj, target_option
+from .root import Obj, json_option, pass_obj, target_option
 
 
 @click.group("config")
@@ -19,7 +19,7 @@ def config_group() -> None:
 
 @config_group.command("show")
 @target_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @pass_obj
 def show(obj: Obj, target_url: str | None, as_json: bool) -> None:
     """The effective configuration, each value with its origin (flag, env, file, default);
@@ -33,8 +33,8 @@ def show(obj: Obj, target_url: str | None, as_json: bool) -> None:
              "env STATEKEEPER_CONFIG" if source is ParameterSource.ENVIRONMENT else
              "the working directory")
     if as_json:
-        emit_json({"file": None if path is None else str(path), "file_from": found,
-                   "values": {e.name: e.to_dict() for e in entries}})
+        obj.emit(file=None if path is None else str(path), file_from=found,
+                 values={e.name: e.to_dict() for e in entries})
         return
     click.echo(f"# configuration file: {path} (from {found})" if path else
                "# configuration file: (none: defaults)")

@@ -7,11 +7,11 @@ import click
 from statekeeper import command
 from statekeeper.errors import EXIT_FAILED, EXIT_OK
 
-from .root import Obj, emit_json, one_line, pass_obj
+from .root import Obj, error_doc, json_option, one_line, pass_obj
 
 
 @click.command("health")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @pass_obj
 def health(obj: Obj, as_json: bool) -> None:
     """Run the [health] checks now, outside any upgrade (no ledger, no lock).
@@ -20,12 +20,16 @@ def health(obj: Obj, as_json: bool) -> None:
     when one fails.
     """
     report = command.health(obj.settings)
+    code = EXIT_OK if report.ok else EXIT_FAILED
     if as_json:
-        emit_json(report.to_payload())
+        failed = [c.name for c in report.checks if not c.ok]
+        err = error_doc(None, f"health check failed: {', '.join(failed)}", code) if failed \
+            else None
+        obj.emit(code, err, **report.to_payload())
     elif not report.checks:
         click.echo(f"no health checks configured in {obj.settings.config.source}")
     else:
         for c in report.checks:
             mark = "ok  " if c.ok else "FAIL"
             click.echo(one_line(f"{mark}  {c.name} ({c.kind}): {c.outcome()}"))
-    raise click.exceptions.Exit(EXIT_OK if report.ok else EXIT_FAILED)
+    raise click.exceptions.Exit(code)

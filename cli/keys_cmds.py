@@ -8,7 +8,7 @@ import click
 
 from statekeeper import command
 
-from .root import Obj, OpNote, PathArg, emit_json, pass_obj, why_options
+from .root import Obj, OpNote, PathArg, emit_json, json_option, pass_obj, why_options
 
 
 @click.group()
@@ -18,9 +18,14 @@ def keys() -> None:
 
 @keys.command("generate")
 @click.option("--out", required=True, type=PathArg, help="Where to write the private key (0600).")
-def keys_generate(out: Path) -> None:
+@json_option
+@pass_obj
+def keys_generate(obj: Obj, out: Path, as_json: bool) -> None:
     """Generate a signing key: OUT (mode 0600) and OUT.pub (the public key, to share)."""
     signer = command.keys_generate(out)
+    if as_json:
+        obj.emit(path=str(out), public_key_path=f"{out}.pub", key_id=signer.key_id)
+        return
     click.echo(f"wrote {out} (private, mode 0600) and {out}.pub")
     click.echo(f"key id {signer.key_id}")
 
@@ -28,20 +33,25 @@ def keys_generate(out: Path) -> None:
 @keys.command("rotate")
 @click.option("--new-key", required=True, type=PathArg, help="The key that takes over signing.")
 @why_options
+@json_option
 @pass_obj
-def keys_rotate(obj: Obj, new_key: Path, reason: str | None, ticket: str | None) -> None:
+def keys_rotate(obj: Obj, new_key: Path, reason: str | None, ticket: str | None,
+                as_json: bool) -> None:
     """Introduce a new signing key, in an event signed by the current key (--key).
 
     Recorded as an operation (stream ops/ID) with the old and new key ids."""
-    note = OpNote()
+    note = OpNote(obj)
     ev = command.keys_rotate(obj.settings, new_key, reason=reason, ticket=ticket,
                              observer=note)
+    if as_json:
+        obj.emit(seq=ev.seq, new_key=str(new_key), op_id=note.op_id)
+        return
     click.echo(f"rotated signing key at seq {ev.seq}; sign with {new_key} from now on")
     note.echo()
 
 
 @keys.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @pass_obj
 def keys_list(obj: Obj, as_json: bool) -> None:
     """List the public keys recorded in the ledger, oldest first."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from statekeeper import command
-from statekeeper.errors import MigrationError, exit_code_for
 
 from .root import (
     Obj,
@@ -18,7 +16,7 @@ from .root import (
     PathArg,
     confirmer,
     emit_json,
-    one_line,
+    json_option,
     pass_obj,
     why_options,
     yes_option,
@@ -36,24 +34,6 @@ def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-@contextlib.contextmanager
-def failing_statement_shown() -> Iterator[None]:
-    """A failed migration: the one error line, then (indented, like psql's ``LINE 3:``) the
-    failing statement's line with a caret, the server's DETAIL, HINT and CONTEXT and the
-    NOTICEs and WARNINGs it raised. Only ``error:`` lines are errors: a script reading stderr
-    still finds one."""
-    try:
-        yield
-    except MigrationError as e:
-        lines = e.display_lines()
-        if not lines:
-            raise
-        click.echo(f"error: {one_line(str(e))}", err=True)
-        for line in lines:
-            click.echo(f"  {one_line(line)}", err=True)
-        raise click.exceptions.Exit(exit_code_for(e)) from None
-
-
 @click.group("migrate")
 def migrate() -> None:
     """Tracked SQL migrations on the target database.
@@ -68,8 +48,9 @@ def migrate() -> None:
 
     Exit codes: 0 success; 1 a migration or the database failed; 2 bad input, an edited or
     missing applied file, a rollback over an irreversible migration, or down not confirmed;
-    3 the ledger is unreachable; 4 the ledger does not verify; 5 another process holds the
-    migration lock or a run holds the target.
+    3 the ledger failed mid-way, or the target or ledger was lost after a migration was
+    applied; 4 the ledger does not verify; 5 another process holds the migration lock or a
+    run holds the target; 6 the target or the ledger cannot be reached (nothing was done).
     """
 
 
@@ -84,7 +65,7 @@ def _row_json(r: MigrationStatus) -> dict[str, Any]:
 
 @migrate.command("status", short_help="Applied, pending, edited, missing migrations.")
 @target_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list, one object per row).")
+@json_option
 @pass_obj
 def status(obj: Obj, target_url: str | None, migrations_dir: Path | None, as_json: bool) -> None:
     """Show every migration: applied, pending, edited (file changed) or missing (file gone)."""
@@ -108,10 +89,15 @@ def status(obj: Obj, target_url: str | None, migrations_dir: Path | None, as_jso
 
 @migrate.command("validate", short_help="Refuse edited or missing applied files.")
 @target_options
+@json_option
 @pass_obj
-def validate(obj: Obj, target_url: str | None, migrations_dir: Path | None) -> None:
+def validate(obj: Obj, target_url: str | None, migrations_dir: Path | None,
+             as_json: bool) -> None:
     """Check that every applied migration's file is present and unchanged (exit 2 if not)."""
     applied, pending = command.migrate_validate(obj.settings, target_url, migrations_dir)
+    if as_json:
+        obj.emit(applied=[m.id for m in applied], pending=[m.id for m in pending])
+        return
     click.echo(f"ok: {len(applied)} applied migrations match their files; {len(pending)} pending")
 
 
@@ -120,9 +106,10 @@ def validate(obj: Obj, target_url: str | None, migrations_dir: Path | None) -> N
 @click.option("--to", "to", metavar="MIGRATION", help="Stop after this migration id.")
 @click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
 @why_options
+@json_option
 @pass_obj
 def up(obj: Obj, target_url: str | None, migrations_dir: Path | None, to: str | None,
-       dry_run: bool, reason: str | None, ticket: str | None) -> None:
+       dry_run: bool, reason: str | None, ticket: str | None, as_json: bool) -> None:
     """Apply the pending migrations in order, each in its own transaction.
 
     A failing migration stops the run (exit 1) and is rolled back; the ones before it stay
@@ -130,17 +117,24 @@ def up(obj: Obj, target_url: str | None, migrations_dir: Path | None, to: str | 
     """
     if dry_run:
         text = command.migrate_sql(obj.settings, target_url, migrations_dir, target_id=to)
+        if as_json:
+            obj.emit(dry_run=True, sql=text)
+            return
         click.echo(text or "-- nothing to apply: the schema is up to date\n", nl=False)
         return
+    applied: list[dict[str, Any]] = []
 
     def done(rec: AppliedMigration) -> None:
-        click.echo(f"applied {rec.id} ({rec.execution_ms} ms)")
+        applied.append({"id": rec.id, "execution_ms": rec.execution_ms})
+        obj.say(f"applied {rec.id} ({rec.execution_ms} ms)")
 
-    note = OpNote()
-    with failing_statement_shown():
-        applied = command.migrate_up(obj.settings, target_url, migrations_dir, target_id=to,
-                                     on_applied=done, reason=reason, ticket=ticket,
-                                     observer=note)
+    note = OpNote(obj)
+    obj.partial = lambda: {"op_id": note.op_id, "applied": applied}
+    command.migrate_up(obj.settings, target_url, migrations_dir, target_id=to,
+                       on_applied=done, reason=reason, ticket=ticket, observer=note)
+    if as_json:
+        obj.emit(op_id=note.op_id, applied=applied)
+        return
     if not applied:
         click.echo("nothing to apply: the schema is up to date")
     else:
@@ -156,9 +150,11 @@ def up(obj: Obj, target_url: str | None, migrations_dir: Path | None, to: str | 
 @click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
 @yes_option
 @why_options
+@json_option
 @pass_obj
 def down(obj: Obj, target_url: str | None, migrations_dir: Path | None, to_tag: str,
-         dry_run: bool, yes: bool, reason: str | None, ticket: str | None) -> None:
+         dry_run: bool, yes: bool, reason: str | None, ticket: str | None,
+         as_json: bool) -> None:
     """Run the down parts of the migrations applied after TAG, newest first.
 
     Refused (exit 2) before anything runs if one of them has no down part. What the down
@@ -166,17 +162,25 @@ def down(obj: Obj, target_url: str | None, migrations_dir: Path | None, to_tag: 
     """
     if dry_run:
         text = command.migrate_sql(obj.settings, target_url, migrations_dir, to_tag=to_tag)
+        if as_json:
+            obj.emit(dry_run=True, sql=text, to_tag=to_tag)
+            return
         click.echo(text or f"-- nothing to revert: the schema is at tag {to_tag}\n", nl=False)
         return
+    done_ids: list[str] = []
 
     def done(m: Migration) -> None:
-        click.echo(f"reverted {m.id}")
+        done_ids.append(m.id)
+        obj.say(f"reverted {m.id}")
 
-    note = OpNote()
-    with failing_statement_shown():
-        reverted = command.migrate_down(obj.settings, target_url, migrations_dir, to_tag,
-                                        on_reverted=done, reason=reason, ticket=ticket,
-                                        yes=yes, confirm=confirmer(), observer=note)
+    note = OpNote(obj)
+    obj.partial = lambda: {"op_id": note.op_id, "to_tag": to_tag, "reverted": done_ids}
+    reverted = command.migrate_down(obj.settings, target_url, migrations_dir, to_tag,
+                                    on_reverted=done, reason=reason, ticket=ticket,
+                                    yes=yes, confirm=confirmer(), observer=note)
+    if as_json:
+        obj.emit(op_id=note.op_id, to_tag=to_tag, reverted=list(reverted))
+        return
     if not reverted:
         click.echo(f"nothing to revert: the schema is at tag {to_tag}")
     else:
@@ -188,13 +192,17 @@ def down(obj: Obj, target_url: str | None, migrations_dir: Path | None, to_tag: 
 @target_options
 @click.argument("name")
 @why_options
+@json_option
 @pass_obj
 def tag(obj: Obj, target_url: str | None, migrations_dir: Path | None, name: str,
-        reason: str | None, ticket: str | None) -> None:
+        reason: str | None, ticket: str | None, as_json: bool) -> None:
     """Tag the current schema state as NAME (say v2.5), to roll back to later."""
-    note = OpNote()
+    note = OpNote(obj)
     t = command.migrate_tag(obj.settings, name, target_url, migrations_dir, reason=reason,
                             ticket=ticket, observer=note)
+    if as_json:
+        obj.emit(op_id=note.op_id, tag=t.name, migration=t.migration_id)
+        return
     at = f"after {t.migration_id}" if t.migration_id else "with no migrations applied"
     click.echo(f"tagged {t.name} {at}")
     note.echo()
@@ -241,8 +249,12 @@ def baseline(obj: Obj, target_url: str | None, migrations_dir: Path | None, tag:
 
 @migrate.command("sql", short_help="Print the pending SQL; change nothing.")
 @target_options
+@json_option
 @pass_obj
-def sql(obj: Obj, target_url: str | None, migrations_dir: Path | None) -> None:
+def sql(obj: Obj, target_url: str | None, migrations_dir: Path | None, as_json: bool) -> None:
     """Print the SQL of the pending migrations, in order; change nothing."""
     text = command.migrate_sql(obj.settings, target_url, migrations_dir)
+    if as_json:
+        obj.emit(sql=text)
+        return
     click.echo(text or "-- nothing to apply: the schema is up to date\n", nl=False)

@@ -9,7 +9,7 @@ import click
 from statekeeper import command
 from statekeeper.errors import RehearsalFailed
 
-from .root import Obj, emit_json, one_line, pass_obj, why_options
+from .root import Obj, json_option, one_line, pass_obj, why_options
 
 
 @click.command("rehearse")
@@ -22,8 +22,8 @@ from .root import Obj, emit_json, one_line, pass_obj, why_options
                    "to the database while it copies; restore takes a new pg_dump.")
 @click.option("--clean", is_flag=True,
               help="Only remove what crashed rehearsals left (their clones), then exit.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @why_options
+@json_option
 @pass_obj
 def rehearse(obj: Obj, to_version: str | None, from_version: str | None, keep: bool,
              clone: str, clean: bool, as_json: bool, reason: str | None,
@@ -38,7 +38,7 @@ def rehearse(obj: Obj, to_version: str | None, from_version: str | None, keep: b
     if clean:
         removed = command.rehearse_clean(obj.settings)
         if as_json:
-            emit_json({"removed": removed})
+            obj.emit(removed=removed)
             return
         for line in removed or ["nothing to clean"]:
             click.echo(f"removed {line}" if removed else line)
@@ -57,16 +57,20 @@ def rehearse(obj: Obj, to_version: str | None, from_version: str | None, keep: b
         result = command.rehearse(obj.settings, to_version, from_version, keep=keep,
                                   clone=clone, observer=narrate, reason=reason, ticket=ticket)
     except RehearsalFailed as e:
-        _show(e.result, as_json)
+        # the --json error document carries the whole result (docs/result.schema.json)
+        found = e.result
+        obj.partial = lambda: {"rehearsal": found}
+        if not as_json:
+            _show(found)
         raise
-    _show(result, as_json)
-
-
-def _show(r: dict[str, Any], as_json: bool) -> None:
-    """The result, after the narrated passes: one line a pass, then the verdict."""
     if as_json:
-        emit_json(r)
+        obj.emit(rehearsal=result)
         return
+    _show(result)
+
+
+def _show(r: dict[str, Any]) -> None:
+    """The result, after the narrated passes: one line a pass, then the verdict."""
     if not r:
         return
     c = r.get("clone") or {}

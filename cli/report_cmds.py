@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from statekeeper import command
-from statekeeper.errors import EXIT_INTEGRITY
+from statekeeper.errors import EXIT_INTEGRITY, EXIT_OK
 
-from .root import Obj, PathArg, one_line, pass_obj
+from .root import Obj, PathArg, error_doc, json_option, one_line, pass_obj
 
 FORMATS = ("html", "pdf", "csv", "json")  # statekeeper.report.FORMATS (not imported: start-up)
 
@@ -29,9 +29,10 @@ FORMATS = ("html", "pdf", "csv", "json")  # statekeeper.report.FORMATS (not impo
               help="Show times in this IANA zone (default UTC); the offset is always shown.")
 @click.option("--out", required=True, type=PathArg, metavar="FILE",
               help="Where to write the report (0600).")
+@json_option
 @pass_obj
 def report(obj: Obj, fmt: str, run_id: str | None, since: str | None, until: str | None,
-           against: Path | None, tz: str | None, out: Path) -> None:
+           against: Path | None, tz: str | None, out: Path, as_json: bool) -> None:
     """Write an audit report replayed from the verified ledger.
 
     The whole ledger is verified first. If it fails, the report is still written, says so at
@@ -39,11 +40,17 @@ def report(obj: Obj, fmt: str, run_id: str | None, since: str | None, until: str
     seq, and the command exits 4.
     """
     r = command.report(obj.settings, fmt, out, run_id, since, until, against, tz)
-    click.echo(f"wrote {r.format} report: {r.path} ({r.entries} runs and operations)")
+    obj.say(f"wrote {r.format} report: {r.path} ({r.entries} runs and operations)")
+    problem = None
     if not r.ok:
-        click.echo(f"error: {one_line(r.message)} The report at {r.path} says so.", err=True)
-        raise click.exceptions.Exit(EXIT_INTEGRITY)
-    if r.unreadable:
-        click.echo(f"error: {r.unreadable} run(s) or operation(s) in the report cannot be "
-                   "replayed (an illegal history); the report lists them", err=True)
-        raise click.exceptions.Exit(EXIT_INTEGRITY)
+        problem = ("IntegrityError", f"{one_line(r.message)} The report at {r.path} says so.")
+    elif r.unreadable:
+        problem = ("HistoryError", f"{r.unreadable} run(s) or operation(s) in the report "
+                   "cannot be replayed (an illegal history); the report lists them")
+    code = EXIT_OK if problem is None else EXIT_INTEGRITY
+    if problem is not None:
+        click.echo(f"error: {problem[1]}", err=True)
+    if as_json:
+        obj.emit(code, None if problem is None else error_doc(*problem, code),
+                 format=r.format, path=str(r.path), entries=r.entries)
+    raise click.exceptions.Exit(code)

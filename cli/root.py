@@ -95,7 +95,16 @@ class Group(click.Group):
             click.echo(f"error: {said or 'interrupted'}", err=True)
             self._json_error(ctx, error_doc(None, said or "interrupted", EXIT_INTERRUPTED))
             ctx.exit(EXIT_INTERRUPTED)
-        except BaseException as e:
+        except click.ClickException as e:  # a usage error the command itself found
+            self._json_error(ctx, error_doc("UsageError", e.format_message(), e.exit_code))
+            raise
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:  # a bug or an untranslated failure: one line, never a traceback
+            click.echo(f"error: unexpected {type(e).__name__}: {one_line(str(e))}", err=True)
+            self._json_error(ctx, exception_doc(e, EXIT_ATTENTION))
+            ctx.exit(EXIT_ATTENTION)
+        except BaseException as e:  # last: only what no clause above took (SystemExit, ...)
             from statekeeper.interrupts import Interrupted
 
             if not isinstance(e, Interrupted):
@@ -104,12 +113,6 @@ class Group(click.Group):
             click.echo(f"error: {one_line(str(e))}", err=True)
             self._json_error(ctx, error_doc(None, one_line(str(e)), e.exit_code))
             ctx.exit(e.exit_code)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except Exception as e:  # a bug or an untranslated failure: one line, never a traceback
-            click.echo(f"error: unexpected {type(e).__name__}: {one_line(str(e))}", err=True)
-            self._json_error(ctx, exception_doc(e, EXIT_ATTENTION))
-            ctx.exit(EXIT_ATTENTION)
 
     @staticmethod
     def _json_error(ctx: click.Context, error: dict[str, Any]) -> None:
@@ -146,8 +149,16 @@ class Obj:
     def result(self, code: int, error: dict[str, Any] | None, **own: Any) -> dict[str, Any]:
         """A ``--json`` result: ``ok``, ``exit_code``, ``command``, ``error`` (null on
         success) and the command's own members (docs/result.schema.json)."""
-        return {"ok": code == 0, "exit_code": code, "command": self.command, "error": error,
-                **own}
+        return {**own, "ok": code == 0, "exit_code": code, "command": self.command,
+                "error": error}
+
+    def emit(self, code: int = 0, error: dict[str, Any] | None = None, **own: Any) -> None:
+        """Print the ``--json`` result of a command that ends with ``code``."""
+        emit_json(self.result(code, error, **own))
+
+    def say(self, line: str) -> None:
+        """A line for the human: on stdout, or on stderr under ``--json``."""
+        click.echo(line, err=self.as_json)
 
     @property
     def settings(self) -> Settings:
@@ -201,20 +212,28 @@ def confirmer() -> Callable[[str], bool] | None:
 
 
 class OpNote:
-    """Remembers the operation an op command recorded, and says so last. On a terminal it
-    also shows the progress of the tool a step runs (a backup, a restore: a
-    :class:`statekeeper.progress.Reporter`), on stderr, where it never mixes with results."""
+    """Remembers the operation an op command recorded, and says so last. With the command's
+    ``obj``: a step that succeeded is progress (an error after it did not leave everything
+    as it was, see :func:`statekeeper.errors.exit_code_after`), and the ``--json`` document
+    of an error names the operation. On a terminal it also shows the progress of the tool a
+    step runs (a backup, a restore: a :class:`statekeeper.progress.Reporter`), on stderr,
+    where it never mixes with results."""
 
-    def __init__(self) -> None:
+    def __init__(self, obj: Obj | None = None) -> None:
         self.op_id: str | None = None
         self.outcome: str | None = None
         self._live: Any = None
+        self.obj = obj
+        if obj is not None:
+            obj.partial = lambda: {"op_id": self.op_id}
 
     def __call__(self, kind: str, p: dict[str, Any]) -> None:
         if kind == "op.created":
             self.op_id = str(p.get("op_id"))
         elif kind == "op.ended":
             self.outcome = str(p.get("outcome"))
+        elif kind == "step.succeeded" and self.obj is not None:
+            self.obj.progressed = True
         if kind in ("step.succeeded", "step.failed", "op.ended") and self._live is not None:
             self._live.close()
 
@@ -236,7 +255,8 @@ class OpNote:
 
     def echo(self) -> None:
         if self.op_id is not None:
-            click.echo(f"recorded as operation {self.op_id} (stream ops/{self.op_id})")
+            click.echo(f"recorded as operation {self.op_id} (stream ops/{self.op_id})",
+                       err=self.obj is not None and self.obj.as_json)
 
 
 def json_option(f: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from statekeeper import command, failpoints
-from statekeeper.errors import EXIT_OK, exit_code_for_state
+from statekeeper.errors import EXIT_OK, MigrationError, exit_code_for_state
 from statekeeper.narrate import shown_url
 
 from .progress import Progress
@@ -20,6 +20,7 @@ from .root import (
     emit_json,
     error_doc,
     json_option,
+    one_line,
     pass_obj,
     target_option,
     why_options,
@@ -94,13 +95,19 @@ def run_error(run: Run, code: int) -> dict[str, Any] | None:
 class RunNote:
     """Passes a run's events to the progress display and notes, for the exit code and the
     ``--json`` document of an error that ends the command, which run it is and whether this
-    invocation recorded progress of it."""
+    invocation recorded progress of it.
+
+    A failure is shown once: its step's FAIL line, then (for a migration) the statement's
+    line with a caret, DETAIL, HINT, CONTEXT and the NOTICEs; the state change it causes and
+    the final line then name the step only (:attr:`shown`)."""
 
     PROGRESS = frozenset({"state.changed", "step.started", "step.succeeded", "step.failed"})
 
     def __init__(self, obj: Obj, show: Progress) -> None:
         self.obj, self.show = obj, show
         self.run_id: str | None = None
+        #: the failure reasons (``STEP failed: ERROR``) this process has shown in full
+        self.shown: set[str] = set()
         obj.partial = self.partial
         obj.run_command = True
 
@@ -109,7 +116,15 @@ class RunNote:
             self.run_id = str(p.get("run_id"))
         if kind in self.PROGRESS:
             self.obj.progressed = True
+        if kind == "state.changed" and p.get("reason") in self.shown:
+            p = {k: v for k, v in p.items() if k != "reason"}
         self.show(kind, p)
+        if kind == "step.failed" and not p.get("recovered"):
+            self.shown.add(f"{p.get('step')} failed: {p.get('error')}")
+            f = p.get("failure")
+            if isinstance(f, dict) and f.get("class") == "MigrationError":
+                for line in MigrationError.from_fields(f).display_lines():
+                    self.obj.say(f"          {one_line(line)}")
 
     # the progress of long work (statekeeper.progress.Reporter), for the display
     def task_started(self, key: str, label: str, total: int | None, unit: str) -> None:
@@ -146,10 +161,14 @@ def unreadable_summary(u: Unreadable) -> dict[str, Any]:
     }
 
 
-def _finish(obj: Obj, run: Run, wanted: str = "completed") -> None:
+def _finish(obj: Obj, note: RunNote, run: Run, wanted: str = "completed") -> None:
     """Print the outcome; exit 0 when the run ended as the command intended."""
     code = EXIT_OK if run.state == wanted else exit_code_for_state(run.state)
-    reason = f" ({run.failure})" if run.failure and run.state != "completed" else ""
+    reason = ""
+    if run.failure and run.state != "completed":
+        step = failed_step(run)
+        shown = run.failure in note.shown and step is not None
+        reason = f" ({step.name} failed)" if shown and step else f" ({run.failure})"
     click.echo(f"run {run.run_id}: {run.state}{reason}", err=obj.as_json)
     if obj.as_json:
         emit_json(obj.result(code, run_error(run, code), run_id=run.run_id, run=run_doc(run)))
@@ -166,15 +185,19 @@ def _finish(obj: Obj, run: Run, wanted: str = "completed") -> None:
     help="Migrations directory to write in the configuration.",
 )
 @why_options
+@json_option
 @pass_obj
 def init(obj: Obj, target_url: str | None, migrations_dir: str, reason: str | None,
-         ticket: str | None) -> None:
+         ticket: str | None, as_json: bool) -> None:
     """Create statekeeper.toml, a signing key and the ledger (safe to repeat).
 
     What it created is recorded as an operation (stream ops/ID); on a new ledger that is its
     first event after the genesis. A re-run that creates nothing records nothing."""
     done = command.init(obj.config, obj.key, obj.ledger_url, target_url, migrations_dir,
                         reason=reason, ticket=ticket)
+    if as_json:
+        obj.emit(done=done)
+        return
     for line in done:
         click.echo(line)
 
@@ -182,7 +205,7 @@ def init(obj: Obj, target_url: str | None, migrations_dir: str, reason: str | No
 @click.command("plan")
 @click.option("--to", "to_version", required=True, help="Version to upgrade to.")
 @click.option("--from", "from_version", help="Version upgraded from (default: last tag).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.option("--out", "out", type=PathArg, metavar="FILE",
               help="Also save the plan there, for 'start --plan FILE'.")
 @target_option
@@ -203,7 +226,7 @@ def plan(obj: Obj, to_version: str, from_version: str | None, as_json: bool,
         click.echo(f"warning: no health checks: nothing verifies the new version after the "
                    f"migrations (add [health] checks to {where})", err=True)
     if as_json:
-        emit_json(p)
+        obj.emit(**p)
         return
     click.echo(
         f"upgrade {p['application']} {p['from_version']} -> {p['to_version']} on "
@@ -264,7 +287,7 @@ def start(obj: Obj, to_version: str, from_version: str | None, plan_file: Path |
     if plan_file is not None:
         click.echo(f"plan: exactly the one in {plan_file} (sha256 {run.plan.digest()[:16]})",
                    err=obj.as_json)
-    _finish(obj, run)
+    _finish(obj, note, run)
 
 
 @click.command("resume")
@@ -284,7 +307,7 @@ def resume(obj: Obj, run_id: str | None, rollback: bool, target_url: str | None,
     run = command.resume(obj.load(target_url), run_id, rollback, observer=note,
                          reason=reason, ticket=ticket)
     asked = rollback or run.rollback_requested
-    _finish(obj, run, wanted="rolled_back" if asked else "completed")
+    _finish(obj, note, run, wanted="rolled_back" if asked else "completed")
 
 
 @click.command("rollback")
@@ -307,22 +330,29 @@ def rollback(obj: Obj, run_id: str, restore: bool, target_url: str | None,
     note = observer(obj, run_id)
     run = command.rollback(obj.load(target_url), run_id, restore, observer=note,
                            reason=reason, ticket=ticket)
-    _finish(obj, run, wanted="rolled_back")
+    _finish(obj, note, run, wanted="rolled_back")
 
 
 @click.command("status")
 @click.argument("run_id", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @pass_obj
 def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
     """Current state and last step of a run (default: the latest), and the release it
     went from and to. For an unfinished run on a PostgreSQL server: whether the server is
-    down, and what 'resume' will do about it."""
-    run = command.status(obj.settings, run_id)
+    down, and what 'resume' will do about it. With no run yet: says so and exits 0, as
+    'history' does (a RUN_ID that is not in the ledger exits 2)."""
+    run = command.latest(obj.settings, run_id)
+    if run is None:  # as history with no runs: nothing to show is not an error
+        if as_json:
+            obj.emit(run_id=None)
+        else:
+            click.echo("no runs yet")
+        return
     s = run_summary(run)
     server = command.server_state(obj.settings, run)
     if as_json:
-        emit_json({**s, "server": None if server is None else server.to_dict()})
+        obj.emit(**run_doc(run), server=None if server is None else server.to_dict())
         return
     click.echo(f"run {s['run_id']}: {s['state']}  ({s['from']} -> {s['to']}, "
                f"{shown_url(s['target'])})")
@@ -341,7 +371,7 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
 
 
 @click.command("history")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @pass_obj
 def history(obj: Obj, as_json: bool) -> None:
     """Every run: id, from, to, state, started, ended, release (from -> to).
@@ -383,7 +413,7 @@ def debug() -> None:
 
 
 @debug.command("failpoints")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def debug_failpoints(as_json: bool) -> None:
     """List the named failpoints (STATEKEEPER_FAILPOINT=name[:N] kills the process there)."""
     if as_json:

@@ -702,6 +702,15 @@ def status(settings: Settings, run_id: str | None = None) -> Run:
 
 
 @boundary
+def latest(settings: Settings, run_id: str | None = None) -> Run | None:
+    """The run ``status`` shows (default: the latest); None when the ledger has no run yet
+    ("no runs" is not an error: ``history`` lists none, ``status`` says so, both exit 0)."""
+    from . import upgrade
+
+    return upgrade.latest(settings, run_id)
+
+
+@boundary
 def server_state(settings: Settings, run: Run) -> ServerState | None:
     """For an unfinished run on a PostgreSQL target: does its server accept connections, and
     if not, what ``resume`` will do about it (redo an interrupted restore and start the

@@ -559,13 +559,22 @@ def _checkpoint(settings: Settings, lg: Ledger, run: Run, only_if_missing: bool 
 
 
 def status(settings: Settings, run_id: str | None = None) -> Run:
-    """One run (default: the latest); IntegrityError (exit 4) if it cannot be replayed."""
+    """One run (default: the latest); IntegrityError (exit 4) if it cannot be replayed,
+    ConfigError when there is no such run (or none at all)."""
+    run = latest(settings, run_id)
+    if run is None:
+        raise ConfigError("no runs in the ledger yet")
+    return run
+
+
+def latest(settings: Settings, run_id: str | None = None) -> Run | None:
+    """:func:`status`, but None when the ledger has no run yet (and no ``run_id`` is named)."""
     with settings.open_ledger(signing=False) as lg:
         verified = verify_before_acting(settings, lg, run_id)
         if run_id is None:
             names = lg.streams(STREAM_PREFIX)
             if not names:
-                raise ConfigError("no runs in the ledger yet")
+                return None
             run_id = names[-1][0][len(STREAM_PREFIX) :]
             lg.verify_stream(stream_of(run_id), upto=verified.head.seq)
         return load_run(lg, run_id)

@@ -56,7 +56,7 @@ def test_a_failed_migration_is_one_document_with_its_place_and_notices(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     url = seeded_db(tmp_path, backend, "app", request)
     proj = make_project(tmp_path / "proj", backend, url,
-                        {**GOOD, "003_user_status.sql": FAILING})
+                        {**GOOD, "003_user_status.sql": FAILING}, backup=False)
     r = invoke(proj, "start", "--to", "v2.6", "--json")
     doc = result(r, 1)
     assert doc["command"] == "start"
@@ -82,8 +82,22 @@ def test_a_failed_migration_is_one_document_with_its_place_and_notices(
         assert m["notices"] == []
     assert f"at {path}:3:{m['column']}: {m['server_message']}" in err["message"]
     # the progress went to stderr, and stdout holds nothing but the document
-    assert "    ok    revert:002_orders" in r.stderr
     assert r.stdout.lstrip().startswith("{") and r.stdout.rstrip().endswith("}")
+    # the cause is shown once, with its place, then the rollback
+    lines = r.stderr.splitlines()
+    assert r.stderr.count(m["server_message"]) == 1, r.stderr
+    fail = next(i for i, x in enumerate(lines) if x.startswith("    FAIL  "))
+    cause = err["message"].removeprefix("migrate:003_user_status failed: ")
+    assert lines[fail].startswith(f"    FAIL  migrate:003_user_status: {cause}  [")
+    caret = " " * (m["column"] - 1) + "^"
+    shown = ["          3 | UPDATE users SET status = 'x' WHERE no_such_column = 1;",
+             f"            | {caret}"]
+    if backend == "postgresql":
+        shown.append('          NOTICE:  relation "users" already exists, skipping (line 1)')
+    assert lines[fail + 1:fail + 1 + len(shown)] == shown
+    assert lines[fail + 1 + len(shown)] == "  [migrating -> rolling_back]"
+    assert lines[fail + 2 + len(shown)].startswith("    ok    revert:002_orders  [")
+    assert lines[-1] == f"run {run['run_id']}: rolled_back (migrate:003_user_status failed)"
 
 
 def test_completed_and_rolled_back_runs(tmp_path: Path) -> None:
@@ -96,6 +110,8 @@ def test_completed_and_rolled_back_runs(tmp_path: Path) -> None:
     assert all(s["status"] == "succeeded" and isinstance(s["duration_ms"], int)
                for s in done["run"]["steps"])
     run_id = done["run_id"]
+    st = result(invoke(proj, "status", "--json"), 0)
+    assert st["steps"] == done["run"]["steps"] and st["server"] is None
     back = result(invoke(proj, "rollback", run_id, "--json"), 0)
     assert back["command"] == "rollback" and back["run"]["state"] == "rolled_back"
     # resume of a settled run: nothing to do, the run as it is
@@ -121,3 +137,68 @@ def test_failures_before_a_run_exists_are_documents_too(tmp_path: Path) -> None:
     doc = result(invoke(proj, "rollback", "nope", "--json"), 2)
     assert doc["error"]["message"] == "no run 'nope' in the ledger"
     assert doc["run_id"] == "nope" and doc["run"] is None
+
+
+def test_the_target_lost_mid_run_needs_attention_not_unreachable(
+        tmp_path: Path, pg_cluster: Any) -> None:
+    """A target that stops accepting connections between two migrations: something was done,
+    so not exit 6 but 3, with the run in the document; ``resume`` finishes it."""
+    db = pg_cluster.createdb("lost")
+    url = pg_cluster.url(db)
+    from tests.upgrade_support import seed
+
+    seed("postgresql", url)
+    # committed with the migration; the other sessions (the run's target lock) end at once
+    cut = ("UPDATE pg_database SET datallowconn = false WHERE datname = current_database();\n"
+           "SELECT pg_terminate_backend(pid) FROM pg_stat_activity\n"
+           " WHERE datname = current_database() AND pid <> pg_backend_pid();\n")
+    proj = make_project(tmp_path / "proj", "postgresql", url,
+                        {**GOOD, "002_orders.sql": cut + GOOD["002_orders.sql"]}, backup=False)
+    r = invoke(proj, "start", "--to", "v2.6", "--json")
+    doc = result(r, 3)
+    assert doc["error"]["class"] == "TargetRefused"
+    assert f'database "{db}" is not currently accepting connections' in doc["error"]["message"]
+    assert doc["run"]["state"] == "migrating"
+    assert [s["name"] for s in doc["run"]["steps"]][-1] == "migrate:002_orders"
+    pg_cluster.psql(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+    done = result(invoke(proj, "resume", "--json"), 0)
+    assert done["run_id"] == doc["run_id"] and done["run"]["state"] == "completed"
+
+
+def test_status_and_history_agree_when_there_are_no_runs(tmp_path: Path) -> None:
+    url = seeded_db(tmp_path, "sqlite", "app", None)
+    proj = make_project(tmp_path / "proj", "sqlite", url, SCENARIOS["forward"])
+    for cmd in ("status", "history"):
+        r = invoke(proj, cmd)
+        assert (r.exit_code, r.stdout, r.stderr) == (0, "no runs yet\n", "")
+    assert result(invoke(proj, "status", "--json"), 0)["run_id"] is None
+    assert json.loads(invoke(proj, "history", "--json").stdout) == []
+    # a run that is not there is still an error
+    doc = result(invoke(proj, "status", "nope", "--json"), 2)
+    assert doc["error"]["message"] == "no run 'nope' in the ledger"
+
+
+def test_operations_print_the_same_shape(tmp_path: Path) -> None:
+    """migrate up (failing half-way), validate, down; backup create and restore: each one
+    document, the migration's place in a failure, what was done before it."""
+    url = seeded_db(tmp_path, "sqlite", "app", None)
+    proj = make_project(tmp_path / "proj", "sqlite", url, SCENARIOS["revert"])
+    r = invoke(proj, "migrate", "up", "--json")
+    up = result(r, 1)
+    assert up["command"] == "migrate up" and up["op_id"]
+    assert [a["id"] for a in up["applied"]] == ["001_bump_qty", "002_orders"]
+    assert up["error"]["class"] == "MigrationError"
+    assert up["error"]["migration"]["line"] == 2
+    assert r.stderr.splitlines()[:2] == [f"applied {a['id']} ({a['execution_ms']} ms)"
+                                         for a in up["applied"]]
+    ok = result(invoke(proj, "migrate", "validate", "--json"), 0)
+    assert (ok["applied"], ok["pending"]) == (["001_bump_qty", "002_orders"],
+                                              ["003_user_status"])
+    down = result(invoke(proj, "migrate", "down", "--to-tag", "v2.5", "--yes", "--json"), 0)
+    assert down["reverted"] == ["002_orders", "001_bump_qty"]
+    made = result(invoke(proj, "backup", "create", "--id", "b1", "--json"), 0)
+    assert made["id"] == "b1" and made["op_id"]
+    back = result(invoke(proj, "backup", "restore", "b1", "--yes", "--json"), 0)
+    assert back["id"] == "b1"
+    gone = result(invoke(proj, "backup", "restore", "nope", "--yes", "--json"), 2)
+    assert gone["error"]["class"] == "BackupNotFound"

@@ -36,7 +36,8 @@ def run(*args: str, env: dict[str, str] | None = None) -> Result:
 def error(result: Result, code: int) -> str:
     """The one-line error message of a failed command (asserting the exit code)."""
     assert result.exit_code == code, (result.exit_code, result.output)
-    assert result.stdout == ""
+    # nothing on stdout, or under --json the document of the error
+    assert result.stdout == "" or json.loads(result.stdout)["exit_code"] == code
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
@@ -61,6 +62,11 @@ def sk(work: Path, db_url: str) -> Invoke:
         return run("--ledger", db_url, "--key", "k.pem", *args)
 
     return invoke
+
+
+def OK(command: str) -> dict[str, object]:
+    """The members every --json result of a command that succeeded has."""
+    return {"ok": True, "exit_code": 0, "command": command, "error": None}
 
 
 def _head(db_url: str) -> tuple[int, str]:
@@ -118,7 +124,7 @@ def test_append(sk: Invoke, db_url: str) -> None:
         assert next(lg.read(2, 2)).payload == '{"a":"é","b":1}'
     r = sk("ledger", "append", "--stream", "run/1", "--type", "t", "--json")
     assert json.loads(r.stdout) == {"seq": 3, "stream": "run/1", "stream_seq": 2,
-                                    "hash": _head(db_url)[1]}
+                                    "hash": _head(db_url)[1], **OK("ledger append")}
     r = sk("ledger", "append", "--stream", "run/1", "--type", "t", "--expected-position", "2")
     assert r.exit_code == 0
 
@@ -189,8 +195,9 @@ def test_verify(sk: Invoke, db_url: str) -> None:
         ledger_id, listed = lg.ledger_id(), lg.keys()
     keys = [k.key_id for k in listed]
     assert r.exit_code == 0
-    assert data == {"ok": True, "events": 4, "head_seq": 4, "head_hash": h,
-                    "ledger_id": ledger_id, "keys": keys, "against": None}
+    assert data == {"events": 4, "head_seq": 4, "head_hash": h,
+                    "ledger_id": ledger_id, "keys": keys, "against": None,
+                    **OK("ledger verify")}
 
     _tamper_payload(db_url, 3)
     assert error(sk("ledger", "verify"), 4) == (
@@ -198,8 +205,11 @@ def test_verify(sk: Invoke, db_url: str) -> None:
     )
     r = sk("ledger", "verify", "--json")
     assert r.exit_code == 4 and r.stderr == ""
-    assert json.loads(r.stdout) == {"ok": False, "seq": 3, "reason": "hash mismatch",
-                                    "detail": "stored hash does not match the event"}
+    doc = json.loads(r.stdout)
+    assert doc.pop("error") == {"class": "IntegrityError", "exit_code": 4, "message":
+                                "seq 3: hash mismatch: stored hash does not match the event"}
+    assert doc == {"ok": False, "exit_code": 4, "command": "ledger verify", "seq": 3,
+                   "reason": "hash mismatch", "detail": "stored hash does not match the event"}
 
 
 def test_verify_needs_no_key_and_creates_nothing(work: Path) -> None:
@@ -309,7 +319,7 @@ def test_export_and_verify_export(sk: Invoke, db_url: str, work: Path) -> None:
     doc = json.loads(r.stdout)
     key = ledger.load_public_key(work / "k.pem.pub").key_id
     proved, not_proved = doc.pop("proved"), doc.pop("not_proved")
-    assert doc == {"ok": True, "events": 4, "head_seq": 4, "head_hash": h,
+    assert doc == {**OK("ledger verify-export"), "events": 4, "head_seq": 4, "head_hash": h,
                    "ledger_id": json.loads((work / "all.jsonl").read_text()
                                            .splitlines()[0])["ledger_id"],
                    "stream": None, "keys": [key], "trusted_keys": [key],
@@ -335,8 +345,11 @@ def test_export_and_verify_export(sk: Invoke, db_url: str, work: Path) -> None:
     )
     r = run("ledger", "verify-export", "bad.jsonl", "--json")
     assert r.exit_code == 4
-    assert json.loads(r.stdout) == {"ok": False, "seq": 3, "reason": "hash mismatch",
-                                    "detail": "stored hash does not match the event"}
+    doc = json.loads(r.stdout)
+    assert doc.pop("error") == {"class": "IntegrityError", "exit_code": 4, "message":
+                                "seq 3: hash mismatch: stored hash does not match the event"}
+    assert doc == {"ok": False, "exit_code": 4, "command": "ledger verify-export", "seq": 3,
+                   "reason": "hash mismatch", "detail": "stored hash does not match the event"}
 
     # An export cut short by an insider with the key verifies alone, not against the checkpoint.
     sk("ledger", "append", "--stream", "run/c", "--type", "t")

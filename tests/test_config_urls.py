@@ -182,7 +182,7 @@ def test_a_postgresql_ledger_behind_a_password(
     ]
     assert json.loads(outs[2].stdout)["ok"] is True
     wrong = run(tmp_path, "ledger", "verify", env={PW_VAR: "Hunt3rZ-wrong"})
-    assert wrong.returncode == 3 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert wrong.returncode == 6 and wrong.stderr.count("\n") == 1, wrong.stderr
     assert "password authentication failed" in wrong.stderr
     missing = run(tmp_path, "ledger", "verify", env={})
     assert missing.returncode == 2 and f"{PW_VAR} is not set" in missing.stderr

@@ -110,7 +110,8 @@ def test_no_checks_configured_says_so_and_exits_0(tmp_path: Path) -> None:
     r = run(cfg)
     assert (r.exit_code, r.stdout) == (0, f"no health checks configured in {cfg}\n")
     r = run(cfg, "--json")
-    assert r.exit_code == 0 and json.loads(r.stdout) == {"ok": True, "checks": []}
+    assert r.exit_code == 0 and json.loads(r.stdout) == {
+        "ok": True, "checks": [], "exit_code": 0, "command": "health", "error": None}
 
 
 def test_a_configuration_error_is_one_line_exit_2(tmp_path: Path) -> None:

@@ -37,6 +37,17 @@ def _clones(proj: Project, request: pytest.FixtureRequest) -> list[str]:
     return left
 
 
+def _rehearsal(proj: Project, *more: str) -> Any:
+    """`rehearse --json` that passed: its result, the document validated against the schema."""
+    import jsonschema
+
+    doc = proj.cli_json("rehearse", "--to", "v2.6", *more)
+    schema = json.loads((Path(__file__).parent.parent / "docs" / "result.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+    assert doc["ok"] is True and doc["command"] == "rehearse"
+    return doc["rehearsal"]
+
+
 def _rehearsal_ops(proj: Project) -> list[Any]:
     from statekeeper.opreplay import Operation
     from statekeeper.ops import scan_ops
@@ -52,7 +63,7 @@ def test_a_failing_upgrade_fails_in_rehearsal_with_production_untouched(
     before = _production(proj)
     r = proj.cli("rehearse", "--to", "v2.6", "--json")
     assert r.returncode == 1, r.stdout + r.stderr
-    out = json.loads(r.stdout)
+    out = json.loads(r.stdout)["rehearsal"]
     assert out["passed"] is False and out["passes"]["forward"]["state"] == "rolled_back"
     failed = [s for s in out["passes"]["forward"]["steps"] if s["status"] == "failed"]
     assert failed[0]["name"] == "migrate:003_user_status"
@@ -76,7 +87,7 @@ def test_a_passing_rehearsal_lets_exactly_that_upgrade_start(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     proj = _project(tmp_path, backend, request, SCENARIOS["forward"])
     before = _production(proj)
-    out = proj.cli_json("rehearse", "--to", "v2.6")
+    out = _rehearsal(proj)
     assert out["passed"] is True and out["lossy"] == []
     assert {k: p["state"] for k, p in out["passes"].items()} == {
         "forward": "completed", "rollback": "rolled_back", "again": "completed"}
@@ -100,7 +111,7 @@ def test_a_passing_rehearsal_lets_exactly_that_upgrade_start(
     assert r.returncode == 2, r.stdout + r.stderr
     assert "--require-rehearsal: the target changed since rehearsal " in r.stderr
     if backend == "postgresql":  # a session on production: the clone is restored from a dump
-        again = proj.cli_json("rehearse", "--to", "v2.6")
+        again = _rehearsal(proj)
         assert again["clone"]["method"] == "restore" and again["passed"] is True
     else:
         proj.cli("rehearse", "--to", "v2.6", check=True)
@@ -117,7 +128,7 @@ def test_a_down_part_that_loses_data_is_reported_lossy(tmp_path: Path,
     before = _production(proj)
     r = proj.cli("rehearse", "--to", "v2.6", "--json")
     assert r.returncode == 1, r.stdout + r.stderr
-    out = json.loads(r.stdout)
+    out = json.loads(r.stdout)["rehearsal"]
     assert out["lossy"] == ["002_orders"]
     assert out["passes"]["rollback"]["state"] == "rolled_back"  # it ran, it just lost data
     assert "the rollback does not give back the database as it was (down parts of 002_orders)" \
@@ -137,14 +148,14 @@ def test_a_killed_rehearsal_leaves_production_untouched_and_its_clone_cleanable(
     cleaned = proj.cli("rehearse", "--clean", check=True)
     assert cleaned.stdout.count("removed ") == 2
     assert _clones(proj, request) == []
-    assert proj.cli_json("rehearse", "--to", "v2.6")["passed"] is True
+    assert _rehearsal(proj)["passed"] is True
     assert _production(proj) == before
 
 
 def test_require_rehearsal_trusts_only_the_latest_rehearsal_of_these_checks(
         tmp_path: Path, request: pytest.FixtureRequest) -> None:
     proj = _project(tmp_path, "sqlite", request, SCENARIOS["forward"])
-    assert proj.cli_json("rehearse", "--to", "v2.6")["passed"] is True
+    assert _rehearsal(proj)["passed"] is True
     toml = proj.config.read_text()
     # a health check whose expected value changed is not the check that was rehearsed
     proj.config.write_text(toml.replace('expect = "3"', 'expect = "4"', 1))
@@ -168,9 +179,9 @@ def test_a_rehearsal_leaves_other_checkouts_clones_alone(
     url = seeded_db(tmp_path, "postgresql", "app", request)
     one = make_project(tmp_path / "one", "postgresql", url, SCENARIOS["forward"])
     two = make_project(tmp_path / "two", "postgresql", url, SCENARIOS["forward"], tag=None)
-    kept = one.cli_json("rehearse", "--to", "v2.6", "--keep")
+    kept = _rehearsal(one, "--keep")
     name = kept["clone"]["clone"].rsplit("/", 1)[1]
-    assert two.cli_json("rehearse", "--to", "v2.6")["passed"] is True
+    assert _rehearsal(two)["passed"] is True
     assert pg_cluster.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "1"
     held = _session(pg_cluster.url("postgres"))
     try:
