@@ -96,7 +96,8 @@ class PgDumpMethod:
                 )
                 try:
                     with children.supervised(proc):
-                        fp = pg_fingerprint(conn, begin=False)  # in parallel with pg_dump
+                        fp = pg_fingerprint(conn, begin=False, target=self.target, snapshot=snapshot,
+                                            pg_bin=self.pg_bin)  # in parallel with pg_dump
                         rc = _wait_growing(proc, tmp, self.timeout)
                 finally:
                     (workdir / "pg_dump.pid").unlink(missing_ok=True)

@@ -1,12 +1,26 @@
 """The fingerprint reader of PostgreSQL targets: rows through ``COPY ... TO STDOUT`` under
 fixed session settings, the schema from ``pg_catalog`` (see :mod:`statekeeper.fingerprint`
-for what a fingerprint covers)."""
+for what a fingerprint covers).
+
+Given the target, the rows are read by ``psql`` children (up to :data:`JOBS` at once, largest
+table first), each in the snapshot the caller's transaction exports, and their output is
+hashed in 1 MiB reads: the same bytes, so the same checksums, as reading them through our own
+connection, which costs a Python round trip per row (2-3x the COPY itself). Without ``psql``
+on the machine the rows are read through the connection as before.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import tempfile
 from collections.abc import Iterable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..targets import Target
 
 from ..fingerprint import LARGE_OBJECTS, Fingerprint, TableFingerprint, definition, quote_ident
 from ..progress import task as progress_task
@@ -37,23 +51,45 @@ _SESSION = (
 )
 
 
-def pg_fingerprint(conn: Any, *, begin: bool = True) -> Fingerprint:
+JOBS = 2  # psql readers at once: a server backend and our hashing each, on a 2-core machine
+_CHUNK = 1 << 20
+
+
+def pg_fingerprint(conn: Any, *, begin: bool = True, target: Target | None = None,
+                   snapshot: str | None = None, pg_bin: Path | None = None) -> Fingerprint:
     """Fingerprint through an open psycopg connection, inside the caller's transaction.
 
     With ``begin`` it must be the first thing in the transaction: it sets REPEATABLE READ so
     that every table is read from one snapshot. Without it, the caller has set the isolation
     level (and may have exported the snapshot for pg_dump or locked tables). The session
-    settings it makes are local to the transaction."""
+    settings it makes are local to the transaction. With ``target`` the rows are read by psql
+    in that snapshot (``snapshot``: the one the caller exported, else one exported here); the
+    transaction must stay open until this returns."""
     if begin:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
     for name, value in _SESSION:
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     tables: dict[str, TableFingerprint] = {}
     found = _pg_tables(conn)
+    psql = _psql(pg_bin) if target is not None and found else None
     with progress_task("fingerprint", len(found), "tables") as done:
-        for schema, table, pk in found:
-            tables[_pg_name(schema, table)] = _pg_table_fp(conn, schema, table, pk)
-            done.advance()
+        if psql is not None and target is not None:
+            if snapshot is None:
+                snapshot = str(conn.execute("SELECT pg_export_snapshot()").fetchone()[0])
+            reader = _PsqlReader(psql, target, snapshot, _client_encoding(conn))
+            with ThreadPoolExecutor(JOBS, thread_name_prefix="fingerprint") as pool:
+                futures = {_pg_name(schema, table): pool.submit(
+                    reader.table_fp, _pg_table_sql(schema, table, pk), _pg_name(schema, table))
+                    for schema, table, pk, _ in sorted(found, key=lambda t: -t[3])}
+                for name, future in futures.items():
+                    tables[name] = future.result()
+                    done.advance()
+            tables = dict(sorted(tables.items()))
+        else:
+            for schema, table, pk, _ in found:
+                tables[_pg_name(schema, table)] = _pg_copy_fp(
+                    conn, _pg_table_sql(schema, table, pk), _pg_name(schema, table))
+                done.advance()
     if conn.execute("SELECT EXISTS (SELECT 1 FROM pg_largeobject_metadata)").fetchone()[0]:
         tables[LARGE_OBJECTS] = _pg_copy_fp(
             conn, "COPY (SELECT oid, encode(sha256(lo_get(oid)), 'hex') "
@@ -65,10 +101,11 @@ def _pg_name(schema: str, table: str) -> str:
     return table if schema == "public" else f"{schema}.{table}"
 
 
-def _pg_tables(conn: Any) -> list[tuple[str, str, list[str]]]:
+def _pg_tables(conn: Any) -> list[tuple[str, str, list[str], int]]:
+    """(schema, table, primary key columns, pages) of every user table, by name."""
     rows = conn.execute(
         f"""
-        SELECT n.nspname, c.relname,
+        SELECT n.nspname, c.relname, c.relpages::bigint,
                coalesce((SELECT array_agg(a.attname ORDER BY k.ord)
                            FROM pg_index i
                            CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -80,17 +117,77 @@ def _pg_tables(conn: Any) -> list[tuple[str, str, list[str]]]:
          ORDER BY 1, 2
         """
     ).fetchall()
-    return [(r[0], r[1], list(r[2])) for r in rows]
+    return [(r[0], r[1], list(r[3]), int(r[2])) for r in rows]
 
 
-def _pg_table_fp(conn: Any, schema: str, table: str, pk: list[str]) -> TableFingerprint:
+def _pg_table_sql(schema: str, table: str, pk: list[str]) -> str:
     rel = f"{quote_ident(schema)}.{quote_ident(table)}"
     if pk:
         order = ", ".join(f"_sk_row.{quote_ident(c)}" for c in pk)
     else:
         order = '(ROW(_sk_row.*)::text) COLLATE "C"'
-    sql = f"COPY (SELECT * FROM ONLY {rel} AS _sk_row ORDER BY {order}) TO STDOUT"
-    return _pg_copy_fp(conn, sql, _pg_name(schema, table))
+    return f"COPY (SELECT * FROM ONLY {rel} AS _sk_row ORDER BY {order}) TO STDOUT"
+
+
+def _psql(pg_bin: Path | None) -> str | None:
+    from ..backups.pgtools import pg_tool
+    from ..errors import ConfigError
+
+    try:
+        return pg_tool("psql", pg_bin)
+    except ConfigError:
+        return None
+
+
+def _client_encoding(conn: Any) -> str:
+    raw = conn.pgconn.parameter_status(b"client_encoding")
+    return raw.decode("ascii") if raw else "UTF8"
+
+
+class _PsqlReader:
+    """Reads one table's canonical rows with a psql child in the exported snapshot."""
+
+    def __init__(self, psql: str, target: Target, snapshot: str, encoding: str) -> None:
+        from ..backups.pgtools import client_env
+
+        self.argv = [psql, "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
+                     "-v", "VERBOSITY=terse", "-f", "-", f"--dbname={target.client_conninfo()}"]
+        # Our connection's encoding, so that psql receives the bytes it would have received.
+        self.env = dict(client_env(target), PGCLIENTENCODING=encoding,
+                        PGAPPNAME="statekeeper-fingerprint")
+        settings = ", ".join(f"set_config('{k}', '{v}', true)" for k, v in _SESSION)
+        self.prelude = (
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n"
+            f"SET TRANSACTION SNAPSHOT '{snapshot}';\n"
+            f"SELECT {settings} \\g /dev/null\n"
+        )
+
+    def table_fp(self, sql: str, label: str) -> TableFingerprint:
+        from .. import children
+        from ..errors import TargetError
+
+        script = f"{self.prelude}{sql};\nCOMMIT;\n".encode()
+        h = hashlib.sha256()
+        rows = 0
+        with tempfile.TemporaryFile() as err:
+            proc = children.popen(self.argv, env=self.env, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=err)
+            assert proc.stdin is not None and proc.stdout is not None
+            with children.supervised(proc):
+                proc.stdin.write(script)  # a few hundred bytes: within the pipe's buffer
+                proc.stdin.close()
+                while data := proc.stdout.read1(_CHUNK):
+                    h.update(data)
+                    rows += data.count(b"\n")  # COPY text escapes newlines inside values
+                proc.stdout.close()
+                rc = proc.wait()
+            if rc != 0:
+                from ..backups.pgtools import stderr_line
+
+                err.seek(0)
+                raise TargetError(f"fingerprint of table {label}: psql: "
+                                  f"{stderr_line(err.read().decode('utf-8', 'replace'))}")
+        return TableFingerprint(rows, h.hexdigest())
 
 
 def _pg_copy_fp(conn: Any, sql: str, label: str = LARGE_OBJECTS) -> TableFingerprint:
