@@ -96,8 +96,9 @@ class PgDumpMethod:
                 )
                 try:
                     with children.supervised(proc):
-                        fp = pg_fingerprint(conn, begin=False, target=self.target, snapshot=snapshot,
-                                            pg_bin=self.pg_bin)  # in parallel with pg_dump
+                        # In parallel with pg_dump, in its snapshot: what the dump holds.
+                        fp = pg_fingerprint(conn, begin=False, target=self.target,
+                                            snapshot=snapshot, pg_bin=self.pg_bin)
                         rc = _wait_growing(proc, tmp, self.timeout)
                 finally:
                     (workdir / "pg_dump.pid").unlink(missing_ok=True)

@@ -4,7 +4,7 @@ for what a fingerprint covers).
 
 Given the target, the rows are read by ``psql`` children (up to :data:`JOBS` at once, largest
 table first), each in the snapshot the caller's transaction exports, and their output is
-hashed in 1 MiB reads: the same bytes, so the same checksums, as reading them through our own
+hashed as it arrives (reads of up to 1 MiB): the same bytes, so the same checksums, as reading them through our own
 connection, which costs a Python round trip per row (2-3x the COPY itself). Without ``psql``
 on the machine the rows are read through the connection as before.
 """
@@ -12,6 +12,7 @@ on the machine the rows are read through the connection as before.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import tempfile
 from collections.abc import Iterable
@@ -73,23 +74,34 @@ def pg_fingerprint(conn: Any, *, begin: bool = True, target: Target | None = Non
     found = _pg_tables(conn)
     psql = _psql(pg_bin) if target is not None and found else None
     with progress_task("fingerprint", len(found), "tables") as done:
-        if psql is not None and target is not None:
-            if snapshot is None:
-                snapshot = str(conn.execute("SELECT pg_export_snapshot()").fetchone()[0])
-            reader = _PsqlReader(psql, target, snapshot, _client_encoding(conn))
-            with ThreadPoolExecutor(JOBS, thread_name_prefix="fingerprint") as pool:
-                futures = {_pg_name(schema, table): pool.submit(
-                    reader.table_fp, _pg_table_sql(schema, table, pk), _pg_name(schema, table))
-                    for schema, table, pk, _ in sorted(found, key=lambda t: -t[3])}
-                for name, future in futures.items():
-                    tables[name] = future.result()
-                    done.advance()
-            tables = dict(sorted(tables.items()))
-        else:
+        if psql is None or target is None:
             for schema, table, pk, _ in found:
                 tables[_pg_name(schema, table)] = _pg_copy_fp(
                     conn, _pg_table_sql(schema, table, pk), _pg_name(schema, table))
                 done.advance()
+            return _pg_rest(conn, tables)
+        if snapshot is None:
+            snapshot = str(conn.execute("SELECT pg_export_snapshot()").fetchone()[0])
+        reader = _PsqlReader(psql, target, snapshot, _client_encoding(conn))
+        pool = ThreadPoolExecutor(JOBS, thread_name_prefix="fingerprint")
+        try:
+            # Largest first, so that the last table to finish is a small one.
+            futures = {_pg_name(schema, table): pool.submit(
+                reader.table_fp, _pg_table_sql(schema, table, pk), _pg_name(schema, table))
+                for schema, table, pk, _ in sorted(found, key=lambda t: -t[3])}
+            # Our own connection reads the catalogs meanwhile: it would wait otherwise.
+            rest = _pg_rest(conn, {})
+            for name, future in futures.items():
+                tables[name] = future.result()
+                done.advance()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    tables.update(rest.tables)
+    return Fingerprint("postgresql", dict(sorted(tables.items())), rest.schema_objects)
+
+
+def _pg_rest(conn: Any, tables: dict[str, TableFingerprint]) -> Fingerprint:
+    """``tables`` with the large objects' pseudo-table, and the schema."""
     if conn.execute("SELECT EXISTS (SELECT 1 FROM pg_largeobject_metadata)").fetchone()[0]:
         tables[LARGE_OBJECTS] = _pg_copy_fp(
             conn, "COPY (SELECT oid, encode(sha256(lo_get(oid)), 'hex') "
@@ -176,7 +188,7 @@ class _PsqlReader:
             with children.supervised(proc):
                 proc.stdin.write(script)  # a few hundred bytes: within the pipe's buffer
                 proc.stdin.close()
-                while data := proc.stdout.read1(_CHUNK):
+                while data := os.read(proc.stdout.fileno(), _CHUNK):
                     h.update(data)
                     rows += data.count(b"\n")  # COPY text escapes newlines inside values
                 proc.stdout.close()
