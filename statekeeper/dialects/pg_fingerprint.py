@@ -4,8 +4,9 @@ for what a fingerprint covers).
 
 Given the target, the rows are read by ``psql`` children (up to :data:`JOBS` at once, largest
 table first), each in the snapshot the caller's transaction exports, and their output is
-hashed as it arrives (reads of up to 1 MiB): the same bytes, so the same checksums, as reading them through our own
-connection, which costs a Python round trip per row (2-3x the COPY itself). Without ``psql``
+hashed as it arrives (reads of up to 1 MiB): the same bytes, so the same checksums, as
+reading them through our own connection, which costs a Python round trip per row (2-3x the
+COPY itself). Without ``psql``
 on the machine the rows are read through the connection as before.
 """
 
