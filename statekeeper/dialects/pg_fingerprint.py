@@ -74,15 +74,15 @@ def pg_fingerprint(conn: Any, *, begin: bool = True, target: Target | None = Non
     tables: dict[str, TableFingerprint] = {}
     found = _pg_tables(conn)
     psql = _psql(pg_bin) if target is not None and found else None
+    if psql is not None and snapshot is None:
+        snapshot = _export_snapshot(conn)
     with progress_task("fingerprint", len(found), "tables") as done:
-        if psql is None or target is None:
+        if psql is None or target is None or snapshot is None:
             for schema, table, pk, _ in found:
                 tables[_pg_name(schema, table)] = _pg_copy_fp(
                     conn, _pg_table_sql(schema, table, pk), _pg_name(schema, table))
                 done.advance()
             return _pg_rest(conn, tables)
-        if snapshot is None:
-            snapshot = str(conn.execute("SELECT pg_export_snapshot()").fetchone()[0])
         reader = _PsqlReader(psql, target, snapshot, _client_encoding(conn))
         pool = ThreadPoolExecutor(JOBS, thread_name_prefix="fingerprint")
         try:
@@ -99,6 +99,21 @@ def pg_fingerprint(conn: Any, *, begin: bool = True, target: Target | None = Non
             pool.shutdown(wait=True, cancel_futures=True)
     tables.update(rest.tables)
     return Fingerprint("postgresql", dict(sorted(tables.items())), rest.schema_objects)
+
+
+def _export_snapshot(conn: Any) -> str | None:
+    """The transaction's snapshot for the psql readers; None where the server exports none
+    (a standby before PostgreSQL 10, a role refused): the rows are then read here."""
+    import psycopg
+
+    conn.execute("SAVEPOINT statekeeper_snapshot")
+    try:
+        snapshot = str(conn.execute("SELECT pg_export_snapshot()").fetchone()[0])
+    except psycopg.Error:
+        conn.execute("ROLLBACK TO SAVEPOINT statekeeper_snapshot")
+        return None
+    conn.execute("RELEASE SAVEPOINT statekeeper_snapshot")
+    return snapshot
 
 
 def _pg_rest(conn: Any, tables: dict[str, TableFingerprint]) -> Fingerprint:
