@@ -13,6 +13,7 @@ import pytest
 
 from statekeeper.backups import BackupManager
 from statekeeper.dialects.pg_fingerprint import pg_fingerprint
+from statekeeper.errors import TargetError
 from statekeeper.fingerprint import Fingerprint, fingerprint
 from statekeeper.targets import Target
 from tests.pgcluster import PG_BIN, PgCluster
@@ -43,6 +44,17 @@ def test_psql_reader_gives_the_connection_readers_checksums(
     assert fast.tables["users"].rows == 4
     monkeypatch.setenv("STATEKEEPER_PG_BIN", str(tmp_path))  # no psql there
     assert fingerprint(t) == slow
+
+
+def test_a_failing_reader_is_one_clear_error(pg_url: str) -> None:
+    t = seed(pg_url)
+    conn = psycopg.connect(pg_url)
+    try:
+        with pytest.raises(TargetError, match=r"^fingerprint of table \S+: psql: "
+                                              r"invalid snapshot identifier"):
+            pg_fingerprint(conn, target=t, snapshot="00000003-0000001B-1")
+    finally:
+        conn.close()
 
 
 def test_every_row_change_changes_it(pg_url: str) -> None:

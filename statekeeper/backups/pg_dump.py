@@ -107,6 +107,8 @@ class PgDumpMethod:
             conn.rollback()
         except psycopg.Error as e:
             raise BackupError(f"backup of {self.target.shown}: {first_line(e)}") from e
+        except TargetError as e:  # a fingerprint reader's psql failed
+            raise BackupError(f"backup of {self.target.shown}: {e}") from e
         except subprocess.TimeoutExpired as e:
             raise BackupError(f"pg_dump did not finish within {self.timeout:.0f} s") from e
         finally:
