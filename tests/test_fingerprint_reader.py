@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from statekeeper.backups import BackupManager
+from statekeeper.dialects import pg_fingerprint as pg_fingerprint_module
 from statekeeper.dialects.pg_fingerprint import pg_fingerprint
 from statekeeper.errors import TargetError
 from statekeeper.fingerprint import Fingerprint, fingerprint
@@ -20,6 +21,12 @@ from tests.pgcluster import PG_BIN, PgCluster
 from tests.test_backup_support import execute, seed
 
 pytestmark = pytest.mark.postgresql
+
+
+@pytest.fixture(autouse=True)
+def psql_for_every_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seeded tables are small, which the connection reads itself: psql reads them here."""
+    monkeypatch.setattr(pg_fingerprint_module, "_SMALL", 0)
 
 
 def _read(url: str, target: Target | None) -> Fingerprint:

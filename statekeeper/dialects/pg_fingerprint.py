@@ -58,6 +58,7 @@ _SESSION = (
 
 JOBS = 2  # psql readers at once: a server backend and our hashing each, on a 2-core machine
 _CHUNK = 1 << 20
+_SMALL = 128  # pages (1 MiB): smaller tables are read through our own connection
 
 
 def pg_fingerprint(conn: Any, *, begin: bool = True, target: Target | None = None,
@@ -92,8 +93,15 @@ def pg_fingerprint(conn: Any, *, begin: bool = True, target: Target | None = Non
             # Largest first, so that the last table to finish is a small one.
             futures = {_pg_name(schema, table): pool.submit(
                 reader.table_fp, _pg_table_sql(schema, table, pk), _pg_name(schema, table))
-                for schema, table, pk, _ in sorted(found, key=lambda t: -t[3])}
-            # Our own connection reads the catalogs meanwhile: it would wait otherwise.
+                for schema, table, pk, pages in sorted(found, key=lambda t: -t[3])
+                if pages >= _SMALL}
+            # Our own connection reads the small tables (a psql costs ~30 ms to start) and
+            # the catalogs meanwhile, in the same snapshot: it would wait otherwise.
+            for schema, table, pk, pages in found:
+                if pages < _SMALL:
+                    tables[_pg_name(schema, table)] = _pg_copy_fp(
+                        conn, _pg_table_sql(schema, table, pk), _pg_name(schema, table))
+                    done.advance()
             rest = _pg_rest(conn, {})
             for name, future in futures.items():
                 tables[name] = future.result()
@@ -130,10 +138,11 @@ def _pg_name(schema: str, table: str) -> str:
 
 
 def _pg_tables(conn: Any) -> list[tuple[str, str, list[str], int]]:
-    """(schema, table, primary key columns, pages) of every user table, by name."""
+    """(schema, table, primary key columns, pages) of every user table, by name. The pages
+    are the files' (with TOAST), not ``relpages``: that is 0 until the table's first ANALYZE."""
     rows = conn.execute(
         f"""
-        SELECT n.nspname, c.relname, c.relpages::bigint,
+        SELECT n.nspname, c.relname, pg_table_size(c.oid) / 8192,
                coalesce((SELECT array_agg(a.attname ORDER BY k.ord)
                            FROM pg_index i
                            CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
