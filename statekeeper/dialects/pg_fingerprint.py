@@ -12,10 +12,13 @@ on the machine the rows are read through the connection as before.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import re
+import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -167,12 +170,11 @@ def _pg_table_sql(schema: str, table: str, pk: list[str]) -> str:
 
 
 def _psql(pg_bin: Path | None) -> str | None:
-    from ..backups.pgtools import pg_tool
-    from ..errors import ConfigError
-
-    try:
-        psql = pg_tool("psql", pg_bin)
-    except ConfigError:
+    """psql as the backups find it (``pg_bin``, $STATEKEEPER_PG_BIN, PATH), 15 or newer."""
+    d = pg_bin or (Path(os.environ["STATEKEEPER_PG_BIN"])
+                   if os.environ.get("STATEKEEPER_PG_BIN") else None)
+    psql = str(d / "psql") if d is not None else shutil.which("psql")
+    if psql is None or not os.access(psql, os.X_OK):
         return None
     return psql if _psql_major(psql) >= 15 else None
 
@@ -199,13 +201,11 @@ class _PsqlReader:
     """Reads one table's canonical rows with a psql child in the exported snapshot."""
 
     def __init__(self, psql: str, target: Target, snapshot: str, encoding: str) -> None:
-        from ..backups.pgtools import client_env
-
         self.argv = [psql, "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
                      "-v", "VERBOSITY=terse", "-o", "/dev/stderr", "-f", "-",
                      f"--dbname={target.client_conninfo()}"]
         # Our connection's encoding, so that psql receives the bytes it would have received.
-        self.env = dict(client_env(target), PGCLIENTENCODING=encoding,
+        self.env = dict(target.libpq_env(), PGCLIENTENCODING=encoding,
                         PGAPPNAME="statekeeper-fingerprint")
         settings = ", ".join(f"set_config('{k}', '{v}', true)" for k, v in _SESSION)
         self.prelude = (
@@ -219,16 +219,13 @@ class _PsqlReader:
 
     def stop(self) -> None:
         """Kill the readers running now; those not started yet are never started."""
-        from .. import children
-
         with self.lock:
             self.stopped = True
             running = list(self.running)
         for proc in running:
-            children.kill(proc)
+            _kill(proc)
 
     def table_fp(self, sql: str, label: str) -> TableFingerprint:
-        from .. import children
         from ..errors import TargetError
 
         # COPY's tag, the server's count of the rows it sent, goes to psql's query output
@@ -241,25 +238,33 @@ class _PsqlReader:
             with self.lock:
                 if self.stopped:
                     raise TargetError(f"fingerprint of table {label}: stopped")
-                proc = children.popen(self.argv, env=self.env, stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=err)
+                # Not statekeeper.children (it would make an import cycle of the dialects):
+                # psql dies of the broken pipe at its next write when statekeeper dies.
+                proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=err,
+                                        start_new_session=True)
                 self.running.add(proc)
             assert proc.stdin is not None and proc.stdout is not None
-            with children.supervised(proc):
+            try:
                 proc.stdin.write(script.encode())  # within the pipe's buffer
                 proc.stdin.close()
                 while data := os.read(proc.stdout.fileno(), _CHUNK):
                     h.update(data)
                 proc.stdout.close()
                 rc = proc.wait()
+            except BaseException:
+                _kill(proc)
+                raise
             with self.lock:
                 self.running.discard(proc)
             err.seek(0)
             text = err.read().decode("utf-8", "replace")
         if rc != 0:
-            from ..backups.pgtools import stderr_line
-
-            raise TargetError(f"fingerprint of table {label}: psql: {stderr_line(text)}")
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            first = next((ln for ln in lines if "ERROR:" in ln or "FATAL:" in ln or
+                          "error:" in ln), lines[-1] if lines else "(no message)")
+            first = re.sub(r"^.*?(ERROR|FATAL|error):\s*", "", first)
+            raise TargetError(f"fingerprint of table {label}: psql: {first}")
         tags = [ln.split()[1] for ln in text.splitlines()
                 if ln.startswith("COPY ") and ln[5:].strip().isdigit()]
         if len(tags) != 1:
@@ -267,6 +272,12 @@ class _PsqlReader:
                               "it read")
         rows = int(tags[0])
         return TableFingerprint(rows, h.hexdigest())
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _pg_copy_fp(conn: Any, sql: str, label: str = LARGE_OBJECTS) -> TableFingerprint:
