@@ -19,7 +19,10 @@ Equal fingerprints are the proof that a restore brought back exactly what was ba
   order, dropped-column slots, OIDs.
 
 The fingerprint reads inside one REPEATABLE READ transaction (PostgreSQL), so it is a
-consistent snapshot even while others write.
+consistent snapshot even while others write; the PostgreSQL reader's psql children read the
+rows in that transaction's exported snapshot (:mod:`statekeeper.dialects.pg_fingerprint`),
+producing the very bytes, so the very checksums, of the format-1 reader through the
+connection: fingerprints recorded before compare with those taken now.
 """
 
 from __future__ import annotations

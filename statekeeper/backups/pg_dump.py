@@ -96,7 +96,9 @@ class PgDumpMethod:
                 )
                 try:
                     with children.supervised(proc):
-                        fp = pg_fingerprint(conn, begin=False)  # in parallel with pg_dump
+                        # In parallel with pg_dump, in its snapshot: what the dump holds.
+                        fp = pg_fingerprint(conn, begin=False, target=self.target,
+                                            snapshot=snapshot, pg_bin=self.pg_bin)
                         rc = _wait_growing(proc, tmp, self.timeout)
                 finally:
                     (workdir / "pg_dump.pid").unlink(missing_ok=True)
@@ -105,6 +107,8 @@ class PgDumpMethod:
             conn.rollback()
         except psycopg.Error as e:
             raise BackupError(f"backup of {self.target.shown}: {first_line(e)}") from e
+        except TargetError as e:  # a fingerprint reader's psql failed
+            raise BackupError(f"backup of {self.target.shown}: {e}") from e
         except subprocess.TimeoutExpired as e:
             raise BackupError(f"pg_dump did not finish within {self.timeout:.0f} s") from e
         finally:

@@ -371,7 +371,7 @@ class PgBackRestMethod:
             conn.execute("SET LOCAL lock_timeout = '60s'")
             if tables:
                 conn.execute(f"LOCK TABLE {', '.join(tables)} IN SHARE MODE")
-            fp = pg_fingerprint(conn, begin=False)
+            fp = pg_fingerprint(conn, begin=False, target=self.target)
             lsn = str(conn.execute("SELECT pg_create_restore_point(%s)",
                                    (restore_point,)).fetchone()[0])
             conn.commit()

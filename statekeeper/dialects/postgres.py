@@ -313,7 +313,7 @@ class PostgresDialect(Dialect):
         conn = self.connect(target)
         try:
             with self.errors(f"fingerprint of {target.shown}"), conn.transaction():
-                return pg_fingerprint(conn)
+                return pg_fingerprint(conn, target=target)
         finally:
             conn.close()
 
