@@ -78,6 +78,16 @@ events = Table(
     Index("ledger_events_recorded_at", "recorded_at"),
 )
 
+# Where each stream starts (its first event), read from the events themselves: "the latest
+# run", "the last N runs", "every run" without a pass over every event. Partial, so an
+# append writes it only for a stream's first event (1 in ~25 of a run's events). Derived by
+# the database from the append-only rows: nothing can edit it without editing the events.
+STREAM_STARTS_INDEX = "ledger_events_stream_starts"
+_SQL_STREAM_STARTS_INDEX = (
+    f"CREATE INDEX IF NOT EXISTS {STREAM_STARTS_INDEX} ON ledger_events (stream, seq) "
+    "WHERE stream_seq = 1"
+)
+
 seals = Table(
     "ledger_seals",
     metadata,
@@ -258,6 +268,7 @@ class Recorder(ABC):
             metadata.create_all(conn, checkfirst=True)
             self._check_format(conn)
             self._install_triggers(conn)
+            conn.exec_driver_sql(_SQL_STREAM_STARTS_INDEX)
 
     def exists(self) -> bool:
         with self.translate(), self.engine.connect() as conn:
@@ -455,6 +466,29 @@ class Recorder(ABC):
                 .limit(1)
             ).first()
         return (int(row[0]), str(row[1])) if row else None
+
+    def stream_starts(
+        self, prefix: str, *, upto: int | None = None, after: int = 0, last: int | None = None
+    ) -> list[tuple[str, int]]:
+        """(stream, seq of its first event) of every stream under ``prefix`` that started
+        after seq ``after`` and at or before ``upto``, in seq order; ``last``: only the last
+        that many. Served by the partial index of stream starts."""
+        stmt = (
+            select(events.c.stream, events.c.seq)
+            .where(events.c.stream_seq == 1, events.c.seq > after)
+            .where(events.c.stream.startswith(prefix, autoescape=True))
+        )
+        if prefix:  # a range the index serves (LIKE is case-insensitive in SQLite)
+            stmt = stmt.where(events.c.stream >= prefix,
+                              events.c.stream < prefix[:-1] + chr(ord(prefix[-1]) + 1))
+        if upto is not None:
+            stmt = stmt.where(events.c.seq <= upto)
+        stmt = stmt.order_by(events.c.seq.desc() if last is not None else events.c.seq)
+        if last is not None:
+            stmt = stmt.limit(last)
+        with self.translate(), self.engine.connect() as conn:
+            rows = [(str(r[0]), int(r[1])) for r in conn.execute(stmt)]
+        return rows[::-1] if last is not None else rows
 
     def streams(self, prefix: str = "") -> list[tuple[str, int, str, str]]:
         """(stream, events, first recorded_at, last recorded_at) for streams under ``prefix``."""
