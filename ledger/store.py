@@ -353,6 +353,10 @@ class Ledger:
         (``after``, ``upto``], in seq order (``last``: only the last that many)."""
         return self.recorder.stream_starts(prefix, upto=upto, after=after, last=last)
 
+    def stream_positions(self, streams: list[str], upto: int) -> dict[str, int]:
+        """Each stream's position (last stream_seq) at or before seq ``upto``."""
+        return self.recorder.stream_positions(streams, upto)
+
     def keys(self) -> list[KeyRecord]:
         return self.recorder.list_keys()
 

@@ -28,20 +28,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, select
 
-from .errors import IntegrityError
 from .runner import STREAM_PREFIX, stream_of
 
 if TYPE_CHECKING:
     from ledger import Ledger
 
-    from .replay import Run
-    from .upgrade import Unreadable
+#: (ledger, run id, upto) -> the run replayed: a Run, an Unreadable (``.target``), or None
+Replay = Callable[["Ledger", str, int], Any]
 
 _meta = MetaData()
 run_index = Table(
@@ -58,7 +57,6 @@ MARK = ""  # the run_id of the row holding the high-water mark (created_seq = th
 
 #: Bumped when a row's meaning or MAC changes: every row of an older version fails its MAC.
 VERSION = 1
-_SETTLED = ("completed", "rolled_back")
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ def _mac(key: bytes, r: Row) -> str:
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
-def _row_of(run_id: str, created_seq: int, run: Run | Unreadable | None) -> Row:
+def _row_of(run_id: str, created_seq: int, run: Any) -> Row:
     from .replay import Run
 
     if isinstance(run, Run):
@@ -148,11 +146,10 @@ class RunIndex:
                 for r in changed
             ])
 
-    def rows(self, upto: int, target: str) -> list[Row]:
+    def rows(self, upto: int, target: str, replay: Replay) -> list[Row]:
         """Every run created at or before seq ``upto`` (a head the chain verified), as of that
-        head, with the rows of ``target`` checked fresh against the ledger."""
-        from .upgrade import replay_run
-
+        head, with the rows of ``target`` checked fresh against the ledger; ``replay``
+        derives a row the index cannot vouch for from the run's stream."""
         lg = self.lg
         starts = lg.stream_starts(STREAM_PREFIX, upto=upto)
         mark, stored = self._load()
@@ -175,57 +172,15 @@ class RunIndex:
         # A row of the target acted on must be the stream as the verified chain has it.
         mine = [r for r in out if r.target == target]
         if mine:
-            positions = self._positions([stream_of(r.run_id) for r in mine], upto)
+            positions = lg.stream_positions([stream_of(r.run_id) for r in mine], upto)
             stale = {r.run_id for r in mine if positions.get(stream_of(r.run_id)) != r.position}
             if stale:
                 need += [(r.run_id, r.created_seq) for r in out if r.run_id in stale]
                 out = [r for r in out if r.run_id not in stale]
         self.derived = [rid for rid, _ in need]
-        fresh = [_row_of(rid, cseq, replay_run(lg, rid, upto=upto)) for rid, cseq in need]
+        fresh = [_row_of(rid, cseq, replay(lg, rid, upto)) for rid, cseq in need]
         if fresh or mark != upto:
             self._store(fresh, upto)
         out += fresh
         out.sort(key=lambda r: r.created_seq)
         return out
-
-    def _positions(self, streams: list[str], upto: int) -> dict[str, int]:
-        from sqlalchemy import func
-
-        from ledger.recorders.base import events
-
-        out: dict[str, int] = {}
-        with self.engine.connect() as conn:
-            for i in range(0, len(streams), 500):
-                part = streams[i:i + 500]
-                for s, pos in conn.execute(
-                    select(events.c.stream, func.max(events.c.stream_seq))
-                    .where(events.c.stream.in_(part), events.c.seq <= upto)
-                    .group_by(events.c.stream)
-                ):
-                    out[str(s)] = int(pos)
-        return out
-
-
-def unfinished(lg: Ledger, target: str, upto: int) -> list[Run] | None:
-    """The runs on ``target`` that are not settled, from the index (None: no signing key,
-    so no index; the caller replays every run). Each is its stream verified and replayed;
-    a run on the target that cannot be replayed raises IntegrityError."""
-    from .upgrade import Unreadable, replay_run
-
-    key = mac_key(lg)
-    if key is None:
-        return None
-    out: list[Run] = []
-    for r in RunIndex(lg, key).rows(upto, target):
-        if r.target != target or r.state in _SETTLED or r.state == "empty":
-            continue
-        lg.verify_stream(stream_of(r.run_id), upto=upto)
-        run = replay_run(lg, r.run_id, upto=upto)
-        if isinstance(run, Unreadable):
-            raise IntegrityError(
-                f"run {run.run_id} on this target cannot be replayed ({run.reason}); whether "
-                "it finished is unknown, so nothing is done to the target"
-            )
-        if run is not None and run.plan.target == target and run.state not in _SETTLED:
-            out.append(run)
-    return out

@@ -261,21 +261,46 @@ def unfinished_for(lg: Ledger, target_display: str, upto: int | None = None) -> 
     ``upto``: a head the chain verified; with it (and a signing key) the run index
     (:mod:`statekeeper.runindex`) says which runs to replay, instead of all of them."""
     if upto is not None:
-        from . import runindex
-
-        found = runindex.unfinished(lg, target_display, upto)
+        found = _unfinished_indexed(lg, target_display, upto)
         if found is not None:
             return found
     out: list[Run] = []
     for r in scan_runs(lg):
         if isinstance(r, Unreadable):
             if r.target == target_display:
-                raise IntegrityError(
-                    f"run {r.run_id} on this target cannot be replayed ({r.reason}); whether "
-                    "it finished is unknown, so nothing is done to the target"
-                )
+                raise _unknown_on_target(r)
         elif r.plan.target == target_display and r.state not in SETTLED:
             out.append(r)
+    return out
+
+
+def _unknown_on_target(r: Unreadable) -> IntegrityError:
+    return IntegrityError(
+        f"run {r.run_id} on this target cannot be replayed ({r.reason}); whether it finished "
+        "is unknown, so nothing is done to the target"
+    )
+
+
+def _unfinished_indexed(lg: Ledger, target: str, upto: int) -> list[Run] | None:
+    """:func:`unfinished_for` from the run index (None without a signing key, so no index):
+    each run it names is its stream verified and replayed; the others are not read."""
+    from . import runindex
+
+    if upto == 0:
+        return []
+    key = runindex.mac_key(lg)
+    if key is None:
+        return None
+    out: list[Run] = []
+    for r in runindex.RunIndex(lg, key).rows(upto, target, replay_run):
+        if r.target != target or r.state in SETTLED or r.state == "empty":
+            continue
+        lg.verify_stream(stream_of(r.run_id), upto=upto)
+        run = replay_run(lg, r.run_id, upto)
+        if isinstance(run, Unreadable):
+            raise _unknown_on_target(run)
+        if run is not None and run.plan.target == target and run.state not in SETTLED:
+            out.append(run)
     return out
 
 

@@ -490,6 +490,21 @@ class Recorder(ABC):
             rows = [(str(r[0]), int(r[1])) for r in conn.execute(stmt)]
         return rows[::-1] if last is not None else rows
 
+    def stream_positions(self, names: list[str], upto: int) -> dict[str, int]:
+        """Each named stream's last stream_seq at or before seq ``upto`` (absent: none)."""
+        from sqlalchemy import func
+
+        out: dict[str, int] = {}
+        with self.translate(), self.engine.connect() as conn:
+            for i in range(0, len(names), 500):
+                for s, pos in conn.execute(
+                    select(events.c.stream, func.max(events.c.stream_seq))
+                    .where(events.c.stream.in_(names[i:i + 500]), events.c.seq <= upto)
+                    .group_by(events.c.stream)
+                ):
+                    out[str(s)] = int(pos)
+        return out
+
     def streams(self, prefix: str = "") -> list[tuple[str, int, str, str]]:
         """(stream, events, first recorded_at, last recorded_at) for streams under ``prefix``."""
         from sqlalchemy import func
