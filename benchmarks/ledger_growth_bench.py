@@ -11,7 +11,7 @@ own among them) after the project's real run. So the ledger is real-shaped: ~25
 events per run, the runner's event types, payloads and seal pattern.
 
 At each size, each command runs in its own process (its wall time and peak RSS from
-``os.wait4``), against that ledger, with the local checkpoint and run index a previous
+/usr/bin/time), against that ledger, with the local checkpoint and run index a previous
 command left (``start`` is run once first, as the last command an operator ran would have):
 
 * ``start --to v2.6``: verify-before-act and the busy check, then refused (already tagged);
@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TARGETS = 8
+TIME = Path("/usr/bin/time")
 
 COMMANDS: list[tuple[str, list[str]]] = [
     ("start (busy check + verify)", ["start", "--to", "v2.6"]),
@@ -129,14 +130,22 @@ def measure(code: Path, project: Path, args: list[str]) -> tuple[float, float, i
                PYTHONPYCACHEPREFIX=str(ROOT / "benchmarks" / ".cache" / "pycache" / code.name))
     env.pop("STATEKEEPER_FAILPOINT", None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    # The peak RSS from /usr/bin/time (a small process that forks and execs): a child forked
+    # from this process would count this process's pages it held before its exec.
+    rss_file = project.parent / "rss.txt"
+    timer = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if TIME.exists() else []
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "--config", str(project / "statekeeper.toml"), *args],
+        [*timer, sys.executable, "-m", "cli", "--config", str(project / "statekeeper.toml"),
+         *args],
         cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode
+    took = time.perf_counter() - t0
+    rss = usage.ru_maxrss / 1024
+    if timer:
+        rss = int(rss_file.read_text().split()[-1]) / 1024
+    return took, rss, os.waitstatus_to_exitcode(status)
 
 
 def export_ref(ref: str, into: Path) -> Path:

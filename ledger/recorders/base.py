@@ -33,6 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
     bindparam,
     event,
+    literal_column,
     select,
 )
 from sqlalchemy import exc as sa_exc
@@ -191,6 +192,8 @@ class Recorder(ABC):
     dialect_name = ""
     #: The URL schemes (driver names) an operator may write for this backend.
     schemes: frozenset[str] = frozenset()
+    #: Whether text compares byte by byte (SQLite's BINARY), so a prefix is a range.
+    binary_ranges = False
 
     def __init__(self, url: URL, shown: str | None = None) -> None:
         self.url = url
@@ -473,22 +476,31 @@ class Recorder(ABC):
         """(stream, seq of its first event) of every stream under ``prefix`` that started
         after seq ``after`` and at or before ``upto``, in seq order; ``last``: only the last
         that many. Served by the partial index of stream starts."""
-        stmt = (
-            select(events.c.stream, events.c.seq)
-            .where(events.c.stream_seq == 1, events.c.seq > after)
-            .where(events.c.stream.startswith(prefix, autoescape=True))
-        )
-        if prefix:  # a range the index serves (LIKE is case-insensitive in SQLite)
-            stmt = stmt.where(events.c.stream >= prefix,
-                              events.c.stream < prefix[:-1] + chr(ord(prefix[-1]) + 1))
-        if upto is not None:
-            stmt = stmt.where(events.c.seq <= upto)
-        stmt = stmt.order_by(events.c.seq.desc() if last is not None else events.c.seq)
+        # stream_seq = 1 as a literal: a partial index is used only for the predicate it names,
+        # never for a bound parameter.
+        stmt = select(events.c.stream, events.c.seq).where(
+            events.c.stream_seq == literal_column("1"))
+        if prefix:
+            if self.binary_ranges:  # a range the partial index serves (exact in BINARY)
+                stmt = stmt.where(events.c.stream >= prefix,
+                                  events.c.stream < prefix[:-1] + chr(ord(prefix[-1]) + 1))
+            else:  # a linguistic collation may sort '/' anywhere: no range, LIKE
+                stmt = stmt.where(events.c.stream.startswith(prefix, autoescape=True))
         if last is not None:
-            stmt = stmt.limit(last)
+            # The last few: walking back from the head finds them after a few runs' events.
+            if upto is not None:
+                stmt = stmt.where(events.c.seq <= upto)
+            stmt = stmt.where(events.c.seq > after).order_by(events.c.seq.desc()).limit(last)
         with self.translate(), self.engine.connect() as conn:
             rows = [(str(r[0]), int(r[1])) for r in conn.execute(stmt)]
-        return rows[::-1] if last is not None else rows
+        if last is not None:
+            return rows[::-1]
+        # All of them, from the partial index alone: a condition on seq in the statement
+        # would make SQLite walk the rowid range instead (every event), so it is applied here.
+        hi = upto if upto is not None else 1 << 62
+        rows = [r for r in rows if after < r[1] <= hi]
+        rows.sort(key=operator.itemgetter(1))
+        return rows
 
     def stream_positions(self, names: list[str], upto: int) -> dict[str, int]:
         """Each named stream's last stream_seq at or before seq ``upto`` (absent: none)."""
