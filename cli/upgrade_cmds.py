@@ -372,15 +372,17 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
 
 @click.command("history")
 @json_option
+@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+              help="Only the last N runs (the others are not read).")
 @pass_obj
-def history(obj: Obj, as_json: bool) -> None:
+def history(obj: Obj, as_json: bool, limit: int | None) -> None:
     """Every run: id, from, to, state, started, ended, release (from -> to).
 
     A run whose events cannot be replayed is listed as unreadable, with the event and why
     (its 'status' exits 4); the others are listed as usual and the exit code stays 0."""
     from statekeeper.upgrade import Unreadable
 
-    found = command.history(obj.settings)
+    found = command.history(obj.settings, limit)
     runs = [unreadable_summary(r) if isinstance(r, Unreadable) else run_summary(r)
             for r in found]
     bad = [r for r in runs if r["state"] == "unreadable"]

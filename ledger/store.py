@@ -338,12 +338,24 @@ class Ledger:
         for ev, _ in self.recorder.iter_events(start=start, stop=stop):
             yield ev
 
-    def read_stream(self, stream: str) -> Iterator[StoredEvent]:
-        for ev, _ in self.recorder.iter_events(stream=stream):
+    def read_stream(self, stream: str, upto: int | None = None) -> Iterator[StoredEvent]:
+        """One stream's events (``upto``: only those at or before that seq)."""
+        for ev, _ in self.recorder.iter_events(stream=stream, stop=upto):
             yield ev
 
     def streams(self, prefix: str = "") -> list[tuple[str, int, str, str]]:
         return self.recorder.streams(prefix)
+
+    def stream_starts(
+        self, prefix: str, *, upto: int | None = None, after: int = 0, last: int | None = None
+    ) -> list[tuple[str, int]]:
+        """(stream, seq of its first event) of the streams under ``prefix`` started in
+        (``after``, ``upto``], in seq order (``last``: only the last that many)."""
+        return self.recorder.stream_starts(prefix, upto=upto, after=after, last=last)
+
+    def stream_positions(self, streams: list[str], upto: int) -> dict[str, int]:
+        """Each stream's position (last stream_seq) at or before seq ``upto``."""
+        return self.recorder.stream_positions(streams, upto)
 
     def keys(self) -> list[KeyRecord]:
         return self.recorder.list_keys()

@@ -721,12 +721,13 @@ def server_state(settings: Settings, run: Run) -> ServerState | None:
 
 
 @boundary
-def history(settings: Settings) -> list[Run | Unreadable]:
-    """Every run in the order created: a :class:`statekeeper.replay.Run`, or an
+def history(settings: Settings, limit: int | None = None) -> list[Run | Unreadable]:
+    """Every run in the order created (``limit``: only the last that many, read without
+    replaying the others): a :class:`statekeeper.replay.Run`, or an
     :class:`statekeeper.upgrade.Unreadable` for one whose events cannot be replayed."""
     from . import upgrade
 
-    return upgrade.history(settings)
+    return upgrade.history(settings, limit)
 
 
 # -- report (issue 10) -----------------------------------------------------------------------

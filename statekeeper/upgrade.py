@@ -178,16 +178,16 @@ class Unreadable:
         return IntegrityError(f"run {self.run_id} cannot be replayed: {self.reason}")
 
 
-def replay_run(lg: Ledger, run_id: str) -> Run | Unreadable | None:
-    """The run rebuilt from its stream; :class:`Unreadable` if that fails; None if the stream
-    is empty."""
+def replay_run(lg: Ledger, run_id: str, upto: int | None = None) -> Run | Unreadable | None:
+    """The run rebuilt from its stream (``upto``: as of that seq); :class:`Unreadable` if that
+    fails; None if the stream is empty."""
     from .replay import apply
 
     run: Run | None = None
     first: dict[str, Any] = {}
     ev = None
     try:
-        for ev in lg.read_stream(stream_of(run_id)):
+        for ev in lg.read_stream(stream_of(run_id), upto):
             rev = to_run_event(ev)
             if rev.position == 1 and isinstance(rev.payload, dict):
                 first = {"target": rev.payload.get("target"), "at": rev.at}
@@ -227,24 +227,81 @@ def scan_runs(lg: Ledger) -> list[Run | Unreadable]:
     return out
 
 
+def runs_after(lg: Ledger, run_id: str, upto: int) -> list[Run | Unreadable]:
+    """The runs created after ``run_id`` (up to seq ``upto``), replayed: what a rollback of
+    it must look at, without replaying the runs before it."""
+    first = next(iter(lg.read_stream(stream_of(run_id), upto)), None)
+    if first is None:
+        return []
+    out: list[Run | Unreadable] = []
+    for name, _ in lg.stream_starts(STREAM_PREFIX, after=first.seq, upto=upto):
+        r = replay_run(lg, name[len(STREAM_PREFIX):], upto)
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def recent_runs(lg: Ledger, limit: int, upto: int) -> list[Run | Unreadable]:
+    """The last ``limit`` runs created (up to seq ``upto``), in the order created."""
+    out: list[Run | Unreadable] = []
+    for name, _ in lg.stream_starts(STREAM_PREFIX, upto=upto, last=limit):
+        r = replay_run(lg, name[len(STREAM_PREFIX):], upto)
+        if r is not None:
+            out.append(r)
+    return out
+
+
 def all_runs(lg: Ledger) -> list[Run]:
     """The runs that can be replayed (see :func:`scan_runs` for the others)."""
     return [r for r in scan_runs(lg) if isinstance(r, Run)]
 
 
-def unfinished_for(lg: Ledger, target_display: str) -> list[Run]:
+def unfinished_for(lg: Ledger, target_display: str, upto: int | None = None) -> list[Run]:
     """Runs on this target that are not settled: in flight, or failed (awaiting a human).
-    A run on this target that cannot be replayed may be unfinished too: IntegrityError."""
+    A run on this target that cannot be replayed may be unfinished too: IntegrityError.
+    ``upto``: a head the chain verified; with it (and a signing key) the run index
+    (:mod:`statekeeper.runindex`) says which runs to replay, instead of all of them."""
+    if upto is not None:
+        found = _unfinished_indexed(lg, target_display, upto)
+        if found is not None:
+            return found
     out: list[Run] = []
     for r in scan_runs(lg):
         if isinstance(r, Unreadable):
             if r.target == target_display:
-                raise IntegrityError(
-                    f"run {r.run_id} on this target cannot be replayed ({r.reason}); whether "
-                    "it finished is unknown, so nothing is done to the target"
-                )
+                raise _unknown_on_target(r)
         elif r.plan.target == target_display and r.state not in SETTLED:
             out.append(r)
+    return out
+
+
+def _unknown_on_target(r: Unreadable) -> IntegrityError:
+    return IntegrityError(
+        f"run {r.run_id} on this target cannot be replayed ({r.reason}); whether it finished "
+        "is unknown, so nothing is done to the target"
+    )
+
+
+def _unfinished_indexed(lg: Ledger, target: str, upto: int) -> list[Run] | None:
+    """:func:`unfinished_for` from the run index (None without a signing key, so no index):
+    each run it names is its stream verified and replayed; the others are not read."""
+    from . import runindex
+
+    if upto == 0:
+        return []
+    key = runindex.mac_key(lg)
+    if key is None:
+        return None
+    out: list[Run] = []
+    for r in runindex.RunIndex(lg, key).rows(upto, target, replay_run):
+        if r.target != target or r.state in SETTLED or r.state == "empty":
+            continue
+        lg.verify_stream(stream_of(r.run_id), upto=upto)
+        run = replay_run(lg, r.run_id, upto)
+        if isinstance(run, Unreadable):
+            raise _unknown_on_target(run)
+        if run is not None and run.plan.target == target and run.state not in SETTLED:
+            out.append(run)
     return out
 
 
@@ -349,11 +406,11 @@ def start(
     check_versions(to_version, from_version)
     with Session.open(settings) as session:
         lg = session.ledger
-        verify_before_acting(settings, lg, None)
+        verified = verify_before_acting(settings, lg, None)
         holder = _live_holder(session)
         if holder is not None:
             raise LockHeld(f"target is locked by {holder.describe()}")
-        busy = unfinished_for(lg, session.target.display)
+        busy = unfinished_for(lg, session.target.display, upto=verified.head.seq)
         if busy:
             r = busy[-1]
             if r.state == "failed":
@@ -400,7 +457,7 @@ def resume(
         display = session.target.display
         if run_id is None:
             verified = verify_before_acting(settings, lg, None)
-            run_id = _run_to_resume(session)
+            run_id = _run_to_resume(session, verified.head.seq)
             lg.verify_stream(stream_of(run_id), upto=verified.head.seq)
         else:
             verify_before_acting(settings, lg, run_id)
@@ -451,10 +508,10 @@ def restore_comes_first(run: Run, restarts_server: bool) -> bool:
     return isinstance(action, Step) and action.kind == "restore"
 
 
-def _run_to_resume(session: Session) -> str:
+def _run_to_resume(session: Session, upto: int) -> str:
     """The unfinished run on this target, or a finished one whose dead process kept the lease
     (it died between its last state change and releasing the target)."""
-    busy = unfinished_for(session.ledger, session.target.display)
+    busy = unfinished_for(session.ledger, session.target.display, upto=upto)
     if busy:
         return busy[-1].run_id
     holder = session.leases.holder(session.target.display)
@@ -479,7 +536,7 @@ def rollback(
     with Session.open(settings) as session:
         lg = session.ledger
         display = session.target.display
-        verify_before_acting(settings, lg, run_id)
+        verified = verify_before_acting(settings, lg, run_id)
         run = load_run(lg, run_id)
         if run.plan.target != display:
             raise ConfigError(f"run {run_id} upgraded {run.plan.target}, not {display}")
@@ -491,7 +548,7 @@ def rollback(
         # a whole-cluster restore rewinds the other databases of the cluster too
         cluster = run.plan.cluster if restore else None
         later: list[Run] = []
-        for r in scan_runs(lg):
+        for r in runs_after(lg, run_id, verified.head.seq):
             if isinstance(r, Unreadable):
                 if r.target == display and r.created_at > run.created_at:
                     raise IntegrityError(
@@ -572,7 +629,7 @@ def latest(settings: Settings, run_id: str | None = None) -> Run | None:
     with settings.open_ledger(signing=False) as lg:
         verified = verify_before_acting(settings, lg, run_id)
         if run_id is None:
-            names = lg.streams(STREAM_PREFIX)
+            names = lg.stream_starts(STREAM_PREFIX, upto=verified.head.seq, last=1)
             if not names:
                 return None
             run_id = names[-1][0][len(STREAM_PREFIX) :]
@@ -624,10 +681,13 @@ def server_state(settings: Settings, run: Run) -> ServerState | None:
     return ServerState(False, error, what)
 
 
-def history(settings: Settings) -> list[Run | Unreadable]:
-    """Every run in the order created; those that cannot be replayed as :class:`Unreadable`."""
+def history(settings: Settings, limit: int | None = None) -> list[Run | Unreadable]:
+    """Every run in the order created (``limit``: the last that many); those that cannot be
+    replayed as :class:`Unreadable`."""
     with settings.open_ledger(signing=False) as lg:
-        verify_before_acting(settings, lg, None)
+        verified = verify_before_acting(settings, lg, None)
+        if limit is not None:
+            return recent_runs(lg, limit, verified.head.seq)
         return scan_runs(lg)
 
 

@@ -33,6 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
     bindparam,
     event,
+    literal_column,
     select,
 )
 from sqlalchemy import exc as sa_exc
@@ -76,6 +77,16 @@ events = Table(
     Column("hash", String(64), nullable=False),
     UniqueConstraint("stream", "stream_seq", name="ledger_events_stream_pos"),
     Index("ledger_events_recorded_at", "recorded_at"),
+)
+
+# Where each stream starts (its first event), read from the events themselves: "the latest
+# run", "the last N runs", "every run" without a pass over every event. Partial, so an
+# append writes it only for a stream's first event (1 in ~25 of a run's events). Derived by
+# the database from the append-only rows: nothing can edit it without editing the events.
+STREAM_STARTS_INDEX = "ledger_events_stream_starts"
+_SQL_STREAM_STARTS_INDEX = (
+    f"CREATE INDEX IF NOT EXISTS {STREAM_STARTS_INDEX} ON ledger_events (stream, seq) "
+    "WHERE stream_seq = 1"
 )
 
 seals = Table(
@@ -181,6 +192,8 @@ class Recorder(ABC):
     dialect_name = ""
     #: The URL schemes (driver names) an operator may write for this backend.
     schemes: frozenset[str] = frozenset()
+    #: Whether text compares byte by byte (SQLite's BINARY), so a prefix is a range.
+    binary_ranges = False
 
     def __init__(self, url: URL, shown: str | None = None) -> None:
         self.url = url
@@ -258,6 +271,7 @@ class Recorder(ABC):
             metadata.create_all(conn, checkfirst=True)
             self._check_format(conn)
             self._install_triggers(conn)
+            conn.exec_driver_sql(_SQL_STREAM_STARTS_INDEX)
 
     def exists(self) -> bool:
         with self.translate(), self.engine.connect() as conn:
@@ -455,6 +469,53 @@ class Recorder(ABC):
                 .limit(1)
             ).first()
         return (int(row[0]), str(row[1])) if row else None
+
+    def stream_starts(
+        self, prefix: str, *, upto: int | None = None, after: int = 0, last: int | None = None
+    ) -> list[tuple[str, int]]:
+        """(stream, seq of its first event) of every stream under ``prefix`` that started
+        after seq ``after`` and at or before ``upto``, in seq order; ``last``: only the last
+        that many. Served by the partial index of stream starts."""
+        # stream_seq = 1 as a literal: a partial index is used only for the predicate it names,
+        # never for a bound parameter.
+        stmt = select(events.c.stream, events.c.seq).where(
+            events.c.stream_seq == literal_column("1"))
+        if prefix:
+            if self.binary_ranges:  # a range the partial index serves (exact in BINARY)
+                stmt = stmt.where(events.c.stream >= prefix,
+                                  events.c.stream < prefix[:-1] + chr(ord(prefix[-1]) + 1))
+            else:  # a linguistic collation may sort '/' anywhere: no range, LIKE
+                stmt = stmt.where(events.c.stream.startswith(prefix, autoescape=True))
+        if last is not None:
+            # The last few: walking back from the head finds them after a few runs' events.
+            if upto is not None:
+                stmt = stmt.where(events.c.seq <= upto)
+            stmt = stmt.where(events.c.seq > after).order_by(events.c.seq.desc()).limit(last)
+        with self.translate(), self.engine.connect() as conn:
+            rows = [(str(r[0]), int(r[1])) for r in conn.execute(stmt)]
+        if last is not None:
+            return rows[::-1]
+        # All of them, from the partial index alone: a condition on seq in the statement
+        # would make SQLite walk the rowid range instead (every event), so it is applied here.
+        hi = upto if upto is not None else 1 << 62
+        rows = [r for r in rows if after < r[1] <= hi]
+        rows.sort(key=operator.itemgetter(1))
+        return rows
+
+    def stream_positions(self, names: list[str], upto: int) -> dict[str, int]:
+        """Each named stream's last stream_seq at or before seq ``upto`` (absent: none)."""
+        from sqlalchemy import func
+
+        out: dict[str, int] = {}
+        with self.translate(), self.engine.connect() as conn:
+            for i in range(0, len(names), 500):
+                for s, pos in conn.execute(
+                    select(events.c.stream, func.max(events.c.stream_seq))
+                    .where(events.c.stream.in_(names[i:i + 500]), events.c.seq <= upto)
+                    .group_by(events.c.stream)
+                ):
+                    out[str(s)] = int(pos)
+        return out
 
     def streams(self, prefix: str = "") -> list[tuple[str, int, str, str]]:
         """(stream, events, first recorded_at, last recorded_at) for streams under ``prefix``."""

@@ -21,6 +21,7 @@ from .base import (
     _SQL_INSERT_EVENTS,
     _SQL_INSERT_KEYS,
     _SQL_INSERT_SEALS,
+    STREAM_STARTS_INDEX,
     TABLES,
     Appending,
     Builder,
@@ -389,7 +390,9 @@ class PostgresRecorder(Recorder):
             "WHERE pg_table_is_visible(c.oid) AND c.relname = ANY(:tables) "
             "AND t.tgname = ANY(:names) AND t.tgenabled = 'A'"
         ), {"tables": list(TABLES), "names": names}).scalar()
-        return found == len(names)
+        starts = conn.execute(text("SELECT to_regclass(:i) IS NOT NULL"),
+                              {"i": STREAM_STARTS_INDEX}).scalar()
+        return found == len(names) and bool(starts)
 
     def _install_triggers(self, conn: Connection) -> None:
         conn.exec_driver_sql(

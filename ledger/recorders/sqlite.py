@@ -45,6 +45,7 @@ class SQLiteRecorder(Recorder):
 
     dialect_name = "sqlite"
     schemes = frozenset({"sqlite", "sqlite+pysqlite"})
+    binary_ranges = True
 
     @classmethod
     def normalize_url(cls, u: URL, base_dir: Path | None, what: str, shown: str) -> URL:

@@ -1,0 +1,186 @@
+"""The run index: which runs are on which target and whether they settled, without replaying
+every run of a long ledger.
+
+A derived table in the ledger database (``statekeeper_run_index``: run id, seq of its
+``run.created``, stream position folded, target, state, MAC) and a high-water mark (the seq
+the index is caught up to). It is bookkeeping, never history, and never trusted over the
+ledger:
+
+- Which runs exist comes from the ledger itself (the partial index of stream starts,
+  :meth:`ledger.Ledger.stream_starts`), not from the table: a row deleted, or one added for
+  a run that does not exist, changes nothing.
+- Each row carries an HMAC under a key only the signing key's holder can derive (the
+  Ed25519 signature, deterministic, of a fixed message naming the ledger), so a row edited
+  by hand (another target, a settled state) fails its MAC and is derived again from the
+  run's stream. The mark is MACed the same way (a raised mark would skip events).
+- A row of the target acted on must also be fresh: its position is the stream's position in
+  the verified chain (a MACed row of an earlier moment put back is stale, and derived again).
+- Events after the mark are folded in: each run they touch is replayed (its stream alone).
+
+So what a command decides on is the runs' own replayed streams; the index only says which
+streams can be skipped. Writes are best effort: where the table cannot be created or written
+(a role with only SELECT and INSERT on the ledger's tables), the same derivation runs in
+memory and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, select
+
+from .runner import STREAM_PREFIX, stream_of
+
+if TYPE_CHECKING:
+    from ledger import Ledger
+
+#: (ledger, run id, upto) -> the run replayed: a Run, an Unreadable (``.target``), or None
+Replay = Callable[["Ledger", str, int], Any]
+
+_meta = MetaData()
+run_index = Table(
+    "statekeeper_run_index",
+    _meta,
+    Column("run_id", String(200), primary_key=True),
+    Column("created_seq", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("target", String(1000), nullable=True),
+    Column("state", String(40), nullable=False),
+    Column("mac", String(64), nullable=False),
+)
+MARK = ""  # the run_id of the row holding the high-water mark (created_seq = the mark)
+
+#: Bumped when a row's meaning or MAC changes: every row of an older version fails its MAC.
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Row:
+    run_id: str
+    created_seq: int
+    position: int
+    target: str | None
+    state: str
+
+
+def mac_key(lg: Ledger) -> bytes | None:
+    """The index's MAC key: derived from a signature only the signing key can make (Ed25519
+    is deterministic), bound to this ledger. None without a signing key."""
+    if lg.signer is None:
+        return None
+    msg = f"statekeeper-run-index-v{VERSION}\n{lg.ledger_id()}\n".encode()
+    return hashlib.sha256(lg.signer.sign(msg)).digest()
+
+
+def _mac(key: bytes, r: Row) -> str:
+    text = f"{r.run_id}\n{r.created_seq}\n{r.position}\n{r.target}\n{r.state}"
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _row_of(run_id: str, created_seq: int, run: Any) -> Row:
+    from .replay import Run
+
+    if isinstance(run, Run):
+        return Row(run_id, created_seq, run.position, run.plan.target, run.state)
+    if run is None:
+        return Row(run_id, created_seq, 0, None, "empty")
+    return Row(run_id, created_seq, 0, run.target, "unreadable")
+
+
+class RunIndex:
+    """The index of one ledger, read and caught up to a verified head by a key holder."""
+
+    def __init__(self, lg: Ledger, key: bytes) -> None:
+        self.lg = lg
+        self.key = key
+        self.engine = lg.recorder.engine
+        self.writable = True
+        try:
+            _meta.create_all(self.engine, checkfirst=True)
+        except Exception:  # no DDL rights: derive in memory, store nothing
+            self.writable = False
+        #: rows derived again (not trusted as stored) in the last catch-up: for tests/bench
+        self.derived: list[str] = []
+
+    def _load(self) -> tuple[int, dict[str, Row]]:
+        if not self.writable:
+            return 0, {}
+        mark = 0
+        rows: dict[str, Row] = {}
+        try:
+            with self.engine.connect() as conn:
+                for rid, cseq, pos, target, state, mac in conn.execute(select(
+                    run_index.c.run_id, run_index.c.created_seq, run_index.c.position,
+                    run_index.c.target, run_index.c.state, run_index.c.mac,
+                )):
+                    r = Row(rid, int(cseq), int(pos), target, state)
+                    if not hmac.compare_digest(_mac(self.key, r), str(mac)):
+                        continue  # edited, or under another key: derived again below
+                    if rid == MARK:
+                        mark = r.created_seq
+                    else:
+                        rows[rid] = r
+        except Exception:
+            return 0, {}
+        return mark, rows
+
+    def _store(self, changed: Iterable[Row], mark: int) -> None:
+        if not self.writable:
+            return
+        mark_row = Row(MARK, mark, 0, None, "mark")
+        changed = [*changed, mark_row]
+        # Derived rows replace whatever is stored under their run id (an edited row, a
+        # concurrent catch-up's: both are derived from the same verified ledger).
+        with contextlib.suppress(Exception), self.engine.begin() as conn:
+            ids = [r.run_id for r in changed]
+            for i in range(0, len(ids), 500):
+                conn.execute(delete(run_index).where(run_index.c.run_id.in_(ids[i:i + 500])))
+            conn.execute(run_index.insert(), [
+                {"run_id": r.run_id, "created_seq": r.created_seq, "position": r.position,
+                 "target": r.target, "state": r.state, "mac": _mac(self.key, r)}
+                for r in changed
+            ])
+
+    def rows(self, upto: int, target: str, replay: Replay) -> list[Row]:
+        """Every run created at or before seq ``upto`` (a head the chain verified), as of that
+        head, with the rows of ``target`` checked fresh against the ledger; ``replay``
+        derives a row the index cannot vouch for from the run's stream."""
+        lg = self.lg
+        starts = lg.stream_starts(STREAM_PREFIX, upto=upto)
+        mark, stored = self._load()
+        if mark > upto:
+            mark, stored = 0, {}  # a mark beyond the verified head: trust nothing of it
+        touched: set[str] = set()
+        if mark < upto:
+            for ev in lg.recorder.iter_events(start=mark + 1, stop=upto,
+                                              stream_prefix=STREAM_PREFIX):
+                touched.add(ev[0].stream[len(STREAM_PREFIX):])
+        out: list[Row] = []
+        need: list[tuple[str, int]] = []
+        for stream, cseq in starts:
+            rid = stream[len(STREAM_PREFIX):]
+            r = stored.get(rid)
+            if r is None or r.created_seq != cseq or rid in touched:
+                need.append((rid, cseq))
+            else:
+                out.append(r)
+        # A row of the target acted on must be the stream as the verified chain has it.
+        mine = [r for r in out if r.target == target]
+        if mine:
+            positions = lg.stream_positions([stream_of(r.run_id) for r in mine], upto)
+            stale = {r.run_id for r in mine if positions.get(stream_of(r.run_id)) != r.position}
+            if stale:
+                need += [(r.run_id, r.created_seq) for r in out if r.run_id in stale]
+                out = [r for r in out if r.run_id not in stale]
+        self.derived = [rid for rid, _ in need]
+        fresh = [_row_of(rid, cseq, replay(lg, rid, upto)) for rid, cseq in need]
+        if fresh or mark != upto:
+            self._store(fresh, upto)
+        out += fresh
+        out.sort(key=lambda r: r.created_seq)
+        return out

@@ -1,0 +1,73 @@
+"""The run index (issue 15): start's busy check and resume's decision read only the runs they
+need, and an index edited by hand is never believed, on SQLite and PostgreSQL ledgers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from statekeeper import command
+from tests.test_cli_upgrade import one_error, run
+from tests.test_ledger_support import RawDB
+from tests.upgrade_support import GOOD, Project, make_project, seed
+
+
+def _project(tmp_path: Path, ledger_url: str) -> Project:
+    (tmp_path / "app.db").touch()
+    target = f"sqlite:///{tmp_path / 'app.db'}"
+    seed("sqlite", target)
+    return make_project(tmp_path / "proj", "sqlite", target, dict(GOOD), backup=False,
+                        ledger_url=ledger_url)
+
+
+def _refused_as_unfinished(proj: Project, run_id: str) -> None:
+    msg = one_error(run(proj, "start", "--to", "v2.6"), 5)
+    assert msg.startswith(f"error: run {run_id} on this target is unfinished (migrating)"), msg
+
+
+def test_an_edited_or_deleted_index_row_never_hides_an_unfinished_run(
+    tmp_path: Path, db_url: str
+) -> None:
+    proj = _project(tmp_path, db_url)
+    assert proj.cli("start", "--to", "v2.6", failpoint="migrate.started:2").returncode == 137
+    run_id = command.status(proj.settings()).run_id
+    _refused_as_unfinished(proj, run_id)  # builds the index
+    with RawDB(db_url) as db:
+        assert db.execute("SELECT state, position FROM statekeeper_run_index WHERE run_id = ?",
+                          [run_id]) == [("migrating", 13)]
+        db.execute("UPDATE statekeeper_run_index SET state = 'completed' WHERE run_id = ?",
+                   [run_id])
+    _refused_as_unfinished(proj, run_id)  # its MAC fails: derived again from the stream
+    with RawDB(db_url) as db:
+        assert db.scalar("SELECT state FROM statekeeper_run_index WHERE run_id = ?",
+                         [run_id]) == "migrating"
+        db.execute("DELETE FROM statekeeper_run_index")
+    _refused_as_unfinished(proj, run_id)  # which runs exist comes from the ledger
+    with RawDB(db_url) as db:  # a mark raised past the head would skip events: not trusted
+        db.execute("UPDATE statekeeper_run_index SET created_seq = 1000000 WHERE run_id = ''")
+    _refused_as_unfinished(proj, run_id)
+    # resume decides on the same run, finishes it, and the index follows the ledger
+    r = run(proj, "resume")
+    assert r.exit_code == 0, r.output
+    assert command.status(proj.settings()).state == "completed"
+    assert one_error(run(proj, "start", "--to", "v2.6"), 2) == (
+        "error: --to v2.6: the schema is already tagged v2.6")
+    with RawDB(db_url) as db:
+        assert db.scalar("SELECT state FROM statekeeper_run_index WHERE run_id = ?",
+                         [run_id]) == "completed"
+
+
+def test_history_limit_and_status_read_the_latest_runs(tmp_path: Path, db_url: str) -> None:
+    proj = _project(tmp_path, db_url)
+    assert run(proj, "start", "--to", "v2.6").exit_code == 0
+    first = command.status(proj.settings()).run_id
+    assert run(proj, "rollback", first).exit_code == 0
+    assert run(proj, "start", "--to", "v2.6").exit_code == 0
+    second = command.status(proj.settings()).run_id
+    assert second != first
+    r = run(proj, "history", "--limit", "1", "--json")
+    assert [x["run_id"] for x in json.loads(r.stdout)] == [second]
+    r = run(proj, "history", "--limit", "5", "--json")
+    assert [x["run_id"] for x in json.loads(r.stdout)] == [first, second]
+    r = run(proj, "history", "--limit", "0")
+    assert r.exit_code == 2 and "'--limit': 0 is not in the range x>=1" in r.stderr
