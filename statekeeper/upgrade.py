@@ -731,7 +731,9 @@ def load_plan(path: Path) -> Plan:
     from .plan import PlanError
 
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; a regular file ignores it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise ConfigError(f"--plan {path}: not a regular file")
             data = f.read(PLAN_FILE_MAX + 1)

@@ -584,7 +584,9 @@ def test_a_saved_plan_is_refused_when_any_byte_of_its_plan_was_edited(tmp_path: 
     assert one_error(run(proj, "start", "--to", "v2.6", "--plan", str(fifo)), 2) == (
         f"error: --plan {fifo}: not a regular file")
     # the same files planned from another checkout are the same plan
-    other = make_project(tmp_path / "elsewhere", "sqlite", url, SCENARIOS["forward"], tag=None)
+    # (the application's name defaults to the directory's: the same here)
+    other = make_project(tmp_path / "elsewhere" / "proj", "sqlite", url, SCENARIOS["forward"],
+                         tag=None)
     assert run(other, "plan", "--to", "v2.6", "--json").exit_code == 0
     there = json.loads(run(other, "plan", "--to", "v2.6", "--json").stdout)
     assert there["digest"] == doc["digest"] and there["config"] != doc["plan"]["config"]

@@ -204,7 +204,7 @@ def test_crash_then_resume(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("i", range(8))  # separate tests: xdist spreads them over the cores
+@pytest.mark.parametrize("i", range(4))  # separate tests: xdist spreads them over the cores
 def test_sigkill_at_random_instants_during_slow_migration(
     tmp_path: Path, pg_cluster: Any, i: int
 ) -> None:

@@ -49,7 +49,9 @@ def test_a_good_upgrade_switches_code_and_configuration(
     os.chown(p.dir / "config" / "app.env", 4321, 4322)  # the application's user, not ours
     assert ask(p.port)[1]["version"] == "v2.5"
     shown = p.cli("plan", "--to", "v2.6").stdout.splitlines()
-    steps = shown[shown.index("steps:") + 1:]
+    after = shown[shown.index("steps:") + 1:]
+    steps = after[:next(i for i, ln in enumerate(after) if not ln.startswith("  "))]
+    assert after[len(steps)].startswith("plan sha256 ")  # then the plan's digest
     assert [ln.split(". ", 1)[1] for ln in steps] == [
         "preflight", "stop the application (bin/appctl stop)",
         f"backup ({'sqlite' if backend == 'sqlite' else 'pg_dump'})",

@@ -61,6 +61,9 @@ class Dialect:
     backup_methods: tuple[str, ...] = ()
     #: is the database a file (its URL has a path and no host: ``sqlite:///app.db``)?
     in_a_file: bool = False
+    #: the JDBC subprotocol Liquibase reaches this backend by (``jdbc:<it>://``); None: the
+    #: Liquibase driver cannot drive it
+    jdbc: str | None = None
     #: do block comments nest? (the lexing of migration texts: PostgreSQL yes, SQLite no)
     nested_comments: bool = True
 

@@ -47,6 +47,7 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     schemes = ("postgresql", "postgres")
     backup_methods = ("pg_dump", "pgbackrest")
+    jdbc = "postgresql"
     nested_comments = True
     integer_type = "bigint"
 

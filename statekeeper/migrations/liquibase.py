@@ -128,9 +128,9 @@ class LiquibaseDriver(Migrator):
                  properties: Path | None = None, clock: Clock = _clock.now,
                  artifacts: Callable[[str], Path] | None = None) -> None:
         super().__init__(target, changelog, clock=clock)
-        if target.backend != "postgresql":
+        if target.dialect.jdbc is None:
             raise ConfigError(f"[migrations] tool = \"liquibase\" needs a PostgreSQL target, "
-                              f"not {target.display}")
+                              f"not {target.shown}")
         self.changelog = changelog
         self.command = command
         self.properties = properties
