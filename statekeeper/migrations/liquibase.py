@@ -51,7 +51,7 @@ from ..errors import (
 )
 from .changelog import AppliedMigration, MigrationStatus, Tag
 from .fileformat import check_tag_name
-from .migrator import BaselinePlan, Migrator
+from .migrator import BaselinePlan, Migrator, baseline_refused
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -167,7 +167,7 @@ class LiquibaseDriver(Migrator):
         p = self.target.conn_params()
         host = p.pop("host", "localhost")
         if host.startswith("/"):
-            raise ConfigError(f"target {self.target.display}: Liquibase (JDBC) cannot use a "
+            raise ConfigError(f"target {self.target.shown}: Liquibase (JDBC) cannot use a "
                               "Unix socket; give [target] url a host")
         port = p.pop("port", "5432")
         db, user, password = p.pop("dbname"), p.pop("user", None), p.pop("password", None)
@@ -551,14 +551,8 @@ class LiquibaseDriver(Migrator):
         if not plan.changes:
             return plan
         if (applied or tags) and not force:
-            what = [f"{len(applied)} changeset{'s' if len(applied) != 1 else ''} recorded"
-                    f"{' (last ' + applied[-1].id + ')' if applied else ''}"]
-            if tags:
-                what.append("tags " + ", ".join(t.name for t in tags))
-            raise ConfigError(
-                f"DATABASECHANGELOG of {self.target.display} already has entries "
-                f"({'; '.join(what)}): a baseline is the first record; pass --force to "
-                "replace what disagrees with it (recorded in the ledger)")
+            raise baseline_refused(f"DATABASECHANGELOG of {self.target.shown}", "changeset",
+                                   [a.id for a in applied], [t.name for t in tags])
         return plan
 
     def baseline(self, plan: BaselinePlan, run_id: str | None = None) -> list[AppliedMigration]:
@@ -599,7 +593,7 @@ class LiquibaseDriver(Migrator):
                                     "databasechangeloglock WHERE id = 1 FOR UPDATE").fetchone()
                 if held is not None and held[0]:
                     raise LockHeld(f"Liquibase's DATABASECHANGELOGLOCK on "
-                                   f"{self.target.display} is held by {held[1]} since "
+                                   f"{self.target.shown} is held by {held[1]} since "
                                    f"{held[2]}")
             for r in plan.replaced:
                 fname, cid, author = r.id.rsplit("::", 2)
@@ -699,7 +693,7 @@ class LiquibaseDriver(Migrator):
         dead = " (left by a child of this run that is gone: 'statekeeper resume' releases it)" \
             if run_id and self._stale(run_id, held, probe_only=True) else \
             " (if that process is gone, 'liquibase release-locks' frees it)"
-        raise LockHeld(f"Liquibase's DATABASECHANGELOGLOCK on {self.target.display} is held "
+        raise LockHeld(f"Liquibase's DATABASECHANGELOGLOCK on {self.target.shown} is held "
                        f"by {held[0]} since {held[1]}{dead}")
 
     def _stale(self, run_id: str, held: tuple[str, Any], *,

@@ -565,15 +565,8 @@ class Migrator:
         if not plan.changes:
             return plan
         if (applied or tags) and not force:
-            what = [f"{len(applied)} migration{'s' if len(applied) != 1 else ''} recorded"
-                    f"{' (last ' + applied[-1].id + ')' if applied else ''}"]
-            if tags:
-                what.append("tags " + ", ".join(t.name for t in tags))
-            raise ConfigError(
-                f"the changelog of {self.target.display} already has entries "
-                f"({'; '.join(what)}): a baseline is the first record; pass --force to "
-                "replace what disagrees with it (recorded in the ledger)"
-            )
+            raise baseline_refused(f"the changelog of {self.target.shown}", "migration",
+                                   [a.id for a in applied], [t.name for t in tags])
         after = [AppliedMigration(m.id, m.checksum, "", 0, None, None) for m in upto]
         self._check(migrations, after, order=True)
         return plan
@@ -620,3 +613,16 @@ def _tag_exists(t: Tag) -> ConfigError:
     at = t.migration_id or "no migrations applied"
     return ConfigError(f"tag {t.name} already exists (created {t.created_at} at {at}); "
                        "choose another name")
+
+
+def baseline_refused(changelog: str, noun: str, applied: list[str],
+                     tags: list[str]) -> ConfigError:
+    """The one refusal of a baseline over a changelog that already has entries (either
+    driver): what is there, and the way on."""
+    what = [f"{len(applied)} {noun}{'s' if len(applied) != 1 else ''} recorded"
+            f"{' (last ' + applied[-1] + ')' if applied else ''}"]
+    if tags:
+        what.append("tags " + ", ".join(tags))
+    return ConfigError(f"{changelog} already has entries ({'; '.join(what)}): a baseline is the "
+                       "first record; pass --force to replace what disagrees with it (recorded "
+                       "in the ledger)")
