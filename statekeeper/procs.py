@@ -209,13 +209,29 @@ def _waited(proc: subprocess.Popen[Any]) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    """Is any process of process group ``pgid`` (the child's session) still running? A zombie
+    is not (it holds no connection and runs nothing; where no init reaps orphans, one lingers
+    after its group was killed, and ``killpg(pgid, 0)`` would count it)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        # after "(comm)": state, ppid, pgrp
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def _stop_group(pgid: int, leader_gone: Callable[[], bool]) -> None:

@@ -49,6 +49,7 @@ from ..errors import (
     TargetError,
     ValidationError,
 )
+from ..procs import _group_alive
 from .changelog import AppliedMigration, MigrationStatus, Tag
 from .fileformat import check_tag_name
 from .migrator import BaselinePlan, Migrator, baseline_refused
@@ -858,32 +859,6 @@ def _failure(command: str, text: str, status: int,
                        "no output")
     return TargetError(f"liquibase {command} failed (exit status {status}): {last}")
 
-
-
-def _group_alive(pgid: int) -> bool:
-    """Is any process of process group ``pgid`` (the child's session) still running? A zombie
-    is not (it holds no connection and runs nothing; where no init reaps orphans, one lingers
-    after its group was killed)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    for d in proc.iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        # after "(comm)": state, ppid, pgrp
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            return True
-    return False
 
 
 # -- which changesets have a rollback ----------------------------------------------------------
