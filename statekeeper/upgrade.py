@@ -427,7 +427,11 @@ def start(
         if approved is not None:
             check_approved(approved[0], plan, approved[1])
         if gate is not None:
-            gate(lg, session.target, plan)
+            accepted = gate(lg, session.target, plan)
+            if isinstance(accepted, str):  # recorded in run.created: the report shows it
+                from .why import Why as W
+
+                why = dataclasses.replace(why or W(), rehearsal=accepted)
         run_id = new_run_id()
         runner = Runner(session, observer)
 
