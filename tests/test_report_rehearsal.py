@@ -25,7 +25,7 @@ from statekeeper.opreplay import Operation
 from statekeeper.ops import scan_ops
 from tests.independent_verifier import verify
 from tests.test_report import _chromium, _pdf_pages
-from tests.upgrade_support import GOOD, HEALTH, ROOT, SCENARIOS, Project, make_project, seed
+from tests.upgrade_support import GOOD, HEALTH, ROOT, Project, make_project, seed
 
 COMMAND_CHECK = HEALTH.replace("\n]\n", '\n  { name = "app smoke", command = "true" },\n]\n')
 LOSSY = {**GOOD, "002_orders.sql": "UPDATE positions SET qty = 0;\n" + GOOD["002_orders.sql"]}
