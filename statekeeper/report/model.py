@@ -305,7 +305,8 @@ def rehearsal_of(tz: TimeZone, op: Operation) -> dict[str, Any]:
         "compare": compare,
         "lossy": _lossy_of(op, cmp),
         "not_rehearsed": None if recorded_skips is None else [str(x) for x in recorded_skips],
-        "problems": [p.strip() for p in (op.error or "").split("; ") if p.strip()],
+        # as recorded: one text (its problems joined by "; ", which a difference may hold too)
+        "problems": [op.error] if op.error else [],
         "seqs": [op.first_seq, op.last_seq],
     }
 
