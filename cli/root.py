@@ -73,17 +73,30 @@ def exception_doc(e: BaseException, code: int) -> dict[str, Any]:
     return error_doc(type(e).__name__, str(e), code, **more)
 
 
+_ARGV = "statekeeper.argv"
+RUN_COMMANDS = ("start", "resume", "rollback")
+
+
 class Group(click.Group):
     """Turns the library's typed errors into one line on stderr and a documented exit code
     (and, under ``--json``, a result document on stdout). The library's verbs raise only
     statekeeper's tree (statekeeper.errors.error_boundary), so that tree is all there is to
     map."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # kept for a usage error under --json: click's parser fails before the command's
+        # own --json is seen, so the request is read from the words given
+        ctx.meta[_ARGV] = list(args)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except StatekeeperError as e:
             obj = ctx.obj if isinstance(ctx.obj, Obj) else None
+            picked = getattr(e, "run_id", None)  # resume without a run id names the one picked
+            if obj is not None and isinstance(picked, str) and obj.run_hint is None:
+                obj.run_hint = picked
             code = exit_code_after(e, obj is not None and obj.progressed,
                                    obj is not None and obj.run_command)
             show_error(e)
@@ -95,9 +108,19 @@ class Group(click.Group):
             click.echo(f"error: {said or 'interrupted'}", err=True)
             self._json_error(ctx, error_doc(None, said or "interrupted", EXIT_INTERRUPTED))
             ctx.exit(EXIT_INTERRUPTED)
-        except click.ClickException as e:  # a usage error the command itself found
-            self._json_error(ctx, error_doc("UsageError", e.format_message(), e.exit_code))
-            raise
+        except click.ClickException as e:  # a usage error, click's or the command's own
+            obj = ctx.obj if isinstance(ctx.obj, Obj) else None
+            if obj is None or not (obj.as_json or _asked_json(ctx)):
+                raise  # click's own display: usage, hint and the error
+            if not obj.as_json:  # click failed to parse the command: its --json never ran
+                obj.as_json = True
+                sub = getattr(e, "ctx", None)
+                if sub is not None and sub is not ctx:
+                    obj.command = " ".join(sub.command_path.split()[1:])
+            message = e.format_message()
+            click.echo(f"error: {one_line(message)}", err=True)
+            self._json_error(ctx, error_doc("UsageError", message, e.exit_code))
+            ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as e:  # a bug or an untranslated failure: one line, never a traceback
@@ -123,7 +146,15 @@ class Group(click.Group):
             own = obj.partial()
         except Exception:  # what failed may be what the partial result reads (the ledger)
             own = {}
+        if obj.command in RUN_COMMANDS:  # the schema: a run command always names its run
+            own = {"run_id": obj.run_hint, "run": None, **own}
         emit_json(obj.result(error["exit_code"], error, **own))
+
+
+def _asked_json(ctx: click.Context) -> bool:
+    """Was ``--json`` among the words given (before a ``--``)?"""
+    words = ctx.meta.get(_ARGV) or []
+    return "--json" in words[:words.index("--")] if "--" in words else "--json" in words
 
 
 class Obj:
@@ -145,6 +176,8 @@ class Obj:
         self.command: str | None = None  # its path under ``statekeeper``, for the document
         #: start, resume, rollback: exit 1 is their run's rolled_back state, nothing else
         self.run_command = False
+        #: the run an error names when the command was not given one (resume picks it)
+        self.run_hint: str | None = None
 
     def result(self, code: int, error: dict[str, Any] | None, **own: Any) -> dict[str, Any]:
         """A ``--json`` result: ``ok``, ``exit_code``, ``command``, ``error`` (null on

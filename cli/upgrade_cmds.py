@@ -138,10 +138,11 @@ class RunNote:
 
     def partial(self) -> dict[str, Any]:
         run = None
-        if self.run_id is not None:
+        run_id = self.run_id or self.obj.run_hint
+        if run_id is not None:
             with contextlib.suppress(Exception):  # the ledger may be what failed
-                run = run_doc(command.status(self.obj.settings, self.run_id))
-        return {"run_id": self.run_id, "run": run}
+                run = run_doc(command.status(self.obj.settings, run_id))
+        return {"run_id": run_id, "run": run}
 
 
 def observer(obj: Obj, run_id: str | None = None) -> RunNote:

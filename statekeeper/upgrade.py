@@ -427,7 +427,11 @@ def start(
         if approved is not None:
             check_approved(approved[0], plan, approved[1])
         if gate is not None:
-            gate(lg, session.target, plan)
+            accepted = gate(lg, session.target, plan)
+            if isinstance(accepted, str):  # recorded in run.created: the report shows it
+                from .why import Why as W
+
+                why = dataclasses.replace(why or W(), rehearsal=accepted)
         run_id = new_run_id()
         runner = Runner(session, observer)
 
@@ -454,38 +458,63 @@ def resume(
 ) -> Run:
     with Session.open(settings) as session:
         lg = session.ledger
-        display = session.target.display
         if run_id is None:
             verified = verify_before_acting(settings, lg, None)
             run_id = _run_to_resume(session, verified.head.seq)
-            lg.verify_stream(stream_of(run_id), upto=verified.head.seq)
-        else:
-            verify_before_acting(settings, lg, run_id)
-        run = load_run(lg, run_id)
-        if run.plan.target != display:
-            raise ConfigError(f"run {run_id} upgraded {run.plan.target}, not {display}")
-        if run.state in SETTLED and not _holds_lease(session, run_id):
-            _checkpoint(settings, lg, run, only_if_missing=True)
-            return run
-        runner = Runner(session, observer, run)
-        restarts = session.backups is not None and session.backups.restarts_server
-        with (holding(session, run_id, takeover=True, cluster=run.plan.cluster,
-                      server_may_be_down=restore_comes_first(run, restarts)) as previous,
-              _closing(session, runner)):
-            mode = "rollback" if rollback else "forward"
-            runner.lease_events(previous, resumed=True, mode=mode, why=why)
-            runner.settle()
-            assert runner.run is not None
-            state = runner.run.state
-            if state == "failed":
-                runner.transition("retry_rollback", "resumed by an operator")
-            elif rollback and state in ("planned", "preflight"):
-                runner.transition("abort", OPERATOR_ROLLBACK, requested=True)
-            elif rollback and state in IN_FLIGHT:
-                runner.transition("fail", OPERATOR_ROLLBACK, requested=True)
-            elif state == "planned":
-                runner.transition("begin")
-            return runner.drive()
+            with _naming(run_id):
+                return _resume(settings, session, run_id, rollback, observer, why,
+                               verified.head.seq)
+        verify_before_acting(settings, lg, run_id)
+        return _resume(settings, session, run_id, rollback, observer, why, None)
+
+
+@contextlib.contextmanager
+def _naming(run_id: str) -> Iterator[None]:
+    """An error after ``resume`` picked its run carries the run's id (``run_id``): the caller
+    did not name it, and its ``--json`` result does. (A ledger error is translated here
+    first, so the error that reaches the caller is the one named.)"""
+    from .errors import StatekeeperError, error_boundary
+
+    try:
+        with error_boundary():
+            yield
+    except StatekeeperError as e:
+        if getattr(e, "run_id", None) is None:
+            e.run_id = run_id  # type: ignore[attr-defined]
+        raise
+
+
+def _resume(settings: Settings, session: Session, run_id: str, rollback: bool,
+            observer: Observer | None, why: Why | None, picked_upto: int | None) -> Run:
+    lg = session.ledger
+    display = session.target.display
+    if picked_upto is not None:
+        lg.verify_stream(stream_of(run_id), upto=picked_upto)
+    run = load_run(lg, run_id)
+    if run.plan.target != display:
+        raise ConfigError(f"run {run_id} upgraded {run.plan.target}, not {display}")
+    if run.state in SETTLED and not _holds_lease(session, run_id):
+        _checkpoint(settings, lg, run, only_if_missing=True)
+        return run
+    runner = Runner(session, observer, run)
+    restarts = session.backups is not None and session.backups.restarts_server
+    with (holding(session, run_id, takeover=True, cluster=run.plan.cluster,
+                  server_may_be_down=restore_comes_first(run, restarts)) as previous,
+          _closing(session, runner)):
+        mode = "rollback" if rollback else "forward"
+        runner.lease_events(previous, resumed=True, mode=mode, why=why)
+        runner.settle()
+        assert runner.run is not None
+        state = runner.run.state
+        if state == "failed":
+            runner.transition("retry_rollback", "resumed by an operator")
+        elif rollback and state in ("planned", "preflight"):
+            runner.transition("abort", OPERATOR_ROLLBACK, requested=True)
+        elif rollback and state in IN_FLIGHT:
+            runner.transition("fail", OPERATOR_ROLLBACK, requested=True)
+        elif state == "planned":
+            runner.transition("begin")
+        return runner.drive()
 
 
 def restore_comes_first(run: Run, restarts_server: bool) -> bool:

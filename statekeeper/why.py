@@ -29,6 +29,9 @@ class Why:
 
     reason: str | None = None
     ticket: str | None = None
+    #: the passing rehearsal ``start --require-rehearsal`` accepted (the run's warrant: the
+    #: report shows it next to the run); None when none was required
+    rehearsal: str | None = None
 
     def payload(self) -> dict[str, Any]:
         """The keys an event records (absent when not given)."""
@@ -37,6 +40,8 @@ class Why:
             out["reason"] = self.reason
         if self.ticket is not None:
             out["ticket"] = self.ticket
+        if self.rehearsal is not None:
+            out["rehearsal"] = self.rehearsal
         return out
 
 

@@ -202,3 +202,47 @@ def test_operations_print_the_same_shape(tmp_path: Path) -> None:
     assert back["id"] == "b1"
     gone = result(invoke(proj, "backup", "restore", "nope", "--yes", "--json"), 2)
     assert gone["error"]["class"] == "BackupNotFound"
+
+
+@pytest.mark.parametrize(("args", "command", "needle"), [
+    (["backup", "create", "--json", "--bogus"], "backup create", "No such option '--bogus'"),
+    (["backup", "restore", "--json"], "backup restore", "Missing argument 'ID'"),
+    (["start", "--json"], "start", "Missing option '--to'"),
+    (["report", "--json", "--format", "xml"], "report", "'xml' is not one of"),
+    (["migrate", "up", "--json", "v1", "v2"], "migrate up", "unexpected extra argument"),
+], ids=["unknown option", "missing argument", "missing option", "bad choice",
+        "extra argument"])
+def test_click_usage_errors_under_json_are_the_same_document(
+        args: list[str], command: str, needle: str) -> None:
+    """click rejects the command line before the command's --json is read: still one
+    document on stdout, exit 2, and one error line on stderr (no usage text)."""
+    r = invoke(None, *args)
+    doc = result(r, 2)
+    assert doc["command"] == command and doc["error"]["class"] == "UsageError"
+    assert needle in doc["error"]["message"]
+    assert r.stderr.splitlines() == [f"error: {doc['error']['message']}"]
+    if command == "start":
+        assert doc["run_id"] is None and doc["run"] is None
+    # without --json, click's own usage display is unchanged
+    plain = invoke(None, *[a for a in args if a != "--json"])
+    assert plain.exit_code == 2 and plain.stdout == "" and "Usage: " in plain.stderr
+
+
+def test_resume_without_a_run_id_names_the_run_it_picked(tmp_path: Path) -> None:
+    """resume (no id) picks the unfinished run; refused after that (its holder is alive),
+    the document names that run."""
+    from tests.test_interrupts import spawn, wait_stopped
+
+    url = seeded_db(tmp_path, "sqlite", "app", None)
+    proj = make_project(tmp_path / "proj", "sqlite", url, SCENARIOS["forward"])
+    p = spawn(proj, "migrate.done:1@stop", "start", "--to", "v2.6")
+    try:
+        wait_stopped(p)
+        r = invoke(proj, "resume", "--json")
+        doc = result(r, 5)
+    finally:
+        p.kill()
+        p.communicate(timeout=60)
+    assert doc["error"]["class"] == "LockHeld"
+    assert doc["run_id"] and doc["run_id"] in doc["error"]["message"]
+    assert doc["run"]["run_id"] == doc["run_id"] and doc["run"]["state"] == "migrating"

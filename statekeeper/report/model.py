@@ -13,6 +13,7 @@ milliseconds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
@@ -107,7 +108,13 @@ def step_detail(kind: str, args: Mapping[str, Any], result: Mapping[str, Any] | 
         if "equal" not in r:
             return ""
         return "data identical" if r.get("equal") else "differs: " + "; ".join(
-            str(x) for x in r.get("diff") or [])
+            str(x) for x in r.get("diff") or r.get("differences") or [])
+    if kind == "clone":  # a rehearsal's
+        return f"{r.get('method')} clone {r.get('clone')}: {r.get('why')}" if r else ""
+    if kind in ("forward", "rollback") and r.get("run_id"):  # a rehearsal's pass
+        ms = r.get("ms")
+        return (f"run {r.get('run_id')} on the clone: {r.get('state')}"
+                f"{f' in {ms} ms' if isinstance(ms, int) else ''}")
     if kind in ("health", "recheck"):
         checks = r.get("checks") or []
         return ", ".join(f"{c.get('name')}: {'ok' if c.get('ok') else 'FAILED'}"
@@ -222,6 +229,199 @@ def migrations_of(tz: TimeZone, steps: Iterable[Any],
             e = migration_entry(tz, "reverted", s.args, s.result, s.ended_at, planned, seen)
         out.append(e)
     return out
+
+
+# -- rehearsals ------------------------------------------------------------------------------
+REHEARSE_OP = "rehearse"
+#: the rehearsal's passes (op steps) and what the report calls them
+PASSES = {"forward": "forward", "rollback": "rollback", "forward again": "forward again"}
+# rehearse.py names the lossy down parts in the failure's text only (today): "(down parts of
+# 002_orders, 003_x)"
+_LOSSY = re.compile(r"\(down parts of ([^)]*)\)")
+#: the health check kinds a rehearsal runs on its clone; the others probe the live application
+REHEARSED_CHECK_KINDS = ("sql",)
+#: the backup methods a clone is backed up with; another method is not rehearsed
+REHEARSED_BACKUPS = ("pg_dump", "sqlite")
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _lossy_of(op: Operation, compare: Mapping[str, Any]) -> list[str]:
+    recorded = compare.get("lossy")
+    if isinstance(recorded, list):
+        return [str(x) for x in recorded]
+    m = _LOSSY.search(op.error or "")
+    return [x.strip() for x in m.group(1).split(",") if x.strip()] if m else []
+
+
+def rehearsal_of(tz: TimeZone, op: Operation) -> dict[str, Any]:
+    """What a ``rehearse`` operation recorded, as the report shows it (its own entry's
+    ``rehearsal`` member, and each rehearsal of a run's section): passed, the clone (method
+    and why), each pass with its steps' durations on the clone's real data, the comparison
+    after the rollback, the lossy down parts. ``seqs``: the ledger seqs it was read from."""
+    clone = next((s for s in op.steps if s.kind == "clone"), None)
+    cr = (clone.result or {}) if clone is not None else {}
+    passes: list[dict[str, Any]] = []
+    for s in op.steps:
+        if s.name not in PASSES:
+            continue
+        r = s.result or {}
+        steps = [{"name": _text(x.get("name")), "outcome": _text(x.get("status")),
+                  "ms": _int(x.get("ms")), "error": _text(x.get("error"))}
+                 for x in r.get("steps") or [] if isinstance(x, Mapping)]
+        passes.append({"pass": PASSES[s.name], "outcome": s.status,
+                       "state": _text(r.get("state")), "run_id": _text(r.get("run_id")),
+                       "ms": _int(r.get("ms")), "failure": _text(r.get("failure")) or s.error,
+                       "steps": steps})
+    cmp_step = next((s for s in op.steps if s.kind == "compare" and s.status == "succeeded"),
+                    None)
+    cmp = (cmp_step.result or {}) if cmp_step is not None else {}
+    compare = None if cmp_step is None else {
+        "equal": bool(cmp.get("equal")),
+        "differences": [str(x) for x in cmp.get("differences") or cmp.get("diff") or []]}
+    recorded_skips = next((r.get("not_rehearsed") for r in [op.args, *(
+        s.result or {} for s in op.steps)] if isinstance(r.get("not_rehearsed"), list)), None)
+    return {
+        "id": op.op_id,
+        "outcome": op.status,
+        "passed": op.status == "succeeded",
+        "from_version": _text(op.args.get("from")),
+        "to_version": _text(op.args.get("to")),
+        "plan_digest": _text(op.args.get("plan_digest")),
+        "started_at": tz.iso(op.created_at),
+        "ended_at": tz.iso(op.ended_at),
+        "duration_ms": (op.duration_ms if op.duration_ms is not None
+                        else between_ms(op.created_at, op.ended_at)),
+        "who": who(op.actor),
+        "clone": None if clone is None else {
+            "name": _text(cr.get("clone")), "method": _text(cr.get("method")),
+            "why": _text(cr.get("why")), "fingerprint_digest": _text(
+                cr.get("fingerprint_digest")), "outcome": clone.status, "error": clone.error},
+        "clone_method_asked": _text(op.args.get("clone_method")),
+        "kept": bool(op.args.get("keep")),
+        "passes": passes,
+        "compare": compare,
+        "lossy": _lossy_of(op, cmp),
+        "not_rehearsed": None if recorded_skips is None else [str(x) for x in recorded_skips],
+        # as recorded: one text (its problems joined by "; ", which a difference may hold too)
+        "problems": [op.error] if op.error else [],
+        "seqs": [op.first_seq, op.last_seq],
+    }
+
+
+def _not_rehearsed(run: Run) -> tuple[list[str], list[str]]:
+    """What a rehearsal of this run's plan could not run, from the run's own record (the plan
+    and its health checks' kinds): a rehearsal of the same plan digest skipped exactly these.
+    Second: the checks whose kind the run never recorded (it ended before its checks)."""
+    out: list[str] = []
+    kinds: dict[str, str] = {}
+    for s in run.steps:
+        if s.kind in ("health", "recheck") and s.status == "succeeded":
+            for c in (s.result or {}).get("checks") or []:
+                if isinstance(c, Mapping) and isinstance(c.get("name"), str):
+                    kinds.setdefault(c["name"], str(c.get("kind")))
+    unknown: list[str] = []
+    for name in run.plan.health_checks:
+        kind = kinds.get(name)
+        if kind is None:
+            unknown.append(name)
+        elif kind not in REHEARSED_CHECK_KINDS:
+            out.append(f"health check {name!r} ({kind}): it would probe the live application")
+    if run.plan.release is not None:
+        out.append("the release side ([deploy]): it switches the host's live release and runs "
+                   "its commands")
+    b = run.plan.backup
+    if b.enabled and b.method is not None and b.method not in REHEARSED_BACKUPS:
+        out.append(f"the {b.method} backup: a clone is backed up with pg_dump or sqlite")
+    return out, unknown
+
+
+def _timings(run: Run, forward: Mapping[str, Any] | None,
+             run_steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rehearsal's forward pass step by step against the run's own steps (the first
+    attempt's forward phase: what the operator planned the downtime on), by step name; then
+    the run's steps the rehearsal did not have (the release side)."""
+    done: dict[str, int | None] = {}
+    for s in run_steps:
+        if s["attempt"] == 1 and s["name"] not in done:
+            done[s["name"]] = s["duration_ms"] if s["outcome"] == "succeeded" else None
+    rows = []
+    seen = set()
+    for s in (forward or {}).get("steps") or []:
+        name = s["name"]
+        seen.add(name)
+        rows.append({"step": name, "rehearsed_ms": s["ms"], "run_ms": done.get(name),
+                     "in_run": name in done})
+    for name, ms in done.items():
+        if name not in seen and not name.startswith(_ROLLBACK_STEPS):
+            rows.append({"step": name, "rehearsed_ms": None, "run_ms": ms, "in_run": True})
+    return rows
+
+
+_ROLLBACK_STEPS = ("revert:", "restore", "compare", "recheck", "untag", "undo", "unstart",
+                   "unstop", "unswitch", "unconfig")
+
+
+def rehearsal_section(tz: TimeZone, run: Run, created: Mapping[str, Any],
+                      preflight_digest: str | None, run_steps: Sequence[Mapping[str, Any]],
+                      run_ms: int | None, rehearsals: Sequence[Operation]) -> dict[str, Any] | None:
+    """The rehearsal(s) of this run's plan (same plan digest, same target, recorded before the
+    run), oldest first, and which one ``start --require-rehearsal`` accepted (``required``:
+    the run recorded it) or would have accepted (the latest, if it passed and cloned the
+    fingerprint the run's preflight read: no drift since). None: no rehearsal of this plan
+    and none required."""
+    required = _text(created.get("rehearsal"))
+    shown = [rehearsal_of(tz, op) for op in rehearsals]
+    if not shown and required is None:
+        return None
+    by_id = {r["id"]: r for r in shown}
+    verdict: str
+    if required is not None:
+        accepted = required if required in by_id else None
+        verdict = ("required and accepted by start --require-rehearsal" if accepted else
+                   f"required: start --require-rehearsal accepted {required}, which is not in "
+                   "the trusted part of the ledger")
+        accepted_entry = None if accepted is None else by_id[accepted]
+    else:
+        last = shown[-1]
+        cloned = (last["clone"] or {}).get("fingerprint_digest")
+        if not last["passed"]:
+            accepted_entry, verdict = None, (
+                f"not required; --require-rehearsal would have refused: the last rehearsal, "
+                f"{last['id']}, did not pass")
+        elif preflight_digest is not None and cloned != preflight_digest:
+            accepted_entry, verdict = None, (
+                f"not required; --require-rehearsal would have refused: the target changed "
+                f"since rehearsal {last['id']} cloned it")
+        else:
+            accepted_entry, verdict = last, (
+                f"not required; --require-rehearsal would have accepted {last['id']}")
+    basis = accepted_entry or next((r for r in reversed(shown) if r["passed"]),
+                                   shown[-1] if shown else None)
+    forward = None
+    if basis is not None:
+        forward = next((p for p in basis["passes"] if p["pass"] == "forward"), None)
+    skipped, unknown = _not_rehearsed(run)
+    recorded_skips = basis["not_rehearsed"] if basis is not None else None
+    cloned = ((basis or {}).get("clone") or {}).get("fingerprint_digest")
+    return {
+        "required": required is not None,
+        "accepted": accepted_entry["id"] if accepted_entry else None,
+        "verdict": verdict,
+        "compared": basis["id"] if basis is not None else None,
+        "fingerprint_cloned": cloned,
+        "fingerprint_at_start": preflight_digest,
+        "drift": None if cloned is None or preflight_digest is None
+        else cloned != preflight_digest,
+        "rehearsed_ms": forward["ms"] if forward else None,
+        "run_ms": run_ms,
+        "timings": _timings(run, forward, run_steps),
+        "not_rehearsed": recorded_skips if recorded_skips is not None else skipped,
+        "checks_kind_not_recorded": unknown,
+        "rehearsals": shown,
+    }
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -350,15 +550,18 @@ def _rollback(run: Run) -> dict[str, Any] | None:
 
 
 def run_entry(tz: TimeZone, run: Run, events: Sequence[RunEvent],
-              trusted_through: int | None = None) -> dict[str, Any]:
+              trusted_through: int | None = None,
+              rehearsals: Sequence[Operation] = ()) -> dict[str, Any]:
     """A run's entry. ``trusted_through``: verification failed after this seq, and the run's
-    later events (if any) were left out (``truncated``)."""
+    later events (if any) were left out (``truncated``). ``rehearsals``: the rehearse
+    operations of this plan digest on this target recorded before the run, oldest first."""
     plan = run.plan
     first = events[0] if events else None
     created = first.payload if first else {}
     state = run.state
     steps = [_from_record(tz, s) for s in run.steps]
     backup_step = run.succeeded("backup")
+    pre = run.succeeded("preflight")
     errors = [{"step": s.name, "at": tz.iso(s.ended_at), "message": s.error}
               for s in run.steps if s.status == "failed" and s.error]
     if run.failure and not any(str(e["message"]) in run.failure for e in errors):
@@ -399,6 +602,10 @@ def run_entry(tz: TimeZone, run: Run, events: Sequence[RunEvent],
         "crashes": crashes,
         "rollback": _rollback(run),
         "downtime": _downtime(tz, run),
+        "rehearsal": rehearsal_section(
+            tz, run, created, _text(((pre.result or {}) if pre else {}).get(
+                "fingerprint_digest")), steps, between_ms(run.created_at, run.ended_at),
+            rehearsals),
         "truncated": trusted_through is not None,
         "problem": None,
     }
@@ -443,6 +650,7 @@ def op_entry(tz: TimeZone, op: Operation) -> dict[str, Any]:
         "backup": backup_of(op.backup),
         "restore": restore,
         "migrations": migrations_of(tz, op.steps),
+        "rehearsal": rehearsal_of(tz, op) if op.op == REHEARSE_OP else None,
         "errors": errors,
         "problem": None,
     }

@@ -19,7 +19,14 @@ ENTRY_COLUMNS = ("type", "id", "state", "op", "from_version", "to_version", "tar
                  "backup_id", "backup_sha256", "integrity_ok", "trusted_through_seq")
 STEP_COLUMNS = ("step", "kind", "attempt", "step_outcome", "step_started_at", "step_ended_at",
                 "step_duration_ms", "step_detail", "step_error", "recovered")
-COLUMNS = ENTRY_COLUMNS + STEP_COLUMNS
+#: a run's rehearsal (the one --require-rehearsal accepted, else the latest that passed,
+#: else the latest) or, on a rehearse operation's rows, the rehearsal itself; last, so that
+#: the columns before keep their places
+REHEARSAL_COLUMNS = ("rehearsal_id", "rehearsal_required", "rehearsal_accepted",
+                     "rehearsal_passed", "rehearsal_started_at", "rehearsal_clone_method",
+                     "rehearsal_lossy", "rehearsal_not_rehearsed", "rehearsal_verdict",
+                     "rehearsal_ms", "step_rehearsed_ms")
+COLUMNS = ENTRY_COLUMNS + STEP_COLUMNS + REHEARSAL_COLUMNS
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
@@ -55,6 +62,31 @@ def _entry_cells(e: Mapping[str, Any], integrity: Mapping[str, Any]) -> list[str
     return [cell(values[c]) for c in ENTRY_COLUMNS]
 
 
+def _rehearsal_cells(e: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The entry's rehearsal columns but the last, and each step's rehearsed duration."""
+    rh = e.get("rehearsal") if e.get("readable") else None
+    if not rh:
+        return [""] * (len(REHEARSAL_COLUMNS) - 1), {}
+    if e["type"] == "run":
+        r = next((x for x in rh["rehearsals"] if x["id"] == rh["compared"]), None) or {}
+        values = {"rehearsal_required": rh["required"], "rehearsal_accepted": rh["accepted"],
+                  "rehearsal_not_rehearsed": "; ".join(rh["not_rehearsed"]),
+                  "rehearsal_verdict": rh["verdict"], "rehearsal_ms": rh["rehearsed_ms"]}
+        per_step = {t["step"]: t["rehearsed_ms"] for t in rh["timings"]}
+    else:
+        r = rh
+        forward: Mapping[str, Any] = next(
+            (p for p in r["passes"] if p["pass"] == "forward"), {})
+        values = {"rehearsal_not_rehearsed": "; ".join(r["not_rehearsed"] or []),
+                  "rehearsal_ms": forward.get("ms")}
+        per_step = {}
+    values.update({"rehearsal_id": r.get("id"), "rehearsal_passed": r.get("passed"),
+                   "rehearsal_started_at": r.get("started_at"),
+                   "rehearsal_clone_method": (r.get("clone") or {}).get("method"),
+                   "rehearsal_lossy": ", ".join(r.get("lossy") or [])})
+    return [cell(values.get(c)) for c in REHEARSAL_COLUMNS[:-1]], per_step
+
+
 def write_csv(report: Report, out: IO[str]) -> None:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(COLUMNS)
@@ -68,10 +100,13 @@ def write_csv(report: Report, out: IO[str]) -> None:
         w.writerow(row.values())
     for e in report.entries():
         head = _entry_cells(e, integrity)
+        tail, per_step = _rehearsal_cells(e)
         steps = e.get("steps") or []
         if not steps:
-            w.writerow(head + [""] * len(STEP_COLUMNS))
+            w.writerow(head + [""] * len(STEP_COLUMNS) + tail + [""])
         for s in steps:
+            rehearsed = per_step.get(s["name"]) if s["attempt"] == 1 else None
             w.writerow(head + [cell(s[k]) for k in ("name", "kind", "attempt", "outcome",
                                                       "started_at", "ended_at", "duration_ms",
-                                                      "detail", "error", "recovered")])
+                                                      "detail", "error", "recovered")]
+                       + tail + [cell(rehearsed)])

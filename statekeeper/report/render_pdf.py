@@ -109,6 +109,31 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
                     row.cell(clean(c))
         pdf.ln(1)
 
+    def rehearsal(r: dict[str, Any]) -> None:
+        c = r["clone"] or {}
+        cmp = r["compare"]
+        kv([("Rehearsal", f"{r['id']}: {'passed' if r['passed'] else 'did not pass'} "
+             f"({r['outcome']}), {shown(r['from_version'])} -> {shown(r['to_version'])}"),
+            ("When", f"{when(r['started_at'])} to {when(r['ended_at'])} "
+             f"({duration(r['duration_ms'])}), by {who(r['who'])}"),
+            ("Clone", f"{shown(c.get('method'))}: {shown(c.get('why'))}"),
+            ("Fingerprint cloned", shown(c.get("fingerprint_digest"))),
+            ("After the rollback", "not compared" if cmp is None else (
+                "data identical to the clone as made" if cmp["equal"] else
+                "differs: " + "; ".join(cmp["differences"]))),
+            ("Lossy down parts", ", ".join(r["lossy"]) or "none found")]
+           + ([("Problems", "; ".join(r["problems"]))] if r["problems"] else [])
+           + [("Ledger seqs", f"ops/{r['id']}: seq {r['seqs'][0]} to {r['seqs'][1]}")])
+        if r["passes"]:
+            table(("Pass", "Outcome", "Took", "Steps on the clone (duration)"),
+                  [(ps["pass"], (ps["state"] or ps["outcome"]).replace("_", " "),
+                    duration(ps["ms"]), "; ".join(
+                        f"{st['name']} {duration(st['ms'])}"
+                        + ("" if st["outcome"] == "succeeded" else f" {st['outcome']}")
+                        for st in ps["steps"]) + (f" FAILURE: {ps['failure']}"
+                                                  if ps["failure"] else ""))
+                   for ps in r["passes"]], (24, 22, 16, 128))
+
     heading("statekeeper audit report", 16)
     scope = report.header["scope"]
     para(f"Generated {when(report.header['generated_at'])} by {report.header['tool']}; "
@@ -184,6 +209,33 @@ def write_pdf(report: Report, out: IO[bytes], font_files: Any = "auto") -> None:
             table(("Migration", "", "checksum", "file sha256"),
                   [(m["migration"], m["direction"], shown(m["checksum"]),
                     shown(m["file_sha256"])) for m in e["migrations"]], (40, 16, 67, 67))
+        if e["type"] == "operation" and e.get("rehearsal"):
+            heading("Rehearsal on a clone", 10)
+            rehearsal(e["rehearsal"])
+        rh = e.get("rehearsal") if e["type"] == "run" else None
+        if e["type"] == "run" and not rh:
+            para("Rehearsal: none of this plan on this target before this run, and none "
+                 "required.", 8)
+        elif rh:
+            heading("Rehearsal", 10)
+            drift = {True: " (changed since the rehearsal)", False: " (unchanged)"}.get(
+                rh["drift"], "")
+            kv([("Required", rh["verdict"]),
+                ("Fingerprint", f"cloned {shown(rh['fingerprint_cloned'])}; at the run's "
+                 f"preflight {shown(rh['fingerprint_at_start'])}{drift}"),
+                ("Expected vs took", f"rehearsal {rh['compared']}'s forward pass "
+                 f"{duration(rh['rehearsed_ms'])}; this run {duration(rh['run_ms'])}"),
+                ("Not rehearsed", "; ".join(rh["not_rehearsed"]) or "nothing known")]
+               + ([("Kind not recorded", ", ".join(rh["checks_kind_not_recorded"]))]
+                  if rh["checks_kind_not_recorded"] else []))
+            table(("Step", "On the clone", "In this run"),
+                  [(t["step"], duration(t["rehearsed_ms"]) if t["rehearsed_ms"] is not None
+                    else "not rehearsed", duration(t["run_ms"]) if t["in_run"] else "not run")
+                   for t in rh["timings"]], (90, 50, 50))
+            for i, r in enumerate(rh["rehearsals"], 1):
+                para(f"Rehearsal {i} of {len(rh['rehearsals'])} of this plan"
+                     + (" (the one accepted)" if r["id"] == rh["accepted"] else ""), 9, "B")
+                rehearsal(r)
         rel = e.get("release")
         if rel:
             kv([("Release link", rel["link"]),

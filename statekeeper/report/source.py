@@ -11,7 +11,7 @@ ledger of a million events costs the memory of its largest run, not of the ledge
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,11 +19,19 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, HistoryError
 from ..opreplay import STREAM_PREFIX as OPS_PREFIX
-from .model import SCHEMA_VERSION, Summary, TimeZone, integrity_entry, reverify_steps
+from .model import (
+    REHEARSE_OP,
+    SCHEMA_VERSION,
+    Summary,
+    TimeZone,
+    integrity_entry,
+    reverify_steps,
+)
 
 if TYPE_CHECKING:
     from ledger import Checkpoint, Ledger, StoredEvent
 
+    from ..opreplay import Operation
     from ..replay import RunEvent
 
 RUNS_PREFIX = "upgrade/"
@@ -57,6 +65,9 @@ class Report:
     _trusted: int
     _streams: list[str] = field(default_factory=list)
     summary: Summary = field(default_factory=Summary)
+    #: the ledger's trusted rehearse operations by (target, plan digest), read once when the
+    #: first run needs them, whatever the scope (a run's rehearsal may predate --since)
+    _rehearsals: dict[tuple[str | None, str | None], list[Operation]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,7 +110,38 @@ class Report:
             self._lg.stream_position(stream))
         if stream.startswith(OPS_PREFIX):
             return _op_entry(tz, ident, decoded, truncated)
-        return _run_entry(tz, ident, decoded, self._trusted if truncated else None)
+        return _run_entry(tz, ident, decoded, self._trusted if truncated else None,
+                          self._rehearsals_of)
+
+    def _rehearsals_of(self, target: str, digest: str, before_seq: int) -> list[Operation]:
+        if self._rehearsals is None:
+            self._rehearsals = self._read_rehearsals()
+        return [op for op in self._rehearsals.get((target, digest), [])
+                if op.first_seq < before_seq]
+
+    def _read_rehearsals(self) -> dict[tuple[str | None, str | None], list[Operation]]:
+        """Every trusted ``rehearse`` operation, in creation order. Only each operation's
+        first event is read to tell a rehearsal from the others; a rehearsal that cannot be
+        replayed is left out here (its own entry says why, when in scope)."""
+        import ledger.canonical as canonical
+
+        from ..opreplay import replay
+
+        out: dict[tuple[str | None, str | None], list[Operation]] = {}
+        for name, *_ in self._lg.streams(OPS_PREFIX):
+            first = None
+            for first in self._lg.read_stream(name, upto=self._trusted):  # noqa: B007
+                break  # the generator (its cursor) is closed as the loop drops it
+            try:
+                if first is None or canonical.loads(first.payload).get("op") != REHEARSE_OP:
+                    continue
+                decoded = [(ev, canonical.loads(ev.payload), canonical.loads(ev.actor))
+                           for ev in self._events(name)]
+                op = replay(_run_events(decoded), name[len(OPS_PREFIX):])
+            except (ValueError, AttributeError, HistoryError):
+                continue
+            out.setdefault((op.target, _text(op.args.get("plan_digest"))), []).append(op)
+        return out
 
 
 def _run_events(decoded: list[tuple[StoredEvent, Any, Any]]) -> list[RunEvent]:
@@ -131,8 +173,13 @@ def _op_entry(tz: TimeZone, op_id: str, decoded: list[tuple[StoredEvent, Any, An
     return {**op_entry(tz, op), "truncated": truncated}
 
 
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
 def _run_entry(tz: TimeZone, run_id: str, decoded: list[tuple[StoredEvent, Any, Any]],
-               trusted: int | None) -> dict[str, Any]:
+               trusted: int | None,
+               rehearsals: Callable[[str, str, int], list[Operation]]) -> dict[str, Any]:
     from ..replay import apply
     from .model import run_entry
 
@@ -146,7 +193,8 @@ def _run_entry(tz: TimeZone, run_id: str, decoded: list[tuple[StoredEvent, Any, 
     except HistoryError as e:
         return _unreadable(tz, "run", run_id, e, events)
     assert run is not None
-    return run_entry(tz, run, events, trusted)
+    return run_entry(tz, run, events, trusted,
+                     rehearsals(run.plan.target, run.plan.digest(), events[0].seq))
 
 
 def open_report(lg: Ledger, *, tz: TimeZone, scope: Scope, generated_at: str,
