@@ -94,6 +94,10 @@ def ask(op: str, how: str, confirm: Confirm | None, question: str) -> None:
 
 
 def _error_text(e: BaseException) -> str:
+    from .interrupts import Interrupted
+
+    if isinstance(e, Interrupted):  # a stop at a safe point says itself where it stopped
+        return str(e)
     if isinstance(e, KeyboardInterrupt):
         return "interrupted (SIGINT)"
     if isinstance(e, OSError):
