@@ -24,6 +24,11 @@ Each check has exactly one of ``sql``, ``http`` and ``command``:
   directory of statekeeper.toml) exits 0. Its output goes to private files, never into a
   message, a result or the ledger.
 
+An http check may have ``rehearsal_http`` and a command check ``rehearsal_command``: what
+``statekeeper rehearse`` runs instead, against the clone (:mod:`.rehearse`); validated here.
+A command (the check's or its variant) finds the URL of the database the checks are about in
+``STATEKEEPER_DATABASE_URL`` (:func:`command_env`).
+
 ``retries`` (default 2) is how many more times a failing check is tried after its first
 attempt, ``interval`` (default 1s) the pause between attempts and ``timeout`` (default 10s,
 overridden by a check's own ``timeout``) the limit on each attempt. ``deadline`` (default

@@ -18,9 +18,16 @@ The clone's name says where it came from (``<db>__rehearse_<id>``; the SQLite co
 ``.statekeeper/rehearsals/<id>/``). Rehearsals of one project are serialized by a lock file,
 under which leftovers of a crashed rehearsal are removed (``rehearse --clean`` does only that).
 
-What a clone cannot rehearse is listed, never run against production: HTTP and command health
-checks (they would probe the live application) and the release side (it switches this host's
-live release and runs its stop/start commands).
+The release side runs against a scratch releases directory in the rehearsal's directory
+(entries linked to the live version directories, a ``current`` link of its own, copies of the
+configuration files): the live link and files are never written. What acts on the live
+application runs only as its rehearsal variant (``rehearsal_http``, ``rehearsal_command``,
+``rehearsal_stop``/``rehearsal_start``, ``rehearsal_run``/``rehearsal_undo``), against the
+clone; without one it is listed as not rehearsed, never run.
+
+A first SIGINT/SIGTERM stops the rehearsal at the next safe point (between passes, or between
+the steps of a run on the clone): recorded as failed, the clone dropped (kept with ``keep``),
+:class:`RehearsalInterrupted` raised (exit 130/143).
 """
 
 from __future__ import annotations
@@ -458,12 +465,25 @@ def _pass(run: Run, rollback: bool = False) -> dict[str, Any]:
 
 
 def health_identity(settings: Settings) -> str:
-    """A keyed fingerprint of the ``[health]`` section as loaded: a check whose query or
-    expected value changed is another rehearsal's, though the plan names it the same."""
+    """A keyed fingerprint of the ``[health]`` section as loaded (and of ``[deploy]``'s
+    rehearsal variants, when there are any): a check whose query or expected value changed,
+    or a variant that runs another command, is another rehearsal's, though the plan names it
+    the same."""
     from . import keyed
 
-    data = json.dumps(settings.config.raw.get("health", {}), sort_keys=True, default=str,
-                      separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw = settings.config.raw
+    what: Any = raw.get("health", {})
+    deploy = raw.get("deploy") or {}
+    variants = {k: v for k, v in deploy.items() if k.startswith("rehearsal_")}
+    for i, c in enumerate(deploy.get("command") or []):
+        mine = {k: v for k, v in c.items() if k.startswith("rehearsal_")} if isinstance(
+            c, dict) else {}
+        if mine:
+            variants[f"command {i + 1}"] = mine
+    if variants:  # without any, the identity is what it was before variants existed
+        what = {"health": what, "deploy_variants": variants}
+    data = json.dumps(what, sort_keys=True, default=str, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
     return keyed.fingerprint(keyed.load_or_create(settings.fingerprint_secret_path()), data)
 
 

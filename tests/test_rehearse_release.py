@@ -120,6 +120,11 @@ def test_the_release_side_is_rehearsed_in_a_scratch_directory_and_the_live_one_i
 
     p.cli("rehearse", "--clean", check=True)
     assert not scratch.exists() and _live(p) == before
+    # a variant that runs another command is not the one rehearsed
+    p.config.write_text(p.config.read_text().replace("rehearsal-undo", "rehearsal-revert"))
+    r = p.cli("start", "--to", "v2.6", "--require-rehearsal")
+    assert r.returncode == 2 and "no rehearsal of this plan (" in r.stderr, r.stderr
+    assert _live(p) == before
 
 
 class _App(http.server.BaseHTTPRequestHandler):
