@@ -492,7 +492,9 @@ def rehearse(settings: Settings, to_version: str, from_version: str | None, *, k
              observer: Observer | None = None) -> dict[str, Any]:
     """Rehearse ``from -> to`` on a clone; the result (what ``--json`` prints). Raises
     :class:`RehearsalFailed` (exit 1, after recording it) when the upgrade would fail, its
-    rollback would lose data, or the second forward pass fails. ``clone_method``: ``auto``
+    rollback would lose data, or the second forward pass fails; :class:`RehearsalInterrupted`
+    (after recording it, the clone dropped unless ``keep``) when SIGINT/SIGTERM asked for a
+    stop. ``clone_method``: ``auto``
     (TEMPLATE when nothing is connected), ``template`` or ``restore`` (PostgreSQL)."""
     from . import upgrade
     from .ops import new_op_id, open_verified, recording
@@ -607,7 +609,6 @@ def _run_passes(settings: Settings, rec: Any, target: Target, plan: Plan, rid: s
             problems.append("the rollback does not give back the database as it was"
                             f"{where}: {'; '.join(cmp['differences'][:5])}")
         if first["state"] == "completed" and not problems:
-            safe_point("after the comparison")
             again = rec.step("forward again", "forward", {}, lambda: forward("again"))
             if again["state"] != "completed":
                 problems.append("the second forward pass (after the rollback) failed: "
