@@ -29,11 +29,13 @@ def rehearse(obj: Obj, to_version: str | None, from_version: str | None, keep: b
              clone: str, clean: bool, as_json: bool, reason: str | None,
              ticket: str | None) -> None:
     """Rehearse an upgrade on a throwaway clone of the target: the upgrade with its SQL
-    health checks, its rollback, the clone compared with the database it was cloned from,
-    and the upgrade again. Production is only read.
+    health checks (HTTP and command checks only by their rehearsal variants) and its release
+    side in a scratch releases directory, its rollback, the clone compared with the database
+    it was cloned from, and the upgrade again. Production is only read.
 
     Exit 0 when all of it passed; 1 when the upgrade would fail, its rollback would not
-    give the database back as it was, or the second pass fails; 2 for configuration errors.
+    give the database back as it was, or the second pass fails; 2 for configuration errors;
+    130/143 when Ctrl-C/SIGTERM stopped it at a safe point (the clone is dropped).
     Recorded as an operation that 'start --require-rehearsal' looks for."""
     if clean:
         removed = command.rehearse_clean(obj.settings)
@@ -86,6 +88,11 @@ def _show(r: dict[str, Any]) -> None:
                 click.echo(f"  {s['name']}: {one_line(s['error'])}")
     for m in r.get("lossy") or []:
         click.echo(f"lossy: the down part of {m} does not give the data back")
+    rel = r.get("release")
+    if rel:
+        click.echo(f"release side: rehearsed in {rel.get('dir')}")
+    for s in r.get("variants") or []:
+        click.echo(f"rehearsal variant: {s}")
     for s in r.get("not_rehearsed") or []:
         click.echo(f"not rehearsed: {s}")
     verdict = "passed" if r.get("passed") else "FAILED"

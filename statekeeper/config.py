@@ -56,10 +56,11 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     # Durations are numbers of seconds or text such as "500ms" (health.py decides).
     "health": {"checks": list, "retries": int, "interval": (int, float, str),
                "timeout": (int, float, str), "deadline": (int, float, str)},
-    # Read and checked by statekeeper/release.py.
+    # Read and checked by statekeeper/release.py; rehearsal_stop/rehearsal_start are what
+    # statekeeper/rehearse.py runs instead of stop/start (which act on the live service).
     "deploy": {"releases_dir": str, "current_link": str, "config_files": list,
                "config_from": str, "stop": str, "start": str, "timeout": (int, float, str),
-               "command": list},
+               "command": list, "rehearsal_stop": str, "rehearsal_start": str},
 }
 
 # Sections the design names but nothing implements yet: refused, not silently ignored.

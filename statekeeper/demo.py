@@ -276,7 +276,8 @@ def _release_back(directory: Path, config_sha: str, say: Say, *, touched: bool) 
 
 def _rehearse(s: Any, say: Say) -> bool:
     """The fixed upgrade rehearsed on a copy of app.db first: it passes on the database side;
-    what a clone cannot rehearse (the release side) is listed."""
+    the release side in a scratch releases directory; what acts on the live release (the
+    deploy command, which has no rehearsal variant) is listed as not rehearsed."""
     from .errors import RehearsalFailed
 
     try:
@@ -337,7 +338,8 @@ def run_demo(directory: Path, say: Say) -> int:
     say("")
     say("== 2. fix the typo; rehearse it on a copy of app.db, then upgrade again: release v2.6")
     say("      ships without its symbols.txt, so its deploy command fails after the")
-    say("      configuration and the link were switched (a clone cannot rehearse the release)")
+    say("      configuration and the link were switched (the rehearsal switches a scratch")
+    say("      release, but runs no deploy command without its rehearsal variant)")
     (mig / "003_position_currency.sql").write_text(FIXED_003)
     ok = _rehearse(s, say) and ok
     run2 = command.start(s, "v2.6", observer=progress)

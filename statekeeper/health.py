@@ -24,6 +24,11 @@ Each check has exactly one of ``sql``, ``http`` and ``command``:
   directory of statekeeper.toml) exits 0. Its output goes to private files, never into a
   message, a result or the ledger.
 
+An http check may have ``rehearsal_http`` and a command check ``rehearsal_command``: what
+``statekeeper rehearse`` runs instead, against the clone (:mod:`.rehearse`); validated here.
+A command (the check's or its variant) finds the URL of the database the checks are about in
+``STATEKEEPER_DATABASE_URL`` (:func:`command_env`).
+
 ``retries`` (default 2) is how many more times a failing check is tried after its first
 attempt, ``interval`` (default 1s) the pause between attempts and ``timeout`` (default 10s,
 overridden by a check's own ``timeout``) the limit on each attempt. ``deadline`` (default
@@ -74,7 +79,11 @@ STATUS_RANGE = (100, 599)
 
 KINDS = ("sql", "http", "command")
 # The keys each kind takes besides its own and the common ones.
-_KIND_KEYS = {"sql": ("expect",), "http": ("status",), "command": ()}
+_KIND_KEYS = {"sql": ("expect",), "http": ("status", "rehearsal_http"),
+              "command": ("rehearsal_command",)}
+#: the key of each kind's variant that a rehearsal runs against the clone instead (the check
+#: itself would probe the live application); a check without one is not rehearsed
+REHEARSAL_KEYS = {"http": "rehearsal_http", "command": "rehearsal_command"}
 _COMMON_KEYS = ("name", "timeout")
 _URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")
 
@@ -145,6 +154,16 @@ def validate_checks(checks: list[Any], source: str) -> list[dict[str, Any]]:
             from .procs import split
 
             check["argv"] = split(c["command"], f"{where} command")
+        variant = REHEARSAL_KEYS.get(kind)
+        if variant is not None and variant in c:
+            if not isinstance(c[variant], str):
+                raise ConfigError(f'{where} {variant} must be a string: {variant} = "..."')
+            if kind == "http":
+                _http_url(c[variant], where, variant)
+            else:
+                from .procs import split
+
+                split(c[variant], f"{where} {variant}")
         if "timeout" in c:
             check["timeout_ms"] = parse_duration(c["timeout"], f"{where} timeout", TIMEOUT_MS)
         out.append(check)
@@ -162,23 +181,27 @@ def _sql_check(c: Mapping[str, Any], where: str) -> dict[str, Any]:
     return {"sql": c["sql"], "expect": None if expect is None else _as_text(expect)}
 
 
-def _http_check(c: Mapping[str, Any], where: str) -> dict[str, Any]:
+def _http_url(url: str, where: str, key: str) -> None:
     from urllib.parse import urlsplit
 
-    url: str = c["http"]
     # The URL is never quoted in these messages: it may hold a password or a token.
     if _URL_FORBIDDEN.search(url):
-        raise ConfigError(f"{where} http must not contain spaces or control characters")
+        raise ConfigError(f"{where} {key} must not contain spaces or control characters")
     parts = urlsplit(url)
     if "://" not in url or parts.scheme.lower() not in ("http", "https"):
         scheme = f" (not {parts.scheme}://)" if "://" in url and parts.scheme else ""
-        raise ConfigError(f"{where} http must be an http:// or https:// URL{scheme}")
+        raise ConfigError(f"{where} {key} must be an http:// or https:// URL{scheme}")
     try:
         parts.port  # noqa: B018  (raises for a port that is not one)
     except ValueError as e:
-        raise ConfigError(f"{where} http has an invalid port") from e
+        raise ConfigError(f"{where} {key} has an invalid port") from e
     if not parts.hostname:
-        raise ConfigError(f"{where} http has no host")
+        raise ConfigError(f"{where} {key} has no host")
+
+
+def _http_check(c: Mapping[str, Any], where: str) -> dict[str, Any]:
+    url: str = c["http"]
+    _http_url(url, where, "http")
     status = c.get("status", DEFAULT_STATUS)
     lo, hi = STATUS_RANGE
     if isinstance(status, bool) or not isinstance(status, int) or not lo <= status <= hi:
@@ -283,6 +306,7 @@ def run_checks(
     out_dir: Path | None = None,
     base_dir: Path | None = None,
     secret: bytes | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The health step: every check in order; the first that fails all its attempts raises
     TargetError with its one line (:meth:`CheckResult.error`). The result is what the ledger
@@ -291,7 +315,7 @@ def run_checks(
     results = check_all(target, checks, retries=retries, interval_ms=interval_ms,
                         timeout_ms=timeout_ms, deadline_ms=deadline_ms, hook=hook,
                         out_dir=out_dir, base_dir=base_dir, secret=secret,
-                        stop_at_failure=True)
+                        stop_at_failure=True, env=env)
     for r in results:
         if not r.ok:
             raise TargetError(r.error())
@@ -311,6 +335,7 @@ def check_all(
     base_dir: Path | None = None,
     secret: bytes | None = None,
     stop_at_failure: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> list[CheckResult]:
     """Run the checks in order, each until it passes or its attempts (or the deadline) run
     out; with ``stop_at_failure``, none after the first that fails. The keyword values apply
@@ -321,8 +346,9 @@ def check_all(
     ``out_dir`` (``health-N-NAME.out`` and ``.err``, 0600, the last attempt's); without
     ``out_dir``, to a private temporary directory removed afterwards; the result records the
     output's sizes and, given the fingerprint ``secret``, its keyed fingerprints (never a plain
-    digest: a short token could be found from one). ``hook`` is called once,
-    after the first check (the failure-injection point of the upgrade's step)."""
+    digest: a short token could be found from one), with ``env`` as its environment
+    (default: :func:`command_env` of ``target``). ``hook`` is called once, after the first
+    check (the failure-injection point of the upgrade's step)."""
     if deadline_ms is None and checks:
         deadline_ms = checks[0].get("deadline_ms")
     t0 = time.monotonic()
@@ -331,7 +357,7 @@ def check_all(
     if out_dir is None and any(c.get("kind") == "command" for c in checks):
         temp = Path(tempfile.mkdtemp(prefix="statekeeper-health-"))  # 0700
     runner = _Runner(target, out_dir or temp, out_dir is not None, base_dir or Path.cwd(),
-                     secret)
+                     secret, command_env(target) if env is None else env)
     results: list[CheckResult] = []
     try:
         for n, check in enumerate(checks):
@@ -384,7 +410,9 @@ def _check_one(runner: _Runner, n: int, check: dict[str, Any], tries: int, pause
 
 class _Runner:
     def __init__(self, target: Target | None, out_dir: Path | None, keep: bool,
-                 cwd: Path, secret: bytes | None = None) -> None:
+                 cwd: Path, secret: bytes | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.env = env
         self.secret = secret
         self.target = target
         self.out_dir = out_dir
@@ -398,7 +426,8 @@ class _Runner:
         if kind == "command":
             assert self.out_dir is not None
             return _command_attempt(check["argv"], _output_name(n, str(check["name"])),
-                                    limit, self.out_dir, self.keep, self.cwd, self.secret)
+                                    limit, self.out_dir, self.keep, self.cwd, self.secret,
+                                    self.env)
         if self.target is None:
             raise ConfigError(f"health check {check['name']!r} is a sql check: it needs a "
                               "target ([target] url)")
@@ -511,8 +540,22 @@ def _output_name(n: int, name: str) -> str:
     return f"health-{n + 1}-{slug}" if slug else f"health-{n + 1}"
 
 
+def command_env(target: Target | None) -> dict[str, str]:
+    """A command check's environment: statekeeper's, with ``STATEKEEPER_DATABASE_URL``, the
+    database the checks are about (in a rehearsal, the clone: a rehearsal variant points at
+    it with that), password included as the configuration has it."""
+    import os
+
+    env = dict(os.environ)
+    env.pop("STATEKEEPER_FAILPOINT", None)  # a crash test's failpoint is statekeeper's own
+    if target is not None:
+        env["STATEKEEPER_DATABASE_URL"] = target.client_url()
+    return env
+
+
 def _command_attempt(argv: list[str], name: str, limit: _Limit, out_dir: Path, keep: bool,
-                     cwd: Path, secret: bytes | None = None) -> _Attempt:
+                     cwd: Path, secret: bytes | None = None,
+                     env: Mapping[str, str] | None = None) -> _Attempt:
     # Only the program is named: the arguments may carry a secret (from ${ENV}).
     from .procs import not_executable, run
 
@@ -521,7 +564,7 @@ def _command_attempt(argv: list[str], name: str, limit: _Limit, out_dir: Path, k
     if why is not None:
         return _Attempt(False, why, final=True)
     try:
-        outcome = run(argv, cwd=cwd, timeout_ms=limit.ms, out_dir=out_dir, name=name)
+        outcome = run(argv, cwd=cwd, timeout_ms=limit.ms, out_dir=out_dir, name=name, env=env)
     except OSError as e:
         return _Attempt(False, f"{what} cannot be started: {e.strerror or e}", final=True)
     detail = outcome.result(secret)

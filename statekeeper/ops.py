@@ -35,6 +35,7 @@ from .errors import (
     StatekeeperError,
 )
 from .files import describe_os_error
+from .interrupts import Interrupted
 from .opreplay import (
     DESTRUCTIVE,
     OP_CREATED,
@@ -94,6 +95,8 @@ def ask(op: str, how: str, confirm: Confirm | None, question: str) -> None:
 
 
 def _error_text(e: BaseException) -> str:
+    if isinstance(e, Interrupted):  # a stop at a safe point says itself where it stopped
+        return str(e)
     if isinstance(e, KeyboardInterrupt):
         return "interrupted (SIGINT)"
     if isinstance(e, OSError):
@@ -154,7 +157,7 @@ class Recorder:
             # an observer that is a statekeeper.progress.Reporter sees the tools' progress
             with logs.context(step=name), progress.reporting(self.observe):
                 result = effect()
-        except Exception as e:
+        except (Exception, Interrupted) as e:  # a stop at a safe point ends the step too
             took = int(clock.monotonic_ms() - t0)
             self.emit(STEP_FAILED, {"step": name, "kind": kind, "error": _error_text(e),
                                     "duration_ms": took})

@@ -18,9 +18,16 @@ The clone's name says where it came from (``<db>__rehearse_<id>``; the SQLite co
 ``.statekeeper/rehearsals/<id>/``). Rehearsals of one project are serialized by a lock file,
 under which leftovers of a crashed rehearsal are removed (``rehearse --clean`` does only that).
 
-What a clone cannot rehearse is listed, never run against production: HTTP and command health
-checks (they would probe the live application) and the release side (it switches this host's
-live release and runs its stop/start commands).
+The release side runs against a scratch releases directory in the rehearsal's directory
+(entries linked to the live version directories, a ``current`` link of its own, copies of the
+configuration files): the live link and files are never written. What acts on the live
+application runs only as its rehearsal variant (``rehearsal_http``, ``rehearsal_command``,
+``rehearsal_stop``/``rehearsal_start``, ``rehearsal_run``/``rehearsal_undo``), against the
+clone; without one it is listed as not rehearsed, never run.
+
+A first SIGINT/SIGTERM stops the rehearsal at the next safe point (between passes, or between
+the steps of a run on the clone): recorded as failed, the clone dropped (kept with ``keep``),
+:class:`RehearsalInterrupted` raised (exit 130/143).
 """
 
 from __future__ import annotations
@@ -31,16 +38,19 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import clock, files
+from . import clock, files, interrupts
 from .errors import ConfigError, RehearsalFailed, StatekeeperError, TargetError
+from .interrupts import Interrupted
 
 if TYPE_CHECKING:
     from .fingerprint import Fingerprint
     from .plan import Plan
+    from .release import ReleaseConfig
     from .replay import Run
     from .settings import Settings
     from .targets import Target
@@ -51,6 +61,28 @@ OP = "rehearse"
 CLONE_METHODS = ("auto", "template", "restore")
 CLONE_MARK = "__rehearse_"
 PG_NAME_MAX = 63  # NAMEDATALEN - 1
+
+
+class RehearsalInterrupted(Interrupted):
+    """A rehearsal stopped at a safe point on SIGINT/SIGTERM: the step under way ended, the
+    operation is recorded as failed (interrupted), the clone dropped (kept with ``keep``, for
+    ``rehearse --clean``). Nothing to resume: production was never touched."""
+
+    def __init__(self, rehearsal_id: str, signum: int, after: str | None, kept: bool) -> None:
+        # after: where it stopped, as a message says it ("after the rollback")
+        self.kept = kept
+        super().__init__(rehearsal_id, signum, "rehearsing", after)
+
+    @property
+    def commands(self) -> dict[str, str]:
+        return {}
+
+    def message(self) -> str:
+        where = f" {self.after}" if self.after else ""
+        left = ("its clone is kept (--keep): 'statekeeper rehearse --clean' removes it"
+                if self.kept else "its clone is dropped")
+        return (f"interrupted ({self.signal_name}): rehearsal {self.run_id} stopped at a safe "
+                f"point{where}; {left}; production was not touched")
 
 
 def rehearsals_dir(settings: Settings) -> Path:
@@ -277,31 +309,30 @@ def _clean(settings: Settings, lg: Any, target: Target) -> list[str]:
 
 # -- the clone's settings ------------------------------------------------------------------
 
-def _clone_settings(settings: Settings, clone: Clone, scratch: Path,
-                    application: str) -> tuple[Settings, list[str]]:
-    """The project's settings pointed at the clone, with a scratch ledger and backup
-    directory; what the clone cannot rehearse is left out and listed."""
+def _clone_settings(settings: Settings, clone: Clone, scratch: Path, application: str
+                    ) -> tuple[Settings, list[str], list[str], dict[str, Any] | None]:
+    """The project's settings pointed at the clone, with a scratch ledger, backup directory
+    and (with ``[deploy]``) releases directory; what runs as its rehearsal variant, what the
+    clone cannot rehearse (left out and listed), and the scratch release's layout."""
     import ledger
 
     from .settings import Settings as S
 
     cfg = settings.config
-    skipped: list[str] = []
     raw = {k: dict(v) for k, v in cfg.raw.items() if isinstance(v, dict)}
     health = raw.get("health", {})
     checks = health.get("checks", [])
-    kept = [c for c in checks if isinstance(c, dict) and "sql" in c]
-    skipped += [f"health check {c.get('name') or i + 1!r} ({'http' if 'http' in c else 'command'}"
-                "): it would probe the live application"
-                for i, c in enumerate(checks) if isinstance(c, dict) and "sql" not in c]
+    kept, variants, skipped = _clone_checks(checks)
     if checks:
         raw["health"] = {**health, "checks": kept}
     raw["upgrade"] = {**raw.get("upgrade", {}), "application": application,
                       "require_ticket": False}
-    raw.pop("deploy", None)
+    raw.pop("deploy", None)  # the scratch release below is what the clone's runs deploy
+    release, layout = None, None
     if cfg.release is not None:
-        skipped.append("the release side ([deploy]): it switches this host's live release and "
-                       "runs its commands")
+        release, layout, more, ran = _scratch_release(cfg.release, scratch / "release")
+        skipped += more
+        variants += ran
     method = "sqlite" if clone.method == "copy" else "pg_dump"
     if cfg.backup.method not in (None, method):
         skipped.append(f"the {cfg.backup.method} backup: the clone is backed up with {method} "
@@ -316,8 +347,96 @@ def _clone_settings(settings: Settings, clone: Clone, scratch: Path,
                                    stanza=None, stop_command=None, start_command=None,
                                    pgbackrest_config=None, cluster_databases=(),
                                    enabled=cfg.backup.enabled),
-        raw=raw, release=None, origins={}, written={})
-    return S(clone_cfg, clone_cfg.ledger.url, key), skipped
+        raw=raw, release=release, origins={}, written={})
+    return S(clone_cfg, clone_cfg.ledger.url, key), variants, skipped, layout
+
+
+def _clone_checks(checks: list[Any]) -> tuple[list[Any], list[str], list[str]]:
+    """The health checks a clone runs: the SQL ones as they are (against the clone), an HTTP
+    or command check as its rehearsal variant (``rehearsal_http``, ``rehearsal_command``);
+    one without a variant would probe the live application, so it is listed, not run."""
+    from .health import KINDS, REHEARSAL_KEYS
+
+    kept: list[Any] = []
+    variants: list[str] = []
+    skipped: list[str] = []
+    for i, c in enumerate(checks):
+        if not isinstance(c, dict):
+            continue
+        kind = next((k for k in KINDS if k in c), "sql")
+        # named as production names it: a check's default name is its position
+        name = c.get("name") or f"check {i + 1}"
+        variant = REHEARSAL_KEYS.get(kind)
+        if variant is None:
+            kept.append({**c, "name": name})
+        elif variant in c:
+            kept.append({**{k: v for k, v in c.items() if k != variant}, "name": name,
+                         kind: c[variant]})
+            variants.append(f"health check {name!r} ({kind}): its {variant}")
+        else:
+            skipped.append(f"health check {name!r} ({kind}): it would probe the live "
+                           f"application (no {variant} set)")
+    return kept, variants, skipped
+
+
+def _scratch_release(rc: ReleaseConfig, root: Path
+                     ) -> tuple[ReleaseConfig, dict[str, Any], list[str], list[str]]:
+    """The release side laid out for the clone's runs in ``root``: a releases directory whose
+    entries link to the live version directories (statekeeper only reads those), a
+    ``current`` link pointing where the live one points, and copies of the configuration
+    files (content and mode). The clone's runs switch and rewrite these, never the live
+    ones. Stop/start and deploy commands act on the live service: their rehearsal variants
+    run instead, and without one they are left out and listed."""
+    from .release import DeployCommand, read_link, version_of
+
+    releases = files.private_dir(root / "releases")
+    if rc.releases_dir.is_dir():
+        for entry in sorted(rc.releases_dir.iterdir()):
+            os.symlink(entry, releases / entry.name)
+    link = files.private_dir(root / "link") / rc.current_link.name
+    live = read_link(rc.current_link)
+    scratch = dataclasses.replace(rc, releases_dir=releases, current_link=link)
+    version = version_of(live)
+    if live is not None:
+        inside = version is not None and (releases / version).exists()
+        os.symlink(scratch.link_target(version) if inside and version else
+                   os.path.join(rc.current_link.parent, live), link)
+    copies: list[Path] = []
+    for i, f in enumerate(rc.config_files):
+        copy = files.private_dir(root / "config" / f"{i:02d}") / f.name
+        if f.is_symlink():  # refused by the preflight, as production's would be
+            os.symlink(os.readlink(f), copy)
+        elif f.is_file():
+            shutil.copyfile(f, copy)
+            os.chmod(copy, stat.S_IMODE(f.stat().st_mode))
+        elif f.exists():
+            copy.mkdir()
+        copies.append(copy)
+    config_dir = rc.config_dir("{version}")
+    skipped: list[str] = []
+    variants: list[str] = []
+    stop = start = None
+    if rc.rehearsal_service is not None:
+        stop, start = rc.rehearsal_service
+        variants.append("[deploy] stop and start: rehearsal_stop and rehearsal_start")
+    elif rc.stop is not None:
+        skipped.append("[deploy] stop and start: they act on the live service (no "
+                       "rehearsal_stop/rehearsal_start set)")
+    commands = []
+    for c in rc.commands:
+        if c.rehearsal is None:
+            skipped.append(f"[[deploy.command]] {c.name!r}: it acts on the live release (no "
+                           "rehearsal_run/rehearsal_undo set)")
+            continue
+        commands.append(DeployCommand(c.name, *c.rehearsal, c.timeout_ms))
+        variants.append(f"[[deploy.command]] {c.name!r}: its rehearsal_run and rehearsal_undo")
+    scratch = dataclasses.replace(
+        scratch, config_files=tuple(copies), stop=stop, start=start, commands=tuple(commands),
+        config_from=None if config_dir is None else str(config_dir), rehearsal_service=None)
+    layout = {"dir": str(root), "releases_dir": str(releases), "current_link": str(link),
+              "config_files": {str(f): str(c) for f, c in zip(rc.config_files, copies,
+                                                               strict=True)}}
+    return scratch, layout, skipped, variants
 
 
 # -- the passes ----------------------------------------------------------------------------
@@ -346,12 +465,25 @@ def _pass(run: Run, rollback: bool = False) -> dict[str, Any]:
 
 
 def health_identity(settings: Settings) -> str:
-    """A keyed fingerprint of the ``[health]`` section as loaded: a check whose query or
-    expected value changed is another rehearsal's, though the plan names it the same."""
+    """A keyed fingerprint of the ``[health]`` section as loaded (and of ``[deploy]``'s
+    rehearsal variants, when there are any): a check whose query or expected value changed,
+    or a variant that runs another command, is another rehearsal's, though the plan names it
+    the same."""
     from . import keyed
 
-    data = json.dumps(settings.config.raw.get("health", {}), sort_keys=True, default=str,
-                      separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw = settings.config.raw
+    what: Any = raw.get("health", {})
+    deploy = raw.get("deploy") or {}
+    variants = {k: v for k, v in deploy.items() if k.startswith("rehearsal_")}
+    for i, c in enumerate(deploy.get("command") or []):
+        mine = {k: v for k, v in c.items() if k.startswith("rehearsal_")} if isinstance(
+            c, dict) else {}
+        if mine:
+            variants[f"command {i + 1}"] = mine
+    if variants:  # without any, the identity is what it was before variants existed
+        what = {"health": what, "deploy_variants": variants}
+    data = json.dumps(what, sort_keys=True, default=str, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
     return keyed.fingerprint(keyed.load_or_create(settings.fingerprint_secret_path()), data)
 
 
@@ -360,7 +492,9 @@ def rehearse(settings: Settings, to_version: str, from_version: str | None, *, k
              observer: Observer | None = None) -> dict[str, Any]:
     """Rehearse ``from -> to`` on a clone; the result (what ``--json`` prints). Raises
     :class:`RehearsalFailed` (exit 1, after recording it) when the upgrade would fail, its
-    rollback would lose data, or the second forward pass fails. ``clone_method``: ``auto``
+    rollback would lose data, or the second forward pass fails; :class:`RehearsalInterrupted`
+    (after recording it, the clone dropped unless ``keep``) when SIGINT/SIGTERM asked for a
+    stop. ``clone_method``: ``auto``
     (TEMPLATE when nothing is connected), ``template`` or ``restore`` (PostgreSQL)."""
     from . import upgrade
     from .ops import new_op_id, open_verified, recording
@@ -372,7 +506,9 @@ def rehearse(settings: Settings, to_version: str, from_version: str | None, *, k
     target = T.from_url(cfg.require_target(), cfg.base_dir)
     plan = upgrade.plan(settings, to_version, from_version)
     rid = new_op_id()
-    with _exclusive(settings), _server_lock(target), \
+    # a first SIGINT/SIGTERM asks for a stop at the next safe point (between passes, or
+    # between the steps of a run on the clone); a second stops at once, as in a run
+    with interrupts.guard(), _exclusive(settings), _server_lock(target), \
             contextlib.closing(open_verified(settings)) as lg:
         leftovers = _clean(settings, lg, target)
         args = {"from": plan.from_version, "to": plan.to_version,
@@ -419,20 +555,31 @@ def _run_passes(settings: Settings, rec: Any, target: Target, plan: Plan, rid: s
     problems: list[str] = []
     passes: dict[str, Any] = {}
     lossy: list[str] = []
+
+    def safe_point(after: str) -> None:
+        if (signum := interrupts.requested()) is not None:
+            raise RehearsalInterrupted(rid, signum, after, keep)
+
     try:
-        clone_settings, skipped = _clone_settings(settings, clone, scratch, plan.application)
+        safe_point("after the clone")
+        clone_settings, variants, skipped, layout = _clone_settings(settings, clone, scratch,
+                                                                    plan.application)
         clone_target = T.from_url(clone.url)
 
         def forward(name: str) -> dict[str, Any]:
-            run = upgrade.start(clone_settings, plan.to_version, plan.from_version, observer)
+            with _stopped(rid, keep, PASS_TITLES[name]):
+                run = upgrade.start(clone_settings, plan.to_version, plan.from_version,
+                                    observer)
             passes[name] = _pass(run)
             return passes[name]
 
         first = rec.step("forward", "forward", {}, lambda: forward("forward"))
+        safe_point(f"after {PASS_TITLES['forward']}")
         if first["state"] == "completed":
             def back() -> dict[str, Any]:
-                run = upgrade.rollback(clone_settings, first["run_id"],
-                                       restore=bool(plan.irreversible), observer=observer)
+                with _stopped(rid, keep, PASS_TITLES["rollback"]):
+                    run = upgrade.rollback(clone_settings, first["run_id"],
+                                           restore=bool(plan.irreversible), observer=observer)
                 passes["rollback"] = _pass(run, rollback=True)
                 return passes["rollback"]
 
@@ -442,12 +589,14 @@ def _run_passes(settings: Settings, rec: Any, target: Target, plan: Plan, rid: s
                                 f"{rb.get('failure') or 'see the steps'}")
         else:
             problems.append(f"the upgrade would fail: {first.get('failure') or first['state']}")
+        safe_point(f"after {PASS_TITLES['rollback']}")
 
         def compare() -> dict[str, Any]:
             after = fingerprint(clone_target)
             return {"equal": after == before, "differences": diff(before, after)}
 
         cmp = rec.step("compare", "compare", {}, compare)
+        safe_point("after the comparison")
         if not cmp["equal"]:
             # on a fresh clone: the rollback's clone has lost the data already
             _drop(target, clone)
@@ -474,7 +623,25 @@ def _run_passes(settings: Settings, rec: Any, target: Target, plan: Plan, rid: s
     return {"passed": not problems, "problems": problems, "from": plan.from_version,
             "to": plan.to_version, "plan_digest": plan.digest(),
             "fingerprint_digest": before.digest, "clone": cloned, "kept": keep,
-            "passes": passes, "lossy": lossy, "not_rehearsed": skipped}
+            "passes": passes, "lossy": lossy, "not_rehearsed": skipped,
+            "variants": variants, **({"release": layout} if layout is not None else {})}
+
+
+PASS_TITLES = {"forward": "the upgrade", "rollback": "the rollback",
+               "again": "the second upgrade"}
+
+
+@contextlib.contextmanager
+def _stopped(rid: str, keep: bool, what: str) -> Iterator[None]:
+    """A run on the clone that a signal stopped at its safe point is the rehearsal's stop:
+    the clone's run is not to be resumed (the clone goes), so the message says so."""
+    try:
+        yield
+    except RehearsalInterrupted:
+        raise
+    except Interrupted as e:
+        where = f"during {what}" + (f", after its step {e.after}" if e.after else "")
+        raise RehearsalInterrupted(rid, e.signum, where, keep) from e
 
 
 def _lossy(clone_target: Target, clone_settings: Settings, plan: Plan) -> list[str]:

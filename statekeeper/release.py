@@ -25,7 +25,7 @@ from .keyed import same as same_digest
 
 DEFAULT_TIMEOUT_MS = 60_000
 TIMEOUT_MS = (1, 86_400_000)
-_COMMAND_KEYS = ("name", "run", "undo", "timeout")
+_COMMAND_KEYS = ("name", "run", "undo", "timeout", "rehearsal_run", "rehearsal_undo")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class DeployCommand:
     run: Command
     undo: Command
     timeout_ms: int
+    #: what a rehearsal runs instead (rehearsal_run, rehearsal_undo); None: not rehearsed
+    rehearsal: tuple[Command, Command] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class ReleaseConfig:
     start: Command | None
     timeout_ms: int
     commands: tuple[DeployCommand, ...]
+    #: what a rehearsal runs instead of stop and start (rehearsal_stop, rehearsal_start): the
+    #: real ones act on the live service; None: they are not rehearsed
+    rehearsal_service: tuple[Command, Command] | None = None
 
     def release_dir(self, version: str) -> Path:
         return self.releases_dir / version
@@ -142,6 +147,8 @@ def validate_deploy(section: Mapping[str, Any] | None, written: Mapping[str, Any
         missing = "start" if start is None else "stop"
         raise ConfigError(f"{where} {missing} is not set: stop and start go together (the "
                           "rollback stops the new release and starts the old one)")
+    service = _rehearsal_pair(section, written, where, ("rehearsal_stop", "rehearsal_start"),
+                              command)
     commands = []
     raw_cmds = section.get("command", [])
     written_cmds = written.get("command", [])
@@ -164,13 +171,30 @@ def validate_deploy(section: Mapping[str, Any] | None, written: Mapping[str, Any
         commands.append(DeployCommand(
             name, command("run", c["run"], wc.get("run"), w),
             command("undo", c["undo"], wc.get("undo"), w),
-            parse_duration(c.get("timeout", timeout / 1000), f"{w} timeout", TIMEOUT_MS)))
+            parse_duration(c.get("timeout", timeout / 1000), f"{w} timeout", TIMEOUT_MS),
+            _rehearsal_pair(c, wc, w, ("rehearsal_run", "rehearsal_undo"), command)))
     names = [c.name for c in commands]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
         raise ConfigError(f"{source}: [[deploy.command]] name {dup!r} is used twice")
     return ReleaseConfig(base, releases, link, tuple(cfg_files), config_from, stop, start,
-                         timeout, tuple(commands))
+                         timeout, tuple(commands), service)
+
+
+def _rehearsal_pair(section: Mapping[str, Any], written: Mapping[str, Any], where: str,
+                    keys: tuple[str, str], command: Callable[..., Command]
+                    ) -> tuple[Command, Command] | None:
+    """A rehearsal's variant of a pair of commands (stop and start, run and undo): both or
+    neither, since the rehearsal's rollback runs the second after the first."""
+    one, two = keys
+    if one not in section and two not in section:
+        return None
+    if (one in section) != (two in section):
+        missing = two if one in section else one
+        raise ConfigError(f"{where} {missing} is not set: {one} and {two} go together (the "
+                          "rehearsal's rollback runs the second after the first)")
+    return (command(one, section[one], written.get(one), where),
+            command(two, section[two], written.get(two), where))
 
 
 # -- preflight -----------------------------------------------------------------------------

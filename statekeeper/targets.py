@@ -92,6 +92,12 @@ class Target:
         for our own connection), plus the password."""
         return self.dialect.libpq_env(self)
 
+    def client_url(self) -> str:
+        """The URL an operator's command is given (``STATEKEEPER_DATABASE_URL``): the backend's
+        own scheme, without SQLAlchemy's driver name, so that psql or the application takes
+        it as it is. Password included: never log it."""
+        return str(self.url.set(drivername=self.backend).render_as_string(hide_password=False))
+
     def endpoint(self, conn: Any = None) -> tuple[str, int]:
         """(host, port) that libpq actually connected to (a socket directory for a Unix
         socket): what a URL without host or port resolved to. Opens a connection unless

@@ -368,6 +368,19 @@ def _deploy_start(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
                         + ('\nstart = "true"' if present else ""))
 
 
+@probe("deploy", "rehearsal_stop")
+def _deploy_rehearsal_stop(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    # what a rehearsal runs is shown by tests/test_rehearse_release.py; here: read and checked
+    return _deploy_plan(d, 'releases_dir = "releases"\nrehearsal_start = "true"'
+                        + ('\nrehearsal_stop = "true"' if present else ""))
+
+
+@probe("deploy", "rehearsal_start")
+def _deploy_rehearsal_start(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
+    return _deploy_plan(d, 'releases_dir = "releases"\nrehearsal_stop = "true"'
+                        + ('\nrehearsal_start = "true"' if present else ""))
+
+
 @probe("deploy", "command")
 def _deploy_command(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     return _deploy_plan(d, 'releases_dir = "releases"' + (

@@ -69,7 +69,8 @@ def test_demo_runs_the_upgrades_and_verifies(tmp_path: Path) -> None:
     assert f"   wrote {report}" in out and "ledger verified: 6 runs and operations" in out
     assert re.search(r"   rehearsal \S+ on a copy of app\.db: passed \(upgrade \d+ ms, rollback "
                      r"\d+ ms, fingerprint equal, upgrade again \d+ ms\); app\.db untouched", out)
-    assert "   not rehearsed: the release side ([deploy])" in out
+    assert ("   not rehearsed: [[deploy.command]] 'warm quote cache': it acts on the live "
+            "release (no rehearsal_run/rehearsal_undo set)") in out
     html = report.read_text()
     assert "Integrity: VERIFIED" in html and FAKE_KEY not in html
     assert (report.stat().st_mode & 0o777) == 0o600

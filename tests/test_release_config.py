@@ -29,7 +29,8 @@ def _load(tmp_path: Path, body: str) -> object:
     ('[deploy]\nreleases_dir = "~nosuchuser9/rel"\n', "[deploy] releases_dir: Could not "
      "determine home directory."),
     (GOOD + "release_dir = 'x'\n", "unknown key [deploy] release_dir (known: releases_dir, "
-     "current_link, config_files, config_from, stop, start, timeout, command)"),
+     "current_link, config_files, config_from, stop, start, timeout, command, rehearsal_stop, "
+     "rehearsal_start)"),
     (GOOD + 'config_files = ["a.env", "a.env"]\n', "[deploy] config_files[1] 'a.env' is "
      "listed twice"),
     (GOOD + 'config_files = ["a/app.env", "b/app.env"]\nconfig_from = "releases/{version}"\n',
@@ -51,7 +52,8 @@ def _load(tmp_path: Path, body: str) -> object:
      '(undo = "true" when nothing needs undoing)'),
     (GOOD + '[[deploy.command]]\nundo = "x"\n', '[[deploy.command]] #1 needs run = "..."'),
     (GOOD + '[[deploy.command]]\nrun = "x"\nundo = "y"\nretry = 1\n',
-     "[[deploy.command]] #1 has unknown key retry (known: name, run, undo, timeout)"),
+     "[[deploy.command]] #1 has unknown key retry (known: name, run, undo, timeout, "
+     "rehearsal_run, rehearsal_undo)"),
     (GOOD + '[[deploy.command]]\nname = "a"\nrun = "x"\nundo = "y"\n'
      '[[deploy.command]]\nname = "a"\nrun = "x"\nundo = "y"\n',
      "[[deploy.command]] name 'a' is used twice"),

@@ -77,6 +77,8 @@ def env_for(ctx: Context) -> dict[str, str]:
                 "STATEKEEPER_TO_VERSION": run.to_version})
     if rel is not None:
         env["STATEKEEPER_RELEASE_DIR"] = rel.to_dir
+    # the database the run upgrades (a rehearsal's: the clone, which its variants point at)
+    env["STATEKEEPER_DATABASE_URL"] = ctx.session.target.client_url()
     env.pop("STATEKEEPER_FAILPOINT", None)  # a crash test's failpoint is statekeeper's own
     return env
 
