@@ -573,7 +573,9 @@ def _run_passes(settings: Settings, rec: Any, target: Target, plan: Plan, rid: s
             passes[name] = _pass(run)
             return passes[name]
 
-        first = rec.step("forward", "forward", {}, lambda: forward("forward"))
+        # recorded with the pass, so the report shows what was left out from the ledger alone
+        first = rec.step("forward", "forward", {},
+                         lambda: {**forward("forward"), "not_rehearsed": skipped})
         safe_point(f"after {PASS_TITLES['forward']}")
         if first["state"] == "completed":
             def back() -> dict[str, Any]:
@@ -593,18 +595,21 @@ def _run_passes(settings: Settings, rec: Any, target: Target, plan: Plan, rid: s
 
         def compare() -> dict[str, Any]:
             after = fingerprint(clone_target)
-            return {"equal": after == before, "differences": diff(before, after)}
-
-        cmp = rec.step("compare", "compare", {}, compare)
-        safe_point("after the comparison")
-        if not cmp["equal"]:
+            if after == before:
+                return {"equal": True, "differences": [], "lossy": []}
             # on a fresh clone: the rollback's clone has lost the data already
             _drop(target, clone)
             if target.dialect.in_a_file:
                 T.from_url(clone.url).sqlite_path.unlink()
             made.clear()
             make_clone()
-            lossy = _lossy(clone_target, clone_settings, plan)
+            return {"equal": False, "differences": diff(before, after),
+                    "lossy": _lossy(clone_target, clone_settings, plan)}
+
+        cmp = rec.step("compare", "compare", {}, compare)
+        safe_point("after the comparison")
+        if not cmp["equal"]:
+            lossy = cmp["lossy"]
             where = f" (down parts of {', '.join(lossy)})" if lossy else ""
             problems.append("the rollback does not give back the database as it was"
                             f"{where}: {'; '.join(cmp['differences'][:5])}")

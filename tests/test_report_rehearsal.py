@@ -105,7 +105,8 @@ def test_json_shows_the_rehearsal_next_to_the_run_and_validates(world: dict[str,
     forward = next(p for p in r["passes"] if p["pass"] == "forward")
     assert rh["rehearsed_ms"] == forward["ms"] and isinstance(rh["run_ms"], int)
     assert rh["not_rehearsed"] == [
-        "health check 'app smoke' (command): it would probe the live application"]
+        "health check 'app smoke' (command): it would probe the live application"
+        " (no rehearsal_command set)"]
     # the rehearse operation's own entry carries the same rehearsal
     assert by_id[passed.op_id]["rehearsal"] == r
 
