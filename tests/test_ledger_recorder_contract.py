@@ -25,8 +25,14 @@ import ledger
 from ledger.chain import KeyRecord, Seal, StoredEvent
 from ledger.recorders import RECORDERS, database_file, normalize_url, recorder_class
 from ledger.store import _make
-from tests.pgcluster import free_port
-from tests.test_ledger_support import MUTATIONS, RawDB, refused, snapshot
+from tests.pgcluster import PgCluster, free_port
+from tests.test_ledger_support import (
+    MUTATIONS,
+    RawDB,
+    make_sqlite_layout_1,
+    refused,
+    snapshot,
+)
 
 E = ledger.NewEvent
 
@@ -40,10 +46,22 @@ AWKWARD = [
 ]
 
 
-@pytest.fixture(params=sorted(RECORDERS))
+@pytest.fixture(params=[*sorted(RECORDERS), "sqlite-layout1"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """Every registered backend (overrides tests/conftest.py's, which db_url builds on)."""
+    """Every registered backend (overrides tests/conftest.py's, which db_url builds on), and
+    SQLite ledgers made before issue 15 (storage layout 1: a seal table)."""
     return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """As tests/conftest.py's, and for sqlite-layout1 an empty layout-1 file."""
+    if backend.startswith("sqlite"):
+        if backend == "sqlite-layout1":
+            make_sqlite_layout_1(tmp_path / "ledger.db")
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.url(cluster.createdb("ledger"))
 
 
 def test_import_ledger_errors_loads_neither_sqlalchemy_nor_cryptography() -> None:
@@ -60,6 +78,7 @@ class TestRecorderContract:
 
     # -- the registry ------------------------------------------------------------------------
     def test_the_registry_opens_this_backend(self, backend: str, tmp_path: Path) -> None:
+        backend = backend.removesuffix("-layout1")
         url = normalize_url(
             "sqlite:///l.db" if backend == "sqlite" else "postgres://u@h/db", tmp_path
         )
@@ -286,9 +305,14 @@ class TestRecorderContract:
         with ledger.Ledger(db_url, signer=signer) as lg:
             lg.append("s", E("b"))  # the chain, not the table, says which key is active
             head = lg.head().seq
+            plant = ("INSERT INTO ledger_seals (seq, first_seq, key_id, signature) "
+                     "VALUES (?, ?, ?, 'AAAA')", [head + 1, head + 1, mallory.key_id])
             with RawDB(db_url) as db:  # a seal planted where the next append's seal goes
-                db.execute("INSERT INTO ledger_seals (seq, first_seq, key_id, signature) "
-                           "VALUES (?, ?, ?, 'AAAA')", [head + 1, head + 1, mallory.key_id])
+                if db.seals_in_rows:  # SQLite layout 2: no seal is stored without its event
+                    refused(db, plant[0].replace("?", str(head + 1), 2).replace(
+                        "?", f"'{mallory.key_id}'"))
+                    return
+                db.execute(*plant)
             with pytest.raises(ledger.IntegrityViolation) as e:
                 lg.append("s", E("c"))
         assert (e.value.seq, e.value.reason) == (head + 1, "bad seal")
@@ -357,7 +381,7 @@ class TestRecorderContract:
 
     def test_an_unreachable_database_is_one_typed_error(self, backend: str, tmp_path: Path) -> None:
         """Raised where the recorder connects, on one line, the password never shown."""
-        if backend == "sqlite":
+        if backend.startswith("sqlite"):
             junk = tmp_path / "junk.db"
             junk.write_bytes(b"not a database " * 100)
             url, reason = f"sqlite:///{junk}", "file is not a database"

@@ -25,7 +25,6 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
-    Index,
     MetaData,
     String,
     Table,
@@ -76,7 +75,8 @@ events = Table(
     Column("stream_prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     UniqueConstraint("stream", "stream_seq", name="ledger_events_stream_pos"),
-    Index("ledger_events_recorded_at", "recorded_at"),
+    # No index on recorded_at (ledgers made before issue 15 have one, unused): nothing reads
+    # by time, and every index is one more B-tree page written on every commit.
 )
 
 # Where each stream starts (its first event), read from the events themselves: "the latest
@@ -124,13 +124,22 @@ _SQL_HEAD = (
     # a rotation), not the key table, where an INSERT could add a row.
     "(SELECT {key_id} FROM ledger_events WHERE stream = 'ledger' "
     "ORDER BY stream_seq DESC LIMIT 1), "
-    "h.closes, s.first_seq, s.key_id, s.signature, "
+    "h.closes, {tip_seal}, "
     "CASE WHEN h.type = 'ledger.key_rotated' THEN h.payload END "
     "FROM (SELECT 1 AS one) AS x "
-    "LEFT JOIN (SELECT seq, hash, closes, type, payload FROM ledger_events "
-    "ORDER BY seq DESC LIMIT 1) AS h ON TRUE "
-    "LEFT JOIN ledger_seals AS s ON s.seq = h.seq"
+    "LEFT JOIN (SELECT seq, hash, closes, type, payload{head_cols} FROM ledger_events "
+    "ORDER BY seq DESC LIMIT 1) AS h ON TRUE{seal_join}"
 )
+# Where the head's seal is: the seal table (layout 1), or the head's own row (layout 2,
+# SQLite: see ledger/recorders/sqlite.py).
+_HEAD_SEAL_TABLE = {
+    "tip_seal": "s.first_seq, s.key_id, s.signature", "head_cols": "",
+    "seal_join": " LEFT JOIN ledger_seals AS s ON s.seq = h.seq",
+}
+_HEAD_SEAL_IN_ROW = {
+    "tip_seal": "h.seal_first, h.seal_key_id, h.seal_signature",
+    "head_cols": ", seal_first, seal_key_id, seal_signature", "seal_join": "",
+}
 _SQL_INSERT_EVENTS = f"INSERT INTO ledger_events ({', '.join(_EVENT_FIELDS)}) VALUES "
 _SQL_INSERT_SEALS = "INSERT INTO ledger_seals (seq, first_seq, key_id, signature) VALUES "
 _SQL_INSERT_KEYS = "INSERT INTO ledger_keys (key_id, public_key, added_seq) VALUES "
@@ -268,10 +277,15 @@ class Recorder(ABC):
             if self._schema_ready(conn):  # no DDL: the appending role may only INSERT
                 self._check_format(conn)
                 return
-            metadata.create_all(conn, checkfirst=True)
-            self._check_format(conn)
-            self._install_triggers(conn)
-            conn.exec_driver_sql(_SQL_STREAM_STARTS_INDEX)
+            self._create_schema(conn)
+
+    def _create_schema(self, conn: Connection) -> None:
+        """Create what is missing of the tables, triggers and indexes (in the transaction
+        that holds the chain-head lock); refuse a format this version cannot read."""
+        metadata.create_all(conn, checkfirst=True)
+        self._check_format(conn)
+        self._install_triggers(conn)
+        conn.exec_driver_sql(_SQL_STREAM_STARTS_INDEX)
 
     def exists(self) -> bool:
         with self.translate(), self.engine.connect() as conn:

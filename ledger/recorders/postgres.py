@@ -17,6 +17,7 @@ from ..chain import KeyRecord, Seal, StoredEvent
 from ..errors import ConfigurationError, LedgerUnreachable
 from .base import (
     _EVENT_FIELDS,
+    _HEAD_SEAL_TABLE,
     _SQL_HEAD,
     _SQL_INSERT_EVENTS,
     _SQL_INSERT_KEYS,
@@ -33,11 +34,12 @@ from .base import (
 PG_HEAD_LOCK = 0x5E_1ED6E2
 
 _PG_KEY_ID = "(payload::json ->> 'key_id')"
-_PG_HEAD = _SQL_HEAD.format(p="{p}", key_id=_PG_KEY_ID).encode()
+_PG_HEAD = _SQL_HEAD.format(p="{p}", key_id=_PG_KEY_ID, **_HEAD_SEAL_TABLE).encode()
 _PG_EVENT_ARGS = "bigint, text, bigint, text, text, text, text, boolean, text, text, text"
 _PG_EVENT_VALUES = ", ".join(f"${i}" for i in range(1, 12))
 _PG_PREPARE = "; ".join([
-    "PREPARE ledger_head(text) AS " + _SQL_HEAD.format(p="$1", key_id=_PG_KEY_ID),
+    "PREPARE ledger_head(text) AS "
+    + _SQL_HEAD.format(p="$1", key_id=_PG_KEY_ID, **_HEAD_SEAL_TABLE),
     f"PREPARE ledger_event({_PG_EVENT_ARGS}) AS "
     f"INSERT INTO ledger_events ({', '.join(_EVENT_FIELDS)}) VALUES ({_PG_EVENT_VALUES})",
     # The conditions of the predicted-head INSERT in PostgresRecorder._insert.
