@@ -64,6 +64,22 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     return cluster.url(cluster.createdb("ledger"))
 
 
+def test_a_sqlite_ledger_is_opened_appended_to_and_verified_without_sqlalchemy(
+    tmp_path: Path,
+) -> None:
+    """The SQLite recorder runs on the sqlite3 module alone: importing SQLAlchemy cost a
+    SQLite-only command ~150 ms."""
+    code = (
+        "import sys, pathlib, ledger; "
+        f"s = ledger.generate_key_file(pathlib.Path({str(tmp_path / 'k.pem')!r})); "
+        f"lg = ledger.Ledger('sqlite:///{tmp_path / 'l.db'}', signer=s); "
+        "lg.append('s', ledger.NewEvent('t', {'a': 1})); lg.verify(); "
+        "lg.stream_starts('s'); lg.streams(); lg.close(); "
+        "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
 def test_import_ledger_errors_loads_neither_sqlalchemy_nor_cryptography() -> None:
     """statekeeper's CLI imports ledger.errors to recognise the ledger's errors: for free."""
     code = (
@@ -269,18 +285,23 @@ class TestRecorderContract:
             ledger_db.append("s", E("c", {"i": i}), expected_position=i - 1)
         assert ledger_db.verify().events == 12
         rec = ledger_db.recorder
-        assert rec.engine.pool.checkedout() == 1  # the appenders' own connection, nothing else
-        with rec.engine.connect():  # another thread would get a pooled one
-            assert rec.engine.pool.checkedout() == 2
-        writer = rec._writer_conn.driver_connection
-        if rec.dialect_name == "postgresql":  # kept in autocommit mode, outside any transaction
+        writer = rec._dbapi(rec._writer_conn)
+        if rec.dialect_name == "postgresql":
+            assert rec.engine.pool.checkedout() == 1  # the appenders' own, nothing else
+            with rec.engine.connect():  # another thread would get a pooled one
+                assert rec.engine.pool.checkedout() == 2
+            # kept in autocommit mode, outside any transaction
             assert writer.autocommit is True and writer.info.transaction_status == 0  # IDLE
             with rec.engine.connect() as conn:  # what the pool hands out is as SQLAlchemy left it
                 assert conn.connection.driver_connection.autocommit is False
-        else:
+        else:  # the appenders' own connection and idle read ones, none in a transaction
             assert not writer.in_transaction
+            assert rec._idle and not any(c.in_transaction for c in rec._idle)
         ledger_db.close()
-        assert rec.engine.pool.checkedout() == 0
+        if rec.dialect_name == "postgresql":
+            assert rec.engine.pool.checkedout() == 0
+        else:
+            assert rec._writer_conn is None and not rec._idle
 
     # -- append-only -------------------------------------------------------------------------
     def test_triggers_refuse_update_and_delete(self, ledger_db: ledger.Ledger, db_url: str) -> None:
