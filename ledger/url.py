@@ -124,7 +124,8 @@ def make_url(text: str) -> DatabaseURL:
         unquote(x) if x is not None else None for x in (c["username"], c["password"],
                                                        c["database"])
     )
-    port = int(c["port"]) if c["port"] else None  # ValueError: a port that is not a number
+    # ValueError: a port that is not a number (or empty: "h:/db", as SQLAlchemy says)
+    port = int(c["port"]) if c["port"] is not None else None
     return DatabaseURL(c["name"], user, password, c["ipv4host"] or c["ipv6host"], port,
                        database, query)
 

@@ -80,6 +80,35 @@ def test_a_sqlite_ledger_is_opened_appended_to_and_verified_without_sqlalchemy(
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
 
+@pytest.mark.parametrize("url", [
+    "sqlite:///rel/p.db", "sqlite:////abs/p.db", "sqlite:///a%20b?mode=ro&x=1&x=2",
+    "sqlite:///~/x.db", "postgresql://u:p%40ss@h:5432/db?sslmode=require",
+    "postgres://u@[::1]:5/db", "postgresql+psycopg://u:p@h/d?password=x&options=-c%20a%3Db",
+    "postgresql://u:p@ss@h/db", "postgresql:///db?host=/tmp", "postgresql://u:pa+ss w@h/db x",
+    "postgresql://u:@h/db", "postgresql://u@h:/db", "postgresql://u@h:abc/db", "nonsense",
+])
+def test_the_ledger_reads_a_url_as_sqlalchemy_does(url: str) -> None:
+    """The ledger parses URLs itself (no SQLAlchemy for a SQLite ledger); statekeeper hands
+    the same text to SQLAlchemy: one meaning, one rendering, the same refusals."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from ledger.url import as_database_url
+    from ledger.url import make_url as ledger_make_url
+
+    try:
+        theirs = make_url(url)
+    except (ArgumentError, ValueError):  # not a URL; a port that is not a number
+        with pytest.raises(ValueError):
+            ledger_make_url(url)
+        return
+    ours = ledger_make_url(url)
+    assert ours == as_database_url(theirs)
+    for hide in (True, False):
+        assert ours.render_as_string(hide) == theirs.render_as_string(hide)
+    assert ours.sqlalchemy() == theirs
+
+
 def test_import_ledger_errors_loads_neither_sqlalchemy_nor_cryptography() -> None:
     """statekeeper's CLI imports ledger.errors to recognise the ledger's errors: for free."""
     code = (

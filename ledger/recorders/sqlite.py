@@ -233,7 +233,10 @@ class SQLiteRecorder(Recorder):
             from sqlalchemy import create_engine, event
             from sqlalchemy.pool import QueuePool
 
+            from .engine import _no_pool_sharing_across_fork
+
             engine = create_engine("sqlite://", creator=self._connect, poolclass=QueuePool)
+            _no_pool_sharing_across_fork(engine)
 
             @event.listens_for(engine, "begin")
             def _on_begin(conn: Any) -> None:  # the sqlite3 module begins nothing itself
