@@ -25,11 +25,10 @@ import ledger
 from ledger.chain import KeyRecord, Seal, StoredEvent
 from ledger.recorders import RECORDERS, database_file, normalize_url, recorder_class
 from ledger.store import _make
-from tests.pgcluster import PgCluster, free_port
+from tests.pgcluster import free_port
 from tests.test_ledger_support import (
     MUTATIONS,
     RawDB,
-    make_sqlite_layout_1,
     refused,
     snapshot,
 )
@@ -52,16 +51,6 @@ def backend(request: pytest.FixtureRequest) -> str:
     SQLite ledgers made before issue 15 (storage layout 1: a seal table)."""
     return str(request.param)
 
-
-@pytest.fixture
-def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """As tests/conftest.py's, and for sqlite-layout1 an empty layout-1 file."""
-    if backend.startswith("sqlite"):
-        if backend == "sqlite-layout1":
-            make_sqlite_layout_1(tmp_path / "ledger.db")
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    cluster: PgCluster = request.getfixturevalue("pg_cluster")
-    return cluster.url(cluster.createdb("ledger"))
 
 
 def test_a_sqlite_ledger_is_opened_appended_to_and_verified_without_sqlalchemy(

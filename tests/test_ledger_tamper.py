@@ -318,7 +318,8 @@ def _params() -> list[object]:
     for c in CASES:
         slug = c.name.replace(" ", "-").replace(",", "")
         if c.db is not None:
-            for backend in ("sqlite", "postgresql"):
+            # sqlite-layout1: a SQLite ledger made before issue 15 (seals in a table)
+            for backend in ("sqlite", "sqlite-layout1", "postgresql"):
                 marks = [pytest.mark.postgresql] if backend == "postgresql" else []
                 out.append(pytest.param(c, backend, "db", id=f"{slug}-{backend}", marks=marks))
         if c.file is not None:
