@@ -287,8 +287,6 @@ class SQLiteRecorder(Recorder):
             known = self._seal_in_row = self._layout_of(conn)
         return known
 
-    _in_row = _seals_in_rows
-
     _sql_head: ClassVar[dict[bool, str]] = {
         False: _SQL_HEAD.format(p="?", key_id="json_extract(payload, '$.key_id')",
                                 **_HEAD_SEAL_TABLE),
