@@ -97,6 +97,7 @@ class System:
     """One store on one backend: append 1 per commit, append a batch, read everything."""
 
     name = ""
+    db_file: Path | None = None  # the SQLite file, if it is one
 
     def append_one(self, n: int) -> None:
         raise NotImplementedError
@@ -116,6 +117,7 @@ class LedgerSystem(System):
 
     def __init__(self, url: str, signer: ledger.Signer) -> None:
         self.lg = ledger.Ledger(url, signer=signer, tool="ledger-bench")
+        self.db_file = ledger.database_file(url)
         self.lg.initialize()
         self.one_pos = 0
         self.batch = 0
@@ -160,6 +162,8 @@ class PlainSystem(System):
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        db = engine.url.database
+        self.db_file = Path(db) if engine.url.get_backend_name() == "sqlite" and db else None
         metadata.create_all(engine)
         self.seq = 0
         self.one_pos = 0
@@ -244,6 +248,8 @@ class EventsourcingSystem(System):
     name = "eventsourcing"
 
     def __init__(self, env: dict[str, str]) -> None:
+        db = env.get("SQLITE_DBNAME")
+        self.db_file = Path(db) if db else None
         run_class, app_class = _es_classes()
         self.Run = run_class
         self.app = app_class(env=env)
@@ -410,6 +416,8 @@ def bench_backend(be: Backend, cfg: Config, signer: ledger.Signer, res: Results)
     for name, rate in interleaved(cfg.one_reps, one, run_one).items():
         res.rates[("append1", name, be.name)] = rate
     for s in one:
+        if s.db_file is not None:
+            res.rates[("frames1", s.name, be.name)] = wal_frames_per_commit(s)
         s.close()
 
     # 100 events per commit, into the store that is then read and verified.
@@ -462,6 +470,23 @@ def bench_backend(be: Backend, cfg: Config, signer: ledger.Signer, res: Results)
     res.rates[("verify", "statekeeper", be.name)] = count / statistics.median(samples)
     for s in main:
         s.close()
+
+
+def wal_frames_per_commit(s: System, commits: int = 100) -> float:
+    """WAL frames (one per B-tree page written) per 1-event commit of ``s``: the WAL is
+    checkpointed and emptied first, then grows by exactly what the commits write (100
+    commits stay below the 1000-frame autocheckpoint)."""
+    assert s.db_file is not None
+    wal = Path(f"{s.db_file}-wal")
+    with sqlite3.connect(s.db_file) as c:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = c.execute("PRAGMA page_size").fetchone()[0]
+    c.close()
+    if wal.exists() and wal.stat().st_size:  # a reader held the checkpoint back
+        return float("nan")
+    s.append_one(commits)
+    grown = wal.stat().st_size - 32  # the WAL header
+    return grown / (page + 24) / commits  # each frame: a 24-byte header and the page
 
 
 def run_pgbench(cluster: Any, seconds: int) -> float:
@@ -602,6 +627,11 @@ def report(res: Results, cfg: Config, backends: list[str]) -> list[tuple[str, bo
     add("eventsourcing 9.5.6, 1 event/save", "append1", "eventsourcing")
     add("eventsourcing 9.5.6, 100 events/save", "append100", "eventsourcing")
     add(f"eventsourcing select_notifications, {n}", "read", "eventsourcing")
+    for system in ("statekeeper", "plain SQLAlchemy", "eventsourcing"):
+        v = g("frames1", system, sq)
+        if v is not None:
+            rows.append((f"{system}: SQLite WAL frames (pages) per 1-event commit",
+                         f"{v:.2f}", "", "", ""))
     rows.append(("pgbench, 1 INSERT/transaction (server limit)", "",
                  fmt_rate(g("pgbench", "pgbench", pg), " tps"), "", ""))
     r = cfg.rss_events

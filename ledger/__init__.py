@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     )
     from .exports import ExportResult, ExportVerifyResult, export, verify_export
     from .keys import PublicKey, Signer, generate_key_file, load_public_key, load_signer
-    from .recorders import database_file, normalize_url
+    from .recorders import database_file, database_url, normalize_url
     from .store import Ledger, NewEvent, VerifyResult, format_time
-    from .url import redact
+    from .url import DatabaseURL, redact
 
 # Public name -> the submodule that defines it.
 _EXPORTS = {
@@ -41,15 +41,16 @@ _EXPORTS = {
     "verify_export": "exports",
     "PublicKey": "keys", "Signer": "keys", "generate_key_file": "keys",
     "load_public_key": "keys", "load_signer": "keys",
-    "database_file": "recorders", "normalize_url": "recorders",
+    "database_file": "recorders", "database_url": "recorders", "normalize_url": "recorders",
     "Ledger": "store", "NewEvent": "store", "VerifyResult": "store", "format_time": "store",
-    "redact": "url",
+    "DatabaseURL": "url", "redact": "url",
 }
 
 __all__ = [
     "CanonicalError",
     "Checkpoint",
     "ConfigurationError",
+    "DatabaseURL",
     "ExportResult",
     "ExportVerifyResult",
     "Head",
@@ -68,6 +69,7 @@ __all__ = [
     "StreamConflict",
     "VerifyResult",
     "database_file",
+    "database_url",
     "export",
     "format_time",
     "generate_key_file",

@@ -46,7 +46,7 @@ from .errors import (
     StreamConflict,
 )
 from .keys import PublicKey, Signer
-from .recorders import Recorder, Tip, database_file, normalize_url, recorder_for
+from .recorders import Recorder, Tip, database_file, database_url, recorder_for
 from .url import redact
 
 Clock = Callable[[], datetime]
@@ -107,7 +107,7 @@ class Ledger:
         base_dir: Path | None = None,
         create: bool = True,
     ) -> None:
-        self.url = normalize_url(url, base_dir, what="ledger URL")
+        self.url = database_url(url, base_dir, what="ledger URL")
         # messages show the URL as the user wrote it (``postgresql://``, a relative path),
         # redacted, not the normalized form the recorder connects with
         shown = redact(url)

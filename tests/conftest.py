@@ -50,8 +50,13 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """An empty database URL on each backend: a SQLite file or a fresh PostgreSQL database."""
-    if backend == "sqlite":
+    """An empty database URL on each backend: a SQLite file or a fresh PostgreSQL database;
+    ``sqlite-layout1``: an empty SQLite ledger as made before issue 15 (a seal table)."""
+    if backend.startswith("sqlite"):
+        if backend == "sqlite-layout1":
+            from tests.test_ledger_support import make_sqlite_layout_1
+
+            make_sqlite_layout_1(tmp_path / "ledger.db")
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
     return cluster.url(cluster.createdb("ledger"))

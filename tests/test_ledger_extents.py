@@ -22,7 +22,7 @@ from ledger.checkpoint import sign_checkpoint
 from ledger.exports import _event_line
 from tests.pgcluster import PgCluster
 from tests.test_cli_ledger import error, run
-from tests.test_ledger_support import RawDB, forge
+from tests.test_ledger_support import RawDB, forge, make_sqlite_layout_1
 
 E = ledger.NewEvent
 
@@ -89,6 +89,8 @@ def test_appender_refuses_a_closing_head_without_a_valid_seal(
         mallory = ledger.generate_key_file(tmp_path / "mallory.pem")
         with RawDB(db_url) as db:
             key_id, sig = db.seal(forged - 1) or ("", "")
+            if db.seals_in_rows:  # SQLite layout 2: a seal is in its event's row, so adding
+                db.disable_triggers()  # one to the forged head takes UPDATE rights
             db.execute("INSERT INTO ledger_seals (seq, first_seq, key_id, signature) "
                        "VALUES (?, ?, ?, ?)", [forged, forged, key_id, sig])
         with pytest.raises(ledger.IntegrityViolation) as e:
@@ -172,11 +174,7 @@ def test_a_forgery_during_a_run_stops_the_next_append(
 def test_format_1_ledger_is_refused_with_one_line(tmp_path: Path, signer: ledger.Signer) -> None:
     path = tmp_path / "old.db"
     url = f"sqlite:///{path}"
-    with ledger.Ledger(url, signer=signer) as lg:
-        lg.append("s", E("a"))
-    with RawDB(url) as db:
-        db.disable_triggers()
-        db.execute("ALTER TABLE ledger_seals DROP COLUMN first_seq")
+    make_sqlite_layout_1(path, seals_without_extents=True)
     with pytest.raises(ledger.ConfigurationError) as e:
         ledger.Ledger(url, create=False)
     assert "format 1 (statekeeper 0.1, seals without extents) is not supported" in str(e.value)

@@ -26,7 +26,12 @@ from ledger.chain import KeyRecord, Seal, StoredEvent
 from ledger.recorders import RECORDERS, database_file, normalize_url, recorder_class
 from ledger.store import _make
 from tests.pgcluster import free_port
-from tests.test_ledger_support import MUTATIONS, RawDB, refused, snapshot
+from tests.test_ledger_support import (
+    MUTATIONS,
+    RawDB,
+    refused,
+    snapshot,
+)
 
 E = ledger.NewEvent
 
@@ -40,10 +45,57 @@ AWKWARD = [
 ]
 
 
-@pytest.fixture(params=sorted(RECORDERS))
+@pytest.fixture(params=[*sorted(RECORDERS), "sqlite-layout1"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """Every registered backend (overrides tests/conftest.py's, which db_url builds on)."""
+    """Every registered backend (overrides tests/conftest.py's, which db_url builds on), and
+    SQLite ledgers made before issue 15 (storage layout 1: a seal table)."""
     return str(request.param)
+
+
+
+def test_a_sqlite_ledger_is_opened_appended_to_and_verified_without_sqlalchemy(
+    tmp_path: Path,
+) -> None:
+    """The SQLite recorder runs on the sqlite3 module alone: importing SQLAlchemy cost a
+    SQLite-only command ~150 ms."""
+    code = (
+        "import sys, pathlib, ledger; "
+        f"s = ledger.generate_key_file(pathlib.Path({str(tmp_path / 'k.pem')!r})); "
+        f"lg = ledger.Ledger('sqlite:///{tmp_path / 'l.db'}', signer=s); "
+        "lg.append('s', ledger.NewEvent('t', {'a': 1})); lg.verify(); "
+        "lg.stream_starts('s'); lg.streams(); lg.close(); "
+        "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite:///rel/p.db", "sqlite:////abs/p.db", "sqlite:///a%20b?mode=ro&x=1&x=2",
+    "sqlite:///~/x.db", "postgresql://u:p%40ss@h:5432/db?sslmode=require",
+    "postgres://u@[::1]:5/db", "postgresql+psycopg://u:p@h/d?password=x&options=-c%20a%3Db",
+    "postgresql://u:p@ss@h/db", "postgresql:///db?host=/tmp", "postgresql://u:pa+ss w@h/db x",
+    "postgresql://u:@h/db", "postgresql://u@h:/db", "postgresql://u@h:abc/db", "nonsense",
+])
+def test_the_ledger_reads_a_url_as_sqlalchemy_does(url: str) -> None:
+    """The ledger parses URLs itself (no SQLAlchemy for a SQLite ledger); statekeeper hands
+    the same text to SQLAlchemy: one meaning, one rendering, the same refusals."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from ledger.url import as_database_url
+    from ledger.url import make_url as ledger_make_url
+
+    try:
+        theirs = make_url(url)
+    except (ArgumentError, ValueError):  # not a URL; a port that is not a number
+        with pytest.raises(ValueError):
+            ledger_make_url(url)
+        return
+    ours = ledger_make_url(url)
+    assert ours == as_database_url(theirs)
+    for hide in (True, False):
+        assert ours.render_as_string(hide) == theirs.render_as_string(hide)
+    assert ours.sqlalchemy() == theirs
 
 
 def test_import_ledger_errors_loads_neither_sqlalchemy_nor_cryptography() -> None:
@@ -60,6 +112,7 @@ class TestRecorderContract:
 
     # -- the registry ------------------------------------------------------------------------
     def test_the_registry_opens_this_backend(self, backend: str, tmp_path: Path) -> None:
+        backend = backend.removesuffix("-layout1")
         url = normalize_url(
             "sqlite:///l.db" if backend == "sqlite" else "postgres://u@h/db", tmp_path
         )
@@ -250,18 +303,23 @@ class TestRecorderContract:
             ledger_db.append("s", E("c", {"i": i}), expected_position=i - 1)
         assert ledger_db.verify().events == 12
         rec = ledger_db.recorder
-        assert rec.engine.pool.checkedout() == 1  # the appenders' own connection, nothing else
-        with rec.engine.connect():  # another thread would get a pooled one
-            assert rec.engine.pool.checkedout() == 2
-        writer = rec._writer_conn.driver_connection
-        if rec.dialect_name == "postgresql":  # kept in autocommit mode, outside any transaction
+        writer = rec._dbapi(rec._writer_conn)
+        if rec.dialect_name == "postgresql":
+            assert rec.engine.pool.checkedout() == 1  # the appenders' own, nothing else
+            with rec.engine.connect():  # another thread would get a pooled one
+                assert rec.engine.pool.checkedout() == 2
+            # kept in autocommit mode, outside any transaction
             assert writer.autocommit is True and writer.info.transaction_status == 0  # IDLE
             with rec.engine.connect() as conn:  # what the pool hands out is as SQLAlchemy left it
                 assert conn.connection.driver_connection.autocommit is False
-        else:
+        else:  # the appenders' own connection and idle read ones, none in a transaction
             assert not writer.in_transaction
+            assert rec._idle and not any(c.in_transaction for c in rec._idle)
         ledger_db.close()
-        assert rec.engine.pool.checkedout() == 0
+        if rec.dialect_name == "postgresql":
+            assert rec.engine.pool.checkedout() == 0
+        else:
+            assert rec._writer_conn is None and not rec._idle
 
     # -- append-only -------------------------------------------------------------------------
     def test_triggers_refuse_update_and_delete(self, ledger_db: ledger.Ledger, db_url: str) -> None:
@@ -286,9 +344,14 @@ class TestRecorderContract:
         with ledger.Ledger(db_url, signer=signer) as lg:
             lg.append("s", E("b"))  # the chain, not the table, says which key is active
             head = lg.head().seq
+            plant = ("INSERT INTO ledger_seals (seq, first_seq, key_id, signature) "
+                     "VALUES (?, ?, ?, 'AAAA')", [head + 1, head + 1, mallory.key_id])
             with RawDB(db_url) as db:  # a seal planted where the next append's seal goes
-                db.execute("INSERT INTO ledger_seals (seq, first_seq, key_id, signature) "
-                           "VALUES (?, ?, ?, 'AAAA')", [head + 1, head + 1, mallory.key_id])
+                if db.seals_in_rows:  # SQLite layout 2: no seal is stored without its event
+                    refused(db, plant[0].replace("?", str(head + 1), 2).replace(
+                        "?", f"'{mallory.key_id}'"))
+                    return
+                db.execute(*plant)
             with pytest.raises(ledger.IntegrityViolation) as e:
                 lg.append("s", E("c"))
         assert (e.value.seq, e.value.reason) == (head + 1, "bad seal")
@@ -357,7 +420,7 @@ class TestRecorderContract:
 
     def test_an_unreachable_database_is_one_typed_error(self, backend: str, tmp_path: Path) -> None:
         """Raised where the recorder connects, on one line, the password never shown."""
-        if backend == "sqlite":
+        if backend.startswith("sqlite"):
             junk = tmp_path / "junk.db"
             junk.write_bytes(b"not a database " * 100)
             url, reason = f"sqlite:///{junk}", "file is not a database"

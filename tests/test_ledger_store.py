@@ -16,7 +16,14 @@ import pytest
 import ledger
 from ledger import canonical
 from ledger.chain import GENESIS_TYPE, LEDGER_STREAM, ZERO_HASH, seal_message
-from tests.test_ledger_support import MUTATIONS, TABLES, RawDB, refused, snapshot
+from tests.test_ledger_support import (
+    MUTATIONS,
+    TABLES,
+    RawDB,
+    make_sqlite_layout_1,
+    refused,
+    snapshot,
+)
 
 E = ledger.NewEvent
 
@@ -213,3 +220,24 @@ def test_postgres_refusal_is_a_privilege_error(pg_url: str, signer: ledger.Signe
         lg.append("s", E("a"))
     with RawDB(pg_url) as db, pytest.raises(psycopg.errors.InsufficientPrivilege):
         db.execute("DELETE FROM ledger_events")
+
+
+def test_sqlite_storage_layouts(tmp_path: Path, signer: ledger.Signer) -> None:
+    """A new SQLite ledger keeps each seal in its closing event's row (layout 2, PRAGMA
+    user_version 2: two B-tree pages a commit); one made before (layout 1) stays as it was,
+    its appends sealed in its seal table, and both verify the same."""
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    make_sqlite_layout_1(old)
+    for path in (new, old):
+        with ledger.Ledger(f"sqlite:///{path}", signer=signer) as lg:
+            lg.append("s", [E("a"), E("b")])
+            lg.append("s", E("c"))
+            assert lg.verify().events == 4
+    with RawDB(f"sqlite:///{new}") as db:
+        assert db.scalar("PRAGMA user_version") == 2 and db.seals_in_rows
+        assert db.execute("SELECT seq, seal_first FROM ledger_events WHERE seal_key_id "
+                          "IS NOT NULL") == [(1, 1), (3, 2), (4, 4)]
+        assert not db.execute("SELECT name FROM sqlite_master WHERE name LIKE '%recorded_at%'")
+    with RawDB(f"sqlite:///{old}") as db:
+        assert db.scalar("PRAGMA user_version") == 0 and not db.seals_in_rows
+        assert db.execute("SELECT seq, first_seq FROM ledger_seals") == [(1, 1), (3, 2), (4, 4)]

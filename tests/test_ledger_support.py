@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +22,33 @@ EVENT_COLUMNS = (
     "seq", "stream", "stream_seq", "type", "recorded_at", "actor", "payload", "closes",
     "prev_hash", "stream_prev_hash", "hash",
 )
+
+# The tables of a SQLite ledger as statekeeper made them before issue 15 (storage layout 1:
+# a seal table, an index on recorded_at), as SQLAlchemy created them; the recorder opens,
+# verifies and appends to such a file as it is.
+SQLITE_LAYOUT_1 = (
+    "CREATE TABLE ledger_events (seq INTEGER NOT NULL, stream VARCHAR(200) NOT NULL, "
+    "stream_seq BIGINT NOT NULL, type VARCHAR(200) NOT NULL, recorded_at VARCHAR(27) NOT NULL, "
+    "actor TEXT NOT NULL, payload TEXT NOT NULL, closes BOOLEAN NOT NULL, "
+    "prev_hash VARCHAR(64) NOT NULL, stream_prev_hash VARCHAR(64) NOT NULL, "
+    "hash VARCHAR(64) NOT NULL, PRIMARY KEY (seq), "
+    "CONSTRAINT ledger_events_stream_pos UNIQUE (stream, stream_seq))",
+    "CREATE INDEX ledger_events_recorded_at ON ledger_events (recorded_at)",
+    "CREATE TABLE ledger_seals (seq INTEGER NOT NULL, first_seq BIGINT NOT NULL, "
+    "key_id VARCHAR(64) NOT NULL, signature VARCHAR(100) NOT NULL, PRIMARY KEY (seq))",
+    "CREATE TABLE ledger_keys (key_id VARCHAR(64) NOT NULL, public_key VARCHAR(64) NOT NULL, "
+    "added_seq BIGINT NOT NULL, PRIMARY KEY (key_id))",
+)
+
+
+def make_sqlite_layout_1(path: Path, *, seals_without_extents: bool = False) -> None:
+    """An empty SQLite ledger of layout 1 at ``path`` (format 1 with seals_without_extents)."""
+    with sqlite3.connect(path) as conn:
+        for sql in SQLITE_LAYOUT_1:
+            if seals_without_extents:
+                sql = sql.replace("first_seq BIGINT NOT NULL, ", "")
+            conn.execute(sql)
+    conn.close()
 
 
 class RawDB:
@@ -55,6 +83,12 @@ class RawDB:
         rows = self.execute(sql, params)
         return rows[0][0] if rows else None
 
+    @property
+    def seals_in_rows(self) -> bool:
+        """SQLite storage layout 2: each seal is in its event's row, ledger_seals a view."""
+        return self.backend == "sqlite" and self.scalar(
+            "SELECT type FROM sqlite_master WHERE name = 'ledger_seals'") == "view"
+
     def disable_triggers(self) -> None:
         """What an attacker with table rights (and, on PostgreSQL, a superuser) does first."""
         if self.backend == "sqlite":
@@ -62,6 +96,18 @@ class RawDB:
             assert names, "the ledger has no triggers to drop"
             for (name,) in names:
                 self.execute(f'DROP TRIGGER "{name}"')
+            if self.seals_in_rows:
+                # The tests' edits of ledger_seals become what the same attacker does to the
+                # seal columns of the event rows (layout 2 has no seal table to edit).
+                clear = ("UPDATE ledger_events SET seal_first = NULL, seal_key_id = NULL, "
+                         "seal_signature = NULL WHERE seq = OLD.seq")
+                put = ("UPDATE ledger_events SET seal_first = NEW.first_seq, "
+                       "seal_key_id = NEW.key_id, seal_signature = NEW.signature "
+                       "WHERE seq = NEW.seq")
+                for op, body in (("DELETE", clear), ("INSERT", put),
+                                 ("UPDATE", f"{clear}; {put}")):
+                    self.execute(f"CREATE TRIGGER tamper_seals_{op.lower()} INSTEAD OF {op} "
+                                 f"ON ledger_seals BEGIN {body}; END")
         else:
             for t in TABLES:
                 self.execute(f"ALTER TABLE {t} DISABLE TRIGGER ALL")
@@ -75,13 +121,28 @@ class RawDB:
         r = row[0]
         return StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10])
 
-    def insert_event(self, ev: StoredEvent) -> None:
-        cols = ", ".join(EVENT_COLUMNS)
-        marks = ", ".join("?" for _ in EVENT_COLUMNS)
-        self.execute(
-            f"INSERT INTO ledger_events ({cols}) VALUES ({marks})",
-            [getattr(ev, c) for c in EVENT_COLUMNS],
-        )
+    def insert_event(self, ev: StoredEvent, seal: tuple[int, str, str] | None = None) -> None:
+        """INSERT ``ev`` and, if given, its seal (first seq, key id, signature base64): in the
+        same row (SQLite layout 2) or the seal table."""
+        cols, values = list(EVENT_COLUMNS), [getattr(ev, c) for c in EVENT_COLUMNS]
+        if seal is not None and self.seals_in_rows:
+            cols += ["seal_first", "seal_key_id", "seal_signature"]
+            values += list(seal)
+        marks = ", ".join("?" for _ in cols)
+        self.execute(f"INSERT INTO ledger_events ({', '.join(cols)}) VALUES ({marks})", values)
+        if seal is not None and not self.seals_in_rows:
+            self.execute("INSERT INTO ledger_seals (seq, first_seq, key_id, signature) "
+                         "VALUES (?, ?, ?, ?)", [ev.seq, *seal])
+
+    def replace_event(self, ev: StoredEvent) -> None:
+        """Put ``ev`` in place of the event at its seq (triggers disabled), keeping its seal."""
+        if self.seals_in_rows:  # the seal is in the row: an UPDATE keeps it
+            sets = ", ".join(f"{c} = ?" for c in EVENT_COLUMNS)
+            self.execute(f"UPDATE ledger_events SET {sets} WHERE seq = ?",
+                         [*(getattr(ev, c) for c in EVENT_COLUMNS), ev.seq])
+        else:
+            self.execute("DELETE FROM ledger_events WHERE seq = ?", [ev.seq])
+            self.insert_event(ev)
 
     def seal(self, seq: int) -> tuple[str, str] | None:
         rows = self.execute("SELECT key_id, signature FROM ledger_seals WHERE seq = ?", [seq])
@@ -89,6 +150,8 @@ class RawDB:
 
     def renumber(self, table: str, from_seq: int, shift: int) -> None:
         """Move rows with seq >= from_seq by ``shift`` (two steps: the key is checked per row)."""
+        if table == "ledger_seals" and self.seals_in_rows:
+            return  # the seals moved with their event rows
         self.execute(f"UPDATE {table} SET seq = -(seq + ?) WHERE seq >= ?", [shift, from_seq])
         self.execute(f"UPDATE {table} SET seq = -seq WHERE seq < 0")
 

@@ -160,6 +160,8 @@ def db_truncate_inside_append(db: RawDB, w: World) -> None:
 
 
 def db_last_event_deleted_seal_left(db: RawDB, w: World) -> None:
+    if db.seals_in_rows:
+        pytest.skip("SQLite layout 2 keeps a seal in its event's row: it cannot be left over")
     db.execute("DELETE FROM ledger_events WHERE seq = ?", [HEAD])
 
 
@@ -316,7 +318,8 @@ def _params() -> list[object]:
     for c in CASES:
         slug = c.name.replace(" ", "-").replace(",", "")
         if c.db is not None:
-            for backend in ("sqlite", "postgresql"):
+            # sqlite-layout1: a SQLite ledger made before issue 15 (seals in a table)
+            for backend in ("sqlite", "sqlite-layout1", "postgresql"):
                 marks = [pytest.mark.postgresql] if backend == "postgresql" else []
                 out.append(pytest.param(c, backend, "db", id=f"{slug}-{backend}", marks=marks))
         if c.file is not None:
@@ -418,8 +421,7 @@ def _rewrite_from(db: RawDB, start: int, key: ledger.Signer) -> None:
         new = forge(ev.seq, ev.stream, ev.stream_seq, prev, streams.get(ev.stream, "0" * 64),
                     closes=ev.closes, type_=ev.type, payload=payload,
                     recorded_at=ev.recorded_at, actor=ev.actor)
-        db.execute("DELETE FROM ledger_events WHERE seq = ?", [ev.seq])
-        db.insert_event(new)
+        db.replace_event(new)
         if ev.closes:
             first = db.scalar("SELECT first_seq FROM ledger_seals WHERE seq = ?", [ev.seq])
             sig = base64.b64encode(key.sign(seal_message(first, new.seq, new.hash))).decode()

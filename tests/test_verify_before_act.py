@@ -96,10 +96,8 @@ def test_a_forged_local_checkpoint_is_no_shortcut(
     with RawDB(db_url) as db:
         head = db.event(5)
         ev = forge(6, "upgrade/fake", 1, head.hash, "0" * 64, closes=True)
-        db.insert_event(ev)
         sig = base64.b64encode(mallory.sign(seal_message(6, 6, ev.hash))).decode()
-        db.execute("INSERT INTO ledger_seals (seq, first_seq, key_id, signature) "
-                   "VALUES (6, 6, ?, ?)", [mallory.key_id, sig])
+        db.insert_event(ev, seal=(6, mallory.key_id, sig))
         db.execute("INSERT INTO ledger_keys (key_id, public_key, added_seq) VALUES (?, ?, 0)",
                    [mallory.key_id, mallory.public.b64])
     lid = ledger_db.ledger_id()
@@ -145,8 +143,7 @@ def test_a_run_rewritten_and_resealed_with_an_inserted_key_is_caught(
         new = forge(5, old.stream, old.stream_seq, old.prev_hash, old.stream_prev_hash,
                     closes=True, type_=old.type, payload='{"n":300}', actor=old.actor,
                     recorded_at=old.recorded_at)
-        db.execute("DELETE FROM ledger_events WHERE seq = 5")
-        db.insert_event(new)
+        db.replace_event(new)
         sig = base64.b64encode(mallory.sign(seal_message(5, 5, new.hash))).decode()
         db.execute("UPDATE ledger_seals SET key_id = ?, signature = ? WHERE seq = 5",
                    [mallory.key_id, sig])

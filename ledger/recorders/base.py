@@ -1,10 +1,11 @@
-"""The recorder interface and what every backend shares: the tables, the statements of the
-append path, the append under the chain-head lock, the streaming reads.
+"""The recorder interface and what every backend shares: the statements (SQL text, with the
+driver's placeholder), the append under the chain-head lock, the streaming reads.
 
-A backend (``sqlite.py``, ``postgres.py``) is a :class:`Recorder` subclass that supplies the
-hooks at the end of the class: how to connect, how to take the chain-head lock, how to forbid
-UPDATE/DELETE/TRUNCATE, the append itself on the driver connection, the URLs it accepts, and
-:meth:`Recorder.translate`, the one place its driver's errors become :mod:`ledger.errors`.
+A backend (``sqlite.py`` on the sqlite3 module, ``postgres.py`` on SQLAlchemy's pool and
+psycopg, through ``engine.py``) is a :class:`Recorder` subclass that supplies the hooks at
+the end of the class: its connections, the schema, the append itself on the driver
+connection, the URLs it accepts, and :meth:`Recorder.translate`, the one place its driver's
+errors become :mod:`ledger.errors`. Nothing here imports SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -19,26 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    Connection,
-    Engine,
-    Index,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    bindparam,
-    event,
-    literal_column,
-    select,
-)
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL
-
 from ..chain import KeyRecord, Seal, StoredEvent, stored_event
 from ..errors import (
     ConfigurationError,
@@ -47,37 +28,7 @@ from ..errors import (
     OperationalError,
     StreamConflict,
 )
-from ..url import redact
-
-metadata = MetaData()
-
-
-class SeqType(BigInteger):
-    """The type of the ``seq`` keys: a 64-bit integer, which a backend may spell its own way
-    in DDL (SQLite: see ledger/recorders/sqlite.py)."""
-
-    inherit_cache = True
-
-
-_SEQ = SeqType()
-
-events = Table(
-    "ledger_events",
-    metadata,
-    Column("seq", _SEQ, primary_key=True, autoincrement=False),
-    Column("stream", String(200), nullable=False),
-    Column("stream_seq", BigInteger, nullable=False),
-    Column("type", String(200), nullable=False),
-    Column("recorded_at", String(27), nullable=False),
-    Column("actor", Text, nullable=False),
-    Column("payload", Text, nullable=False),
-    Column("closes", Boolean, nullable=False),
-    Column("prev_hash", String(64), nullable=False),
-    Column("stream_prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
-    UniqueConstraint("stream", "stream_seq", name="ledger_events_stream_pos"),
-    Index("ledger_events_recorded_at", "recorded_at"),
-)
+from ..url import DatabaseURL, redact
 
 # Where each stream starts (its first event), read from the events themselves: "the latest
 # run", "the last N runs", "every run" without a pass over every event. Partial, so an
@@ -89,26 +40,8 @@ _SQL_STREAM_STARTS_INDEX = (
     "WHERE stream_seq = 1"
 )
 
-seals = Table(
-    "ledger_seals",
-    metadata,
-    Column("seq", _SEQ, primary_key=True, autoincrement=False),
-    Column("first_seq", BigInteger, nullable=False),
-    Column("key_id", String(64), nullable=False),
-    Column("signature", String(100), nullable=False),
-)
-
-keys = Table(
-    "ledger_keys",
-    metadata,
-    Column("key_id", String(64), primary_key=True),
-    Column("public_key", String(64), nullable=False),
-    Column("added_seq", BigInteger, nullable=False),
-)
-
 TABLES = ("ledger_events", "ledger_seals", "ledger_keys")
 _EVENT_FIELDS: tuple[str, ...] = StoredEvent.__slots__
-_EVENT_COLS = [events.c[n] for n in _EVENT_FIELDS]
 _event_values = operator.attrgetter(*_EVENT_FIELDS)  # StoredEvent -> row tuple, in C
 
 # The append path runs on the driver connection with these statements (``{p}``: the driver's
@@ -124,13 +57,22 @@ _SQL_HEAD = (
     # a rotation), not the key table, where an INSERT could add a row.
     "(SELECT {key_id} FROM ledger_events WHERE stream = 'ledger' "
     "ORDER BY stream_seq DESC LIMIT 1), "
-    "h.closes, s.first_seq, s.key_id, s.signature, "
+    "h.closes, {tip_seal}, "
     "CASE WHEN h.type = 'ledger.key_rotated' THEN h.payload END "
     "FROM (SELECT 1 AS one) AS x "
-    "LEFT JOIN (SELECT seq, hash, closes, type, payload FROM ledger_events "
-    "ORDER BY seq DESC LIMIT 1) AS h ON TRUE "
-    "LEFT JOIN ledger_seals AS s ON s.seq = h.seq"
+    "LEFT JOIN (SELECT seq, hash, closes, type, payload{head_cols} FROM ledger_events "
+    "ORDER BY seq DESC LIMIT 1) AS h ON TRUE{seal_join}"
 )
+# Where the head's seal is: the seal table (layout 1), or the head's own row (layout 2,
+# SQLite: see ledger/recorders/sqlite.py).
+_HEAD_SEAL_TABLE = {
+    "tip_seal": "s.first_seq, s.key_id, s.signature", "head_cols": "",
+    "seal_join": " LEFT JOIN ledger_seals AS s ON s.seq = h.seq",
+}
+_HEAD_SEAL_IN_ROW = {
+    "tip_seal": "h.seal_first, h.seal_key_id, h.seal_signature",
+    "head_cols": ", seal_first, seal_key_id, seal_signature", "seal_join": "",
+}
 _SQL_INSERT_EVENTS = f"INSERT INTO ledger_events ({', '.join(_EVENT_FIELDS)}) VALUES "
 _SQL_INSERT_SEALS = "INSERT INTO ledger_seals (seq, first_seq, key_id, signature) VALUES "
 _SQL_INSERT_KEYS = "INSERT INTO ledger_keys (key_id, public_key, added_seq) VALUES "
@@ -194,104 +136,50 @@ class Recorder(ABC):
     schemes: frozenset[str] = frozenset()
     #: Whether text compares byte by byte (SQLite's BINARY), so a prefix is a range.
     binary_ranges = False
+    #: The driver's placeholder in the statements (``{p}`` in the SQL text here).
+    placeholder = "?"
 
-    def __init__(self, url: URL, shown: str | None = None) -> None:
+    def __init__(self, url: DatabaseURL, shown: str | None = None) -> None:
         self.url = url
         self.display_url = shown if shown is not None else redact(url)
-        self.engine = self._create_engine()
-        _no_pool_sharing_across_fork(self.engine)
-        self._unreachable_on_connect()
-        dbapi = self.engine.dialect.loaded_dbapi
-        self._driver_error: type[Exception] = dbapi.Error
-        self._integrity_error: type[Exception] = dbapi.IntegrityError
+        self._open()
+        self._driver_error, self._integrity_error = self._driver_errors()
         self._writer_lock = threading.Lock()
-        self._writer_conn: Any = None
+        self._writer_conn: Any = None  # the handle appends run on (see _new_writer)
         self._writer_pid = 0
-        self._iter_sql: dict[tuple[bool, ...], tuple[str, list[str] | None]] = {}
+        self._iter_sql: dict[tuple[bool, ...], tuple[str, list[str]]] = {}
         self._inherited: list[Any] = []
+        p = self.placeholder
+        self._sql = {name: sql.replace("{p}", p) for name, sql in _SQL_READS.items()}
 
     def _new_writer(self) -> Any:
-        """Check out the connection appends run on and keep it from one append to the next
-        (the pool's checkout and reset cost more than an append's own statements). Another
+        """Open the connection appends run on and keep it from one append to the next (a
+        pool's checkout and reset cost more than an append's own statements). Another
         thread appending at the same moment gets a pooled one (see append)."""
         if self._writer_conn is not None:  # the parent's, in a forked child: never used
             self._inherited.append(self._writer_conn)  # here, nor closed (GC would close it)
         self._writer_conn = None
-        raw = self.engine.raw_connection()
-        self._writer_opened(raw.driver_connection)
-        self._writer_conn = raw
+        handle = self._writer_checkout()
+        self._writer_opened(self._dbapi(handle))
+        self._writer_conn = handle
         self._writer_pid = os.getpid()
-        return raw
-
-    @contextlib.contextmanager
-    def _driver(self) -> Iterator[Any]:
-        """A pooled connection at the driver level, for the hot paths (iterating, appending
-        from a second thread): SQLAlchemy's per-statement machinery costs more there than the
-        database does. Returned to the pool afterwards (which rolls back anything left open);
-        discarded if the driver says it is broken."""
-        raw = self.engine.raw_connection()
-        try:
-            yield raw.driver_connection
-        except self._driver_error as e:
-            if self.engine.dialect.is_disconnect(e, raw.driver_connection, None):  # type: ignore[arg-type]
-                raw.invalidate(e)
-            raise
-        finally:
-            raw.close()
-
-    def _unreachable_on_connect(self) -> None:
-        """Connecting is where an unreachable ledger shows (a closed port, a bad host, a
-        refused login, a SQLite file that cannot be opened): one LedgerUnreachable on one
-        line, raised for every command at the same place, instead of whatever a driver says
-        mid-way."""
-
-        @event.listens_for(self.engine, "do_connect")
-        def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-            with self.translate(connecting=True):
-                return dialect.connect(*cargs, **cparams)
+        return handle
 
     def _operational(self, e: Exception) -> OperationalError:
-        """A driver's or SQLAlchemy's error as the ledger reports it: on one line, after the
-        URL without its password."""
-        if isinstance(e, sa_exc.DBAPIError):
-            msg = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
-        elif isinstance(e, sa_exc.SQLAlchemyError):
-            msg = str(e)
-        else:  # raised on the driver connection (the hot paths)
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        """A driver's error as the ledger reports it: on one line, after the URL without its
+        password."""
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return OperationalError(f"ledger {self.display_url}: {msg}")
 
-    # -- schema ------------------------------------------------------------------------------
-    def ensure_schema(self) -> None:
-        with self.translate(), self._write() as conn:
-            self._lock_head(conn)
-            if self._schema_ready(conn):  # no DDL: the appending role may only INSERT
-                self._check_format(conn)
-                return
-            metadata.create_all(conn, checkfirst=True)
-            self._check_format(conn)
-            self._install_triggers(conn)
-            conn.exec_driver_sql(_SQL_STREAM_STARTS_INDEX)
-
-    def exists(self) -> bool:
-        with self.translate(), self.engine.connect() as conn:
-            found = bool(self.engine.dialect.has_table(conn, "ledger_events"))
-            if found:
-                self._check_format(conn)
-            return found
-
-    def _check_format(self, conn: Connection) -> None:
-        """Refuse a format-1 ledger (seals without extents): its seals cannot tell an event
-        slipped in at the head from a genuine one, so nothing here may read or extend it."""
-        from sqlalchemy import inspect
-
-        names = {c["name"] for c in inspect(conn).get_columns("ledger_seals")}
-        if "first_seq" not in names:
-            raise ConfigurationError(
-                f"ledger {self.display_url}: format 1 (statekeeper 0.1, seals without "
-                "extents) is not supported: export it with statekeeper 0.1 for the record "
-                "and start a new ledger (docs/architecture.md, 'Ledger format')"
-            )
+    def _rows(self, name: str, args: tuple[Any, ...] = (), sql: str | None = None) -> list[Any]:
+        """All rows of one of the read statements (``_SQL_READS``), on a pooled connection."""
+        with self.translate(), self._driver() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(sql if sql is not None else self._sql[name], args)
+                return list(cur.fetchall())
+            finally:
+                cur.close()
 
     # -- writes ------------------------------------------------------------------------------
     def append(self, stream: str, expected: int | None, build: Builder) -> list[StoredEvent]:
@@ -308,15 +196,14 @@ class Recorder(ABC):
                 with self._driver() as conn:
                     return self._append(conn, job, expected, build)
             try:
-                raw = self._writer_conn
-                if raw is None or self._writer_pid != os.getpid():
-                    raw = self._new_writer()
+                handle = self._writer_conn
+                if handle is None or self._writer_pid != os.getpid():
+                    handle = self._new_writer()
                 try:
-                    return self._append(raw.driver_connection, job, expected, build)
+                    return self._append(self._dbapi(handle), job, expected, build)
                 except self._driver_error as e:
-                    if self.engine.dialect.is_disconnect(e, raw.driver_connection, None):  # type: ignore[arg-type]
+                    if self._writer_broken(handle, e):
                         self._writer_conn = None
-                        raw.invalidate(e)
                     raise
             finally:
                 lock.release()
@@ -354,26 +241,15 @@ class Recorder(ABC):
 
     # -- reads -------------------------------------------------------------------------------
     def head(self) -> tuple[int, str]:
-        with self.translate(), self.engine.connect() as conn:
-            row = conn.execute(
-                select(events.c.seq, events.c.hash).order_by(events.c.seq.desc()).limit(1)
-            ).first()
-        return (row[0], row[1]) if row else (0, "0" * 64)
+        rows = self._rows("head")
+        return (rows[0][0], rows[0][1]) if rows else (0, "0" * 64)
 
     def stream_position(self, stream: str) -> int:
-        with self.translate(), self.engine.connect() as conn:
-            pos = conn.execute(
-                select(events.c.stream_seq)
-                .where(events.c.stream == stream)
-                .order_by(events.c.stream_seq.desc())
-                .limit(1)
-            ).scalar()
-        return int(pos or 0)
+        rows = self._rows("stream_position", (stream,))
+        return int(rows[0][0]) if rows else 0
 
     def list_keys(self) -> list[KeyRecord]:
-        with self.translate(), self.engine.connect() as conn:
-            rows = conn.execute(select(keys.c.key_id, keys.c.public_key).order_by(keys.c.added_seq))
-            return [KeyRecord(r[0], r[1]) for r in rows]
+        return [KeyRecord(r[0], r[1]) for r in self._rows("keys")]
 
     def iter_events(
         self,
@@ -387,19 +263,17 @@ class Recorder(ABC):
     ) -> Iterator[tuple[StoredEvent, Seal | None]]:
         """Yield events in seq order without loading them all (server-side cursor on PG)."""
         shape = (with_seals, stop is not None, stream is not None, stream_prefix is not None)
-        cached = self._iter_sql.get(shape)
-        if cached is None:
-            cached = self._iter_sql[shape] = self._compile_iter(*shape)
-        sql, names = cached
-        values: dict[str, Any] = {"start": start, "stop": stop, "stream": stream}
-        if stream_prefix is not None:
-            values["prefix"] = (
-                stream_prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
-            )
-        args: Any = tuple(values[k] for k in names) if names is not None else values
         b64 = base64.b64decode
         make = stored_event
         with self.translate(), self._driver() as conn:
+            cached = self._iter_sql.get(shape)
+            if cached is None:
+                cached = self._iter_sql[shape] = self._compile_iter(conn, *shape)
+            sql, names = cached
+            values: dict[str, Any] = {"start": start, "stop": stop, "stream": stream}
+            if stream_prefix is not None:
+                values["prefix"] = _like_prefix(stream_prefix)
+            args = tuple(values[k] for k in names)
             cur = self._read_cursor(conn, batch)
             try:
                 cur.execute(sql, args)
@@ -423,52 +297,44 @@ class Recorder(ABC):
                 cur.close()
 
     def _compile_iter(
-        self, with_seals: bool, stop: bool, stream: bool, prefix: bool
-    ) -> tuple[str, list[str] | None]:
-        """The SELECT of one shape of ``iter_events``, compiled once per recorder (compiling
-        costs more than a short read): its SQL and, for positional drivers, its parameter
-        order (None: named)."""
-        cols: list[Any] = list(_EVENT_COLS)
-        src: Any = events
+        self, conn: Any, with_seals: bool, stop: bool, stream: bool, prefix: bool
+    ) -> tuple[str, list[str]]:
+        """The SELECT of one shape of ``iter_events``, made once per recorder: its SQL and
+        its parameters' names in order."""
+        p = self.placeholder
+        cols = ", ".join(f"e.{c}" for c in _EVENT_FIELDS)
+        src = "ledger_events AS e"
         if with_seals:
-            cols += [seals.c.key_id, seals.c.signature, seals.c.first_seq]
-            src = events.outerjoin(seals, seals.c.seq == events.c.seq)
-        stmt = select(*cols).select_from(src).where(events.c.seq >= bindparam("start"))
+            if self._seals_in_rows(conn):
+                cols += ", e.seal_key_id, e.seal_signature, e.seal_first"
+            else:
+                cols += ", s.key_id, s.signature, s.first_seq"
+                src += " LEFT JOIN ledger_seals AS s ON s.seq = e.seq"
+        where, names = [f"e.seq >= {p}"], ["start"]
         if stop:
-            stmt = stmt.where(events.c.seq <= bindparam("stop"))
+            where.append(f"e.seq <= {p}")
+            names.append("stop")
         if stream:
-            stmt = stmt.where(events.c.stream == bindparam("stream"))
+            where.append(f"e.stream = {p}")
+            names.append("stream")
         if prefix:
-            stmt = stmt.where(events.c.stream.like(bindparam("prefix"), escape="/"))
+            where.append(f"e.stream LIKE {p} ESCAPE '/'")
+            names.append("prefix")
         # One stream's events come in stream_seq order, the same as seq order for any stream
         # the appender wrote (the verifier checks both), so that the (stream, stream_seq)
         # index serves the read: ordering by seq made it a scan of the whole table.
-        stmt = stmt.order_by(events.c.stream_seq if stream else events.c.seq)
-        compiled = stmt.compile(dialect=self.engine.dialect)
-        names = list(compiled.positiontup or ()) if compiled.positional else None
-        return str(compiled), names
+        order = "e.stream_seq" if stream else "e.seq"
+        return f"SELECT {cols} FROM {src} WHERE {' AND '.join(where)} ORDER BY {order}", names
 
     def orphan_seal(self, after: int = 0) -> int | None:
         """The first seal after ``after`` that belongs to no event (a seal cannot float free)."""
-        with self.translate(), self.engine.connect() as conn:
-            return conn.execute(
-                select(seals.c.seq)
-                .where(seals.c.seq > after)
-                .where(~select(events.c.seq).where(events.c.seq == seals.c.seq).exists())
-                .order_by(seals.c.seq)
-                .limit(1)
-            ).scalar()
+        rows = self._rows("orphan_seal", (after,))
+        return int(rows[0][0]) if rows else None
 
     def stream_head(self, stream: str, at_most: int) -> tuple[int, str] | None:
         """(stream_seq, hash) of the stream's last event at or before seq ``at_most``."""
-        with self.translate(), self.engine.connect() as conn:
-            row = conn.execute(
-                select(events.c.stream_seq, events.c.hash)
-                .where(events.c.stream == stream, events.c.seq <= at_most)
-                .order_by(events.c.stream_seq.desc())
-                .limit(1)
-            ).first()
-        return (int(row[0]), str(row[1])) if row else None
+        rows = self._rows("stream_head", (stream, at_most))
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
     def stream_starts(
         self, prefix: str, *, upto: int | None = None, after: int = 0, last: int | None = None
@@ -476,23 +342,26 @@ class Recorder(ABC):
         """(stream, seq of its first event) of every stream under ``prefix`` that started
         after seq ``after`` and at or before ``upto``, in seq order; ``last``: only the last
         that many. Served by the partial index of stream starts."""
+        p = self.placeholder
         # stream_seq = 1 as a literal: a partial index is used only for the predicate it names,
         # never for a bound parameter.
-        stmt = select(events.c.stream, events.c.seq).where(
-            events.c.stream_seq == literal_column("1"))
+        sql = "SELECT stream, seq FROM ledger_events WHERE stream_seq = 1"
+        args: list[Any] = []
         if prefix:
             if self.binary_ranges:  # a range the partial index serves (exact in BINARY)
-                stmt = stmt.where(events.c.stream >= prefix,
-                                  events.c.stream < prefix[:-1] + chr(ord(prefix[-1]) + 1))
+                sql += f" AND stream >= {p} AND stream < {p}"
+                args += [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)]
             else:  # a linguistic collation may sort '/' anywhere: no range, LIKE
-                stmt = stmt.where(events.c.stream.startswith(prefix, autoescape=True))
+                sql += f" AND stream LIKE {p} ESCAPE '/'"
+                args.append(_like_prefix(prefix))
         if last is not None:
             # The last few: walking back from the head finds them after a few runs' events.
             if upto is not None:
-                stmt = stmt.where(events.c.seq <= upto)
-            stmt = stmt.where(events.c.seq > after).order_by(events.c.seq.desc()).limit(last)
-        with self.translate(), self.engine.connect() as conn:
-            rows = [(str(r[0]), int(r[1])) for r in conn.execute(stmt)]
+                sql += f" AND seq <= {p}"
+                args.append(upto)
+            sql += f" AND seq > {p} ORDER BY seq DESC LIMIT {p}"
+            args += [after, last]
+        rows = [(str(r[0]), int(r[1])) for r in self._rows("", tuple(args), sql)]
         if last is not None:
             return rows[::-1]
         # All of them, from the partial index alone: a condition on seq in the statement
@@ -504,78 +373,104 @@ class Recorder(ABC):
 
     def stream_positions(self, names: list[str], upto: int) -> dict[str, int]:
         """Each named stream's last stream_seq at or before seq ``upto`` (absent: none)."""
-        from sqlalchemy import func
-
+        p = self.placeholder
         out: dict[str, int] = {}
-        with self.translate(), self.engine.connect() as conn:
-            for i in range(0, len(names), 500):
-                for s, pos in conn.execute(
-                    select(events.c.stream, func.max(events.c.stream_seq))
-                    .where(events.c.stream.in_(names[i:i + 500]), events.c.seq <= upto)
-                    .group_by(events.c.stream)
-                ):
-                    out[str(s)] = int(pos)
+        for i in range(0, len(names), 500):
+            part = names[i:i + 500]
+            sql = (f"SELECT stream, max(stream_seq) FROM ledger_events WHERE stream IN "
+                   f"({', '.join([p] * len(part))}) AND seq <= {p} GROUP BY stream")
+            for s, pos in self._rows("", (*part, upto), sql):
+                out[str(s)] = int(pos)
         return out
 
     def streams(self, prefix: str = "") -> list[tuple[str, int, str, str]]:
         """(stream, events, first recorded_at, last recorded_at) for streams under ``prefix``."""
-        from sqlalchemy import func
-
-        stmt = (
-            select(events.c.stream, func.count(), func.min(events.c.recorded_at),
-                   func.max(events.c.recorded_at))
-            .where(events.c.stream.startswith(prefix, autoescape=True))
-            .group_by(events.c.stream)
-            .order_by(func.min(events.c.seq))
-        )
-        with self.translate(), self.engine.connect() as conn:
-            return [(r[0], r[1], r[2], r[3]) for r in conn.execute(stmt)]
+        return [(r[0], r[1], r[2], r[3]) for r in self._rows("streams", (_like_prefix(prefix),))]
 
     def dispose(self) -> None:
         with self._writer_lock:
-            raw, self._writer_conn = self._writer_conn, None
-            if raw is not None and self._writer_pid == os.getpid():
+            handle, self._writer_conn = self._writer_conn, None
+            if handle is not None and self._writer_pid == os.getpid():
                 with contextlib.suppress(Exception):  # a broken connection is dropped anyway
-                    self._writer_closing(raw.driver_connection)
-                raw.close()
-        self.engine.dispose()
+                    self._writer_closing(self._dbapi(handle))
+                self._writer_release(handle)
+        self._close()
 
     # -- backend hooks -----------------------------------------------------------------------
     @abstractmethod
     def translate(
         self, job: Appending | None = None, *, connecting: bool = False
     ) -> contextlib.AbstractContextManager[None]:
-        """The one place this backend's driver errors (and SQLAlchemy's) become ledger errors,
-        chained (``raise ... from e``): while ``connecting``, :class:`LedgerUnreachable`; an
-        integrity error of ``job``'s INSERTs, what :meth:`Appending.refused` says; anything
-        else, :class:`OperationalError` (see :meth:`_operational`)."""
+        """The one place this backend's driver errors become ledger errors, chained (``raise
+        ... from e``): while ``connecting``, :class:`LedgerUnreachable`; an integrity error
+        of ``job``'s INSERTs, what :meth:`Appending.refused` says; anything else,
+        :class:`OperationalError` (see :meth:`_operational`)."""
 
     @classmethod
     @abstractmethod
-    def normalize_url(cls, u: URL, base_dir: Path | None, what: str, shown: str) -> URL:
-        """``u`` (one of :attr:`schemes`) checked and in the form the engine is made from;
+    def normalize_url(
+        cls, u: DatabaseURL, base_dir: Path | None, what: str, shown: str
+    ) -> DatabaseURL:
+        """``u`` (one of :attr:`schemes`) checked and in the form the recorder opens;
         ``shown`` is how messages show the URL."""
 
     @classmethod
-    def database_file(cls, u: URL) -> Path | None:
+    def database_file(cls, u: Any) -> Path | None:
         """The file a normalised URL of this backend names; None for a server database."""
         return None
 
     @abstractmethod
-    def _create_engine(self) -> Engine: ...
+    def ensure_schema(self) -> None:
+        """Create what is missing of the tables, triggers and indexes, under the chain-head
+        lock; refuse a format this version cannot read."""
 
     @abstractmethod
-    def _lock_head(self, conn: Connection) -> None: ...
+    def exists(self) -> bool:
+        """Whether the ledger's tables are there (refusing a format this cannot read)."""
+
+    @property
+    @abstractmethod
+    def engine(self) -> Any:
+        """A SQLAlchemy engine on the ledger's database, for code outside the ledger that
+        keeps tables of its own there (statekeeper's run index); never used by the ledger's
+        own reads and appends on SQLite."""
 
     @abstractmethod
-    def _install_triggers(self, conn: Connection) -> None: ...
+    def _open(self) -> None:
+        """Set up the backend's connections (none need be opened yet)."""
 
-    def _schema_ready(self, conn: Connection) -> bool:
-        """Whether tables and triggers are all in place, so that opening needs no DDL."""
+    @abstractmethod
+    def _driver_errors(self) -> tuple[type[Exception], type[Exception]]:
+        """The driver's (Error, IntegrityError)."""
+
+    @abstractmethod
+    def _driver(self) -> contextlib.AbstractContextManager[Any]:
+        """A pooled driver connection for one read or one append from a second thread;
+        returned clean (rolled back) afterwards, discarded if the driver says it is broken."""
+
+    @abstractmethod
+    def _writer_checkout(self) -> Any:
+        """A handle on a connection of the appenders' own, kept between appends."""
+
+    def _dbapi(self, handle: Any) -> Any:
+        """The driver connection of a writer handle."""
+        return handle
+
+    @abstractmethod
+    def _writer_broken(self, handle: Any, e: Exception) -> bool:
+        """After ``e`` on the writer: whether its connection is gone (then discarded)."""
+
+    @abstractmethod
+    def _writer_release(self, handle: Any) -> None:
+        """Close the writer's connection (or give it back)."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Close every pooled connection."""
+
+    def _seals_in_rows(self, conn: Any) -> bool:
+        """Whether the seals are stored in the event rows (SQLite layout 2)."""
         return False
-
-    def _write(self) -> contextlib.AbstractContextManager[Connection]:
-        return self.engine.begin()
 
     @abstractmethod
     def _append(
@@ -594,6 +489,27 @@ class Recorder(ABC):
         """A cursor that streams a long result (the driver's default for SQLite)."""
         return conn.cursor()
 
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern (ESCAPE '/') matching the strings that start with ``prefix``."""
+    return prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+
+
+# The reads every backend runs as they are (``{p}``: the driver's placeholder).
+_SQL_READS = {
+    "head": "SELECT seq, hash FROM ledger_events ORDER BY seq DESC LIMIT 1",
+    "stream_position": "SELECT stream_seq FROM ledger_events WHERE stream = {p} "
+    "ORDER BY stream_seq DESC LIMIT 1",
+    "keys": "SELECT key_id, public_key FROM ledger_keys ORDER BY added_seq",
+    "orphan_seal": "SELECT s.seq FROM ledger_seals AS s WHERE s.seq > {p} AND NOT EXISTS "
+    "(SELECT 1 FROM ledger_events AS e WHERE e.seq = s.seq) ORDER BY s.seq LIMIT 1",
+    "stream_head": "SELECT stream_seq, hash FROM ledger_events WHERE stream = {p} "
+    "AND seq <= {p} ORDER BY stream_seq DESC LIMIT 1",
+    "streams": "SELECT stream, count(*), min(recorded_at), max(recorded_at) FROM ledger_events "
+    "WHERE stream LIKE {p} ESCAPE '/' GROUP BY stream ORDER BY min(seq)",
+}
+
+
 def seal_in_the_way(rows: list[StoredEvent]) -> IntegrityViolation:
     """A seal row already stored where this append's seal goes: INSERTed by someone else."""
     return IntegrityViolation(
@@ -602,7 +518,17 @@ def seal_in_the_way(rows: list[StoredEvent]) -> IntegrityViolation:
     )
 
 
-def driver_reason(e: BaseException, url: URL | None) -> str:
+def format_1_refused(shown: str) -> ConfigurationError:
+    """A format-1 ledger (seals without extents): its seals cannot tell an event slipped in at
+    the head from a genuine one, so nothing here may read or extend it."""
+    return ConfigurationError(
+        f"ledger {shown}: format 1 (statekeeper 0.1, seals without extents) is not supported: "
+        "export it with statekeeper 0.1 for the record and start a new ledger "
+        "(docs/architecture.md, 'Ledger format')"
+    )
+
+
+def driver_reason(e: BaseException, url: DatabaseURL | None) -> str:
     """The driver's first line, without libpq's "connection failed: " and never a password."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     msg = " ".join((lines[0] if lines else type(e).__name__).split())
@@ -614,19 +540,3 @@ def driver_reason(e: BaseException, url: URL | None) -> str:
     for s in secrets:
         msg = msg.replace(str(s), "***")
     return msg
-
-
-def _no_pool_sharing_across_fork(engine: Engine) -> None:
-    """A forked child must never use a pooled connection its parent opened (two processes on
-    one socket or one SQLite handle): such a connection is discarded at checkout, as
-    SQLAlchemy's pooling guide recommends for multiprocessing."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, record: Any) -> None:
-        record.info["pid"] = os.getpid()
-
-    @event.listens_for(engine, "checkout")
-    def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        if record.info.get("pid") != os.getpid():
-            record.dbapi_connection = proxy.dbapi_connection = None
-            raise sa_exc.DisconnectionError("connection opened by another process")

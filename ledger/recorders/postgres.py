@@ -11,12 +11,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL
 
 from ..chain import KeyRecord, Seal, StoredEvent
 from ..errors import ConfigurationError, LedgerUnreachable
+from ..url import DatabaseURL
 from .base import (
     _EVENT_FIELDS,
+    _HEAD_SEAL_TABLE,
     _SQL_HEAD,
     _SQL_INSERT_EVENTS,
     _SQL_INSERT_KEYS,
@@ -28,16 +29,18 @@ from .base import (
     Recorder,
     driver_reason,
 )
+from .engine import EngineRecorder
 
 # Arbitrary constant: the advisory lock that serialises appenders on the chain head.
 PG_HEAD_LOCK = 0x5E_1ED6E2
 
 _PG_KEY_ID = "(payload::json ->> 'key_id')"
-_PG_HEAD = _SQL_HEAD.format(p="{p}", key_id=_PG_KEY_ID).encode()
+_PG_HEAD = _SQL_HEAD.format(p="{p}", key_id=_PG_KEY_ID, **_HEAD_SEAL_TABLE).encode()
 _PG_EVENT_ARGS = "bigint, text, bigint, text, text, text, text, boolean, text, text, text"
 _PG_EVENT_VALUES = ", ".join(f"${i}" for i in range(1, 12))
 _PG_PREPARE = "; ".join([
-    "PREPARE ledger_head(text) AS " + _SQL_HEAD.format(p="$1", key_id=_PG_KEY_ID),
+    "PREPARE ledger_head(text) AS "
+    + _SQL_HEAD.format(p="$1", key_id=_PG_KEY_ID, **_HEAD_SEAL_TABLE),
     f"PREPARE ledger_event({_PG_EVENT_ARGS}) AS "
     f"INSERT INTO ledger_events ({', '.join(_EVENT_FIELDS)}) VALUES ({_PG_EVENT_VALUES})",
     # The conditions of the predicted-head INSERT in PostgresRecorder._insert.
@@ -98,14 +101,17 @@ _PG_BEGIN_LOCKED = b"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xa
 )
 
 
-class PostgresRecorder(Recorder):
+class PostgresRecorder(EngineRecorder):
     """Production backend. Appenders on any host serialise on a transaction advisory lock."""
 
     dialect_name = "postgresql"
     schemes = frozenset({"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg3"})
+    placeholder = "%s"
 
     @classmethod
-    def normalize_url(cls, u: URL, base_dir: Path | None, what: str, shown: str) -> URL:
+    def normalize_url(
+        cls, u: DatabaseURL, base_dir: Path | None, what: str, shown: str
+    ) -> DatabaseURL:
         if not u.database:
             raise ConfigurationError(f"{what} {shown!r} names no database")
         repeated = sorted(k for k, v in u.query.items() if not isinstance(v, str))
@@ -134,7 +140,8 @@ class PostgresRecorder(Recorder):
             raise self._operational(e) from e
 
     def _create_engine(self) -> Engine:
-        return create_engine(self.url, pool_pre_ping=False, connect_args={"connect_timeout": 10})
+        return create_engine(self.url.sqlalchemy(), pool_pre_ping=False,
+                             connect_args={"connect_timeout": 10})
 
     def _lock_head(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_HEAD_LOCK})
@@ -154,7 +161,7 @@ class PostgresRecorder(Recorder):
     # kind), which saves the server planning them on every append; should they vanish (a
     # pooler in transaction mode, DISCARD ALL), they are prepared again, or not used.
 
-    def __init__(self, url: URL, shown: str | None = None) -> None:
+    def __init__(self, url: DatabaseURL, shown: str | None = None) -> None:
         super().__init__(url, shown)
         self._lits: tuple[Any, _PgLiterals] | None = None
         self._prepared_on: Any = None  # the connection holding our prepared statements
