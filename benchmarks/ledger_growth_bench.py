@@ -100,7 +100,7 @@ def template_appends(url: str, run_id: str) -> tuple[list[list[tuple[str, str]]]
 
 
 def fill(url: str, key: Path, appends: list[list[tuple[str, str]]], run_id: str,
-         target: str, n: int) -> float:
+         target: str, n: int, project: Path) -> float:
     """Append copies of the template run until the ledger holds about ``n`` events; the
     events per second of the build."""
     import ledger
@@ -124,7 +124,15 @@ def fill(url: str, key: Path, appends: list[list[tuple[str, str]]], run_id: str,
                 pos += len(items)
             i += 1
         built = lg.head().seq - start
-    return built / (time.perf_counter() - t0)
+        rate = built / (time.perf_counter() - t0)
+        # The local checkpoint at the head this process wrote (so trusts), as an operator's
+        # last command would have left it: the commands measured verify only what follows.
+        from statekeeper.trust import remember
+
+        head = lg.head()
+        remember(lg, project, ledger.VerifyResult(0, head, lg.ledger_id(), [signer.key_id],
+                                                  active_key=signer.key_id))
+    return rate
 
 
 def copy_to_postgres(sqlite_url: str, pg_url: str) -> None:
@@ -225,7 +233,7 @@ def main() -> int:
                 work.mkdir()
                 _, run_id = make_project(work, url)
                 appends, target = template_appends(url, run_id)
-                rate = fill(url, work / "key.pem", appends, run_id, target, n)
+                rate = fill(url, work / "key.pem", appends, run_id, target, n, work / "project")
                 built.write_text(f"built at {rate:,.0f} events/s ({sum(map(len, appends))} "
                                  f"events, {len(appends)} appends per run)\n")
             import ledger
@@ -246,11 +254,11 @@ def main() -> int:
                     (project_dir / config).write_text(text.replace(f'"{url}"', f'"{pg_url}"'))
                 for label, code in codes:
                     measure(code, project_dir, ["--help"])  # the bytecode cache, warm
-                    # as the operator's last command left it: a local checkpoint at the head,
-                    # the run index caught up (the first start after the build builds both)
-                    shutil.rmtree(project_dir / ".statekeeper" / "verified", ignore_errors=True)
+                    # The build left a local checkpoint at its head; the first start derives
+                    # the run index (one row per run, and the summary of the unsettled ones)
+                    # and every later command finds it caught up, as an operator would.
                     t, rss, rc = measure(code, project_dir, ["start", "--to", "v2.6"], config)
-                    rows.append((backend, events, label, "first start (full verify)", t, rss,
+                    rows.append((backend, events, label, "first start (index built)", t, rss,
                                  rc))
                     for name, cmd in commands:
                         t, rss, rc = measure(code, project_dir, cmd, config)
