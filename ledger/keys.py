@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .errors import KeyFileError
 
-# Loading a key costs half a verification; a chain has a handful of keys and many seals.
+# Loading a key costs a few percent of a verification, once per seal without this; a chain
+# has a handful of keys and a seal per append.
 _loaded = functools.lru_cache(maxsize=64)(Ed25519PublicKey.from_public_bytes)
 
 
