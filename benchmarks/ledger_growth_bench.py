@@ -20,10 +20,15 @@ command left (``start`` is run once first, as the last command an operator ran w
 
 ``--before REF`` runs the same commands with the code of git ref REF (``git archive`` into a
 temporary directory; default ``main``; ``--before ''`` skips it) against the same ledger.
-``--pg`` also builds the ledger on a throwaway PostgreSQL 15 cluster (tests/pgcluster.py).
+``--pg`` also measures on a throwaway PostgreSQL 15 cluster (tests/pgcluster.py): the SQLite
+ledger's rows (made through the library, as above) are copied into a fresh database there,
+which is the same ledger (same events, seals and keys) at a fraction of the build's cost.
 ``--dir`` (default /dev/shm when present): the build appends one commit per event and an
 fsync per commit on a real disk takes milliseconds; the commands measured read, and their
-figures do not depend on it. Exit status 0: a measurement, not a test.
+figures do not depend on it. ``--keep DIR``: build under DIR and leave it there; a size
+already built in DIR (a 1M ledger takes most of an hour) is reused as it is. ``--commands``:
+only the commands whose label starts with one of these (comma-separated).
+Exit status 0: a measurement, not a test.
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ def template_appends(url: str, run_id: str) -> tuple[list[list[tuple[str, str]]]
 
 
 def fill(url: str, key: Path, appends: list[list[tuple[str, str]]], run_id: str,
-         target: str, n: int) -> float:
+         target: str, n: int, project: Path) -> float:
     """Append copies of the template run until the ledger holds about ``n`` events; the
     events per second of the build."""
     import ledger
@@ -119,10 +124,42 @@ def fill(url: str, key: Path, appends: list[list[tuple[str, str]]], run_id: str,
                 pos += len(items)
             i += 1
         built = lg.head().seq - start
-    return built / (time.perf_counter() - t0)
+        rate = built / (time.perf_counter() - t0)
+        # The local checkpoint at the head this process wrote (so trusts), as an operator's
+        # last command would have left it: the commands measured verify only what follows.
+        from statekeeper.trust import remember
+
+        head = lg.head()
+        remember(lg, project, ledger.VerifyResult(0, head, lg.ledger_id(), [signer.key_id],
+                                                  active_key=signer.key_id))
+    return rate
 
 
-def measure(code: Path, project: Path, args: list[str]) -> tuple[float, float, int]:
+def copy_to_postgres(sqlite_url: str, pg_url: str) -> None:
+    """The SQLite ledger's rows, as stored, into a fresh PostgreSQL ledger (its own schema,
+    triggers and indexes made by the library)."""
+    import sqlite3
+
+    import psycopg
+
+    import ledger
+
+    ledger.Ledger(pg_url).close()  # the schema
+    src = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+    with psycopg.connect(pg_url) as dst, dst.cursor() as cur:
+        for table in ("ledger_keys", "ledger_events", "ledger_seals"):
+            cols = [r[1] for r in src.execute(f"PRAGMA table_info({table})")]
+            rows = src.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY 1")
+            with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as cp:
+                for row in rows:
+                    cp.write_row([bool(v) if c == "closes" else v
+                                  for c, v in zip(cols, row, strict=True)])
+        cur.execute("ANALYZE")
+    src.close()
+
+
+def measure(code: Path, project: Path, args: list[str],
+            config: str = "statekeeper.toml") -> tuple[float, float, int]:
     """(seconds, peak RSS MB, exit code) of one command in its own process, with its bytecode
     cached as an installed package has it (this environment sets PYTHONDONTWRITEBYTECODE,
     which recompiles every module in every process)."""
@@ -136,7 +173,7 @@ def measure(code: Path, project: Path, args: list[str]) -> tuple[float, float, i
     timer = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if TIME.exists() else []
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [*timer, sys.executable, "-m", "cli", "--config", str(project / "statekeeper.toml"),
+        [*timer, sys.executable, "-m", "cli", "--config", str(project / config),
          *args],
         cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -162,9 +199,17 @@ def main() -> int:
     ap.add_argument("--before", default="main", help="git ref of the code to compare with")
     ap.add_argument("--pg", action="store_true")
     ap.add_argument("--dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None)
+    ap.add_argument("--keep", type=Path, help="build here, keep it, reuse what is built")
+    ap.add_argument("--commands", default="", help="only these commands (label prefixes)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    root = Path(tempfile.mkdtemp(prefix="sk-growth-", dir=args.dir))
+    wanted = [c for c in args.commands.split(",") if c]
+    commands = [c for c in COMMANDS if not wanted or any(c[0].startswith(w) for w in wanted)]
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        root = args.keep.resolve()
+    else:
+        root = Path(tempfile.mkdtemp(prefix="sk-growth-", dir=args.dir))
     codes: list[tuple[str, Path]] = []
     if args.before:
         codes.append((f"before ({args.before})", export_ref(args.before, root / "before")))
@@ -179,42 +224,54 @@ def main() -> int:
 
             cluster = PgCluster(conf={"fsync": "on", "synchronous_commit": "on"}).start()
             backends.append("postgresql")
-        for backend in backends:
-            for n in sizes:
-                work = root / f"{backend}-{n}"
+        for n in sizes:
+            work = root / f"sqlite-{n}"
+            url = f"sqlite:///{work / 'ledger.db'}"
+            built = work / "built"
+            if not built.exists():
+                shutil.rmtree(work, ignore_errors=True)
                 work.mkdir()
-                if backend == "sqlite":
-                    url = f"sqlite:///{work / 'ledger.db'}"
-                else:
-                    assert cluster is not None
-                    url = cluster.url(cluster.createdb(f"growth{n}"))
-                project, run_id = make_project(work, url)
+                _, run_id = make_project(work, url)
                 appends, target = template_appends(url, run_id)
-                rate = fill(url, work / "key.pem", appends, run_id, target, n)
-                import ledger
+                rate = fill(url, work / "key.pem", appends, run_id, target, n, work / "project")
+                built.write_text(f"built at {rate:,.0f} events/s ({sum(map(len, appends))} "
+                                 f"events, {len(appends)} appends per run)\n")
+            import ledger
 
-                with ledger.Ledger(url, create=False) as lg:
-                    events = lg.head().seq
-                rates.append(f"{backend} {events} events: built at {rate:,.0f} events/s "
-                             f"({sum(map(len, appends))} events, {len(appends)} appends per run)")
-                print(rates[-1], file=sys.stderr, flush=True)
+            with ledger.Ledger(url, create=False) as lg:
+                events = lg.head().seq
+            rates.append(f"{events} events: {built.read_text().strip()}")
+            print(rates[-1], file=sys.stderr, flush=True)
+            project_dir = work / "project"
+            for backend in backends:
+                config = "statekeeper.toml"
+                if backend == "postgresql":
+                    assert cluster is not None
+                    pg_url = cluster.url(cluster.createdb(f"growth{n}"))
+                    copy_to_postgres(url, pg_url)
+                    config = "statekeeper-pg.toml"
+                    text = (project_dir / "statekeeper.toml").read_text()
+                    (project_dir / config).write_text(text.replace(f'"{url}"', f'"{pg_url}"'))
                 for label, code in codes:
-                    measure(code, project.dir, ["--help"])  # the bytecode cache, warm
-                    # as the operator's last command left it: a local checkpoint at the head,
-                    # the run index caught up (the first start after the build builds both)
-                    shutil.rmtree(project.dir / ".statekeeper" / "verified", ignore_errors=True)
-                    t, rss, rc = measure(code, project.dir, ["start", "--to", "v2.6"])
-                    rows.append((backend, events, label, "first start (full verify)", t, rss,
+                    measure(code, project_dir, ["--help"])  # the bytecode cache, warm
+                    # The build left a local checkpoint at its head; the first start derives
+                    # the run index (one row per run, and the summary of the unsettled ones)
+                    # and every later command finds it caught up, as an operator would.
+                    t, rss, rc = measure(code, project_dir, ["start", "--to", "v2.6"], config)
+                    rows.append((backend, events, label, "first start (index built)", t, rss,
                                  rc))
-                    for name, cmd in COMMANDS:
-                        t, rss, rc = measure(code, project.dir, cmd)
+                    for name, cmd in commands:
+                        t, rss, rc = measure(code, project_dir, cmd, config)
                         rows.append((backend, events, label, name, t, rss, rc))
-                        print(f"  {label:<14} {name:<28} {t:7.2f}s {rss:6.0f} MB  exit {rc}",
-                              file=sys.stderr, flush=True)
+                        print(f"  {backend} {label:<14} {name:<28} {t:7.2f}s {rss:6.0f} MB  "
+                              f"exit {rc}", file=sys.stderr, flush=True)
     finally:
         if cluster is not None:
             cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            shutil.rmtree(root / "before", ignore_errors=True)
     for r in rates:
         print(r)
     print(f"{'backend':<11} {'events':>8} {'code':<14} {'command':<28} {'time':>8} "

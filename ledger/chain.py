@@ -285,6 +285,9 @@ class ChainVerifier:
         self._pending_key: str | None = None
         self.ledger_id: str | None = None
         self.keys_seen: list[str] = []
+        #: Set: each seal's signature check is handed to it (seq, raw key, signature, message)
+        #: instead of made here; the caller then owns reporting a bad one (ledger.sigpool).
+        self.defer: Callable[[int, bytes, bytes, bytes], None] | None = None
 
     @property
     def active_key(self) -> str | None:
@@ -562,7 +565,10 @@ class ChainVerifier:
                     ev.seq, BAD_SEAL, "seal made with a key that was not the active one then"
                 )
         pk = self._public(ev.seq, seal.key_id)
-        if not pk.verify(seal.signature, seal_message(seal.first, ev.seq, ev.hash)):
+        message = seal_message(seal.first, ev.seq, ev.hash)
+        if self.defer is not None:  # verified elsewhere, in seq order (ledger.sigpool)
+            self.defer(ev.seq, pk.raw, seal.signature, message)
+        elif not pk.verify(seal.signature, message):
             raise IntegrityViolation(ev.seq, BAD_SEAL, "signature does not verify")
         if self.mode == "ledger":
             self._active_key = self._pending_key

@@ -7,6 +7,7 @@ paired with another key without the mismatch showing.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import stat
@@ -18,6 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import KeyFileError
+
+# Loading a key costs a few percent of a verification, once per seal without this; a chain
+# has a handful of keys and a seal per append.
+_loaded = functools.lru_cache(maxsize=64)(Ed25519PublicKey.from_public_bytes)
 
 
 def key_id_of(raw_public: bytes) -> str:
@@ -50,7 +55,7 @@ class PublicKey:
 
     def verify(self, signature: bytes, message: bytes) -> bool:
         try:
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
+            _loaded(self.raw).verify(signature, message)
         except InvalidSignature:
             return False
         return True

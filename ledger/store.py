@@ -47,6 +47,7 @@ from .errors import (
 )
 from .keys import PublicKey, Signer
 from .recorders import Recorder, Tip, database_file, database_url, recorder_for
+from .sigpool import run_deferred
 from .url import redact
 
 Clock = Callable[[], datetime]
@@ -381,9 +382,15 @@ class Ledger:
             trusted={k.key_id for k in trusted} or None,
             watch=against.seq if against else None,
         )
-        for ev, seal in self.recorder.iter_events(with_seals=True):
-            v.feed(ev, seal)
-        head = v.finish()
+
+        def fold(defer: Callable[[int, bytes, bytes, bytes], None] | None) -> Head:
+            v.defer = defer
+            for ev, seal in self.recorder.iter_events(with_seals=True):
+                v.feed(ev, seal)
+            return v.finish()
+
+        # A long chain's seal signatures are verified on the other cores meanwhile.
+        head = run_deferred(fold, self.recorder.head()[0])
         orphan = self.recorder.orphan_seal()
         if orphan is not None:
             raise IntegrityViolation(orphan, "bad seal", "seal for an event that does not exist")
@@ -461,9 +468,14 @@ class Ledger:
             stream_base=lambda stream: self.recorder.stream_head(stream, base.seq),
             introduced=introduced,
         )
-        for ev, seal in self.recorder.iter_events(start=base.seq + 1, with_seals=True):
-            v.feed(ev, seal)
-        head = v.finish()
+
+        def fold(defer: Callable[[int, bytes, bytes, bytes], None] | None) -> Head:
+            v.defer = defer
+            for ev, seal in self.recorder.iter_events(start=base.seq + 1, with_seals=True):
+                v.feed(ev, seal)
+            return v.finish()
+
+        head = run_deferred(fold, self.recorder.head()[0] - base.seq)
         orphan = self.recorder.orphan_seal(after=base.seq)
         if orphan is not None:
             raise IntegrityViolation(orphan, BAD_SEAL, "seal for an event that does not exist")

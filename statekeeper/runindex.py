@@ -21,6 +21,17 @@ So what a command decides on is the runs' own replayed streams; the index only s
 streams can be skipped. Writes are best effort: where the table cannot be created or written
 (a role with only SELECT and INSERT on the ledger's tables), the same derivation runs in
 memory and nothing is stored.
+
+Reading one row per run still costs O(runs) (seconds at a million events), so the busy check
+reads a completeness proof first: the *summary* (``statekeeper_run_summary``), one MACed row
+saying "as of seq ``upto``, whose event has hash ``hash``, these runs and no others are not
+settled". It is a pure function of the verified chain up to ``upto``, so even a genuine old
+summary put back is correct once caught up: the runs touched by the events after ``upto``
+are replayed and replace their entries. A summary that fails its MAC, is missing, names a
+seq beyond the verified head, or whose ``upto`` event no longer has its hash (a ledger
+restored from a backup and extended since) is derived again from the per-run rows above.
+So the busy check reads O(unsettled runs + new events), never O(runs), and the runs it
+names are still verified and replayed by the caller before anything is decided on them.
 """
 
 from __future__ import annotations
@@ -28,11 +39,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, select
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, delete, select
 
 from .runner import STREAM_PREFIX, stream_of
 
@@ -54,6 +66,19 @@ run_index = Table(
     Column("mac", String(64), nullable=False),
 )
 MARK = ""  # the run_id of the row holding the high-water mark (created_seq = the mark)
+
+run_summary = Table(
+    "statekeeper_run_summary",
+    _meta,
+    Column("name", String(40), primary_key=True),
+    Column("upto", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("mac", String(64), nullable=False),
+)
+SUMMARY = "unsettled"  # the name of the one summary row
+#: States a run leaves no trace of in the summary (upgrade.SETTLED, and a stream with no run).
+_SETTLED = frozenset(("completed", "rolled_back", "empty"))
 
 #: Bumped when a row's meaning or MAC changes: every row of an older version fails its MAC.
 VERSION = 1
@@ -80,6 +105,19 @@ def mac_key(lg: Ledger) -> bytes | None:
 def _mac(key: bytes, r: Row) -> str:
     text = f"{r.run_id}\n{r.created_seq}\n{r.position}\n{r.target}\n{r.state}"
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _summary_mac(key: bytes, upto: int, hash_: str, body: str) -> str:
+    text = f"statekeeper-run-summary-v{VERSION}\n{upto}\n{hash_}\n{body}"
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _body(rows: Iterable[Row]) -> str:
+    return json.dumps(
+        [[r.run_id, r.created_seq, r.position, r.target, r.state]
+         for r in sorted(rows, key=lambda r: r.created_seq)],
+        separators=(",", ":"),
+    )
 
 
 def _row_of(run_id: str, created_seq: int, run: Any) -> Row:
@@ -146,10 +184,10 @@ class RunIndex:
                 for r in changed
             ])
 
-    def rows(self, upto: int, target: str, replay: Replay) -> list[Row]:
+    def rows(self, upto: int, target: str | None, replay: Replay) -> list[Row]:
         """Every run created at or before seq ``upto`` (a head the chain verified), as of that
-        head, with the rows of ``target`` checked fresh against the ledger; ``replay``
-        derives a row the index cannot vouch for from the run's stream."""
+        head, with the rows of ``target`` (None: of every target) checked fresh against the
+        ledger; ``replay`` derives a row the index cannot vouch for from the run's stream."""
         lg = self.lg
         starts = lg.stream_starts(STREAM_PREFIX, upto=upto)
         mark, stored = self._load()
@@ -170,7 +208,7 @@ class RunIndex:
             else:
                 out.append(r)
         # A row of the target acted on must be the stream as the verified chain has it.
-        mine = [r for r in out if r.target == target]
+        mine = [r for r in out if target is None or r.target == target]
         if mine:
             positions = lg.stream_positions([stream_of(r.run_id) for r in mine], upto)
             stale = {r.run_id for r in mine if positions.get(stream_of(r.run_id)) != r.position}
@@ -183,4 +221,110 @@ class RunIndex:
             self._store(fresh, upto)
         out += fresh
         out.sort(key=lambda r: r.created_seq)
+        return out
+
+    # -- the summary: the unsettled runs, O(unsettled) -----------------------------------------
+    def _load_summary(self) -> tuple[int, str, list[Row]] | None:
+        if not self.writable:
+            return None
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(select(
+                    run_summary.c.upto, run_summary.c.hash, run_summary.c.body, run_summary.c.mac,
+                ).where(run_summary.c.name == SUMMARY)).first()
+            if row is None:
+                return None
+            upto, hash_, body, mac = int(row[0]), str(row[1]), str(row[2]), str(row[3])
+            if not hmac.compare_digest(_summary_mac(self.key, upto, hash_, body), mac):
+                return None  # edited, or under another key
+            rows = [Row(str(a), int(b), int(c), None if d is None else str(d), str(e))
+                    for a, b, c, d, e in json.loads(body)]
+        except Exception:
+            return None
+        return upto, hash_, rows
+
+    def _store_summary(self, upto: int, hash_: str, rows: Iterable[Row]) -> None:
+        if not self.writable:
+            return
+        body = _body(rows)
+        with contextlib.suppress(Exception), self.engine.begin() as conn:
+            conn.execute(delete(run_summary).where(run_summary.c.name == SUMMARY))
+            conn.execute(run_summary.insert(), [{
+                "name": SUMMARY, "upto": upto, "hash": hash_, "body": body,
+                "mac": _summary_mac(self.key, upto, hash_, body),
+            }])
+
+    def _hash_at(self, seq: int) -> str | None:
+        ev = next(iter(self.lg.read(seq, seq)), None)
+        return None if ev is None else ev.hash
+
+    def _mark(self) -> int | None:
+        """The per-run rows' high-water mark, if its row is genuine."""
+        if not self.writable:
+            return None
+        with contextlib.suppress(Exception), self.engine.connect() as conn:
+            row = conn.execute(select(
+                run_index.c.created_seq, run_index.c.position, run_index.c.target,
+                run_index.c.state, run_index.c.mac,
+            ).where(run_index.c.run_id == MARK)).first()
+            if row is not None:
+                r = Row(MARK, int(row[0]), int(row[1]), row[2], str(row[3]))
+                if hmac.compare_digest(_mac(self.key, r), str(row[4])):
+                    return r.created_seq
+        return None
+
+    def unsettled(self, upto: int, replay: Replay) -> list[Row]:
+        """Every run created at or before seq ``upto`` (a head the chain verified) that is not
+        settled as of that head (in flight, failed, unreadable), in the order created, of
+        every target. Read from the summary and the events after it; derived again from the
+        per-run rows when the summary cannot vouch for itself."""
+        hash_ = self._hash_at(upto)
+        if hash_ is None:
+            return []
+        got = self._load_summary()
+        if got is not None:
+            s_upto, s_hash, rows = got
+            if s_upto <= upto and self._hash_at(s_upto) == s_hash:
+                return self._catch_up(s_upto, rows, upto, hash_, replay)
+        rows = [r for r in self.rows(upto, None, replay) if r.state not in _SETTLED]
+        self._store_summary(upto, hash_, rows)
+        return sorted(rows, key=lambda r: r.created_seq)
+
+    def _catch_up(
+        self, s_upto: int, rows: list[Row], upto: int, hash_: str, replay: Replay
+    ) -> list[Row]:
+        lg = self.lg
+        self.derived = []
+        if s_upto == upto:
+            return sorted(rows, key=lambda r: r.created_seq)
+        by_id = {r.run_id: r for r in rows}
+        touched: dict[str, int | None] = {}  # run id -> its created seq, when seen
+        for ev, _ in lg.recorder.iter_events(start=s_upto + 1, stop=upto,
+                                             stream_prefix=STREAM_PREFIX):
+            rid = ev.stream[len(STREAM_PREFIX):]
+            if ev.stream_seq == 1:
+                touched[rid] = ev.seq
+            else:
+                touched.setdefault(rid, None)
+        fresh: list[Row] = []
+        for rid, cseq in touched.items():
+            if cseq is None:
+                old = by_id.get(rid)
+                if old is not None:
+                    cseq = old.created_seq
+                else:
+                    first = next(iter(lg.read_stream(stream_of(rid), upto)), None)
+                    cseq = first.seq if first is not None else 0
+            row = _row_of(rid, cseq, replay(lg, rid, upto))
+            fresh.append(row)
+            by_id.pop(rid, None)
+            if row.state not in _SETTLED:
+                by_id[rid] = row
+        self.derived = list(touched)
+        out = sorted(by_id.values(), key=lambda r: r.created_seq)
+        self._store_summary(upto, hash_, out)
+        # The per-run rows follow when they were caught up to where the summary was (so the
+        # fallback stays cheap); otherwise their own catch-up will fold these events in.
+        if self._mark() == s_upto:
+            self._store(fresh, upto)
         return out

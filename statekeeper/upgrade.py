@@ -284,7 +284,8 @@ def _unknown_on_target(r: Unreadable) -> IntegrityError:
 
 def _unfinished_indexed(lg: Ledger, target: str, upto: int) -> list[Run] | None:
     """:func:`unfinished_for` from the run index (None without a signing key, so no index):
-    each run it names is its stream verified and replayed; the others are not read."""
+    the index's summary names the runs not settled, each of this target is its stream
+    verified and replayed; the others are not read."""
     from . import runindex
 
     if upto == 0:
@@ -293,7 +294,7 @@ def _unfinished_indexed(lg: Ledger, target: str, upto: int) -> list[Run] | None:
     if key is None:
         return None
     out: list[Run] = []
-    for r in runindex.RunIndex(lg, key).rows(upto, target, replay_run):
+    for r in runindex.RunIndex(lg, key).unsettled(upto, replay_run):
         if r.target != target or r.state in SETTLED or r.state == "empty":
             continue
         lg.verify_stream(stream_of(r.run_id), upto=upto)

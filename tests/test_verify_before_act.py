@@ -157,3 +157,24 @@ def test_a_run_rewritten_and_resealed_with_an_inserted_key_is_caught(
         with pytest.raises(ledger.IntegrityViolation) as e:
             ledger_db.verify_stream("upgrade/a", upto=upto)
         assert (e.value.seq, e.value.reason) == (5, "bad seal")
+
+
+def test_an_edit_before_the_checkpoint_is_caught_by_the_run_it_touches_and_by_full_verify(
+    ledger_db: ledger.Ledger, db_url: str, tmp_path: Path
+) -> None:
+    """What the incremental check leaves out (docs/compliance.md, threat model): an event
+    before the local checkpoint, edited in a run other than the one acted on. Acting on that
+    run, or a full ``ledger verify``, catches it."""
+    _fill(ledger_db)
+    verify_before_act(ledger_db, tmp_path)
+    ledger_db.append("upgrade/c", E("run.created", {}))
+    with RawDB(db_url) as db:
+        db.disable_triggers()
+        db.execute("UPDATE ledger_events SET payload = '{\"x\":1}' WHERE seq = 4")  # upgrade/b
+    assert verify_before_act(ledger_db, tmp_path, "upgrade/c").events == 1  # only seq 6 read
+    with pytest.raises(ledger.IntegrityViolation) as e:
+        verify_before_act(ledger_db, tmp_path, "upgrade/b")
+    assert (e.value.seq, e.value.reason) == (4, "hash mismatch")
+    with pytest.raises(ledger.IntegrityViolation) as e:
+        ledger_db.verify()
+    assert (e.value.seq, e.value.reason) == (4, "hash mismatch")
