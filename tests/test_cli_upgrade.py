@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from click.testing import CliRunner, Result
 from cli.main import cli
 from statekeeper import command
 from statekeeper.fingerprint import diff
+from tests.test_interrupts import wait_stopped
 from tests.upgrade_support import GOOD, ROOT, SCENARIOS, Project, make_project, seed
 
 
@@ -192,15 +192,6 @@ def test_rollback_over_an_irreversible_migration_needs_restore(tmp_path: Path,
     assert proj.fingerprint() == before
 
 
-def stopped(pid: int) -> bool:
-    """Whether the process is stopped (SIGSTOP): its state in /proc is T."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "T"
-    except FileNotFoundError:  # gone
-        return False
-
-
 def test_second_start_while_a_run_is_active_exits_5(tmp_path: Path, target_url: str) -> None:
     proj = project(tmp_path, target_url, SCENARIOS["forward"])
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -210,9 +201,7 @@ def test_second_start_while_a_run_is_active_exits_5(tmp_path: Path, target_url: 
     first = subprocess.Popen([sys.executable, "-m", "cli", "--config", str(proj.config), "start",
                               "--to", "v2.6"], env=env, stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and first.poll() is None and not stopped(first.pid):
-            time.sleep(0.05)
+        wait_stopped(first)
         runs = command.history(proj.settings())
         assert runs and runs[0].state == "migrating", "the first run never got going"
         assert runs[0].open_step is not None and runs[0].open_step.kind == "migrate"
