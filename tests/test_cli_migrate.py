@@ -220,14 +220,22 @@ def test_two_processes_race_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     from statekeeper.targets import Target
 
     (tmp_path / "migrations").mkdir()
+    # the winner's first migration waits for a lock this test holds until the loser has exited
     (tmp_path / "migrations" / "0001_slow.sql").write_text(
-        "SELECT pg_sleep(3);\nCREATE TABLE slow (x integer);\n")
+        "SELECT pg_advisory_xact_lock(20261);\nCREATE TABLE slow (x integer);\n")
     (tmp_path / "migrations" / "0002_next.sql").write_text("INSERT INTO slow VALUES (1);\n")
     config = tmp_path / "statekeeper.toml"
     config.write_text(f'[target]\nurl = "{pg_url}"\n\n[migrations]\ndir = "migrations"\n')
     command.init(str(config), None, None, None, "migrations")
+    hold = Target.from_url(pg_url).connect(autocommit=True)
+    hold.execute("SELECT pg_advisory_lock(20261)")
     t0 = time.monotonic()
     procs = [spawn(config, "up"), spawn(config, "up")]
+    try:
+        while all(p.poll() is None for p in procs) and time.monotonic() - t0 < 30:
+            time.sleep(0.05)
+    finally:
+        hold.close()
     results = [(p, *p.communicate(timeout=60)) for p in procs]
     codes = sorted(p.returncode for p, _, _ in results)
     assert codes == [0, 5], [(p.returncode, err) for p, _, err in results]

@@ -285,14 +285,16 @@ def _checks(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
 
 @probe("health", "retries")
 def _retries(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
-    state, ms = _health_run(d, FAILING + ("\nretries = 1" if present else ""))
-    return state, ms >= 1500  # the default 3 attempts sleep 2 x 1 s; one attempt does not
+    state, ms = _health_run(d, FAILING + '\ninterval = "200ms"'
+                            + ("\nretries = 0" if present else ""))
+    return state, ms >= 300  # the default 3 attempts sleep 2 x 200 ms; one attempt does not
 
 
 @probe("health", "interval")
 def _interval(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
-    state, ms = _health_run(d, FAILING + "\nretries = 2" + ("\ninterval = 4" if present else ""))
-    return state, ms >= 3000  # one sleep: 1 s by default, 4 s with the key
+    state, ms = _health_run(d, FAILING + "\nretries = 1"
+                            + ('\ninterval = "50ms"' if present else ""))
+    return state, ms >= 800  # one sleep: 1 s by default, 50 ms with the key
 
 
 @probe("health", "timeout")
@@ -305,11 +307,11 @@ def _timeout(d: Path, present: bool, request: pytest.FixtureRequest) -> Any:
     for stmt in SEED_SQL:
         conn.execute(stmt)
     conn.close()
-    slow = 'checks = [{ name = "slow", sql = "SELECT 1 FROM pg_sleep(3)", expect = "1" }]'
-    state, _ms = _health_run(d, slow + "\nretries = 1" + ("\ntimeout = 1" if present else ""),
-                             target=url)
+    slow = 'checks = [{ name = "slow", sql = "SELECT 1 FROM pg_sleep(1)", expect = "1" }]'
+    state, _ms = _health_run(d, slow + "\nretries = 0"
+                             + ('\ntimeout = "200ms"' if present else ""), target=url)
     assert present or state == "completed", state
-    return state  # completed by default (10 s), rolled back with a 1 s timeout
+    return state  # completed by default (10 s), rolled back with a 200 ms timeout
 
 
 @probe("health", "deadline")
