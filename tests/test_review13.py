@@ -95,3 +95,20 @@ def test_a_malformed_check_url_is_a_one_line_configuration_error(
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr == (f"error: {proj.config}: [health] checks[0] {key} is not a URL: "
                         "Invalid IPv6 URL\n")
+
+
+@pytest.mark.xfail(strict=True, reason="review13: a rehearsal runs command checks in its scratch "
+                   "directory (the clone's base_dir), production in the project directory: a "
+                   "relative program or argument resolves elsewhere")
+def test_a_command_check_with_a_relative_path_runs_in_the_project_directory_in_rehearsal(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    proj = _project(tmp_path, request)
+    (proj.dir / "bin").mkdir()
+    (proj.dir / "bin" / "ok").write_text("#!/bin/sh\nexit 0\n")
+    (proj.dir / "bin" / "ok").chmod(0o755)
+    toml = proj.config.read_text()
+    head, sep, tail = toml.partition("checks = [\n")
+    proj.config.write_text(head + sep + '  { name = "app", command = "bin/ok", '
+                           'rehearsal_command = "bin/ok" },\n' + tail)
+    r = proj.cli("rehearse", "--to", "v2.6")
+    assert r.returncode == 0, r.stdout + r.stderr
