@@ -4,7 +4,6 @@ the configuration a release installs edited; real SQLite ledger and target, the 
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def test_an_edited_rehearsal_in_the_ledger_does_not_open_the_gate(
     assert _tamper(proj.dir / ".statekeeper" / "ledger.db", rehearsed, drifted) >= 1
     before = proj.applied_ids()
     r = proj.cli("start", "--to", "v2.6", "--require-rehearsal")
-    assert r.returncode != 0, r.stdout + r.stderr
+    assert r.returncode == 4, r.stdout + r.stderr  # a ledger integrity violation
     assert "hash mismatch" in r.stderr and "Traceback" not in r.stderr
     assert proj.applied_ids() == before
 
@@ -77,7 +76,7 @@ def test_the_configuration_a_release_installs_edited_after_the_rehearsal_closes_
     new.write_text("VERSION=v2.6\n")
     r = proj.cli("start", "--to", "v2.6", "--require-rehearsal")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert json.loads(json.dumps(proj.applied_ids()))  # it ran
+    assert len(proj.applied_ids()) == 3  # it ran
 
 
 @pytest.mark.parametrize("key", ["http", "rehearsal_http"])
