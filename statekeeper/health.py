@@ -187,7 +187,10 @@ def _http_url(url: str, where: str, key: str) -> None:
     # The URL is never quoted in these messages: it may hold a password or a token.
     if _URL_FORBIDDEN.search(url):
         raise ConfigError(f"{where} {key} must not contain spaces or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # an unclosed "[" of an IPv6 host
+        raise ConfigError(f"{where} {key} is not a URL: {e}") from e
     if "://" not in url or parts.scheme.lower() not in ("http", "https"):
         scheme = f" (not {parts.scheme}://)" if "://" in url and parts.scheme else ""
         raise ConfigError(f"{where} {key} must be an http:// or https:// URL{scheme}")

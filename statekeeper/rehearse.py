@@ -487,6 +487,26 @@ def health_identity(settings: Settings) -> str:
     return keyed.fingerprint(keyed.load_or_create(settings.fingerprint_secret_path()), data)
 
 
+def release_identity(settings: Settings, plan: Plan) -> str | None:
+    """A keyed fingerprint of the configuration files the release installs (``config_from``
+    for the version upgraded to, by name and content): the plan names them by path only, so
+    one edited after the rehearsal is another rehearsal's. None without ``config_from``."""
+    from . import keyed
+
+    rc = settings.config.release
+    if rc is None or rc.config_from is None:
+        return None
+    what = {}
+    for f in rc.config_files:
+        src = rc.config_source(plan.to_version, f)
+        try:
+            what[str(f)] = None if src is None else src.read_bytes().hex()
+        except OSError:  # missing: the preflight names it; the identity says "absent"
+            what[str(f)] = None
+    data = json.dumps(what, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return keyed.fingerprint(keyed.load_or_create(settings.fingerprint_secret_path()), data)
+
+
 def rehearse(settings: Settings, to_version: str, from_version: str | None, *, keep: bool,
              clone_method: str = "auto", why: Why | None = None,
              observer: Observer | None = None) -> dict[str, Any]:
@@ -513,6 +533,8 @@ def rehearse(settings: Settings, to_version: str, from_version: str | None, *, k
         leftovers = _clean(settings, lg, target)
         args = {"from": plan.from_version, "to": plan.to_version,
                 "plan_digest": plan.digest(), "health": health_identity(settings),
+                **({"release_files": rf} if (rf := release_identity(settings, plan))
+                   else {}),
                 "migrations": {m.id: m.checksum for m in plan.migrations},
                 "keep": keep, "clone_method": clone_method,
                 **({"removed": leftovers} if leftovers else {})}
@@ -691,9 +713,17 @@ def require_rehearsal(settings: Settings, lg: Any, target: Target, plan: Plan) -
     from .ops import scan_ops
 
     digest, health = plan.digest(), health_identity(settings)
-    same = [o for o in scan_ops(lg) if isinstance(o, Operation) and o.op == OP
-            and o.target == target.display and o.args.get("plan_digest") == digest
-            and o.args.get("health") == health]
+    files_now = release_identity(settings, plan)
+    ours = [o for o in scan_ops(lg) if isinstance(o, Operation) and o.op == OP
+            and o.target == target.display]
+    # verify_before_act checked only what was appended since the local checkpoint: these
+    # rows are the warrant, so each is checked whole (a rewritten one must not open the gate,
+    # nor one rewritten so that a later failure no longer counts)
+    for o in ours:
+        lg.verify_stream(f"ops/{o.op_id}")
+    same = [o for o in ours if o.args.get("plan_digest") == digest
+            and o.args.get("health") == health
+            and o.args.get("release_files") == files_now]
     if not same:
         raise ConfigError(
             "--require-rehearsal: no rehearsal of this plan (these migration files, this "
