@@ -13,9 +13,9 @@ import hashlib
 import json
 import os
 import re
-import stat
 import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
