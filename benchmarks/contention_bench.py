@@ -17,8 +17,8 @@ seal).
   start to the last one's end, appends per second over that window, and p50/p99/max latency.
 * **four racing for one target**: four projects naming the same database (one more migration,
   ``pg_sleep(1.5)``, keeps the winner busy while the others arrive). Checked: exactly one
-  exits 0 and the three others exit 5 (the target is locked), nothing of theirs in the ledger
-  but what a refusal records, and the chain is still one.
+  exits 0 and the three others exit 5 (the target is locked), the ledger holds one run of
+  that target (completed), ``ledger verify`` passes and the chain is still one.
 
     python benchmarks/contention_bench.py [--fsync on|off] [--reps 2]
 
