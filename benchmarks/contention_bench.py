@@ -15,6 +15,10 @@ seal).
   the events table is one chain (seq 1..N without a gap or a duplicate, each ``prev_hash`` the
   hash of the event before: no fork). Printed: appends, the window from the first append's
   start to the last one's end, appends per second over that window, and p50/p99/max latency.
+* **eight appenders** (the ledger's own capacity under that contention): eight processes
+  appending ``--appends`` runner-shaped events each (one event per append, a ~300-byte
+  payload, each into its own stream) through the library as fast as they can. Checked: the
+  chain is one and ``ledger verify`` passes.
 * **four racing for one target**: four projects naming the same database (one more migration,
   ``pg_sleep(1.5)``, keeps the winner busy while the others arrive). Checked: exactly one
   exits 0 and the three others exit 5 (the target is locked), the ledger holds one run of
@@ -67,6 +71,28 @@ while time.time() < start:
 cli.main(args=sys.argv[1:], prog_name="statekeeper")
 """
 
+APPENDER = r"""
+import json, os, sys, time
+import ledger
+from statekeeper.settings import Settings
+settings = Settings.load(sys.argv[1])
+book = settings.open_ledger(signing=True)
+payload = {"step": "migrate", "migration": "005_fills", "checksum": "ab" * 32,
+           "file_sha256": "cd" * 32, "statements": 3, "duration_ms": 12, "host": "vm",
+           "pid": os.getpid(), "at": "2026-12-07T15:00:00.000000Z"}
+stream, calls = f"bench/{os.getpid()}", []
+start = float(os.environ["CONTENTION_START"])
+while time.time() < start:
+    time.sleep(0.001)
+for i in range(int(sys.argv[2])):
+    t_wall, t = time.time(), time.perf_counter()
+    book.append(stream, ledger.NewEvent("step.succeeded", {**payload, "n": i}),
+                expected_position=i)
+    calls.append((t_wall, time.perf_counter() - t))
+book.close()
+open(os.environ["CONTENTION_OUT"], "w").write(json.dumps(calls))
+"""
+
 SLOW = ("011_wait", "SELECT pg_sleep(1.5);", "SELECT 1;")
 
 
@@ -75,17 +101,21 @@ def files(extra: tuple[tuple[str, str, str], ...] = ()) -> dict[str, str]:
             for name, up, down in (*MIGRATIONS, *extra)}
 
 
-def race(projects: list[Project], work: Path, tag: str) -> list[tuple[int, str, list[Any]]]:
-    """Start ``statekeeper start --to v2.6`` in every project at one instant; for each, its
-    exit code, stderr and timed appends."""
+def race(projects: list[Project], work: Path, tag: str,
+         appends: int = 0) -> list[tuple[int, str, list[Any]]]:
+    """Start ``statekeeper start --to v2.6`` (``appends``: that many appends through the
+    library) in every project at one instant; for each, its exit code, stderr and timed
+    appends."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("STATEKEEPER_FAILPOINT", None)
     start = time.time() + 2.0 + 0.15 * len(projects)  # after every child has imported
     procs = []
     for i, p in enumerate(projects):
         out = work / f"{tag}-{i}.json"
+        argv = ([sys.executable, "-c", APPENDER, str(p.config), str(appends)] if appends else
+                [sys.executable, "-c", CHILD, "--config", str(p.config), "start", "--to", "v2.6"])
         procs.append((subprocess.Popen(
-            [sys.executable, "-c", CHILD, "--config", str(p.config), "start", "--to", "v2.6"],
+            argv,
             cwd=p.dir, env={**env, "CONTENTION_OUT": str(out), "CONTENTION_START": str(start)},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), out))
     results = []
@@ -117,6 +147,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fsync", choices=("on", "off"), default="on")
     ap.add_argument("--reps", type=int, default=2, help="rounds of each scenario")
+    ap.add_argument("--appends", type=int, default=200, help="appends per appender process")
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="sk-contention-", dir="/var/tmp"))
@@ -157,6 +188,20 @@ def main() -> int:
                           f"{events} events; exits {set(codes)}; verify "
                           f"{'ok' if verify.returncode == 0 else 'FAILED'}; one chain: {chain}"))
 
+            print(f"round {rep}: eight appenders ...", file=sys.stderr)
+            results = race(projects, work, "append", args.appends)
+            codes = [rc for rc, _, _ in results]
+            verify = projects[0].cli("ledger", "verify")
+            chain, events = one_chain(cluster, ledger_db)
+            if codes != [0] * 8 or verify.returncode != 0 or not chain:
+                failures.append(f"round {rep}, eight appenders: exits {codes}, verify "
+                                f"{verify.returncode}, one chain {chain}: "
+                                + " | ".join(e.strip()[-300:] for rc, e, _ in results if rc))
+            calls = [c for _, _, cs in results for c in cs]
+            table.append((f"8 appenders, round {rep}", stats(calls),
+                          f"{events} events; exits {set(codes)}; verify "
+                          f"{'ok' if verify.returncode == 0 else 'FAILED'}; one chain: {chain}"))
+
             print(f"round {rep}: four racing for one target ...", file=sys.stderr)
             url = cluster.url(cluster.createdb(f"shared{rep}"))
             seed("postgresql", url)
@@ -189,7 +234,8 @@ def main() -> int:
 
     load = "/".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"one PostgreSQL ledger, fsync={args.fsync}; statekeeper start --to v2.6 (10 "
-          f"migrations, no backup) per process; load average {load}")
+          f"migrations, no backup) per process, or {args.appends} library appends per "
+          f"appender; load average {load}")
     head = ("scenario", "appends", "window (s)", "appends/s", "p50 (ms)", "p99 (ms)",
             "max (ms)", "checks")
     cells = [(name, f"{s['appends']:.0f}", f"{s['window']:.2f}", f"{s['rate']:.0f}",
