@@ -48,6 +48,8 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "pgbackrest_config": str, "enabled": bool, "cluster_databases": list,
         # retention, read by statekeeper/retention.py (statekeeper backup prune)
         "keep": int, "keep_days": int,
+        # pg_dump: more than 1 takes the directory format with parallel dump and restore
+        "jobs": int,
     },
     # require_ticket: read by statekeeper/why.py (--ticket mandatory on every change).
     # require_rehearsal: read by statekeeper/upgrade.py (start refuses an unrehearsed plan).
@@ -105,6 +107,9 @@ class BackupConfig:
     #: every backup younger than ``keep_days`` days; None: that rule is not set
     keep: int | None = None
     keep_days: int | None = None
+    #: pg_dump: 1 is one custom-format file, restored in one transaction; more is the
+    #: directory format, dumped and restored by that many parallel processes
+    jobs: int = 1
 
 
 @dataclass
@@ -490,11 +495,14 @@ def _load_file(explicit: str | None, env: Mapping[str, str], cwd: Path,
                                  "cluster_databases"),
         keep=_in_range(b, "keep", 1, None, path),
         keep_days=_in_range(b, "keep_days", 0, 36500, path),
+        jobs=_in_range(b, "jobs", 1, MAX_JOBS, path) or 1,
     )
     return cfg
 
 
 MIGRATION_TOOLS = ("files", "liquibase")
+#: [backup] jobs: each is a connection to the target (pg_dump -j opens one more)
+MAX_JOBS = 64
 
 
 def _liquibase_keys(cfg: Config, m: Mapping[str, Any], path: Path,

@@ -91,6 +91,19 @@ def publish(tmp: Path, final: Path) -> None:
     fsync_path(final.parent)
 
 
+def publish_dir(tmp: Path, final: Path) -> None:
+    """:func:`publish` for a directory a child filled (pg_dump's directory format): every file
+    in it 0600 and durable, the directory 0700 and durable, then renamed, durably."""
+    for p in tmp.iterdir():
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, PRIVATE_FILE)
+            fsync_path(p)
+    os.chmod(tmp, PRIVATE_DIR)
+    fsync_path(tmp)
+    os.replace(tmp, final)
+    fsync_path(final.parent)
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: int = PRIVATE_FILE) -> Iterator[IO[str]]:
     """Write to a temporary file beside ``path`` (created with ``mode``, 0600 by default); on

@@ -60,6 +60,7 @@ def _defaults(cfg: Config) -> dict[str, Any]:
         "backup.dir": str(cfg.backup_dir()),
         "backup.enabled": True,
         "backup.cluster_databases": [],
+        "backup.jobs": 1,
         "upgrade.application": cfg.base_dir.name,
         "upgrade.require_ticket": False,
         "health.checks": [],

@@ -239,6 +239,15 @@ def _backup_keep_days(d: Path, present: bool, _: pytest.FixtureRequest) -> Any:
     return _pruned(d, "keep = 1\n" + ("keep_days = 1" if present else ""))
 
 
+@probe("backup", "jobs")
+def _backup_jobs(d: Path, present: bool, request: pytest.FixtureRequest) -> Any:
+    """pg_dump's directory format, written by two processes, instead of one file."""
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    url = cluster.url(cluster.createdb("jobs"))
+    s = project(d, section("backup", "jobs = 2", present), target=url)
+    return command.backup_create(s, backup_id="b1").artifact
+
+
 @probe("backup", "cluster_databases")
 def _cluster_databases(d: Path, present: bool, request: pytest.FixtureRequest) -> Any:
     """A pgBackRest run's preflight refuses while another database of the cluster is not

@@ -5,6 +5,7 @@ and the errors without a database, are the dialect contract's (tests/test_dialec
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,39 @@ def test_pg_sees_schema_objects(pg_url: str) -> None:
         "NEW; END $function$ -> CREATE OR REPLACE FUNCTION trading.touch() RETURNS trigger "
         "LANGUAGE plpgsql AS $function$ BEGIN RETURN NEW; END $function$",
     ]
+
+
+def test_sqlite_rows_hash_as_their_canonical_json(tmp_path: Path) -> None:
+    """The SQLite reader writes each row's text itself (for speed); the bytes hashed must stay
+    the canonical JSON of its typed values, or every existing manifest would stop matching."""
+    import hashlib
+    import sqlite3
+
+    from statekeeper.fingerprint import canonical
+
+    db = tmp_path / "odd.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT, r REAL, b BLOB, n NUMERIC)")
+    values = [
+        (1, 'quote " back \\ slash / tab \t nl \n cr \r', 1e308, b"", 1.25),
+        (2, "\x00\x01\x1f \u2028 \u00e9 \U0001f600", -0.0, b"\x00\xff", None),
+        (3, None, float("inf"), None, 9223372036854775807),
+        (4, "", 5e-324, b"x" * 40, -9223372036854775808),
+    ]
+    with conn:
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?)", values)
+    rows = conn.execute("SELECT * FROM t ORDER BY id").fetchall()
+    conn.close()
+
+    def typed(v: object) -> object:
+        if isinstance(v, float):
+            return {"f": v.hex()}
+        if isinstance(v, bytes):
+            return {"b": v.hex()}
+        return v
+
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(canonical([typed(v) for v in row]).encode("utf-8") + b"\n")
+    got = fingerprint(Target.from_url(f"sqlite:///{db}")).tables["t"]
+    assert (got.rows, got.checksum) == (4, h.hexdigest())

@@ -27,7 +27,7 @@ from ..errors import (
     StatekeeperError,
     WrongDatabase,
 )
-from ..files import fsync_path, private_dir, write_atomic
+from ..files import describe_os_error, fsync_path, private_dir, write_atomic
 from .model import (
     ID_PATTERN,
     MANIFEST_NAME,
@@ -37,6 +37,7 @@ from .model import (
     Method,
     MethodOptions,
     RestoreResult,
+    artifact_size,
     check_backup_id,
     new_backup_id,
     noop,
@@ -63,6 +64,7 @@ def manager_for(
     return BackupManager(
         target, method, config.backup_dir(), stanza=b.stanza, stop_command=b.stop_command,
         start_command=b.start_command, pgbackrest_config=b.pgbackrest_config, clock=clock,
+        jobs=b.jobs,
     )
 
 
@@ -129,6 +131,7 @@ class BackupManager:
         pg_bin: Path | None = None,
         timeout: float = 6 * 3600,
         start_timeout: float = 300,
+        jobs: int = 1,
     ) -> None:
         if method not in METHODS:
             raise ConfigError(f"[backup] method {method!r} is not one of {', '.join(METHODS)}")
@@ -149,6 +152,7 @@ class BackupManager:
         self.pg_bin = pg_bin
         self.timeout = timeout
         self.start_timeout = start_timeout
+        self.jobs = jobs
 
     # -- helpers -----------------------------------------------------------------------------
     def _require_target(self) -> Target:
@@ -162,6 +166,7 @@ class BackupManager:
             stanza=self.stanza, pgbackrest_config=self.pgbackrest_config,
             stop_command=self.stop_command, start_command=self.start_command,
             pg_bin=self.pg_bin, timeout=self.timeout, start_timeout=self.start_timeout,
+            jobs=self.jobs,
         )
         return method_class(method or self.method).configured(target, options)
 
@@ -262,7 +267,7 @@ class BackupManager:
         if m is None:
             return None
         try:
-            if m.artifact_path.stat().st_size != m.size:
+            if artifact_size(m.artifact_path) != m.size:
                 return None
         except OSError:
             return None
@@ -362,7 +367,8 @@ class BackupManager:
         except FileNotFoundError as e:
             raise BackupCorrupt(f"backup {backup_id}: artifact {path} is missing") from e
         except OSError as e:
-            raise BackupCorrupt(f"backup {backup_id}: cannot read artifact {path}: {e}") from e
+            raise BackupCorrupt(f"backup {backup_id}: cannot read artifact {path}: "
+                                f"{describe_os_error(e)}") from e
         if size != m.size:
             raise BackupCorrupt(
                 f"backup {backup_id}: artifact {path} is {size} bytes, manifest says {m.size}"

@@ -1,9 +1,15 @@
-"""The ``pg_dump`` method: a custom-format dump taken in the snapshot the fingerprint reads.
+"""The ``pg_dump`` method: a dump taken in the snapshot the fingerprint reads: one
+custom-format file, or with ``[backup] jobs`` above 1 a directory-format dump written by that
+many processes (``pg_dump -Fd -j``) and restored the same way (``pg_restore -j``).
 
 Restore semantics of the pg_dump method: one transaction that drops every user schema (and
 extension, event trigger, publication) of the target database and replays the dump. Either all
 of it commits, and the database is exactly the backup (objects created after the backup are
-gone), or none of it does and the database is as it was before the restore. The password
+gone), or none of it does and the database is as it was before the restore. A parallel
+restore (``jobs`` above 1) cannot be one transaction (each worker commits its own part): the
+drops commit first, then ``pg_restore -j`` loads; one that fails part-way leaves part of the
+backup (:class:`RestoreIncomplete`), and restoring again (which drops everything first) is the
+way back. The password
 reaches the client tools through the environment, never their command line.
 
 The tools die with statekeeper (statekeeper/children.py) and leave a pid file in the backup's
@@ -15,6 +21,7 @@ backup's partial dump.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import tempfile
 import time
@@ -24,12 +31,12 @@ from typing import IO, Any
 
 from .. import children
 from ..dialects.pg_fingerprint import pg_fingerprint
-from ..errors import BackupError, TargetError, TargetUnreachable
-from ..files import CHILD_UMASK, publish, touch_private
+from ..errors import BackupError, RestoreIncomplete, TargetError, TargetUnreachable
+from ..files import CHILD_UMASK, private_dir, publish, publish_dir, touch_private
 from ..progress import Task
 from ..progress import task as progress_task
 from ..targets import Target, first_line
-from .model import Created, Hook, Manifest, MethodOptions, disk_free, noop
+from .model import Created, Hook, Manifest, MethodOptions, artifact_size, disk_free, noop
 from .pgtools import (
     check_same_database,
     client_env,
@@ -51,22 +58,27 @@ class PgDumpMethod:
     checks_repository = False
     whole_cluster = False
     restarts_server = False
-    artifact_name = "database.dump"
+    #: the artifact of one process (custom format) and of parallel jobs (directory format)
+    FILE_NAME = "database.dump"
+    DIR_NAME = "database.dumpdir"
 
     def __init__(self, target: Target, *, pg_bin: Path | None = None,
-                 timeout: float = 6 * 3600, lock_timeout: str = "60s") -> None:
+                 timeout: float = 6 * 3600, lock_timeout: str = "60s", jobs: int = 1) -> None:
         self.target = target
         self.pg_bin = pg_bin
         self.timeout = timeout
         self.lock_timeout = lock_timeout
+        self.jobs = jobs
+        self.artifact_name = self.DIR_NAME if jobs > 1 else self.FILE_NAME
 
     @classmethod
     def configured(cls, target: Target, options: MethodOptions) -> PgDumpMethod:
-        return cls(target, pg_bin=options.pg_bin, timeout=options.timeout)
+        return cls(target, pg_bin=options.pg_bin, timeout=options.timeout, jobs=options.jobs)
 
     # -- create ------------------------------------------------------------------------------
     def create(self, workdir: Path, backup_id: str) -> Created:
-        """``pg_dump -Fc`` of the snapshot the fingerprint reads: both see the same data."""
+        """``pg_dump -Fc`` (``-Fd -j N``) of the snapshot the fingerprint reads: both see the
+        same data."""
         import psycopg
 
         pg_dump = pg_tool("pg_dump", self.pg_bin)
@@ -83,12 +95,18 @@ class PgDumpMethod:
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
             version, sysid = identity(conn)
             host, port = self.target.endpoint(conn)
-            # pg_dump truncates the 0600 file made for it (its mode stays) and runs under
-            # umask 077: a dump is the whole database, never readable by others.
-            touch_private(tmp)
+            # pg_dump truncates the 0600 file made for it (its mode stays), fills the empty
+            # 0700 directory made for it, and runs under umask 077: a dump is the whole
+            # database, never readable by others.
+            if self.jobs > 1:
+                private_dir(tmp)
+                form = ["--format=directory", f"--jobs={self.jobs}"]
+            else:
+                touch_private(tmp)
+                form = ["--format=custom"]
             with tempfile.TemporaryFile() as err:
                 proc = children.popen(
-                    [pg_dump, "--format=custom", "--no-password", f"--snapshot={snapshot}",
+                    [pg_dump, *form, "--no-password", f"--snapshot={snapshot}",
                      f"--file={tmp}", f"--dbname={self.target.client_conninfo()}"],
                     env=client_env(self.target), stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=err, umask=CHILD_UMASK,
@@ -113,7 +131,7 @@ class PgDumpMethod:
             raise BackupError(f"pg_dump did not finish within {self.timeout:.0f} s") from e
         finally:
             conn.close()
-        publish(tmp, final)
+        (publish_dir if self.jobs > 1 else publish)(tmp, final)
         return Created(
             artifact=final, fingerprint=fp, server_version=version, host=host, port=port,
             system_identifier=sysid,
@@ -160,7 +178,8 @@ class PgDumpMethod:
         return "\n".join(lines) + "\n"
 
     def restore(self, manifest: Manifest, hook: Hook, reconnected: Hook = noop) -> None:
-        """Drop everything and replay the dump, in one transaction (see the module doc)."""
+        """Drop everything and replay the dump, in one transaction (see the module doc); with
+        ``jobs`` above 1, the drops in one transaction, then ``pg_restore -j``."""
         pg_restore = pg_tool("pg_restore", self.pg_bin)
         psql = pg_tool("psql", self.pg_bin)
         try:
@@ -176,6 +195,9 @@ class PgDumpMethod:
         had_public = "schema public" in manifest.fingerprint.get("schema_objects", {})
         prelude = self._prelude(had_public, server_num).encode("utf-8")
         env = client_env(self.target)
+        if self.jobs > 1:
+            self._restore_parallel(manifest, prelude, env, hook, pg_restore, psql)
+            return
         with tempfile.TemporaryFile() as err1, tempfile.TemporaryFile() as err2:
             here = manifest.artifact_path.parent
             pids = [here / f"restore-{n}.pid" for n in ("pg_restore", "psql")]
@@ -218,15 +240,71 @@ class PgDumpMethod:
                     f"pg_restore: {_read(err1) if rc_src else 'script ended early'}"
                 )
 
+    def _restore_parallel(self, manifest: Manifest, prelude: bytes, env: dict[str, str],
+                          hook: Hook, pg_restore: str, psql: str) -> None:
+        """The drops (``prelude``) committed by psql, then ``pg_restore -j`` straight into the
+        database: each worker commits its own objects, so a failure part-way leaves part of
+        the backup in (RestoreIncomplete: restoring again drops it all first)."""
+        here = manifest.artifact_path.parent
+        conninfo = f"--dbname={self.target.client_conninfo()}"
+        psql_pid, restore_pid = here / "restore-psql.pid", here / "restore-pg_restore.pid"
+        with tempfile.TemporaryFile() as err:
+            drop = children.popen(
+                [psql, "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-v",
+                 "VERBOSITY=terse", "-f", "-", conninfo],
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
+                pid_file=psql_pid,
+            )
+            try:
+                with children.supervised(drop):
+                    drop.communicate(prelude + b"COMMIT;\n", timeout=self.timeout)
+            finally:
+                psql_pid.unlink(missing_ok=True)
+            if drop.returncode != 0:
+                raise BackupError(f"restore of backup {manifest.id} failed, database left as "
+                                  f"it was: {_read(err)}")
+        hook()  # everything is dropped, nothing loaded yet: the restore is in doubt from here
+        # A worker's session waits for a lock 60 s at most, as the one-transaction restore.
+        env = {**env, "PGOPTIONS": (env.get("PGOPTIONS", "")
+                                    + f" -c lock_timeout={self.lock_timeout}").strip()}
+        with tempfile.TemporaryFile() as err:
+            load = children.popen(
+                [pg_restore, f"--jobs={self.jobs}", "--exit-on-error", "--no-password",
+                 conninfo, str(manifest.artifact_path)],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                pid_file=restore_pid,
+            )
+            try:
+                with children.supervised(load):
+                    rc = load.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired as e:
+                raise RestoreIncomplete(
+                    f"restore of backup {manifest.id}: pg_restore did not finish within "
+                    f"{self.timeout:.0f} s; the database holds part of the backup: restore "
+                    "again") from e
+            finally:
+                restore_pid.unlink(missing_ok=True)
+            if rc != 0:
+                raise RestoreIncomplete(
+                    f"restore of backup {manifest.id} failed part-way (a parallel restore is "
+                    f"not one transaction): pg_restore: {_read(err)}; the database holds part "
+                    "of the backup: restore again")
+
     def settle(self, workdir: Path, backup_id: str, restoring: bool) -> list[str]:
         """After a crash, before the step in doubt is redone: stop this backup's pg_dump (or
-        its restore's pg_restore and psql) if it still runs, remove its partial dump."""
+        its restore's pg_restore and psql) if it still runs, remove its partial dump (a file,
+        or a directory for parallel jobs: either, whatever ``jobs`` says now)."""
         names = ("restore-pg_restore", "restore-psql") if restoring else ("pg_dump",)
         notes = [f"stopped the orphaned {what}" for n in names
                  if (what := children.stop_recorded(workdir / f"{n}.pid"))]
-        tmp = workdir / f".{self.artifact_name}.partial"
-        if not restoring and tmp.exists():
-            tmp.unlink()
+        for name in () if restoring else (self.FILE_NAME, self.DIR_NAME):
+            tmp = workdir / f".{name}.partial"
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            elif tmp.exists() or tmp.is_symlink():
+                tmp.unlink()
+            else:
+                continue
             notes.append(f"removed the partial {tmp.name}")
         return notes
 
@@ -257,7 +335,7 @@ def _wait_growing(proc: subprocess.Popen[Any], artifact: Path, timeout: float) -
                 if time.monotonic() >= deadline:
                     raise
             with contextlib.suppress(OSError):
-                t.update(artifact.stat().st_size)
+                t.update(artifact_size(artifact))
 
 
 def _counted(lines: Iterable[bytes], t: Task) -> Iterator[bytes]:

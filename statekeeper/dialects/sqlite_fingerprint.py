@@ -4,6 +4,7 @@ from ``sqlite_master`` (see :mod:`statekeeper.fingerprint` for what a fingerprin
 from __future__ import annotations
 
 import hashlib
+from json.encoder import encode_basestring
 from typing import Any
 
 from ..fingerprint import Fingerprint, TableFingerprint, canonical, definition, quote_ident
@@ -45,11 +46,28 @@ def _sqlite_table_fp(conn: Any, name: str) -> TableFingerprint:
             batch = cur.fetchmany(5000)
             if not batch:
                 break
-            for row in batch:
-                h.update(canonical([_sqlite_value(v) for v in row]).encode("utf-8") + b"\n")
+            h.update("".join(["[" + ",".join(map(_text, row)) + "]\n"
+                              for row in batch]).encode("utf-8"))
             rows += len(batch)
             read.update(rows)
     return TableFingerprint(rows, h.hexdigest())
+
+
+def _text(v: Any) -> str:
+    """``canonical(_sqlite_value(v))``, written out: the same bytes at half the cost (one
+    json.dumps per row built an encoder each time; this is a row's whole price on SQLite)."""
+    c = v.__class__
+    if c is str:
+        return encode_basestring(v)  # what json.dumps(ensure_ascii=False) quotes with
+    if c is int:
+        return int.__repr__(v)
+    if v is None:
+        return "null"
+    if c is float:
+        return '{"f":"' + v.hex() + '"}'
+    if c is bytes:
+        return '{"b":"' + v.hex() + '"}'
+    return canonical(_sqlite_value(v))
 
 
 def _sqlite_value(v: Any) -> Any:

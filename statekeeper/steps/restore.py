@@ -95,13 +95,20 @@ def _no_one_else_can_swap(backup_id: str, path: Path) -> None:
     could replace in between (the file, or any directory above it, owned by someone else or
     writable by group or others without the sticky bit), as ssh's StrictModes does."""
     me = os.geteuid()
-    for p in (path, *path.parents):
+    try:
+        is_dir = stat.S_ISDIR(path.lstat().st_mode)
+        inside = sorted(path.iterdir()) if is_dir else []  # pg_dump -Fd: each file is read
+    except OSError as e:
+        raise BackupCorrupt(
+            f"backup {backup_id}: cannot inspect {path}: {describe_os_error(e)}") from e
+    ancestors = set(path.parents)
+    for p in (*inside, path, *path.parents):
         try:
-            st = p.lstat() if p == path else p.stat()  # ancestors may be symlinks (/var/run)
+            st = p.stat() if p in ancestors else p.lstat()  # ancestors may be symlinks
         except OSError as e:
             raise BackupCorrupt(
                 f"backup {backup_id}: cannot inspect {p}: {describe_os_error(e)}") from e
-        if p == path and not stat.S_ISREG(st.st_mode):
+        if p not in ancestors and not (stat.S_ISREG(st.st_mode) or (p == path and is_dir)):
             raise BackupCorrupt(f"backup {backup_id}: artifact {p} is not a regular file")
         open_to_others = st.st_mode & 0o022 and not (
             stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
