@@ -32,4 +32,13 @@ main()
         print(p.stdout[-3000:])
         print("\n".join(l for l in p.stderr.splitlines()))
 finally:
-    cl.destroy()
+    pass
+import sqlite3, glob
+for db in glob.glob(str(work / "p/.statekeeper/ledger.db")):
+    c = sqlite3.connect(db)
+    print([r[0] for r in c.execute("select name from sqlite_master where type='table'")])
+    for t in ("ledger_events", "ledger_seals"):
+        try: print(t, c.execute(f"select count(*) from {t}").fetchone())
+        except Exception as e: print(e)
+
+cl.destroy()
