@@ -276,7 +276,9 @@ class Runner:
             }
             if isinstance(e, BackupCorrupt | IntegrityError):
                 failed["integrity"] = True
-            self.emit(STEP_FAILED, failed)
+            # durable at once: a recorded failure decides the rest (the rollback), it is
+            # never retried as if it had not happened
+            self.emit(STEP_FAILED, failed, durable=True)
             log.info("step %s failed after %s: %s", step.name,
                         logs.elapsed(failed["duration_ms"]), error)
             raise StepFailed(step, error) from e

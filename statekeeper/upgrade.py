@@ -485,7 +485,9 @@ def resume(
                 runner.transition("fail", OPERATOR_ROLLBACK, requested=True)
             elif state == "planned":
                 runner.transition("begin")
-            return runner.drive()
+            runner.drive()
+        assert runner.run is not None
+        return runner.run  # as the ledger holds it (Runner.resync at the session's end)
 
 
 def restore_comes_first(run: Run, restarts_server: bool) -> bool:
@@ -589,7 +591,9 @@ def rollback(
             runner.lease_events(previous, resumed=True, mode="rollback", why=why)
             runner.transition("rollback", "operator rolled back a completed upgrade",
                               restore=restore)
-            return runner.drive()
+            runner.drive()
+        assert runner.run is not None
+        return runner.run
 
 
 def _checkpoint(settings: Settings, lg: Ledger, run: Run, only_if_missing: bool = False

@@ -79,5 +79,5 @@ def test_one_commit_per_step_boundary(tmp_path: Path, request: pytest.FixtureReq
     assert started and all(e.closes for e in started)
     appends = [e for e in events if e.closes]
     assert len(appends) == len(started) + 2
-    assert [e.type for e in appends][0] == "lease.acquired"  # run.created with it
+    assert appends[0].type == "lease.acquired"  # run.created with it
     assert events[-1].type == "lease.released" and events[-1].closes
