@@ -102,8 +102,7 @@ class Runner:
         self._durable = run.position if run is not None else 0
 
     # -- events ------------------------------------------------------------------------------
-    def emit(self, type_: str, payload: dict[str, Any], run_id: str | None = None, *,
-             durable: bool = False) -> Run:
+    def emit(self, type_: str, payload: dict[str, Any], *, durable: bool = False) -> Run:
         """Apply an event to the run and queue it; with ``durable``, append it and everything
         queued before it now (one commit, one seal), before the caller goes on."""
         if self.run is None:
@@ -145,8 +144,7 @@ class Runner:
     def create(self, run_id: str, plan: Plan, why: Why | None = None) -> Run:
         self.run = None
         why_p = why.payload() if why is not None else {}
-        return self.emit(RUN_CREATED, {"run_id": run_id, **plan.to_payload(), **why_p},
-                         run_id=run_id)
+        return self.emit(RUN_CREATED, {"run_id": run_id, **plan.to_payload(), **why_p})
 
     def lease_events(self, previous: Holder | None, resumed: bool, mode: str,
                      why: Why | None = None) -> None:
