@@ -488,7 +488,7 @@ def wrap(owner, name, label):
 wrap(targets.Target, "connect", "target: open a connection (psycopg)")
 wrap(ledger.Ledger, "__init__", "ledger: open (engine, schema check)")
 wrap(ledger, "load_signer", "ledger: load the signing key")
-wrap(ledger.Ledger, "append", "ledger: append (1 transaction, 1 seal)")
+wrap(ledger.Ledger, "append", "ledger: append (1 commit, 1 seal)")
 wrap(ledger.Ledger, "checkpoint", "ledger: signed checkpoint")
 wrap(rn.Runner, "emit", "runner: emit (append + apply + narrate)")
 wrap(up, "unfinished_for", "replay: all runs of the ledger (busy check)")
@@ -500,12 +500,12 @@ wrap(up, "_checkpoint", "write the terminal checkpoint")
 wrap(lease.LeaseStore, "__init__", "lease: open store (engine, create_all)")
 wrap(lease.LeaseStore, "acquire", "lease: acquire")
 wrap(lease.Lease, "release", "lease: release")
-wrap(target_lock.TargetLock, "hold", "target: lock (own connection)")
-wrap(migrations.Migrator, "_read", "changelog: read (own connection)")
-wrap(migrations.Migrator, "_ensure_tables", "changelog: ensure tables (own connection)")
+wrap(target_lock.TargetLock, "_take", "target: take the lock")
+wrap(migrations.Migrator, "_read", "changelog: read")
+wrap(migrations.Migrator, "_ensure_tables", "changelog: ensure tables")
 wrap(migrations.Migrator, "validate", "changelog: validate")
-wrap(migrations.Migrator, "apply", "migration: apply (own connection, 1 transaction)")
-wrap(migrations.Migrator, "tag", "changelog: tag (own connection)")
+wrap(migrations.Migrator, "apply", "migration: apply (1 transaction)")
+wrap(migrations.Migrator, "tag", "changelog: tag")
 wrap(fingerprint, "fingerprint", "fingerprint the target")
 wrap(rn.Runner, "step", "runner: steps, all in")
 
@@ -691,6 +691,22 @@ def report(res: dict[str, Result], cold: list[float], cold_nocache: list[float],
 
     sk = med["statekeeper (no backup)"]
     sk_noop = median(res["statekeeper (no backup)"].noop)
+    floor = med.get("psql, 1 process/file")
+    sq_noop = median(res["Sqitch"].noop) if "Sqitch" in res else None
+    print("\ntargets (issue 15):")
+    rows15 = []
+    if floor:
+        rows15.append((f"statekeeper (no backup) <= 1.3x psql one process per file: "
+                       f"{sk / floor:.2f}x", sk <= 1.3 * floor))
+    if sq:
+        rows15.append((f"statekeeper (no backup) <= 0.5x Sqitch: {sk / sq:.2f}x", sk <= 0.5 * sq))
+    if sq_noop:
+        rows15.append((f"no-op run < Sqitch's no-op: {sk_noop:.2f} s vs {sq_noop:.2f} s "
+                       f"({sk_noop / sq_noop:.2f}x)", sk_noop < sq_noop))
+    conns = statistics.median(res["statekeeper (no backup)"].conns_apply)
+    rows15.append((f"one target connection per run: {conns:.0f}", conns <= 1))
+    for text, ok in rows15:
+        print(f"  {verdict(ok):<7} {text}")
     print("\ntargets (issue 4):")
     rows = []
     if sq:

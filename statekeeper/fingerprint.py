@@ -159,10 +159,10 @@ def _rows(n: int) -> str:
     return f"{n} row" if n == 1 else f"{n} rows"
 
 
-def fingerprint(target: Target) -> Fingerprint:
+def fingerprint(target: Target, conn: Any = None) -> Fingerprint:
     """Fingerprint the target database (a consistent snapshot on PostgreSQL), with the reader
-    of its dialect."""
-    return target.dialect.fingerprint(target)
+    of its dialect; on ``conn`` (an open autocommit connection, the run's) or one of its own."""
+    return target.dialect.fingerprint(target, conn)
 
 
 def quote_ident(name: str) -> str:

@@ -1,9 +1,15 @@
 """The imperative shell: performs the step the policy names, appends its events, repeats.
 
 Every side effect is announced by ``step.started`` committed before it runs and closed by
-``step.succeeded`` or ``step.failed``. Events are appended with the run's expected stream
-position (optimistic concurrency) and then applied to the in-memory run through the same
-:func:`statekeeper.replay.apply` that replay uses.
+``step.succeeded`` or ``step.failed``. An event is applied to the in-memory run at once,
+through the same :func:`statekeeper.replay.apply` that replay uses, and appended with the
+events queued before it, in one commit and under one seal, at the next point that must be
+durable: a ``step.started`` (before its side effect), a crashed step's verdict, a stop by a
+signal, the end of the session. So one step boundary (the step's ``step.succeeded``, the state
+changes the policy then makes, the next ``step.started``) is one commit. Appends carry the
+run's expected stream position (optimistic concurrency). A crash loses only what had no side
+effect after it: the step whose ``step.succeeded`` was still queued is in doubt, and its probe
+settles it, as after a crash between its effect and that event.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ledger import NewEvent, StoredEvent, canonical
+from ledger import NewEvent, StoredEvent, canonical, format_time
 
 from . import clock, failpoints, interrupts, logs, progress, steps
 from .errors import (
@@ -90,27 +96,62 @@ class Runner:
         self.ledger = session.ledger
         self.observe = observer or (lambda kind, data: None)
         self.run: Run | None = run
+        # the run's events applied in memory but not yet appended, and the stream position
+        # the ledger has
+        self._queued: list[tuple[str, dict[str, Any]]] = []
+        self._durable = run.position if run is not None else 0
 
     # -- events ------------------------------------------------------------------------------
-    def emit(self, type_: str, payload: dict[str, Any], run_id: str | None = None) -> Run:
-        stream = stream_of(run_id or self.run.run_id)  # type: ignore[union-attr]
-        pos = self.run.position if self.run is not None else 0
-        ev = self.ledger.append(stream, NewEvent(type_, payload), expected_position=pos)[-1]
-        self.run = apply(self.run, to_run_event(ev))
+    def emit(self, type_: str, payload: dict[str, Any], *, durable: bool = False) -> Run:
+        """Apply an event to the run and queue it; with ``durable``, append it and everything
+        queued before it now (one commit, one seal), before the caller goes on."""
+        if self.run is None:
+            self._durable = 0
+        at = format_time(clock.now())  # the ledger's own stamp replaces it at the end
+        ev = RunEvent((self.run.position if self.run is not None else 0) + 1, type_,
+                      payload, at)
+        self.run = apply(self.run, ev)  # an illegal event is refused before anything is written
+        self._queued.append((type_, payload))
         logs.set_context(run_id=self.run.run_id)
-        self.observe(type_, payload)
+        if durable:
+            self.flush()
         return self.run
+
+    def flush(self) -> None:
+        """Append the queued events in one commit; the observer hears of them once they are
+        in the ledger."""
+        if not self._queued:
+            return
+        assert self.run is not None
+        queued, self._queued = self._queued, []
+        self.ledger.append(stream_of(self.run.run_id), [NewEvent(t, p) for t, p in queued],
+                           expected_position=self._durable)
+        self._durable += len(queued)
+        for type_, payload in queued:
+            self.observe(type_, payload)
+
+    def resync(self) -> None:
+        """The run as the ledger holds it (its stamps, seqs and actors, not the in-memory
+        ones), once everything is appended."""
+        assert self.run is not None and not self._queued
+        run: Run | None = None
+        for ev in self.ledger.read_stream(stream_of(self.run.run_id)):
+            run = apply(run, to_run_event(ev))
+        if run is not None:
+            self.run = run
 
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self, run_id: str, plan: Plan, why: Why | None = None) -> Run:
         self.run = None
         why_p = why.payload() if why is not None else {}
-        return self.emit(RUN_CREATED, {"run_id": run_id, **plan.to_payload(), **why_p},
-                         run_id=run_id)
+        return self.emit(RUN_CREATED, {"run_id": run_id, **plan.to_payload(), **why_p})
 
     def lease_events(self, previous: Holder | None, resumed: bool, mode: str,
                      why: Why | None = None) -> None:
         me = {"host": socket.gethostname(), "pid": os.getpid()}
+        # a new run is recorded before anything else happens (a crash then leaves a run for
+        # resume to finish); a resume's own events go with its first decision
+        durable = not resumed
         if resumed:
             self.emit(RUN_RESUMED, {**me, "mode": mode, "state": self.run.state,  # type: ignore[union-attr]
                                     **(why.payload() if why is not None else {})})
@@ -127,16 +168,18 @@ class Runner:
                     or ("holder process is gone" if previous.host == me["host"]
                         else "holder heartbeat expired"),
                 },
+                durable=durable,
             )
         else:
-            self.emit(LEASE_ACQUIRED, me)
+            self.emit(LEASE_ACQUIRED, me, durable=durable)
 
     def release_event(self, error: str | None = None) -> None:
         if self.run is not None:
             p: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
             if error:
                 p["error"] = error
-            self.emit(LEASE_RELEASED, p)
+            self.emit(LEASE_RELEASED, p, durable=True)
+            self.resync()
 
     def transition(self, trigger: str, reason: str | None = None, **extra: Any) -> None:
         assert self.run is not None
@@ -158,6 +201,9 @@ class Runner:
             try:
                 return self._drive()
             except KeyboardInterrupt as e:
+                # stopped at once: what is queued (a step that succeeded) is still true
+                with contextlib.suppress(Exception):
+                    self.flush()
                 if isinstance(e, interrupts.StoppedAtOnce) or self.run is None:
                     raise
                 open_step = self.run.open_step
@@ -192,7 +238,8 @@ class Runner:
         state = self.run.state
         after = self.run.steps[-1].name if self.run.steps else None
         self.emit(RUN_INTERRUPTED, {"signal": name, "state": state,
-                                    "host": socket.gethostname(), "pid": os.getpid()})
+                                    "host": socket.gethostname(), "pid": os.getpid()},
+                  durable=True)
         log.info("stopped by %s in state %s%s", name, state,
                     f" after step {after}" if after else "")
         raise interrupts.Interrupted(self.run.run_id, signum, state, after)
@@ -206,7 +253,8 @@ class Runner:
         kind = step.kind
         self.ready(step)
         failpoints.hit(f"{kind}.before")
-        self.emit(STEP_STARTED, {"step": step.name, "kind": kind, **step.args})
+        # durable, with the previous step's end and the state changes since, before the effect
+        self.emit(STEP_STARTED, {"step": step.name, "kind": kind, **step.args}, durable=True)
         log.info("step %s started", step.name)
         failpoints.hit(f"{kind}.started")
         t0 = clock.monotonic_ms()
@@ -226,7 +274,9 @@ class Runner:
             }
             if isinstance(e, BackupCorrupt | IntegrityError):
                 failed["integrity"] = True
-            self.emit(STEP_FAILED, failed)
+            # durable at once: a recorded failure decides the rest (the rollback), it is
+            # never retried as if it had not happened
+            self.emit(STEP_FAILED, failed, durable=True)
             log.info("step %s failed after %s: %s", step.name,
                         logs.elapsed(failed["duration_ms"]), error)
             raise StepFailed(step, error) from e
@@ -290,12 +340,15 @@ class Runner:
             verdict = (kind.probe(Context(run, self.session), s) if kind
                        else steps.Settled(False))
         base = {"step": step.name, "kind": step.kind}
+        # the verdict is recorded at once (with the resume's own events): it is a decision
         if verdict.happened:
-            self.emit(STEP_SUCCEEDED, {**base, "recovered": True, "result": verdict.result or {}})
+            self.emit(STEP_SUCCEEDED, {**base, "recovered": True, "result": verdict.result or {}},
+                      durable=True)
         elif verdict.recovered:
-            self.emit(STEP_FAILED, {**base, "recovered": True, "error": verdict.error})
+            self.emit(STEP_FAILED, {**base, "recovered": True, "error": verdict.error},
+                      durable=True)
         else:
-            self.emit(STEP_FAILED, {**base, "error": verdict.error})
+            self.emit(STEP_FAILED, {**base, "error": verdict.error}, durable=True)
 
 
 def _dest(run: Run, trigger: str) -> str:

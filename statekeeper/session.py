@@ -52,6 +52,7 @@ class Session:
         target = Target.from_url(cfg.require_target(), cfg.base_dir)
         migrator = open_driver(cfg, target, clock=clock.now,
                                artifacts=lambda run_id: settings.artifacts_dir(run_id))
+        migrator.keep_connection()  # one target connection for the whole session
         backups = manager_for(cfg, target, clock=clock.now) if cfg.backup.enabled else None
         checks = validate_health(cfg.raw.get("health", {}), cfg.source)
         session = cls(settings, target, migrator, backups, checks, cfg.release)
@@ -93,7 +94,7 @@ class Session:
         self._closed = True
         # each is closed even if another fails: a close must not hide the run's own error
         with contextlib.suppress(Exception):
-            self.migrator.forget_connections()
+            self.migrator.close()
         if self._leases is not None:
             with contextlib.suppress(Exception):
                 self._leases.dispose()

@@ -12,9 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING, Any
 
 from ledger import ConfigurationError, normalize_url, redact
 
@@ -22,6 +20,9 @@ from .dialects import Dialect, dialect_for
 from .dialects.base import first_line
 from .dialects.postgres import SECRET_PARAMS
 from .errors import ConfigError, TargetError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL  # the parsed URL's type; parsing is the ledger's
 
 __all__ = ["SECRET_PARAMS", "Target", "first_line"]
 log = logging.getLogger(__name__)

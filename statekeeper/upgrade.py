@@ -515,7 +515,9 @@ def _resume(settings: Settings, session: Session, run_id: str, rollback: bool,
             runner.transition("fail", OPERATOR_ROLLBACK, requested=True)
         elif state == "planned":
             runner.transition("begin")
-        return runner.drive()
+        runner.drive()
+    assert runner.run is not None
+    return runner.run  # as the ledger holds it (Runner.resync at the session's end)
 
 
 def restore_comes_first(run: Run, restarts_server: bool) -> bool:
@@ -619,7 +621,9 @@ def rollback(
             runner.lease_events(previous, resumed=True, mode="rollback", why=why)
             runner.transition("rollback", "operator rolled back a completed upgrade",
                               restore=restore)
-            return runner.drive()
+            runner.drive()
+        assert runner.run is not None
+        return runner.run
 
 
 def _checkpoint(settings: Settings, lg: Ledger, run: Run, only_if_missing: bool = False

@@ -141,28 +141,30 @@ def test_failures_before_a_run_exists_are_documents_too(tmp_path: Path) -> None:
 
 def test_the_target_lost_mid_run_needs_attention_not_unreachable(
         tmp_path: Path, pg_cluster: Any) -> None:
-    """A target that stops accepting connections between two migrations: something was done,
+    """A target that stops accepting connections in the middle of a run: something was done,
     so not exit 6 but 3, with the run in the document; ``resume`` finishes it."""
     db = pg_cluster.createdb("lost")
     url = pg_cluster.url(db)
     from tests.upgrade_support import seed
 
     seed("postgresql", url)
-    # committed with the migration; the other sessions (the run's target lock) end at once
-    cut = ("UPDATE pg_database SET datallowconn = false WHERE datname = current_database();\n"
-           "SELECT pg_terminate_backend(pid) FROM pg_stat_activity\n"
-           " WHERE datname = current_database() AND pid <> pg_backend_pid();\n")
+    # committed with the second migration; the third then ends the run's one session (the
+    # target lock's), so its rollback needs a connection the server refuses
+    cut = "UPDATE pg_database SET datallowconn = false WHERE datname = current_database();\n"
+    kill = "SELECT pg_terminate_backend(pg_backend_pid());\n"
     proj = make_project(tmp_path / "proj", "postgresql", url,
-                        {**GOOD, "002_orders.sql": cut + GOOD["002_orders.sql"]}, backup=False)
+                        {**GOOD, "002_orders.sql": cut + GOOD["002_orders.sql"],
+                         "003_user_status.sql": kill + GOOD["003_user_status.sql"]},
+                        backup=False)
     r = invoke(proj, "start", "--to", "v2.6", "--json")
     doc = result(r, 3)
     assert doc["error"]["class"] == "TargetRefused"
     assert f'database "{db}" is not currently accepting connections' in doc["error"]["message"]
-    assert doc["run"]["state"] == "migrating"
-    assert [s["name"] for s in doc["run"]["steps"]][-1] == "migrate:002_orders"
+    assert doc["run"]["state"] == "rolling_back"
+    assert [s["name"] for s in doc["run"]["steps"]][-1] == "migrate:003_user_status"
     pg_cluster.psql(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
-    done = result(invoke(proj, "resume", "--json"), 0)
-    assert done["run_id"] == doc["run_id"] and done["run"]["state"] == "completed"
+    done = result(invoke(proj, "resume", "--json"), 1)
+    assert done["run_id"] == doc["run_id"] and done["run"]["state"] == "rolled_back"
 
 
 def test_status_and_history_agree_when_there_are_no_runs(tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ class Held:
 
     release: Callable[[], None]
     alive: Callable[[], bool] = lambda: True
+    #: the connection the lock lives on when it is a session's (PostgreSQL) and that
+    #: connection was the caller's: it must stay open while the lock is held
+    conn: Any = None
 
 
 def first_line(e: BaseException) -> str:
@@ -66,6 +69,8 @@ class Dialect:
     jdbc: str | None = None
     #: do block comments nest? (the lexing of migration texts: PostgreSQL yes, SQLite no)
     nested_comments: bool = True
+    #: is the target lock a session's (it can live on the run's one connection)?
+    session_lock: bool = False
 
     @property
     def default_backup_method(self) -> str:
@@ -157,6 +162,13 @@ class Dialect:
     def release(self, conn: Any) -> None:
         """Before a connection of ours is closed: nothing left open."""
 
+    def reset_session(self, conn: Any, label: str) -> None:
+        """After a migration ran on a connection that outlives it (the run's one
+        connection): what its text set for the session (``SET``, a role, temporary tables,
+        prepared statements, ``LISTEN``) is undone, as if the next one had a connection of
+        its own; the lock held on it stays. Never raises (a broken connection is found by the
+        lock's ``alive``)."""
+
     # -- migration texts --------------------------------------------------------------------
     def statement_starts(self, text: str) -> list[tuple[int, bool]]:
         """Where each statement of ``text`` starts, and whether the start is inside a body
@@ -202,13 +214,17 @@ class Dialect:
         yield
 
     # -- the target lock --------------------------------------------------------------------
-    def lock(self, target: Target, label: str, since: str) -> Held:
+    def lock(self, target: Target, label: str, since: str, conn: Any = None) -> Held:
         """Take the target's migration lock (``label`` names this process to a second holder,
-        ``since`` is now); LockHeld naming the holder if another has it."""
+        ``since`` is now); LockHeld naming the holder if another has it. ``conn``: an open
+        autocommit connection of the caller's to take a session lock on (the run's one
+        connection), left open at release; None: a connection of the lock's own."""
         raise NotImplementedError
 
     # -- reading ----------------------------------------------------------------------------
-    def fingerprint(self, target: Target) -> Fingerprint:
+    def fingerprint(self, target: Target, conn: Any = None) -> Fingerprint:
+        """``conn``: an open autocommit connection of the caller's to read on (left as it was
+        found, no transaction open); None: one of its own."""
         raise NotImplementedError
 
     def health_query(self, target: Target, sql: str, timeout_ms: int) -> Any:

@@ -50,6 +50,7 @@ class PostgresDialect(Dialect):
     jdbc = "postgresql"
     nested_comments = True
     integer_type = "bigint"
+    session_lock = True
 
     # -- the target URL ----------------------------------------------------------------------
     def check_target(self, target: Target) -> None:
@@ -123,8 +124,10 @@ class PostgresDialect(Dialect):
         import psycopg
 
         try:
+            # prepare_threshold None: psycopg prepares nothing behind a migration's back (one
+            # running DEALLOCATE inside a DO block would leave its cache pointing at nothing)
             return psycopg.connect(self.conninfo(target), autocommit=autocommit,
-                                   connect_timeout=10)
+                                   connect_timeout=10, prepare_threshold=None)
         except psycopg.Error as e:
             cls = TargetUnreachable if _unreachable(e) else TargetRefused
             raise cls(f"target {target.shown}: {first_line(e)}") from e
@@ -141,13 +144,13 @@ class PostgresDialect(Dialect):
             conn.commit()
 
     def migration_autocommit(self, transactional: bool) -> bool:
-        return not transactional
+        return True  # transactions are begun explicitly: the run's one connection stays as is
 
     def begin(self, conn: Any) -> None:
-        pass  # psycopg opens the transaction at the first statement
+        conn.execute("BEGIN")
 
     def end(self, conn: Any) -> None:
-        conn.commit()  # on an autocommit connection there is nothing to commit: a no-op
+        conn.commit()  # COMMIT when a transaction is open (psycopg asks the server), else nothing
 
     def commit(self, conn: Any, migration_id: str, what: str) -> None:
         import psycopg
@@ -166,6 +169,17 @@ class PostgresDialect(Dialect):
     def rollback(self, conn: Any) -> None:
         with contextlib.suppress(Exception):
             conn.rollback()
+
+    def reset_session(self, conn: Any, label: str) -> None:
+        # DISCARD ALL without pg_advisory_unlock_all(): the target lock lives on this session
+        from psycopg import sql as pgsql
+
+        with contextlib.suppress(Exception):
+            conn.execute(
+                "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; "
+                "UNLISTEN *; DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; "
+                + pgsql.SQL("SELECT set_config('application_name', {}, false)").format(
+                    pgsql.Literal(label)).as_string(conn))
 
     # -- migration texts --------------------------------------------------------------------
     def statement_starts(self, text: str) -> list[tuple[int, bool]]:
@@ -222,12 +236,15 @@ class PostgresDialect(Dialect):
             yield
 
     # -- the target lock --------------------------------------------------------------------
-    def lock(self, target: Target, label: str, since: str) -> Held:
+    def lock(self, target: Target, label: str, since: str, conn: Any = None) -> Held:
         """A session advisory lock (``pg_try_advisory_lock``, key :data:`ADVISORY_LOCK_KEY`) on
-        a connection of its own, released when the block ends or the process dies."""
+        ``conn`` (the run's one connection) or a connection of its own, released when the
+        block ends, the session ends or the process dies."""
         import psycopg
 
-        conn = self.connect(target, autocommit=True)
+        own = conn is None
+        if own:
+            conn = self.connect(target, autocommit=True)
         k1, k2 = ADVISORY_LOCK_KEY
         try:
             with self.errors(f"target {target.shown}"):
@@ -246,22 +263,29 @@ class PostgresDialect(Dialect):
                     raise LockHeld(f"migrations on {target.shown} are locked by another "
                                    "process (holder not visible)")
         except BaseException:
-            conn.close()
+            if own:
+                conn.close()
             raise
 
         def release() -> None:
             with contextlib.suppress(psycopg.Error):
                 conn.execute(f"SELECT pg_advisory_unlock({k1}, {k2})")
-            conn.close()
+            if own:
+                conn.close()
 
         def alive() -> bool:
+            # the session lives, and still holds the lock: a migration on a shared session
+            # could have run pg_advisory_unlock_all()
             try:
-                conn.execute("SELECT 1")
+                row = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                    f"AND pid = pg_backend_pid() AND classid::bigint = {k1} "
+                    f"AND objid::bigint = {k2} AND objsubid = 2 AND granted)").fetchone()
             except psycopg.Error:
                 return False
-            return True
+            return bool(row[0])
 
-        return Held(release, alive)
+        return Held(release, alive, None if own else conn)
 
     @staticmethod
     def _holder(conn: Any) -> str | None:
@@ -307,16 +331,20 @@ class PostgresDialect(Dialect):
             conn.close()
         return ClusterScope(sysid, tuple(str(r[0]) for r in rows))
 
-    def fingerprint(self, target: Target) -> Fingerprint:
-        """A consistent snapshot: one REPEATABLE READ transaction."""
+    def fingerprint(self, target: Target, conn: Any = None) -> Fingerprint:
+        """A consistent snapshot: one REPEATABLE READ transaction (on ``conn``, an autocommit
+        connection, it is begun and ended here)."""
         from .pg_fingerprint import pg_fingerprint
 
-        conn = self.connect(target)
+        own = conn is None
+        if own:
+            conn = self.connect(target)
         try:
             with self.errors(f"fingerprint of {target.shown}"), conn.transaction():
                 return pg_fingerprint(conn, target=target)
         finally:
-            conn.close()
+            if own:
+                conn.close()
 
     def health_query(self, target: Target, sql: str, timeout_ms: int) -> Any:
         import psycopg

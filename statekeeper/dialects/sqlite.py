@@ -122,7 +122,7 @@ class SqliteDialect(Dialect):
         return conn.execute(query.replace("%s", "?").format(**tables), params or ())
 
     # -- the target lock --------------------------------------------------------------------
-    def lock(self, target: Target, label: str, since: str) -> Held:
+    def lock(self, target: Target, label: str, since: str, conn: Any = None) -> Held:
         """``flock`` on ``<database>.statekeeper-lock`` beside the database file, released by
         the kernel when the process dies; the holder writes who it is into the file."""
         db = target.sqlite_path
@@ -170,15 +170,18 @@ class SqliteDialect(Dialect):
         return Held(release)  # a flock lasts as long as the process
 
     # -- reading ----------------------------------------------------------------------------
-    def fingerprint(self, target: Target) -> Fingerprint:
+    def fingerprint(self, target: Target, conn: Any = None) -> Fingerprint:
         from .sqlite_fingerprint import sqlite_fingerprint
 
-        conn = self.connect(target, autocommit=True)
+        own = conn is None
+        if own:
+            conn = self.connect(target, autocommit=True)
         try:
             with self.errors(f"fingerprint of {target.shown}"):
                 return sqlite_fingerprint(conn)
         finally:
-            conn.close()
+            if own:
+                conn.close()
 
     def health_query(self, target: Target, sql: str, timeout_ms: int) -> Any:
         conn = self.connect(target, autocommit=True)

@@ -16,7 +16,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..clock import stamp
 from ..dialects.base import Held
@@ -40,12 +40,15 @@ def process_label(run_id: str | None) -> str:
 class TargetLock:
     """The lock of one target, held by one owner at a time (reentrant for that owner)."""
 
-    def __init__(self, target: Target, clock: Callable[[], datetime]) -> None:
+    def __init__(self, target: Target, clock: Callable[[], datetime],
+                 connection: Callable[[], Any] | None = None) -> None:
         self.target = target
         self.clock = clock
         self.depth = 0
         self.label = process_label(None)
         self._held: Held | None = None
+        # the caller's connection to take a session lock on (the run's one connection)
+        self._connection = connection
 
     @property
     def held(self) -> bool:
@@ -108,8 +111,14 @@ class TargetLock:
         self._held = self._take()
         return True
 
+    def lives_on(self, conn: Any) -> bool:
+        """Is the lock held on ``conn`` (so that closing it would release the lock)?"""
+        return self._held is not None and conn is not None and self._held.conn is conn
+
     def _take(self) -> Held:
         log.debug("taking the lock on %s", self.target.display)
-        held = self.target.dialect.lock(self.target, self.label, stamp(self.clock()))
+        dialect = self.target.dialect
+        conn = self._connection() if self._connection is not None and dialect.session_lock else None
+        held = dialect.lock(self.target, self.label, stamp(self.clock()), conn)
         log.info("holding the lock on %s", self.target.display)
         return held

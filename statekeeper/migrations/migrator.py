@@ -65,8 +65,10 @@ class Migrator:
     """Migrations of one directory on one target database. The target lock (a PostgreSQL
     advisory lock, a SQLite lock file) is held by :meth:`lock`, which the writing methods take
     themselves (reentrant per instance). Outside a lock every method opens and closes its own
-    connections; inside one, reads share one connection for the lock's whole duration (an
-    upgrade run holds the lock throughout and reads the changelog at every step)."""
+    connections; inside one, everything shares one connection for the lock's whole duration:
+    reads, migrations, tags, the PostgreSQL advisory lock itself. After :meth:`keep_connection`
+    (a session: ``start``, ``resume``, ``rollback``, ``plan``) that connection is opened at the
+    first read and kept until :meth:`close`, so a run opens one target connection in all."""
 
     tool = "files"
 
@@ -77,8 +79,9 @@ class Migrator:
         self.clock = clock
         self._dialect = target.dialect
         self._changelog = Changelog(target)
-        self._lock = TargetLock(target, clock)
-        self._session: Any = None  # the shared read connection while the lock is held
+        self._lock = TargetLock(target, clock, connection=self._shared)
+        self._session: Any = None  # the shared connection (while the lock is held, or kept)
+        self._keep = False
         #: migration id -> the NOTICEs and WARNINGs the server raised the last time it ran here
         #: (severity, message, file position), whether it succeeded or failed
         self.heard: dict[str, tuple[tuple[str, str, int], ...]] = {}
@@ -92,9 +95,22 @@ class Migrator:
         """A driver error on this target, as TargetError naming it."""
         return self._dialect.errors(f"target {self.target.shown}")
 
+    def keep_connection(self) -> None:
+        """Share one connection from the first read on, not only under the lock, until
+        :meth:`close` (the session's: planning reads before the lock use it too)."""
+        self._keep = True
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        """An autocommit connection to the target for a read of the caller's (the
+        fingerprint): the shared one under the lock or in a kept session, else one of its
+        own. The caller leaves it as it found it: no transaction open."""
+        with self._connect(autocommit=True) as conn:
+            yield conn
+
     @contextlib.contextmanager
     def _connect(self, *, autocommit: bool) -> Iterator[Any]:
-        if autocommit and self._lock.held:
+        if autocommit and (self._lock.held or self._keep):
             yield self._shared()
             return
         conn = self.target.connect(autocommit=autocommit)
@@ -108,8 +124,10 @@ class Migrator:
 
     def _shared(self) -> Any:
         conn = self._session
-        if conn is not None and (getattr(conn, "broken", False) or getattr(conn, "closed", False)):
-            self.forget_connections()
+        if conn is not None and _gone(conn):
+            self._session = None
+            with contextlib.suppress(Exception):
+                conn.close()
             conn = None
         if conn is None:
             conn = self.target.connect(autocommit=True)
@@ -123,12 +141,24 @@ class Migrator:
         return conn
 
     def forget_connections(self) -> None:
-        """Drop the shared read connection (after the server restarted, e.g. a pgBackRest
-        restore); the next read opens a new one."""
+        """Drop the shared connection (around a restore: the file may be replaced, the server
+        restarted); the next read opens a new one. One that holds the target lock is kept
+        while it lives: closing it would release the lock (a restarted server's is replaced
+        when :meth:`ensure_lock` takes the lock again)."""
         conn, self._session = self._session, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        if conn is None:
+            return
+        if self._lock.lives_on(conn) and not _gone(conn):
+            self._session = conn
+            return
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def close(self) -> None:
+        """End a kept session: its connection is closed (the lock is released by then)."""
+        self._keep = False
+        if not self._lock.held:
+            self.forget_connections()
 
     def _ensure_tables(self) -> None:
         with self._connect(autocommit=True) as conn, self._errors():
@@ -255,15 +285,18 @@ class Migrator:
         the process dies). Another holder: :class:`LockHeld` naming it. Reentrant within one
         Migrator. ``defer_unreachable``: a server that is down defers taking the lock to
         :meth:`ensure_lock` (a run resumed while a restore has the server stopped)."""
-        with self._lock.hold(run_id, on_release=self.forget_connections,
-                             defer_unreachable=defer_unreachable):
-            yield
+        try:
+            with self._lock.hold(run_id, defer_unreachable=defer_unreachable):
+                yield
+        finally:
+            if not self._lock.held and not self._keep:
+                self.forget_connections()  # the lock is released: nothing shared outlives it
 
     def ensure_lock(self) -> None:
         """Inside :meth:`lock`: the lock is really held (taken now if it was deferred, or
         again if a server restart ended its session) before the target is read or written."""
         if self._lock.ensure():
-            self.forget_connections()  # opened before the restart, or never
+            self.forget_connections()  # opened before the restart, or never (kept: the lock's)
 
     @property
     def lock_deferred(self) -> bool:
@@ -281,28 +314,41 @@ class Migrator:
         transactional = not m.no_transaction
         with self._connect(autocommit=d.migration_autocommit(transactional)) as conn:
             try:
-                if transactional:
-                    d.begin(conn)
-                t0 = time.monotonic()
-                self.heard[m.id] = d.execute(conn, m.id, text, offset, transactional)
-                if ran is not None:
-                    ran(round((time.monotonic() - t0) * 1000))
-                if not transactional:
-                    if hook is not None:
-                        hook()
-                    d.begin(conn)  # the changelog change: a transaction of its own
-                write(conn)
-                if transactional and hook is not None:
+                self._run_on(conn, m, text, offset, write, what, hook, ran)
+            finally:
+                if conn is self._session:
+                    # the next migration gets the session as if it were a connection of its
+                    # own: nothing this one SET (role, search_path, temporary tables) remains
+                    d.reset_session(conn, self._lock.label)
+
+    def _run_on(self, conn: Any, m: Migration, text: str, offset: int,
+                write: Callable[[Any], None], what: str, hook: Hook | None,
+                ran: Callable[[int], None] | None) -> None:
+        d = self._dialect
+        transactional = not m.no_transaction
+        try:
+            if transactional:
+                d.begin(conn)
+            t0 = time.monotonic()
+            self.heard[m.id] = d.execute(conn, m.id, text, offset, transactional)
+            if ran is not None:
+                ran(round((time.monotonic() - t0) * 1000))
+            if not transactional:
+                if hook is not None:
                     hook()
-                d.commit(conn, m.id, what)
-            except MigrationError as e:
-                d.rollback(conn)
-                e.locate(str(m.path), m.locate)
-                self.heard[m.id] = e.raised
-                raise
-            except BaseException:
-                d.rollback(conn)
-                raise
+                d.begin(conn)  # the changelog change: a transaction of its own
+            write(conn)
+            if transactional and hook is not None:
+                hook()
+            d.commit(conn, m.id, what)
+        except MigrationError as e:
+            d.rollback(conn)
+            e.locate(str(m.path), m.locate)
+            self.heard[m.id] = e.raised
+            raise
+        except BaseException:
+            d.rollback(conn)
+            raise
 
     # -- applying --------------------------------------------------------------------------
     def apply(
@@ -626,3 +672,8 @@ def baseline_refused(changelog: str, noun: str, applied: list[str],
     return ConfigError(f"{changelog} already has entries ({'; '.join(what)}): a baseline is the "
                        "first record; pass --force to replace what disagrees with it (recorded "
                        "in the ledger)")
+
+
+def _gone(conn: Any) -> bool:
+    """A connection the driver knows is unusable (closed, or broken by a failure)."""
+    return bool(getattr(conn, "broken", False) or getattr(conn, "closed", False))

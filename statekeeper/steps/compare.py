@@ -56,7 +56,8 @@ class Compare(StepKind):
             # a reason the rollback cannot finish.
             window = diff(before, held)
             before = held
-        now = fingerprint(ctx.session.target)
+        with ctx.session.migrator.connection() as conn:
+            now = fingerprint(ctx.session.target, conn)
         if scope == "schema":
             equal = before.schema == now.schema
             lines = [] if equal else [ln for ln in diff(before, now) if ln.startswith("schema")]

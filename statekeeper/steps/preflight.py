@@ -75,7 +75,8 @@ class Preflight(StepKind):
                     f"~{size_text(need)} needed"
                 )
             result.update({"backup_estimate_bytes": need, "free_bytes": free})
-        fp = fingerprint(s.target)
+        with s.migrator.connection() as conn:
+            fp = fingerprint(s.target, conn)
         result["fingerprint"] = fp.to_dict()
         result["fingerprint_digest"] = fp.digest
         return result
