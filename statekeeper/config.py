@@ -133,6 +133,13 @@ class Config:
     origins: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: "section.key" -> the value as written in the file (``${VAR}`` references kept)
     written: dict[str, Any] = field(default_factory=dict)
+    #: where command health checks run (default ``base_dir``): a rehearsal keeps its runs'
+    #: files in a scratch ``base_dir`` but runs the project's commands where production does
+    commands_dir: Path | None = None
+
+    @property
+    def command_cwd(self) -> Path:
+        return self.commands_dir or self.base_dir
 
     @property
     def source(self) -> str:

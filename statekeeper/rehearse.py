@@ -340,7 +340,7 @@ def _clone_settings(settings: Settings, clone: Clone, scratch: Path, application
     key = scratch / "signing-key.pem"
     ledger.generate_key_file(key)
     clone_cfg = dataclasses.replace(
-        cfg, base_dir=scratch, target_url=clone.url,
+        cfg, base_dir=scratch, commands_dir=cfg.command_cwd, target_url=clone.url,
         ledger=dataclasses.replace(cfg.ledger, url=f"sqlite:///{scratch / 'ledger.db'}",
                                    key=key),
         backup=dataclasses.replace(cfg.backup, method=method, dir=scratch / "backups",

@@ -96,9 +96,6 @@ def test_a_malformed_check_url_is_a_one_line_configuration_error(
                         "Invalid IPv6 URL\n")
 
 
-@pytest.mark.xfail(strict=True, reason="review13: a rehearsal runs command checks in its scratch "
-                   "directory (the clone's base_dir), production in the project directory: a "
-                   "relative program or argument resolves elsewhere")
 def test_a_command_check_with_a_relative_path_runs_in_the_project_directory_in_rehearsal(
         tmp_path: Path, request: pytest.FixtureRequest) -> None:
     proj = _project(tmp_path, request)

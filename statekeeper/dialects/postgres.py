@@ -253,7 +253,7 @@ class PostgresDialect(Dialect):
                     if conn.execute(f"SELECT pg_try_advisory_lock({k1}, {k2})").fetchone()[0]:
                         break
                     holder = self._holder(conn)
-                    if holder:
+                    if holder and not self._end_orphan(conn):
                         raise LockHeld(
                             f"migrations on {target.shown} are locked by another "
                             f"process: {holder}"
@@ -286,6 +286,43 @@ class PostgresDialect(Dialect):
             return bool(row[0])
 
         return Held(release, alive, None if own else conn)
+
+    @staticmethod
+    def _end_orphan(conn: Any) -> bool:
+        """The lock's holder is the backend of a statekeeper process of this host that is
+        gone (SIGKILLed during a long migration: the server notices only when the statement
+        ends): end that backend, so its lock goes now. Its open transaction can never commit
+        (migrations COMMIT from the client), so ending it loses nothing the in-doubt step's
+        probe would not already say did not happen. Anything else (alive, another host, no
+        right to signal it) is a holder to refuse."""
+        import re
+        import socket
+
+        import psycopg
+
+        from ..lease import pid_alive
+
+        k1, k2 = ADVISORY_LOCK_KEY
+        row = conn.execute(
+            "SELECT l.pid, a.application_name FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid "
+            f"WHERE l.locktype = 'advisory' AND l.classid::bigint = {k1} "
+            f"AND l.objid::bigint = {k2} AND l.objsubid = 2 AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
+        label = (row[1] if row else None) or ""
+        m = re.fullmatch(r"statekeeper pid=(\d+) host=(\S*)(?: run=\S+)?", label)
+        if not row or not m:
+            return False
+        pid, host = int(m.group(1)), m.group(2)
+        here = socket.gethostname()
+        if not host or not here.startswith(host) or pid == os.getpid() or pid_alive(pid):
+            return False
+        try:
+            ended = conn.execute("SELECT pg_terminate_backend(%s, 10000)", [row[0]]).fetchone()
+        except psycopg.Error:
+            return False
+        return bool(ended and ended[0])
 
     @staticmethod
     def _holder(conn: Any) -> str | None:

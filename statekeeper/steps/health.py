@@ -40,7 +40,7 @@ class Health(StepKind):
         # creates) the fingerprint secret
         commands = any(c.get("kind") == "command" for c in s.health_checks)
         return run_checks(s.target, s.health_checks, hook=ctx.hook, out_dir=out,
-                          base_dir=s.settings.config.base_dir,
+                          base_dir=s.settings.config.command_cwd,
                           secret=s.secret if commands else None)
 
 
