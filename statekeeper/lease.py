@@ -51,6 +51,7 @@ from ledger import redact
 
 from . import clock
 from .errors import LedgerUnavailable, LockHeld
+from .procs import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -154,24 +155,6 @@ def proc_identity(pid: int) -> ProcId | None:
         return None
     return ProcId(boot, start, own_pidns())
 
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False  # 0 and negatives address process groups, never one holder
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OverflowError:
-        return False
-    # A zombie (killed, not yet reaped by its parent) is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 class _SqliteLeases:

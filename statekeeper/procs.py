@@ -208,6 +208,25 @@ def _waited(proc: subprocess.Popen[Any]) -> bool:
     return True
 
 
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False  # 0 and negatives address process groups, never one holder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    # A zombie (killed, not yet reaped by its parent) is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _group_alive(pgid: int) -> bool:
     """Is any process of process group ``pgid`` (the child's session) still running? A zombie
     is not (it holds no connection and runs nothing; where no init reaps orphans, one lingers

@@ -300,7 +300,7 @@ class PostgresDialect(Dialect):
 
         import psycopg
 
-        from ..lease import pid_alive
+        from ..procs import pid_alive
 
         k1, k2 = ADVISORY_LOCK_KEY
         row = conn.execute(

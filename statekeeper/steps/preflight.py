@@ -105,7 +105,7 @@ def _commands_ready(ctx: Context) -> None:
     """Every health check by command can run (before any backup, not after the migrations)."""
     from ..procs import not_executable
 
-    base = ctx.session.settings.config.base_dir
+    base = ctx.session.settings.config.command_cwd
     for c in ctx.session.health_checks:
         if c.get("kind") == "command":
             why = not_executable(list(c["argv"]), base)
