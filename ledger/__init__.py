@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .errors import (
         CanonicalError,
         ConfigurationError,
+        ConstraintViolation,
         IntegrityViolation,
         KeyFileError,
         LedgerError,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "Head": "chain", "KeyRecord": "chain", "Seal": "chain", "StoredEvent": "chain",
     "Checkpoint": "checkpoint", "parse_checkpoint": "checkpoint",
-    "CanonicalError": "errors", "ConfigurationError": "errors",
+    "CanonicalError": "errors", "ConfigurationError": "errors", "ConstraintViolation": "errors",
     "IntegrityViolation": "errors", "KeyFileError": "errors", "LedgerError": "errors",
     "LedgerUnreachable": "errors", "OperationalError": "errors", "StreamConflict": "errors",
     "ExportResult": "exports", "ExportVerifyResult": "exports", "export": "exports",
@@ -50,6 +51,7 @@ __all__ = [
     "CanonicalError",
     "Checkpoint",
     "ConfigurationError",
+    "ConstraintViolation",
     "DatabaseURL",
     "ExportResult",
     "ExportVerifyResult",

@@ -10,8 +10,9 @@
      ├── StreamConflict             optimistic concurrency: the stream moved on
      ├── IntegrityViolation         verification failed; carries ``seq`` and ``reason``
      └── OperationalError           the database failed (driver errors, translated once)
-          └── LedgerUnreachable     no connection: closed port, bad host, refused login,
-                                    a SQLite file that cannot be opened or created
+          ├── LedgerUnreachable     no connection: closed port, bad host, refused login,
+          │                         a SQLite file that cannot be opened or created
+          └── ConstraintViolation   a side table's key refused a row (another writer's)
 
 Every error raised by the package is one of these; driver exceptions are chained with
 ``raise ... from e`` so the cause is kept for debugging but never leaks as the message. The
@@ -79,3 +80,8 @@ class LedgerUnreachable(OperationalError):
         super().__init__(f"ledger unreachable: {where}: {reason}")
         self.where = where
         self.reason = reason
+
+
+class ConstraintViolation(OperationalError):
+    """A key or constraint of a side table (see ``Recorder.side_transaction``) refused a row:
+    another writer inserted it first."""

@@ -389,7 +389,7 @@ def absolute_url(url: str, cwd: Path, what: str) -> str:
     relative to ``cwd`` (only paths written in statekeeper.toml are relative to that file)."""
     import ledger
 
-    u = ledger.normalize_url(url, cwd, what=what)
+    u = ledger.database_url(url, cwd, what=what)
     if ledger.database_file(u) is None:  # a server's URL: nothing relative in it
         return url
     return str(u.render_as_string(hide_password=False))
@@ -587,11 +587,11 @@ def _check_url(url: str, template: str, where: str, base: Path,
     """Refuse a URL that is not one, up front, naming the file and key. The message shows the
     URL as written (``${VAR}`` references, not their values, and no password): in a URL that
     does not parse, a value from the environment can sit anywhere."""
-    from ledger import ConfigurationError, normalize_url, redact
+    from ledger import ConfigurationError, database_url, redact
 
     shown = redact(template)
     try:
-        u = normalize_url(url, base, what=where, shown=shown)
+        u = database_url(url, base, what=where, shown=shown)
     except ConfigurationError as e:
         raise ConfigError(_one_line(e)) from e
     if u.query:

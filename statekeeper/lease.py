@@ -31,23 +31,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Connection,
-    Engine,
-    MetaData,
-    String,
-    Table,
-    create_engine,
-    event,
-    select,
-)
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL
-
-from ledger import redact
+from ledger import ConstraintViolation, DatabaseURL, OperationalError, redact
+from ledger.recorders import recorder_for
 
 from . import clock
 from .errors import LedgerUnavailable, LockHeld
@@ -55,21 +42,19 @@ from .procs import pid_alive
 
 log = logging.getLogger(__name__)
 
-_meta = MetaData()
-leases = Table(
-    "statekeeper_leases",
-    _meta,
-    Column("target", String(500), primary_key=True),
-    Column("run_id", String(100), nullable=False),
-    Column("host", String(255), nullable=False),
-    Column("pid", String(20), nullable=False),
-    Column("token", String(64), nullable=False),
-    Column("acquired_at", String(40), nullable=False),
-    Column("heartbeat_at", String(40), nullable=False),
+TABLE = "statekeeper_leases"
+_DDL = (
+    f"CREATE TABLE {TABLE} ("
+    "target VARCHAR(500) NOT NULL PRIMARY KEY, run_id VARCHAR(100) NOT NULL, "
+    "host VARCHAR(255) NOT NULL, pid VARCHAR(20) NOT NULL, token VARCHAR(64) NOT NULL, "
+    "acquired_at VARCHAR(40) NOT NULL, heartbeat_at VARCHAR(40) NOT NULL, "
     # "<boot id>:<process start ticks>:<pid namespace>" (see ProcId): a reused pid is not
     # the holder. NULL where /proc cannot tell (then only the pid is checked).
-    Column("proc", String(100), nullable=True),
+    "proc VARCHAR(100))"
 )
+_COLUMNS = "run_id, host, pid, acquired_at, heartbeat_at, proc, token"
+_SELECT = f"SELECT {_COLUMNS} FROM {TABLE} WHERE target = {{p}}"
+_DELETE = f"DELETE FROM {TABLE} WHERE target = {{p}} AND token = {{p}}"
 
 STALE_AFTER = timedelta(seconds=60)
 HEARTBEAT_EVERY = 10.0
@@ -157,69 +142,34 @@ def proc_identity(pid: int) -> ProcId | None:
 
 
 
-class _SqliteLeases:
-    """The ledger's database is a SQLite file: writers wait up to 60 s, and a lease write
-    takes the database's write lock at BEGIN (IMMEDIATE), before it reads the holder."""
-
-    connect_args: ClassVar[dict[str, Any]] = {"timeout": 60}
-    lock_sql: ClassVar[str | None] = None
-
-    @staticmethod
-    def prepare(engine: Engine) -> None:
-        _immediate_writes(engine)
-
-
-class _PostgresLeases:
-    """The ledger's database is PostgreSQL: a lease write locks the table against other
-    writers (readers still read) before it reads the holder."""
-
-    connect_args: ClassVar[dict[str, Any]] = {}
-    lock_sql: ClassVar[str | None] = "LOCK TABLE statekeeper_leases IN EXCLUSIVE MODE"
-
-    @staticmethod
-    def prepare(engine: Engine) -> None:
-        pass
-
-
-# The lease table's quirks, by the ledger database's backend name (the registry form: no code
-# here asks which backend it is).
-_BACKENDS: dict[str, type[_SqliteLeases] | type[_PostgresLeases]] = {
-    "sqlite": _SqliteLeases,
-    "postgresql": _PostgresLeases,
-}
-
-
 class LeaseStore:
-    def __init__(self, url: URL, shown: str | None = None) -> None:
+    """The lease table, on connections of the ledger database's recorder (its pool, its
+    driver, its quirks: how a transaction excludes other writers is the recorder's)."""
+
+    def __init__(self, url: DatabaseURL, shown: str | None = None) -> None:
         self.url = url
         self.shown = shown if shown is not None else redact(url)
-        self._quirks = _BACKENDS[url.get_backend_name()]
-        self.engine: Engine = create_engine(url, connect_args=dict(self._quirks.connect_args))
-        self._quirks.prepare(self.engine)
-        try:
-            _meta.create_all(self.engine, checkfirst=True)
-        except sa_exc.SQLAlchemyError as e:
-            raise LedgerUnavailable(
-                f"ledger {self.shown}: cannot create lease table: {e}") from e
+        self.recorder = recorder_for(url, self.shown)
+        with self._driver_errors("cannot create lease table"):
+            self.recorder.ensure_side_tables({TABLE: _DDL})
 
     @contextlib.contextmanager
     def _driver_errors(self, what: str) -> Iterator[None]:
-        """The one place the lease store's driver errors become statekeeper's (exit 3), with
+        """The one place the lease store's database errors become statekeeper's (exit 3), with
         the driver's first line; a unique-key race is another process's lease (exit 5)."""
         try:
             yield
-        except sa_exc.IntegrityError as e:  # another process inserted first
+        except ConstraintViolation as e:  # another process inserted first
             raise LockHeld(
-                f"target is locked: another process took the lease ({e.orig})") from e
-        except sa_exc.SQLAlchemyError as e:
-            first = str(getattr(e, "orig", None) or e).strip().splitlines()
-            raise LedgerUnavailable(
-                f"ledger {self.shown}: {what}: {first[0] if first else e}") from e
+                f"target is locked: another process took the lease ({_reason(e)})") from e
+        except OperationalError as e:
+            raise LedgerUnavailable(f"ledger {self.shown}: {what}: {_reason(e)}") from e
 
     def holder(self, target: str) -> Holder | None:
-        with self._driver_errors("cannot read the lease"), self.engine.connect() as conn:
-            r = conn.execute(select(leases).where(leases.c.target == target)).first()
-        return _holder(r) if r else None
+        with self._driver_errors("cannot read the lease"), \
+                self.recorder.side_transaction() as tx:
+            rows = tx.execute(_SELECT, (target,))
+        return _holder(rows[0]) if rows else None
 
     def judge(self, h: Holder, stale_after: timedelta = STALE_AFTER) -> tuple[bool, str]:
         """Whether the holder is alive, and why (the reason is recorded on a takeover)."""
@@ -280,15 +230,12 @@ class LeaseStore:
         # cannot both win: the second sees the first as the live holder.
         with (
             self._driver_errors("cannot take the lease"),
-            self.engine.connect() as conn,
-            conn.execution_options(lease_write=True).begin(),
+            self.recorder.side_transaction(exclusive=TABLE) as tx,
         ):
-            if self._quirks.lock_sql:
-                conn.exec_driver_sql(self._quirks.lock_sql)
-            r = conn.execute(select(leases).where(leases.c.target == target)).first()
+            rows = tx.execute(_SELECT, (target,))
             previous = None
-            if r is not None:
-                h = _holder(r)
+            if rows:
+                h = _holder(rows[0])
                 alive, why = self.judge(h)
                 if alive:
                     raise LockHeld(f"{what} is locked by {h.describe()}")
@@ -305,20 +252,12 @@ class LeaseStore:
                         "resume that run first"
                     )
                 previous = replace(h, dead_because=why)
-                conn.execute(
-                    leases.delete().where(leases.c.target == target, leases.c.token == h.token)
-                )
-            conn.execute(
-                leases.insert().values(
-                    target=target,
-                    run_id=run_id,
-                    host=me[0],
-                    pid=me[1],
-                    token=token,
-                    acquired_at=now,
-                    heartbeat_at=now,
-                    proc=ident.text() if ident else None,
-                )
+                tx.execute(_DELETE, (target, h.token))
+            tx.execute(
+                f"INSERT INTO {TABLE} (target, {_COLUMNS}) "
+                "VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
+                (target, run_id, me[0], me[1], now, now,
+                 ident.text() if ident else None, token),
             )
         if previous is not None:
             log.info("lease on %s taken over for run %s from dead %s (%s)", target, run_id,
@@ -328,26 +267,23 @@ class LeaseStore:
         return Lease(self, target, token), previous
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        self.recorder.dispose()
 
 
-def _immediate_writes(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # the transaction is ours (BEGIN below)
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        mode = "IMMEDIATE" if conn.get_execution_options().get("lease_write") else "DEFERRED"
-        conn.exec_driver_sql(f"BEGIN {mode}")
+def _reason(e: BaseException) -> str:
+    """The driver's first line (the ledger's error says it after the URL)."""
+    cause = e.__cause__ if e.__cause__ is not None else e
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
 
 
 def _holder(r: Any) -> Holder:
+    run_id, host, pid_text, acquired_at, heartbeat_at, proc, token = r
     try:
-        pid = int(r.pid)
+        pid = int(pid_text)
     except (TypeError, ValueError):
         pid = -1  # not a pid: nothing on this host can be it
-    return Holder(r.run_id, r.host, pid, r.acquired_at, r.heartbeat_at, r.proc, r.token)
+    return Holder(run_id, host, pid, acquired_at, heartbeat_at, proc, token)
 
 
 class Lease:
@@ -364,19 +300,15 @@ class Lease:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_EVERY):
             try:
-                with self.store.engine.begin() as conn:
-                    conn.execute(
-                        leases.update()
-                        .where(leases.c.target == self.target, leases.c.token == self.token)
-                        .values(heartbeat_at=clock.stamp())
-                    )
-            except sa_exc.SQLAlchemyError:
+                with self.store.recorder.side_transaction() as tx:
+                    tx.execute(f"UPDATE {TABLE} SET heartbeat_at = {{p}} "
+                               "WHERE target = {p} AND token = {p}",
+                               (clock.stamp(), self.target, self.token))
+            except OperationalError:
                 continue  # a missed beat only makes the lease look older; never fatal
 
     def release(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        with self.store.engine.begin() as conn:
-            conn.execute(
-                leases.delete().where(leases.c.target == self.target, leases.c.token == self.token)
-            )
+        with self.store.recorder.side_transaction() as tx:
+            tx.execute(_DELETE, (self.target, self.token))

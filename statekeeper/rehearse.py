@@ -245,7 +245,7 @@ def _clone_sqlite(target: Target, scratch: Path) -> Clone:
 
 
 def _drop(target: Target, clone: Clone) -> None:
-    from sqlalchemy.engine import make_url
+    from ledger.url import make_url
 
     if target.dialect.in_a_file:
         return  # the copy goes with the scratch directory

@@ -44,8 +44,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, delete, select
-
 from .runner import STREAM_PREFIX, stream_of
 
 if TYPE_CHECKING:
@@ -54,28 +52,17 @@ if TYPE_CHECKING:
 #: (ledger, run id, upto) -> the run replayed: a Run, an Unreadable (``.target``), or None
 Replay = Callable[["Ledger", str, int], Any]
 
-_meta = MetaData()
-run_index = Table(
-    "statekeeper_run_index",
-    _meta,
-    Column("run_id", String(200), primary_key=True),
-    Column("created_seq", BigInteger, nullable=False),
-    Column("position", BigInteger, nullable=False),
-    Column("target", String(1000), nullable=True),
-    Column("state", String(40), nullable=False),
-    Column("mac", String(64), nullable=False),
-)
+INDEX_TABLE = "statekeeper_run_index"
+SUMMARY_TABLE = "statekeeper_run_summary"
+_DDL = {
+    INDEX_TABLE: f"CREATE TABLE {INDEX_TABLE} (run_id VARCHAR(200) NOT NULL PRIMARY KEY, "
+    "created_seq BIGINT NOT NULL, position BIGINT NOT NULL, target VARCHAR(1000), "
+    "state VARCHAR(40) NOT NULL, mac VARCHAR(64) NOT NULL)",
+    SUMMARY_TABLE: f"CREATE TABLE {SUMMARY_TABLE} (name VARCHAR(40) NOT NULL PRIMARY KEY, "
+    "upto BIGINT NOT NULL, hash VARCHAR(64) NOT NULL, body TEXT NOT NULL, "
+    "mac VARCHAR(64) NOT NULL)",
+}
 MARK = ""  # the run_id of the row holding the high-water mark (created_seq = the mark)
-
-run_summary = Table(
-    "statekeeper_run_summary",
-    _meta,
-    Column("name", String(40), primary_key=True),
-    Column("upto", BigInteger, nullable=False),
-    Column("hash", String(64), nullable=False),
-    Column("body", Text, nullable=False),
-    Column("mac", String(64), nullable=False),
-)
 SUMMARY = "unsettled"  # the name of the one summary row
 #: States a run leaves no trace of in the summary (upgrade.SETTLED, and a stream with no run).
 _SETTLED = frozenset(("completed", "rolled_back", "empty"))
@@ -136,10 +123,10 @@ class RunIndex:
     def __init__(self, lg: Ledger, key: bytes) -> None:
         self.lg = lg
         self.key = key
-        self.engine = lg.recorder.engine
+        self.recorder = lg.recorder
         self.writable = True
         try:
-            _meta.create_all(self.engine, checkfirst=True)
+            self.recorder.ensure_side_tables(_DDL)
         except Exception:  # no DDL rights: derive in memory, store nothing
             self.writable = False
         #: rows derived again (not trusted as stored) in the last catch-up: for tests/bench
@@ -151,18 +138,17 @@ class RunIndex:
         mark = 0
         rows: dict[str, Row] = {}
         try:
-            with self.engine.connect() as conn:
-                for rid, cseq, pos, target, state, mac in conn.execute(select(
-                    run_index.c.run_id, run_index.c.created_seq, run_index.c.position,
-                    run_index.c.target, run_index.c.state, run_index.c.mac,
-                )):
-                    r = Row(rid, int(cseq), int(pos), target, state)
-                    if not hmac.compare_digest(_mac(self.key, r), str(mac)):
-                        continue  # edited, or under another key: derived again below
-                    if rid == MARK:
-                        mark = r.created_seq
-                    else:
-                        rows[rid] = r
+            with self.recorder.side_transaction() as tx:
+                got = tx.execute(f"SELECT run_id, created_seq, position, target, state, mac "
+                                 f"FROM {INDEX_TABLE}")
+            for rid, cseq, pos, target, state, mac in got:
+                r = Row(rid, int(cseq), int(pos), target, state)
+                if not hmac.compare_digest(_mac(self.key, r), str(mac)):
+                    continue  # edited, or under another key: derived again below
+                if rid == MARK:
+                    mark = r.created_seq
+                else:
+                    rows[rid] = r
         except Exception:
             return 0, {}
         return mark, rows
@@ -174,15 +160,17 @@ class RunIndex:
         changed = [*changed, mark_row]
         # Derived rows replace whatever is stored under their run id (an edited row, a
         # concurrent catch-up's: both are derived from the same verified ledger).
-        with contextlib.suppress(Exception), self.engine.begin() as conn:
+        with contextlib.suppress(Exception), self.recorder.side_transaction() as tx:
             ids = [r.run_id for r in changed]
             for i in range(0, len(ids), 500):
-                conn.execute(delete(run_index).where(run_index.c.run_id.in_(ids[i:i + 500])))
-            conn.execute(run_index.insert(), [
-                {"run_id": r.run_id, "created_seq": r.created_seq, "position": r.position,
-                 "target": r.target, "state": r.state, "mac": _mac(self.key, r)}
-                for r in changed
-            ])
+                part = ids[i:i + 500]
+                tx.execute(f"DELETE FROM {INDEX_TABLE} WHERE run_id IN "
+                           f"({', '.join(['{p}'] * len(part))})", part)
+            tx.executemany(
+                f"INSERT INTO {INDEX_TABLE} (run_id, created_seq, position, target, state, mac) "
+                "VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+                [(r.run_id, r.created_seq, r.position, r.target, r.state, _mac(self.key, r))
+                 for r in changed])
 
     def rows(self, upto: int, target: str | None, replay: Replay) -> list[Row]:
         """Every run created at or before seq ``upto`` (a head the chain verified), as of that
@@ -228,12 +216,12 @@ class RunIndex:
         if not self.writable:
             return None
         try:
-            with self.engine.connect() as conn:
-                row = conn.execute(select(
-                    run_summary.c.upto, run_summary.c.hash, run_summary.c.body, run_summary.c.mac,
-                ).where(run_summary.c.name == SUMMARY)).first()
-            if row is None:
+            with self.recorder.side_transaction() as tx:
+                got = tx.execute(f"SELECT upto, hash, body, mac FROM {SUMMARY_TABLE} "
+                                 "WHERE name = {p}", (SUMMARY,))
+            if not got:
                 return None
+            row = got[0]
             upto, hash_, body, mac = int(row[0]), str(row[1]), str(row[2]), str(row[3])
             if not hmac.compare_digest(_summary_mac(self.key, upto, hash_, body), mac):
                 return None  # edited, or under another key
@@ -247,12 +235,11 @@ class RunIndex:
         if not self.writable:
             return
         body = _body(rows)
-        with contextlib.suppress(Exception), self.engine.begin() as conn:
-            conn.execute(delete(run_summary).where(run_summary.c.name == SUMMARY))
-            conn.execute(run_summary.insert(), [{
-                "name": SUMMARY, "upto": upto, "hash": hash_, "body": body,
-                "mac": _summary_mac(self.key, upto, hash_, body),
-            }])
+        with contextlib.suppress(Exception), self.recorder.side_transaction() as tx:
+            tx.execute(f"DELETE FROM {SUMMARY_TABLE} WHERE name = {{p}}", (SUMMARY,))
+            tx.execute(f"INSERT INTO {SUMMARY_TABLE} (name, upto, hash, body, mac) "
+                       "VALUES ({p}, {p}, {p}, {p}, {p})",
+                       (SUMMARY, upto, hash_, body, _summary_mac(self.key, upto, hash_, body)))
 
     def _hash_at(self, seq: int) -> str | None:
         ev = next(iter(self.lg.read(seq, seq)), None)
@@ -262,12 +249,11 @@ class RunIndex:
         """The per-run rows' high-water mark, if its row is genuine."""
         if not self.writable:
             return None
-        with contextlib.suppress(Exception), self.engine.connect() as conn:
-            row = conn.execute(select(
-                run_index.c.created_seq, run_index.c.position, run_index.c.target,
-                run_index.c.state, run_index.c.mac,
-            ).where(run_index.c.run_id == MARK)).first()
-            if row is not None:
+        with contextlib.suppress(Exception), self.recorder.side_transaction() as tx:
+            got = tx.execute(f"SELECT created_seq, position, target, state, mac "
+                             f"FROM {INDEX_TABLE} WHERE run_id = {{p}}", (MARK,))
+            if got:
+                row = got[0]
                 r = Row(MARK, int(row[0]), int(row[1]), row[2], str(row[3]))
                 if hmac.compare_digest(_mac(self.key, r), str(row[4])):
                     return r.created_seq

@@ -65,7 +65,7 @@ class Settings:
         import ledger
         from ledger.errors import LedgerUnreachable
 
-        u = ledger.normalize_url(self.ledger_url, self.config.base_dir)
+        u = ledger.database_url(self.ledger_url, self.config.base_dir)
         db = ledger.database_file(u)
         if db is not None:
             d = db.parent
@@ -113,6 +113,6 @@ class Settings:
 
         from .lease import LeaseStore
 
-        return LeaseStore(ledger.normalize_url(self.ledger_url, self.config.base_dir),
+        return LeaseStore(ledger.database_url(self.ledger_url, self.config.base_dir),
                           ledger.redact(self.ledger_url))
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger import ConfigurationError, normalize_url, redact
+from ledger import ConfigurationError, database_url, redact
 
 from .dialects import Dialect, dialect_for
 from .dialects.base import first_line
@@ -22,7 +22,7 @@ from .dialects.postgres import SECRET_PARAMS
 from .errors import ConfigError, TargetError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import URL  # the parsed URL's type; parsing is the ledger's
+    from ledger import DatabaseURL as URL
 
 __all__ = ["SECRET_PARAMS", "Target", "first_line"]
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Target:
     @classmethod
     def from_url(cls, url: str, base_dir: Path | None = None) -> Target:
         try:
-            u = normalize_url(url, base_dir, what="target URL")
+            u = database_url(url, base_dir, what="target URL")
         except ConfigurationError as e:
             raise ConfigError(str(e)) from e
         t = cls(u, redact(u), redact(url))

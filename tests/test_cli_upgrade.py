@@ -420,7 +420,7 @@ def test_a_failure_recorded_just_before_a_crash_is_not_retried(tmp_path: Path,
 
 
 def test_a_lease_left_by_a_process_that_died_before_its_run_began(tmp_path: Path) -> None:
-    from statekeeper.lease import leases
+    from statekeeper.lease import TABLE
 
     (tmp_path / "app.db").touch()
     url = f"sqlite:///{tmp_path / 'app.db'}"
@@ -429,11 +429,11 @@ def test_a_lease_left_by_a_process_that_died_before_its_run_began(tmp_path: Path
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     store = proj.settings().open_lease_store()
-    with store.engine.begin() as conn:
-        conn.execute(leases.insert().values(
-            target=proj.target().display, run_id="20260101-000000-dead00",
-            host=socket.gethostname(), pid=dead.stdout.strip(), token="t", acquired_at="x",
-            heartbeat_at="x"))
+    with store.recorder.side_transaction() as tx:
+        tx.execute(f"INSERT INTO {TABLE} (target, run_id, host, pid, token, acquired_at, "
+                   "heartbeat_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
+                   (proj.target().display, "20260101-000000-dead00", socket.gethostname(),
+                    dead.stdout.strip(), "t", "x", "x"))
     store.dispose()
     r = run(proj, "start", "--to", "v2.6")
     assert r.exit_code == 0, r.output
@@ -589,3 +589,21 @@ def test_a_saved_plan_is_refused_when_any_byte_of_its_plan_was_edited(tmp_path: 
     there = json.loads(run(other, "plan", "--to", "v2.6", "--json").stdout)
     assert there["digest"] == doc["digest"] and there["config"] != doc["plan"]["config"]
     assert command.history(proj.settings()) == []
+
+
+def test_a_sqlite_only_project_never_loads_sqlalchemy(tmp_path: Path) -> None:
+    """SQLAlchemy is a PostgreSQL ledger's: importing it cost a SQLite-only command ~0.3 s of a
+    ~1 s run (benchmarks/upgrade_bench.py). Each command is the real CLI in its own process,
+    whose import log (PYTHONPROFILEIMPORTTIME) names every module it loaded."""
+    (tmp_path / "app.db").touch()
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    seed("sqlite", url)
+    proj = project(tmp_path, url, SCENARIOS["forward"])
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    for args in (("init",), ("start", "--to", "v2.6"), ("start", "--to", "v2.6"), ("status",),
+                 ("history", "--limit", "5"), ("resume",), ("plan", "--to", "v2.6"),
+                 ("ledger", "verify")):
+        p = proj.cli(*args, env=env)
+        assert "import time:" in p.stderr  # the log is there: an absence below means something
+        loaded = [ln for ln in p.stderr.splitlines() if "sqlalchemy" in ln]
+        assert not loaded, (args, p.returncode, loaded[:3])

@@ -19,20 +19,21 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from ledger import normalize_url
+from ledger import database_url
 from statekeeper import clock, command
 from statekeeper.errors import LockHeld
 from statekeeper.lease import (
+    TABLE,
     Holder,
     LeaseStore,
     ProcId,
     boot_id,
     boot_time,
-    leases,
     own_pidns,
     proc_identity,
 )
@@ -61,7 +62,7 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[LeaseStore]:
-    s = LeaseStore(normalize_url(db_url))
+    s = LeaseStore(database_url(db_url))
     yield s
     s.dispose()
 
@@ -178,9 +179,9 @@ def test_a_sigkilled_holder_is_dead_before_and_after_it_is_reaped(store: LeaseSt
 
 HOLD = """
 import sys
-from ledger import normalize_url
+from ledger import database_url
 from statekeeper.lease import LeaseStore
-store = LeaseStore(normalize_url(sys.argv[1]))
+store = LeaseStore(database_url(sys.argv[1]))
 lease, previous = store.acquire(sys.argv[2], sys.argv[3], takeover=True)
 print("held", flush=True)
 sys.stdin.read()
@@ -218,10 +219,10 @@ def test_a_real_holder_records_its_identity_and_is_taken_over_once_killed(
 
 RACE = """
 import os, sys, time
-from ledger import normalize_url
+from ledger import database_url
 from statekeeper.errors import LockHeld
 from statekeeper.lease import LeaseStore
-store = LeaseStore(normalize_url(sys.argv[1]))
+store = LeaseStore(database_url(sys.argv[1]))
 store.holder(sys.argv[2])  # connected and warm before the start signal
 print("ready", flush=True)
 while not os.path.exists(sys.argv[3]):
@@ -241,9 +242,8 @@ def test_racing_takeovers_of_one_dead_lease_have_exactly_one_winner(
         store: LeaseStore, db_url: str, tmp_path: Path) -> None:
     gone = dead_pid()
     now = clock.now().isoformat()
-    with store.engine.begin() as conn:
-        conn.execute(leases.insert().values(target=TARGET, run_id="r1", host=HOST, pid=str(gone),
-                                            token="dead", acquired_at=now, heartbeat_at=now))
+    put_lease(store, target=TARGET, run_id="r1", host=HOST, pid=str(gone), token="dead",
+              acquired_at=now, heartbeat_at=now)
     go = tmp_path / "go"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = [subprocess.Popen([sys.executable, "-c", RACE, db_url, TARGET, str(go)], env=env,
@@ -288,11 +288,19 @@ def crashed_run(proj: Project) -> str:
     return str(command.status(proj.settings()).run_id)
 
 
+def put_lease(store: LeaseStore, **values: str) -> None:
+    """A lease row written into the real table, as another process would have left it."""
+    with store.recorder.side_transaction() as tx:
+        tx.execute(f"INSERT INTO {TABLE} ({', '.join(values)}) "
+                   f"VALUES ({', '.join(['{p}'] * len(values))})", list(values.values()))
+
+
 def lease_row(proj: Project) -> Any:
     store = proj.settings().open_lease_store()
     try:
-        with store.engine.connect() as conn:
-            return conn.execute(leases.select()).one()
+        with store.recorder.side_transaction() as tx:
+            (row,) = tx.execute(f"SELECT run_id, pid, proc, acquired_at FROM {TABLE}")
+        return SimpleNamespace(run_id=row[0], pid=row[1], proc=row[2], acquired_at=row[3])
     finally:
         store.dispose()
 
@@ -300,8 +308,9 @@ def lease_row(proj: Project) -> Any:
 def set_lease(proj: Project, **values: str) -> None:
     store = proj.settings().open_lease_store()
     try:
-        with store.engine.begin() as conn:
-            conn.execute(leases.update().values(**values))
+        with store.recorder.side_transaction() as tx:
+            tx.execute(f"UPDATE {TABLE} SET {', '.join(k + ' = {p}' for k in values)}",
+                       list(values.values()))
     finally:
         store.dispose()
 

@@ -23,6 +23,7 @@ from typing import Any
 from ..chain import KeyRecord, Seal, StoredEvent, stored_event
 from ..errors import (
     ConfigurationError,
+    ConstraintViolation,
     IntegrityViolation,
     LedgerError,
     OperationalError,
@@ -428,12 +429,50 @@ class Recorder(ABC):
     def exists(self) -> bool:
         """Whether the ledger's tables are there (refusing a format this cannot read)."""
 
-    @property
+    # -- side tables: other code's bookkeeping in the ledger's database --------------------
+    @contextlib.contextmanager
+    def side_transaction(self, *, exclusive: str | None = None) -> Iterator[SideTransaction]:
+        """One transaction on a pooled connection of the ledger's database, for the tables
+        other code keeps there (statekeeper's lease and run index): never the ledger's own.
+        Committed when the block ends, rolled back if it raises. ``exclusive``: a table whose
+        other writers wait until this transaction ends, taken before the first statement
+        (SQLite: the database's write lock at BEGIN; PostgreSQL: a table lock that readers
+        pass). A key or constraint refusing a row raises :class:`ConstraintViolation`, any
+        other driver error :class:`OperationalError`, both chained."""
+        with self.translate(), self._driver() as conn:
+            cur = conn.cursor()
+            try:
+                try:
+                    self._side_begin(cur, exclusive)
+                    yield SideTransaction(cur, self.placeholder)
+                    conn.commit()
+                except self._integrity_error as e:
+                    raise ConstraintViolation(
+                        f"ledger {self.display_url}: {_first_line(e)}") from e
+            finally:
+                cur.close()
+
+    def ensure_side_tables(self, tables: dict[str, str]) -> None:
+        """Create those of ``tables`` (name -> CREATE TABLE statement) that are missing. A
+        table already there costs no DDL (a role without CREATE rights may use it); two
+        processes creating one at once: the loser finds it made."""
+        for attempt in (1, 2):
+            try:
+                with self.side_transaction() as tx:
+                    for name, ddl in tables.items():
+                        if not tx.execute(self._side_exists_sql, (name,))[0][0]:
+                            tx.execute(ddl)
+                return
+            except (ConstraintViolation, OperationalError):
+                if attempt == 2:
+                    raise
+
+    #: A statement with one placeholder (a table name) whose one value is true if it exists.
+    _side_exists_sql = ""
+
     @abstractmethod
-    def engine(self) -> Any:
-        """A SQLAlchemy engine on the ledger's database, for code outside the ledger that
-        keeps tables of its own there (statekeeper's run index); never used by the ledger's
-        own reads and appends on SQLite."""
+    def _side_begin(self, cur: Any, exclusive: str | None) -> None:
+        """Open a side transaction on ``cur``, holding ``exclusive``'s write lock if given."""
 
     @abstractmethod
     def _open(self) -> None:
@@ -488,6 +527,32 @@ class Recorder(ABC):
     def _read_cursor(self, conn: Any, batch: int) -> Any:
         """A cursor that streams a long result (the driver's default for SQLite)."""
         return conn.cursor()
+
+
+class SideTransaction:
+    """The statements of one :meth:`Recorder.side_transaction`: SQL text with ``{p}`` for the
+    driver's placeholder, values passed apart."""
+
+    __slots__ = ("_cur", "_p")
+
+    def __init__(self, cur: Any, placeholder: str) -> None:
+        self._cur = cur
+        self._p = placeholder
+
+    def execute(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement; its rows (none for a statement that returns none)."""
+        cur = self._cur
+        cur.execute(sql.replace("{p}", self._p), tuple(args))
+        return [tuple(r) for r in cur.fetchall()] if cur.description else []
+
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            self._cur.executemany(sql.replace("{p}", self._p), rows)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _like_prefix(prefix: str) -> str:

@@ -139,6 +139,14 @@ class PostgresRecorder(EngineRecorder):
         except sa_exc.SQLAlchemyError as e:
             raise self._operational(e) from e
 
+    _side_exists_sql = "SELECT to_regclass({p}) IS NOT NULL"
+
+    def _side_begin(self, cur: Any, exclusive: str | None) -> None:
+        # psycopg opens the transaction at the first statement (READ COMMITTED: after the
+        # lock, each statement sees what the previous holder committed).
+        if exclusive:
+            cur.execute(f"LOCK TABLE {exclusive} IN EXCLUSIVE MODE")
+
     def _create_engine(self) -> Engine:
         return create_engine(self.url.sqlalchemy(), pool_pre_ping=False,
                              connect_args={"connect_timeout": 10})

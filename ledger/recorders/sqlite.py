@@ -133,7 +133,6 @@ class SQLiteRecorder(Recorder):
         self._pool_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._pool_pid = os.getpid()
-        self._engine: Any = None
 
     def _driver_errors(self) -> tuple[type[Exception], type[Exception]]:
         return sqlite3.Error, sqlite3.IntegrityError
@@ -219,31 +218,13 @@ class SQLiteRecorder(Recorder):
             idle, self._idle = self._own_pool(), []
         for conn in idle:
             conn.close()
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
 
-    @property
-    def engine(self) -> Any:
-        """A SQLAlchemy engine on this ledger's file, for code outside the ledger that keeps
-        tables of its own there (statekeeper's run index): made, and SQLAlchemy imported,
-        only when first asked for. Its connections are this recorder's (WAL, FULL, the busy
-        timeout, the file created 0600)."""
-        if self._engine is None:
-            from sqlalchemy import create_engine, event
-            from sqlalchemy.pool import QueuePool
+    _side_exists_sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = {p}"
 
-            from .engine import _no_pool_sharing_across_fork
-
-            engine = create_engine("sqlite://", creator=self._connect, poolclass=QueuePool)
-            _no_pool_sharing_across_fork(engine)
-
-            @event.listens_for(engine, "begin")
-            def _on_begin(conn: Any) -> None:  # the sqlite3 module begins nothing itself
-                conn.exec_driver_sql("BEGIN")
-
-            self._engine = engine
-        return self._engine
+    def _side_begin(self, cur: Any, exclusive: str | None) -> None:
+        # The sqlite3 module begins nothing itself (isolation_level=None). IMMEDIATE takes the
+        # database's write lock now, so what this transaction reads no writer changes first.
+        cur.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
 
     # -- schema ------------------------------------------------------------------------------
     def ensure_schema(self) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import TargetError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import URL
+    from ledger import DatabaseURL as URL
 
     from ..fingerprint import Fingerprint
     from ..targets import Target

@@ -29,7 +29,7 @@ from ..errors import (
 from .base import ClusterScope, Dialect, Held, first_line
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import URL
+    from ledger import DatabaseURL as URL
 
     from ..fingerprint import Fingerprint
     from ..targets import Target
