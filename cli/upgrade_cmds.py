@@ -334,21 +334,35 @@ def rollback(obj: Obj, run_id: str, restore: bool, target_url: str | None,
     _finish(obj, note, run, wanted="rolled_back")
 
 
+ALL_TARGETS = click.option(
+    "--all-targets", is_flag=True,
+    help="Every target's runs in the ledger, not only the configured target's.")
+
+
+def no_runs_yet(obj: Obj, all_targets: bool) -> str:
+    """What 'status' and 'history' say when there is nothing to show."""
+    if all_targets or obj.settings.config.target_url is None \
+            or not command.has_runs(obj.settings):
+        return "no runs yet"
+    return "no runs yet on this target (the ledger has other targets' runs: --all-targets)"
+
+
 @click.command("status")
 @click.argument("run_id", required=False)
+@ALL_TARGETS
 @json_option
 @pass_obj
-def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
-    """Current state and last step of a run (default: the latest), and the release it
-    went from and to. For an unfinished run on a PostgreSQL server: whether the server is
-    down, and what 'resume' will do about it. With no run yet: says so and exits 0, as
-    'history' does (a RUN_ID that is not in the ledger exits 2)."""
-    run = command.latest(obj.settings, run_id)
+def status(obj: Obj, run_id: str | None, all_targets: bool, as_json: bool) -> None:
+    """Current state and last step of a run (default: the latest on the configured target),
+    and the release it went from and to. For an unfinished run on a PostgreSQL server:
+    whether the server is down, and what 'resume' will do about it. With no run yet: says
+    so and exits 0, as 'history' does (a RUN_ID that is not in the ledger exits 2)."""
+    run = command.latest(obj.settings, run_id, all_targets=all_targets)
     if run is None:  # as history with no runs: nothing to show is not an error
         if as_json:
             obj.emit(run_id=None)
         else:
-            click.echo("no runs yet")
+            click.echo(no_runs_yet(obj, all_targets))
         return
     s = run_summary(run)
     server = command.server_state(obj.settings, run)
@@ -375,15 +389,18 @@ def status(obj: Obj, run_id: str | None, as_json: bool) -> None:
 @json_option
 @click.option("--limit", type=click.IntRange(min=1), metavar="N",
               help="Only the last N runs (the others are not read).")
+@ALL_TARGETS
 @pass_obj
-def history(obj: Obj, as_json: bool, limit: int | None) -> None:
-    """Every run: id, from, to, state, started, ended, release (from -> to).
+def history(obj: Obj, as_json: bool, limit: int | None, all_targets: bool) -> None:
+    """Every run on the configured target: id, from, to, state, started, ended, release
+    (from -> to). With --all-targets (or no target configured) every run in the ledger, with
+    its target.
 
     A run whose events cannot be replayed is listed as unreadable, with the event and why
     (its 'status' exits 4); the others are listed as usual and the exit code stays 0."""
     from statekeeper.upgrade import Unreadable
 
-    found = command.history(obj.settings, limit)
+    found = command.history(obj.settings, limit, all_targets=all_targets)
     runs = [unreadable_summary(r) if isinstance(r, Unreadable) else run_summary(r)
             for r in found]
     bad = [r for r in runs if r["state"] == "unreadable"]
@@ -395,17 +412,21 @@ def history(obj: Obj, as_json: bool, limit: int | None) -> None:
         emit_json(runs)
         return
     if not runs:
-        click.echo("no runs yet")
+        click.echo(no_runs_yet(obj, all_targets))
         return
+    wide = all_targets or obj.settings.config.target_url is None
     click.echo(f"{'run':<24} {'from':<8} {'to':<8} {'state':<12} {'started':<27} "
-               f"{'ended':<27} release")
+               f"{'ended':<27} " + (f"{'release':<20} target" if wide else "release"))
     for r in runs:
         rel = r["release"]
         shown = f"{rel['from'] or '(none)'} -> {rel['to']}" if rel else "-"
-        click.echo(
-            f"{r['run_id']:<24} {r['from'] or '?':<8} {r['to'] or '?':<8} {r['state']:<12} "
-            f"{r['started']:<27} {r['ended'] or '-':<27} {shown}"
-        )
+        line = (f"{r['run_id']:<24} {r['from'] or '?':<8} {r['to'] or '?':<8} "
+                f"{r['state']:<12} {r['started']:<27} {r['ended'] or '-':<27} ")
+        if wide:
+            target = r.get("target")
+            click.echo(f"{line}{shown:<20} {shown_url(target) if target else '?'}")
+        else:
+            click.echo(line + shown)
         if r["state"] == "unreadable":
             click.echo(f"  {r['error']}")
 

@@ -702,12 +702,23 @@ def status(settings: Settings, run_id: str | None = None) -> Run:
 
 
 @boundary
-def latest(settings: Settings, run_id: str | None = None) -> Run | None:
-    """The run ``status`` shows (default: the latest); None when the ledger has no run yet
-    ("no runs" is not an error: ``history`` lists none, ``status`` says so, both exit 0)."""
+def latest(settings: Settings, run_id: str | None = None, *,
+           all_targets: bool = False) -> Run | None:
+    """The run ``status`` shows (default: the latest on the configured target; with
+    ``all_targets`` or no target configured, the latest in the ledger); None when there is
+    none yet ("no runs" is not an error: ``history`` lists none, ``status`` says so, both
+    exit 0)."""
     from . import upgrade
 
-    return upgrade.latest(settings, run_id)
+    return upgrade.latest(settings, run_id, all_targets=all_targets)
+
+
+@boundary
+def has_runs(settings: Settings) -> bool:
+    """Whether the ledger holds any run, of any target (to say why a target has none)."""
+    from . import upgrade
+
+    return upgrade.has_runs(settings)
 
 
 @boundary
@@ -721,13 +732,16 @@ def server_state(settings: Settings, run: Run) -> ServerState | None:
 
 
 @boundary
-def history(settings: Settings, limit: int | None = None) -> list[Run | Unreadable]:
-    """Every run in the order created (``limit``: only the last that many, read without
+def history(settings: Settings, limit: int | None = None, *,
+            all_targets: bool = False) -> list[Run | Unreadable]:
+    """The runs on the configured target (``all_targets``, or no target configured: every
+    run of the ledger) in the order created (``limit``: only the last that many, read without
     replaying the others): a :class:`statekeeper.replay.Run`, or an
-    :class:`statekeeper.upgrade.Unreadable` for one whose events cannot be replayed."""
+    :class:`statekeeper.upgrade.Unreadable` for one whose events cannot be replayed (listed
+    whatever the target, when its target cannot be read)."""
     from . import upgrade
 
-    return upgrade.history(settings, limit)
+    return upgrade.history(settings, limit, all_targets=all_targets)
 
 
 # -- report (issue 10) -----------------------------------------------------------------------

@@ -650,25 +650,75 @@ def _checkpoint(settings: Settings, lg: Ledger, run: Run, only_if_missing: bool 
 
 
 def status(settings: Settings, run_id: str | None = None) -> Run:
-    """One run (default: the latest); IntegrityError (exit 4) if it cannot be replayed,
-    ConfigError when there is no such run (or none at all)."""
+    """One run (default: the latest on the configured target); IntegrityError (exit 4) if it
+    cannot be replayed, ConfigError when there is no such run (or none at all)."""
     run = latest(settings, run_id)
     if run is None:
         raise ConfigError("no runs in the ledger yet")
     return run
 
 
-def latest(settings: Settings, run_id: str | None = None) -> Run | None:
-    """:func:`status`, but None when the ledger has no run yet (and no ``run_id`` is named)."""
+def configured_target(settings: Settings) -> str | None:
+    """The key (``Target.display``) of the target this project configures, None without one:
+    the runs ``status`` and ``history`` show by default (a ledger may be shared by many)."""
+    from .targets import Target
+
+    cfg = settings.config
+    if cfg.target_url is None:
+        return None
+    return Target.from_url(cfg.require_target(), cfg.base_dir).display
+
+
+def latest(settings: Settings, run_id: str | None = None, *,
+           all_targets: bool = False) -> Run | None:
+    """:func:`status`, but None when there is no run to show (and no ``run_id`` is named):
+    the latest run on the configured target (``all_targets``, or no target configured: the
+    latest in the ledger)."""
     with settings.open_ledger(signing=False) as lg:
         verified = verify_before_acting(settings, lg, run_id)
         if run_id is None:
-            names = lg.stream_starts(STREAM_PREFIX, upto=verified.head.seq, last=1)
-            if not names:
+            target = None if all_targets else configured_target(settings)
+            found = next(_newest_runs(lg, verified.head.seq, target), None)
+            if found is None:
                 return None
-            run_id = names[-1][0][len(STREAM_PREFIX) :]
+            run_id = found
             lg.verify_stream(stream_of(run_id), upto=verified.head.seq)
         return load_run(lg, run_id)
+
+
+def has_runs(settings: Settings) -> bool:
+    """Whether the ledger holds any run (of any target)."""
+    with settings.open_ledger(signing=False) as lg:
+        return bool(lg.stream_starts(STREAM_PREFIX, last=1))
+
+
+def _newest_runs(lg: Ledger, upto: int, target: str | None) -> Iterator[str]:
+    """Run ids, newest first, created at or before seq ``upto`` (a verified head); with
+    ``target``, only those whose ``run.created`` names it or names no readable target (a run
+    that cannot be read might be this target's: it is shown, not hidden). Reads the stream
+    starts backwards in growing batches and one event per run: a shared ledger's other
+    targets cost one indexed read per run passed over."""
+    from ledger import canonical
+
+    batch = 8
+    while upto > 0:
+        got = lg.stream_starts(STREAM_PREFIX, upto=upto, last=batch)
+        if not got:
+            return
+        for name, seq in reversed(got):
+            if target is not None:
+                named = None
+                for ev in lg.read(seq, seq):
+                    try:
+                        p = canonical.loads(ev.payload)
+                    except ValueError:
+                        p = None
+                    named = p.get("target") if isinstance(p, dict) else None
+                if isinstance(named, str) and named != target:
+                    continue
+            yield name[len(STREAM_PREFIX):]
+        upto = got[0][1] - 1
+        batch = min(batch * 4, 4096)
 
 
 @dataclass(frozen=True)
@@ -715,14 +765,33 @@ def server_state(settings: Settings, run: Run) -> ServerState | None:
     return ServerState(False, error, what)
 
 
-def history(settings: Settings, limit: int | None = None) -> list[Run | Unreadable]:
-    """Every run in the order created (``limit``: the last that many); those that cannot be
-    replayed as :class:`Unreadable`."""
+def history(settings: Settings, limit: int | None = None, *,
+            all_targets: bool = False) -> list[Run | Unreadable]:
+    """The runs on the configured target (``all_targets``, or no target configured: every
+    run) in the order created (``limit``: the last that many); those that cannot be replayed
+    as :class:`Unreadable` (listed whatever their target, when it cannot be read)."""
     with settings.open_ledger(signing=False) as lg:
         verified = verify_before_acting(settings, lg, None)
+        target = None if all_targets else configured_target(settings)
         if limit is not None:
-            return recent_runs(lg, limit, verified.head.seq)
-        return scan_runs(lg)
+            if target is None:
+                return recent_runs(lg, limit, verified.head.seq)
+            out: list[Run | Unreadable] = []
+            for rid in _newest_runs(lg, verified.head.seq, target):
+                r = replay_run(lg, rid, verified.head.seq)
+                if r is not None:
+                    out.append(r)
+                if len(out) == limit:
+                    break
+            return out[::-1]
+        runs = scan_runs(lg)
+        if target is None:
+            return runs
+        return [r for r in runs if _target_of(r) in (target, None)]
+
+
+def _target_of(r: Run | Unreadable) -> str | None:
+    return r.target if isinstance(r, Unreadable) else r.plan.target
 
 
 def plan(settings: Settings, to_version: str, from_version: str | None = None) -> Plan:

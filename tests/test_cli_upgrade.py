@@ -607,3 +607,43 @@ def test_a_sqlite_only_project_never_loads_sqlalchemy(tmp_path: Path) -> None:
         assert "import time:" in p.stderr  # the log is there: an absence below means something
         loaded = [ln for ln in p.stderr.splitlines() if "sqlalchemy" in ln]
         assert not loaded, (args, p.returncode, loaded[:3])
+
+
+def test_status_and_history_show_the_configured_targets_runs_in_a_shared_ledger(
+        tmp_path: Path) -> None:
+    """Eight projects may share one ledger: 'status' in project A after B's run must still
+    say how A's upgrade ended, and 'history' list A's runs; --all-targets shows them all."""
+    ledger = f"sqlite:///{tmp_path / 'shared' / 'ledger.db'}"
+    key = str(tmp_path / "shared" / "key.pem")
+    (tmp_path / "shared").mkdir(mode=0o700)
+    projs = {}
+    for name, migs in (("a", SCENARIOS["revert"]), ("b", SCENARIOS["forward"]),
+                       ("c", SCENARIOS["forward"])):
+        (tmp_path / f"{name}.db").touch()
+        url = f"sqlite:///{tmp_path / f'{name}.db'}"
+        seed("sqlite", url)
+        projs[name] = make_project(tmp_path / name, "sqlite", url, migs, ledger_url=ledger,
+                                   key=key)
+    a, b, c = projs["a"], projs["b"], projs["c"]
+    failed = a.cli("start", "--to", "v2.6")
+    assert failed.returncode != 0
+    assert b.cli("start", "--to", "v2.6").returncode == 0
+    run_a = json.loads(a.cli("status", "--json").stdout)
+    run_b = json.loads(b.cli("status", "--json").stdout)
+    assert run_a["state"] == "rolled_back" and run_a["target"] == a.target().display
+    assert run_b["state"] == "completed" and run_b["target"] == b.target().display
+    assert json.loads(a.cli("status", "--all-targets", "--json").stdout)["run_id"] == \
+        run_b["run_id"]
+    for args in ((), ("--limit", "1"), ("--limit", "5")):
+        listed = json.loads(a.cli("history", "--json", *args).stdout)
+        assert [r["run_id"] for r in listed] == [run_a["run_id"]], args
+    both = json.loads(a.cli("history", "--json", "--all-targets").stdout)
+    assert [r["run_id"] for r in both] == [run_a["run_id"], run_b["run_id"]]
+    table = a.cli("history", "--all-targets").stdout.splitlines()
+    assert table[0].endswith(" target") and table[2].endswith(str(tmp_path / "b.db"))
+    none = c.cli("status")
+    assert none.returncode == 0
+    assert none.stdout == ("no runs yet on this target (the ledger has other targets' runs: "
+                           "--all-targets)\n")
+    assert c.cli("history").stdout == none.stdout
+    assert json.loads(c.cli("status", "--json").stdout)["run_id"] is None

@@ -482,7 +482,8 @@ def test_an_unreplayable_run_is_reported_and_blocks_only_its_own_target(
     ev = _forge(a, f"upgrade/{run_a}", type_, payload)
     reason = f"event #{ev.stream_seq} (seq {ev.seq}): {why}"
 
-    h = sk(b, "history")
+    assert [x["run_id"] for x in json.loads(sk(b, "history", "--json").stdout)] == [run_b]
+    h = sk(b, "history", "--all-targets")
     assert h.returncode == 0, h.stdout + h.stderr
     assert h.stderr == f"warning: 1 run cannot be replayed ({run_a})\n"
     rows = h.stdout.splitlines()
@@ -490,7 +491,7 @@ def test_an_unreplayable_run_is_reported_and_blocks_only_its_own_target(
     assert rows[row_a].split()[1:4] == ["?", "?", "unreadable"]
     assert rows[row_a + 1] == f"  cannot be replayed: {reason}"
     assert any(ln.startswith(run_b) and " completed " in ln for ln in rows)
-    hj = json.loads(sk(b, "history", "--json").stdout)
+    hj = json.loads(sk(b, "history", "--json", "--all-targets").stdout)
     assert [(x["run_id"], x["state"]) for x in hj] == [(run_a, "unreadable"),
                                                       (run_b, "completed")]
     assert hj[0]["seq"] == ev.seq and hj[0]["target"] == a.target().display
