@@ -591,14 +591,11 @@ def test_a_saved_plan_is_refused_when_any_byte_of_its_plan_was_edited(tmp_path: 
     assert command.history(proj.settings()) == []
 
 
-def test_a_sqlite_only_project_never_loads_sqlalchemy(tmp_path: Path) -> None:
-    """SQLAlchemy is a PostgreSQL ledger's: importing it cost a SQLite-only command ~0.3 s of a
-    ~1 s run (benchmarks/upgrade_bench.py). Each command is the real CLI in its own process,
-    whose import log (PYTHONPROFILEIMPORTTIME) names every module it loaded."""
-    (tmp_path / "app.db").touch()
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    seed("sqlite", url)
-    proj = project(tmp_path, url, SCENARIOS["forward"])
+def test_a_sqlite_ledger_never_loads_sqlalchemy(tmp_path: Path, target_url: str) -> None:
+    """SQLAlchemy is a PostgreSQL ledger's: importing it cost a run with a SQLite ledger ~0.3 s
+    of ~1 s (benchmarks/upgrade_bench.py), on either target. Each command is the real CLI in
+    its own process, whose import log (PYTHONPROFILEIMPORTTIME) names every module it loaded."""
+    proj = project(tmp_path, target_url, SCENARIOS["forward"])
     env = {"PYTHONPROFILEIMPORTTIME": "1"}
     for args in (("init",), ("start", "--to", "v2.6"), ("start", "--to", "v2.6"), ("status",),
                  ("history", "--limit", "5"), ("resume",), ("plan", "--to", "v2.6"),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError
 from ..url import DatabaseURL, as_database_url, parse_url, redact
 from .base import Appending, Builder, Recorder, Tip
+from .urls import RULES
 
 if TYPE_CHECKING:
     from .postgres import PostgresRecorder
@@ -92,7 +93,7 @@ def database_url(
             f"{what} {disp!r}: unsupported scheme {u.drivername!r} (use sqlite:///path or "
             "postgresql://user@host:port/db)"
         )
-    return as_database_url(_load(name).normalize_url(u, base_dir, what, disp))
+    return as_database_url(RULES[name][0](u, base_dir, what, disp))
 
 
 def normalize_url(
@@ -125,7 +126,10 @@ def database_file(url: Any, base_dir: Path | None = None) -> Path | None:
     ``url``: a URL as :func:`database_url` or :func:`normalize_url` returns it, or a string
     it is given (a relative path resolved against ``base_dir``)."""
     u = database_url(url, base_dir) if isinstance(url, str) else as_database_url(url)
-    return recorder_class(u).database_file(u)
+    name = u.get_backend_name()
+    if name not in RULES:
+        raise ConfigurationError(f"no ledger backend for {redact(u)!r}")
+    return RULES[name][1](u)
 
 
 def __getattr__(name: str) -> Any:

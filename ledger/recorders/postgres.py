@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy import exc as sa_exc
 
 from ..chain import KeyRecord, Seal, StoredEvent
-from ..errors import ConfigurationError, LedgerUnreachable
+from ..errors import LedgerUnreachable
 from ..url import DatabaseURL
 from .base import (
     _EVENT_FIELDS,
@@ -30,6 +30,7 @@ from .base import (
     driver_reason,
 )
 from .engine import EngineRecorder
+from .urls import postgresql_url
 
 # Arbitrary constant: the advisory lock that serialises appenders on the chain head.
 PG_HEAD_LOCK = 0x5E_1ED6E2
@@ -112,15 +113,7 @@ class PostgresRecorder(EngineRecorder):
     def normalize_url(
         cls, u: DatabaseURL, base_dir: Path | None, what: str, shown: str
     ) -> DatabaseURL:
-        if not u.database:
-            raise ConfigurationError(f"{what} {shown!r} names no database")
-        repeated = sorted(k for k, v in u.query.items() if not isinstance(v, str))
-        if repeated:
-            # libpq would take one of them; which one must not be a guess.
-            raise ConfigurationError(
-                f"{what} {shown!r}: parameter {repeated[0]!r} is given more than once"
-            )
-        return u.set(drivername="postgresql+psycopg")
+        return postgresql_url(u, base_dir, what, shown)
 
     @contextlib.contextmanager
     def translate(

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..chain import Seal, StoredEvent
-from ..errors import ConfigurationError, LedgerError, LedgerUnreachable
-from ..url import DatabaseURL
+from ..errors import LedgerError, LedgerUnreachable
+from ..url import DatabaseURL, as_database_url
 from .base import (
     _EVENT_FIELDS,
     _HEAD_SEAL_IN_ROW,
@@ -36,6 +36,7 @@ from .base import (
     driver_reason,
     format_1_refused,
 )
+from .urls import sqlite_file, sqlite_url
 
 # Storage layout 2 (ledgers created since issue 15; PRAGMA user_version = 2): an append's
 # seal is stored in its closing event's row, and ``ledger_seals`` is a view of those columns,
@@ -92,20 +93,11 @@ class SQLiteRecorder(Recorder):
     def normalize_url(
         cls, u: DatabaseURL, base_dir: Path | None, what: str, shown: str
     ) -> DatabaseURL:
-        db = u.database
-        if not db or db == ":memory:":
-            raise ConfigurationError(f"{what} {shown!r} needs a file path (sqlite:///path)")
-        try:
-            path = Path(db).expanduser()
-        except RuntimeError as e:  # ~user of a user that does not exist
-            raise ConfigurationError(f"{what} {shown!r}: {e}") from e
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        return u.set(drivername="sqlite", database=str(path))
+        return sqlite_url(u, base_dir, what, shown)
 
     @classmethod
     def database_file(cls, u: Any) -> Path | None:
-        return Path(u.database) if u.database else None
+        return sqlite_file(as_database_url(u))
 
     @contextlib.contextmanager
     def translate(
