@@ -310,5 +310,6 @@ class Lease:
     def release(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        with self.store.recorder.side_transaction() as tx:
+        with self.store._driver_errors("cannot release the lease"), \
+                self.store.recorder.side_transaction() as tx:
             tx.execute(_DELETE, (self.target, self.token))

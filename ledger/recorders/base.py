@@ -26,6 +26,7 @@ from ..errors import (
     ConstraintViolation,
     IntegrityViolation,
     LedgerError,
+    LedgerUnreachable,
     OperationalError,
     StreamConflict,
 )
@@ -447,8 +448,7 @@ class Recorder(ABC):
                     yield SideTransaction(cur, self.placeholder)
                     conn.commit()
                 except self._integrity_error as e:
-                    raise ConstraintViolation(
-                        f"ledger {self.display_url}: {_first_line(e)}") from e
+                    raise ConstraintViolation(str(self._operational(e))) from e
             finally:
                 cur.close()
 
@@ -463,6 +463,8 @@ class Recorder(ABC):
                         if not tx.execute(self._side_exists_sql, (name,))[0][0]:
                             tx.execute(ddl)
                 return
+            except LedgerUnreachable:
+                raise  # nothing raced: the database is not there
             except (ConstraintViolation, OperationalError):
                 if attempt == 2:
                     raise
@@ -548,11 +550,6 @@ class SideTransaction:
     def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if rows:
             self._cur.executemany(sql.replace("{p}", self._p), rows)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _like_prefix(prefix: str) -> str:
